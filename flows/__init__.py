@@ -1,0 +1,1 @@
+"""Public Prefect flows of batchflows, one per module."""

@@ -1,0 +1,1 @@
+"""Plain, typed building blocks that the flows wrap."""

@@ -1,0 +1,209 @@
+"""File transforms: the plain function layer under the ``file_transform`` flow.
+
+The flow does ``resolve_inputs -> plan_chunks -> process_chunk`` (one Prefect task per ChunkSpec).
+``process_chunk`` is lazy end to end: the chunk reader feeds bounded, validated batches into a polars
+LazyFrame, the transform (polars SQL over ``df`` or a LazyFrame -> LazyFrame callable) adds
+expressions, and the result is sunk atomically into ``part-<index>``. Rows that fail the schema go
+to ``_rejects/part-<index>.<input format>`` with ``_reject_reason``, ``_source_file`` and ``_line``.
+
+Submodules: files_inputs (resolve, format detection), files_split (ChunkSpec, planning, byte ranges),
+files_schema (Schema, validation), files_read (ChunkReader), files_write (atomic writes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from tasks.errors import ConfigError
+from tasks.files_inputs import InputFile, InputFormat, detect_format, resolve_inputs
+from tasks.files_read import ChunkReader, infer_schema, scan_chunk
+from tasks.files_schema import ALLOWED_TYPES, LINE, RAW, REJECT_REASON, SOURCE_FILE, Schema, parse_schema
+from tasks.files_split import ChunkSpec, FilePart, plan_chunks, split_byte_ranges
+from tasks.files_write import OutputFormat, part_name, remove_temp_files, sink_atomic, write_atomic
+from tasks.files_write import sink_partitioned_atomic as _sink_partitioned
+
+TransformFn = Callable[[pl.LazyFrame], pl.LazyFrame]
+Transform = str | TransformFn | None
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_UNKNOWN_COLUMN = re.compile(r'unable to find column "([^"]+)"')
+
+
+class ChunkResult(BaseModel):
+    """What one chunk did. Invariant: rows_in == rows_out + rows_rejected + rows_filtered."""
+
+    index: int
+    rows_in: int = Field(description="Data rows read (blank lines not counted).")
+    rows_out: int = Field(description="Rows written to the output part file(s).")
+    rows_rejected: int = Field(description="Rows sent to the rejects file (schema or malformed line).")
+    rows_filtered: int = Field(
+        description="rows_in - rows_rejected - rows_out: dropped (or, if negative, added) by the transform."
+    )
+    output_paths: list[str]
+    rejects_path: str | None = None
+    bytes_in: int
+    bytes_out: int
+    duration_s: float
+
+
+def resolve_transform(transform: Transform) -> str | TransformFn | None:
+    """A callable stays; ``"pkg.mod:fn"`` is imported; any other string is SQL over the table ``df``."""
+    if transform is None or callable(transform):
+        return transform
+    if not isinstance(transform, str) or not transform.strip():
+        msg = f"transform must be SQL over table df, 'pkg.mod:fn' or a callable, got {transform!r}"
+        raise ConfigError(msg)
+    text = transform.strip()
+    if not _IMPORT_PATH.match(text):
+        return text
+    module_name, fn_name = text.split(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        msg = f"transform {text!r} cannot be imported ({exc}); check the module is on PYTHONPATH"
+        raise ConfigError(msg) from None
+    if not callable(fn):
+        msg = f"transform {text!r} is not callable; it must take and return a polars LazyFrame"
+        raise ConfigError(msg)
+    return fn
+
+
+def apply_transform(lf: pl.LazyFrame, transform: Transform) -> pl.LazyFrame:
+    """Add the transform to the plan and resolve its schema now, so a bad column fails before any work."""
+    fn = resolve_transform(transform)
+    if fn is None:
+        return lf
+    columns = lf.collect_schema().names()
+    try:
+        if isinstance(fn, str):
+            out = pl.SQLContext(df=lf, eager=False).execute(fn)
+        else:
+            out = fn(lf)
+            if isinstance(out, pl.DataFrame):
+                out = out.lazy()
+            if not isinstance(out, pl.LazyFrame):
+                msg = f"transform {getattr(fn, '__name__', fn)!r} returned {type(out).__name__}; return a LazyFrame"
+                raise ConfigError(msg)
+        out.collect_schema()
+    except pl.exceptions.ColumnNotFoundError as exc:
+        found = _UNKNOWN_COLUMN.search(str(exc))
+        name = found[1] if found else str(exc).splitlines()[0]
+        msg = f"transform refers to unknown column {name!r}; columns of df are {columns}"
+        raise ConfigError(msg) from None
+    except (
+        pl.exceptions.SQLSyntaxError,
+        pl.exceptions.SQLInterfaceError,
+        pl.exceptions.InvalidOperationError,
+        pl.exceptions.SchemaError,
+    ) as exc:
+        msg = f"transform is invalid: {str(exc).splitlines()[0]}; the table is named df, columns are {columns}"
+        raise ConfigError(msg) from None
+    return out
+
+
+def _count_rows(path: Path, fmt: str) -> int:
+    if path.stat().st_size == 0:
+        return 0
+    if fmt == "parquet":
+        return pq.read_metadata(path).num_rows
+    scan = pl.scan_csv(path, infer_schema=False) if fmt == "csv" else pl.scan_ndjson(path)
+    return int(scan.select(pl.len()).collect().item())
+
+
+def process_chunk(
+    spec: ChunkSpec,
+    output_dir: str | Path,
+    *,
+    transform: Transform = None,
+    schema: Schema | Mapping[str, Any] | str | None = None,
+    output_format: OutputFormat = "parquet",
+    partition_by: Sequence[str] = (),
+    keep_lineage: bool = False,
+) -> ChunkResult:
+    """Read, validate, transform and write one chunk; the body of the flow's chunk task.
+
+    Idempotent: the same spec writes the same file names, each atomically, so a retried or resumed
+    chunk replaces its earlier output instead of adding to it. ``schema=None`` infers types from the
+    first MiB of the chunk's first file; pass ``infer_schema(...)`` from the flow for consistent types
+    across parts. ``keep_lineage`` keeps ``_source_file``/``_line`` in the good output (and visible to
+    the transform). A corrupt gzip raises SourceError naming the file; other chunks are unaffected.
+    """
+    if output_format not in ("parquet", "csv", "jsonl"):
+        msg = f"output_format {output_format!r} is not supported; use 'parquet', 'csv' or 'jsonl'"
+        raise ConfigError(msg)
+    started = time.perf_counter()
+    out = Path(output_dir)
+    reader = ChunkReader(spec, schema=parse_schema(schema))
+    lf = reader.lazy()
+    if not keep_lineage:
+        lf = lf.drop(SOURCE_FILE, LINE)
+    lf = apply_transform(lf, transform)
+    name = part_name(spec.index, output_format)
+    try:
+        if partition_by:
+            paths = _sink_partitioned(lf, out, name, output_format, list(partition_by))
+        else:
+            paths = [sink_atomic(lf, out / name, output_format)]
+        reader.drain()
+    except Exception as exc:
+        if reader.error is not None and reader.error is not exc:
+            raise reader.error from exc
+        raise
+    rejects = reader.rejects()
+    rejects_fmt = spec.files[0].format
+    rejects_file = out / "_rejects" / part_name(spec.index, rejects_fmt)
+    if rejects is not None:
+        write_atomic(rejects, rejects_file, rejects_fmt)
+    else:
+        rejects_file.unlink(missing_ok=True)
+    rows_out = sum(_count_rows(p, output_format) for p in paths)
+    return ChunkResult(
+        index=spec.index,
+        rows_in=reader.rows_in,
+        rows_out=rows_out,
+        rows_rejected=reader.rows_rejected,
+        rows_filtered=reader.rows_in - reader.rows_rejected - rows_out,
+        output_paths=[str(p) for p in paths],
+        rejects_path=str(rejects_file) if rejects is not None else None,
+        bytes_in=spec.nbytes,
+        bytes_out=sum(p.stat().st_size for p in paths),
+        duration_s=round(time.perf_counter() - started, 3),
+    )
+
+
+__all__ = [
+    "ALLOWED_TYPES",
+    "LINE",
+    "RAW",
+    "REJECT_REASON",
+    "SOURCE_FILE",
+    "ChunkReader",
+    "ChunkResult",
+    "ChunkSpec",
+    "FilePart",
+    "InputFile",
+    "InputFormat",
+    "OutputFormat",
+    "Schema",
+    "Transform",
+    "apply_transform",
+    "detect_format",
+    "infer_schema",
+    "parse_schema",
+    "plan_chunks",
+    "process_chunk",
+    "remove_temp_files",
+    "resolve_inputs",
+    "resolve_transform",
+    "scan_chunk",
+    "split_byte_ranges",
+    "write_atomic",
+]

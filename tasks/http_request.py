@@ -1,0 +1,164 @@
+"""Turn items into HTTP requests: full request specs or templates, idempotency keys, base_url checks.
+
+Kept apart from the client so it stays pure (no sockets) and cheap to test. Rules:
+
+* An item is a **full request spec** when it is a mapping with ``path`` or ``url`` and only the keys
+  ``method, path, url, params, json, headers``. Anything else is **data** rendered into the
+  template's ``path_template`` (``"/users/{id}"``, values percent-encoded as one path segment) and
+  ``json_template`` (any JSON-able structure; a string leaf that is exactly ``"{name}"`` takes the
+  item's value with its type, other string leaves are formatted as text).
+* A placeholder missing from the item is an ``ItemError`` naming it and the item's keys: that item
+  fails, the run goes on.
+* Non-GET/HEAD requests get an ``Idempotency-Key`` derived from method, target and body, so retries
+  and resumed runs send the same key and the server can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from tasks.errors import ConfigError, ItemError
+from tasks.redact import redact_text
+
+SPEC_KEYS = frozenset({"method", "path", "url", "params", "json", "headers"})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_URL = TypeAdapter(AnyHttpUrl)
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One concrete request. ``url`` is a path (joined to the client's base_url) or an absolute URL."""
+
+    method: str
+    url: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RequestTemplate(BaseModel):
+    """How data items become requests (the api_bulk parameters of the same names)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field("GET", description="HTTP method for templated items.")
+    path_template: str = Field("/{id}", description="Path with {placeholders} filled from each item.")
+    json_template: Any = Field(None, description="JSON body whose string leaves may hold {placeholders}.")
+    headers: dict[str, str] | None = Field(None, description="Extra headers on every request.")
+    idempotency_keys: bool = Field(True, description="Send Idempotency-Key on non-GET requests.")
+    idempotency_namespace: str = Field(
+        "", description="Mixed into keys; set it (e.g. to a run_key) to make two runs' keys differ."
+    )
+
+
+def validate_base_url(base_url: str) -> str:
+    """Return ``base_url`` without a trailing slash, or raise ConfigError saying what is wrong."""
+    try:
+        _URL.validate_python(base_url)
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"] for e in exc.errors())
+        msg = (
+            f"base_url {redact_text(str(base_url))!r} is not a valid http(s) URL ({reason}); "
+            "expected something like 'https://api.example.com/v1'"
+        )
+        raise ConfigError(msg) from None
+    return base_url.rstrip("/")
+
+
+def is_request_spec(item: Any) -> bool:
+    """True when ``item`` is a full request spec rather than data for the templates."""
+    return isinstance(item, Mapping) and ("path" in item or "url" in item) and set(item) <= SPEC_KEYS
+
+
+def build_request(item: Any, template: RequestTemplate | None = None) -> RequestSpec:
+    """The request for one item (see the module docstring for the rules)."""
+    template = template or RequestTemplate()
+    if is_request_spec(item):
+        method = str(item.get("method") or template.method).upper()
+        spec = RequestSpec(
+            method=method,
+            url=str(item.get("url") or item.get("path")),
+            params=dict(item["params"]) if item.get("params") else None,
+            json=item.get("json"),
+            headers={**(template.headers or {}), **dict(item.get("headers") or {})},
+        )
+    else:
+        if not isinstance(item, Mapping):
+            item = {"id": item}
+        spec = RequestSpec(
+            method=template.method.upper(),
+            url=_render_path(template.path_template, item),
+            json=_render_json(template.json_template, item) if template.json_template is not None else None,
+            headers=dict(template.headers or {}),
+        )
+    has_key = any(k.lower() == "idempotency-key" for k in spec.headers)
+    if template.idempotency_keys and spec.method not in IDEMPOTENT_METHODS and not has_key:
+        spec.headers["Idempotency-Key"] = idempotency_key(spec, namespace=template.idempotency_namespace)
+    return spec
+
+
+def idempotency_key(spec: RequestSpec, *, namespace: str = "") -> str:
+    """Deterministic key of a request: same method, target, params and body -> same key, in any run."""
+    canonical = json.dumps(
+        [namespace, spec.method, spec.url, spec.params, spec.json], sort_keys=True, separators=(",", ":"), default=str
+    )
+    return "bf-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def _placeholders(text: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        msg = f"template {text!r} is malformed ({exc}); use {{name}} placeholders and {{{{ }}}} for literal braces"
+        raise ConfigError(msg) from None
+
+
+def _lookup(item: Mapping[str, Any], name: str, text: str) -> Any:
+    if name == "":
+        msg = f"template {text!r} has an empty {{}} placeholder; name it after an item key, e.g. {{id}}"
+        raise ConfigError(msg)
+    if name not in item:
+        keys = sorted(map(str, item))
+        msg = f"placeholder {{{name}}} of template {text!r} is not a key of the item; the item has keys {keys}"
+        raise ItemError(msg, category="bad_item")
+    return item[name]
+
+
+def _render_path(text: str, item: Mapping[str, Any]) -> str:
+    values = {name: quote(str(_lookup(item, name, text)), safe="") for name in _placeholders(text)}
+    return text.format_map(values)
+
+
+def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
+    if isinstance(node, str):
+        names = _placeholders(node)
+        if len(names) == 1 and node == "{" + names[0] + "}":
+            return _lookup(item, names[0], node)
+        if not names:
+            return node.format_map({})
+        return node.format_map({name: _lookup(item, name, node) for name in names})
+    if isinstance(node, Mapping):
+        return {key: _render_json(value, item) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [_render_json(value, item) for value in node]
+    return node
+
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "SPEC_KEYS",
+    "RequestSpec",
+    "RequestTemplate",
+    "build_request",
+    "idempotency_key",
+    "is_request_spec",
+    "validate_base_url",
+]

@@ -1,0 +1,181 @@
+"""Local rate limiting: a smooth token bucket with AIMD on 429 and a shared pause for Retry-After.
+
+Why a reservation bucket (GCRA) and not "refill N tokens each second": a per-second refill lets N
+requests out at once at every second boundary, which is exactly what rate-enforcing APIs punish.
+Here every caller reserves the next free send time under a lock, then sleeps outside it, so
+requests leave evenly spaced at ``1/rate`` with at most ``burst`` back to back.
+
+The lock is a ``threading.Lock`` held only for arithmetic (never across an ``await``), so one bucket
+is safe for coroutines on any event loop and for threads at the same time.
+
+AIMD: ``on_throttle()`` (a 429) halves the current rate (once per ``decrease_cooldown_s``, since a
+burst of in-flight requests answers 429 together), then the rate grows back linearly by
+``recovery_per_second`` up to the configured limit. A ``Retry-After`` pauses everyone using the
+bucket until then (``pause_until``), and outstanding reservations are re-queued behind the pause.
+
+For a budget shared by name across processes and runs see :mod:`tasks.ratelimit_shared`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tasks.errors import ConfigError
+
+Clock = Callable[[], float]
+AsyncSleep = Callable[[float], Awaitable[None]]
+SyncSleep = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class BucketStats:
+    """Counters for summaries and tests."""
+
+    acquired: float
+    throttled: int
+    decreases: int
+    current_rate: float
+    limit: float
+
+
+class TokenBucket:
+    """Smooth local rate limit of ``rate_per_second`` with small ``burst``, AIMD and shared pauses.
+
+    ``clock`` (monotonic seconds), ``sleep`` (async) and ``sleep_sync`` are injectable so tests can
+    run it on a fake clock. Use :meth:`acquire` from coroutines, :meth:`acquire_sync` from threads.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        *,
+        burst: float = 1.0,
+        min_rate_per_second: float | None = None,
+        decrease_factor: float = 0.5,
+        recovery_per_second: float | None = None,
+        decrease_cooldown_s: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: AsyncSleep = asyncio.sleep,
+        sleep_sync: SyncSleep = time.sleep,
+    ) -> None:
+        if not rate_per_second > 0:
+            msg = f"rate_per_second must be > 0, got {rate_per_second!r}; omit the rate limit to run unthrottled"
+            raise ConfigError(msg)
+        if burst < 1:
+            msg = f"burst must be >= 1 token, got {burst!r}"
+            raise ConfigError(msg)
+        if not 0 < decrease_factor < 1:
+            msg = f"decrease_factor must be between 0 and 1 (exclusive), got {decrease_factor!r}"
+            raise ConfigError(msg)
+        self.limit = float(rate_per_second)
+        self.burst = float(burst)
+        self.min_rate = float(min_rate_per_second or max(self.limit * 0.02, 0.1))
+        self.decrease_factor = decrease_factor
+        self.recovery_per_second = float(recovery_per_second or self.limit / 10)
+        self.decrease_cooldown_s = decrease_cooldown_s if decrease_cooldown_s is not None else 1.0
+        self._clock, self._sleep, self._sleep_sync = clock, sleep, sleep_sync
+        self._lock = threading.Lock()
+        now = clock()
+        self._tat = now  # theoretical arrival time of the next token (GCRA)
+        self._paused_until = now
+        self._generation = 0
+        self._rate_after_decrease = self.limit
+        self._last_decrease = float("-inf")
+        self._acquired = 0.0
+        self._throttled = 0
+        self._decreases = 0
+
+    # --- rate -----------------------------------------------------------------------------------
+    def current_rate(self) -> float:
+        """The rate in force now: the limit, or on its way back up after a 429."""
+        with self._lock:
+            return self._rate_locked(self._clock())
+
+    def _rate_locked(self, now: float) -> float:
+        if self._rate_after_decrease >= self.limit:
+            return self.limit
+        grown = self._rate_after_decrease + self.recovery_per_second * max(0.0, now - self._last_decrease)
+        return min(self.limit, grown)
+
+    # --- taking tokens --------------------------------------------------------------------------
+    def _reserve(self, tokens: float) -> tuple[float, int]:
+        """Book the next free slot; returns (seconds to wait, generation of the booking)."""
+        with self._lock:
+            now = self._clock()
+            interval = 1.0 / self._rate_locked(now)
+            earliest = max(self._tat, now - (self.burst - 1.0) * interval, self._paused_until)
+            self._tat = earliest + tokens * interval
+            return max(0.0, earliest - now), self._generation
+
+    def _still_valid(self, generation: int) -> bool:
+        with self._lock:
+            return generation == self._generation and self._clock() >= self._paused_until
+
+    async def acquire(self, tokens: float = 1.0) -> float:
+        """Wait until ``tokens`` may be spent; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            wait, generation = self._reserve(tokens)
+            if wait > 0:
+                await self._sleep(wait)
+                waited += wait
+            if wait <= 0 or self._still_valid(generation):
+                with self._lock:
+                    self._acquired += tokens
+                return waited
+
+    def acquire_sync(self, tokens: float = 1.0) -> float:
+        """Blocking twin of :meth:`acquire` for thread-based handlers."""
+        waited = 0.0
+        while True:
+            wait, generation = self._reserve(tokens)
+            if wait > 0:
+                self._sleep_sync(wait)
+                waited += wait
+            if wait <= 0 or self._still_valid(generation):
+                with self._lock:
+                    self._acquired += tokens
+                return waited
+
+    # --- feedback -------------------------------------------------------------------------------
+    def on_throttle(self, retry_after: float | None = None) -> None:
+        """A 429 was seen: decrease the rate multiplicatively and honor ``retry_after`` for everyone."""
+        with self._lock:
+            now = self._clock()
+            self._throttled += 1
+            if now - self._last_decrease >= self.decrease_cooldown_s:
+                self._rate_after_decrease = max(self.min_rate, self._rate_locked(now) * self.decrease_factor)
+                self._last_decrease = now
+                self._decreases += 1
+                self._requeue_locked(now)
+        if retry_after is not None and retry_after > 0:
+            self.pause_until(self._clock() + retry_after)
+
+    def pause_until(self, until: float) -> None:
+        """Nobody using this bucket sends before ``until`` (same clock); later pauses win."""
+        with self._lock:
+            if until > self._paused_until:
+                self._paused_until = until
+                self._requeue_locked(self._clock())
+
+    def _requeue_locked(self, now: float) -> None:
+        # Bookings made at the old pace or before the pause are void; waiters book again on waking.
+        self._generation += 1
+        self._tat = max(now, self._paused_until)
+
+    def stats(self) -> BucketStats:
+        with self._lock:
+            return BucketStats(
+                acquired=self._acquired,
+                throttled=self._throttled,
+                decreases=self._decreases,
+                current_rate=self._rate_locked(self._clock()),
+                limit=self.limit,
+            )
+
+
+__all__ = ["AsyncSleep", "BucketStats", "Clock", "SyncSleep", "TokenBucket"]

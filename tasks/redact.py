@@ -1,0 +1,72 @@
+"""Keep secrets out of logs, artifacts, outputs and dead letters.
+
+Two layers: patterns that look like credentials (passwords in URLs, bearer tokens, ``token=``/``api_key=``
+query parameters, Authorization headers) and exact values registered at run time with
+:func:`register_secret` (tokens read from Secret blocks or settings).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from pydantic import SecretStr
+
+MASK = "***"
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9\-._~+/]{6,}=*")
+_QUERY = re.compile(
+    r"(?i)([?&;](?:access_token|token|api_key|apikey|api-key|key|secret|password|passwd|pwd|sig|signature|"
+    r"client_secret|auth)=)[^&#\s\"']+"
+)
+_HEADER = re.compile(r"(?i)(\b(?:authorization|x-api-key|api-key|cookie|proxy-authorization)\b\W{1,4})[^\s\"',}]+")
+_SENSITIVE_KEYS = frozenset(
+    {"authorization", "x-api-key", "api-key", "api_key", "apikey", "password", "passwd", "token", "access_token",
+     "refresh_token", "client_secret", "secret", "cookie", "proxy-authorization"}
+)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | SecretStr | None) -> None:
+    """Remember an exact secret value so every later redaction masks it (values under 4 chars are ignored)."""
+    if value is None:
+        return
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if len(raw) >= 4:
+        with _lock:
+            _secrets.add(raw)
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials in free text (messages, URLs, tracebacks)."""
+    out = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    out = _QUERY.sub(lambda m: m.group(1) + MASK, out)
+    out = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", out)
+    out = _HEADER.sub(lambda m: m.group(1) + MASK, out)
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in out:
+            out = out.replace(secret, MASK)
+    return out
+
+
+def redact(value: Any) -> Any:
+    """Redact a JSON-like value recursively; values under sensitive keys are masked whole."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {
+            k: (MASK if isinstance(k, str) and k.lower() in _SENSITIVE_KEYS and v is not None else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+__all__ = ["MASK", "redact", "redact_text", "register_secret"]

@@ -1,0 +1,138 @@
+"""Item retry policy: one small value that builds tenacity retryers.
+
+One retry layer per failure kind: handlers (and the HTTP layer) *classify* failures by raising
+``RetryableError`` (optionally with ``retry_after``), ``ItemError`` (permanent), ``SkipItem`` or
+``FatalError``; this policy is the only loop that waits and tries again. Any other exception is
+treated as transient and retried too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from tasks.errors import FatalError, ItemError, SkipItem
+
+T = TypeVar("T")
+
+NOT_RETRIED: tuple[type[BaseException], ...] = (ItemError, SkipItem, FatalError, KeyboardInterrupt)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Everything but permanent item errors, skips, fatal errors and interrupts."""
+    return isinstance(exc, Exception) and not isinstance(exc, NOT_RETRIED)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``retries`` extra attempts with exponential backoff and full jitter, Retry-After aware.
+
+    The wait before attempt n+1 is ``uniform(0, min(max_backoff_s, backoff_s * 2**(n-1)))`` unless the
+    exception carries ``retry_after`` (seconds), which then wins (capped at ``max_retry_after_s``).
+    """
+
+    retries: int = 3
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    max_retry_after_s: float = 300.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    async_sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False)
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def wait_seconds(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after >= 0:
+            return min(float(retry_after), self.max_retry_after_s)
+        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** max(state.attempt_number - 1, 0)))
+        return self.rng.uniform(0, ceiling)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.retries + 1),
+            "wait": self.wait_seconds,
+            "retry": retry_if_exception(is_retryable),
+            "reraise": True,
+        }
+
+    def retrying(self) -> Retrying:
+        return Retrying(sleep=self.sleep, **self._kwargs())
+
+    def async_retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(sleep=self.async_sleep, **self._kwargs())
+
+    def call_fast(self, fn: Callable[[], T]) -> tuple[T, int]:
+        """Like :meth:`call`, but the first attempt runs outside tenacity (most calls succeed at once)."""
+        try:
+            return fn(), 1
+        except Exception as exc:
+            if not is_retryable(exc) or self.retries == 0:
+                exc.batchflows_attempts = 1  # type: ignore[attr-defined]
+                raise
+            first: BaseException | None = exc
+        attempts = 1
+        try:
+            for attempt in self.retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    if first is not None:
+                        pending, first = first, None
+                        _replay(pending)
+                    return fn(), attempts
+        except Exception as exc:
+            exc.batchflows_attempts = attempts  # type: ignore[attr-defined]
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def call(self, fn: Callable[[], T]) -> tuple[T, int]:
+        """Run ``fn`` under the policy; return (result, attempts).
+
+        The last exception propagates with ``attempts_made(exc)`` telling how many attempts were made.
+        """
+        attempts = 0
+        try:
+            for attempt in self.retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    return fn(), attempts
+        except Exception as exc:
+            exc.batchflows_attempts = attempts  # type: ignore[attr-defined]
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """Async twin of :meth:`call`."""
+        attempts = 0
+        try:
+            async for attempt in self.async_retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    return await fn(), attempts
+        except Exception as exc:
+            exc.batchflows_attempts = attempts  # type: ignore[attr-defined]
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _replay(first: BaseException) -> None:
+    raise first
+
+
+def attempts_made(exc: BaseException) -> int:
+    """Attempts made before ``exc`` escaped a :class:`RetryPolicy` (1 when unknown)."""
+    return int(getattr(exc, "batchflows_attempts", 1) or 1)
+
+
+__all__ = ["NOT_RETRIED", "RetryPolicy", "attempts_made", "is_retryable"]

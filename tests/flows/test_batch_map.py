@@ -1,0 +1,197 @@
+"""batch_map end to end on the session's real Prefect server: outcomes, policies, resume, limits."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.batch_map import batch_map, batch_map_flow
+from tasks.errors import ConfigError, SourceError
+from tasks.outcomes import read_dead_letters
+from tests import handlers
+
+FAST = {"retries": 1, "retry_backoff_s": 0.001}
+
+
+def flow_run_artifacts(flow_run_id: str) -> list[dict]:
+    """Artifacts of a flow run, read over the REST API (the 3.8 client sends nulls this server refuses)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 50, "offset": 0, "sort": "CREATED_DESC"}
+    response = httpx.post(os.environ["PREFECT_API_URL"] + "/artifacts/filter", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def expected_mixed(items: range) -> tuple[int, int, int]:
+    failed = sum(1 for x in items if x % 10 in (3, 7))
+    skipped = sum(1 for x in items if x % 10 == 5)
+    return len(items) - failed - skipped, failed, skipped
+
+
+def assert_counts(summary, items: range) -> None:
+    ok, failed, skipped = expected_mixed(items)
+    assert (summary.succeeded, summary.failed, summary.skipped) == (ok, failed, skipped)
+    assert summary.succeeded + summary.failed + summary.skipped == summary.total == len(items)
+
+
+def test_list_source_counts_dead_letters_and_outputs(tmp_path: Path) -> None:
+    items = range(1000)
+    out = tmp_path / "out"
+    s = batch_map(list(items), handlers.mixed, chunk_size=64, min_success_ratio=0.5, output=out, **FAST)
+    assert s.ok, s.message
+    assert_counts(s, items)
+    assert s.chunks_total == 16
+    records = list(read_dead_letters(s.dead_letter_path))
+    assert sorted(r["item"] for r in records) == [x for x in items if x % 10 in (3, 7)]
+    retried = {r["item"]: r for r in records}
+    assert retried[3]["attempts"] == 2 and retried[3]["category"] == "exception"
+    assert retried[7]["attempts"] == 1 and retried[7]["category"] == "bad_item"
+    rows = [json.loads(line) for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(r["item"] for r in rows) == [x for x in items if x % 10 not in (3, 5, 7)]
+    assert all(r["result"] == 2 * r["item"] for r in rows)
+
+
+def test_generator_source_is_streamed_and_async_handler_runs_concurrently() -> None:
+    items = range(500)
+    s = batch_map((x for x in items), handlers.async_mixed, chunk_size=100, item_concurrency=16,
+                  min_success_ratio=0.5, **FAST)
+    assert_counts(s, items)
+    assert s.ok
+
+
+@pytest.mark.parametrize("kind", ["jsonl.gz", "csv", "parquet"])
+def test_file_sources(tmp_path: Path, kind: str) -> None:
+    items = range(300)
+    path = tmp_path / f"items.{kind}"
+    if kind == "jsonl.gz":
+        with gzip.open(path, "wt") as fh:
+            fh.writelines(json.dumps(x) + "\n" for x in items)
+        handler = "tests.handlers:mixed"
+    else:
+        frame = pl.DataFrame({"x": list(items)})
+        frame.write_csv(path) if kind == "csv" else frame.write_parquet(path)
+        handler = "tests.handlers:mixed_record"
+    s = batch_map(str(path), handler, chunk_size=50, min_success_ratio=0.5, **FAST)
+    assert_counts(s, items)
+
+
+def test_fatal_error_stops_the_run_with_the_reason() -> None:
+    s = batch_map(list(range(10_000)), handlers.fatal_at_37, chunk_size=10, max_concurrency=2, **FAST)
+    assert s.state == "Failed"
+    assert "credentials were refused" in s.message
+    assert s.total < 10_000 and s.remaining == 10_000 - s.total
+    assert s.succeeded + s.failed + s.skipped == s.total
+
+
+def test_fail_fast_stops_submitting(tmp_path: Path) -> None:
+    s = batch_map(list(range(5000)), handlers.mixed, chunk_size=10, max_concurrency=2, on_error="fail_fast", **FAST)
+    assert s.state == "Failed" and "fail_fast" in s.message
+    assert s.total <= 40  # the first failing chunk plus at most the window in flight
+    assert s.remaining == 5000 - s.total
+
+
+def test_min_success_ratio_decides_the_final_state() -> None:
+    items = list(range(100))  # 80 % succeed among attempted (20 failed, 10 skipped)
+    assert batch_map(items, handlers.mixed, chunk_size=25, min_success_ratio=0.7, **FAST).state == "Completed"
+    failed = batch_map(items, handlers.mixed, chunk_size=25, min_success_ratio=0.9, **FAST)
+    assert failed.state == "Failed" and "below min_success_ratio 0.9" in failed.message
+
+
+def test_flow_state_is_failed_with_counts_in_the_message() -> None:
+    state = batch_map_flow(source=list(range(20)), handler="tests.handlers:mixed", retries=0, return_state=True)
+    assert state.is_failed()
+    assert "20 items: 14 succeeded, 4 failed, 2 skipped" in state.message
+
+
+def test_rerun_with_the_same_run_key_reuses_chunks_and_cache_version_forces_work(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "effects.log"
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
+    first = batch_map(list(range(100)), handlers.side_effect, chunk_size=10, run_key="same")
+    assert first.chunks_resumed == 0 and len(log.read_text().split()) == 100
+    again = batch_map(list(range(100)), handlers.side_effect, chunk_size=10, run_key="same")
+    assert again.chunks_resumed == 10 and again.succeeded == 100
+    assert len(log.read_text().split()) == 100  # nothing done twice
+    forced = batch_map(list(range(100)), handlers.side_effect, chunk_size=10, run_key="same", cache_version="2")
+    assert forced.chunks_resumed == 0 and len(log.read_text().split()) == 200
+
+
+def test_item_retries_recover_transient_failures() -> None:
+    s = batch_map(list(range(50)), handlers.flaky_once, chunk_size=10, retries=2, retry_backoff_s=0.001)
+    assert s.ok and s.succeeded == 50 and s.failed == 0
+
+
+def test_weighted_and_adaptive_chunking() -> None:
+    weighted = batch_map(list(range(1, 21)), handlers.double, chunking="weighted", weight_fn=handlers.weight,
+                         chunk_size=50)
+    assert weighted.ok and weighted.total == 20 and weighted.chunks_total > 3
+    adaptive = batch_map(list(range(3000)), handlers.double, chunking="adaptive", target_chunk_seconds=0.05)
+    assert adaptive.ok and adaptive.total == 3000
+
+
+def test_processes_task_runner() -> None:
+    items = range(200)
+    s = batch_map(list(items), "tests.handlers:mixed", chunk_size=50, max_concurrency=2, task_runner="processes",
+                  min_success_ratio=0.5, **FAST)
+    assert_counts(s, items)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"min_success_ratio": 1.5}, "min_success_ratio"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"on_error": "explode"}, "on_error"),
+        ({"run_key": "../../etc"}, "run_key"),
+    ],
+)
+def test_bad_parameters_fail_before_any_work(kwargs: dict, match: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(tmp_path / "never.log"))
+    with pytest.raises(ConfigError, match=match):
+        batch_map([1, 2, 3], handlers.side_effect, **kwargs)
+    assert not (tmp_path / "never.log").exists()
+
+
+def test_bad_handlers_and_sources_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        batch_map([1], "nowhere.mod:fn")
+    with pytest.raises(ConfigError, match="not a callable"):
+        batch_map([1], "tests.handlers:FAST_NOT_CALLABLE")
+    with pytest.raises(SourceError, match="does not exist"):
+        batch_map(str(tmp_path / "missing.jsonl"), handlers.double)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("1\n2\n{oops\n")
+    with pytest.raises(SourceError, match=r"bad\.jsonl:3"):
+        batch_map(str(bad), handlers.double)
+
+
+def test_concurrency_limit_is_created_and_never_exceeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    monkeypatch.setenv("BF_PROBE_DIR", str(probe))
+    monkeypatch.setenv("BF_SLEEP", "0.02")
+    s = batch_map(list(range(40)), handlers.concurrency_probe, chunk_size=2, max_concurrency=4,
+                  concurrency_limit="bf-test-gcl-created")
+    assert s.ok and s.succeeded == 40
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("bf-test-gcl-created").limit == 4
+    observed = [int(x) for x in (probe / "observed.log").read_text().split()]
+    assert max(observed) <= 4
+
+
+def test_progress_and_summary_artifacts_are_published() -> None:
+    summary = batch_map(list(range(30)), "tests.handlers:double", chunk_size=10)
+    assert summary.ok and summary.flow_run_id
+    by_type = {a["type"]: a for a in flow_run_artifacts(summary.flow_run_id)}
+    assert float(by_type["progress"]["data"]) == 100.0
+    table = {row["metric"]: row["value"] for row in json.loads(by_type["table"]["data"])}
+    assert table["succeeded"] == 30 and table["state"] == "Completed"
+    assert "Completed" in by_type["markdown"]["data"]

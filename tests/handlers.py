@@ -1,0 +1,96 @@
+"""Importable handlers and sources for tests (subprocesses and process pools import them by path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import FatalError, ItemError, SkipItem
+
+
+def numbers() -> Iterator[int]:
+    """A generator source of BF_N integers (default 1000)."""
+    yield from range(int(os.environ.get("BF_N", "1000")))
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def mixed(x: int) -> int:
+    """Fails for x % 10 == 3 (retryable, then dead-lettered), ItemError for x % 10 == 7, skips x % 10 == 5."""
+    if x % 10 == 3:
+        raise ValueError(f"cannot handle {x}")
+    if x % 10 == 7:
+        raise ItemError(f"item {x} is invalid", category="bad_item")
+    if x % 10 == 5:
+        raise SkipItem(f"{x} skipped")
+    return x * 2
+
+
+async def async_mixed(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return mixed(x)
+
+
+def fatal_at_37(x: int) -> int:
+    if x == 37:
+        raise FatalError("credentials were refused by the API (HTTP 401); set a valid token and rerun")
+    return x
+
+
+def weight(x: Any) -> float:
+    return float(x) if isinstance(x, int | float) else 1.0
+
+
+_flaky_lock = threading.Lock()
+_flaky_seen: dict[Any, int] = {}
+
+
+def flaky_once(x: int) -> int:
+    """Fails the first attempt of every item, succeeds on the second (same process)."""
+    with _flaky_lock:
+        _flaky_seen[x] = _flaky_seen.get(x, 0) + 1
+        first = _flaky_seen[x] == 1
+    if first:
+        raise ConnectionError(f"transient failure for {x}")
+    return x
+
+
+def side_effect(x: int) -> int:
+    """Appends the item to $BF_SIDE_EFFECT_LOG (one line each), sleeping $BF_SLEEP seconds first."""
+    time.sleep(float(os.environ.get("BF_SLEEP", "0")))
+    path = Path(os.environ["BF_SIDE_EFFECT_LOG"])
+    with path.open("a") as fh:
+        fh.write(f"{x}\n")
+        fh.flush()
+    return x
+
+
+def concurrency_probe(x: int) -> int:
+    """Marks itself present in $BF_PROBE_DIR while it runs and records how many were present."""
+    probe = Path(os.environ["BF_PROBE_DIR"])
+    me = probe / f"{os.getpid()}-{uuid.uuid4().hex}.active"
+    me.touch()
+    try:
+        present = len(list(probe.glob("*.active")))
+        with (probe / "observed.log").open("a") as fh:
+            fh.write(f"{present}\n")
+        time.sleep(float(os.environ.get("BF_SLEEP", "0.05")))
+    finally:
+        me.unlink()
+    return x
+
+
+def mixed_record(record: dict[str, Any]) -> int:
+    """``mixed`` over a CSV/Parquet record ``{"x": ...}``."""
+    return mixed(int(record["x"]))
+
+
+FAST_NOT_CALLABLE = 42

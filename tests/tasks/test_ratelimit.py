@@ -1,0 +1,175 @@
+"""tasks/ratelimit.py: the token bucket on a fake clock, then measured against the rate-enforcing endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+import pytest
+
+from tasks.errors import ConfigError
+from tasks.http import RequestSpec, make_client, send
+from tasks.ratelimit import TokenBucket
+from tasks.retry import RetryPolicy
+from tests.fixtures.api_server import ApiServer
+
+
+class FakeClock:
+    """Time that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sends: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep_sync(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _bucket(clock: FakeClock, rate: float = 10, **kw: float) -> TokenBucket:
+    return TokenBucket(rate, clock=clock, sleep=clock.sleep, sleep_sync=clock.sleep_sync, **kw)
+
+
+def test_sends_are_evenly_spaced_without_burst():
+    clock = FakeClock()
+    bucket = _bucket(clock, rate=10)
+
+    async def go() -> list[float]:
+        times = []
+        for _ in range(21):
+            await bucket.acquire()
+            times.append(clock.now)
+        return times
+
+    times = asyncio.run(go())
+    assert times[0] == 100.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap == pytest.approx(0.1) for gap in gaps)
+
+
+def test_burst_capacity_after_idle_is_small():
+    clock = FakeClock()
+    bucket = _bucket(clock, rate=10, burst=3)
+    clock.now += 60  # idle for a minute: still only `burst` tokens at once
+    waits = [bucket.acquire_sync() for _ in range(5)]
+    assert waits[:3] == [0, 0, 0] and waits[3] == pytest.approx(0.1) and waits[4] == pytest.approx(0.1)
+
+
+def test_aimd_halves_on_429_then_recovers_additively():
+    clock = FakeClock()
+    bucket = _bucket(clock, rate=100, recovery_per_second=10, decrease_cooldown_s=1.0)
+    bucket.on_throttle()
+    assert bucket.current_rate() == pytest.approx(50)
+    bucket.on_throttle()  # same burst of 429s: within the cooldown, no second halving
+    assert bucket.current_rate() == pytest.approx(50)
+    clock.now += 2
+    assert bucket.current_rate() == pytest.approx(70)
+    bucket.on_throttle()
+    assert bucket.current_rate() == pytest.approx(35)
+    clock.now += 100
+    assert bucket.current_rate() == 100  # never above the configured limit
+    assert bucket.stats().decreases == 2 and bucket.stats().throttled == 3
+
+
+def test_retry_after_pauses_every_user_of_the_bucket():
+    clock = FakeClock()
+    bucket = _bucket(clock, rate=10, decrease_cooldown_s=0)
+
+    async def go() -> list[float]:
+        await bucket.acquire()
+        bucket.on_throttle(retry_after=5)
+        starts = []
+        for _ in range(3):
+            await bucket.acquire()
+            starts.append(clock.now)
+        return starts
+
+    starts = asyncio.run(go())
+    assert starts[0] >= 105.0
+    assert starts[1] - starts[0] == pytest.approx(0.2)  # at the halved rate
+
+
+def test_thread_safe_no_token_given_twice():
+    bucket = TokenBucket(400)
+    sent: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(25):
+            bucket.acquire_sync()
+            with lock:
+                sent.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    assert len(sent) == 100
+    assert elapsed >= 99 / 400 * 0.95  # 100 tokens at 400/s cannot take less than ~0.25 s
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_bad_rate_is_config_error(bad: float):
+    with pytest.raises(ConfigError, match="rate_per_second"):
+        TokenBucket(bad)
+
+
+def test_measured_rate_stays_within_server_limit(api_server: ApiServer):
+    """60/s against a server enforcing 60/s per wall second with 32 requests in flight: no 429."""
+    api_server.reset(rate_limit_per_second=60)
+    bucket = TokenBucket(60)
+    n = 150
+
+    async def go() -> float:
+        async with make_client(api_server.url, limiter=bucket) as client:
+            sem = asyncio.Semaphore(32)
+            policy = RetryPolicy(retries=5, backoff_s=0.01)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    await policy.acall(lambda: send(client, RequestSpec("GET", f"/limited/{i}")))
+
+            started = time.monotonic()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            return time.monotonic() - started
+
+    elapsed = asyncio.run(go())
+    rejected = sum(api_server.limited_rejected().values())
+    counts = api_server.limited_counts()
+    assert sum(counts.values()) == n
+    assert max(counts.values()) <= 60
+    assert rejected <= 1  # <= 1 % of requests
+    assert n / elapsed >= 0.95 * 60 * (n - 1) / n
+
+
+def test_aimd_reacts_to_429_from_the_server(api_server: ApiServer):
+    """Asking for 100/s from a server allowing 30/s: 429s make the bucket slow down, items all succeed."""
+    api_server.reset(rate_limit_per_second=30)
+    bucket = TokenBucket(100, recovery_per_second=5)
+
+    async def go() -> None:
+        async with make_client(api_server.url, limiter=bucket) as client:
+            sem = asyncio.Semaphore(16)
+            policy = RetryPolicy(retries=10, backoff_s=0.05)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    await policy.acall(lambda: send(client, RequestSpec("GET", f"/limited/{i}")))
+
+            await asyncio.gather(*(one(i) for i in range(90)))
+
+    asyncio.run(go())
+    stats = bucket.stats()
+    assert sum(api_server.limited_counts().values()) == 90
+    assert stats.throttled >= 1 and stats.decreases >= 1
+    assert stats.current_rate < 100

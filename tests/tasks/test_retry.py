@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from tasks.errors import FatalError, ItemError, RetryableError, SkipItem
+from tasks.retry import RetryPolicy, attempts_made
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def failing(times: int, exc: Exception):
+    calls = {"n": 0}
+
+    def fn() -> str:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise exc
+        return "ok"
+
+    return fn, calls
+
+
+@pytest.mark.parametrize("method", ["call", "call_fast"])
+def test_retries_then_succeeds_and_counts_attempts(method: str) -> None:
+    clock = Clock()
+    fn, calls = failing(2, ConnectionError("reset"))
+    result = getattr(RetryPolicy(retries=3, backoff_s=1.0, sleep=clock.sleep), method)(fn)
+    assert result == ("ok", 3)
+    assert calls["n"] == 3
+    assert len(clock.sleeps) == 2
+    assert all(0 <= s <= 2.0 for s in clock.sleeps)
+
+
+@pytest.mark.parametrize("method", ["call", "call_fast"])
+def test_gives_up_after_retries_with_the_attempt_count(method: str) -> None:
+    fn, calls = failing(99, ValueError("nope"))
+    with pytest.raises(ValueError) as info:
+        getattr(RetryPolicy(retries=2, backoff_s=0, sleep=lambda _s: None), method)(fn)
+    assert calls["n"] == 3
+    assert attempts_made(info.value) == 3
+
+
+@pytest.mark.parametrize("exc", [ItemError("bad"), SkipItem("skip"), FatalError("stop")])
+def test_permanent_errors_are_not_retried(exc: Exception) -> None:
+    fn, calls = failing(99, exc)
+    with pytest.raises(type(exc)):
+        RetryPolicy(retries=5, sleep=lambda _s: None).call_fast(fn)
+    assert calls["n"] == 1
+
+
+def test_retry_after_wins_over_backoff() -> None:
+    clock = Clock()
+    fn, _ = failing(2, RetryableError("429", retry_after=7.5))
+    RetryPolicy(retries=3, backoff_s=0.001, sleep=clock.sleep).call(fn)
+    assert clock.sleeps == [7.5, 7.5]
+
+
+def test_retry_after_is_capped() -> None:
+    clock = Clock()
+    fn, _ = failing(1, RetryableError("429", retry_after=10_000))
+    RetryPolicy(retries=1, max_retry_after_s=30, sleep=clock.sleep).call(fn)
+    assert clock.sleeps == [30]
+
+
+async def _async_ok() -> str:
+    return "ok"
+
+
+def test_async_call() -> None:
+    import asyncio
+
+    assert asyncio.run(RetryPolicy().acall(_async_ok)) == ("ok", 1)
