@@ -6,32 +6,18 @@ Shared by the batch-map and replay-dead-letters flows. Parameters are validated 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tasks.chunking import Adaptive, Chunk, ChunkingName, PlanLog, cut_chunks, make_strategy
-from tasks.engine import (
-    ChunkJob,
-    ItemOptions,
-    TaskRunnerName,
-    chunk_cache_key,
-    configure_chunk_task,
-    open_task_runner,
-    run_chunk,
-    run_window,
-    state_report,
-)
-from tasks.errors import ConfigError, FatalError
-from tasks.loader import callable_identity, load_callable
-from tasks.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
-from tasks.progress import Progress, publish_summary
-from tasks.redact import redact_text
-from tasks.settings import EngineSettings
+from tasks.chunked_run import ChunkedRun
+from tasks.chunking import Chunk, ChunkingName, PlanLog, cut_chunks, make_strategy
+from tasks.engine import ChunkJob, ItemOptions, TaskRunnerName, run_chunk
+from tasks.errors import ConfigError
+from tasks.loader import callable_identity, is_handle, load_callable
+from tasks.outcomes import ChunkReport, RunSummary
 from tasks.sources import open_source
-from tasks.state import RunDir, new_run_key, validate_run_key, write_text_atomic
+from tasks.state import validate_run_key
 
 OnError = Literal["continue", "fail_fast"]
 
@@ -93,77 +79,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid parameters: " + "; ".join(parts)
 
 
-def current_flow_run_id() -> str | None:
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    return str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else None
-
-
-def default_run_key() -> str:
-    """The flow run's id inside a flow run (a retried flow run resumes), otherwise a new key."""
-    return current_flow_run_id() or new_run_key()
-
-
-class _BatchRun:
-    """The mutable state of one run: folds chunk outcomes, decides when to stop."""
-
-    def __init__(self, flow: str, run_key: str, opts: BatchOptions, run_dir: RunDir, handler_id: str, total: int | None):
-        settings = EngineSettings()
-        self.opts = opts
-        self.builder = SummaryBuilder(flow, run_key)
-        self.dead = DeadLetterWriter(run_dir.dead_letter, flow=flow, run_key=run_key, handler=handler_id)
-        self.progress = Progress(flow, total, interval_s=settings.progress_interval_s)
-        self.fatal: str | None = None
-        self.failed_seen = False
-
-    def should_stop(self) -> bool:
-        return self.fatal is not None or (self.opts.on_error == "fail_fast" and self.failed_seen)
-
-    def on_done(self, chunk: Chunk, outcome: ChunkReport | BaseException, observe: Callable[[int, float], None]) -> None:
-        if isinstance(outcome, ChunkReport):
-            report = outcome
-            if not report.resumed:
-                observe(report.size, report.duration_s)
-        else:
-            if isinstance(outcome, FatalError):
-                self.fatal = redact_text(str(outcome))
-            failures = [
-                FailedItem.from_exception(item, outcome, chunk=chunk.index, position=i, attempts=1)
-                for i, item in enumerate(chunk.items)
-            ]
-            report = ChunkReport(index=chunk.index, size=len(chunk.items), failed=len(chunk.items), failures=failures)
-            self.builder.summary.chunks_failed += 1
-        self.builder.add(report)
-        self.dead.write(report.failures)
-        self.failed_seen = self.failed_seen or report.failed > 0
-        self.progress.advance(report.size, report.failed)
-
-
-def decide_state(summary: RunSummary, opts: BatchOptions, fatal: str | None) -> RunSummary:
-    """Set the final state and a message stating the counts, following on_error and min_success_ratio."""
-    counts = summary.counts_line()
-    if fatal is not None:
-        summary.state, summary.message = "Failed", f"stopped by a fatal error: {fatal}. {counts}"
-    elif opts.on_error == "fail_fast" and summary.failed:
-        summary.state, summary.message = "Failed", f"fail_fast: stopped at the first failed item. {counts}"
-    elif summary.success_ratio < opts.min_success_ratio:
-        summary.state = "Failed"
-        summary.message = (
-            f"success ratio {summary.success_ratio:.4f} is below min_success_ratio {opts.min_success_ratio}. {counts}"
-        )
-    else:
-        summary.state, summary.message = "Completed", counts
-    return summary
-
-
 def run_batch(flow: str, source: Any, handler: Any, opts: BatchOptions) -> RunSummary:
     """Run a whole batch inside the current flow run and return its summary (state decided)."""
-    settings = EngineSettings()
-    run_key = opts.run_key or default_run_key()
     src = open_source(source, input_format=opts.input_format)
     fn = load_callable(handler, what="handler")
-    handler_id = callable_identity(handler if isinstance(handler, str) and not handler.startswith("mem:") else fn)
+    handler_id = callable_identity(handler if isinstance(handler, str) and not is_handle(handler) else fn)
     weight_fn = load_callable(opts.weight_fn, what="weight_fn") if opts.weight_fn else None
     strategy = make_strategy(
         opts.chunking, chunk_size=opts.chunk_size, target_chunk_seconds=opts.target_chunk_seconds,
@@ -173,8 +93,8 @@ def run_batch(flow: str, source: Any, handler: Any, opts: BatchOptions) -> RunSu
         from tasks.concurrency import ensure_concurrency_limit
 
         ensure_concurrency_limit(opts.concurrency_limit, slots=opts.max_concurrency)
-    run_dir = RunDir.for_run(flow, run_key, settings.state_dir)
-    chunk_task = configure_chunk_task(run_chunk, results_dir=run_dir.chunks, chunk_retries=opts.chunk_retries, tags=opts.tags)
+    run = ChunkedRun(flow, run_key=opts.run_key, total=src.total, handler_id=handler_id, on_error=opts.on_error)
+    chunk_task = run.configure(run_chunk, chunk_retries=opts.chunk_retries, tags=opts.tags)
     job = ChunkJob(
         handler=fn,
         options=ItemOptions(
@@ -184,42 +104,25 @@ def run_batch(flow: str, source: Any, handler: Any, opts: BatchOptions) -> RunSu
         output_dir=opts.output,
         concurrency_limit=opts.concurrency_limit,
     )
-    identity = (flow, run_key, opts.cache_version, handler_id, str(opts.output or ""))
-    plan = PlanLog(run_dir.plan)
-    state = _BatchRun(flow, run_key, opts, run_dir, handler_id, src.total)
-    observe = strategy.observe if isinstance(strategy, Adaptive) else (lambda _s, _d: None)
+    identity = (opts.cache_version, handler_id, str(opts.output or ""))
 
-    def submit(chunk: Chunk) -> Any:
-        key = chunk_cache_key(*identity, chunk.content_hash())
-        return runner.submit(chunk_task, parameters={"chunk": chunk, "cache_key": key, "job": job})
+    def parameters(chunk: Chunk) -> dict[str, Any]:
+        return {"chunk": chunk, "cache_key": run.cache_key(*identity, chunk.content_hash()), "job": job}
 
-    started = time.perf_counter()
-    chunks: Iterator[Chunk] = cut_chunks(src, strategy, plan)
+    def observe(_chunk: Chunk, report: ChunkReport) -> None:
+        if not report.resumed:
+            strategy.observe(report.size, report.duration_s)
+
+    plan = PlanLog(run.run_dir.plan)
     try:
-        with open_task_runner(opts.task_runner, opts.max_concurrency, opts.dask_address) as runner:
-            run_window(
-                chunks,
-                submit,
-                lambda chunk, st: state.on_done(chunk, state_report(st), observe),
-                max_in_flight=opts.max_concurrency,
-                should_stop=state.should_stop,
-                memory_limit_mb=settings.memory_limit_mb,
-                logger=state.progress._logger,
-            )
+        summary = run.execute(
+            cut_chunks(src, strategy, plan), parameters, chunk_task,
+            chunk=lambda c: (c.index, len(c.items), c.items), max_concurrency=opts.max_concurrency,
+            task_runner=opts.task_runner, dask_address=opts.dask_address, on_report=observe,
+        )
     finally:
         plan.close()
-        state.dead.close()
-    state.progress.finish()
-    summary = state.builder.finish(time.perf_counter() - started)
-    if state.should_stop():
-        summary.remaining = None if src.total is None else max(src.total - summary.total, 0)
-    summary.dead_letter_path = str(run_dir.dead_letter) if summary.failed else None
-    summary.output_path = opts.output
-    summary.flow_run_id = current_flow_run_id()
-    decide_state(summary, opts, state.fatal)
-    write_text_atomic(run_dir.summary, summary.model_dump_json(indent=2))
-    publish_summary(summary)
-    return summary
+    return run.finish(summary, min_success_ratio=opts.min_success_ratio, output_path=opts.output)
 
 
-__all__ = ["BatchOptions", "OnError", "current_flow_run_id", "decide_state", "default_run_key", "describe_validation_error", "run_batch"]
+__all__ = ["BatchOptions", "OnError", "describe_validation_error", "run_batch"]

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -242,7 +242,6 @@ def configure_chunk_task(
         retry_delay_seconds=retry_delay_s,
         retry_condition_fn=_no_retry_on_fatal,
         tags=set(tags),
-        cache_result_in_memory=False,
     )
 
 
@@ -386,14 +385,6 @@ def state_report(state: State) -> ChunkReport | BaseException:
     if isinstance(result, BaseException):
         return result
     return RuntimeError(f"chunk task ended in state {state.name}: {state.message}")
-
-
-def in_flow_run() -> bool:
-    return FlowRunContext.get() is not None
-
-
-def nullctx() -> Any:
-    return nullcontext()
 
 
 __all__ = [

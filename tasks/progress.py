@@ -50,7 +50,7 @@ class Progress:
         self.failed = 0
         self._last = 0.0
         self._artifact_id: UUID | None = None
-        self._logger = _run_logger()
+        self.logger = _run_logger()
         if artifacts:
             self._artifact_id = self._create_artifact()
 
@@ -85,7 +85,7 @@ class Progress:
             line = f"{self.label}: {self.done:,} done (total unknown), {rate:,.0f} items/s"
         if self.failed:
             line += f", {self.failed:,} failed"
-        self._logger.info(line)
+        self.logger.info(line)
         if self._artifact_id is not None and pct is not None:
             try:
                 from prefect.artifacts import update_progress_artifact

@@ -1,0 +1,124 @@
+"""Engine benchmarks (``make bench``): overhead per chunk, baselines, resume cost.
+
+1. 10k chunks of trivial items through batch_map against a real ``prefect server start``:
+   ms per chunk and peak RSS (targets: <= 20 ms/chunk, <= 500 MB).
+2. The same items as a plain Python loop and as a bare Prefect ``.map`` of one task per item.
+3. Resume: a full run vs a rerun after SIGKILL at ~90 % (target: rerun <= 20 % of the full run).
+
+Task-run log lines are at WARNING (PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL) as in the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, PeakRss, prefect_server, print_table, timed, wait_server_idle
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def overhead(n_chunks: int) -> list[dict[str, object]]:
+    from prefect import flow, task
+
+    from flows.batch_map import batch_map
+
+    rows = []
+    items = list(range(n_chunks))
+    secs, mb, _ = timed(lambda: [trivial(x) for x in items])
+    rows.append({"variant": "plain Python loop", "seconds": f"{secs:.3f}", "ms/chunk": f"{1000 * secs / n_chunks:.4f}",
+                 "peak RSS MB": f"{mb:.0f}", "ratio": "-"})
+
+    @task
+    def one(x: int) -> int:
+        return trivial(x)
+
+    @flow
+    def bare_map(xs: list[int]) -> int:
+        return len(one.map(xs).result())
+
+    wait_server_idle()
+    secs_map, mb, _ = timed(lambda: bare_map(items))
+    rows.append({"variant": f"bare Prefect .map ({n_chunks} task runs)", "seconds": f"{secs_map:.2f}",
+                 "ms/chunk": f"{1000 * secs_map / n_chunks:.2f}", "peak RSS MB": f"{mb:.0f}", "ratio": "1.00"})
+
+    wait_server_idle()
+    secs_bm, mb, summary = timed(lambda: batch_map(items, trivial, chunk_size=1, max_concurrency=8, retries=0))
+    assert summary.ok and summary.chunks_total == n_chunks, summary.render_text()
+    rows.append({"variant": f"batch_map ({n_chunks} chunks of 1 item)", "seconds": f"{secs_bm:.2f}",
+                 "ms/chunk": f"{1000 * secs_bm / n_chunks:.2f}", "peak RSS MB": f"{mb:.0f}",
+                 "ratio": f"{secs_map / secs_bm:.2f}"})
+    return rows
+
+
+def _run_subprocess(params: dict, env: dict[str, str], kill_at: int | None, log: Path) -> float:
+    cmd = [sys.executable, "-m", "tests.run_flow", "batch-map", json.dumps(params)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if kill_at is None:
+        proc.wait()
+        return time.perf_counter() - started
+    while proc.poll() is None:
+        if log.exists() and log.stat().st_size and len(log.read_bytes().split()) >= kill_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    return time.perf_counter() - started
+
+
+def resume_cost(n_items: int, chunk_size: int) -> list[dict[str, object]]:
+    tmp = Path(tempfile.mkdtemp(prefix="bf-bench-resume-"))
+    base = {"source": "tests.handlers:numbers", "handler": "tests.handlers:side_effect", "chunk_size": chunk_size,
+            "max_concurrency": 4, "retries": 0}
+    env = {"BF_N": str(n_items), "BATCHFLOWS_STATE_DIR": str(tmp / "state"), "PYTHONPATH": str(ROOT),
+           "BF_SLEEP": "0.003"}
+    wait_server_idle()
+    full_log = tmp / "full.log"
+    full = _run_subprocess({**base, "run_key": "full"}, {**env, "BF_SIDE_EFFECT_LOG": str(full_log)}, None, full_log)
+    wait_server_idle()
+    kill_log = tmp / "kill.log"
+    _run_subprocess({**base, "run_key": "killed"}, {**env, "BF_SIDE_EFFECT_LOG": str(kill_log)},
+                    int(n_items * 0.9), kill_log)
+    done_at_kill = len(kill_log.read_bytes().split())
+    wait_server_idle()
+    rerun = _run_subprocess({**base, "run_key": "killed"}, {**env, "BF_SIDE_EFFECT_LOG": str(kill_log)}, None,
+                            kill_log)
+    total_effects = len(kill_log.read_bytes().split())
+    return [
+        {"run": "full run (subprocess)", "seconds": f"{full:.2f}", "items done": len(full_log.read_bytes().split()),
+         "ratio to full": "1.00"},
+        {"run": "rerun after SIGKILL at ~90 %", "seconds": f"{rerun:.2f}",
+         "items done": f"{total_effects - done_at_kill} (killed at {done_at_kill})", "ratio to full": f"{rerun / full:.2f}"},
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--resume-items", type=int, default=40_000)
+    parser.add_argument("--only", choices=["overhead", "resume"], default=None)
+    args = parser.parse_args()
+    with prefect_server() as url:
+        print(f"Prefect server: {url}; {os.cpu_count()} cores")
+        if args.only in (None, "overhead"):
+            print_table(f"engine overhead, {args.chunks} chunks", overhead(args.chunks))
+        if args.only in (None, "resume"):
+            print_table(f"resume cost, {args.resume_items} items in chunks of 100", resume_cost(args.resume_items, 100))
+    return 0
+
+
+if __name__ == "__main__":
+    with PeakRss() as _rss:
+        code = main()
+    raise SystemExit(code)
