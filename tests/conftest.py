@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
 
 from deployments.local_server import PrefectServer  # noqa: E402
 
-pytest_plugins = ["tests.fixtures.api_server"]
+pytest_plugins = ["tests.fixtures.api_server", "tests.fixtures.postgres"]
 
 _server: PrefectServer | None = None
 

@@ -1,0 +1,411 @@
+"""Read one keyset range and write it to the target in one transaction (COPY fast path, upsert, replace).
+
+Why one transaction per range: a killed or retried range then leaves nothing half-written, and the
+modes make a re-run harmless (``upsert`` overwrites, ``replace`` deletes the range first, ``append``
+skips a range whose key span already has rows in the target). PostgreSQL -> PostgreSQL without a
+transform streams COPY bytes straight from source to target (binary when the column types are identical,
+text otherwise); every other combination decodes rows into canonical Python values (tasks.db_types).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import polars as pl
+import psycopg
+from pydantic import BaseModel
+
+from tasks.db_conn import Db, TableName, UrlLike, connect, parse_table_name
+from tasks.db_schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
+from tasks.db_types import ColumnInfo
+from tasks.db_values import (
+    coerce,
+    frame_value,
+    pg_decoder,
+    pg_encoder,
+    polars_dtype,
+    sqlite_decoder,
+    sqlite_encoder,
+)
+from tasks.errors import ConfigError, ItemError, SourceError
+from tasks.redact import redact_text
+
+Mode = Literal["append", "upsert", "replace"]
+CopyFormat = Literal["auto", "binary", "text", "rows"]
+Transform = Callable[[pl.DataFrame], pl.DataFrame]
+MODES: tuple[str, ...] = ("append", "upsert", "replace")
+_TEXT_OID = 25
+_FETCH = 5_000
+
+
+class RangeResult(BaseModel):
+    """What one range did: rows read and written, the path taken, whether it was skipped and why."""
+
+    index: int
+    rows_read: int
+    rows_written: int
+    seconds: float
+    path: str
+    skipped: bool = False
+    note: str = ""
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _select(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]]:
+    cols = ", ".join(f"{db.q(c.name)}::text" if c.cast_text else db.q(c.name) for c in schema.columns)
+    where, params = range_predicate(db, schema.key_columns(), rng)
+    order = ", ".join(key_expr(db, schema.key_columns()))
+    return f"SELECT {cols} FROM {schema.relation(db.dialect)} WHERE {where} ORDER BY {order}", params
+
+
+def _pg_oids(cols: Sequence[ColumnInfo]) -> list[int]:
+    return [_TEXT_OID if c.cast_text or c.pg_oid is None else c.pg_oid for c in cols]
+
+
+def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``rng`` in key order as canonical Python values (PostgreSQL: binary COPY; SQLite: cursor)."""
+    sql, params = _select(db, schema, rng)
+    if db.dialect == "postgresql":
+        decoders = [pg_decoder(c) for c in schema.columns]
+        fix = [(i, f) for i, f in enumerate(decoders) if f is not None]
+        cur = db.raw.cursor()
+        with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            copy.set_types(_pg_oids(schema.columns))
+            for row in copy.rows():
+                if fix:
+                    row = list(row)
+                    for i, f in fix:
+                        row[i] = f(row[i])
+                    row = tuple(row)
+                yield row
+        return
+    decs = [sqlite_decoder(c) for c in schema.columns]
+    cur = db.raw.execute(sql, params)
+    while batch := cur.fetchmany(_FETCH):
+        for row in batch:
+            try:
+                out = tuple(d(v) for d, v in zip(decs, row, strict=True))
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise _decode_error(schema, rng, row, decs, exc) from None
+            yield out
+
+
+def _decode_error(schema: SourceSchema, rng: KeyRange, row: Sequence[Any], decs: Sequence[Callable[[Any], Any]],
+                  exc: Exception) -> ItemError:
+    names = schema.names
+    for name, dec, value in zip(names, decs, row, strict=True):
+        try:
+            dec(value)
+        except (ValueError, TypeError, ArithmeticError) as err:
+            col = schema.column(name)
+            return _row_error(rng, names, schema.key, row, name, f"{value!r} is not a valid {col.type_label()}: {err}")
+    return _row_error(rng, names, schema.key, row, "?", str(exc))
+
+
+def _to_frame(cols: Sequence[ColumnInfo], rows: list[tuple[Any, ...]]) -> pl.DataFrame:
+    data = {c.name: [frame_value(c, r[i]) for r in rows] for i, c in enumerate(cols)}
+    return pl.DataFrame(data, schema={c.name: polars_dtype(c) for c in cols})
+
+
+def read_range(source_url: UrlLike, table: str | None, rng: KeyRange, *, query: str | None = None,
+               key: str | Sequence[str] | None = None) -> pl.DataFrame:
+    """The rows of one range as a polars DataFrame, exactly as a transform receives them (JSON, uuids and
+    arrays as text; numeric as Decimal; timestamptz in UTC)."""
+    schema = reflect(source_url, table, query=query, key=key)
+    with connect(source_url, "source") as db:
+        rows = list(iter_rows(db, schema, rng))
+    return _to_frame(schema.columns, rows)
+
+
+def resolve_transform(transform: Transform | str | None) -> Transform | None:
+    """A callable, or ``"pkg.mod:fn"`` imported here (so deployments can pass it as a string)."""
+    if transform is None or callable(transform):
+        return transform
+    mod, _, attr = str(transform).partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        msg = f"transform {transform!r} cannot be imported ({exc}); use 'package.module:function'"
+        raise ConfigError(msg) from None
+    if not callable(fn):
+        msg = f"transform {transform!r} is not callable"
+        raise ConfigError(msg)
+    return fn
+
+
+# ---------------------------------------------------------------- converting
+
+
+def _row_error(rng: KeyRange, names: Sequence[str], keys: Sequence[str], row: Sequence[Any], column: str,
+               reason: str) -> ItemError:
+    key_val = {k: row[names.index(k)] for k in keys if k in names}
+    msg = (f"range {rng.index}: row with key {key_val} cannot be written: column {column!r}: "
+           f"{redact_text(reason)}. Fix the value in the source or map it in a transform.")
+    return ItemError(msg, category="conversion")
+
+
+def _convert(rows: list[tuple[Any, ...]], names: Sequence[str], funcs: Sequence[Callable[[Any], Any] | None],
+             keys: Sequence[str], rng: KeyRange) -> list[tuple[Any, ...]]:
+    active = [(i, f) for i, f in enumerate(funcs) if f is not None]
+    if not active:
+        return rows
+    out = []
+    for row in rows:
+        vals = list(row)
+        for i, f in active:
+            try:
+                vals[i] = f(vals[i])
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise _row_error(rng, names, keys, row, names[i], f"{vals[i]!r}: {exc}") from None
+        out.append(tuple(vals))
+    return out
+
+
+def _converters(src: Sequence[ColumnInfo] | None, tgt: Sequence[ColumnInfo], dialect: str
+                ) -> list[Callable[[Any], Any] | None]:
+    """Per column: canonical source value (or DataFrame value when ``src`` is None) -> target storage."""
+    funcs: list[Callable[[Any], Any] | None] = []
+    for i, t in enumerate(tgt):
+        s = src[i] if src is not None else None
+        same = s is not None and s.kind == t.kind and s.element == t.element and not s.cast_text
+        conv = None if same else (lambda v, t=t: None if v is None else coerce(t, v))
+        enc = sqlite_encoder(t) if dialect == "sqlite" else pg_encoder(t)
+        if conv and enc:
+            funcs.append(lambda v, c=conv, e=enc: e(c(v)))
+        elif dialect == "sqlite" and not conv and t.kind in ("smallint", "integer", "bigint", "real", "double",
+                                                            "text", "varchar", "char", "bytes"):
+            funcs.append(None)
+        else:
+            funcs.append(conv or enc)
+    return funcs
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _stage_or_target(db: Db, target: TableName, mode: Mode) -> str:
+    if mode != "upsert" or db.dialect != "postgresql":
+        return target.sql(db.dialect)
+    db.raw.execute(f"CREATE TEMP TABLE _bf_stage (LIKE {target.sql('postgresql')} INCLUDING DEFAULTS) ON COMMIT DROP")
+    return "_bf_stage"
+
+
+def _upsert_sql(db: Db, target: TableName, names: Sequence[str], keys: Sequence[str], source: str) -> str:
+    cols = ", ".join(db.q(n) for n in names)
+    sets = ", ".join(f"{db.q(n)} = excluded.{db.q(n)}" for n in names if n not in keys)
+    action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+    conflict = ", ".join(db.q(k) for k in keys)
+    return f"INSERT INTO {target.sql(db.dialect)} ({cols}) {source} ON CONFLICT ({conflict}) {action}"
+
+
+def _prepare(db: Db, target: TableName, tgt_keys: Sequence[ColumnInfo], rng: KeyRange, mode: Mode) -> str | None:
+    """Run the mode's first step inside the open transaction; a reason string means: skip this range."""
+    where, params = range_predicate(db, tgt_keys, rng)
+    if mode == "replace":
+        db.raw.execute(f"DELETE FROM {target.sql(db.dialect)} WHERE {where}", params)
+    elif mode == "append":
+        cur = db.raw.execute(f"SELECT count(*) FROM {target.sql(db.dialect)} WHERE {where}", params)
+        present = cur.fetchone()[0]
+        if present:
+            return (f"target already has {present} rows in this key range (written by an earlier attempt?); "
+                    "append skips it so nothing is duplicated; use mode='upsert' or 'replace' to overwrite")
+    return None
+
+
+def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Sequence[str],
+              rows: list[tuple[Any, ...]] | None) -> Exception:
+    text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if isinstance(exc, psycopg.errors.InvalidColumnReference | psycopg.errors.UndefinedColumn):
+        return ConfigError(f"range {rng.index}: the target rejected the statement: {text}; upsert needs a primary "
+                           f"key or unique index on {list(keys)} in the target")
+    if isinstance(exc, psycopg.errors.CardinalityViolation):
+        return ItemError(f"range {rng.index}: key {list(keys)} is not unique in the source rows of this range "
+                         f"({text}); choose a unique key", category="bad_key")
+    ctx = (exc.diag.context or "") if hasattr(exc, "diag") else ""
+    line = re.search(r"line (\d+)", ctx)
+    col = re.search(r"column (\w+)", ctx)
+    if rows is not None and line and int(line.group(1)) <= len(rows):
+        row = rows[int(line.group(1)) - 1]
+        return _row_error(rng, names, keys, row, col.group(1) if col else "?", text)
+    return ItemError(f"range {rng.index}: the target rejected the rows: {text}", category="write_error")
+
+
+def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
+              keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode) -> tuple[int, str]:
+    names = [c.name for c in tgt_cols]
+    binary = not any(c.cast_text for c in tgt_cols)
+    try:
+        skip = _prepare(db, target, tgt_keys, rng, mode)
+        if skip:
+            db.raw.rollback()
+            return 0, skip
+        dest = _stage_or_target(db, target, mode)
+        cur = db.raw.cursor()
+        fmt = "BINARY" if binary else "TEXT"
+        with cur.copy(f"COPY {dest} ({', '.join(db.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as copy:
+            copy.set_types(_pg_oids(tgt_cols))
+            for row in rows:
+                copy.write_row(row)
+        written = cur.rowcount
+        if mode == "upsert":
+            written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {', '.join(db.q(n) for n in names)} FROM _bf_stage")).rowcount
+        db.raw.commit()
+        return written, ""
+    except psycopg.Error as exc:
+        db.raw.rollback()
+        raise _pg_error(exc, rng, names, keys, rows) from None
+
+
+def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
+                  keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode) -> tuple[int, str]:
+    names = [c.name for c in tgt_cols]
+    marks = ", ".join("?" * len(names))
+    if mode == "upsert":
+        sql = _upsert_sql(db, target, names, keys, f"VALUES ({marks})")
+    else:
+        sql = f"INSERT INTO {target.sql('sqlite')} ({', '.join(db.q(n) for n in names)}) VALUES ({marks})"
+    db.raw.execute("BEGIN IMMEDIATE")
+    try:
+        skip = _prepare(db, target, tgt_keys, rng, mode)
+        if skip:
+            db.raw.execute("ROLLBACK")
+            return 0, skip
+        db.raw.executemany(sql, rows)
+        db.raw.execute("COMMIT")
+        return len(rows), ""
+    except sqlite3.Error as exc:
+        db.raw.execute("ROLLBACK")
+        if "ON CONFLICT clause does not match" in str(exc):
+            msg = f"range {rng.index}: upsert needs a primary key or unique index on {list(keys)} in the target ({exc})"
+            raise ConfigError(msg) from None
+        msg = f"range {rng.index}: the target rejected the rows: {exc}"
+        raise ItemError(msg, category="write_error") from None
+
+
+def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_cols: Sequence[ColumnInfo],
+                 rng: KeyRange, mode: Mode, fmt: str) -> tuple[int, str]:
+    """Stream COPY bytes source -> target without decoding (the physical ceiling)."""
+    tgt_keys = [next(c for c in tgt_cols if c.name == k) for k in schema.key]
+    names = [c.name for c in schema.columns]
+    sql, params = _select(src, schema, rng)
+    skip = _prepare(tgt, target, tgt_keys, rng, mode)
+    if skip:
+        tgt.raw.rollback()
+        return 0, skip
+    dest = _stage_or_target(tgt, target, mode)
+    out = tgt.raw.cursor()
+    with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params) as cin, \
+            out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
+        for data in cin:
+            cout.write(data)
+    written = out.rowcount
+    if mode == "upsert":
+        cols = ", ".join(tgt.q(n) for n in names)
+        written = tgt.raw.execute(_upsert_sql(tgt, target, names, schema.key, f"SELECT {cols} FROM _bf_stage")).rowcount
+    tgt.raw.commit()
+    src.raw.rollback()
+    return written, ""
+
+
+def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
+               target_table: str | None = None, query: str | None = None, key: str | Sequence[str] | None = None,
+               mode: Mode = "upsert", transform: Transform | str | None = None,
+               copy_format: CopyFormat = "auto", source_schema: SourceSchema | None = None,
+               target_schema: SourceSchema | None = None) -> RangeResult:
+    """Copy one keyset range from source to target in ONE target transaction; return what happened.
+
+    ``transform`` gets the range as a polars DataFrame (see :func:`read_range`) and returns the rows
+    to write; its column names must exist in the target. A value that does not fit its target column
+    raises ItemError naming the row key and column (the other ranges are unaffected). ``copy_format``
+    only matters for PostgreSQL -> PostgreSQL without transform ("auto": binary when column types are
+    identical, else text; "rows" forces the decoding path). ``source_schema``/``target_schema`` (from
+    :func:`reflect`, JSON-able) skip the per-range reflection when the caller planned once.
+    """
+    if mode not in MODES:
+        msg = f"mode {mode!r} is not one of {list(MODES)}"
+        raise ConfigError(msg)
+    started = time.perf_counter()
+    fn = resolve_transform(transform)
+    schema = source_schema or reflect(source_url, table, query=query, key=key)
+    tname = parse_table_name(target_table or table or "")
+    tgt_schema = target_schema or reflect(target_url, tname, key=schema.key, role="target")
+    out_names = schema.names
+    with connect(source_url, "source") as src, connect(target_url, "target", write=True) as tgt:
+        if fn is None and src.dialect == tgt.dialect == "postgresql" and copy_format != "rows":
+            tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
+            same = all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text
+                       for s, t in zip(schema.columns, tgt_cols, strict=True))
+            fmt = "BINARY" if (copy_format == "binary" or (copy_format == "auto" and same)) else "TEXT"
+            try:
+                written, note = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt)
+                return RangeResult(index=rng.index, rows_read=written if not note else 0, rows_written=written,
+                                   seconds=time.perf_counter() - started, path=f"copy-{fmt.lower()}",
+                                   skipped=bool(note), note=note)
+            except psycopg.errors.DataError:
+                tgt.raw.rollback()
+                src.raw.rollback()
+            except psycopg.Error as exc:
+                tgt.raw.rollback()
+                src.raw.rollback()
+                raise _pg_error(exc, rng, out_names, schema.key, None) from None
+        try:
+            rows = list(iter_rows(src, schema, rng))
+        except psycopg.Error as exc:
+            msg = f"range {rng.index}: reading the source failed: {redact_text(str(exc).strip())}"
+            raise SourceError(msg) from None
+        if src.dialect == "postgresql":
+            src.raw.rollback()
+        n_read = len(rows)
+        src_cols: list[ColumnInfo] | None = list(schema.columns)
+        if fn is not None:
+            frame = _apply(fn, _to_frame(schema.columns, rows), rng)
+            out_names, rows, src_cols = list(frame.columns), list(frame.iter_rows()), None
+        tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
+        rows = _convert(rows, out_names, _converters(src_cols, tgt_cols, tgt.dialect), schema.key, rng)
+        tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
+        writer = _write_pg if tgt.dialect == "postgresql" else _write_sqlite
+        written, note = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode)
+    return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,
+                       seconds=time.perf_counter() - started, path="rows", skipped=bool(note), note=note)
+
+
+def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:
+    try:
+        return tgt_schema.column(name)
+    except ConfigError:
+        msg = f"column {name!r} not in target {tgt_schema.label()}; target columns are {tgt_schema.names}"
+        raise ConfigError(msg) from None
+
+
+def _apply(fn: Transform, frame: pl.DataFrame, rng: KeyRange) -> pl.DataFrame:
+    try:
+        out = fn(frame)
+    except Exception as exc:
+        msg = f"range {rng.index}: transform {getattr(fn, '__name__', fn)!r} failed: {type(exc).__name__}: {exc}"
+        raise ItemError(redact_text(msg), category="transform") from exc
+    if isinstance(out, pl.LazyFrame):
+        out = out.collect()
+    if not isinstance(out, pl.DataFrame):
+        msg = f"transform must return a polars DataFrame or LazyFrame, got {type(out).__name__}"
+        raise ConfigError(msg)
+    return out
+
+
+__all__ = [
+    "MODES",
+    "CopyFormat",
+    "Mode",
+    "RangeResult",
+    "Transform",
+    "copy_range",
+    "iter_rows",
+    "read_range",
+    "resolve_transform",
+]
