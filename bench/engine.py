@@ -20,23 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, PeakRss, prefect_server, print_table, timed, wait_server_idle
+from bench.common import ROOT, PeakRss, prefect_server, print_table, wait_server_idle
 
 
 def trivial(x: int) -> int:
     return x + 1
 
 
-def overhead(n_chunks: int) -> list[dict[str, object]]:
+def _variant(name: str, n_chunks: int) -> dict[str, float]:
+    """Run one variant in this process (a fresh one per variant, so peak RSS is its own)."""
     from prefect import flow, task
 
     from flows.batch_map import batch_map
 
-    rows = []
     items = list(range(n_chunks))
-    secs, mb, _ = timed(lambda: [trivial(x) for x in items])
-    rows.append({"variant": "plain Python loop", "seconds": f"{secs:.3f}", "ms/chunk": f"{1000 * secs / n_chunks:.4f}",
-                 "peak RSS MB": f"{mb:.0f}", "ratio": "-"})
 
     @task
     def one(x: int) -> int:
@@ -46,17 +43,44 @@ def overhead(n_chunks: int) -> list[dict[str, object]]:
     def bare_map(xs: list[int]) -> int:
         return len(one.map(xs).result())
 
-    wait_server_idle()
-    secs_map, mb, _ = timed(lambda: bare_map(items))
-    rows.append({"variant": f"bare Prefect .map ({n_chunks} task runs)", "seconds": f"{secs_map:.2f}",
-                 "ms/chunk": f"{1000 * secs_map / n_chunks:.2f}", "peak RSS MB": f"{mb:.0f}", "ratio": "1.00"})
+    started = time.perf_counter()
+    if name == "loop":
+        [trivial(x) for x in items]
+    elif name == "bare_map":
+        bare_map(items)
+    else:
+        summary = batch_map(items, trivial, chunk_size=1, max_concurrency=8, retries=0)
+        assert summary.ok and summary.chunks_total == n_chunks, summary.render_text()
+    return {"seconds": time.perf_counter() - started}
 
+
+def _run_variant(name: str, n_chunks: int) -> tuple[float, float]:
     wait_server_idle()
-    secs_bm, mb, summary = timed(lambda: batch_map(items, trivial, chunk_size=1, max_concurrency=8, retries=0))
-    assert summary.ok and summary.chunks_total == n_chunks, summary.render_text()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.engine", "--variant", name, "--chunks", str(n_chunks)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    with PeakRss(proc.pid) as rss:
+        out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {name} failed:\n{out[-2000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["seconds"], rss.mb
+
+
+def overhead(n_chunks: int) -> list[dict[str, object]]:
+    rows = []
+    secs, mb = _run_variant("loop", n_chunks)
+    rows.append({"variant": "plain Python loop", "seconds": f"{secs:.3f}", "ms/chunk": f"{1000 * secs / n_chunks:.4f}",
+                 "peak RSS MB (process)": f"{mb:.0f}", "ratio to bare .map": "-"})
+    secs_map, mb = _run_variant("bare_map", n_chunks)
+    rows.append({"variant": f"bare Prefect .map ({n_chunks} task runs)", "seconds": f"{secs_map:.2f}",
+                 "ms/chunk": f"{1000 * secs_map / n_chunks:.2f}", "peak RSS MB (process)": f"{mb:.0f}",
+                 "ratio to bare .map": "1.00"})
+    secs_bm, mb = _run_variant("batch_map", n_chunks)
     rows.append({"variant": f"batch_map ({n_chunks} chunks of 1 item)", "seconds": f"{secs_bm:.2f}",
-                 "ms/chunk": f"{1000 * secs_bm / n_chunks:.2f}", "peak RSS MB": f"{mb:.0f}",
-                 "ratio": f"{secs_map / secs_bm:.2f}"})
+                 "ms/chunk": f"{1000 * secs_bm / n_chunks:.2f}", "peak RSS MB (process)": f"{mb:.0f}",
+                 "ratio to bare .map": f"{secs_map / secs_bm:.2f}"})
     return rows
 
 
@@ -108,7 +132,11 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--resume-items", type=int, default=40_000)
     parser.add_argument("--only", choices=["overhead", "resume"], default=None)
+    parser.add_argument("--variant", choices=["loop", "bare_map", "batch_map"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(_variant(args.variant, args.chunks)))
+        return 0
     with prefect_server() as url:
         print(f"Prefect server: {url}; {os.cpu_count()} cores")
         if args.only in (None, "overhead"):
@@ -119,6 +147,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    with PeakRss() as _rss:
-        code = main()
-    raise SystemExit(code)
+    raise SystemExit(main())
