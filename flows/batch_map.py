@@ -23,6 +23,7 @@ from tasks.chunking import ChunkingName
 from tasks.engine import TaskRunnerName
 from tasks.errors import BatchflowsError
 from tasks.loader import is_handle, register_object, release_object
+from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary
 
 FLOW_NAME = "batch-map"
@@ -46,7 +47,7 @@ def summary_from_state(state: State) -> RunSummary:
     raise BatchflowsError(msg)
 
 
-@flow(name=FLOW_NAME, log_prints=True, persist_result=False)
+@flow(name=FLOW_NAME, log_prints=True, persist_result=False, **HOOKS)
 def batch_map_flow(
     source: Annotated[
         str | list[Any],

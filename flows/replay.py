@@ -19,6 +19,7 @@ from tasks.batch import BatchOptions, OnError, run_batch
 from tasks.engine import TaskRunnerName
 from tasks.errors import ConfigError
 from tasks.loader import is_import_path, register_object, release_object
+from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary, read_dead_letters
 from tasks.sources import Source
 
@@ -35,7 +36,7 @@ def dead_letter_source(path: str | Path) -> tuple[Source, str | None]:
     return Source(label=str(path), total=total, iterate=lambda: (r["item"] for r in read_dead_letters(path))), handler
 
 
-@flow(name=FLOW_NAME, log_prints=True, persist_result=False)
+@flow(name=FLOW_NAME, log_prints=True, persist_result=False, **HOOKS)
 def replay_dead_letters_flow(
     dead_letter_path: Annotated[str, Field(description="A dead_letter.jsonl written by an earlier run.")],
     handler: Annotated[str | None, Field(description="'pkg.mod:fn'; default: the handler recorded in the file.")] = None,
