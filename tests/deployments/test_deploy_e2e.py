@@ -1,0 +1,71 @@
+"""End to end as a user runs it: setup, `prefect deploy --all`, a worker, `prefect deployment run --watch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("deploy-state")
+    env = {**os.environ, "BATCHFLOWS_PROJECT_DIR": str(ROOT), "BATCHFLOWS_STATE_DIR": str(state),
+           "PYTHONPATH": str(ROOT), "BATCHFLOWS_DEMO_ITEMS": "5000"}
+    setup = run([sys.executable, "-m", "deployments.setup"], env)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    deploy = run([PREFECT, "--no-prompt", "deploy", "--all"], env)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "batchflows-process"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield env
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_deployment_run_from_the_cli_completes_through_the_worker(deployed: dict[str, str]) -> None:
+    out = run([PREFECT, "deployment", "run", "batch-map/hourly", "--param", "chunk_size=500", "--watch",
+               "--watch-timeout", "240"], deployed, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Completed" in out.stdout
+    api = os.environ["PREFECT_API_URL"]
+    body = {"sort": "START_TIME_DESC", "limit": 1, "offset": 0,
+            "deployments": {"name": {"any_": ["hourly"]}}}
+    [flow_run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert "5000 items: 4998 succeeded, 1 failed, 1 skipped" in flow_run["state"]["message"]
+    arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}},
+                                                       "limit": 20, "offset": 0, "sort": "CREATED_DESC"}, timeout=10).json()
+    table = next(a for a in arts if a["type"] == "table")
+    rows = {r["metric"]: r["value"] for r in json.loads(table["data"])}
+    assert rows["succeeded"] == 4998 and rows["state"] == "Completed"
+
+
+def test_a_wrongly_typed_parameter_is_refused_with_a_clear_message(deployed: dict[str, str]) -> None:
+    out = run([PREFECT, "deployment", "run", "batch-map/hourly", "--param", "chunk_size=lots"], deployed)
+    assert out.returncode != 0
+    assert "chunk_size" in (out.stdout + out.stderr)
+
+
+def test_setup_is_idempotent(deployed: dict[str, str]) -> None:
+    again = run([sys.executable, "-m", "deployments.setup"], deployed)
+    assert again.returncode == 0, again.stderr
+    assert "created" not in again.stdout and again.stdout.count("exists") >= 6
+    deploy = run([PREFECT, "--no-prompt", "deploy", "--all"], deployed)
+    assert deploy.returncode == 0, deploy.stdout[-2000:]
