@@ -69,3 +69,22 @@ def test_setup_is_idempotent(deployed: dict[str, str]) -> None:
     assert "created" not in again.stdout and again.stdout.count("exists") >= 6
     deploy = run([PREFECT, "--no-prompt", "deploy", "--all"], deployed)
     assert deploy.returncode == 0, deploy.stdout[-2000:]
+
+
+def test_backfill_creates_one_run_per_scheduled_time_and_skips_existing(deployed: dict[str, str]) -> None:
+    # batch-map/hourly runs at minute 15 (Europe/Berlin): 00:15..02:15 UTC+1 in this window -> 3 times
+    cmd = [sys.executable, "-m", "deployments.backfill", "batch-map/hourly", "--start", "2026-01-01T00:00:00+01:00",
+           "--end", "2026-01-01T03:00:00+01:00", "--param", "chunk_size=1000"]
+    first = run(cmd, deployed)
+    assert first.returncode == 0, first.stderr
+    created = [line for line in first.stdout.splitlines() if line.startswith("create")]
+    assert [line.split()[1] for line in created] == [
+        "backfill-20251231T231500Z", "backfill-20260101T001500Z", "backfill-20260101T011500Z"]
+    second = run(cmd, deployed)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("skip") == 3 and "create" not in second.stdout
+    api = os.environ["PREFECT_API_URL"]
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["backfill"]}}, "limit": 50,
+                                                       "offset": 0, "sort": "START_TIME_DESC"}, timeout=10).json()
+    assert len(runs) == 3
+    assert {r["parameters"]["run_key"] for r in runs} == {r["name"] for r in runs}
