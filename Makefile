@@ -48,18 +48,20 @@ up: venv
 	@mkdir -p $(RUN)
 	@if [ -f $(RUN)/server.pid ] && kill -0 $$(cat $(RUN)/server.pid) 2>/dev/null; then echo "server already running (pid $$(cat $(RUN)/server.pid))"; \
 	else PREFECT_HOME=$(CURDIR)/.batchflows/prefect-home PREFECT_SERVER_ANALYTICS_ENABLED=false \
-	  nohup $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(UP_PORT) > $(RUN)/server.log 2>&1 & echo $$! > $(RUN)/server.pid; fi
+	  setsid nohup $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(UP_PORT) > $(RUN)/server.log 2>&1 & echo $$! > $(RUN)/server.pid; fi
 	@for i in $$(seq 1 120); do curl -sf http://127.0.0.1:$(UP_PORT)/api/health >/dev/null && break; sleep 1; done
 	@curl -sf http://127.0.0.1:$(UP_PORT)/api/health >/dev/null || (echo "server did not start; see $(RUN)/server.log"; exit 1)
 	PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api $(PY) -m deployments.setup
 	PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api BATCHFLOWS_PROJECT_DIR=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
 	@if [ -f $(RUN)/worker.pid ] && kill -0 $$(cat $(RUN)/worker.pid) 2>/dev/null; then echo "worker already running (pid $$(cat $(RUN)/worker.pid))"; \
 	else PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api BATCHFLOWS_PROJECT_DIR=$(CURDIR) BATCHFLOWS_STATE_DIR=$(CURDIR)/.batchflows \
-	  nohup $(VENV)/bin/prefect worker start --pool batchflows-process > $(RUN)/worker.log 2>&1 & echo $$! > $(RUN)/worker.pid; fi
+	  setsid nohup $(VENV)/bin/prefect worker start --pool batchflows-process > $(RUN)/worker.log 2>&1 & echo $$! > $(RUN)/worker.pid; fi
 	@echo "UI: http://127.0.0.1:$(UP_PORT)   try: PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api $(VENV)/bin/prefect deployment run 'batch-map/hourly' --watch"
 
 down:
-	@for p in worker server; do if [ -f $(RUN)/$$p.pid ]; then kill $$(cat $(RUN)/$$p.pid) 2>/dev/null && echo "stopped $$p" || true; rm -f $(RUN)/$$p.pid; fi; done
+	@for p in worker server; do if [ -f $(RUN)/$$p.pid ]; then pid=$$(cat $(RUN)/$$p.pid); \
+	  if kill -- -$$pid 2>/dev/null; then for i in $$(seq 1 20); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+	    kill -9 -- -$$pid 2>/dev/null || true; echo "stopped $$p (pid $$pid)"; fi; rm -f $(RUN)/$$p.pid; fi; done
 
 clean-state:
 	rm -rf .batchflows
