@@ -242,6 +242,10 @@ def configure_chunk_task(
         retry_delay_seconds=retry_delay_s,
         retry_condition_fn=_no_retry_on_fatal,
         tags=set(tags),
+        # Prefect's in-memory result cache is one cachetools.LRUCache shared by every run of the task and
+        # not thread-safe: with threads past 1,000 chunks a commit raced on it (KeyError) and the chunk's
+        # record was rolled back, i.e. not resumable. The report is small; read it from its record.
+        cache_result_in_memory=False,
     )
 
 
