@@ -9,7 +9,7 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON := $(PYTHON)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv demo test test-fast lint bench up down clean-state
+.PHONY: help venv demo test test-fast lint bench up down ui-shots clean-state
 
 help:
 	@echo "make demo   - bootstrap, then run the pipelines on embedded defaults and print summaries"
@@ -62,6 +62,10 @@ down:
 	@for p in worker server; do if [ -f $(RUN)/$$p.pid ]; then pid=$$(cat $(RUN)/$$p.pid); \
 	  if kill -- -$$pid 2>/dev/null; then for i in $$(seq 1 20); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
 	    kill -9 -- -$$pid 2>/dev/null || true; echo "stopped $$p (pid $$pid)"; fi; rm -f $(RUN)/$$p.pid; fi; done
+
+ui-shots: up
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(PY) -m bench.ui_screenshots
 
 clean-state:
 	rm -rf .batchflows
