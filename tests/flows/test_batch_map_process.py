@@ -118,3 +118,27 @@ def test_two_runs_share_an_existing_global_concurrency_limit(tmp_path: Path) -> 
     assert max(observed) <= 2  # 2 runs x 3 chunks in flight would allow 6 without the shared limit
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(name).limit == 2  # used as it was, not resized
+
+
+@pytest.mark.slow
+def test_ctrl_c_drains_the_chunks_in_flight_and_the_rerun_does_nothing_twice(tmp_path: Path) -> None:
+    log = tmp_path / "effects.log"
+    n = 400
+    env = {"BF_N": str(n), "BF_SIDE_EFFECT_LOG": str(log), "BF_SLEEP": "0.02"}
+    params = {"source": "tests.handlers:numbers", "handler": "tests.handlers:side_effect", "chunk_size": 20,
+              "max_concurrency": 2, "run_key": "interrupted", "retries": 0}
+    proc = start(params, env)
+    wait_for_lines(log, n // 2, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "draining 2 chunk(s) in flight" in out
+    done_at_interrupt = len(log.read_text().split())
+    assert done_at_interrupt % 20 == 0, "a chunk was cut in the middle"  # in-flight chunks finished whole
+    rerun = start(params, {**env, "BF_SLEEP": "0"})
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    summary = summary_of(out)
+    assert summary.succeeded == n and summary.chunks_resumed == done_at_interrupt // 20
+    effects = log.read_text().split()
+    assert len(effects) == n and len(set(effects)) == n  # exactly once
