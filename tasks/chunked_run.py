@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from typing import Any, Literal, TypeVar
 
 from prefect.states import State
@@ -163,11 +164,18 @@ class ChunkedRun:
                 if self.should_stop():
                     return
 
+        runners: list[Any] = []
+
+        def submit(pair: tuple[U, dict[str, Any]]) -> Any:
+            if not runners:  # started on first use: a fully resumed run starts no pool or Dask cluster
+                runners.append(stack.enter_context(open_task_runner(task_runner, max_concurrency, dask_address)))
+            return runners[0].submit(task, parameters=pair[1])
+
         try:
-            with open_task_runner(task_runner, max_concurrency, dask_address) as runner:
+            with ExitStack() as stack:
                 run_window(
                     fresh_units(),
-                    lambda pair: runner.submit(task, parameters=pair[1]),
+                    submit,
                     on_done,
                     max_in_flight=max_concurrency,
                     should_stop=self.should_stop,

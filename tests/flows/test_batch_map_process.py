@@ -142,3 +142,17 @@ def test_ctrl_c_drains_the_chunks_in_flight_and_the_rerun_does_nothing_twice(tmp
     assert summary.succeeded == n and summary.chunks_resumed == done_at_interrupt // 20
     effects = log.read_text().split()
     assert len(effects) == n and len(set(effects)) == n  # exactly once
+
+
+@pytest.mark.slow
+def test_dask_task_runner_counts_and_resumes_like_threads() -> None:
+    params = {"source": list(range(200)), "handler": "tests.handlers:mixed", "chunk_size": 50, "max_concurrency": 2,
+              "task_runner": "dask", "retries": 0, "min_success_ratio": 0.5, "run_key": "on-dask"}
+    first = start(params, {})
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    s = summary_of(out)
+    assert (s.total, s.succeeded, s.failed, s.skipped, s.chunks_total) == (200, 140, 40, 20, 4)
+    again = start(params, {})
+    out, _ = again.communicate(timeout=300)
+    assert summary_of(out).chunks_resumed == 4
