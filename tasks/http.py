@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -86,6 +87,25 @@ class ResponseRecord:
         return asdict(self)
 
 
+class RedactingFilter(logging.Filter):
+    """Masks credentials in log records: httpx logs every request URL (query strings included) at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+def install_log_redaction(names: tuple[str, ...] = ("httpx", "httpcore", "aiohttp.client")) -> None:
+    """Attach one :class:`RedactingFilter` to the HTTP libraries' loggers (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
 def make_client(
     base_url: str | None = None,
     *,
@@ -105,6 +125,7 @@ def make_client(
     Close the client (``async with`` or ``aclose()``): it owns sockets.
     """
     settings = settings or HttpSettings()
+    install_log_redaction()
     limits = httpx.Limits(
         max_connections=max_connections or settings.max_connections,
         max_keepalive_connections=max_connections or settings.max_connections,
@@ -383,6 +404,7 @@ __all__ = [
     "DEFAULT_TRANSPORT",
     "RETRYABLE_STATUSES",
     "Expect",
+    "RedactingFilter",
     "RequestSpec",
     "RequestTemplate",
     "ResponseRecord",
@@ -390,6 +412,7 @@ __all__ = [
     "TransportName",
     "build_request",
     "idempotency_key",
+    "install_log_redaction",
     "limiter_hooks",
     "make_client",
     "parse_retry_after",

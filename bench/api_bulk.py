@@ -1,0 +1,302 @@
+"""api_bulk benchmarks (``python -m bench.api_bulk``): unthrottled throughput vs plain clients, throttled accuracy.
+
+A fast loopback JSON API (uvicorn, raw ASGI app) runs in a subprocess started here.
+
+1. Unthrottled: N GETs (default 20,000) at 64 in flight: plain ``asyncio.gather`` over
+   ``httpx.AsyncClient`` (native transport) with a semaphore of 64, the same over httpx-aiohttp's
+   ``AiohttpTransport``, and api_bulk (one chunk task x 64, and two x 32). Ratios vs plain httpx and
+   peak RSS of this process (the servers are not counted).
+2. Throttled at 50/s and 500/s against ``/limited`` (429 + ``Retry-After: 1`` above the limit in each
+   wall second): achieved rate / limit (end to end, and first-to-last accepted request) and the
+   share of 429s, for api_bulk (``rate_limit_per_second``) and for Prefect's per-call
+   ``prefect.concurrency.sync.rate_limit`` (16 threads, one httpx.Client, 10 s window) beside it.
+
+Bounded: about 3-4 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from bench.common import ROOT, prefect_server, print_table, wait_server_idle
+
+# --------------------------------------------------------------------------- the loopback API (subprocess)
+
+_limit = {"per_second": 50}
+_accepted: dict[int, int] = defaultdict(int)
+_rejected: dict[int, int] = defaultdict(int)
+_times: list[float] = []
+
+
+async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """Raw ASGI: /ok/{id}, /limited/{id}, /config?limit=N (resets counters), /stats."""
+    if scope["type"] != "http":
+        return
+    path: str = scope["path"]
+    status, headers, body = 200, [(b"content-type", b"application/json")], b""
+    if path.startswith("/ok/"):
+        body = b'{"id":"' + path[4:].encode() + b'","ok":true}'
+    elif path.startswith("/limited/"):
+        now = time.time()
+        second = int(now)
+        if _accepted[second] < _limit["per_second"]:
+            _accepted[second] += 1
+            _times.append(now)
+            body = b'{"id":"' + path[9:].encode() + b'"}'
+        else:
+            _rejected[second] += 1
+            status, body = 429, b'{"error":"rate limited"}'
+            headers.append((b"retry-after", b"1"))
+    elif path == "/config":
+        query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+        _limit["per_second"] = int(query.get("limit", "50"))
+        _accepted.clear()
+        _rejected.clear()
+        _times.clear()
+        body = b"{}"
+    elif path == "/stats":
+        first_last = [min(_times), max(_times)] if _times else [0, 0]
+        body = json.dumps({"accepted": sum(_accepted.values()), "rejected": sum(_rejected.values()),
+                           "first_last": first_last, "max_per_second": max(_accepted.values(), default=0)}).encode()
+    else:
+        status, body = 404, b'{"error":"no route"}'
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_api() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.api_bulk", "--serve", str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ok/ping", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the bench API did not start")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class OwnPeakRss:
+    """Peak RSS of this process only (the API server and Prefect server are children: not counted)."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process(os.getpid())
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self) -> OwnPeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    with OwnPeakRss() as rss:
+        started = time.perf_counter()
+        result = fn()
+        secs = time.perf_counter() - started
+    return secs, rss.peak / 1e6, result
+
+
+async def gather_httpx(url: str, n: int, concurrency: int, transport: str) -> int:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if transport == "aiohttp":
+        from tasks.http import make_client
+
+        client = make_client(url, max_connections=concurrency, transport="aiohttp")
+    else:
+        client = httpx.AsyncClient(base_url=url, limits=limits, timeout=30)
+    sem = asyncio.Semaphore(concurrency)
+    ok = 0
+
+    async def one(i: int) -> None:
+        nonlocal ok
+        async with sem:
+            response = await client.get(f"/ok/{i}")
+            ok += response.status_code == 200
+
+    async with client:
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return ok
+
+
+def unthrottled(url: str, n: int, concurrency: int) -> list[dict[str, Any]]:
+    from flows.api_bulk import api_bulk
+
+    rows: list[dict[str, Any]] = []
+    base: float | None = None
+
+    def add(name: str, secs: float, mb: float, ok: int) -> None:
+        nonlocal base
+        rate = n / secs
+        base = base or rate
+        rows.append({"variant": name, "ok": ok, "seconds": f"{secs:.2f}", "req/s": f"{rate:,.0f}",
+                     "vs plain httpx": f"{rate / base:.2f}x", "peak RSS MB": f"{mb:.0f}"})
+        print(f"  {name}: {rate:,.0f} req/s", flush=True)
+
+    secs, mb, ok = measure(lambda: asyncio.run(gather_httpx(url, n, concurrency, "httpx")))
+    add(f"plain gather, httpx.AsyncClient native, sem {concurrency}", secs, mb, ok)
+    secs, mb, ok = measure(lambda: asyncio.run(gather_httpx(url, n, concurrency, "aiohttp")))
+    add(f"plain gather, httpx + AiohttpTransport, sem {concurrency}", secs, mb, ok)
+    items = list(range(n))
+    for chunks, per_chunk in ((1, concurrency), (2, concurrency // 2)):
+        wait_server_idle()
+        secs, mb, summary = measure(lambda c=chunks, p=per_chunk: api_bulk(
+            items, base_url=url, path_template="/ok/{id}", chunk_size=n // (4 * c), max_concurrency=c,
+            item_concurrency=p, retries=3, run_key=f"bench-{uuid.uuid4().hex[:8]}"))
+        assert summary.ok and summary.succeeded == n, summary.render_text()
+        add(f"api_bulk {chunks} chunk task(s) x {per_chunk} in flight", secs, mb, summary.succeeded)
+    return rows
+
+
+def configure(url: str, limit: int) -> None:
+    import httpx
+
+    httpx.get(f"{url}/config", params={"limit": limit}, timeout=5)
+
+
+def stats(url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(f"{url}/stats", timeout=5).json()
+
+
+def throttle_row(name: str, limit: int, secs: float, st: dict[str, Any]) -> dict[str, Any]:
+    total = st["accepted"] + st["rejected"]
+    first, last = st["first_last"]
+    steady = (st["accepted"] - 1) / (last - first) if last > first else 0.0
+    return {"variant": name, "limit/s": limit, "accepted": st["accepted"], "seconds": f"{secs:.1f}",
+            "achieved/limit (end to end)": f"{st['accepted'] / secs / limit:.3f}",
+            "achieved/limit (first-last)": f"{steady / limit:.3f}",
+            "429 %": f"{100 * st['rejected'] / max(total, 1):.2f}", "max in a second": st["max_per_second"]}
+
+
+def throttled_api_bulk(url: str, limit: int, seconds: float) -> dict[str, Any]:
+    from flows.api_bulk import api_bulk
+
+    n = int(limit * seconds)
+    configure(url, limit)
+    wait_server_idle()
+    started = time.perf_counter()
+    summary = api_bulk([{"path": f"/limited/{i}"} for i in range(n)], base_url=url, rate_limit_per_second=limit,
+                       chunk_size=max(n // 8, 10), max_concurrency=2, item_concurrency=32, retries=5,
+                       run_key=f"bench-rl-{uuid.uuid4().hex[:8]}")
+    secs = time.perf_counter() - started
+    assert summary.succeeded == n, summary.render_text()
+    return throttle_row(f"api_bulk rate_limit_per_second={limit}", limit, secs, stats(url))
+
+
+def throttled_prefect(url: str, limit: int, seconds: float, threads: int = 16) -> dict[str, Any]:
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import rate_limit
+
+    name = f"bench-prefect-rl-{limit}-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=limit, slot_decay_per_second=limit, active=True)
+        )
+    configure(url, limit)
+    wait_server_idle()
+    stop = time.monotonic() + seconds
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def worker(http: httpx.Client) -> None:
+        while time.monotonic() < stop:
+            rate_limit(name, occupy=1, strict=True)
+            with lock:
+                i = next(counter)
+            http.get(f"/limited/{i}")
+
+    with httpx.Client(base_url=url, limits=httpx.Limits(max_connections=threads), timeout=30) as http:
+        started = time.perf_counter()
+        pool = [threading.Thread(target=worker, args=(http,)) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        secs = time.perf_counter() - started
+    return throttle_row(f"Prefect per-call rate_limit ({threads} threads)", limit, secs, stats(url))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api_bulk", description=__doc__.split("\n")[0])
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--throttled-seconds", type=float, default=12.0)
+    parser.add_argument("--skip-throttled", action="store_true")
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
+    api, url = start_api()
+    try:
+        with prefect_server():
+            print(f"bench API at {url}; {args.requests:,} GETs at concurrency {args.concurrency}", flush=True)
+            print_table("Unthrottled", unthrottled(url, args.requests, args.concurrency))
+            if not args.skip_throttled:
+                rows = []
+                for limit in (50, 500):
+                    rows.append(throttled_api_bulk(url, limit, args.throttled_seconds))
+                    print(f"  {rows[-1]}", flush=True)
+                    rows.append(throttled_prefect(url, limit, 10.0))
+                    print(f"  {rows[-1]}", flush=True)
+                print_table("Throttled (server answers 429 above the limit in each wall second)", rows)
+    finally:
+        api.terminate()
+        api.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

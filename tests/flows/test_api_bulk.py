@@ -1,0 +1,240 @@
+"""api_bulk end to end against the real loopback test API (tests/fixtures/api_server.py).
+
+Every test asserts what the server saw (exact request counts), that no item is lost
+(succeeded + failed + skipped == total, output ids == expected ids), and what went to the dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from prefect.blocks.system import Secret
+
+from flows.api_bulk import api_bulk
+from tasks.errors import ConfigError
+from tasks.outcomes import RunSummary, read_dead_letters
+from tests.fixtures.api_server import ApiServer
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "tok-BULK-SECRET-7f3a9c"
+FAST = {"retry_backoff_s": 0.01}
+
+
+def output_rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+
+
+def dead_letters(summary: RunSummary) -> list[dict[str, Any]]:
+    return list(read_dead_letters(summary.dead_letter_path)) if summary.dead_letter_path else []
+
+
+def test_mixed_outcomes_exact_requests_outputs_and_dead_letters(api_server: ApiServer, tmp_path: Path):
+    ok = [{"path": f"/ok/{i}"} for i in range(20)]
+    items = [
+        *ok,
+        {"path": "/fail/t1?times=2&status=503"},  # 3 requests, succeeds
+        {"path": "/retry-after/r1?times=1&after=0.1"},  # 2 requests, succeeds
+        {"path": "/reset/x1?times=1"},  # 2 requests, succeeds
+        {"path": "/fail/p1?times=9&status=503"},  # retries exhausted: 1 + 2 requests, failed
+        {"path": "/status/404"},  # 1 request, failed at once
+        {"path": "/status/422"},  # 1 request, failed at once
+        {"path": "/malformed/m1"},  # 1 request, not JSON: failed
+        {"path": "/text/t1"},  # text body kept as text
+    ]
+    out = tmp_path / "out"
+    summary = api_bulk(items, base_url=api_server.url, output=out, chunk_size=7, max_concurrency=2,
+                       item_concurrency=4, retries=2, min_success_ratio=0.5, **FAST)
+    assert summary.ok, summary.render_text()
+    assert (summary.total, summary.succeeded, summary.failed, summary.skipped) == (28, 24, 4, 0)
+    assert summary.chunks_total == 4
+    assert api_server.count("/ok/") == 20
+    assert api_server.count("/fail/t1") == 3
+    assert api_server.count("/retry-after/r1") == 2
+    assert api_server.count("/reset/x1") == 2
+    assert api_server.count("/fail/p1") == 3
+    assert api_server.count("/status/404") == api_server.count("/status/422") == api_server.count("/malformed") == 1
+    assert len(api_server.requests) == 20 + 3 + 2 + 2 + 3 + 1 + 1 + 1 + 1
+    assert summary.extra["http_requests"] == len(api_server.requests)
+
+    rows = output_rows(out)
+    assert sorted(r["item"]["path"] for r in rows) == sorted(
+        [i["path"] for i in ok] + [items[20]["path"], items[21]["path"], items[22]["path"], "/text/t1"]
+    )
+    by_path = {r["item"]["path"]: r for r in rows}
+    assert by_path["/ok/3"]["status"] == 200 and by_path["/ok/3"]["body"]["id"] == "3"
+    assert by_path["/ok/3"]["elapsed_ms"] > 0
+    assert by_path["/text/t1"]["body"] == "plain t1"
+
+    dead = {d["item"]["path"]: d for d in dead_letters(summary)}
+    assert set(dead) == {"/fail/p1?times=9&status=503", "/status/404", "/status/422", "/malformed/m1"}
+    assert dead["/status/404"]["attempts"] == 1 and "404" in dead["/status/404"]["message"]
+    assert "scripted" in dead["/status/404"]["message"]  # body excerpt
+    assert dead["/fail/p1?times=9&status=503"]["attempts"] == 3
+    assert dead["/malformed/m1"]["category"] == "http_bad_json"
+
+
+def test_templates_post_idempotency_keys_stable_across_retries_and_runs(api_server: ApiServer, tmp_path: Path):
+    items = [{"id": f"u{i}", "name": f"user {i}", "times": 1 if i % 3 == 0 else 0} for i in range(9)]
+    items.append({"name": "no id"})  # placeholder {id} missing: an item error naming it
+    kwargs: dict[str, Any] = {"base_url": api_server.url, "method": "POST", "path_template": "/fail/{id}?times={times}",
+                              "json_template": {"user": {"name": "{name}", "id": "{id}"}, "source": "bf"},
+                              "chunk_size": 4, "min_success_ratio": 0.5, **FAST}
+    first = api_bulk(items, output=tmp_path / "a", run_key="post-a", **kwargs)
+    assert (first.succeeded, first.failed) == (9, 1), first.render_text()
+    posts = [r for r in api_server.requests if r.path.startswith("/fail/")]
+    assert len(posts) == 9 + 3  # three items failed once with 503 then succeeded
+    keys: dict[str, set[str]] = {}
+    for r in posts:
+        keys.setdefault(r.path, set()).add(r.headers["idempotency-key"])
+    assert all(len(v) == 1 for v in keys.values())  # the same key on the retry
+    assert len({next(iter(v)) for v in keys.values()}) == 9  # and a different key per item
+    body = json.loads(next(r.body for r in posts if r.path == "/fail/u1"))
+    assert body == {"user": {"name": "user 1", "id": "u1"}, "source": "bf"}
+    (dead,) = dead_letters(first)
+    assert "{id}" in dead["message"] and "'name'" in dead["message"] and dead["category"] == "bad_item"
+
+    api_server.reset()
+    second = api_bulk(items, output=tmp_path / "b", run_key="post-b", **kwargs)
+    assert second.succeeded == 9
+    keys_again = {r.path: r.headers["idempotency-key"] for r in api_server.requests}
+    assert keys_again == {p: next(iter(v)) for p, v in keys.items()}  # stable across runs (and resumes)
+
+
+def test_rerun_with_same_run_key_sends_nothing_again(api_server: ApiServer, tmp_path: Path):
+    items = [{"id": i} for i in range(30)]
+    kwargs: dict[str, Any] = {"base_url": api_server.url, "path_template": "/ok/{id}", "chunk_size": 10,
+                              "output": tmp_path / "out", "run_key": "resume-me"}
+    first = api_bulk(items, **kwargs)
+    assert first.ok and first.succeeded == 30 and api_server.count("/ok/") == 30
+    again = api_bulk(items, **kwargs)
+    assert again.ok and again.chunks_resumed == 3 and again.succeeded == 30
+    assert api_server.count("/ok/") == 30  # nothing re-sent
+    assert sorted(r["item"]["id"] for r in output_rows(tmp_path / "out")) == list(range(30))
+
+
+def test_refused_credentials_stop_the_run(api_server: ApiServer, tmp_path: Path):
+    items = [{"path": "/status/401"}] * 40
+    summary = api_bulk(items, base_url=api_server.url, chunk_size=10, max_concurrency=1, item_concurrency=2,
+                       output=tmp_path / "out", **FAST)
+    assert not summary.ok
+    assert "credentials were refused" in summary.message
+    assert summary.remaining == 30  # chunks after the first were never submitted
+    assert api_server.count("/status/401") <= 2  # the in-flight requests only, none retried
+    assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_secret_block_token_is_sent_and_never_stored_or_logged(
+    api_server: ApiServer, tmp_path: Path, state_dir: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+):
+    name = f"bf-test-token-{uuid.uuid4().hex[:6]}"
+    Secret(value=TOKEN).save(name, overwrite=True)
+    items = [
+        {"path": "/ok/a", "params": {"api_key": TOKEN}},  # echoed back in the body
+        {"path": f"/fail/b?times=9&status=400&note={TOKEN}"},  # dead-lettered with its URL
+        {"path": "/ok/c", "json": {"password": TOKEN}, "method": "POST"},
+    ]
+    out = tmp_path / "out"
+    caplog.set_level(logging.DEBUG)
+    summary = api_bulk(items, base_url=api_server.url, auth_secret=name, output=out, min_success_ratio=0.5, **FAST)
+    assert (summary.succeeded, summary.failed) == (2, 1), summary.render_text()
+    assert {r.headers.get("authorization") for r in api_server.requests} == {f"Bearer {TOKEN}"}
+    assert api_server.requests[0].query.get("api_key") == TOKEN or any(
+        r.query.get("api_key") == TOKEN for r in api_server.requests
+    )
+    for path in [*state_dir.rglob("*"), *out.rglob("*")]:
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    assert TOKEN not in caplog.text
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err
+    assert TOKEN not in summary.model_dump_json()
+    assert dead_letters(summary)[0]["message"].count("400") >= 1
+
+
+def test_parquet_output_and_file_source(api_server: ApiServer, tmp_path: Path):
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(25)))
+    out = tmp_path / "pq"
+    summary = api_bulk(source, base_url=api_server.url, path_template="/ok/{id}", chunk_size=10,
+                       output=out, output_format="parquet")
+    assert summary.ok and summary.succeeded == 25
+    frame = pl.read_parquet(sorted(out.glob("part-*.parquet")))
+    assert frame.height == 25 and set(frame["status"]) == {200}
+    assert sorted(json.loads(b)["id"] for b in frame["body"]) == sorted(str(i) for i in range(25))
+
+
+def test_local_rate_limit_is_smooth_and_within_the_limit(api_server: ApiServer):
+    rate = 40
+    api_server.reset(rate_limit_per_second=rate)
+    items = [{"path": f"/limited/{i}"} for i in range(100)]
+    started = time.monotonic()
+    summary = api_bulk(items, base_url=api_server.url, rate_limit_per_second=rate, chunk_size=25,
+                       max_concurrency=4, item_concurrency=8, **FAST)
+    elapsed = time.monotonic() - started
+    assert summary.ok and summary.succeeded == 100
+    assert sum(api_server.limited_rejected().values()) <= 1
+    times = sorted(r.time for r in api_server.requests)
+    # one bucket for all 4 chunks (4 buckets would take ~0.6 s); thread scheduling on a busy machine can
+    # bunch a few sends at the ends of the short window, hence the 10 % tolerance on the first-to-last rate
+    assert (len(times) - 1) / (times[-1] - times[0]) <= rate * 1.1
+    assert elapsed >= 100 / rate * 0.9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"base_url": "not a url"}, "base_url"),
+     ({"base_url": "http://127.0.0.1:1", "path_template": "/x/{}"}, "empty"),
+     ({"base_url": "http://127.0.0.1:1", "chunk_size": 0}, "chunk_size"),
+     ({"base_url": "http://127.0.0.1:1", "rate_limit_name": "x"}, "rate_limit_per_second"),
+     ({"base_url": "http://127.0.0.1:1", "auth_secret": "bf-no-such-secret"}, "bf-no-such-secret")],
+)
+def test_bad_parameters_are_config_errors_naming_them(kwargs: dict[str, Any], match: str):
+    with pytest.raises(ConfigError, match=match):
+        api_bulk([{"id": 1}], **kwargs)
+
+
+def run_process(params: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.run_flow", "flows.api_bulk:api_bulk", json.dumps(params)],
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def summary_of(output: str) -> RunSummary:
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
+    return RunSummary.model_validate_json(line.removeprefix("SUMMARY "))
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_named_rate_limit(api_server: ApiServer):
+    rate, per_run = 25, 75
+    api_server.reset(rate_limit_per_second=1000)  # the server does not enforce: we count what arrives
+    name = f"bf-test-bulk-{uuid.uuid4().hex[:8]}"
+    runs = [
+        run_process({"items": [{"path": f"/limited/{p}-{i}"} for i in range(per_run)], "base_url": api_server.url,
+                     "rate_limit_per_second": rate, "rate_limit_name": name, "chunk_size": 25, "max_concurrency": 2,
+                     "item_concurrency": 8, "run_key": f"shared-{p}"})
+        for p in range(2)
+    ]
+    for proc in runs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert summary_of(out).succeeded == per_run
+    per_second = Counter(int(r.time) for r in api_server.requests)
+    assert sum(per_second.values()) == 2 * per_run
+    # whole seconds only; a single unshared run would already send `rate` per second on its own
+    assert max(per_second.values()) <= rate + 1, sorted(per_second.items())
+    times = sorted(r.time for r in api_server.requests)
+    assert (len(times) - 1) / (times[-1] - times[0]) <= rate * 1.05
