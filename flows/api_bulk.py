@@ -32,6 +32,7 @@ from tasks.errors import ConfigError
 from tasks.http import Expect, TransportName, validate_base_url
 from tasks.http_request import RequestTemplate
 from tasks.loader import is_handle, register_object, release_object
+from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary
 from tasks.redact import redact_text, register_secret
 from tasks.sources import open_source
@@ -178,7 +179,7 @@ def run_api_bulk(items: Any, opts: ApiBulkOptions) -> RunSummary:
     return run.finish(summary, min_success_ratio=opts.min_success_ratio, output_path=opts.output)
 
 
-@flow(name=FLOW_NAME, log_prints=True, persist_result=False)
+@flow(name=FLOW_NAME, log_prints=True, persist_result=False, **HOOKS)
 def api_bulk_flow(
     items: Annotated[
         str | list[Any],

@@ -30,6 +30,7 @@ from tasks.batch import describe_validation_error
 from tasks.chunked_run import ChunkedRun
 from tasks.errors import ConfigError, FatalError
 from tasks.http import TransportName
+from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
 from tasks.pagination import PaginatorKind, make_paginator
 from tasks.redact import redact, redact_text, register_secret
@@ -192,7 +193,7 @@ def _load_checkpoint(run: ChunkedRun, opts: ApiExtractOptions) -> dict[str, Any]
     return {k: data.get(k, v) for k, v in fresh.items()}
 
 
-@flow(name=FLOW_NAME, log_prints=True, persist_result=False)
+@flow(name=FLOW_NAME, log_prints=True, persist_result=False, **HOOKS)
 def api_extract_flow(
     url: Annotated[str, Field(description="Full URL of the collection, e.g. https://api.example.com/v1/items.")],
     output: Annotated[str, Field(description="Directory for part files.")],
