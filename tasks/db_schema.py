@@ -327,13 +327,17 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         keys = [db.q(k) for k in schema.key]
         order = ", ".join(key_expr(db, cols))
         mod = "%%" if db.dialect == "postgresql" else "%"
-        total = db.all(f"SELECT count(*) FROM {rel}")[0][0]
-        bounds = db.all(
-            f"SELECT {', '.join(keys)} FROM (SELECT {', '.join(keys)}, row_number() OVER (ORDER BY {order}) "
-            f"AS _bf_rn FROM {rel}) AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 ORDER BY _bf_rn"
+        # one pass over the key order: every chunk_rows-th key, plus the last row (its number is the total)
+        found = db.all(
+            f"SELECT {', '.join(keys)}, _bf_rn, _bf_last FROM (SELECT {', '.join(keys)}, row_number() OVER _bf_w "
+            f"AS _bf_rn, lead(1) OVER _bf_w IS NULL AS _bf_last FROM {rel} WINDOW _bf_w AS (ORDER BY {order})) "
+            f"AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 OR _bf_last ORDER BY _bf_rn"
         )
         if db.dialect == "postgresql":
             db.raw.rollback()
+        n = len(keys)
+        total = int(found[-1][n]) if found else 0
+        bounds = [row[:n] for row in found if int(row[n]) % int(chunk_rows) == 0]
         uppers = [[_decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
     rest = total - chunk_rows * len(uppers)
     if rest == 0 and uppers:

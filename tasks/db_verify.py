@@ -135,7 +135,8 @@ def _target_schema(source: SourceSchema, target_url: UrlLike, target_table: str)
 
 def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
                  target_table: str | None = None, query: str | None = None,
-                 key: str | Sequence[str] | None = None) -> RangeCheck:
+                 key: str | Sequence[str] | None = None, source_schema: SourceSchema | None = None,
+                 target_schema: SourceSchema | None = None) -> RangeCheck:
     """Compare one range of source and target: counts, checksums and the first differing key.
 
     PostgreSQL on both sides: the server hashes each row's canonical record text (``method="sql"``,
@@ -144,9 +145,15 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
 
     Only the source's columns are compared (extra target columns are ignored). After a transform that
     changes values the checksums differ by design: compare counts only in that case.
+    ``source_schema``/``target_schema`` (from :func:`reflect`) skip the per-range reflection; the target
+    schema is narrowed to the source's columns here.
     """
-    source = reflect(source_url, table, query=query, key=key)
-    target = _target_schema(source, target_url, target_table or table or "")
+    source = source_schema or reflect(source_url, table, query=query, key=key)
+    if target_schema is None:
+        target = _target_schema(source, target_url, target_table or table or "")
+    else:
+        target = target_schema.model_copy(update={"columns": [target_schema.column(n) for n in source.names],
+                                                  "key": source.key})
     with ThreadPoolExecutor(2) as pool:  # both sides at once: the waiting is in the databases
         if parse_db_url(source_url).dialect == parse_db_url(target_url).dialect == "postgresql":
             fa = pool.submit(_pg_aggregate, source_url, source, rng, "source")

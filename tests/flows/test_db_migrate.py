@@ -1,0 +1,218 @@
+"""db_migrate end to end: real PostgreSQL (throwaway cluster), real SQLite files, a real Prefect server.
+
+The awkward table of tests/tasks/test_db.py (nulls, unicode, numeric precision, timestamptz, json, bytea,
+uuid, arrays, gaps and skewed keys) goes PG->PG, PG->SQLite and SQLite->PG through the flow in every
+mode; verification catches a changed row; a SIGKILLed run resumes; a dry run writes nothing; the
+password never shows up in logs, the state dir, the summary or the flow run's stored parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import LogSort
+
+from flows.db_migrate import MigrationSummary, db_migrate, db_verify
+from tests.fixtures.postgres import PG_PASSWORD
+from tests.tasks.test_db import create_pg, create_sqlite, db_exec, key_values, pg_exec, sqlite_exec
+
+ROOT = Path(__file__).resolve().parents[2]
+CHUNK = 800
+N = len(key_values())
+RANGES = -(-N // CHUNK)
+ORDERED = "SELECT * FROM items ORDER BY id"
+
+
+@pytest.fixture
+def pg_items(pg_url: str) -> str:
+    create_pg(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+def sqlite_items(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'source.sqlite3'}"
+    create_sqlite(url)
+    return url
+
+
+@pytest.fixture
+def pg_target(pg_cluster: Any) -> str:
+    return pg_cluster.url(pg_cluster.create_database())
+
+
+def count(url: str, table: str = "items") -> int:
+    return db_exec(url, f"SELECT count(*) FROM {table}")[0][0]
+
+
+def assert_clean(summary: MigrationSummary, *, ranges: int = RANGES) -> None:
+    assert summary.ok, summary.render_text()
+    assert summary.ranges_total == ranges and summary.ranges_verified == ranges == summary.ranges_matching
+    assert summary.ranges_mismatched == [] and summary.ranges_failed == []
+
+
+DIRECTIONS = {"pg-pg": ("pg_items", "pg_target"), "pg-sqlite": ("pg_items", "sqlite_url"),
+              "sqlite-pg": ("sqlite_items", "pg_target")}
+
+
+@pytest.mark.parametrize("mode", ["append", "upsert", "replace"])
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_migrate_every_direction_and_mode(direction: str, mode: str, request: pytest.FixtureRequest) -> None:
+    src, tgt = (request.getfixturevalue(n) for n in DIRECTIONS[direction])
+    summary = db_migrate(src, tgt, "items", mode=mode, chunk_rows=CHUNK)  # type: ignore[arg-type]
+    assert_clean(summary)
+    assert summary.target_created and summary.ddl and summary.verify == "checksums"
+    assert (summary.total, summary.succeeded, summary.rows_copied, summary.rows_estimated) == (N, N, N, N)
+    assert summary.ranges_copied == RANGES and count(tgt) == N
+    if direction == "pg-pg":
+        assert pg_exec(src, ORDERED) == pg_exec(tgt, ORDERED)
+
+    again = db_migrate(src, tgt, "items", mode=mode, chunk_rows=CHUNK)  # type: ignore[arg-type]
+    assert_clean(again)
+    assert not again.target_created and count(tgt) == N  # never duplicates
+    if mode == "append":
+        assert again.ranges_skipped == RANGES and again.skipped == N and again.rows_copied == 0
+    else:
+        assert again.rows_copied == N
+
+
+def test_verify_catches_a_row_changed_behind_its_back(pg_items: str, pg_target: str, sqlite_url: str) -> None:
+    for tgt in (pg_target, sqlite_url):
+        assert_clean(db_migrate(pg_items, tgt, "items", chunk_rows=CHUNK, mode="append"))
+        ph = "?" if tgt.startswith("sqlite") else "%s"
+        db_exec(tgt, f"UPDATE items SET big = big + 0.0000000001 WHERE id = {ph}", (5007,))
+        bad = db_verify(pg_items, tgt, "items", chunk_rows=CHUNK)
+        assert not bad.ok and bad.verify_only
+        assert [m.index for m in bad.ranges_mismatched] == [1]
+        assert bad.ranges_mismatched[0].first_difference == [5007]
+        assert "range 1 " in bad.message and "first differing key [5007]" in bad.message
+        assert bad.ranges_matching == RANGES - 1
+
+    # through the migration itself: a row deleted in the target after the load is caught at the end
+    pg_exec(pg_target, "DELETE FROM items WHERE id = %s", (7,))
+    summary = db_migrate(pg_items, pg_target, "items", chunk_rows=CHUNK, mode="append")
+    assert not summary.ok and summary.state == "Failed"
+    assert summary.ranges_skipped == RANGES  # append left the damaged ranges alone, so verify must fail
+    assert sorted(m.index for m in summary.ranges_mismatched) == [0, 1]
+    assert "range 0 " in summary.message and "source 800 rows, target 799 rows" in summary.message
+
+
+def test_failing_range_fails_alone_then_resumes(sqlite_items: str, pg_target: str, state_dir: Path) -> None:
+    sqlite_exec(sqlite_items, "UPDATE items SET price = 'n/a' WHERE id = 42")
+    summary = db_migrate(sqlite_items, pg_target, "items", chunk_rows=CHUNK, run_key="bad-row", chunk_retries=0)
+    assert not summary.ok and summary.ranges_failed == [0]
+    assert summary.ranges_copied == RANGES - 1 and summary.failed == CHUNK
+    assert summary.ranges_verified == RANGES - 1 == summary.ranges_matching
+    example = summary.top_errors[0].example
+    assert "{'id': 42}" in example and "'price'" in example and "'n/a'" in example
+    dead = [json.loads(line) for line in Path(summary.dead_letter_path or "").read_text().splitlines()]
+    assert [d["item"]["range"] for d in dead] == [0]
+    assert count(pg_target) == N - CHUNK
+
+    sqlite_exec(sqlite_items, "UPDATE items SET price = '1.5' WHERE id = 42")
+    rerun = db_migrate(sqlite_items, pg_target, "items", chunk_rows=CHUNK, run_key="bad-row")
+    assert_clean(rerun)
+    assert rerun.ranges_resumed == RANGES - 1 and rerun.chunks_resumed == RANGES - 1
+    assert count(pg_target) == N
+    assert pg_exec(pg_target, "SELECT price FROM items WHERE id = 42") == [(Decimal("1.5000"),)]
+
+
+def test_dry_run_writes_nothing(pg_items: str, sqlite_url: str, pg_target: str, state_dir: Path) -> None:
+    for tgt in (sqlite_url, pg_target):
+        summary = db_migrate(pg_items, tgt, "items", chunk_rows=CHUNK, dry_run=True)
+        assert summary.ok and summary.dry_run and summary.ranges_total == RANGES and summary.rows_estimated == N
+        assert summary.ddl and summary.ddl.startswith('CREATE TABLE "items"') and summary.plan
+        assert "range 0: (None, [" in summary.plan and PG_PASSWORD not in summary.model_dump_json()
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+    assert pg_exec(pg_target, "SELECT to_regclass('items') IS NULL") == [(True,)]
+    assert not (state_dir / "runs").exists()
+
+
+def _start(params: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.run_flow", "flows.db_migrate:db_migrate", json.dumps(params)],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _summary_of(output: str) -> MigrationSummary:
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
+    return MigrationSummary.model_validate_json(line.removeprefix("SUMMARY "))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_migration_then_rerun_equals_source(pg_items: str, pg_target: str, state_dir: Path) -> None:
+    """PG -> PG through the row path (a sleeping identity transform), killed after some ranges committed."""
+    chunk = 400
+    ranges = -(-N // chunk)
+    params = {"source_url": pg_items, "target_url": pg_target, "table": "items", "chunk_rows": chunk,
+              "mode": "append", "run_key": "killed-migration", "transform": "tests.flows.db_helpers:slow_identity",
+              "max_concurrency": 2}
+    proc = _start(params, {"BF_DB_SLEEP": "1.0"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        created = pg_exec(pg_target, "SELECT to_regclass('items') IS NOT NULL")[0][0]
+        if created and count(pg_target) >= 2 * chunk:
+            break
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = count(pg_target)
+    assert 0 < killed_at < N, "the run was not killed mid-migration; the test proves nothing"
+
+    rerun = _start(params, {"BF_DB_SLEEP": "0"})
+    out, _ = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, out
+    summary = _summary_of(out)
+    assert summary.ok and summary.ranges_total == ranges and summary.verify == "counts"
+    assert summary.ranges_matching == ranges and not summary.ranges_mismatched
+    assert summary.ranges_resumed >= killed_at // chunk - 2 and summary.ranges_resumed >= 1
+    assert summary.ranges_resumed + summary.ranges_copied + summary.ranges_skipped == ranges
+    assert pg_exec(pg_target, "SELECT count(*), count(DISTINCT id) FROM items") == [(N, N)]
+    assert pg_exec(pg_items, ORDERED) == pg_exec(pg_target, ORDERED)  # exactly the source
+    assert PG_PASSWORD not in out
+
+
+def test_password_never_leaks_and_secret_blocks(pg_cluster: Any, pg_items: str, sqlite_items: str, pg_target: str,
+                                                state_dir: Path, caplog: pytest.LogCaptureFixture,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    Secret(value=pg_items).save("bf-test-db-source", overwrite=True)
+    Secret(value=pg_target).save("bf-test-db-target", overwrite=True)
+    caplog.set_level("DEBUG")
+    summary = db_migrate(table="items", source_secret="bf-test-db-source", target_url="secret:bf-test-db-target",
+                         chunk_rows=CHUNK, mode="upsert", run_key="secret-run")
+    assert_clean(summary)
+    assert summary.source.endswith(pg_items.rsplit("/", 1)[1]) and "***" in summary.source
+
+    # a failing run with the password in play: conversion error, dead letters, top errors
+    sqlite_exec(sqlite_items, "UPDATE items SET price = 'n/a' WHERE id = 42")
+    failed = db_migrate(sqlite_items, pg_target, "items", target_table="other", chunk_rows=CHUNK, chunk_retries=0)
+    assert not failed.ok
+    bad_host = pg_items.replace(f":{pg_cluster.port}/", ":1/")
+    with pytest.raises(Exception) as err:
+        db_migrate(bad_host, pg_target, "items")
+    assert "127.0.0.1:1" in str(err.value)
+
+    out, errs = capfd.readouterr()
+    assert "range 0: row with key {'id': 42}" in caplog.text + out + errs  # the run's log lines were captured
+    texts = [summary.model_dump_json(), failed.model_dump_json(), str(err.value), caplog.text, out, errs]
+    texts += [p.read_text(errors="replace") for p in state_dir.rglob("*") if p.is_file()]
+    with get_client(sync_client=True) as client:
+        texts += [json.dumps(run.parameters, default=str) for run in client.read_flow_runs(limit=50)]
+        for page in range(3):  # the newest logs: this test's runs, including the failing ones
+            texts += [log.message for log in client.read_logs(limit=200, offset=200 * page,
+                                                              sort=LogSort.TIMESTAMP_DESC)]
+    leaks = [t[:200] for t in texts if PG_PASSWORD in t]
+    assert not leaks, leaks
