@@ -6,8 +6,12 @@ LazyFrame, the transform (polars SQL over ``df`` or a LazyFrame -> LazyFrame cal
 expressions, and the result is sunk atomically into ``part-<index>``. Rows that fail the schema go
 to ``_rejects/part-<index>.<input format>`` with ``_reject_reason``, ``_source_file`` and ``_line``.
 
+Fast path: when the schema is known, a single-file CSV/TSV chunk is first run as one native polars
+query over its byte range (files_fast); it commits only when its counters prove the result equals the
+careful path's with no rejects, otherwise the careful reader below runs the chunk.
+
 Submodules: files_inputs (resolve, format detection), files_split (ChunkSpec, planning, byte ranges),
-files_schema (Schema, validation), files_read (ChunkReader), files_write (atomic writes).
+files_schema (Schema, validation), files_read (ChunkReader), files_write (atomic writes), files_fast.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from tasks.errors import ConfigError
+from tasks.files_fast import fast_path_possible, try_fast_chunk
 from tasks.files_inputs import InputFile, InputFormat, detect_format, resolve_inputs
 from tasks.files_read import ChunkReader, infer_schema, scan_chunk
 from tasks.files_schema import ALLOWED_TYPES, LINE, RAW, REJECT_REASON, SOURCE_FILE, Schema, parse_schema
@@ -52,6 +57,7 @@ class ChunkResult(BaseModel):
     bytes_in: int
     bytes_out: int
     duration_s: float
+    fast_path: bool = Field(False, description="Read by polars' typed scan of the whole range (no rejects).")
 
 
 def resolve_transform(transform: Transform) -> str | TransformFn | None:
@@ -127,6 +133,7 @@ def process_chunk(
     output_format: OutputFormat = "parquet",
     partition_by: Sequence[str] = (),
     keep_lineage: bool = False,
+    fast: bool = True,
 ) -> ChunkResult:
     """Read, validate, transform and write one chunk; the body of the flow's chunk task.
 
@@ -135,13 +142,40 @@ def process_chunk(
     first MiB of the chunk's first file; pass ``infer_schema(...)`` from the flow for consistent types
     across parts. ``keep_lineage`` keeps ``_source_file``/``_line`` in the good output (and visible to
     the transform). A corrupt gzip raises SourceError naming the file; other chunks are unaffected.
+
+    ``fast=True`` first tries polars' typed scan of the whole byte range (tasks.files_fast) when the
+    schema is known; it commits only when it provably matches the careful path with no rejects, and
+    otherwise leaves nothing behind and the careful path below runs.
     """
     if output_format not in ("parquet", "csv", "jsonl"):
         msg = f"output_format {output_format!r} is not supported; use 'parquet', 'csv' or 'jsonl'"
         raise ConfigError(msg)
     started = time.perf_counter()
     out = Path(output_dir)
-    reader = ChunkReader(spec, schema=parse_schema(schema))
+    parsed = parse_schema(schema)
+    if fast and fast_path_possible(spec, parsed, keep_lineage=keep_lineage, partition_by=partition_by):
+        assert parsed is not None
+        done = try_fast_chunk(
+            spec, out, transform=transform, schema=parsed, output_format=output_format,
+            apply_transform=apply_transform,
+        )
+        if done is not None:
+            (out / "_rejects" / part_name(spec.index, spec.files[0].format)).unlink(missing_ok=True)
+            rows_out = sum(_count_rows(p, output_format) for p in done["paths"])
+            return ChunkResult(
+                index=spec.index,
+                rows_in=done["rows_in"],
+                rows_out=rows_out,
+                rows_rejected=0,
+                rows_filtered=done["rows_in"] - rows_out,
+                output_paths=[str(p) for p in done["paths"]],
+                rejects_path=None,
+                bytes_in=spec.nbytes,
+                bytes_out=sum(p.stat().st_size for p in done["paths"]),
+                duration_s=round(time.perf_counter() - started, 3),
+                fast_path=True,
+            )
+    reader = ChunkReader(spec, schema=parsed)
     lf = reader.lazy()
     if not keep_lineage:
         lf = lf.drop(SOURCE_FILE, LINE)

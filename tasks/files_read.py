@@ -105,6 +105,19 @@ def _segments(part: FilePart, stream: IO[bytes], segment_bytes: int) -> Iterator
         buf = buf[cut:]
 
 
+def _lines_before(part: FilePart) -> int:
+    """Newlines in ``[0, part.start)`` of an uncompressed file (a range planned without line counts)."""
+    count, left = 0, part.start
+    with open(part.path, "rb") as fh:
+        while left > 0:
+            block = fh.read(min(16 * 1024 * 1024, left))
+            if not block:
+                break
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
 def _read_sample(part: FilePart, nbytes: int = _SAMPLE_BYTES) -> bytes:
     try:
         with _open(part) as fh:
@@ -226,7 +239,10 @@ class ChunkReader:
                     )
                     raise SourceError(msg)
             with _open(part) as stream:
-                line = part.first_line if part.start or part.format == "jsonl" else 0
+                if part.start and part.first_line == 0:
+                    line = _lines_before(part) + 1
+                else:
+                    line = part.first_line if part.start or part.format == "jsonl" else 0
                 for seg in _segments(part, stream, self.segment_bytes):
                     if line == 0:
                         line = self._data_first_line(part)
