@@ -52,6 +52,8 @@ up: venv
 	@for i in $$(seq 1 120); do curl -sf http://127.0.0.1:$(UP_PORT)/api/health >/dev/null && break; sleep 1; done
 	@curl -sf http://127.0.0.1:$(UP_PORT)/api/health >/dev/null || (echo "server did not start; see $(RUN)/server.log"; exit 1)
 	PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api $(PY) -m deployments.setup
+	@if [ -f $(RUN)/demo-api.pid ] && kill -0 $$(cat $(RUN)/demo-api.pid) 2>/dev/null; then echo "demo API already running (pid $$(cat $(RUN)/demo-api.pid))"; \
+	else setsid nohup $(PY) -m deployments.demo_api --port 8765 > $(RUN)/demo-api.log 2>&1 & echo $$! > $(RUN)/demo-api.pid; fi
 	PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api BATCHFLOWS_PROJECT_DIR=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
 	@if [ -f $(RUN)/worker.pid ] && kill -0 $$(cat $(RUN)/worker.pid) 2>/dev/null; then echo "worker already running (pid $$(cat $(RUN)/worker.pid))"; \
 	else PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api BATCHFLOWS_PROJECT_DIR=$(CURDIR) BATCHFLOWS_STATE_DIR=$(CURDIR)/.batchflows \
@@ -59,7 +61,7 @@ up: venv
 	@echo "UI: http://127.0.0.1:$(UP_PORT)   try: PREFECT_API_URL=http://127.0.0.1:$(UP_PORT)/api $(VENV)/bin/prefect deployment run 'batch-map/hourly' --watch"
 
 down:
-	@for p in worker server; do if [ -f $(RUN)/$$p.pid ]; then pid=$$(cat $(RUN)/$$p.pid); \
+	@for p in worker demo-api server; do if [ -f $(RUN)/$$p.pid ]; then pid=$$(cat $(RUN)/$$p.pid); \
 	  if kill -- -$$pid 2>/dev/null; then for i in $$(seq 1 20); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
 	    kill -9 -- -$$pid 2>/dev/null || true; echo "stopped $$p (pid $$pid)"; fi; rm -f $(RUN)/$$p.pid; fi; done
 

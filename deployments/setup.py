@@ -6,7 +6,9 @@ Run by ``make up`` before ``prefect deploy --all``; running it again changes not
 * global concurrency limits ``batchflows-chunks`` (8 slots) and ``demo-api`` (rate budget 50/s);
 * tag concurrency limit ``batchflows-db`` (2 task runs);
 * Secret blocks ``demo-api-token`` and ``demo-db-url`` holding the demo's (non-secret) values, created only
-  if missing so real values set later are never overwritten.
+  if missing so real values set later are never overwritten;
+* demo inputs the deployments' default parameters point at: ``.batchflows/demo/input/orders.csv`` (with a
+  few bad rows for the rejects file) and ``.batchflows/demo/shop.db`` (an ``orders`` table to migrate).
 """
 
 from __future__ import annotations
@@ -70,11 +72,50 @@ async def _setup() -> list[str]:
     return done
 
 
+DEMO_DIR = ROOT / ".batchflows" / "demo"
+
+
+def write_demo_inputs(n: int = 20_000) -> list[str]:
+    """The files the deployments' defaults read; written once (kept if present)."""
+    import sqlite3
+
+    from deployments.demo_api import order
+
+    done: list[str] = []
+    csv_path = DEMO_DIR / "input" / "orders.csv"
+    if not csv_path.exists():
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = csv_path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write("id,customer_id,amount,currency,created_at\n")
+            for i in range(n):
+                o = order(i)
+                fh.write(f"{o['id']},{o['customer_id']},{o['amount']},{o['currency']},{o['created_at']}\n")
+        tmp.replace(csv_path)
+        done.append(f"demo input {csv_path.relative_to(ROOT)}: created ({n} rows)")
+    else:
+        done.append(f"demo input {csv_path.relative_to(ROOT)}: exists")
+    db_path = DEMO_DIR / "shop.db"
+    if not db_path.exists():
+        tmp_db = db_path.with_suffix(".tmp")
+        tmp_db.unlink(missing_ok=True)
+        con = sqlite3.connect(tmp_db)
+        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, amount TEXT, currency TEXT, created_at TEXT)")
+        con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)", [tuple(order(i).values()) for i in range(n)])
+        con.commit()
+        con.close()
+        tmp_db.replace(db_path)
+        done.append(f"demo database {db_path.relative_to(ROOT)}: created ({n} orders)")
+    else:
+        done.append(f"demo database {db_path.relative_to(ROOT)}: exists")
+    return done
+
+
 def main() -> int:
     if not os.environ.get("PREFECT_API_URL"):
         print("PREFECT_API_URL is not set: start a server first (make up does)", file=sys.stderr)
         return 2
-    for line in asyncio.run(_setup()):
+    for line in [*asyncio.run(_setup()), *write_demo_inputs()]:
         print(line)
     return 0
 

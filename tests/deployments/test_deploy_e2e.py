@@ -88,3 +88,20 @@ def test_backfill_creates_one_run_per_scheduled_time_and_skips_existing(deployed
                                                        "offset": 0, "sort": "START_TIME_DESC"}, timeout=10).json()
     assert len(runs) == 3
     assert {r["parameters"]["run_key"] for r in runs} == {r["name"] for r in runs}
+
+
+def test_etl_demo_deployment_runs_every_stage_through_the_worker(deployed: dict[str, str], tmp_path: Path) -> None:
+    from deployments.demo_api import running
+
+    with running(orders=1200) as api:
+        out = run([PREFECT, "deployment", "run", "etl-demo/daily", "--param", f"api_url={api.url}",
+                   "--param", f"work_dir={tmp_path / 'etl'}", "--param", f"database_url=sqlite:///{tmp_path / 'wh.db'}",
+                   "--watch", "--watch-timeout", "240"], deployed, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Completed" in out.stdout
+    api_url = os.environ["PREFECT_API_URL"]
+    body = {"sort": "START_TIME_DESC", "limit": 1, "offset": 0, "deployments": {"name": {"any_": ["daily"]}},
+            "flows": {"name": {"any_": ["etl-demo"]}}}
+    [flow_run] = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=10).json()
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert "orders has 1198 rows; the transform wrote 1198" in flow_run["state"]["message"]
