@@ -41,6 +41,9 @@ lint: venv
 
 bench: venv
 	$(PY) -m bench.engine
+	$(PY) -m bench.api_bulk
+	$(PY) -m bench.db_migrate
+	$(PY) -m bench.file_transform
 
 RUN := .run
 UP_PORT ?= 4200
