@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.errors import ConfigError
-from tasks.files_inputs import Compression, FileFormat, InputFile
+from tasks.files_inputs import FileFormat, InputFile
 from tasks.settings import FileSettings
 
 _SCAN_BLOCK = 16 * 1024 * 1024
@@ -30,7 +30,7 @@ _HEADER_PROBE = 1024 * 1024
 _SPLITTABLE: frozenset[str] = frozenset({"csv", "tsv", "jsonl"})
 
 
-class FilePart(BaseModel):
+class FilePart(InputFile):
     """A whole file, a byte range ``[start, end)`` of a text file, or some row groups of a Parquet file.
 
     ``first_line`` is the 1-based line number, in the source file, of the first byte of the range; for a
@@ -39,13 +39,6 @@ class FilePart(BaseModel):
     (the careful path), so the fast path never pays for it.
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    format: FileFormat
-    compression: Compression = "none"
-    size: int
-    mtime_ns: int = 0
     start: int = 0
     end: int | None = None
     first_line: int = 1

@@ -10,7 +10,16 @@ model it returns) is printed as JSON on the last line of stdout, prefixed by ``S
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+M = TypeVar("M", bound=BaseModel)
 
 ALIASES = {"batch-map": "flows.batch_map:batch_map"}
 
@@ -22,6 +31,20 @@ def main() -> int:
     result = load_callable(target, what="entry point")(**params)
     print("SUMMARY " + result.model_dump_json())
     return 0 if getattr(result, "ok", True) else 1
+
+
+def start_flow(target: str, params: dict, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m tests.run_flow <target> <params>`` from the repo root (stdout+stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.run_flow", target, json.dumps(params)],
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def summary_in(output: str, model: type[M]) -> M:
+    """The summary a run_flow subprocess printed (its last ``SUMMARY`` line)."""
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
+    return model.model_validate_json(line.removeprefix("SUMMARY "))
 
 
 if __name__ == "__main__":

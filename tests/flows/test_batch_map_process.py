@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,20 +13,17 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from tasks.outcomes import RunSummary
+from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def start(params: dict, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.run_flow", "batch-map", json.dumps(params)],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return start_flow("batch-map", params, env)
 
 
 def summary_of(output: str) -> RunSummary:
-    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
-    return RunSummary.model_validate_json(line.removeprefix("SUMMARY "))
+    return summary_in(output, RunSummary)
 
 
 def wait_for_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:

@@ -9,10 +9,8 @@ password never shows up in logs, the state dir, the summary or the flow run's st
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +23,7 @@ from prefect.client.schemas.sorting import LogSort
 
 from flows.db_migrate import MigrationSummary, db_migrate, db_verify
 from tests.fixtures.postgres import PG_PASSWORD
+from tests.run_flow import start_flow, summary_in
 from tests.tasks.test_db import create_pg, create_sqlite, db_exec, key_values, pg_exec, sqlite_exec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,15 +139,11 @@ def test_dry_run_writes_nothing(pg_items: str, sqlite_url: str, pg_target: str, 
 
 
 def _start(params: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.run_flow", "flows.db_migrate:db_migrate", json.dumps(params)],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return start_flow("flows.db_migrate:db_migrate", params, env)
 
 
 def _summary_of(output: str) -> MigrationSummary:
-    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
-    return MigrationSummary.model_validate_json(line.removeprefix("SUMMARY "))
+    return summary_in(output, MigrationSummary)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from flows.file_transform import file_transform
 from tasks.errors import ConfigError, SourceError
 from tasks.files import plan_chunks, process_chunk, resolve_inputs
 from tasks.outcomes import RunSummary
+from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"id": "int64", "label": "str", "amount": "float64", "day": "date"}
@@ -209,15 +209,11 @@ def test_bad_inputs_fail_before_any_work(tmp_path: Path) -> None:
 
 
 def _start(params: dict, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.run_flow", "flows.file_transform:file_transform", json.dumps(params)],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return start_flow("flows.file_transform:file_transform", params, env)
 
 
 def _summary_of(output: str) -> RunSummary:
-    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
-    return RunSummary.model_validate_json(line.removeprefix("SUMMARY "))
+    return summary_in(output, RunSummary)
 
 
 @pytest.mark.slow
