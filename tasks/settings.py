@@ -69,6 +69,9 @@ class NotifySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_NOTIFY_", extra="ignore")
 
     webhook_url: SecretStr | None = Field(None, description="POST the run summary here when a run ends.")
+    pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway (http://host:9091): run metrics are pushed when a run ends."
+    )
 
 
 __all__ = ["DbSettings", "EngineSettings", "FileSettings", "HttpSettings", "NotifySettings"]
