@@ -124,7 +124,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob) -> ChunkReport:
 
         async with sem:
             try:
-                value, _ = await policy.acall(call)
+                value, _ = await policy.acall_fast(call)
                 outcomes[position] = ("ok", value)
             except SkipItem as exc:
                 outcomes[position] = ("skip", exc)

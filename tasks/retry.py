@@ -112,6 +112,29 @@ class RetryPolicy:
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def acall_fast(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """Async twin of :meth:`call_fast`: the first attempt skips building a tenacity retryer."""
+        try:
+            return await fn(), 1
+        except Exception as exc:
+            if not is_retryable(exc) or self.retries == 0:
+                exc.batchflows_attempts = 1  # type: ignore[attr-defined]
+                raise
+            first: BaseException | None = exc
+        attempts = 1
+        try:
+            async for attempt in self.async_retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    if first is not None:
+                        pending, first = first, None
+                        _replay(pending)
+                    return await fn(), attempts
+        except Exception as exc:
+            exc.batchflows_attempts = attempts  # type: ignore[attr-defined]
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def acall(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
         """Async twin of :meth:`call`."""
         attempts = 0

@@ -76,3 +76,25 @@ def test_async_call() -> None:
     import asyncio
 
     assert asyncio.run(RetryPolicy().acall(_async_ok)) == ("ok", 1)
+    assert asyncio.run(RetryPolicy().acall_fast(_async_ok)) == ("ok", 1)
+
+
+def test_async_fast_path_retries_with_the_same_budget() -> None:
+    import asyncio
+
+    calls = {"n": 0}
+
+    async def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise RetryableError("503", retry_after=0)
+        return "ok"
+
+    async def no_sleep(_s: float) -> None:
+        return None
+
+    assert asyncio.run(RetryPolicy(retries=3, async_sleep=no_sleep).acall_fast(flaky)) == ("ok", 3)
+    calls["n"] = -10
+    with pytest.raises(RetryableError) as info:
+        asyncio.run(RetryPolicy(retries=2, async_sleep=no_sleep).acall_fast(flaky))
+    assert attempts_made(info.value) == 3
