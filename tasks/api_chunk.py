@@ -118,7 +118,7 @@ async def send_items(items: list[Any], job: ApiJob, *, token: str | None, limite
                     outcomes[position] = exc if isinstance(exc, ItemError) else ItemError(str(exc), category="bad_item")
                     continue
                 try:
-                    record, attempts = await policy.acall_fast(
+                    record, attempts = await policy.acall(
                         lambda spec=spec: send(client, spec, expect=job.expect, max_retry_after_s=settings.max_retry_after_s)
                     )
                 except FatalError:

@@ -114,7 +114,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob) -> ChunkReport:
                 limiter.acquire_sync()
             return handler(item)
 
-        outcomes[position] = _attempt(lambda: policy.call_fast(call))
+        outcomes[position] = _attempt(lambda: policy.call(call))
 
     async def run_one_async(position: int, item: Any, sem: asyncio.Semaphore) -> None:
         async def call() -> Any:
@@ -124,7 +124,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob) -> ChunkReport:
 
         async with sem:
             try:
-                value, _ = await policy.acall_fast(call)
+                value, _ = await policy.acall(call)
                 outcomes[position] = ("ok", value)
             except SkipItem as exc:
                 outcomes[position] = ("skip", exc)

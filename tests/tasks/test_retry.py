@@ -26,8 +26,8 @@ def failing(times: int, exc: Exception):
     return fn, calls
 
 
-@pytest.mark.parametrize("method", ["call", "call_fast"])
-def test_retries_then_succeeds_and_counts_attempts(method: str) -> None:
+def test_retries_then_succeeds_and_counts_attempts() -> None:
+    method = "call"
     clock = Clock()
     fn, calls = failing(2, ConnectionError("reset"))
     result = getattr(RetryPolicy(retries=3, backoff_s=1.0, sleep=clock.sleep), method)(fn)
@@ -37,8 +37,8 @@ def test_retries_then_succeeds_and_counts_attempts(method: str) -> None:
     assert all(0 <= s <= 2.0 for s in clock.sleeps)
 
 
-@pytest.mark.parametrize("method", ["call", "call_fast"])
-def test_gives_up_after_retries_with_the_attempt_count(method: str) -> None:
+def test_gives_up_after_retries_with_the_attempt_count() -> None:
+    method = "call"
     fn, calls = failing(99, ValueError("nope"))
     with pytest.raises(ValueError) as info:
         getattr(RetryPolicy(retries=2, backoff_s=0, sleep=lambda _s: None), method)(fn)
@@ -50,7 +50,7 @@ def test_gives_up_after_retries_with_the_attempt_count(method: str) -> None:
 def test_permanent_errors_are_not_retried(exc: Exception) -> None:
     fn, calls = failing(99, exc)
     with pytest.raises(type(exc)):
-        RetryPolicy(retries=5, sleep=lambda _s: None).call_fast(fn)
+        RetryPolicy(retries=5, sleep=lambda _s: None).call(fn)
     assert calls["n"] == 1
 
 
@@ -76,10 +76,9 @@ def test_async_call() -> None:
     import asyncio
 
     assert asyncio.run(RetryPolicy().acall(_async_ok)) == ("ok", 1)
-    assert asyncio.run(RetryPolicy().acall_fast(_async_ok)) == ("ok", 1)
 
 
-def test_async_fast_path_retries_with_the_same_budget() -> None:
+def test_async_retries_with_the_same_budget() -> None:
     import asyncio
 
     calls = {"n": 0}
@@ -93,8 +92,8 @@ def test_async_fast_path_retries_with_the_same_budget() -> None:
     async def no_sleep(_s: float) -> None:
         return None
 
-    assert asyncio.run(RetryPolicy(retries=3, async_sleep=no_sleep).acall_fast(flaky)) == ("ok", 3)
+    assert asyncio.run(RetryPolicy(retries=3, async_sleep=no_sleep).acall(flaky)) == ("ok", 3)
     calls["n"] = -10
     with pytest.raises(RetryableError) as info:
-        asyncio.run(RetryPolicy(retries=2, async_sleep=no_sleep).acall_fast(flaky))
+        asyncio.run(RetryPolicy(retries=2, async_sleep=no_sleep).acall(flaky))
     assert attempts_made(info.value) == 3
