@@ -27,10 +27,9 @@ def failing(times: int, exc: Exception):
 
 
 def test_retries_then_succeeds_and_counts_attempts() -> None:
-    method = "call"
     clock = Clock()
     fn, calls = failing(2, ConnectionError("reset"))
-    result = getattr(RetryPolicy(retries=3, backoff_s=1.0, sleep=clock.sleep), method)(fn)
+    result = RetryPolicy(retries=3, backoff_s=1.0, sleep=clock.sleep).call(fn)
     assert result == ("ok", 3)
     assert calls["n"] == 3
     assert len(clock.sleeps) == 2
@@ -38,10 +37,9 @@ def test_retries_then_succeeds_and_counts_attempts() -> None:
 
 
 def test_gives_up_after_retries_with_the_attempt_count() -> None:
-    method = "call"
     fn, calls = failing(99, ValueError("nope"))
     with pytest.raises(ValueError) as info:
-        getattr(RetryPolicy(retries=2, backoff_s=0, sleep=lambda _s: None), method)(fn)
+        RetryPolicy(retries=2, backoff_s=0, sleep=lambda _s: None).call(fn)
     assert calls["n"] == 3
     assert attempts_made(info.value) == 3
 
