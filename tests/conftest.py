@@ -4,6 +4,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +42,27 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("BATCHFLOWS_STATE_DIR", str(path))
     monkeypatch.setenv("BATCHFLOWS_PROGRESS_INTERVAL_S", "0.2")
     yield path
+
+
+# The awkward source table of the db tests (tests/tasks/test_db.py), shared by the db_migrate flow tests.
+@pytest.fixture
+def pg_items(pg_url: str) -> str:
+    from tests.tasks.test_db import create_pg  # imported late: prefect must not load before the server is up
+
+    create_pg(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+def sqlite_items(tmp_path: Path) -> str:
+    from tests.tasks.test_db import create_sqlite
+
+    url = f"sqlite:///{tmp_path / 'source.sqlite3'}"
+    create_sqlite(url)
+    return url
+
+
+@pytest.fixture
+def pg_target(pg_cluster: Any) -> str:
+    """An empty database on the session's PostgreSQL cluster."""
+    return str(pg_cluster.url(pg_cluster.create_database()))

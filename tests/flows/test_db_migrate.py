@@ -24,31 +24,13 @@ from prefect.client.schemas.sorting import LogSort
 from flows.db_migrate import MigrationSummary, db_migrate, db_verify
 from tests.fixtures.postgres import PG_PASSWORD
 from tests.run_flow import start_flow, summary_in
-from tests.tasks.test_db import create_pg, create_sqlite, db_exec, key_values, pg_exec, sqlite_exec
+from tests.tasks.test_db import db_exec, key_values, pg_exec, sqlite_exec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 800
 N = len(key_values())
 RANGES = -(-N // CHUNK)
 ORDERED = "SELECT * FROM items ORDER BY id"
-
-
-@pytest.fixture
-def pg_items(pg_url: str) -> str:
-    create_pg(pg_url)
-    return pg_url
-
-
-@pytest.fixture
-def sqlite_items(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'source.sqlite3'}"
-    create_sqlite(url)
-    return url
-
-
-@pytest.fixture
-def pg_target(pg_cluster: Any) -> str:
-    return pg_cluster.url(pg_cluster.create_database())
 
 
 def count(url: str, table: str = "items") -> int:

@@ -163,24 +163,6 @@ def db_exec(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 CHUNK = 400
 
 
-@pytest.fixture
-def pg_items(pg_url: str) -> str:
-    create_pg(pg_url)
-    return pg_url
-
-
-@pytest.fixture
-def sqlite_items(tmp_path: Any) -> str:
-    url = f"sqlite:///{tmp_path / 'source.sqlite3'}"
-    create_sqlite(url)
-    return url
-
-
-@pytest.fixture
-def pg_target(pg_cluster: Any) -> str:
-    return pg_cluster.url(pg_cluster.create_database())
-
-
 def migrate(src: str, tgt: str, *, mode: str = "upsert", table: str = "items", chunk_rows: int = CHUNK,
             **kw: Any) -> list[Any]:
     create_target(src, tgt, table, target_table=kw.get("target_table"), key=kw.get("key"))
