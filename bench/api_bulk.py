@@ -71,7 +71,8 @@ async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable
     elif path == "/stats":
         first_last = [min(_times), max(_times)] if _times else [0, 0]
         body = json.dumps({"accepted": sum(_accepted.values()), "rejected": sum(_rejected.values()),
-                           "first_last": first_last, "max_per_second": max(_accepted.values(), default=0)}).encode()
+                           "first_last": first_last, "max_per_second": max(_accepted.values(), default=0),
+                           "per_second": [_accepted[k] for k in sorted(_accepted)]}).encode()
     else:
         status, body = 404, b'{"error":"no route"}'
     headers.append((b"content-length", str(len(body)).encode()))

@@ -24,22 +24,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.batch_map import summary_from_state, summary_state
 from tasks.api_chunk import ApiJob, api_chunk_task
-from tasks.api_output import OutputFormat, process_limiter, resolve_token
+from tasks.api_output import (
+    OutputFormat,
+    process_limiter,
+    resolve_secret_headers,
+    resolve_token,
+    split_credential_headers,
+)
 from tasks.batch import describe_validation_error
 from tasks.chunked_run import ChunkedRun
 from tasks.chunking import Chunk, Fixed, PlanLog, cut_chunks
 from tasks.errors import ConfigError
 from tasks.http import Expect, TransportName, validate_base_url
-from tasks.http_request import RequestTemplate
+from tasks.http_request import RequestTemplate, refuse_sensitive_headers
 from tasks.loader import is_handle, register_object, release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary
-from tasks.redact import redact_text, register_secret
+from tasks.redact import redact_text
 from tasks.sources import open_source
 from tasks.state import validate_run_key
 
 FLOW_NAME = "api-bulk"
-SENSITIVE_HEADERS = ("authorization", "x-api-key", "api-key", "cookie", "proxy-authorization")
 OnError = Literal["continue", "fail_fast"]
 
 
@@ -54,6 +59,7 @@ class ApiBulkOptions(BaseModel):
     json_template: Any = None
     auth_secret: str | None = None
     headers: dict[str, str] | None = None
+    secret_headers: dict[str, str] | None = None
     rate_limit_per_second: float | None = Field(None, gt=0)
     rate_limit_name: str | None = None
     max_concurrency: int = Field(8, ge=1, le=256)
@@ -105,9 +111,7 @@ class ApiBulkOptions(BaseModel):
             raise ConfigError(msg)
         check_template(opts.path_template, "path_template")
         check_template(opts.json_template, "json_template")
-        for name, value in (opts.headers or {}).items():
-            if name.lower() in SENSITIVE_HEADERS:
-                register_secret(value)
+        refuse_sensitive_headers(opts.headers, flow=FLOW_NAME)
         return opts
 
     def template(self) -> RequestTemplate:
@@ -138,7 +142,8 @@ def check_template(node: Any, where: str) -> None:
 
 def run_api_bulk(items: Any, opts: ApiBulkOptions) -> RunSummary:
     """The whole run inside the current flow run: chunks of requests -> summary (state decided)."""
-    resolve_token(opts.auth_secret)  # fail now when the Secret block is missing; registers it for redaction
+    resolve_token(opts.auth_secret)  # fail now when a Secret block is missing; registers values for redaction
+    resolve_secret_headers(opts.secret_headers)
     src = open_source(items, input_format=opts.input_format)
     shown = redact_text(opts.base_url)
     run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=src.total, on_error=opts.on_error,
@@ -149,13 +154,15 @@ def run_api_bulk(items: Any, opts: ApiBulkOptions) -> RunSummary:
     template = opts.template()
     job = ApiJob(
         base_url=opts.base_url, template=template, auth_secret=opts.auth_secret, headers=opts.headers,
+        secret_headers=opts.secret_headers,
         item_concurrency=opts.item_concurrency, retries=opts.retries, retry_backoff_s=opts.retry_backoff_s,
         timeout_s=opts.timeout_s, expect=opts.expect, transport=opts.transport,
         rate_limit_per_second=opts.rate_limit_per_second, rate_limit_name=opts.rate_limit_name,
         limiter_scope=run.run_key, output_dir=opts.output, output_format=opts.output_format,
     )
     identity = (opts.cache_version, opts.base_url, template.model_dump_json(), str(opts.output or ""),
-                opts.output_format, opts.expect, repr(sorted((opts.headers or {}).items())))
+                opts.output_format, opts.expect, repr(sorted((opts.headers or {}).items())),
+                repr(sorted(opts.secret_headers or {})))
     task = run.configure(api_chunk_task, chunk_retries=opts.chunk_retries, tags=opts.tags)
     run.progress.logger.info(
         "api-bulk run %r: %s items -> %s %s%s, %d chunk(s) x %d request(s) in flight%s",
@@ -190,7 +197,10 @@ def api_bulk_flow(
     path_template: Annotated[str, Field(description="Path with {placeholders} from each item.")] = "/{id}",
     json_template: Annotated[Any, Field(description="JSON body; string leaves may hold {placeholders}.")] = None,
     auth_secret: Annotated[str | None, Field(description="Prefect Secret block holding the bearer token.")] = None,
-    headers: Annotated[dict[str, str] | None, Field(description="Extra headers on every request.")] = None,
+    headers: Annotated[dict[str, str] | None, Field(description="Extra headers on every request (no credentials).")] = None,
+    secret_headers: Annotated[
+        dict[str, str] | None, Field(description="Credential headers from Secret blocks: {'X-Api-Key': 'block-name'}.")
+    ] = None,
     rate_limit_per_second: Annotated[float | None, Field(gt=0, description="Requests per second (retries included).")] = None,
     rate_limit_name: Annotated[str | None, Field(description="Share the rate with every run using this name.")] = None,
     max_concurrency: Annotated[int, Field(ge=1, le=256, description="Chunk tasks in flight.")] = 8,
@@ -214,8 +224,8 @@ def api_bulk_flow(
 ) -> RunSummary:
     opts = ApiBulkOptions.parse(
         base_url=base_url, method=method, path_template=path_template, json_template=json_template,
-        auth_secret=auth_secret, headers=headers, rate_limit_per_second=rate_limit_per_second,
-        rate_limit_name=rate_limit_name, max_concurrency=max_concurrency, item_concurrency=item_concurrency,
+        auth_secret=auth_secret, headers=headers, secret_headers=secret_headers,
+        rate_limit_per_second=rate_limit_per_second, rate_limit_name=rate_limit_name, max_concurrency=max_concurrency, item_concurrency=item_concurrency,
         chunk_size=chunk_size, timeout_s=timeout_s, retries=retries, retry_backoff_s=retry_backoff_s,
         idempotency_keys=idempotency_keys, expect=expect, output=output, output_format=output_format,
         run_key=run_key, cache_version=cache_version, chunk_retries=chunk_retries, on_error=on_error,
@@ -233,6 +243,7 @@ def api_bulk(
     json_template: Any = None,
     auth_secret: str | None = None,
     headers: dict[str, str] | None = None,
+    secret_headers: dict[str, str] | None = None,
     rate_limit_per_second: float | None = None,
     rate_limit_name: str | None = None,
     max_concurrency: int = 8,
@@ -259,11 +270,15 @@ def api_bulk(
     ``items`` may be any iterable (streamed, never materialized; kept in this process, so request
     bodies never travel to the Prefect API as parameters), a file path, or ``"pkg.mod:fn"``. Bad
     parameters raise ConfigError before any request; refused credentials end the run Failed with
-    the reason in ``summary.message``.
+    the reason in ``summary.message``. Credential ``headers`` (Authorization, X-Api-Key, Cookie, ...)
+    are kept in this process and never become flow-run parameters; deployments use ``secret_headers``.
     """
+    plain_headers, secret_handles = split_credential_headers(headers)
     params = {
         "base_url": base_url, "method": method, "path_template": path_template, "json_template": json_template,
-        "auth_secret": auth_secret, "headers": headers, "rate_limit_per_second": rate_limit_per_second,
+        "auth_secret": auth_secret, "headers": plain_headers,
+        "secret_headers": {**(secret_headers or {}), **secret_handles} or None,
+        "rate_limit_per_second": rate_limit_per_second,
         "rate_limit_name": rate_limit_name, "max_concurrency": max_concurrency, "item_concurrency": item_concurrency,
         "chunk_size": chunk_size, "timeout_s": timeout_s, "retries": retries, "retry_backoff_s": retry_backoff_s,
         "idempotency_keys": idempotency_keys, "expect": expect, "output": None if output is None else str(output),
@@ -271,19 +286,23 @@ def api_bulk(
         "chunk_retries": chunk_retries, "on_error": on_error, "min_success_ratio": min_success_ratio,
         "tags": list(tags), "transport": transport, "input_format": input_format,
     }
-    ApiBulkOptions.parse(**params)
-    handle: str | None = None
-    source: Any = items
-    if isinstance(items, Path):
-        source = str(items)
-    elif not isinstance(items, str):
-        handle = source = register_object(items)
+    handles = list(secret_handles.values())
     try:
+        ApiBulkOptions.parse(**params)
+        source: Any = items
+        if isinstance(items, Path):
+            source = str(items)
+        elif not isinstance(items, str):
+            source = register_object(items)
+            handles.append(source)
         state = api_bulk_flow(items=source, **params, return_state=True)
         return summary_from_state(state)
     finally:
-        if handle is not None and is_handle(handle):
-            release_object(handle)
+        for handle in handles:
+            if is_handle(handle):
+                release_object(handle)
 
 
-__all__ = ["FLOW_NAME", "ApiBulkOptions", "api_bulk", "api_bulk_flow", "check_template", "run_api_bulk"]
+__all__ = [
+    "FLOW_NAME", "ApiBulkOptions", "api_bulk", "api_bulk_flow", "check_template", "run_api_bulk",
+]

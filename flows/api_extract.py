@@ -24,16 +24,25 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flows.batch_map import summary_from_state, summary_state
-from tasks.api_output import OutputFormat, process_limiter, remove_parts_from, resolve_token
+from tasks.api_output import (
+    OutputFormat,
+    process_limiter,
+    remove_parts_from,
+    resolve_secret_headers,
+    resolve_token,
+    split_credential_headers,
+)
 from tasks.api_pages import ExtractJob, PartResult, extract_part_task, split_url
 from tasks.batch import describe_validation_error
 from tasks.chunked_run import ChunkedRun
 from tasks.errors import ConfigError, FatalError
 from tasks.http import TransportName
+from tasks.http_request import refuse_sensitive_headers
+from tasks.loader import release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
 from tasks.pagination import PaginatorKind, make_paginator
-from tasks.redact import redact, redact_text, register_secret
+from tasks.redact import redact, redact_text
 from tasks.state import validate_run_key
 
 FLOW_NAME = "api-extract"
@@ -56,6 +65,8 @@ class ApiExtractOptions(BaseModel):
     pages_per_part: int = Field(10, ge=1, le=100_000)
     params: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
+    secret_headers: dict[str, str] | None = None
+    paginator_options: dict[str, str | int] | None = None
     auth_secret: str | None = None
     rate_limit_per_second: float | None = Field(None, gt=0)
     rate_limit_name: str | None = None
@@ -78,18 +89,18 @@ class ApiExtractOptions(BaseModel):
         except ValidationError as exc:
             raise ConfigError(redact_text(describe_validation_error(exc))) from None
         split_url(opts.url)  # ConfigError naming the url when invalid
-        make_paginator(opts.paginator, page_size=opts.page_size, cursor_path=opts.cursor_path)
+        make_paginator(opts.paginator, page_size=opts.page_size, cursor_path=opts.cursor_path,
+                       **(opts.paginator_options or {}))
         if opts.rate_limit_name and opts.rate_limit_per_second is None:
             msg = f"rate_limit_name={opts.rate_limit_name!r} needs rate_limit_per_second too (the shared budget)"
             raise ConfigError(msg)
-        for name, value in (opts.headers or {}).items():
-            if name.lower() in ("authorization", "x-api-key", "api-key", "cookie"):
-                register_secret(value)
+        refuse_sensitive_headers(opts.headers, flow=FLOW_NAME)
         return opts
 
     def identity(self) -> str:
         """What must not change between a run and its resume (else the checkpoint would lie)."""
-        keys = ("url", "paginator", "page_size", "records_path", "cursor_path", "output", "output_format", "params")
+        keys = ("url", "paginator", "page_size", "records_path", "cursor_path", "output", "output_format", "params",
+                "paginator_options")
         payload = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
         return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
 
@@ -97,6 +108,7 @@ class ApiExtractOptions(BaseModel):
 def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
     """Walk the pages part by part inside the current flow run; checkpoint after each part."""
     resolve_token(opts.auth_secret)
+    resolve_secret_headers(opts.secret_headers)
     started = time.perf_counter()
     origin, path, url_params = split_url(opts.url)
     run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=None, handler_id=f"GET {redact_text(opts.url)}",
@@ -108,7 +120,8 @@ def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
         origin=origin, path=path, params={**url_params, **(opts.params or {})}, paginator=opts.paginator,
         page_size=opts.page_size, cursor_path=opts.cursor_path, records_path=opts.records_path,
         max_pages=opts.max_pages, pages_per_part=opts.pages_per_part, auth_secret=opts.auth_secret,
-        headers=opts.headers, retries=opts.retries, retry_backoff_s=opts.retry_backoff_s, timeout_s=opts.timeout_s,
+        headers=opts.headers, secret_headers=opts.secret_headers, paginator_options=opts.paginator_options,
+        retries=opts.retries, retry_backoff_s=opts.retry_backoff_s, timeout_s=opts.timeout_s,
         transport=opts.transport, rate_limit_per_second=opts.rate_limit_per_second,
         rate_limit_name=opts.rate_limit_name, limiter_scope=run.run_key, output_dir=opts.output,
         output_format=opts.output_format,
@@ -160,7 +173,7 @@ def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
                 dead = FailedItem(
                     item=redact({"page": failure.page, "url": opts.url, "state": state}), chunk=parts, position=0,
                     attempts=failure.attempts, error_type=failure.error_type, message=failure.message,
-                    category=failure.category,
+                    category=failure.category, status=failure.status,
                 )
                 run.record(ChunkReport(index=parts, size=1, failed=1, failures=[dead]))
                 failed_reason = f"{failure.message}; rerun with run_key={run.run_key!r} to continue from page {failure.page}"
@@ -205,7 +218,14 @@ def api_extract_flow(
     output_format: Annotated[OutputFormat, Field(description="jsonl | parquet")] = "jsonl",
     pages_per_part: Annotated[int, Field(ge=1, description="Pages per part file (and per checkpoint).")] = 10,
     params: Annotated[dict[str, Any] | None, Field(description="Extra query parameters.")] = None,
-    headers: Annotated[dict[str, str] | None, Field(description="Extra headers.")] = None,
+    headers: Annotated[dict[str, str] | None, Field(description="Extra headers (no credentials).")] = None,
+    secret_headers: Annotated[
+        dict[str, str] | None, Field(description="Credential headers from Secret blocks: {'X-Api-Key': 'block-name'}.")
+    ] = None,
+    paginator_options: Annotated[
+        dict[str, str | int] | None,
+        Field(description="Parameter names of the paginator, e.g. {'offset_param': 'skip', 'limit_param': 'take'}."),
+    ] = None,
     auth_secret: Annotated[str | None, Field(description="Prefect Secret block holding the bearer token.")] = None,
     rate_limit_per_second: Annotated[float | None, Field(gt=0, description="Requests per second.")] = None,
     rate_limit_name: Annotated[str | None, Field(description="Share the rate with every run using this name.")] = None,
@@ -237,6 +257,8 @@ def api_extract(
     pages_per_part: int = 10,
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    secret_headers: dict[str, str] | None = None,
+    paginator_options: dict[str, str | int] | None = None,
     auth_secret: str | None = None,
     rate_limit_per_second: float | None = None,
     rate_limit_name: str | None = None,
@@ -255,8 +277,14 @@ def api_extract(
     """
     kwargs = _params(locals())
     kwargs["output"] = str(output)
-    ApiExtractOptions.parse(**kwargs)
-    state = api_extract_flow(**kwargs, return_state=True)
-    return summary_from_state(state)
+    kwargs["headers"], handles = split_credential_headers(headers)
+    kwargs["secret_headers"] = {**(secret_headers or {}), **handles} or None
+    try:
+        ApiExtractOptions.parse(**kwargs)
+        state = api_extract_flow(**kwargs, return_state=True)
+        return summary_from_state(state)
+    finally:
+        for handle in handles.values():
+            release_object(handle)
 
 __all__ = ["FLOW_NAME", "ApiExtractOptions", "api_extract", "api_extract_flow", "run_api_extract"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.api_output import OutputFormat, process_limiter, resolve_token, write_part
+from tasks.api_output import OutputFormat, process_limiter, resolve_secret_headers, resolve_token, write_part
 from tasks.chunking import Chunk
 from tasks.errors import ConfigError, FatalError, ItemError
 from tasks.http import Expect, ResponseRecord, TransportName, build_request, make_client, send
@@ -41,6 +41,7 @@ class ApiJob:
     template: RequestTemplate
     auth_secret: str | None = None
     headers: dict[str, str] | None = None
+    secret_headers: dict[str, str] | None = None  # header -> Secret block name (or in-process handle)
     item_concurrency: int = 8
     retries: int = 5
     retry_backoff_s: float = 1.0
@@ -67,8 +68,11 @@ def process_api_chunk(chunk: Chunk, job: ApiJob) -> ChunkReport:
     """Send the requests of one chunk; return its report (see the module docstring)."""
     started = time.perf_counter()
     token = resolve_token(job.auth_secret)
+    headers = {**(job.headers or {}), **resolve_secret_headers(job.secret_headers)}
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
-    outcomes, requests = run_coroutine(lambda: send_items(chunk.items, job, token=token, limiter=limiter))
+    outcomes, requests = run_coroutine(
+        lambda: send_items(chunk.items, job, token=token, limiter=limiter, headers=headers)
+    )
     report = ChunkReport(index=chunk.index, size=len(chunk.items), extra={"http_requests": requests})
     rows: list[dict[str, Any]] = []
     for position, (item, outcome) in enumerate(zip(chunk.items, outcomes, strict=True)):
@@ -93,8 +97,13 @@ def process_api_chunk(chunk: Chunk, job: ApiJob) -> ChunkReport:
     return report
 
 
-async def send_items(items: list[Any], job: ApiJob, *, token: str | None, limiter: Any) -> tuple[list[Outcome], int]:
-    """Send every item's request with ``job.item_concurrency`` in flight; (outcome per item, requests sent)."""
+async def send_items(
+    items: list[Any], job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None
+) -> tuple[list[Outcome], int]:
+    """Send every item's request with ``job.item_concurrency`` in flight; (outcome per item, requests sent).
+
+    ``headers`` (default ``job.headers``) are sent on every request, resolved secret headers included.
+    """
     policy = job.policy()
     settings = job.settings()
     outcomes: list[Outcome] = [ItemError("not sent")] * len(items)
@@ -102,7 +111,8 @@ async def send_items(items: list[Any], job: ApiJob, *, token: str | None, limite
     cursor = 0
 
     async with make_client(
-        job.base_url, settings=settings, token=token, headers=job.headers, transport=job.transport,
+        job.base_url, settings=settings, token=token, headers=job.headers if headers is None else headers,
+        transport=job.transport,
         max_connections=job.item_concurrency, limiter=limiter,
     ) as client:
 

@@ -6,7 +6,8 @@ between chunk tasks (threads), while everything per request lives in :mod:`tasks
 * Parts: ``<output>/part-000017.jsonl`` or ``.parquet``, one per chunk (api_bulk) or per N pages
   (api_extract), written to a temp name and renamed, so a killed chunk leaves no half file and a
   rerun that writes the same part replaces it whole.
-* Token: from a Prefect ``Secret`` block (``auth_secret="name"``) or ``BATCHFLOWS_HTTP_TOKEN``;
+* Token: from a Prefect ``Secret`` block (``auth_secret="name"``) or ``BATCHFLOWS_HTTP_TOKEN``, and
+  other credential headers from Secret blocks (``secret_headers={"X-Api-Key": "name"}``);
   registered for redaction the moment it is read. Cached per process for a few minutes so a chunk
   does not call the Prefect API, yet a rotated secret is picked up by the next runs.
 * Limiter: one per process and run (local TokenBucket) or per process and name (SharedRateLimit),
@@ -18,11 +19,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from tasks.errors import ConfigError
+from tasks.http_request import is_sensitive_header
+from tasks.loader import is_handle, register_object, resolve_handle
 from tasks.ratelimit import TokenBucket
 from tasks.redact import register_secret
 from tasks.settings import HttpSettings
@@ -112,33 +115,72 @@ def resolve_token(auth_secret: str | None, *, settings: HttpSettings | None = No
         raw = token.get_secret_value() if token is not None else None
         register_secret(raw)
         return raw or None
+    return _cached_secret(auth_secret, what=f"auth_secret {auth_secret!r}")
+
+
+def resolve_secret_headers(secret_headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Header values from Prefect Secret blocks (``{"X-Api-Key": "block-name"}``), registered for redaction.
+
+    A value may also be an in-process handle (``mem:...``): the Python entry points move credential
+    headers there so they never become flow-run parameters.
+    """
+    resolved: dict[str, str] = {}
+    for header, source in (secret_headers or {}).items():
+        if is_handle(source):
+            value = str(resolve_handle(source, what=f"secret header {header!r}"))
+            register_secret(value)
+        else:
+            value = _cached_secret(source, what=f"secret_headers[{header!r}] = {source!r}")
+        resolved[header] = value
+    return resolved
+
+
+def split_credential_headers(headers: dict[str, str] | None) -> tuple[dict[str, str] | None, dict[str, str]]:
+    """(plain headers, {credential header: in-process handle}) for the Python entry points.
+
+    The values are registered for redaction and parked in this process (tasks.loader), so the flow
+    run's parameters carry only ``mem:`` handles, never the credentials themselves.
+    """
+    plain: dict[str, str] = {}
+    handles: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if is_sensitive_header(name):
+            register_secret(str(value))
+            handles[name] = register_object(str(value))
+        else:
+            plain[name] = value
+    return (plain or None) if headers is not None else None, handles
+
+
+
+def _cached_secret(name: str, *, what: str) -> str:
     now = time.monotonic()
     with _tokens_lock:
-        cached = _tokens.get(auth_secret)
+        cached = _tokens.get(name)
         if cached is not None and now - cached[0] < TOKEN_CACHE_S:
             return cached[1]
-    value = _load_secret(auth_secret)
+    value = _load_secret(name, what=what)
     register_secret(value)
     with _tokens_lock:
-        _tokens[auth_secret] = (now, value)
+        _tokens[name] = (now, value)
     return value
 
 
-def _load_secret(name: str) -> str:
+def _load_secret(name: str, *, what: str) -> str:
     from prefect.blocks.system import Secret
 
     try:
         value = Secret.load(name).get()
     except Exception as exc:
         msg = (
-            f"auth_secret {name!r}: the Prefect Secret block could not be loaded ({type(exc).__name__}: {exc}); "
+            f"{what}: the Prefect Secret block could not be loaded ({type(exc).__name__}: {exc}); "
             f"create it with `Secret(value=...).save({name!r})` or `prefect block create secret`, or check PREFECT_API_URL"
         )
         raise ConfigError(msg) from None
     if isinstance(value, dict) and isinstance(value.get("token"), str):
         value = value["token"]
     if not isinstance(value, str) or not value:
-        msg = f"auth_secret {name!r} must hold a non-empty string token (or {{'token': '...'}}), not {type(value).__name__}"
+        msg = f"{what} must hold a non-empty string (or {{'token': '...'}}), not {type(value).__name__}"
         raise ConfigError(msg)
     return value
 
@@ -180,6 +222,8 @@ __all__ = [
     "part_path",
     "process_limiter",
     "remove_parts_from",
+    "resolve_secret_headers",
     "resolve_token",
+    "split_credential_headers",
     "write_part",
 ]

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.api_chunk import run_coroutine
-from tasks.api_output import OutputFormat, process_limiter, resolve_token, write_part
+from tasks.api_output import OutputFormat, process_limiter, resolve_secret_headers, resolve_token, write_part
 from tasks.errors import ConfigError, FatalError
 from tasks.http import TransportName, make_client, validate_base_url
 from tasks.pagination import PaginatorKind, iter_pages, make_paginator
@@ -52,6 +52,8 @@ class ExtractJob:
     pages_per_part: int = 10
     auth_secret: str | None = None
     headers: dict[str, str] | None = None
+    secret_headers: dict[str, str] | None = None  # header -> Secret block name (or in-process handle)
+    paginator_options: dict[str, Any] | None = None
     retries: int = 5
     retry_backoff_s: float = 1.0
     timeout_s: float = 30.0
@@ -73,6 +75,7 @@ class PageFailure(BaseModel):
     category: str
     message: str
     attempts: int = 1
+    status: int | None = None
 
 
 class PartResult(BaseModel):
@@ -94,7 +97,8 @@ def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> P
     started = time.perf_counter()
     token = resolve_token(job.auth_secret)
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
-    records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter))
+    headers = {**(job.headers or {}), **resolve_secret_headers(job.secret_headers)}
+    records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers))
     if records:
         result.output_path = str(write_part(job.output_dir, index, records, job.output_format))
     result.records = len(records)
@@ -103,15 +107,16 @@ def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> P
 
 
 async def _fetch(
-    job: ExtractJob, index: int, state: dict[str, Any] | None, token: str | None, limiter: Any
+    job: ExtractJob, index: int, state: dict[str, Any] | None, token: str | None, limiter: Any, headers: dict[str, str]
 ) -> tuple[list[Any], PartResult]:
-    paginator = make_paginator(job.paginator, page_size=job.page_size, cursor_path=job.cursor_path)
+    paginator = make_paginator(job.paginator, page_size=job.page_size, cursor_path=job.cursor_path,
+                               **(job.paginator_options or {}))
     current = dict(state) if state else paginator.initial_state()
     policy = RetryPolicy(retries=job.retries, backoff_s=job.retry_backoff_s)
     settings = HttpSettings(timeout_s=job.timeout_s)
     records: list[Any] = []
     result = PartResult(index=index, next_state=current)
-    async with make_client(job.origin, settings=settings, token=token, headers=job.headers, transport=job.transport,
+    async with make_client(job.origin, settings=settings, token=token, headers=headers, transport=job.transport,
                            max_connections=2, limiter=limiter) as client:
         pages = iter_pages(client, job.path, paginator, records_path=job.records_path, params=job.params or None,
                            state=current, max_pages=job.max_pages, retry=_Counting(policy, result))
@@ -132,7 +137,7 @@ async def _fetch(
             number = int(result.next_state.get("pages", 0)) + 1
             result.failure = PageFailure(
                 page=number, error_type=type(exc).__name__, category=str(getattr(exc, "category", "exception")),
-                attempts=attempts_made(exc),
+                attempts=attempts_made(exc), status=getattr(exc, "status", None),
                 message=redact_text(f"page {number} of {job.shown_url} failed: {exc}"
                                     if f"page {number}" not in str(exc) else str(exc)),
             )

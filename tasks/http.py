@@ -285,6 +285,15 @@ def _classify(
             elapsed_ms=elapsed_ms,
             headers=_kept_headers(response),
         )
+    try:
+        _raise_for_status(response, status, method, shown, max_retry_after_s)
+    except (FatalError, ItemError, RetryableError) as exc:
+        exc.status = status  # type: ignore[attr-defined]  # the dead letter's `status`
+        raise
+    raise AssertionError(f"unclassified status {status}")  # pragma: no cover
+
+
+def _raise_for_status(response: httpx.Response, status: int, method: str, shown: str, max_retry_after_s: float) -> None:
     excerpt = redact_text(response.text[:BODY_EXCERPT_CHARS])
     where = f"{method} {shown} answered {status} {response.reason_phrase}"
     if status in (401, 403):
@@ -304,9 +313,7 @@ def _classify(
         msg = f"{where}: {excerpt!r}; will retry" + (f" after {retry_after:.2f}s" if retry_after is not None else "")
         raise RetryableError(msg, retry_after=retry_after, category=f"http_{status}")
     msg = f"{where}: {excerpt!r}; not retried (client error): fix the item, template or endpoint"
-    err = ItemError(msg, category="http_4xx")
-    err.status = status  # type: ignore[attr-defined]
-    raise err
+    raise ItemError(msg, category="http_4xx")
 
 
 def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> Any:
@@ -323,7 +330,9 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
             f"{method} {shown} answered {response.status_code} with a body that is not JSON "
             f"(Content-Type {ctype or 'missing'!r}): {excerpt!r}; use expect='text' if the endpoint returns text"
         )
-        raise ItemError(msg, category="http_bad_json") from exc
+        err = ItemError(msg, category="http_bad_json")
+        err.status = response.status_code  # type: ignore[attr-defined]
+        raise err from exc
 
 
 def _redacted_body(body: Any) -> Any:

@@ -29,6 +29,7 @@ from tasks.errors import ConfigError, ItemError
 from tasks.redact import redact_text
 
 SPEC_KEYS = frozenset({"method", "path", "url", "params", "json", "headers"})
+SENSITIVE_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey", "api_key", "signature")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _URL = TypeAdapter(AnyHttpUrl)
 
@@ -71,6 +72,26 @@ def validate_base_url(base_url: str) -> str:
         )
         raise ConfigError(msg) from None
     return base_url.rstrip("/")
+
+
+def is_sensitive_header(name: str) -> bool:
+    """True for headers that carry credentials (Authorization, Cookie, X-Api-Key, X-Auth-Token, ...)."""
+    low = name.lower()
+    return low != "idempotency-key" and any(word in low for word in SENSITIVE_HEADER_WORDS)
+
+
+def refuse_sensitive_headers(headers: Mapping[str, str] | None, *, flow: str) -> None:
+    """ConfigError for credential headers given as flow parameters (Prefect stores and shows those)."""
+    names = sorted(name for name in (headers or {}) if is_sensitive_header(name))
+    if names:
+        example = {name: "<Secret block name>" for name in names}
+        msg = (
+            f"{flow}: header(s) {names} carry credentials, and flow parameters are stored by Prefect and shown in "
+            f"its UI and API; save each value in a Prefect Secret block and pass secret_headers={example} "
+            "(or auth_secret='<block>' for a bearer token). The Python function moves them out of the parameters "
+            "itself."
+        )
+        raise ConfigError(msg)
 
 
 def is_request_spec(item: Any) -> bool:
@@ -154,11 +175,14 @@ def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "SENSITIVE_HEADER_WORDS",
     "SPEC_KEYS",
     "RequestSpec",
     "RequestTemplate",
     "build_request",
     "idempotency_key",
     "is_request_spec",
+    "is_sensitive_header",
+    "refuse_sensitive_headers",
     "validate_base_url",
 ]

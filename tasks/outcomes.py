@@ -37,10 +37,12 @@ class FailedItem(BaseModel):
     error_type: str
     message: str
     category: str
+    status: int | None = Field(None, description="HTTP status of the last answer (API flows), if there was one.")
     time: str = Field(default_factory=_now)
 
     @classmethod
     def from_exception(cls, item: Any, exc: BaseException, *, chunk: int, position: int, attempts: int) -> FailedItem:
+        status = getattr(exc, "status", None)
         return cls(
             item=redact(item),
             chunk=chunk,
@@ -49,6 +51,7 @@ class FailedItem(BaseModel):
             error_type=type(exc).__name__,
             message=redact_text(str(exc) or repr(exc))[:MAX_MESSAGE_CHARS],
             category=str(getattr(exc, "category", None) or _category_of(exc)),
+            status=status if isinstance(status, int) else None,
         )
 
 

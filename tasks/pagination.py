@@ -6,6 +6,11 @@ written one, so nothing is fetched twice into the output and nothing is skipped.
 ``done: true`` means the walk finished. ``state["pages"]`` counts pages across resumes, so
 ``max_pages`` means the same thing before and after a crash.
 
+A server that ignores the pagination parameters (a wrong parameter name, a Link header pointing at
+itself) answers the same page forever: a page whose records equal the previous page's is refused
+with an ItemError naming the page (``state["last_page"]`` keeps the previous page's fingerprint, so
+the check holds across parts and resumes).
+
 Stops: an empty page (not yielded), no next page (cursor null/missing, no ``rel="next"`` link, a page
 shorter than ``page_size`` for offset/page styles is *not* trusted as the end because many APIs cap
 sizes silently, so they stop on the following empty page), or ``max_pages``.
@@ -13,6 +18,9 @@ sizes silently, so they stop on the following empty page), or ``max_pages``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
@@ -151,6 +159,19 @@ def make_paginator(
     if page_size < 1:
         msg = f"page_size must be >= 1, got {page_size}"
         raise ConfigError(msg)
+    classes: dict[str, Any] = {"offset": OffsetPaginator, "page": PageNumberPaginator, "cursor": CursorPaginator,
+                               "link_header": LinkHeaderPaginator}
+    if kind in classes:
+        allowed = {f.name for f in dataclasses.fields(classes[kind])} - {"kind", "page_size", "cursor_path"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            msg = (f"paginator_options {unknown} do not apply to paginator {kind!r}; "
+                   f"it takes {sorted(allowed) or 'no options'}")
+            raise ConfigError(msg)
+        bad = sorted(k for k, v in options.items() if not isinstance(v, str | int) or isinstance(v, bool) or v == "")
+        if bad:
+            msg = f"paginator_options {bad} must be non-empty parameter names (or first_page: an integer)"
+            raise ConfigError(msg)
     if kind == "offset":
         return OffsetPaginator(page_size=page_size, **options)
     if kind == "page":
@@ -249,8 +270,23 @@ async def iter_pages(
         records = extract_records(record.body, records_path, page=number, url=record.url)
         if not records:
             return
-        state = paginator.advance(state, record, records)
+        fingerprint = page_fingerprint(records)
+        if number > 1 and fingerprint == state.get("last_page"):
+            msg = (
+                f"page {number} ({redact_text(record.url)}) returned exactly the {len(records)} records of page "
+                f"{number - 1}: the API seems to ignore the {paginator.kind!r} pagination parameters, so the walk "
+                "would never end; check the parameter names (paginator_options, e.g. {'offset_param': 'skip'}) "
+                "or the next-page location, or set max_pages"
+            )
+            raise ItemError(msg, category="pagination_stuck")
+        state = {**paginator.advance(state, record, records), "last_page": fingerprint}
         yield Page(number, records, state)
+
+
+def page_fingerprint(records: list[Any]) -> str:
+    """A short stable hash of a page's records (to spot a server answering the same page forever)."""
+    text = json.dumps(records, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 __all__ = [
@@ -267,4 +303,5 @@ __all__ = [
     "iter_pages",
     "make_paginator",
     "next_link",
+    "page_fingerprint",
 ]

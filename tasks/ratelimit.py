@@ -8,9 +8,13 @@ requests leave evenly spaced at ``1/rate`` with at most ``burst`` back to back.
 The lock is a ``threading.Lock`` held only for arithmetic (never across an ``await``), so one bucket
 is safe for coroutines on any event loop and for threads at the same time.
 
-AIMD: ``on_throttle()`` (a 429) halves the current rate (once per ``decrease_cooldown_s``, since a
+AIMD: ``on_throttle()`` (a 429) cuts the current rate (once per ``decrease_cooldown_s``, since a
 burst of in-flight requests answers 429 together), then the rate grows back linearly by
-``recovery_per_second`` up to the configured limit. A ``Retry-After`` pauses everyone using the
+``recovery_per_second`` up to the configured limit. The cut escalates: a first 429 after a quiet
+spell costs 10 % (``first_decrease_factor``: at the configured limit a lone 429 is usually send-time
+jitter at the server's window edge, and halving for it cost ~15 % of a 12 s run at 500/s), a second
+one within ``streak_s`` 30 %, then ``decrease_factor`` (halving) each time, so a server whose real
+limit is far below ours is still found in a few seconds. A ``Retry-After`` pauses everyone using the
 bucket until then (``pause_until``), and outstanding reservations are re-queued behind the pause.
 
 For a budget shared by name across processes and runs see :mod:`tasks.ratelimit_shared`.
@@ -56,6 +60,8 @@ class TokenBucket:
         burst: float = 1.0,
         min_rate_per_second: float | None = None,
         decrease_factor: float = 0.5,
+        first_decrease_factor: float = 0.9,
+        streak_s: float = 5.0,
         recovery_per_second: float | None = None,
         decrease_cooldown_s: float | None = None,
         clock: Clock = time.monotonic,
@@ -71,10 +77,18 @@ class TokenBucket:
         if not 0 < decrease_factor < 1:
             msg = f"decrease_factor must be between 0 and 1 (exclusive), got {decrease_factor!r}"
             raise ConfigError(msg)
+        if not 0 < first_decrease_factor < 1:
+            msg = f"first_decrease_factor must be between 0 and 1 (exclusive), got {first_decrease_factor!r}"
+            raise ConfigError(msg)
         self.limit = float(rate_per_second)
         self.burst = float(burst)
         self.min_rate = float(min_rate_per_second or max(self.limit * 0.02, 0.1))
         self.decrease_factor = decrease_factor
+        # escalating cuts: gentle for a lone 429, then down to decrease_factor while 429s keep coming
+        first = max(decrease_factor, first_decrease_factor)
+        self._cuts = (first, max(decrease_factor, first - 0.2), decrease_factor)
+        self.streak_s = streak_s
+        self._streak = 0
         self.recovery_per_second = float(recovery_per_second or self.limit / 10)
         self.decrease_cooldown_s = decrease_cooldown_s if decrease_cooldown_s is not None else 1.0
         self._clock, self._sleep, self._sleep_sync = clock, sleep, sleep_sync
@@ -148,7 +162,9 @@ class TokenBucket:
             now = self._clock()
             self._throttled += 1
             if now - self._last_decrease >= self.decrease_cooldown_s:
-                self._rate_after_decrease = max(self.min_rate, self._rate_locked(now) * self.decrease_factor)
+                self._streak = self._streak + 1 if now - self._last_decrease < self.streak_s else 0
+                cut = self._cuts[min(self._streak, len(self._cuts) - 1)]
+                self._rate_after_decrease = max(self.min_rate, self._rate_locked(now) * cut)
                 self._last_decrease = now
                 self._decreases += 1
                 self._requeue_locked(now)

@@ -82,6 +82,10 @@ def test_mixed_outcomes_exact_requests_outputs_and_dead_letters(api_server: ApiS
     assert "scripted" in dead["/status/404"]["message"]  # body excerpt
     assert dead["/fail/p1?times=9&status=503"]["attempts"] == 3
     assert dead["/malformed/m1"]["category"] == "http_bad_json"
+    # the HTTP status of the last answer is its own field (None when there was no answer to read)
+    assert {path: d["status"] for path, d in dead.items()} == {
+        "/fail/p1?times=9&status=503": 503, "/status/404": 404, "/status/422": 422, "/malformed/m1": 200,
+    }
 
 
 def test_templates_post_idempotency_keys_stable_across_retries_and_runs(api_server: ApiServer, tmp_path: Path):
@@ -238,3 +242,46 @@ def test_two_processes_share_a_named_rate_limit(api_server: ApiServer):
     assert max(per_second.values()) <= rate + 1, sorted(per_second.items())
     times = sorted(r.time for r in api_server.requests)
     assert (len(times) - 1) / (times[-1] - times[0]) <= rate * 1.05
+
+
+def _flow_run_parameters(flow_run_id: str) -> str:
+    import httpx
+
+    response = httpx.get(f"{os.environ['PREFECT_API_URL']}/flow_runs/{flow_run_id}", timeout=10)
+    response.raise_for_status()
+    return json.dumps(response.json()["parameters"])
+
+
+def test_credential_headers_never_become_flow_run_parameters(api_server: ApiServer, tmp_path: Path):
+    """Python callers may pass X-Api-Key in headers: it is sent, yet Prefect never stores it."""
+    items = [{"path": f"/ok/{i}"} for i in range(3)]
+    summary = api_bulk(items, base_url=api_server.url, headers={"X-Api-Key": TOKEN, "X-Trace": "t1"}, **FAST)
+    assert summary.ok, summary.render_text()
+    assert {(r.headers.get("x-api-key"), r.headers.get("x-trace")) for r in api_server.requests} == {(TOKEN, "t1")}
+    stored = _flow_run_parameters(summary.flow_run_id)
+    assert TOKEN not in stored and "X-Api-Key" in stored and "mem:" in stored  # a process-local handle only
+    assert "t1" in stored  # ordinary headers stay ordinary parameters
+
+
+def test_secret_headers_come_from_secret_blocks(api_server: ApiServer, tmp_path: Path):
+    name = f"bf-test-key-{uuid.uuid4().hex[:6]}"
+    Secret(value=TOKEN).save(name, overwrite=True)
+    summary = api_bulk([{"path": "/ok/1"}, {"path": "/status/404"}], base_url=api_server.url,
+                       secret_headers={"X-Api-Key": name}, min_success_ratio=0.5, **FAST)
+    assert (summary.succeeded, summary.failed) == (1, 1), summary.render_text()
+    assert {r.headers.get("x-api-key") for r in api_server.requests} == {TOKEN}
+    assert TOKEN not in _flow_run_parameters(summary.flow_run_id)
+    with pytest.raises(ConfigError, match=r"secret_headers\['X-Api-Key'\] = 'bf-no-such-block'.*could not be loaded"):
+        api_bulk([{"path": "/ok/1"}], base_url=api_server.url, secret_headers={"X-Api-Key": "bf-no-such-block"})
+
+
+def test_credential_headers_as_deployment_parameters_are_refused(api_server: ApiServer):
+    from flows.api_bulk import api_bulk_flow
+    from flows.api_extract import api_extract_flow
+
+    with pytest.raises(ConfigError, match=r"\['Authorization'\] carry credentials.*secret_headers=") as info:
+        api_bulk_flow(items=[1], base_url=api_server.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert TOKEN not in str(info.value)
+    with pytest.raises(ConfigError, match=r"\['X-Auth-Token'\] carry credentials"):
+        api_extract_flow(url=f"{api_server.url}/pages/offset", output="/tmp/x", headers={"X-Auth-Token": TOKEN})
+

@@ -98,6 +98,20 @@ def test_bad_parameters_are_config_errors(tmp_path: Path):
         api_extract("http://127.0.0.1:1/x", output=tmp_path, page_size=0)
 
 
+def test_a_server_ignoring_the_pagination_fails_naming_the_page(api_server: ApiServer, tmp_path: Path):
+    out = tmp_path / "out"
+    summary = api_extract(f"{api_server.url}/pages/offset", output=out, page_size=50,
+                          paginator_options={"offset_param": "skip"}, pages_per_part=1)
+    assert not summary.ok
+    assert "page 2" in summary.message and "exactly the 50 records of page 1" in summary.message
+    assert api_server.count("/pages/offset") == 2
+    assert ids_in(out) == list(range(50))  # page 1 was written once; the repeat was not
+    (dead,) = read_dead_letters(summary.dead_letter_path)
+    assert dead["category"] == "pagination_stuck" and dead["item"]["page"] == 2 and dead["status"] is None
+    with pytest.raises(ConfigError, match="do not apply to paginator 'offset'"):
+        api_extract(f"{api_server.url}/pages/offset", output=out, paginator_options={"page_param": "p"})
+
+
 def test_checkpoint_of_another_extraction_is_refused(api_server: ApiServer, tmp_path: Path):
     out = tmp_path / "out"
     assert api_extract(f"{api_server.url}/pages/offset", output=out, page_size=100, run_key="same").ok

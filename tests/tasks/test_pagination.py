@@ -85,6 +85,34 @@ def test_page_retries_go_through_the_policy(api_server: ApiServer):
     assert api_server.count("/fail/p") == 3
 
 
+@pytest.mark.parametrize(("kind", "path", "opts"), [
+    ("offset", "/pages/offset", {"offset_param": "skip"}),  # the server knows offset=, not skip=
+    ("page", "/pages/page", {"page_param": "p"}),
+])
+def test_a_server_ignoring_the_pagination_is_refused_at_the_repeated_page(
+    api_server: ApiServer, kind: str, path: str, opts: dict[str, Any]
+):
+    with pytest.raises(ItemError, match=r"page 2 .*exactly the 25 records of page 1.*ignore the .* parameters") as info:
+        _walk(api_server, kind, path, "data", opts)
+    assert info.value.category == "pagination_stuck"
+    assert api_server.count(path) == 2  # stopped at once, not after max_pages or forever
+
+
+def test_the_repeat_check_holds_across_a_resume(api_server: ApiServer):
+    first = _walk(api_server, "offset", "/pages/offset", "data", {"offset_param": "skip"}, max_pages=1)
+    with pytest.raises(ItemError, match="page 2"):
+        _walk(api_server, "offset", "/pages/offset", "data", {"offset_param": "skip"}, state=first[-1].next_state)
+
+
+def test_paginator_options_are_checked():
+    assert make_paginator("offset", offset_param="skip", limit_param="take").request("/x", {"offset": 5}, None).params == {
+        "skip": 5, "take": 100}
+    with pytest.raises(ConfigError, match=r"\['cursor_param'\] do not apply to paginator 'offset'.*limit_param"):
+        make_paginator("offset", cursor_param="c")
+    with pytest.raises(ConfigError, match="non-empty parameter names"):
+        make_paginator("page", page_param="")
+
+
 def test_helpers_and_config_errors():
     assert dig({"a": {"b": [1, {"c": 2}]}}, "a.b.1.c") == 2
     assert dig([1, 2], "") == [1, 2]

@@ -62,20 +62,40 @@ def test_burst_capacity_after_idle_is_small():
     assert waits[:3] == [0, 0, 0] and waits[3] == pytest.approx(0.1) and waits[4] == pytest.approx(0.1)
 
 
-def test_aimd_halves_on_429_then_recovers_additively():
+def test_aimd_cuts_escalate_while_429s_keep_coming_then_recover_additively():
     clock = FakeClock()
     bucket = _bucket(clock, rate=100, recovery_per_second=10, decrease_cooldown_s=1.0)
-    bucket.on_throttle()
-    assert bucket.current_rate() == pytest.approx(50)
-    bucket.on_throttle()  # same burst of 429s: within the cooldown, no second halving
-    assert bucket.current_rate() == pytest.approx(50)
-    clock.now += 2
+    bucket.on_throttle()  # a lone 429 after a quiet spell: a gentle 10 % cut
+    assert bucket.current_rate() == pytest.approx(90)
+    bucket.on_throttle()  # same burst of 429s: within the cooldown, no second cut
+    assert bucket.current_rate() == pytest.approx(90)
+    clock.now += 1.5
+    assert bucket.current_rate() == pytest.approx(100)  # 90 + 15, never above the limit
+    bucket.on_throttle()  # again within the streak: 30 %
     assert bucket.current_rate() == pytest.approx(70)
+    clock.now += 1
+    assert bucket.current_rate() == pytest.approx(80)
+    bucket.on_throttle()  # and again: halving from now on
+    assert bucket.current_rate() == pytest.approx(40)
+    clock.now += 1
     bucket.on_throttle()
-    assert bucket.current_rate() == pytest.approx(35)
+    assert bucket.current_rate() == pytest.approx(25)
     clock.now += 100
     assert bucket.current_rate() == 100  # never above the configured limit
-    assert bucket.stats().decreases == 2 and bucket.stats().throttled == 3
+    bucket.on_throttle()  # a quiet spell resets the streak: gentle again
+    assert bucket.current_rate() == pytest.approx(90)
+    assert bucket.stats().decreases == 5 and bucket.stats().throttled == 6
+
+
+def test_a_server_far_below_our_limit_is_found_within_a_few_cuts():
+    clock = FakeClock()
+    bucket = _bucket(clock, rate=500, decrease_cooldown_s=1.0)
+    rates = []
+    while not rates or rates[-1] > 100:  # the server allows 100/s: it answers 429 every second until we are there
+        bucket.on_throttle(retry_after=1)
+        rates.append(bucket.current_rate())
+        clock.now += 1
+    assert rates == pytest.approx([450, 350, 200, 125, 87.5])  # recovering 50/s in between
 
 
 def test_retry_after_pauses_every_user_of_the_bucket():
@@ -93,7 +113,7 @@ def test_retry_after_pauses_every_user_of_the_bucket():
 
     starts = asyncio.run(go())
     assert starts[0] >= 105.0
-    assert starts[1] - starts[0] == pytest.approx(0.2)  # at the halved rate
+    assert starts[1] - starts[0] == pytest.approx(1 / 9)  # at the rate cut by 10 %
 
 
 def test_thread_safe_no_token_given_twice():
