@@ -21,7 +21,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -104,10 +104,11 @@ def build_request(item: Any, template: RequestTemplate | None = None) -> Request
     template = template or RequestTemplate()
     if is_request_spec(item):
         method = str(item.get("method") or template.method).upper()
+        url, params = _merge_query(str(item.get("url") or item.get("path")), item.get("params"))
         spec = RequestSpec(
             method=method,
-            url=str(item.get("url") or item.get("path")),
-            params=dict(item["params"]) if item.get("params") else None,
+            url=url,
+            params=params,
             json=item.get("json"),
             headers={**(template.headers or {}), **dict(item.get("headers") or {})},
         )
@@ -124,6 +125,24 @@ def build_request(item: Any, template: RequestTemplate | None = None) -> Request
     if template.idempotency_keys and spec.method not in IDEMPOTENT_METHODS and not has_key:
         spec.headers["Idempotency-Key"] = idempotency_key(spec, namespace=template.idempotency_namespace)
     return spec
+
+
+def _merge_query(url: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """Fold the URL's own query into ``params`` (httpx would drop it when params are given)."""
+    if not params:
+        return url, None
+    if "?" not in url:
+        return url, dict(params)
+    base, query = url.split("?", 1)
+    merged: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in merged:
+            merged[key] = value
+        else:  # a repeated key (a=1&a=2) becomes a list, as httpx sends lists
+            previous = merged[key]
+            merged[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+    merged.update(params)
+    return base, merged
 
 
 def idempotency_key(spec: RequestSpec, *, namespace: str = "") -> str:

@@ -203,3 +203,22 @@ def test_mock_transport_classification_without_sockets():
     with pytest.raises(RetryableError) as info:
         run(go())
     assert info.value.retry_after == 7.0 and info.value.category == "http_429"
+
+
+@pytest.mark.parametrize(("base", "url", "params"), [
+    ("http://127.0.0.1:9/v1", "/users/7", None),
+    ("http://127.0.0.1:9/v1/", "users/7", {"q": "a b", "n": 3, "flag": True, "many": [1, 2]}),
+    ("http://127.0.0.1:9", "http://other:8/x?y=1", {"z": "é"}),
+])
+def test_shown_url_is_the_url_httpx_sends(base: str, url: str, params: dict[str, Any] | None):
+    from tasks.http import _shown_url
+
+    client = make_client(base, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    spec = RequestSpec("GET", url, params=params)
+    assert _shown_url(client, spec) == str(client.build_request("GET", url, params=params).url)
+
+
+def test_a_url_query_and_params_are_merged_not_dropped():
+    spec = build_request({"path": "/x?a=1&a=2&b=3", "params": {"b": 4, "c": 5}})
+    assert spec.url == "/x" and spec.params == {"a": ["1", "2"], "b": 4, "c": 5}
+    assert build_request({"path": "/x?a=1"}).url == "/x?a=1"
