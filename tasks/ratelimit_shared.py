@@ -19,10 +19,13 @@ window (plus 10 %) so a slow holder cannot overlap the next holder's window. Ref
 when the budget runs low so a single busy process sees no gap between blocks.
 
 Measured figures are in tests/tasks/test_ratelimit_shared.py's docstring and the issue report.
+A ``Retry-After`` pauses every holder: the process that got the 429 pauses its own bucket at once
+and publishes the pause's end (epoch seconds) in a Prefect Variable named after the limit; every
+holder reads it before taking a block and at most every ``pause_poll_s`` while spending one, so
+the others stop within a fraction of a second instead of each collecting its own 429.
+
 Known limits: a process's clock is assumed close to the Prefect server's (NTP); a skewed clock
-causes early attempts (denied, then re-read) and a lower achieved rate, not overshoot. A
-``Retry-After`` pauses only the process that received it; the others slow down through their own
-429s (AIMD) and the block spacing.
+causes early attempts (denied, then re-read) and a lower achieved rate, not overshoot.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import hashlib
 import math
 import random
 import threading
@@ -60,6 +64,7 @@ class SharedRateLimit:
         prefetch_fraction: float = 0.25,
         bucket_burst: float = 1.0,
         headroom: float = 0.02,
+        pause_poll_s: float = 0.25,
     ) -> None:
         if not name or not isinstance(name, str):
             msg = f"rate_limit_name must be a non-empty string, got {name!r}"
@@ -83,6 +88,14 @@ class SharedRateLimit:
         self._ensured = False
         self.grants = 0
         self.denials = 0
+        # Retry-After shared through a Prefect Variable, read/written on its own thread and client
+        self.pause_variable = "bf-ratelimit-pause-" + hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+        self.pause_poll_s = pause_poll_s
+        self._pause_io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gcl-pause-{name}")
+        self._pause_client: Any = None
+        self._pause_check: concurrent.futures.Future[None] | None = None
+        self._next_pause_check = 0.0
+        self._published_until = 0.0
 
     def _new_bucket(self) -> TokenBucket:
         return TokenBucket(self.rate * (1 - self.headroom), burst=self._bucket_burst)
@@ -105,8 +118,15 @@ class SharedRateLimit:
         return time.monotonic() - started
 
     def on_throttle(self, retry_after: float | None = None) -> None:
-        """A 429 reached this process: AIMD and pause locally (see the module docstring)."""
+        """A 429 reached this process: AIMD and pause here, and tell every other holder to pause too."""
         self.bucket.on_throttle(retry_after)
+        if retry_after is not None and retry_after > 0:
+            until = time.time() + retry_after
+            with self._lock:
+                if until <= self._published_until + 0.05:
+                    return  # the 429s of one burst publish once
+                self._published_until = until
+            self._pause_io.submit(contextvars.copy_context().run, self._publish_pause, until)
 
     def pause_until(self, until: float) -> None:
         self.bucket.pause_until(until)
@@ -116,15 +136,57 @@ class SharedRateLimit:
         self._executor.submit(contextvars.copy_context().run, self._ensure_blocking).result()
 
     def close(self) -> None:
-        """Close the Prefect client and the refill thread (unspent budget simply decays)."""
+        """Close the Prefect clients and threads (unspent budget simply decays)."""
 
-        def _close() -> None:
-            if self._client is not None:
-                self._client.__exit__(None, None, None)
-                self._client = None
+        def _close(attr: str) -> None:
+            client = getattr(self, attr)
+            if client is not None:
+                client.__exit__(None, None, None)
+                setattr(self, attr, None)
 
-        self._executor.submit(_close).result()
+        self._executor.submit(_close, "_client").result()
         self._executor.shutdown(wait=True)
+        self._pause_io.submit(_close, "_pause_client").result()
+        self._pause_io.shutdown(wait=True)
+
+    # --- pauses shared through a Prefect Variable ------------------------------------------------
+    def _pause_prefect(self) -> Any:
+        if self._pause_client is None:
+            from prefect.client.orchestration import get_client
+
+            self._pause_client = get_client(sync_client=True)
+            self._pause_client.__enter__()
+        return self._pause_client
+
+    def _publish_pause(self, until: float) -> None:
+        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+        try:
+            client = self._pause_prefect()
+            current = client.read_variable_by_name(self.pause_variable)
+            if current is None:
+                client.create_variable(VariableCreate(name=self.pause_variable, value=until))
+            elif not isinstance(current.value, int | float) or current.value < until:
+                client.update_variable(VariableUpdate(name=self.pause_variable, value=until))
+        except Exception:  # best effort: the others still slow down through their own 429s
+            return
+
+    def _apply_shared_pause(self) -> float:
+        """Read the published pause; pause the local bucket until then. Returns seconds left (0 if none)."""
+        try:
+            variable = self._pause_prefect().read_variable_by_name(self.pause_variable)
+        except Exception:
+            return 0.0
+        value = getattr(variable, "value", None)
+        left = float(value) - time.time() if isinstance(value, int | float) else 0.0
+        if left > 0:
+            self.bucket.pause_until(time.monotonic() + left)
+        return max(0.0, left)
+
+    def _poll_pause_locked(self, now: float) -> None:
+        if now >= self._next_pause_check and (self._pause_check is None or self._pause_check.done()):
+            self._next_pause_check = now + self.pause_poll_s
+            self._pause_check = self._pause_io.submit(contextvars.copy_context().run, self._apply_shared_pause)
 
     # --- budget ---------------------------------------------------------------------------------
     def _take(self, tokens: float) -> bool:
@@ -133,6 +195,7 @@ class SharedRateLimit:
             now = time.monotonic()
             if now >= self._expires:
                 self._budget = 0
+            self._poll_pause_locked(now)
             if self._budget >= need:
                 self._budget -= need
                 if self._budget <= self.block * self.prefetch_fraction:
@@ -193,6 +256,9 @@ class SharedRateLimit:
             self._ensure_blocking()
             client = self._prefect()
             while True:
+                paused = self._pause_io.submit(contextvars.copy_context().run, self._apply_shared_pause).result()
+                if paused > 0:
+                    time.sleep(paused)
                 limit = client.read_global_concurrency_limit_by_name(self.name)
                 self._sleep_until_room(limit)
                 try:

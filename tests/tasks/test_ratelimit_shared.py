@@ -103,3 +103,28 @@ def test_rate_limiter_factory():
     with pytest.raises(ConfigError, match="needs rate_limit_per_second"):
         rate_limiter(None, "x")
     assert type(rate_limiter(5)).__name__ == "TokenBucket"
+
+
+def test_a_retry_after_pauses_every_holder_of_the_name(prefect_server: None):
+    """One holder gets a 429 with Retry-After 2: the other, with budget in hand, stops sending too."""
+    from prefect.client.orchestration import get_client
+
+    name = f"test-pause-{uuid.uuid4().hex[:8]}"
+    first, second = (SharedRateLimit(name, 20, pause_poll_s=0.05) for _ in range(2))
+    try:
+        first.ensure_limit()
+        first.acquire_sync()
+        second.acquire_sync()  # both hold budget now
+        first.on_throttle(retry_after=2.0)
+        published = time.monotonic()
+        with get_client(sync_client=True) as client:  # the Variable is written in the background
+            while client.read_variable_by_name(first.pause_variable) is None:
+                assert time.monotonic() < published + 10, "the pause was never published"
+                time.sleep(0.05)
+        for _ in range(5):  # 0.25 s at 20/s, unless the published pause is honored
+            second.acquire_sync()
+        assert time.monotonic() - published >= 1.5  # waited out (most of) the other holder's Retry-After
+        assert second.bucket.stats().throttled == 0  # without a 429 of its own
+    finally:
+        first.close()
+        second.close()
