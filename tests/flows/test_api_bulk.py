@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -25,6 +23,7 @@ from flows.api_bulk import api_bulk
 from tasks.errors import ConfigError
 from tasks.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import ApiServer
+from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-BULK-SECRET-7f3a9c"
@@ -209,33 +208,22 @@ def test_bad_parameters_are_config_errors_naming_them(kwargs: dict[str, Any], ma
         api_bulk([{"id": 1}], **kwargs)
 
 
-def run_process(params: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.run_flow", "flows.api_bulk:api_bulk", json.dumps(params)],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def summary_of(output: str) -> RunSummary:
-    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
-    return RunSummary.model_validate_json(line.removeprefix("SUMMARY "))
-
-
 @pytest.mark.slow
 def test_two_processes_share_a_named_rate_limit(api_server: ApiServer):
     rate, per_run = 25, 75
     api_server.reset(rate_limit_per_second=1000)  # the server does not enforce: we count what arrives
     name = f"bf-test-bulk-{uuid.uuid4().hex[:8]}"
     runs = [
-        run_process({"items": [{"path": f"/limited/{p}-{i}"} for i in range(per_run)], "base_url": api_server.url,
-                     "rate_limit_per_second": rate, "rate_limit_name": name, "chunk_size": 25, "max_concurrency": 2,
-                     "item_concurrency": 8, "run_key": f"shared-{p}"})
+        start_flow("flows.api_bulk:api_bulk", {
+            "items": [{"path": f"/limited/{p}-{i}"} for i in range(per_run)], "base_url": api_server.url,
+            "rate_limit_per_second": rate, "rate_limit_name": name, "chunk_size": 25, "max_concurrency": 2,
+            "item_concurrency": 8, "run_key": f"shared-{p}"})
         for p in range(2)
     ]
     for proc in runs:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
-        assert summary_of(out).succeeded == per_run
+        assert summary_in(out, RunSummary).succeeded == per_run
     per_second = Counter(int(r.time) for r in api_server.requests)
     assert sum(per_second.values()) == 2 * per_run
     # whole seconds only; a single unshared run would already send `rate` per second on its own

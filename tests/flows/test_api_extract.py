@@ -4,10 +4,7 @@ bad pages named in the errors, Parquet parts."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from flows.api_extract import api_extract
 from tasks.errors import ConfigError
 from tasks.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer
+from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_IDS = list(range(DATASET_SIZE))
@@ -119,25 +117,13 @@ def test_checkpoint_of_another_extraction_is_refused(api_server: ApiServer, tmp_
         api_extract(f"{api_server.url}/pages/page", output=out, page_size=100, run_key="same")
 
 
-def start(params: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.run_flow", "flows.api_extract:api_extract", json.dumps(params)],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def summary_of(output: str) -> RunSummary:
-    line = next(line for line in reversed(output.splitlines()) if line.startswith("SUMMARY "))
-    return RunSummary.model_validate_json(line.removeprefix("SUMMARY "))
-
-
 @pytest.mark.slow
 def test_sigkill_mid_extraction_then_rerun_has_no_duplicates_and_no_gaps(api_server: ApiServer, tmp_path: Path):
     out = tmp_path / "out"
     params = {"url": f"{api_server.url}/pages/cursor", "paginator": "cursor", "cursor_path": "meta.next_cursor",
               "records_path": "result.items", "page_size": 5, "pages_per_part": 2, "params": {"delay": "0.05"},
               "output": str(out), "run_key": "killed-extract"}
-    proc = start(params)
+    proc = start_flow("flows.api_extract:api_extract", params)
     deadline = time.monotonic() + 120
     while len(list(out.glob("part-*.jsonl"))) < 4:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -149,10 +135,10 @@ def test_sigkill_mid_extraction_then_rerun_has_no_duplicates_and_no_gaps(api_ser
     assert 0 < len(before) < DATASET_SIZE, "the run finished before it was killed; the test proves nothing"
     fetched_before = len(api_server.requests)
 
-    rerun = start(params)
+    rerun = start_flow("flows.api_extract:api_extract", params)
     output, _ = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, output
-    summary = summary_of(output)
+    summary = summary_in(output, RunSummary)
     assert ids_in(out) == ALL_IDS  # no duplicate, no gap
     assert summary.total == summary.succeeded == DATASET_SIZE and summary.chunks_resumed >= 3
     pages = -(-DATASET_SIZE // 5)
