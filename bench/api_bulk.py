@@ -10,6 +10,7 @@ A fast loopback JSON API (uvicorn, raw ASGI app) runs in a subprocess started he
    wall second): achieved rate / limit (end to end, and first-to-last accepted request) and the
    share of 429s, for api_bulk (``rate_limit_per_second``) and for Prefect's per-call
    ``prefect.concurrency.sync.rate_limit`` (16 threads, one httpx.Client, 10 s window) beside it.
+   Then api_bulk configured at 500/s against a server allowing only 400/s: what AIMD recovers.
 
 Bounded: about 3-4 minutes on 2 cores.
 """
@@ -218,11 +219,13 @@ def throttle_row(name: str, limit: int, secs: float, st: dict[str, Any]) -> dict
             "429 %": f"{100 * st['rejected'] / max(total, 1):.2f}", "max in a second": st["max_per_second"]}
 
 
-def throttled_api_bulk(url: str, limit: int, seconds: float) -> dict[str, Any]:
+def throttled_api_bulk(url: str, limit: int, seconds: float, server_limit: int | None = None) -> dict[str, Any]:
+    """api_bulk at ``limit``/s against a server enforcing ``server_limit`` (default: the same)."""
     from flows.api_bulk import api_bulk
 
-    n = int(limit * seconds)
-    configure(url, limit)
+    server_limit = server_limit or limit
+    n = int(server_limit * seconds)
+    configure(url, server_limit)
     wait_server_idle()
     started = time.perf_counter()
     summary = api_bulk([{"path": f"/limited/{i}"} for i in range(n)], base_url=url, rate_limit_per_second=limit,
@@ -230,7 +233,9 @@ def throttled_api_bulk(url: str, limit: int, seconds: float) -> dict[str, Any]:
                        run_key=f"bench-rl-{uuid.uuid4().hex[:8]}")
     secs = time.perf_counter() - started
     assert summary.succeeded == n, summary.render_text()
-    return throttle_row(f"api_bulk rate_limit_per_second={limit}", limit, secs, stats(url))
+    name = f"api_bulk rate_limit_per_second={limit}" + (
+        f", server allows {server_limit}/s (AIMD)" if server_limit != limit else "")
+    return throttle_row(name, server_limit, secs, stats(url))
 
 
 def throttled_prefect(url: str, limit: int, seconds: float, threads: int = 16) -> dict[str, Any]:
@@ -292,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {rows[-1]}", flush=True)
                     rows.append(throttled_prefect(url, limit, 10.0))
                     print(f"  {rows[-1]}", flush=True)
+                rows.append(throttled_api_bulk(url, 500, args.throttled_seconds, server_limit=400))
+                print(f"  {rows[-1]}", flush=True)
                 print_table("Throttled (server answers 429 above the limit in each wall second)", rows)
     finally:
         api.terminate()

@@ -5,6 +5,11 @@ requests out at once at every second boundary, which is exactly what rate-enforc
 Here every caller reserves the next free send time under a lock, then sleeps outside it, so
 requests leave evenly spaced at ``1/rate`` with at most ``burst`` back to back.
 
+On top of the spacing, the sends of the last ``window_s`` (1 s) are counted and capped at the
+limit's share: a waiter that wakes late sends late, and a late tail of one second landing in the
+next one is exactly what a per-second server counts as over the limit (measured: one 429 and its
+1 s Retry-After pause cost ~15 % of a 12 s run at 500/s on a busy machine).
+
 The lock is a ``threading.Lock`` held only for arithmetic (never across an ``await``), so one bucket
 is safe for coroutines on any event loop and for threads at the same time.
 
@@ -14,7 +19,10 @@ burst of in-flight requests answers 429 together), then the rate grows back line
 spell costs 10 % (``first_decrease_factor``: at the configured limit a lone 429 is usually send-time
 jitter at the server's window edge, and halving for it cost ~15 % of a 12 s run at 500/s), a second
 one within ``streak_s`` 30 %, then ``decrease_factor`` (halving) each time, so a server whose real
-limit is far below ours is still found in a few seconds. A ``Retry-After`` pauses everyone using the
+limit is far below ours is still found in a few seconds. Recovery is fast up to 95 % of the rate
+that drew the last 429 and slow (a tenth) past it, so a bucket set above the server's real limit
+probes that limit every few seconds instead of every second (each 429 costs everyone a
+Retry-After pause). A ``Retry-After`` pauses everyone using the
 bucket until then (``pause_until``), and outstanding reservations are re-queued behind the pause.
 
 For a budget shared by name across processes and runs see :mod:`tasks.ratelimit_shared`.
@@ -23,12 +31,17 @@ For a budget shared by name across processes and runs see :mod:`tasks.ratelimit_
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tasks.errors import ConfigError
+
+KNEE = 0.95  # after a cut, recover fast to this share of the rate that drew the 429 ...
+PROBE = 0.1  # ... then grow at this share of recovery_per_second (fewer 429s, each costing a Retry-After pause)
 
 Clock = Callable[[], float]
 AsyncSleep = Callable[[float], Awaitable[None]]
@@ -64,6 +77,7 @@ class TokenBucket:
         streak_s: float = 5.0,
         recovery_per_second: float | None = None,
         decrease_cooldown_s: float | None = None,
+        window_s: float = 1.0,
         clock: Clock = time.monotonic,
         sleep: AsyncSleep = asyncio.sleep,
         sleep_sync: SyncSleep = time.sleep,
@@ -98,8 +112,13 @@ class TokenBucket:
         self._paused_until = now
         self._generation = 0
         self._rate_after_decrease = self.limit
+        self._ceiling = self.limit
         self._last_decrease = float("-inf")
         self._acquired = 0.0
+        # sends in the last window_s, capped at the limit's share (see _commit)
+        self.window_s = window_s
+        self._window_cap = max(self.burst, self.limit * window_s)
+        self._sent: deque[float] = deque()
         self._throttled = 0
         self._decreases = 0
 
@@ -110,10 +129,16 @@ class TokenBucket:
             return self._rate_locked(self._clock())
 
     def _rate_locked(self, now: float) -> float:
-        if self._rate_after_decrease >= self.limit:
+        base = self._rate_after_decrease
+        if base >= self.limit:
             return self.limit
-        grown = self._rate_after_decrease + self.recovery_per_second * max(0.0, now - self._last_decrease)
-        return min(self.limit, grown)
+        elapsed = max(0.0, now - self._last_decrease)
+        # fast back up to just under the rate that drew the last 429, then probe slowly past it
+        knee = max(base, self._ceiling * KNEE)
+        fast_s = (knee - base) / self.recovery_per_second
+        if elapsed <= fast_s:
+            return min(self.limit, base + self.recovery_per_second * elapsed)
+        return min(self.limit, knee + self.recovery_per_second * PROBE * (elapsed - fast_s))
 
     # --- taking tokens --------------------------------------------------------------------------
     def _reserve(self, tokens: float) -> tuple[float, int]:
@@ -129,6 +154,25 @@ class TokenBucket:
         with self._lock:
             return generation == self._generation and self._clock() >= self._paused_until
 
+    def _commit(self, tokens: float) -> float:
+        """Record a send unless the last ``window_s`` already holds the window's share; else the wait.
+
+        The bookings are evenly spaced, but a waiter that wakes late (a busy event loop, the GIL)
+        sends late, so one window of a server that counts per second can receive a late tail of
+        the previous one on top of its own share. Counting the sends themselves caps every sliding
+        window, hence every fixed one.
+        """
+        with self._lock:
+            now = self._clock()
+            sent = self._sent
+            while sent and sent[0] <= now - self.window_s + 1e-9:
+                sent.popleft()
+            if len(sent) + tokens > self._window_cap and sent:
+                return sent[0] + self.window_s - now
+            sent.extend([now] * math.ceil(tokens))
+            self._acquired += tokens
+            return 0.0
+
     async def acquire(self, tokens: float = 1.0) -> float:
         """Wait until ``tokens`` may be spent; returns the seconds waited."""
         waited = 0.0
@@ -138,8 +182,9 @@ class TokenBucket:
                 await self._sleep(wait)
                 waited += wait
             if wait <= 0 or self._still_valid(generation):
-                with self._lock:
-                    self._acquired += tokens
+                while (late := self._commit(tokens)) > 0:
+                    await self._sleep(late)
+                    waited += late
                 return waited
 
     def acquire_sync(self, tokens: float = 1.0) -> float:
@@ -151,8 +196,9 @@ class TokenBucket:
                 self._sleep_sync(wait)
                 waited += wait
             if wait <= 0 or self._still_valid(generation):
-                with self._lock:
-                    self._acquired += tokens
+                while (late := self._commit(tokens)) > 0:
+                    self._sleep_sync(late)
+                    waited += late
                 return waited
 
     # --- feedback -------------------------------------------------------------------------------
@@ -164,7 +210,8 @@ class TokenBucket:
             if now - self._last_decrease >= self.decrease_cooldown_s:
                 self._streak = self._streak + 1 if now - self._last_decrease < self.streak_s else 0
                 cut = self._cuts[min(self._streak, len(self._cuts) - 1)]
-                self._rate_after_decrease = max(self.min_rate, self._rate_locked(now) * cut)
+                self._ceiling = self._rate_locked(now)  # the rate that drew this 429
+                self._rate_after_decrease = max(self.min_rate, self._ceiling * cut)
                 self._last_decrease = now
                 self._decreases += 1
                 self._requeue_locked(now)
