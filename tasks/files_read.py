@@ -18,9 +18,11 @@ import csv
 import gzip
 import io
 import json
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import polars as pl
@@ -182,11 +184,27 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
+@dataclass
+class _Pass:
+    """One read of a chunk: its own counts and rejects."""
+
+    rows_in: int = 0
+    rows_rejected: int = 0
+    rejects: list[pl.DataFrame] = field(default_factory=list)
+    complete: bool = False
+    batches: Iterator[pl.DataFrame] = field(default_factory=lambda: iter(()))
+
+
 class ChunkReader:
     """Streams one ChunkSpec as validated batches; counts rows and keeps the (bounded) rejects.
 
     Use ``lazy()`` once to get a LazyFrame of good rows; after it has been consumed (or after
     ``drain()``), ``rows_in``, ``rows_rejected`` and ``rejects()`` describe the whole chunk.
+
+    Every scan of the LazyFrame is a fresh pass over the chunk with its own counts and rejects, so a
+    transform that collects part of its input (a first row, a lookup, a self-join) takes nothing
+    away from the rows the sink writes. The counts and rejects reported are those of the most
+    complete pass (``drain()`` completes it when the query stopped early, e.g. after a LIMIT).
     """
 
     def __init__(self, spec: ChunkSpec, *, schema: Schema | None = None, segment_bytes: int = SEGMENT_BYTES) -> None:
@@ -212,10 +230,8 @@ class ChunkReader:
             source=first.path,
             inferred=inferred,
         )
-        self.rows_in = 0
-        self.rows_rejected = 0
-        self._rejects: list[pl.DataFrame] = []
-        self._good: Iterator[pl.DataFrame] | None = None
+        self._passes: list[_Pass] = []
+        self._passes_lock = threading.Lock()
         self._started = False
         self.error: BaseException | None = None
 
@@ -279,31 +295,56 @@ class ChunkReader:
                 yield df, empty
 
     def batches(self) -> Iterator[pl.DataFrame]:
-        """Good rows, typed, batch by batch. Rejects and counts accumulate on the reader."""
+        """Good rows, typed, batch by batch: one new pass, whose rejects and counts the reader keeps."""
+        return self._new_pass().batches
+
+    def _new_pass(self) -> _Pass:
+        run = _Pass()
+        run.batches = self._pass_batches(run)
+        with self._passes_lock:
+            self._passes.append(run)
+        return run
+
+    def _pass_batches(self, run: _Pass) -> Iterator[pl.DataFrame]:
         for raw, malformed in self._raw_batches():
             good, rejects = self.validator.split(raw)
-            self.rows_in += raw.height + malformed.height
+            run.rows_in += raw.height + malformed.height
             bad = pl.concat([rejects, malformed], how="diagonal_relaxed") if malformed.height else rejects
             if bad.height:
-                self.rows_rejected += bad.height
-                self._rejects.append(bad)
+                run.rows_rejected += bad.height
+                run.rejects.append(bad)
             yield good
+        run.complete = True
+
+    def _best(self) -> _Pass | None:
+        """The pass that read the most of the chunk (a complete one if any)."""
+        with self._passes_lock:
+            return max(self._passes, key=lambda r: (r.complete, r.rows_in), default=None)
+
+    @property
+    def rows_in(self) -> int:
+        best = self._best()
+        return best.rows_in if best else 0
+
+    @property
+    def rows_rejected(self) -> int:
+        best = self._best()
+        return best.rows_rejected if best else 0
 
     def lazy(self) -> pl.LazyFrame:
-        """A LazyFrame over the chunk's good rows; it can be collected or sunk once."""
+        """A LazyFrame over the chunk's good rows; every scan of it reads the chunk afresh (see the class)."""
         if self._started:
             msg = f"chunk {self.spec.index} was already read; create a new ChunkReader to read it again"
             raise SourceError(msg)
         self._started = True
-        self._good = self.batches()
 
         def source(
             with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _batch_size: int | None
         ) -> Iterator[pl.DataFrame]:
             left = n_rows
-            assert self._good is not None
+            good = self.batches()
             try:
-                for df in self._good:
+                for df in good:
                     if predicate is not None:
                         df = df.filter(predicate)
                     if with_columns is not None:
@@ -321,22 +362,25 @@ class ChunkReader:
         return register_io_source(source, schema=self.schema, explain_name=f"chunk-{self.spec.index}")
 
     def drain(self) -> None:
-        """Consume what the query did not read (e.g. after a LIMIT) so the counts cover the chunk."""
-        if self._good is None:
-            self._good = self.batches()
-            self._started = True
+        """Complete the most complete pass (e.g. after a LIMIT) so the counts cover the chunk."""
+        self._started = True
+        best = self._best()
+        if best is not None and best.complete:
+            return
+        run = best or self._new_pass()
         try:
-            for _ in self._good:
+            for _ in run.batches:
                 pass
         except Exception as exc:
             self.error = exc
             raise
 
     def rejects(self) -> pl.DataFrame | None:
-        """All rejects of the chunk so far (raw values, ``_raw``, lineage, ``_reject_reason``), or None."""
-        if not self._rejects:
+        """All rejects of the chunk (raw values, ``_raw``, lineage, ``_reject_reason``), or None."""
+        best = self._best()
+        if best is None or not best.rejects:
             return None
-        out = pl.concat(self._rejects, how="diagonal_relaxed")
+        out = pl.concat(best.rejects, how="diagonal_relaxed")
         order = [c for c in [*self.raw_columns, RAW, SOURCE_FILE, LINE, REJECT_REASON] if c in out.columns]
         return out.select(order).sort(SOURCE_FILE, LINE, maintain_order=True)
 

@@ -360,3 +360,25 @@ def test_arrow_table_parquet_nested_types_pass_through(tmp_path: Path) -> None:
     spec = plan_chunks(resolve_inputs(tmp_path / "n.parquet"))[0]
     result = process_chunk(spec, tmp_path / "out")
     assert pl.read_parquet(result.output_paths[0])["tags"].to_list() == [["a"], ["b", "c"]]
+
+
+def peek_then_self_join(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """A transform that reads its input before the sink does: a first row, then a self-join."""
+    assert lf.select(pl.col("id").first()).collect().height == 1
+    totals = lf.group_by("day").agg(pl.col("amount").sum().alias("day_total"))
+    return lf.join(totals, on="day", how="left")
+
+
+def test_a_transform_that_reads_its_input_loses_no_rows(tmp_path: Path) -> None:
+    """Each scan of a chunk is a fresh pass: rows, counts and rejects stay those of the whole chunk."""
+    lines = ["id,amount,day"] + [f"{i},{'n/a' if i % 40 == 7 else i},2024-03-0{i % 3 + 1}" for i in range(400)]
+    src = _write(tmp_path / "in.csv", "\n".join(lines) + "\n")
+    (spec,) = plan_chunks(resolve_inputs(str(src)), chunk_bytes=1 << 20)
+    schema = {"id": "int64", "amount": "float64", "day": "date"}
+    result = process_chunk(spec, tmp_path / "out", schema=schema, transform=peek_then_self_join)
+    assert not result.fast_path  # the bad rows send it down the careful path, where the reader is a stream
+    assert (result.rows_in, result.rows_out, result.rows_rejected) == (400, 390, 10)
+    out = pl.read_parquet(result.output_paths[0])
+    assert sorted(out["id"].to_list()) == [i for i in range(400) if i % 40 != 7]
+    assert out["day_total"].null_count() == 0
+    assert pl.read_csv(result.rejects_path or "")["id"].to_list() == list(range(7, 400, 40))
