@@ -1,0 +1,115 @@
+"""Importable pieces for the fault-injection suite (subprocesses import them as "tests.faults.helpers:fn").
+
+The gate makes kill points deterministic: every gated call claims the next number from a counter
+in ``$BF_GATE_DIR``; calls numbered ``$BF_GATE_OPEN`` and above block until the file
+``$BF_GATE_DIR/open`` exists (or the process is killed). So exactly ``BF_GATE_OPEN`` calls complete
+before the test pulls the trigger, whatever the machine's load. Without ``BF_GATE_DIR`` (the rerun)
+the gate is open.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.errors import ItemError, SkipItem
+
+
+def gate(key: str | None = None) -> int:
+    """Claim the next call number (a ``key`` seen before keeps its number); block while it is past
+    ``$BF_GATE_OPEN``. Returns the number (-1 without a gate)."""
+    directory = os.environ.get("BF_GATE_DIR")
+    if not directory:
+        return -1
+    counter = Path(directory) / "calls"
+    with counter.open("a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        claimed = fh.read().splitlines()
+        if key is not None and key in claimed:
+            number = claimed.index(key)
+        else:
+            number = len(claimed)
+            fh.write(f"{key if key is not None else number}\n")
+            fh.flush()
+    if number >= int(os.environ["BF_GATE_OPEN"]):
+        while not (Path(directory) / "open").exists():
+            time.sleep(0.02)
+    return number
+
+
+def passed(directory: Path) -> int:
+    """How many gate numbers have been claimed so far (those past the limit are blocked)."""
+    counter = directory / "calls"
+    return len(counter.read_text().splitlines()) if counter.exists() else 0
+
+
+def effect(x: int) -> int:
+    """batch_map handler: gated, records its side effect, then fails/skips like tests.handlers:mixed."""
+    gate()
+    with Path(os.environ["BF_EFFECTS"]).open("a") as fh:
+        fh.write(f"{x}\n")
+    if x % 10 == 3:
+        raise ItemError(f"item {x} is invalid", category="bad_item")
+    if x % 10 == 5:
+        raise SkipItem(f"{x} skipped")
+    return x * 2
+
+
+def gated_frame(frame: Any) -> Any:
+    """db_migrate transform (a DataFrame per range): gated identity."""
+    gate()
+    return frame
+
+
+def gated_chunk(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """file_transform transform: gated identity, one gate number per chunk.
+
+    The flow also calls it once on an empty frame to check the plan, and a chunk with bad rows
+    runs it again on its careful path, without the rejected rows. So a chunk is named by its first
+    id in tens: the suite's bad ids end in 7 (test_sigkill.write_csv), and dropping one keeps the tens.
+    """
+    first = lf.select(pl.col("id").first()).collect()
+    if first.height == 0 or first["id"][0] is None:
+        return lf
+    gate(f"chunk-from-{int(first['id'][0]) // 10}x")
+    return lf
+
+
+def wait_until(predicate: Any, proc: subprocess.Popen[str], *, what: str, timeout: float = 120) -> None:
+    """Poll ``predicate()`` until true; fail with the flow's output if the flow died first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the flow ended before {what}:\n{out[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    """Wait for a rerun; its output (assert on the return code in the test)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"the rerun did not finish in {timeout}s:\n{out[-4000:]}") from None
+    return out
+
+
+__all__ = ["effect", "finish", "gate", "gated_chunk", "gated_frame", "kill", "passed", "wait_until"]
