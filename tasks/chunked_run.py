@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from prefect.states import State
@@ -61,7 +62,7 @@ class ChunkedRun:
 
     def __init__(
         self, flow: str, *, run_key: str | None, total: int | None, handler_id: str | None = None,
-        on_error: OnErrorMode = "continue", unit: str = "items",
+        on_error: OnErrorMode = "continue", unit: str = "items", redo_missing_outputs: bool = False,
     ) -> None:
         self.settings = EngineSettings()
         self.flow = flow
@@ -75,6 +76,9 @@ class ChunkedRun:
         self.progress = Progress(flow, total, interval_s=self.settings.progress_interval_s)
         self.fatal: str | None = None
         self.failed_seen = False
+        # a finished chunk whose output file is gone: redone (pure transforms) or reported (side effects)
+        self.redo_missing_outputs = redo_missing_outputs
+        self.missing_outputs: list[str] = []
         self._started = time.perf_counter()
 
     def cache_key(self, *parts: str) -> str:
@@ -155,6 +159,15 @@ class ChunkedRun:
             for unit in units:
                 params = parameters(unit)
                 cached = self.cached_report(params["cache_key"]) if "cache_key" in params else None
+                if cached is not None and cached.output_path and not Path(cached.output_path).exists():
+                    if self.redo_missing_outputs:
+                        self.progress.logger.warning(
+                            "chunk %d finished in an earlier attempt but its output %s is gone: running it again",
+                            cached.index, cached.output_path)
+                        (self.run_dir.chunks / params["cache_key"]).unlink(missing_ok=True)
+                        cached = None
+                    else:
+                        self.missing_outputs.append(cached.output_path)
                 if cached is None:
                     yield unit, params
                     continue
@@ -198,6 +211,13 @@ class ChunkedRun:
         summary.dead_letter_path = str(self.run_dir.dead_letter) if summary.failed else None
         summary.output_path = output_path
         summary.flow_run_id = current_flow_run_id()
+        if self.missing_outputs and not failed_reason:
+            failed_reason = (
+                f"{len(self.missing_outputs)} output file(s) of chunks finished in an earlier attempt are missing "
+                f"(e.g. {self.missing_outputs[0]}); they are not redone on their own because that would run their "
+                "items again (side effects included): restore the files, or rerun with a new cache_version to redo "
+                "the whole run"
+            )
         decide_state(summary, on_error=self.on_error, min_success_ratio=min_success_ratio, fatal=self.fatal,
                      failed_reason=failed_reason)
         write_text_atomic(self.run_dir.summary, summary.model_dump_json(indent=2))

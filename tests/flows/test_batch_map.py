@@ -122,6 +122,24 @@ def test_rerun_with_the_same_run_key_reuses_chunks_and_cache_version_forces_work
     assert forced.chunks_resumed == 0 and len(log.read_text().split()) == 200
 
 
+def test_an_output_part_deleted_between_runs_is_reported_not_silently_missing(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    log, out = tmp_path / "effects.log", tmp_path / "out"
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
+    assert batch_map(list(range(50)), handlers.side_effect, chunk_size=10, run_key="gone", output=out).ok
+    (out / "part-000002.jsonl").unlink()
+    again = batch_map(list(range(50)), handlers.side_effect, chunk_size=10, run_key="gone", output=out)
+    assert not again.ok and again.state == "Failed"
+    assert "1 output file(s) of chunks finished in an earlier attempt are missing" in again.message
+    assert "part-000002.jsonl" in again.message and "new cache_version" in again.message
+    assert len(log.read_text().split()) == 50  # nothing was run again behind the user's back
+    redo = batch_map(list(range(50)), handlers.side_effect, chunk_size=10, run_key="gone", output=out,
+                     cache_version="2")
+    assert redo.ok and len(list(out.glob("part-*.jsonl"))) == 5
+    rows = [json.loads(line) for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(r["item"] for r in rows) == list(range(50))
+
+
 def test_item_retries_recover_transient_failures() -> None:
     s = batch_map(list(range(50)), handlers.flaky_once, chunk_size=10, retries=2, retry_backoff_s=0.001)
     assert s.ok and s.succeeded == 50 and s.failed == 0

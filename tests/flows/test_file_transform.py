@@ -248,6 +248,18 @@ def test_sigkill_then_rerun_has_no_duplicate_and_no_missing_rows(tmp_path: Path)
     assert not list(out.rglob(".tmp-*"))
 
 
+def test_a_part_deleted_between_runs_is_rewritten_by_the_rerun(tmp_path: Path) -> None:
+    src = big_csv(tmp_path / "big.csv", 3000)
+    out = tmp_path / "out"
+    first = file_transform(src, out, schema=SCHEMA, chunk_bytes=16_000, run_key="gone")
+    parts = sorted(out.glob("part-*.parquet"))
+    assert first.ok and len(parts) > 3
+    parts[2].unlink()
+    again = file_transform(src, out, schema=SCHEMA, chunk_bytes=16_000, run_key="gone")
+    assert again.ok and again.chunks_resumed == len(parts) - 1  # only the chunk whose part was gone ran again
+    assert read_out(out)["id"].to_list() == list(range(3000))
+
+
 def test_reject_line_numbers_in_a_late_byte_range(tmp_path: Path) -> None:
     src = big_csv(tmp_path / "big.csv", 3000)
     text = src.read_text(encoding="utf-8").replace("\n2500,plain-2500-ü,3750.0,", "\n2500,plain-2500-ü,x,")
