@@ -9,9 +9,7 @@ password never shows up in logs, the state dir, the summary or the flow run's st
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import LogSort
 
 from flows.db_migrate import MigrationSummary, db_migrate, db_verify
+from tasks.state import RunDir
+from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.fixtures.postgres import PG_PASSWORD
 from tests.run_flow import start_flow, summary_in
 from tests.tasks.test_db import db_exec, key_values, pg_exec, sqlite_exec
@@ -129,33 +129,36 @@ def _summary_of(output: str) -> MigrationSummary:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_migration_then_rerun_equals_source(pg_items: str, pg_target: str, state_dir: Path) -> None:
-    """PG -> PG through the row path (a sleeping identity transform), killed after some ranges committed."""
-    chunk = 400
+def test_sigkill_mid_migration_then_rerun_equals_source(pg_items: str, pg_target: str, state_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """PG -> PG through the row path (a gated identity transform), killed after exactly two committed ranges.
+
+    The gate (tests/faults/helpers.py) lets the first two ranges through and holds every later one, so
+    the kill lands after the second range's result record whatever the machine's load.
+    """
+    chunk, done = 400, 2
     ranges = -(-N // chunk)
+    gate = tmp_path / "gate"
+    gate.mkdir()
     params = {"source_url": pg_items, "target_url": pg_target, "table": "items", "chunk_rows": chunk,
-              "mode": "append", "run_key": "killed-migration", "transform": "tests.flows.db_helpers:slow_identity",
+              "mode": "append", "run_key": "killed-migration", "transform": "tests.faults.helpers:gated_frame",
               "max_concurrency": 2}
-    proc = _start(params, {"BF_DB_SLEEP": "1.0"})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        created = pg_exec(pg_target, "SELECT to_regclass('items') IS NOT NULL")[0][0]
-        if created and count(pg_target) >= 2 * chunk:
-            break
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc = _start(params, {"BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(done)})
+    records = RunDir.for_run("db-migrate", "killed-migration", state_dir).chunks
+    wait_until(lambda: records.exists() and len(list(records.iterdir())) >= done and passed(gate) > done, proc,
+               what=f"{done} committed ranges")
+    kill(proc)
+    assert len(list(records.iterdir())) == done
     killed_at = count(pg_target)
     assert 0 < killed_at < N, "the run was not killed mid-migration; the test proves nothing"
 
-    rerun = _start(params, {"BF_DB_SLEEP": "0"})
-    out, _ = rerun.communicate(timeout=240)
+    rerun = _start(params, {})
+    out = finish(rerun)
     assert rerun.returncode == 0, out
     summary = _summary_of(out)
     assert summary.ok and summary.ranges_total == ranges and summary.verify == "counts"
     assert summary.ranges_matching == ranges and not summary.ranges_mismatched
-    assert summary.ranges_resumed >= killed_at // chunk - 2 and summary.ranges_resumed >= 1
+    assert summary.ranges_resumed == done and summary.ranges_copied == ranges - done
     assert summary.ranges_resumed + summary.ranges_copied + summary.ranges_skipped == ranges
     assert pg_exec(pg_target, "SELECT count(*), count(DISTINCT id) FROM items") == [(N, N)]
     assert pg_exec(pg_items, ORDERED) == pg_exec(pg_target, ORDERED)  # exactly the source
