@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.chunked_run import ChunkedRun
 from tasks.chunking import Chunk, ChunkingName, PlanLog, cut_chunks, make_strategy
-from tasks.engine import ChunkJob, ItemOptions, TaskRunnerName, run_chunk
+from tasks.engine import ChunkJob, ItemOptions, TaskRunnerName, run_chunk, validate_dask_address
 from tasks.errors import ConfigError
 from tasks.loader import callable_identity, is_handle, load_callable
 from tasks.outcomes import ChunkReport, RunSummary
@@ -55,6 +55,16 @@ class BatchOptions(BaseModel):
     def _run_key(cls, value: str | None) -> str | None:
         return None if value is None else validate_run_key(value)
 
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_dask_address(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
@@ -75,7 +85,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         name = ".".join(str(p) for p in err["loc"]) or "parameters"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        parts.append(f"{name}: {err['msg']}{shown}")
+        message = str(err["msg"]).removeprefix("Value error, ")  # our own validators already explain
+        parts.append(f"{name}: {message}{shown}")
     return "invalid parameters: " + "; ".join(parts)
 
 

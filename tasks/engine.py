@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -270,14 +271,48 @@ def open_task_runner(kind: TaskRunnerName, max_workers: int, dask_address: str |
             msg = "task_runner='dask' needs prefect-dask installed"
             raise ConfigError(msg) from exc
         if dask_address:
-            runner = DaskTaskRunner(address=dask_address)
-        else:
-            runner = DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1, "processes": True})
+            runner = DaskTaskRunner(address=validate_dask_address(dask_address))
+        else:  # a LocalCluster: one single-threaded worker process per core
+            workers = os.cpu_count() or 1
+            runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
     else:
         msg = f"task_runner {kind!r} is not one of threads, processes, dask"
         raise ConfigError(msg)
     with runner:
+        if kind == "dask" and dask_address:
+            connect_dask(runner, dask_address)
         yield runner
+
+
+def connect_dask(runner: Any, address: str) -> None:
+    """Connect a DaskTaskRunner now (it would on first submit) so a dead address is one clear error."""
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": DASK_CONNECT_TIMEOUT}):
+        try:
+            runner.client  # noqa: B018 - the property connects
+        except (OSError, TimeoutError) as exc:
+            msg = (
+                f"dask_address {address!r}: no Dask scheduler answered ({type(exc).__name__}: {exc}); start one "
+                "(`dask scheduler` plus `dask worker <address>`) or omit dask_address to run on a LocalCluster "
+                "on this machine"
+            )
+            raise ConfigError(msg) from None
+
+
+DASK_CONNECT_TIMEOUT = "10s"
+
+
+def validate_dask_address(address: str) -> str:
+    """``tcp://host:port`` (or tls://, ws://, wss://, inproc://); ConfigError naming it otherwise."""
+    scheme, sep, rest = address.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not sep or scheme not in ("tcp", "tls", "ws", "wss", "inproc") or (scheme != "inproc" and not (
+            colon and host and port.isdigit() and 0 < int(port) < 65536)):
+        msg = (f"dask_address {address!r} is not a Dask scheduler address; expected e.g. 'tcp://10.0.0.5:8786' "
+               "(scheme tcp, tls, ws or wss, a host and a port)")
+        raise ConfigError(msg)
+    return address
 
 
 def rss_mb() -> float:

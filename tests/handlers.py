@@ -94,3 +94,12 @@ def mixed_record(record: dict[str, Any]) -> int:
 
 
 FAST_NOT_CALLABLE = 42
+
+
+def flaky_then_probe(x: int) -> int:
+    """First attempt of each item fails (per process), then concurrency_probe, then "<x> <pid>" to $BF_SIDE_EFFECT_LOG."""
+    flaky_once(x)
+    concurrency_probe(x)
+    with Path(os.environ["BF_SIDE_EFFECT_LOG"]).open("a") as fh:
+        fh.write(f"{x} {os.getpid()}\n")
+    return x
