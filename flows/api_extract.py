@@ -31,13 +31,14 @@ from tasks.api_output import (
     resolve_secret_headers,
     resolve_token,
     split_credential_headers,
+    split_credential_params,
 )
 from tasks.api_pages import ExtractJob, PartResult, extract_part_task, split_url
 from tasks.batch import describe_validation_error
 from tasks.chunked_run import ChunkedRun
 from tasks.errors import ConfigError, FatalError
 from tasks.http import TransportName
-from tasks.http_request import refuse_sensitive_headers
+from tasks.http_request import refuse_sensitive_headers, refuse_sensitive_params
 from tasks.loader import release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
@@ -66,6 +67,7 @@ class ApiExtractOptions(BaseModel):
     params: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     secret_headers: dict[str, str] | None = None
+    secret_params: dict[str, str] | None = None
     paginator_options: dict[str, str | int] | None = None
     auth_secret: str | None = None
     rate_limit_per_second: float | None = Field(None, gt=0)
@@ -95,12 +97,13 @@ class ApiExtractOptions(BaseModel):
             msg = f"rate_limit_name={opts.rate_limit_name!r} needs rate_limit_per_second too (the shared budget)"
             raise ConfigError(msg)
         refuse_sensitive_headers(opts.headers, flow=FLOW_NAME)
+        refuse_sensitive_params(opts.url, opts.params, flow=FLOW_NAME)
         return opts
 
     def identity(self) -> str:
         """What must not change between a run and its resume (else the checkpoint would lie)."""
         keys = ("url", "paginator", "page_size", "records_path", "cursor_path", "output", "output_format", "params",
-                "paginator_options")
+                "paginator_options", "secret_params")
         payload = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
         return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
 
@@ -109,6 +112,7 @@ def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
     """Walk the pages part by part inside the current flow run; checkpoint after each part."""
     resolve_token(opts.auth_secret)
     resolve_secret_headers(opts.secret_headers)
+    resolve_secret_headers(opts.secret_params, what="secret_params")
     started = time.perf_counter()
     origin, path, url_params = split_url(opts.url)
     run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=None, handler_id=f"GET {redact_text(opts.url)}",
@@ -120,7 +124,8 @@ def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
         origin=origin, path=path, params={**url_params, **(opts.params or {})}, paginator=opts.paginator,
         page_size=opts.page_size, cursor_path=opts.cursor_path, records_path=opts.records_path,
         max_pages=opts.max_pages, pages_per_part=opts.pages_per_part, auth_secret=opts.auth_secret,
-        headers=opts.headers, secret_headers=opts.secret_headers, paginator_options=opts.paginator_options,
+        headers=opts.headers, secret_headers=opts.secret_headers, secret_params=opts.secret_params,
+        paginator_options=opts.paginator_options,
         retries=opts.retries, retry_backoff_s=opts.retry_backoff_s, timeout_s=opts.timeout_s,
         transport=opts.transport, rate_limit_per_second=opts.rate_limit_per_second,
         rate_limit_name=opts.rate_limit_name, limiter_scope=run.run_key, output_dir=opts.output,
@@ -222,6 +227,9 @@ def api_extract_flow(
     secret_headers: Annotated[
         dict[str, str] | None, Field(description="Credential headers from Secret blocks: {'X-Api-Key': 'block-name'}.")
     ] = None,
+    secret_params: Annotated[
+        dict[str, str] | None, Field(description="Credential query parameters from Secret blocks: {'api_key': 'block'}.")
+    ] = None,
     paginator_options: Annotated[
         dict[str, str | int] | None,
         Field(description="Parameter names of the paginator, e.g. {'offset_param': 'skip', 'limit_param': 'take'}."),
@@ -258,6 +266,7 @@ def api_extract(
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     secret_headers: dict[str, str] | None = None,
+    secret_params: dict[str, str] | None = None,
     paginator_options: dict[str, str | int] | None = None,
     auth_secret: str | None = None,
     rate_limit_per_second: float | None = None,
@@ -277,14 +286,16 @@ def api_extract(
     """
     kwargs = _params(locals())
     kwargs["output"] = str(output)
-    kwargs["headers"], handles = split_credential_headers(headers)
-    kwargs["secret_headers"] = {**(secret_headers or {}), **handles} or None
+    kwargs["headers"], header_handles = split_credential_headers(headers)
+    kwargs["secret_headers"] = {**(secret_headers or {}), **header_handles} or None
+    kwargs["url"], kwargs["params"], param_handles = split_credential_params(url, params)
+    kwargs["secret_params"] = {**(secret_params or {}), **param_handles} or None
     try:
         ApiExtractOptions.parse(**kwargs)
         state = api_extract_flow(**kwargs, return_state=True)
         return summary_from_state(state)
     finally:
-        for handle in handles.values():
+        for handle in [*header_handles.values(), *param_handles.values()]:
             release_object(handle)
 
 __all__ = ["FLOW_NAME", "ApiExtractOptions", "api_extract", "api_extract_flow", "run_api_extract"]

@@ -26,7 +26,7 @@ from tasks.errors import ConfigError, FatalError, ItemError
 from tasks.http import Expect, ResponseRecord, TransportName, build_request, make_client, send
 from tasks.http_request import RequestTemplate
 from tasks.outcomes import ChunkReport, FailedItem
-from tasks.redact import redact
+from tasks.redact import credentials_in, mask_values, redact
 from tasks.retry import RetryPolicy, attempts_made
 from tasks.settings import HttpSettings
 
@@ -76,18 +76,21 @@ def process_api_chunk(chunk: Chunk, job: ApiJob) -> ChunkReport:
     report = ChunkReport(index=chunk.index, size=len(chunk.items), extra={"http_requests": requests})
     rows: list[dict[str, Any]] = []
     for position, (item, outcome) in enumerate(zip(chunk.items, outcomes, strict=True)):
+        echoed = credentials_in(item)  # an API may echo the item's own credentials back: mask them there too
         if isinstance(outcome, ResponseRecord):
             report.succeeded += 1
             if job.output_dir:
                 rows.append({
                     "chunk": chunk.index, "position": position, "item": redact(item), "method": outcome.method,
-                    "url": outcome.url, "status": outcome.status, "elapsed_ms": outcome.elapsed_ms, "body": outcome.body,
+                    "url": outcome.url, "status": outcome.status, "elapsed_ms": outcome.elapsed_ms,
+                    "body": mask_values(outcome.body, echoed),
                 })
         else:
             report.failed += 1
-            report.failures.append(
-                FailedItem.from_exception(item, outcome, chunk=chunk.index, position=position, attempts=attempts_made(outcome))
-            )
+            failure = FailedItem.from_exception(item, outcome, chunk=chunk.index, position=position,
+                                                attempts=attempts_made(outcome))
+            failure.message = mask_values(failure.message, echoed)
+            report.failures.append(failure)
     if job.output_dir:
         path = write_part(job.output_dir, chunk.index, rows, job.output_format, json_columns=("item", "body"),
                           schema=_parquet_schema() if job.output_format == "parquet" else None)

@@ -22,9 +22,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from tasks.errors import ConfigError
-from tasks.http_request import is_sensitive_header
+from tasks.http_request import is_sensitive_header, is_sensitive_param
 from tasks.loader import is_handle, register_object, resolve_handle
 from tasks.ratelimit import TokenBucket
 from tasks.redact import register_secret
@@ -118,20 +119,21 @@ def resolve_token(auth_secret: str | None, *, settings: HttpSettings | None = No
     return _cached_secret(auth_secret, what=f"auth_secret {auth_secret!r}")
 
 
-def resolve_secret_headers(secret_headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Header values from Prefect Secret blocks (``{"X-Api-Key": "block-name"}``), registered for redaction.
+def resolve_secret_headers(secret_headers: Mapping[str, str] | None, *, what: str = "secret_headers") -> dict[str, str]:
+    """Values from Prefect Secret blocks (``{"X-Api-Key": "block-name"}``), registered for redaction.
 
     A value may also be an in-process handle (``mem:...``): the Python entry points move credential
-    headers there so they never become flow-run parameters.
+    headers and query parameters there so they never become flow-run parameters. ``what`` names
+    the parameter in errors (``secret_headers`` or ``secret_params``).
     """
     resolved: dict[str, str] = {}
-    for header, source in (secret_headers or {}).items():
+    for name, source in (secret_headers or {}).items():
         if is_handle(source):
-            value = str(resolve_handle(source, what=f"secret header {header!r}"))
+            value = str(resolve_handle(source, what=f"{what}[{name!r}]"))
             register_secret(value)
         else:
-            value = _cached_secret(source, what=f"secret_headers[{header!r}] = {source!r}")
-        resolved[header] = value
+            value = _cached_secret(source, what=f"{what}[{name!r}] = {source!r}")
+        resolved[name] = value
     return resolved
 
 
@@ -141,16 +143,35 @@ def split_credential_headers(headers: dict[str, str] | None) -> tuple[dict[str, 
     The values are registered for redaction and parked in this process (tasks.loader), so the flow
     run's parameters carry only ``mem:`` handles, never the credentials themselves.
     """
-    plain: dict[str, str] = {}
+    return _split(headers, is_sensitive_header)
+
+
+def split_credential_params(url: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, dict[str, str]]:
+    """(url without credential query parameters, plain params, {credential param: handle}) for the Python
+    entry points: ``?api_key=...`` in the URL or in ``params`` never becomes a flow-run parameter."""
+    base, _, query = url.partition("?")
+    kept, moved = [], {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if is_sensitive_param(key):
+            moved[key] = value
+        else:
+            kept.append((key, value))
+    url = base + ("?" + urlencode(kept) if kept else "")
+    merged = {**moved, **(params or {})} if moved else params
+    plain, handles = _split(merged, is_sensitive_param)
+    return url, plain, handles
+
+
+def _split(values: dict[str, Any] | None, sensitive: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    plain: dict[str, Any] = {}
     handles: dict[str, str] = {}
-    for name, value in (headers or {}).items():
-        if is_sensitive_header(name):
+    for name, value in (values or {}).items():
+        if sensitive(name) and value is not None:
             register_secret(str(value))
             handles[name] = register_object(str(value))
         else:
             plain[name] = value
-    return (plain or None) if headers is not None else None, handles
-
+    return (plain or None) if values is not None else None, handles
 
 
 def _cached_secret(name: str, *, what: str) -> str:
@@ -225,5 +246,6 @@ __all__ = [
     "resolve_secret_headers",
     "resolve_token",
     "split_credential_headers",
+    "split_credential_params",
     "write_part",
 ]

@@ -11,7 +11,7 @@ same run_key starts again at that page.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -53,6 +53,7 @@ class ExtractJob:
     auth_secret: str | None = None
     headers: dict[str, str] | None = None
     secret_headers: dict[str, str] | None = None  # header -> Secret block name (or in-process handle)
+    secret_params: dict[str, str] | None = None  # query parameter -> Secret block name (or handle)
     paginator_options: dict[str, Any] | None = None
     retries: int = 5
     retry_backoff_s: float = 1.0
@@ -98,6 +99,9 @@ def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> P
     token = resolve_token(job.auth_secret)
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
     headers = {**(job.headers or {}), **resolve_secret_headers(job.secret_headers)}
+    secret_params = resolve_secret_headers(job.secret_params, what="secret_params")
+    if secret_params:
+        job = replace(job, params={**job.params, **secret_params})
     records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers))
     if records:
         result.output_path = str(write_part(job.output_dir, index, records, job.output_format))

@@ -366,7 +366,8 @@ def _shown_url(client: httpx.AsyncClient, request: RequestSpec) -> str:
     building cost ~17 % of a request's CPU here, and this runs once per request)."""
     url = request.url
     if "://" not in url:
-        url = str(client.base_url) + url.lstrip("/")  # httpx keeps base_url's path, with a trailing slash
+        base = str(client.base_url)  # httpx keeps base_url's path with a trailing slash, but not a bare host's
+        url = base + ("" if base.endswith("/") else "/") + url.lstrip("/")
     if request.params:
         pairs = [(k, _query_value(v)) for k, v in request.params.items()
                  for v in (v if isinstance(v, list | tuple) else [v])]

@@ -80,6 +80,31 @@ def is_sensitive_header(name: str) -> bool:
     return low != "idempotency-key" and any(word in low for word in SENSITIVE_HEADER_WORDS)
 
 
+CREDENTIAL_PARAMS = frozenset({
+    "access_token", "token", "api_key", "apikey", "api-key", "key", "secret", "password", "passwd", "pwd", "sig",
+    "signature", "client_secret", "auth", "refresh_token",
+})
+
+
+def is_sensitive_param(name: str) -> bool:
+    """True for query parameters that carry credentials (``api_key``, ``access_token``, ``sig``, ...)."""
+    return name.lower() in CREDENTIAL_PARAMS
+
+
+def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow: str) -> None:
+    """ConfigError for credential query parameters in flow parameters (Prefect stores and shows those)."""
+    in_url = [key for key, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True) if is_sensitive_param(key)]
+    names = sorted({*in_url, *(k for k in (params or {}) if is_sensitive_param(k))})
+    if names:
+        example = {name: "<Secret block name>" for name in names}
+        msg = (
+            f"{flow}: query parameter(s) {names} carry credentials, and flow parameters are stored by Prefect and "
+            f"shown in its UI and API; save each value in a Prefect Secret block and pass secret_params={example}. "
+            "The Python function moves them out of the parameters itself."
+        )
+        raise ConfigError(msg)
+
+
 def refuse_sensitive_headers(headers: Mapping[str, str] | None, *, flow: str) -> None:
     """ConfigError for credential headers given as flow parameters (Prefect stores and shows those)."""
     names = sorted(name for name in (headers or {}) if is_sensitive_header(name))
@@ -193,6 +218,7 @@ def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
 
 
 __all__ = [
+    "CREDENTIAL_PARAMS",
     "IDEMPOTENT_METHODS",
     "SENSITIVE_HEADER_WORDS",
     "SPEC_KEYS",
@@ -202,6 +228,8 @@ __all__ = [
     "idempotency_key",
     "is_request_spec",
     "is_sensitive_header",
+    "is_sensitive_param",
     "refuse_sensitive_headers",
+    "refuse_sensitive_params",
     "validate_base_url",
 ]

@@ -69,4 +69,39 @@ def redact(value: Any) -> Any:
     return value
 
 
-__all__ = ["MASK", "redact", "redact_text", "register_secret"]
+def credentials_in(value: Any) -> set[str]:
+    """Credential values a request-like value carries: strings under sensitive keys, URL passwords and
+    credential query parameters (``?api_key=...``). For masking them where they come back (a response
+    body echoing its request) without registering every item's values process-wide."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        found.update(m["pw"] for m in _URL_PASSWORD.finditer(value))
+        found.update(m.group(0)[len(m.group(1)):] for m in _QUERY.finditer(value))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and k.lower() in _SENSITIVE_KEYS and isinstance(v, str | int):
+                found.add(str(v))
+            else:
+                found |= credentials_in(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            found |= credentials_in(v)
+    return {f for f in found if len(f) >= 4}
+
+
+def mask_values(value: Any, secrets: set[str]) -> Any:
+    """``value`` with every occurrence of ``secrets`` masked in its strings (JSON-like values)."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: mask_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_values(v, secrets) for v in value]
+    return value
+
+
+__all__ = ["MASK", "credentials_in", "mask_values", "redact", "redact_text", "register_secret"]

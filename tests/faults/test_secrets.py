@@ -158,11 +158,6 @@ def test_api_bulk(api_server: ApiServer, tmp_path: Path, state_dir: Path, look: 
     assert_never_found([bearer, key, query], summaries=[summary], roots=[tmp_path], caplog=look, capfd=capfd)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LEAK: api_bulk writes response bodies that echo the item's own credentials verbatim to the output "
-    "(part-*.jsonl 'body'): tasks/http.py _redacted_body masks only registered secrets and text patterns, and "
-    "credential query values / JSON 'password' values of items are never registered (the 'item' and 'url' "
-    "columns of the same row are redacted)"))
 def test_api_bulk_response_echoing_item_credentials(api_server: ApiServer, tmp_path: Path, state_dir: Path,
                                                     look: pytest.LogCaptureFixture,
                                                     capfd: pytest.CaptureFixture[str]) -> None:
@@ -194,11 +189,6 @@ def test_api_extract(api_server: ApiServer, tmp_path: Path, state_dir: Path, loo
     assert_never_found([bearer, key], summaries=[good, bad], roots=[tmp_path], caplog=look, capfd=capfd)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LEAK: api_extract(url='...?api_key=TOKEN') and api_extract(params={'api_key': TOKEN}) store the token "
-    "verbatim as flow-run parameters on the Prefect server (GET /flow_runs/<id> 'parameters', and the server DB): "
-    "flows/api_extract.py api_extract() moves credential headers out of the parameters but not credential "
-    "query parameters, and api_extract_flow declares url/params as plain str/dict (not SecretStr)"))
 def test_api_extract_query_credentials(api_server: ApiServer, tmp_path: Path, state_dir: Path,
                                        look: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     """An API taking its key as a query parameter (``?api_key=``), in the URL or in ``params``."""

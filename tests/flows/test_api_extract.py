@@ -144,3 +144,12 @@ def test_sigkill_mid_extraction_then_rerun_has_no_duplicates_and_no_gaps(api_ser
     pages = -(-DATASET_SIZE // 5)
     # the rerun fetched only pages after the last checkpoint (at most the part in flight again)
     assert pages <= len(api_server.requests) <= pages + 2 + 2, (fetched_before, len(api_server.requests))
+
+
+def test_credential_query_parameters_are_refused_as_deployment_parameters(api_server: ApiServer, tmp_path: Path):
+    from flows.api_extract import api_extract_flow
+
+    with pytest.raises(ConfigError, match=r"\['api_key'\] carry credentials.*secret_params="):
+        api_extract_flow(url=f"{api_server.url}/pages/offset?api_key=abcd1234", output=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"\['access_token'\] carry credentials"):
+        api_extract_flow(url=f"{api_server.url}/pages/offset", output=str(tmp_path), params={"access_token": "x"})

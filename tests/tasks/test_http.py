@@ -207,6 +207,8 @@ def test_mock_transport_classification_without_sockets():
 
 @pytest.mark.parametrize(("base", "url", "params"), [
     ("http://127.0.0.1:9/v1", "/users/7", None),
+    ("http://127.0.0.1:9", "ok/a", None),
+    ("http://127.0.0.1:9/", "/ok/a", {"q": 1}),
     ("http://127.0.0.1:9/v1/", "users/7", {"q": "a b", "n": 3, "flag": True, "many": [1, 2]}),
     ("http://127.0.0.1:9", "http://other:8/x?y=1", {"z": "é"}),
 ])
