@@ -9,6 +9,7 @@ text otherwise); every other combination decodes rows into canonical Python valu
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import sqlite3
@@ -35,7 +36,7 @@ from tasks.db_values import (
     sqlite_decoder,
     sqlite_encoder,
 )
-from tasks.errors import ConfigError, ItemError, SourceError
+from tasks.errors import ConfigError, ItemError, RetryableError, SourceError
 from tasks.redact import redact_text
 
 Mode = Literal["append", "upsert", "replace"]
@@ -270,6 +271,20 @@ def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Seq
     ctx = (exc.diag.context or "") if hasattr(exc, "diag") else ""
     line = re.search(r"line (\d+)", ctx)
     col = re.search(r"column (\w+)", ctx)
+    if isinstance(exc, psycopg.IntegrityError):
+        where = ""
+        if rows is not None and line and int(line.group(1)) <= len(rows):
+            row = rows[int(line.group(1)) - 1]
+            where = f" at the row with key { {k: row[names.index(k)] for k in keys if k in names} }"
+        constraint = exc.diag.constraint_name or "?"
+        return ItemError(
+            f"range {rng.index}: the target's constraint {constraint!r} refused the rows{where}: {text}; nothing of "
+            "this range was written. Fix those rows in the source, relax the constraint, or filter them out with "
+            "query= or a transform", category="constraint")
+    if isinstance(exc, psycopg.OperationalError):
+        return RetryableError(f"range {rng.index}: the target connection failed: {text}; nothing of this range was "
+                              "committed, so a retry or a rerun with the same run_key writes it whole",
+                              category="connection_lost")
     if rows is not None and line and int(line.group(1)) <= len(rows):
         row = rows[int(line.group(1)) - 1]
         return _row_error(rng, names, keys, row, col.group(1) if col else "?", text)
@@ -298,8 +313,16 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
         db.raw.commit()
         return written, ""
     except psycopg.Error as exc:
-        db.raw.rollback()
+        _rollback_quietly(db)
         raise _pg_error(exc, rng, names, keys, rows) from None
+
+
+def _rollback_quietly(*dbs: Db) -> None:
+    """Roll back after a failed statement; a connection that is gone (killed backend) has nothing to roll
+    back, and its rollback error must not hide the error that says what happened."""
+    for db in dbs:
+        with contextlib.suppress(psycopg.Error):
+            db.raw.rollback()
 
 
 def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
@@ -396,11 +419,9 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
                                    seconds=time.perf_counter() - started, path=f"copy-{fmt.lower()}",
                                    skipped=bool(note), note=note)
             except psycopg.errors.DataError:
-                tgt.raw.rollback()
-                src.raw.rollback()
+                _rollback_quietly(tgt, src)
             except psycopg.Error as exc:
-                tgt.raw.rollback()
-                src.raw.rollback()
+                _rollback_quietly(tgt, src)
                 raise _pg_error(exc, rng, out_names, schema.key, None) from None
         try:
             rows = list(iter_rows(src, schema, rng))

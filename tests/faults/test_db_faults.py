@@ -169,6 +169,9 @@ def test_target_connection_killed_mid_range(moment: str, chunk_retries: int, sou
         assert (summary.succeeded, summary.failed) == (ROWS - CHUNK, CHUNK)
         dead = list(read_dead_letters(summary.dead_letter_path or ""))
         assert [(d["item"]["range"], d["item"]["lower"], d["item"]["upper"]) for d in dead] == [(3, [300], [400])]
+        # the termination itself is what the dead letter says, not a rollback error on the dead connection
+        assert dead[0]["category"] == "connection_lost" and "range 3" in dead[0]["message"], dead[0]
+        assert "terminating connection" in dead[0]["message"] or "closed" in dead[0]["message"], dead[0]
         assert pg_exec(pg_target, "SELECT count(*) FROM items WHERE id > 300 AND id <= 400") == [(0,)]
         rerun = db_migrate(source, pg_target, "items", **kwargs)
         assert rerun.ok, rerun.render_text()
@@ -206,6 +209,8 @@ def test_constraint_violation_fails_one_range_only(constraint: str, path: str, s
     assert dead[0]["item"]["lower"] == [500] and dead[0]["item"]["upper"] == [600]
     message = dead[0]["message"]
     assert "range 5" in message and name in message, message
+    assert dead[0]["category"] == "constraint" and "constraint" in message and "column '?'" not in message, message
+    assert "at the row with key {'id': 550}" in message or path == "copy", message
     assert dead[0]["attempts"] == 1  # bad data is not retried
     assert any("range 5" in e.example and name in e.example for e in summary.top_errors), summary.top_errors
     # one transaction per range: nothing of range 5, every other range whole
