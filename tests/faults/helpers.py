@@ -63,6 +63,16 @@ def effect(x: int) -> int:
     return x * 2
 
 
+def probe_and_record(x: int) -> int:
+    """tests.handlers:concurrency_probe, then "<x> <parent pid> <pid>" to $BF_SIDE_EFFECT_LOG (who ran it)."""
+    from tests.handlers import concurrency_probe
+
+    concurrency_probe(x)
+    with Path(os.environ["BF_SIDE_EFFECT_LOG"]).open("a") as fh:
+        fh.write(f"{x} {os.getppid()} {os.getpid()}\n")
+    return x
+
+
 def gated_frame(frame: Any) -> Any:
     """db_migrate transform (a DataFrame per range): gated identity."""
     gate()
@@ -112,4 +122,4 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
     return out
 
 
-__all__ = ["effect", "finish", "gate", "gated_chunk", "gated_frame", "kill", "passed", "wait_until"]
+__all__ = ["effect", "finish", "gate", "gated_chunk", "gated_frame", "kill", "passed", "probe_and_record", "wait_until"]
