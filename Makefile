@@ -44,6 +44,7 @@ bench: venv
 	$(PY) -m bench.api_bulk
 	$(PY) -m bench.db_migrate
 	$(PY) -m bench.file_transform
+	$(PY) -m bench.scale
 
 RUN := .run
 UP_PORT ?= 4200
