@@ -25,6 +25,8 @@ from tasks.errors import BatchflowsError
 from tasks.loader import is_handle, register_object, release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary
+from tasks.progress import api_errors_explained
+from tasks.state import check_writable_dir
 
 FLOW_NAME = "batch-map"
 
@@ -86,6 +88,8 @@ def batch_map_flow(
         task_runner=task_runner, dask_address=dask_address, chunk_bytes=chunk_bytes, weight_fn=weight_fn,
         input_format=input_format,
     )
+    if opts.output:
+        check_writable_dir(opts.output, what="output directory")  # before any item runs (side effects)
     return summary_state(run_batch(FLOW_NAME, source, handler, opts))  # type: ignore[return-value]
 
 
@@ -121,7 +125,8 @@ def batch_map(
     ``source`` may be anything iterable (a generator included: it is streamed, never materialized),
     a file path, ``"pkg.mod:fn"``, or a zero-argument callable returning an iterable; ``handler`` a
     callable or ``"pkg.mod:fn"``. Bad parameters raise ConfigError before any work; a fatal handler
-    error ends the run Failed with the reason in ``summary.message``.
+    error ends the run Failed with the reason in ``summary.message``; a Prefect API that cannot be
+    reached raises PrefectApiUnreachable saying how to finish the run (rerun with the same run_key).
     """
     handles: list[str] = []
 
@@ -146,9 +151,10 @@ def batch_map(
     }
     BatchOptions.parse(**params, weight_fn=None if callable(weight_fn) else weight_fn)
     try:
-        state = batch_map_flow(
-            source=keep(source), handler=keep(handler), weight_fn=keep(weight_fn), **params, return_state=True
-        )
+        with api_errors_explained(FLOW_NAME, run_key):
+            state = batch_map_flow(
+                source=keep(source), handler=keep(handler), weight_fn=keep(weight_fn), **params, return_state=True
+            )
         return summary_from_state(state)
     finally:
         for handle in handles:

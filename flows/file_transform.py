@@ -61,6 +61,8 @@ from tasks.files_write import OutputFormat
 from tasks.loader import callable_identity, is_handle, register_object, release_object, resolve_handle
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
+from tasks.progress import api_errors_explained
+from tasks.state import check_writable_dir
 
 # The flow parameter is named ``schema`` as in DESIGN.md; Prefect's parameter model warns that the name
 # shadows a pydantic BaseModel attribute, which is harmless for a parameter.
@@ -129,6 +131,7 @@ def run_file_chunk(
             "bytes_out": res.bytes_out,
             "chunks_fast_path": int(res.fast_path),
             "parts_written": len(res.output_paths),
+            "outputs": [*res.output_paths, *([res.rejects_path] if res.rejects_path else [])],  # checked on resume
         },
     )
     report.check()
@@ -267,6 +270,7 @@ def file_transform_flow(
     parts = list(partition_by or [])
     parsed = check_plan(files, parsed, fn, partition_by=parts, keep_lineage=keep_lineage)
     out = Path(output_dir)
+    check_writable_dir(out, what="output_dir")
     if out.exists():
         remove_temp_files(out)
     schema_json = parsed.model_dump(mode="json") if parsed is not None else None
@@ -343,7 +347,7 @@ def file_transform(
     src: str | list[str] = str(source) if isinstance(source, (str, Path)) else [str(s) for s in source]
     handle = register_object(transform) if callable(transform) else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), api_errors_explained(FLOW_NAME, run_key):
             warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
             state = file_transform_flow(
                 source=src, output_dir=str(output_dir), transform=handle or transform,

@@ -57,6 +57,14 @@ def default_run_key() -> str:
     return current_flow_run_id() or new_run_key()
 
 
+def missing_outputs(report: ChunkReport) -> list[str]:
+    """Files a finished chunk wrote that are gone now: ``extra["outputs"]`` when the flow lists every file
+    (parts, partitions, rejects), else ``output_path``."""
+    listed = report.extra.get("outputs")
+    paths = [str(p) for p in listed] if isinstance(listed, list) else [report.output_path] if report.output_path else []
+    return [p for p in paths if not Path(p).exists()]
+
+
 class ChunkedRun:
     """State of one run of one flow: see the module docstring."""
 
@@ -159,15 +167,16 @@ class ChunkedRun:
             for unit in units:
                 params = parameters(unit)
                 cached = self.cached_report(params["cache_key"]) if "cache_key" in params else None
-                if cached is not None and cached.output_path and not Path(cached.output_path).exists():
+                gone = missing_outputs(cached) if cached is not None else []
+                if gone:
                     if self.redo_missing_outputs:
                         self.progress.logger.warning(
                             "chunk %d finished in an earlier attempt but its output %s is gone: running it again",
-                            cached.index, cached.output_path)
+                            cached.index, gone[0])
                         (self.run_dir.chunks / params["cache_key"]).unlink(missing_ok=True)
                         cached = None
                     else:
-                        self.missing_outputs.append(cached.output_path)
+                        self.missing_outputs.extend(gone)
                 if cached is None:
                     yield unit, params
                     continue
@@ -195,6 +204,9 @@ class ChunkedRun:
                     memory_limit_mb=self.settings.memory_limit_mb,
                     logger=self.progress.logger,
                 )
+        except BaseException:
+            self.progress.abandon()
+            raise
         finally:
             self.dead.close()
         self.progress.finish()
@@ -245,4 +257,4 @@ def decide_state(
     return summary
 
 
-__all__ = ["ChunkFacts", "ChunkedRun", "current_flow_run_id", "decide_state", "default_run_key"]
+__all__ = ["ChunkFacts", "ChunkedRun", "current_flow_run_id", "decide_state", "default_run_key", "missing_outputs"]

@@ -43,7 +43,7 @@ from tasks.errors import ConfigError, FatalError, SkipItem
 from tasks.outcomes import ChunkReport, FailedItem
 from tasks.redact import redact
 from tasks.retry import RetryPolicy, attempts_made
-from tasks.state import atomic_write
+from tasks.state import atomic_write, output_write_error
 
 log = logging.getLogger("batchflows.engine")
 
@@ -99,6 +99,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob) -> ChunkReport:
     """Run ``job.handler`` over every item of ``chunk``; every item ends succeeded, failed or skipped.
 
     A ``FatalError`` from any item propagates (the run must stop); nothing of the chunk is written then.
+    So does an output that cannot be written (OutputWriteError, naming the directory and the fix).
     """
     started = time.perf_counter()
     handler = job.handler
@@ -166,7 +167,10 @@ def process_chunk(chunk: Chunk, job: ChunkJob) -> ChunkReport:
         rows = (
             {"item": item, "result": results[i]} for i, item in enumerate(chunk.items) if outcomes[i][0] == "ok"
         )
-        report.output_path = str(write_jsonl_part(Path(job.output_dir), chunk.index, rows))
+        try:
+            report.output_path = str(write_jsonl_part(Path(job.output_dir), chunk.index, rows))
+        except OSError as exc:  # read-only, full, a file in the way: stop the run instead of failing every chunk
+            raise output_write_error(exc, job.output_dir, writing=True) or exc from exc
     report.duration_s = round(time.perf_counter() - started, 6)
     report.check()
     return report

@@ -35,6 +35,7 @@ from tasks.files_schema import ALLOWED_TYPES, LINE, RAW, REJECT_REASON, SOURCE_F
 from tasks.files_split import ChunkSpec, FilePart, plan_chunks, split_byte_ranges
 from tasks.files_write import OutputFormat, part_name, remove_temp_files, sink_atomic, write_atomic
 from tasks.files_write import sink_partitioned_atomic as _sink_partitioned
+from tasks.state import output_write_error
 
 TransformFn = Callable[[pl.LazyFrame], pl.LazyFrame]
 Transform = str | TransformFn | None
@@ -150,8 +151,21 @@ def process_chunk(
     if output_format not in ("parquet", "csv", "jsonl"):
         msg = f"output_format {output_format!r} is not supported; use 'parquet', 'csv' or 'jsonl'"
         raise ConfigError(msg)
+    try:
+        return _process_chunk(spec, Path(output_dir), transform=transform, schema=schema, output_format=output_format,
+                              partition_by=partition_by, keep_lineage=keep_lineage, fast=fast)
+    except Exception as exc:  # read-only, full, a file in the way: stop the run instead of failing every chunk
+        failure = output_write_error(exc, output_dir)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _process_chunk(
+    spec: ChunkSpec, out: Path, *, transform: Transform, schema: Schema | Mapping[str, Any] | str | None,
+    output_format: OutputFormat, partition_by: Sequence[str], keep_lineage: bool, fast: bool,
+) -> ChunkResult:
     started = time.perf_counter()
-    out = Path(output_dir)
     parsed = parse_schema(schema)
     if fast and fast_path_possible(spec, parsed, keep_lineage=keep_lineage, partition_by=partition_by):
         assert parsed is not None

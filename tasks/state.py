@@ -15,6 +15,7 @@ Remove old runs with ``python -m tasks.state cleanup --older-than-days 30`` or :
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, FatalError
 from tasks.settings import EngineSettings
 
 RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -58,7 +59,11 @@ class RunDir:
     def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None) -> RunDir:
         base = (state_dir or EngineSettings().state_dir).expanduser().resolve()
         root = base / "runs" / flow / validate_run_key(run_key)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"{unwritable(f'state dir {str(base)!r}', exc)}; or set BATCHFLOWS_STATE_DIR to a writable directory"
+            raise ConfigError(msg) from None
         return cls(root)
 
     @property
@@ -110,6 +115,89 @@ def atomic_write(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+# --------------------------------------------------------------------------- outputs that cannot be written
+
+_WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # never raised by reading
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+_HINTS = {
+    errno.ENOSPC: "free space on that filesystem",
+    errno.EDQUOT: "free space or raise the disk quota",
+    errno.EROFS: "the filesystem is mounted read-only: remount it read-write or write somewhere else",
+    errno.EACCES: "grant write permission on it or write somewhere else",
+    errno.EPERM: "grant write permission on it or write somewhere else",
+    errno.ENOTDIR: "a part of that path is a regular file, not a directory: choose another path",
+    errno.EEXIST: "a regular file is in the way of that directory: choose another path",
+    errno.EISDIR: "a directory is in the way of that file: choose another path",
+}
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of an I/O error polars wrapped in its own exception ("(os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    found = _OS_ERROR_RE.search(str(exc))
+    return int(found[1]) if found else None
+
+
+def unwritable(what: str, exc: BaseException) -> str:
+    """``<what> cannot be written: <reason> (<file>); <what to do>``."""
+    code = os_errno(exc)
+    reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or (
+        os.strerror(code) if code else str(exc))
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    return f"{what} cannot be written: {reason}{where}; {_HINTS.get(code or 0, 'make it writable')}"
+
+
+class OutputWriteError(FatalError):
+    """A chunk's output could not be written (read-only filesystem, disk full, no permission, a file in
+    the way). Fatal for the run: every later chunk would run its items and then fail the same way."""
+
+
+def output_write_error(exc: BaseException, output_dir: str | Path, *, writing: bool = False) -> OutputWriteError | None:
+    """``exc`` as an OutputWriteError if it is a failure to write under ``output_dir``, else None.
+
+    ``writing=True`` when ``exc`` comes from code that only writes there (any OSError counts); otherwise
+    (a polars sink also reads the input) only errors that writing alone raises, or that name the output.
+    """
+    code = os_errno(exc)
+    if code is None and not (writing and isinstance(exc, OSError)):
+        return None
+    named = str(Path(output_dir)) in str(exc) or str(getattr(exc, "filename", "") or "").startswith(str(output_dir))
+    if not (writing and isinstance(exc, OSError)) and code not in _WRITE_ONLY_ERRNOS and not (
+            code in _PATH_ERRNOS and named):
+        return None
+    msg = (
+        f"{unwritable(f'output directory {str(output_dir)!r}', exc)}. The run stopped here (every later chunk "
+        "would fail the same way); the chunks written so far are complete. Fix it, then rerun with the same "
+        "run_key: finished chunks are reused, the others run"
+    )
+    return OutputWriteError(msg)
+
+
+def check_writable_dir(path: str | Path, *, what: str = "output directory") -> None:
+    """Prove before any work that files can be created in ``path`` (ConfigError naming it if not).
+
+    Creates nothing that stays: a hidden probe file goes into ``path``, or into its nearest existing
+    ancestor when ``path`` does not exist yet. A real write is the only test that holds for root
+    (permission bits do not stop root) and read-only mounts; a full disk shows at the chunk's write.
+    """
+    target = Path(path).expanduser().absolute()
+    probe_dir = target
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_dir))
+        fd, probe = tempfile.mkstemp(prefix=".batchflows-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        shown = OSError(exc.errno, exc.strerror, str(probe_dir))  # not the probe's random name
+        msg = f"{unwritable(f'{what} {str(target)!r}', shown)}. Nothing was run"
+        raise ConfigError(msg) from None
 
 
 def cleanup_state(
@@ -166,4 +254,16 @@ def _main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(_main())
 
-__all__ = ["RunDir", "atomic_write", "cleanup_state", "new_run_key", "validate_run_key", "write_text_atomic"]
+__all__ = [
+    "OutputWriteError",
+    "RunDir",
+    "atomic_write",
+    "check_writable_dir",
+    "cleanup_state",
+    "new_run_key",
+    "os_errno",
+    "output_write_error",
+    "unwritable",
+    "validate_run_key",
+    "write_text_atomic",
+]

@@ -103,3 +103,41 @@ def flaky_then_probe(x: int) -> int:
     with Path(os.environ["BF_SIDE_EFFECT_LOG"]).open("a") as fh:
         fh.write(f"{x} {os.getpid()}\n")
     return x
+
+
+
+def set_stage_limit(directory: Path, limit: int) -> None:
+    """Let items below ``limit`` through ``staged_record`` (written atomically: the handler polls it)."""
+    tmp = directory / "limit.tmp"
+    tmp.write_text(str(limit))
+    os.replace(tmp, directory / "limit")
+
+
+def held_items(directory: Path, at_least: int = 0) -> int:
+    """How many items >= ``at_least`` have waited at the ``staged_record`` gate so far."""
+    held = directory / "held.log"
+    return len({x for x in map(int, held.read_text().split()) if x >= at_least}) if held.exists() else 0
+
+
+def staged_record(x: int) -> int:
+    """A gate with a movable limit, then a recorded call: event-driven stop points for the crash tests.
+
+    Item ``x`` waits while ``x >= int($BF_STAGE_DIR/limit)`` (noted once in ``held.log``), then appends
+    itself to ``$BF_STAGE_DIR/calls.log``: every call that ran is in the log exactly once. By item, not
+    by call order: with fixed chunks of a list, a limit of k * chunk_size lets exactly chunks 0..k-1
+    finish. Like ``mixed``: x % 10 == 3 fails (ItemError, dead-lettered), x % 10 == 5 is skipped;
+    returns 3 * x.
+    """
+    directory = Path(os.environ["BF_STAGE_DIR"])
+    if x >= int((directory / "limit").read_text()):
+        with (directory / "held.log").open("a") as fh:
+            fh.write(f"{x}\n")
+        while x >= int((directory / "limit").read_text()):
+            time.sleep(0.02)
+    with (directory / "calls.log").open("a") as fh:
+        fh.write(f"{x}\n")
+    if x % 10 == 3:
+        raise ItemError(f"item {x} is invalid", category="bad_item")
+    if x % 10 == 5:
+        raise SkipItem(f"{x} skipped")
+    return 3 * x
