@@ -40,9 +40,10 @@ from tasks.http_request import RequestTemplate, refuse_sensitive_headers
 from tasks.loader import is_handle, register_object, release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary
+from tasks.progress import api_errors_explained
 from tasks.redact import redact_text
 from tasks.sources import open_source
-from tasks.state import validate_run_key
+from tasks.state import check_writable_dir, validate_run_key
 
 FLOW_NAME = "api-bulk"
 OnError = Literal["continue", "fail_fast"]
@@ -112,6 +113,8 @@ class ApiBulkOptions(BaseModel):
         check_template(opts.path_template, "path_template")
         check_template(opts.json_template, "json_template")
         refuse_sensitive_headers(opts.headers, flow=FLOW_NAME)
+        if opts.output:
+            check_writable_dir(opts.output)  # before any request: an unwritable output would waste them all
         return opts
 
     def template(self) -> RequestTemplate:
@@ -295,7 +298,8 @@ def api_bulk(
         elif not isinstance(items, str):
             source = register_object(items)
             handles.append(source)
-        state = api_bulk_flow(items=source, **params, return_state=True)
+        with api_errors_explained(FLOW_NAME, run_key):
+            state = api_bulk_flow(items=source, **params, return_state=True)
         return summary_from_state(state)
     finally:
         for handle in handles:

@@ -43,8 +43,9 @@ from tasks.loader import release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
 from tasks.pagination import PaginatorKind, make_paginator
+from tasks.progress import api_errors_explained
 from tasks.redact import redact, redact_text
-from tasks.state import validate_run_key
+from tasks.state import check_writable_dir, validate_run_key
 
 FLOW_NAME = "api-extract"
 CHECKPOINT_VERSION = 1
@@ -98,6 +99,7 @@ class ApiExtractOptions(BaseModel):
             raise ConfigError(msg)
         refuse_sensitive_headers(opts.headers, flow=FLOW_NAME)
         refuse_sensitive_params(opts.url, opts.params, flow=FLOW_NAME)
+        check_writable_dir(opts.output)  # before any request: an unwritable output would waste them all
         return opts
 
     def identity(self) -> str:
@@ -292,7 +294,8 @@ def api_extract(
     kwargs["secret_params"] = {**(secret_params or {}), **param_handles} or None
     try:
         ApiExtractOptions.parse(**kwargs)
-        state = api_extract_flow(**kwargs, return_state=True)
+        with api_errors_explained(FLOW_NAME, run_key):
+            state = api_extract_flow(**kwargs, return_state=True)
         return summary_from_state(state)
     finally:
         for handle in [*header_handles.values(), *param_handles.values()]:

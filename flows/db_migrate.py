@@ -58,6 +58,7 @@ from tasks.errors import ConfigError, FatalError, ItemError
 from tasks.loader import callable_identity, is_handle, load_callable, register_object, release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, RunSummary
+from tasks.progress import api_errors_explained
 from tasks.redact import redact_text
 from tasks.settings import DbSettings
 
@@ -494,14 +495,16 @@ def db_migrate(
             parse_db_url(raw)  # registers the password for redaction before Prefect sees anything
     handle = register_object(transform) if callable(transform) else None
     try:
-        state = db_migrate_flow(
-            source_url=_secret(source_url), target_url=_secret(target_url), table=table, target_table=target_table,
-            query=query, key=list(key) if key is not None and not isinstance(key, str) else key,
-            chunk_rows=chunk_rows, mode=mode, create_target=create_target, transform=handle or transform,  # type: ignore[arg-type]
-            verify=verify, verify_only=verify_only, dry_run=dry_run, max_concurrency=max_concurrency,
-            run_key=run_key, cache_version=cache_version, chunk_retries=chunk_retries, copy_format=copy_format,
-            source_secret=source_secret, target_secret=target_secret, tags=list(tags), return_state=True,
-        )
+        with api_errors_explained(FLOW_NAME, run_key):
+            state = db_migrate_flow(
+                source_url=_secret(source_url), target_url=_secret(target_url), table=table,
+                target_table=target_table, query=query,
+                key=list(key) if key is not None and not isinstance(key, str) else key,
+                chunk_rows=chunk_rows, mode=mode, create_target=create_target, transform=handle or transform,  # type: ignore[arg-type]
+                verify=verify, verify_only=verify_only, dry_run=dry_run, max_concurrency=max_concurrency,
+                run_key=run_key, cache_version=cache_version, chunk_retries=chunk_retries, copy_format=copy_format,
+                source_secret=source_secret, target_secret=target_secret, tags=list(tags), return_state=True,
+            )
         summary = summary_from_state(state)
     finally:
         if handle is not None:

@@ -30,7 +30,7 @@ from tasks.loader import is_handle, register_object, resolve_handle
 from tasks.ratelimit import TokenBucket
 from tasks.redact import register_secret
 from tasks.settings import HttpSettings
-from tasks.state import atomic_write
+from tasks.state import atomic_write, output_write_error
 
 OutputFormat = Literal["jsonl", "parquet"]
 TOKEN_CACHE_S = 300.0
@@ -60,18 +60,21 @@ def write_part(
     polars cannot type consistently fall back to one ``record`` column of JSON text.
     """
     path = part_path(output_dir, index, fmt)
-    if fmt == "jsonl":
-        with atomic_write(path, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
-        return path
-    if fmt == "parquet":
-        frame = _frame(rows, tuple(json_columns), schema)
-        with atomic_write(path, "wb") as fh:
-            frame.write_parquet(fh)
-        return path
-    msg = f"output_format {fmt!r} is unknown; use 'jsonl' or 'parquet'"
-    raise ConfigError(msg)
+    if fmt not in ("jsonl", "parquet"):
+        msg = f"output_format {fmt!r} is unknown; use 'jsonl' or 'parquet'"
+        raise ConfigError(msg)
+    try:
+        if fmt == "jsonl":
+            with atomic_write(path, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        else:
+            frame = _frame(rows, tuple(json_columns), schema)
+            with atomic_write(path, "wb") as fh:
+                frame.write_parquet(fh)
+    except OSError as exc:  # read-only, disk full, a file in the way: every later part would fail too
+        raise output_write_error(exc, output_dir, writing=True) or exc from None
+    return path
 
 
 def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema: dict[str, Any] | None) -> Any:

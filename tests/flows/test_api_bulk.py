@@ -273,3 +273,11 @@ def test_credential_headers_as_deployment_parameters_are_refused(api_server: Api
     with pytest.raises(ConfigError, match=r"\['X-Auth-Token'\] carry credentials"):
         api_extract_flow(url=f"{api_server.url}/pages/offset", output="/tmp/x", headers={"X-Auth-Token": TOKEN})
 
+
+
+def test_an_unwritable_output_is_refused_before_any_request(api_server: ApiServer, tmp_path: Path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should go")
+    with pytest.raises(ConfigError, match="not-a-dir"):
+        api_bulk([{"path": "/ok/1"}], base_url=api_server.url, output=blocker / "out")
+    assert api_server.requests == []
