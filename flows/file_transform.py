@@ -306,6 +306,8 @@ def file_transform_flow(
     )
     if out.exists() and not run.should_stop():
         remove_stale_parts(out, planned[0])
+    if out.exists():  # every chunk is done: no writer is left, so any temp file is litter (seen: rare polars sink leftovers)
+        remove_temp_files(out)
     summary.extra.setdefault("rows_in", 0)
     for key in ("rows_out", "rows_rejected", "rows_filtered", "bytes_in", "bytes_out", "chunks_fast_path"):
         summary.extra.setdefault(key, 0)
