@@ -21,6 +21,13 @@ import polars as pl
 
 from tasks.errors import ItemError, SkipItem
 
+# The staged batch_map runs of test_disk and test_server_restart (handler tests.handlers:staged_record):
+# items, chunk size, chunks in flight, the items that fail and skip, and "no stage limit".
+N, CHUNK, WINDOW = 200, 10, 2
+FAILING = {x for x in range(N) if x % 10 == 3}
+SKIPPED = {x for x in range(N) if x % 10 == 5}
+OPEN = 10**9
+
 
 def gate(key: str | None = None) -> int:
     """Claim the next call number (a ``key`` seen before keeps its number); block while it is past
@@ -122,4 +129,20 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
     return out
 
 
-__all__ = ["effect", "finish", "gate", "gated_chunk", "gated_frame", "kill", "passed", "probe_and_record", "wait_until"]
+__all__ = [
+    "CHUNK",
+    "FAILING",
+    "OPEN",
+    "SKIPPED",
+    "WINDOW",
+    "N",
+    "effect",
+    "finish",
+    "gate",
+    "gated_chunk",
+    "gated_frame",
+    "kill",
+    "passed",
+    "probe_and_record",
+    "wait_until",
+]

@@ -33,15 +33,10 @@ from tasks.errors import ConfigError
 from tasks.files import plan_chunks, resolve_inputs
 from tasks.outcomes import RunSummary, read_dead_letters
 from tasks.state import RunDir
-from tests.faults.helpers import finish, passed, wait_until
+from tests.faults.helpers import CHUNK, FAILING, OPEN, SKIPPED, WINDOW, N, finish, passed, wait_until
 from tests.faults.test_sigkill import SCHEMA, write_csv
 from tests.handlers import held_items, set_stage_limit
 from tests.run_flow import start_flow, summary_in
-
-N, CHUNK, WINDOW = 200, 10, 2
-FAILING = {x for x in range(N) if x % 10 == 3}
-SKIPPED = {x for x in range(N) if x % 10 == 5}
-OPEN = 10**9
 
 
 class Tmpfs:

@@ -30,16 +30,11 @@ import pytest
 from deployments.local_server import PrefectServer
 from tasks.outcomes import RunSummary, read_dead_letters
 from tasks.state import RunDir
-from tests.faults.helpers import finish, wait_until
+from tests.faults.helpers import CHUNK, FAILING, OPEN, SKIPPED, WINDOW, N, finish, wait_until
 from tests.handlers import held_items, set_stage_limit
 from tests.run_flow import start_flow, summary_in
 
 pytestmark = pytest.mark.slow
-
-N, CHUNK, WINDOW = 200, 10, 2
-FAILING = {x for x in range(N) if x % 10 == 3}
-SKIPPED = {x for x in range(N) if x % 10 == 5}
-OPEN = 10**9
 
 
 class RestartableServer:
