@@ -189,7 +189,11 @@ def resolve_inputs(
         raise ConfigError(msg)
     found: dict[str, Path] = {}
     for s in sources:
-        matches = _expand(s)
+        try:
+            matches = _expand(s)
+        except OSError as exc:  # a name too long, a path through a file, no permission
+            msg = f"source {s[:200]!r} cannot be read: {exc.strerror or exc}; pass a file, a directory or a glob"
+            raise SourceError(msg) from None
         if not matches:
             msg = (
                 f"source {s!r} matched no files; check the pattern (relative to {Path.cwd()}), "
