@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -126,7 +127,8 @@ def test_ctrl_c_drains_the_chunks_in_flight_and_the_rerun_does_nothing_twice(tmp
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert "draining 2 chunk(s) in flight" in out
+    # 2 in flight, or 1 when the signal lands between a chunk's end and the next submit
+    assert re.search(r"run interrupted: draining [12] chunk\(s\) in flight", out), out[-3000:]
     done_at_interrupt = len(log.read_text().split())
     assert done_at_interrupt % 20 == 0, "a chunk was cut in the middle"  # in-flight chunks finished whole
     rerun = start(params, {**env, "BF_SLEEP": "0"})
