@@ -27,7 +27,7 @@ from tasks.api_chunk import ApiJob, api_chunk_task
 from tasks.api_output import (
     OutputFormat,
     process_limiter,
-    resolve_secret_headers,
+    resolve_secrets,
     resolve_token,
     split_credential_headers,
 )
@@ -146,7 +146,7 @@ def check_template(node: Any, where: str) -> None:
 def run_api_bulk(items: Any, opts: ApiBulkOptions) -> RunSummary:
     """The whole run inside the current flow run: chunks of requests -> summary (state decided)."""
     resolve_token(opts.auth_secret)  # fail now when a Secret block is missing; registers values for redaction
-    resolve_secret_headers(opts.secret_headers)
+    resolve_secrets(opts.secret_headers)
     src = open_source(items, input_format=opts.input_format)
     shown = redact_text(opts.base_url)
     run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=src.total, on_error=opts.on_error,
@@ -228,7 +228,8 @@ def api_bulk_flow(
     opts = ApiBulkOptions.parse(
         base_url=base_url, method=method, path_template=path_template, json_template=json_template,
         auth_secret=auth_secret, headers=headers, secret_headers=secret_headers,
-        rate_limit_per_second=rate_limit_per_second, rate_limit_name=rate_limit_name, max_concurrency=max_concurrency, item_concurrency=item_concurrency,
+        rate_limit_per_second=rate_limit_per_second, rate_limit_name=rate_limit_name,
+        max_concurrency=max_concurrency, item_concurrency=item_concurrency,
         chunk_size=chunk_size, timeout_s=timeout_s, retries=retries, retry_backoff_s=retry_backoff_s,
         idempotency_keys=idempotency_keys, expect=expect, output=output, output_format=output_format,
         run_key=run_key, cache_version=cache_version, chunk_retries=chunk_retries, on_error=on_error,
@@ -307,6 +308,4 @@ def api_bulk(
                 release_object(handle)
 
 
-__all__ = [
-    "FLOW_NAME", "ApiBulkOptions", "api_bulk", "api_bulk_flow", "check_template", "run_api_bulk",
-]
+__all__ = ["FLOW_NAME", "ApiBulkOptions", "api_bulk", "api_bulk_flow", "check_template", "run_api_bulk"]

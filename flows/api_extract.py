@@ -28,7 +28,7 @@ from tasks.api_output import (
     OutputFormat,
     process_limiter,
     remove_parts_from,
-    resolve_secret_headers,
+    resolve_secrets,
     resolve_token,
     split_credential_headers,
     split_credential_params,
@@ -113,8 +113,8 @@ class ApiExtractOptions(BaseModel):
 def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
     """Walk the pages part by part inside the current flow run; checkpoint after each part."""
     resolve_token(opts.auth_secret)
-    resolve_secret_headers(opts.secret_headers)
-    resolve_secret_headers(opts.secret_params, what="secret_params")
+    resolve_secrets(opts.secret_headers)
+    resolve_secrets(opts.secret_params, what="secret_params")
     started = time.perf_counter()
     origin, path, url_params = split_url(opts.url)
     run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=None, handler_id=f"GET {redact_text(opts.url)}",

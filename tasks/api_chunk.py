@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.api_output import OutputFormat, process_limiter, resolve_secret_headers, resolve_token, write_part
+from tasks.api_output import OutputFormat, process_limiter, resolve_secrets, resolve_token, write_part
 from tasks.chunking import Chunk
 from tasks.errors import ConfigError, FatalError, ItemError
 from tasks.http import Expect, ResponseRecord, TransportName, build_request, make_client, send
@@ -68,7 +68,7 @@ def process_api_chunk(chunk: Chunk, job: ApiJob) -> ChunkReport:
     """Send the requests of one chunk; return its report (see the module docstring)."""
     started = time.perf_counter()
     token = resolve_token(job.auth_secret)
-    headers = {**(job.headers or {}), **resolve_secret_headers(job.secret_headers)}
+    headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
     outcomes, requests = run_coroutine(
         lambda: send_items(chunk.items, job, token=token, limiter=limiter, headers=headers)
@@ -76,20 +76,20 @@ def process_api_chunk(chunk: Chunk, job: ApiJob) -> ChunkReport:
     report = ChunkReport(index=chunk.index, size=len(chunk.items), extra={"http_requests": requests})
     rows: list[dict[str, Any]] = []
     for position, (item, outcome) in enumerate(zip(chunk.items, outcomes, strict=True)):
-        echoed = credentials_in(item)  # an API may echo the item's own credentials back: mask them there too
+        # an API may echo the item's own credentials back (body, error message): they are masked there too
         if isinstance(outcome, ResponseRecord):
             report.succeeded += 1
             if job.output_dir:
                 rows.append({
                     "chunk": chunk.index, "position": position, "item": redact(item), "method": outcome.method,
                     "url": outcome.url, "status": outcome.status, "elapsed_ms": outcome.elapsed_ms,
-                    "body": mask_values(outcome.body, echoed),
+                    "body": mask_values(outcome.body, credentials_in(item)),
                 })
         else:
             report.failed += 1
             failure = FailedItem.from_exception(item, outcome, chunk=chunk.index, position=position,
                                                 attempts=attempts_made(outcome))
-            failure.message = mask_values(failure.message, echoed)
+            failure.message = mask_values(failure.message, credentials_in(item))
             report.failures.append(failure)
     if job.output_dir:
         path = write_part(job.output_dir, chunk.index, rows, job.output_format, json_columns=("item", "body"),

@@ -122,7 +122,7 @@ def resolve_token(auth_secret: str | None, *, settings: HttpSettings | None = No
     return _cached_secret(auth_secret, what=f"auth_secret {auth_secret!r}")
 
 
-def resolve_secret_headers(secret_headers: Mapping[str, str] | None, *, what: str = "secret_headers") -> dict[str, str]:
+def resolve_secrets(secrets: Mapping[str, str] | None, *, what: str = "secret_headers") -> dict[str, str]:
     """Values from Prefect Secret blocks (``{"X-Api-Key": "block-name"}``), registered for redaction.
 
     A value may also be an in-process handle (``mem:...``): the Python entry points move credential
@@ -130,7 +130,7 @@ def resolve_secret_headers(secret_headers: Mapping[str, str] | None, *, what: st
     the parameter in errors (``secret_headers`` or ``secret_params``).
     """
     resolved: dict[str, str] = {}
-    for name, source in (secret_headers or {}).items():
+    for name, source in (secrets or {}).items():
         if is_handle(source):
             value = str(resolve_handle(source, what=f"{what}[{name!r}]"))
             register_secret(value)
@@ -246,7 +246,7 @@ __all__ = [
     "part_path",
     "process_limiter",
     "remove_parts_from",
-    "resolve_secret_headers",
+    "resolve_secrets",
     "resolve_token",
     "split_credential_headers",
     "split_credential_params",

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.api_chunk import run_coroutine
-from tasks.api_output import OutputFormat, process_limiter, resolve_secret_headers, resolve_token, write_part
+from tasks.api_output import OutputFormat, process_limiter, resolve_secrets, resolve_token, write_part
 from tasks.errors import ConfigError, FatalError
 from tasks.http import TransportName, make_client, validate_base_url
 from tasks.pagination import PaginatorKind, iter_pages, make_paginator
@@ -98,8 +98,8 @@ def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> P
     started = time.perf_counter()
     token = resolve_token(job.auth_secret)
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
-    headers = {**(job.headers or {}), **resolve_secret_headers(job.secret_headers)}
-    secret_params = resolve_secret_headers(job.secret_params, what="secret_params")
+    headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
+    secret_params = resolve_secrets(job.secret_params, what="secret_params")
     if secret_params:
         job = replace(job, params={**job.params, **secret_params})
     records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers))

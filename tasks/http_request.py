@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, quote
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tasks.errors import ConfigError, ItemError
-from tasks.redact import redact_text
+from tasks.redact import CREDENTIAL_PARAMS, redact_text
 
 SPEC_KEYS = frozenset({"method", "path", "url", "params", "json", "headers"})
 SENSITIVE_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey", "api_key", "signature")
@@ -80,12 +80,6 @@ def is_sensitive_header(name: str) -> bool:
     return low != "idempotency-key" and any(word in low for word in SENSITIVE_HEADER_WORDS)
 
 
-CREDENTIAL_PARAMS = frozenset({
-    "access_token", "token", "api_key", "apikey", "api-key", "key", "secret", "password", "passwd", "pwd", "sig",
-    "signature", "client_secret", "auth", "refresh_token",
-})
-
-
 def is_sensitive_param(name: str) -> bool:
     """True for query parameters that carry credentials (``api_key``, ``access_token``, ``sig``, ...)."""
     return name.lower() in CREDENTIAL_PARAMS
@@ -95,26 +89,23 @@ def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow:
     """ConfigError for credential query parameters in flow parameters (Prefect stores and shows those)."""
     in_url = [key for key, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True) if is_sensitive_param(key)]
     names = sorted({*in_url, *(k for k in (params or {}) if is_sensitive_param(k))})
-    if names:
-        example = {name: "<Secret block name>" for name in names}
-        msg = (
-            f"{flow}: query parameter(s) {names} carry credentials, and flow parameters are stored by Prefect and "
-            f"shown in its UI and API; save each value in a Prefect Secret block and pass secret_params={example}. "
-            "The Python function moves them out of the parameters itself."
-        )
-        raise ConfigError(msg)
+    _refuse_credentials(names, what="query parameter(s)", instead="secret_params", flow=flow)
 
 
 def refuse_sensitive_headers(headers: Mapping[str, str] | None, *, flow: str) -> None:
     """ConfigError for credential headers given as flow parameters (Prefect stores and shows those)."""
     names = sorted(name for name in (headers or {}) if is_sensitive_header(name))
+    _refuse_credentials(names, what="header(s)", instead="secret_headers", flow=flow,
+                        bearer=" (or auth_secret='<block>' for a bearer token)")
+
+
+def _refuse_credentials(names: list[str], *, what: str, instead: str, flow: str, bearer: str = "") -> None:
     if names:
         example = {name: "<Secret block name>" for name in names}
         msg = (
-            f"{flow}: header(s) {names} carry credentials, and flow parameters are stored by Prefect and shown in "
-            f"its UI and API; save each value in a Prefect Secret block and pass secret_headers={example} "
-            "(or auth_secret='<block>' for a bearer token). The Python function moves them out of the parameters "
-            "itself."
+            f"{flow}: {what} {names} carry credentials, and flow parameters are stored by Prefect and shown in its "
+            f"UI and API; save each value in a Prefect Secret block and pass {instead}={example}{bearer}. "
+            "The Python function moves them out of the parameters itself."
         )
         raise ConfigError(msg)
 
@@ -218,7 +209,6 @@ def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
 
 
 __all__ = [
-    "CREDENTIAL_PARAMS",
     "IDEMPOTENT_METHODS",
     "SENSITIVE_HEADER_WORDS",
     "SPEC_KEYS",

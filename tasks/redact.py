@@ -17,9 +17,12 @@ MASK = "***"
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9\-._~+/]{6,}=*")
+CREDENTIAL_PARAMS = frozenset({
+    "access_token", "token", "api_key", "apikey", "api-key", "key", "secret", "password", "passwd", "pwd", "sig",
+    "signature", "client_secret", "auth", "refresh_token",
+})  # query parameters that carry credentials: masked in text, kept out of flow-run parameters
 _QUERY = re.compile(
-    r"(?i)([?&;](?:access_token|token|api_key|apikey|api-key|key|secret|password|passwd|pwd|sig|signature|"
-    r"client_secret|auth)=)[^&#\s\"']+"
+    r"(?i)([?&;](?:" + "|".join(sorted(map(re.escape, CREDENTIAL_PARAMS), key=len, reverse=True)) + r")=)[^&#\s\"']+"
 )
 _HEADER = re.compile(r"(?i)(\b(?:authorization|x-api-key|api-key|cookie|proxy-authorization)\b\W{1,4})[^\s\"',}]+")
 _SENSITIVE_KEYS = frozenset(
@@ -104,4 +107,4 @@ def mask_values(value: Any, secrets: set[str]) -> Any:
     return value
 
 
-__all__ = ["MASK", "credentials_in", "mask_values", "redact", "redact_text", "register_secret"]
+__all__ = ["CREDENTIAL_PARAMS", "MASK", "credentials_in", "mask_values", "redact", "redact_text", "register_secret"]
