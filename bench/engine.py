@@ -4,6 +4,8 @@
    ms per chunk and peak RSS (targets: <= 20 ms/chunk, <= 500 MB).
 2. The same items as a plain Python loop and as a bare Prefect ``.map`` of one task per item.
 3. Resume: a full run vs a rerun after SIGKILL at ~90 % (target: rerun <= 20 % of the full run).
+4. The item journal's cost: the chunk item loop (tasks.items.process_chunk) over 200k trivial items,
+   without and with outputs, each with and without its journal (one write per finished item).
 
 Task-run log lines are at WARNING (PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL) as in the demo.
 """
@@ -132,15 +134,48 @@ def resume_cost(n_items: int, chunk_size: int) -> list[dict[str, object]]:
     ]
 
 
+def journal_cost(n_items: int, chunk_size: int = 1000) -> list[dict[str, object]]:
+    """Per-item cost of the journal in the item loop itself (no Prefect), best of three per variant."""
+    from tasks.chunking import Chunk
+    from tasks.items import ChunkJob, ChunkRef, ItemOptions, process_chunk
+
+    tmp = Path(tempfile.mkdtemp(prefix="bf-bench-journal-"))
+    chunks = [Chunk(i, list(range(i * chunk_size, (i + 1) * chunk_size)), i * chunk_size)
+              for i in range(n_items // chunk_size)]
+    rows = []
+    for output in (False, True):
+        timings = {}
+        for journal in (False, True):
+            best = float("inf")
+            for attempt in range(3):
+                job = ChunkJob(handler=trivial, options=ItemOptions(retries=0),
+                               output_dir=str(tmp / f"out-{output}-{journal}-{attempt}") if output else None)
+                started = time.perf_counter()
+                for c in chunks:
+                    ref = ChunkRef(key=f"c{c.index}", index=c.index,
+                                   journal=str(tmp / f"j-{output}-{attempt}" / f"{c.index}.jsonl") if journal else None)
+                    process_chunk(c, job, ref)
+                best = min(best, time.perf_counter() - started)
+            timings[journal] = best
+        for journal in (False, True):
+            rows.append({"item loop": f"{'with' if output else 'no'} output, {'with' if journal else 'no'} journal",
+                         "seconds": f"{timings[journal]:.2f}", "us/item": f"{1e6 * timings[journal] / n_items:.2f}",
+                         "ratio to no journal": f"{timings[False] / timings[journal]:.2f}"})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--resume-items", type=int, default=40_000)
-    parser.add_argument("--only", choices=["overhead", "resume"], default=None)
+    parser.add_argument("--only", choices=["overhead", "resume", "journal"], default=None)
     parser.add_argument("--variant", choices=["loop", "bare_map", "batch_map"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(_variant(args.variant, args.chunks)))
+        return 0
+    if args.only == "journal":
+        print_table("item journal cost, 200,000 trivial items in chunks of 1,000", journal_cost(200_000))
         return 0
     with prefect_server() as url:
         print(f"Prefect server: {url}; {os.cpu_count()} cores")
@@ -148,6 +183,8 @@ def main() -> int:
             print_table(f"engine overhead, {args.chunks} chunks", overhead(args.chunks))
         if args.only in (None, "resume"):
             print_table(f"resume cost, {args.resume_items} items in chunks of 100", resume_cost(args.resume_items, 100))
+    if args.only is None:
+        print_table("item journal cost, 200,000 trivial items in chunks of 1,000", journal_cost(200_000))
     return 0
 
 

@@ -37,6 +37,7 @@ from tasks.chunking import Chunk, Fixed, PlanLog, cut_chunks
 from tasks.errors import ConfigError
 from tasks.http import Expect, TransportName, validate_base_url
 from tasks.http_request import RequestTemplate, refuse_sensitive_headers
+from tasks.identity import chunk_hash
 from tasks.loader import is_handle, register_object, release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import RunSummary
@@ -149,44 +150,47 @@ def run_api_bulk(items: Any, opts: ApiBulkOptions) -> RunSummary:
     resolve_secrets(opts.secret_headers)
     src = open_source(items, input_format=opts.input_format)
     shown = redact_text(opts.base_url)
-    run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=src.total, on_error=opts.on_error,
-                     handler_id=f"{opts.method} {shown}{opts.path_template}")
-    limiter = process_limiter(opts.rate_limit_per_second, opts.rate_limit_name, scope=run.run_key)
-    if hasattr(limiter, "ensure_limit"):
-        limiter.ensure_limit()
     template = opts.template()
-    job = ApiJob(
-        base_url=opts.base_url, template=template, auth_secret=opts.auth_secret, headers=opts.headers,
-        secret_headers=opts.secret_headers,
-        item_concurrency=opts.item_concurrency, retries=opts.retries, retry_backoff_s=opts.retry_backoff_s,
-        timeout_s=opts.timeout_s, expect=opts.expect, transport=opts.transport,
-        rate_limit_per_second=opts.rate_limit_per_second, rate_limit_name=opts.rate_limit_name,
-        limiter_scope=run.run_key, output_dir=opts.output, output_format=opts.output_format,
-    )
+    # the run's identity: where and how requests go and where responses land; a chunk adds its position
     identity = (opts.cache_version, opts.base_url, template.model_dump_json(), str(opts.output or ""),
                 opts.output_format, opts.expect, repr(sorted((opts.headers or {}).items())),
                 repr(sorted(opts.secret_headers or {})))
-    task = run.configure(api_chunk_task, chunk_retries=opts.chunk_retries, tags=opts.tags)
-    run.progress.logger.info(
-        "api-bulk run %r: %s items -> %s %s%s, %d chunk(s) x %d request(s) in flight%s",
-        run.run_key, src.total if src.total is not None else "?", opts.method, shown, opts.path_template,
-        opts.max_concurrency, opts.item_concurrency,
-        f", {opts.rate_limit_per_second}/s" + (f" shared as {opts.rate_limit_name!r}" if opts.rate_limit_name else "")
-        if opts.rate_limit_per_second else "",
-    )
-
-    def parameters(chunk: Chunk) -> dict[str, Any]:
-        return {"chunk": chunk, "cache_key": run.cache_key(*identity, chunk.content_hash()), "job": job}
-
-    plan = PlanLog(run.run_dir.plan)
-    try:
-        summary = run.execute(
-            cut_chunks(src, Fixed(opts.chunk_size), plan), parameters, task,
-            chunk=lambda c: (c.index, len(c.items), c.items), max_concurrency=opts.max_concurrency,
+    with ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=src.total, on_error=opts.on_error, identity=identity,
+                    handler_id=f"{opts.method} {shown}{opts.path_template}") as run:
+        limiter = process_limiter(opts.rate_limit_per_second, opts.rate_limit_name, scope=run.run_key)
+        if hasattr(limiter, "ensure_limit"):
+            limiter.ensure_limit()
+        job = ApiJob(
+            base_url=opts.base_url, template=template, auth_secret=opts.auth_secret, headers=opts.headers,
+            secret_headers=opts.secret_headers,
+            item_concurrency=opts.item_concurrency, retries=opts.retries, retry_backoff_s=opts.retry_backoff_s,
+            timeout_s=opts.timeout_s, expect=opts.expect, transport=opts.transport,
+            rate_limit_per_second=opts.rate_limit_per_second, rate_limit_name=opts.rate_limit_name,
+            limiter_scope=run.run_key, output_dir=opts.output, output_format=opts.output_format,
+            run_scope=run.scope,
         )
-    finally:
-        plan.close()
-    return run.finish(summary, min_success_ratio=opts.min_success_ratio, output_path=opts.output)
+        task = run.configure(api_chunk_task, chunk_retries=opts.chunk_retries, tags=opts.tags)
+        run.progress.logger.info(
+            "api-bulk run %r: %s items -> %s %s%s, %d chunk(s) x %d request(s) in flight%s",
+            run.run_key, src.total if src.total is not None else "?", opts.method, shown, opts.path_template,
+            opts.max_concurrency, opts.item_concurrency,
+            f", {opts.rate_limit_per_second}/s" + (f" shared as {opts.rate_limit_name!r}" if opts.rate_limit_name else "")
+            if opts.rate_limit_per_second else "",
+        )
+
+        def parameters(chunk: Chunk) -> dict[str, Any]:
+            return {"chunk": chunk, "ref": run.ref(chunk.index), "job": job}
+
+        plan = PlanLog(run.run_dir.plan)
+        try:
+            summary = run.execute(
+                cut_chunks(src, Fixed(opts.chunk_size), plan), parameters, task,
+                chunk=lambda c: (c.index, len(c.items), c.items), max_concurrency=opts.max_concurrency,
+                content=lambda c: chunk_hash(c.items, index=c.index), describe=lambda c: c.describe(),
+            )
+        finally:
+            plan.close()
+        return run.finish(summary, min_success_ratio=opts.min_success_ratio, output_path=opts.output)
 
 
 @flow(name=FLOW_NAME, log_prints=True, persist_result=False, **HOOKS)

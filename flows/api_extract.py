@@ -44,7 +44,7 @@ from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
 from tasks.pagination import PaginatorKind, make_paginator
 from tasks.progress import api_errors_explained
-from tasks.redact import redact, redact_text
+from tasks.redact import redact_text
 from tasks.state import check_writable_dir, validate_run_key
 
 FLOW_NAME = "api-extract"
@@ -117,8 +117,13 @@ def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
     resolve_secrets(opts.secret_params, what="secret_params")
     started = time.perf_counter()
     origin, path, url_params = split_url(opts.url)
-    run = ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=None, handler_id=f"GET {redact_text(opts.url)}",
-                     unit="records")
+    with ChunkedRun(FLOW_NAME, run_key=opts.run_key, total=None, handler_id=f"GET {redact_text(opts.url)}",
+                    unit="records") as run:
+        return _walk(run, opts, origin, path, url_params, started)
+
+
+def _walk(run: ChunkedRun, opts: ApiExtractOptions, origin: str, path: str, url_params: dict[str, Any],
+          started: float) -> RunSummary:
     limiter = process_limiter(opts.rate_limit_per_second, opts.rate_limit_name, scope=run.run_key)
     if hasattr(limiter, "ensure_limit"):
         limiter.ensure_limit()
@@ -177,8 +182,8 @@ def run_api_extract(opts: ApiExtractOptions) -> RunSummary:
             })
             if result.failure is not None:
                 failure = result.failure
-                dead = FailedItem(
-                    item=redact({"page": failure.page, "url": opts.url, "state": state}), chunk=parts, position=0,
+                dead = FailedItem(  # the item is the page to fetch again: its URL (no credentials) and cursor state
+                    item={"page": failure.page, "url": redact_text(opts.url), "state": state}, chunk=parts, position=0,
                     attempts=failure.attempts, error_type=failure.error_type, message=failure.message,
                     category=failure.category, status=failure.status,
                 )

@@ -78,6 +78,7 @@ def batch_map_flow(
     chunk_bytes: Annotated[int, Field(gt=0, description="Bytes per chunk (chunking='bytes').")] = 1 << 20,
     weight_fn: Annotated[str | None, Field(description="'pkg.mod:fn' item weight (chunking='weighted').")] = None,
     input_format: Annotated[str | None, Field(description="Force jsonl | csv | tsv | parquet.")] = None,
+    item_key: Annotated[str | None, Field(description="'pkg.mod:fn' giving a JSON-like key per item.")] = None,
 ) -> RunSummary:
     opts = BatchOptions.parse(
         chunk_size=chunk_size, chunking=chunking, target_chunk_seconds=target_chunk_seconds,
@@ -86,7 +87,7 @@ def batch_map_flow(
         retries=retries, retry_backoff_s=retry_backoff_s, chunk_retries=chunk_retries, on_error=on_error,
         min_success_ratio=min_success_ratio, run_key=run_key, cache_version=cache_version, output=output,
         task_runner=task_runner, dask_address=dask_address, chunk_bytes=chunk_bytes, weight_fn=weight_fn,
-        input_format=input_format,
+        input_format=input_format, item_key=item_key,
     )
     if opts.output:
         check_writable_dir(opts.output, what="output directory")  # before any item runs (side effects)
@@ -119,6 +120,7 @@ def batch_map(
     chunk_bytes: int = 1 << 20,
     weight_fn: str | Callable[[Any], float] | None = None,
     input_format: str | None = None,
+    item_key: str | Callable[[Any], Any] | None = None,
 ) -> RunSummary:
     """Run the batch-map flow from Python and return its RunSummary (``summary.ok`` tells the state).
 
@@ -149,11 +151,13 @@ def batch_map(
         "task_runner": task_runner, "dask_address": dask_address, "chunk_bytes": chunk_bytes,
         "input_format": input_format,
     }
-    BatchOptions.parse(**params, weight_fn=None if callable(weight_fn) else weight_fn)
+    BatchOptions.parse(**params, weight_fn=None if callable(weight_fn) else weight_fn,
+                       item_key=None if callable(item_key) else item_key)
     try:
         with api_errors_explained(FLOW_NAME, run_key):
             state = batch_map_flow(
-                source=keep(source), handler=keep(handler), weight_fn=keep(weight_fn), **params, return_state=True
+                source=keep(source), handler=keep(handler), weight_fn=keep(weight_fn), item_key=keep(item_key),
+                **params, return_state=True,
             )
         return summary_from_state(state)
     finally:

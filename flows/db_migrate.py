@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,9 +52,13 @@ from tasks.db import (
     verify_range,
 )
 from tasks.db import create_target as ensure_target
-from tasks.engine import open_task_runner, run_window
+from tasks.db_conn import TableName
+from tasks.db_ledger import LedgerEntry, ensure_ledger
+from tasks.engine import open_task_runner, recorded_safely, run_window
 from tasks.errors import ConfigError, FatalError, ItemError
-from tasks.loader import callable_identity, is_handle, load_callable, register_object, release_object
+from tasks.identity import callable_name, handler_identity, value_hash
+from tasks.items import ChunkRef
+from tasks.loader import is_handle, load_callable, register_object, release_object
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, RunSummary
 from tasks.progress import api_errors_explained
@@ -113,7 +116,7 @@ class MigrationSummary(RunSummary):
     ranges_total: int = 0
     ranges_copied: int = 0
     ranges_resumed: int = 0
-    ranges_skipped: int = 0
+    ranges_recovered: int = Field(0, description="Ranges an earlier attempt had committed (found in the ledger).")
     ranges_failed: list[int] = Field(default_factory=list)
     rows_estimated: int = 0
     rows_copied: int = 0
@@ -218,41 +221,42 @@ class CopyJob:
     source_schema: SourceSchema
     target_schema: SourceSchema
     transform: Callable[[pl.DataFrame], Any] | None = None
+    ledger: TableName | None = None  # the target's range ledger (exactly-once commits); None: verify only
+    run_key: str = ""
 
 
-_PRESENT = re.compile(r"already has (\d+) rows")
-
-
-def copy_one_range(rng: KeyRange, job: CopyJob) -> ChunkReport:
+def copy_one_range(rng: KeyRange, job: CopyJob, ref: ChunkRef | None = None) -> ChunkReport:
     """Copy one range and report it in rows (plain function; the task below is a thin wrapper).
 
     A ConfigError here (target lacks a unique key, a transform output column the target lacks) would
     hit every range alike: it stops the run (FatalError). A conversion error fails this range only.
+    A range that an earlier attempt committed (found in the ledger) writes nothing and reports its rows.
     """
     started = time.perf_counter()
+    ledger = LedgerEntry(table=job.ledger, key=ref.key, run_key=job.run_key, target_table=job.target_table) \
+        if job.ledger is not None and ref is not None else None
     try:
         res = copy_range(job.source_url, job.target_url, job.table, rng, target_table=job.target_table,
                          query=job.query, key=job.key, mode=job.mode, transform=job.transform,
                          copy_format=job.copy_format, source_schema=job.source_schema,
-                         target_schema=job.target_schema)
+                         target_schema=job.target_schema, ledger=ledger)
     except ConfigError as exc:
         raise FatalError(redact_text(str(exc))) from None
     took = time.perf_counter() - started
-    if res.skipped:
-        found = _PRESENT.search(res.note)
-        size = int(found.group(1)) if found else rng.estimated_rows
-        return ChunkReport(index=rng.index, size=size, skipped=size, duration_s=took,
-                           extra={"ranges_skipped": 1, "rows_present": size})
     report = ChunkReport(index=rng.index, size=res.rows_read, succeeded=res.rows_read, duration_s=took,
-                         extra={"rows_copied": res.rows_written})
+                         extra={"rows_copied": res.rows_written}, resumed=res.recovered,
+                         content_hash=ref.content or "" if ref is not None else "")
+    if res.recovered:
+        report.extra["ranges_recovered"] = 1
     report.check()
     return report
 
 
 @task(name="copy-range", task_run_name="range-{rng.index}", persist_result=True, log_prints=False)
-def copy_range_task(rng: KeyRange, cache_key: str, job: CopyJob) -> ChunkReport:
-    """Prefect face of :func:`copy_one_range`; ``cache_key`` is read by the resume cache policy."""
-    return copy_one_range(rng, job)
+def copy_range_task(rng: KeyRange, ref: ChunkRef, job: CopyJob) -> ChunkReport:
+    """Prefect face of :func:`copy_one_range`; ``ref.key`` is read by the resume cache policy."""
+    with recorded_safely(f"range {rng.index}"):
+        return copy_one_range(rng, job, ref)
 
 
 def _retry_condition(task: Any, task_run: Any, state: State) -> bool:
@@ -348,7 +352,8 @@ def db_migrate_flow(
     src = resolve_url(source_url, source_secret, what="source_url")
     tgt = resolve_url(target_url, target_secret, what="target_url")
     fn = load_callable(transform, what="transform") if transform else None
-    transform_id = callable_identity(fn if is_handle(transform) else transform) if fn else ""
+    transform_id = handler_identity(fn if is_handle(transform) else transform).text if fn else ""
+    transform_name = callable_name(fn if is_handle(transform) else transform) if fn else None
     tname = str(parse_table_name(target_table or table or ""))
     info = {"source": redacted_url(src), "target": redacted_url(tgt), "table": table, "query": query,
             "target_table": tname, "mode": mode}
@@ -366,8 +371,20 @@ def db_migrate_flow(
         return Completed(message=summary.message, data=summary)  # type: ignore[return-value]
 
     schema = reflect(src, table, query=query, key=key)
-    created, ddl = False, None
-    if not verify_only:
+    identity = [info["source"], info["target"], table or "", query or "", tname, ",".join(schema.key), mode,
+                transform_id, copy_format]
+    fingerprint = _fingerprint(PLAN_VERSION, cache_version, chunk_rows, verify_only, *identity)
+
+    if verify_only:
+        target_schema = reflect(tgt, tname, key=schema.key, role="target")
+        job = CopyJob(source_url=src, target_url=tgt, table=table, target_table=tname, query=query, key=schema.key,
+                      mode=mode, copy_format=copy_format, source_schema=schema, target_schema=target_schema,
+                      transform=fn)
+        return summary_state(_verify_only(src, job, info, fingerprint, run_key=run_key, chunk_rows=chunk_rows,
+                                          max_concurrency=max_concurrency, counts_only=fn is not None))  # type: ignore[return-value]
+
+    with ChunkedRun(FLOW_NAME, run_key=run_key, total=None, handler_id=transform_name, unit="rows",
+                    identity=(cache_version, *identity)) as run:
         made = ensure_target(src, tgt, table, target_table=tname, query=query, key=schema.key,
                              execute=create_target)
         if not made.existed and not create_target:
@@ -376,21 +393,20 @@ def db_migrate_flow(
         created, ddl = made.created, made.ddl if made.created else None
         if created:
             print(f"created target table {tname} in {info['target']}:\n{made.ddl}")
-    target_schema = reflect(tgt, tname, key=schema.key, role="target")
-    job = CopyJob(source_url=src, target_url=tgt, table=table, target_table=tname, query=query, key=schema.key,
-                  mode=mode, copy_format=copy_format, source_schema=schema, target_schema=target_schema,
-                  transform=fn)
-    identity = [info["source"], info["target"], table or "", query or "", tname, ",".join(schema.key), mode,
-                transform_id, copy_format]
-    fingerprint = _fingerprint(PLAN_VERSION, cache_version, chunk_rows, verify_only, *identity)
+        target_schema = reflect(tgt, tname, key=schema.key, role="target")
+        job = CopyJob(source_url=src, target_url=tgt, table=table, target_table=tname, query=query, key=schema.key,
+                      mode=mode, copy_format=copy_format, source_schema=schema, target_schema=target_schema,
+                      transform=fn, ledger=ensure_ledger(tgt, parse_table_name(tname)), run_key=run.run_key)
+        ranges = _planned_ranges(run, fingerprint, lambda: plan_ranges(src, table, query=query, key=schema.key,
+                                                                        chunk_rows=chunk_rows))
+        return summary_state(_copy(run, ranges, job, info, schema, created=created, ddl=ddl, verify=verify,  # type: ignore[return-value]
+                                   chunk_rows=chunk_rows, mode=mode, tname=tname, chunk_retries=chunk_retries,
+                                   tags=tags, max_concurrency=max_concurrency, counts_only=fn is not None))
 
-    if verify_only:
-        return summary_state(_verify_only(src, job, info, fingerprint, run_key=run_key, chunk_rows=chunk_rows,
-                                          max_concurrency=max_concurrency, counts_only=fn is not None))  # type: ignore[return-value]
 
-    run = ChunkedRun(FLOW_NAME, run_key=run_key, total=None, handler_id=transform_id or None, unit="rows")
-    ranges = _planned_ranges(run, fingerprint, lambda: plan_ranges(src, table, query=query, key=schema.key,
-                                                                    chunk_rows=chunk_rows))
+def _copy(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info: dict[str, Any], schema: SourceSchema, *,
+          created: bool, ddl: str | None, verify: bool, chunk_rows: int, mode: str, tname: str, chunk_retries: int,
+          tags: list[str] | None, max_concurrency: int, counts_only: bool) -> MigrationSummary:
     estimated = sum(r.estimated_rows for r in ranges)
     run.total = estimated
     run.progress.total = estimated
@@ -402,17 +418,18 @@ def db_migrate_flow(
 
     summary = run.execute(
         ranges,
-        lambda r: {"rng": r, "cache_key": run.cache_key(cache_version, r.model_dump_json(), *identity), "job": job},
+        lambda r: {"rng": r, "ref": run.ref(r.index, content=value_hash(r.model_dump(mode="json"))), "job": job},
         task_,
         chunk=lambda r: (r.index, r.estimated_rows, [{"range": r.index, "lower": r.lower, "upper": r.upper}]),
+        describe=lambda r: f"range {r.index}",
         max_concurrency=max_concurrency,
         on_report=lambda r, rep: done.__setitem__(r.index, rep),
     )
     result = MigrationSummary(**summary.model_dump(), **info, key=schema.key, target_created=created, ddl=ddl,
                               ranges_total=len(ranges), rows_estimated=estimated)
     result.ranges_resumed = sum(rep.resumed for rep in done.values())
-    result.ranges_skipped = sum(bool(rep.skipped) and not rep.resumed for rep in done.values())
-    result.ranges_copied = sum(not rep.resumed and not rep.skipped for rep in done.values())
+    result.ranges_recovered = sum(int(rep.extra.get("ranges_recovered", 0)) for rep in done.values())
+    result.ranges_copied = sum(not rep.resumed for rep in done.values())
     result.ranges_failed = sorted(r.index for r in ranges if r.index not in done)
     result.rows_copied = int(summary.extra.get("rows_copied", 0))
     reason = None
@@ -421,8 +438,8 @@ def db_migrate_flow(
     if verify and not run.should_stop():
         started = time.perf_counter()
         todo = [r for r in ranges if r.index in done]
-        result.verify = "counts" if fn is not None else "checksums"
-        matching, bad = verify_all(todo, job, max_concurrency=max_concurrency, counts_only=fn is not None)
+        result.verify = "counts" if counts_only else "checksums"
+        matching, bad = verify_all(todo, job, max_concurrency=max_concurrency, counts_only=counts_only)
         result.ranges_verified, result.ranges_matching, result.ranges_mismatched = len(todo), matching, bad
         result.verify_seconds = round(time.perf_counter() - started, 3)
         print(f"verify ({result.verify}): {matching} of {len(todo)} ranges match in {result.verify_seconds:.1f}s")
@@ -430,13 +447,19 @@ def db_migrate_flow(
             reason = mismatch_reason(bad, len(todo))
             print(reason)
         result.duration_s = round(result.duration_s + result.verify_seconds, 3)
-    return summary_state(run.finish(result, failed_reason=reason))  # type: ignore[return-value]
+    return run.finish(result, failed_reason=reason)
 
 
 def _verify_only(src: SecretStr, job: CopyJob, info: dict[str, Any], fingerprint: str, *, run_key: str | None,
                  chunk_rows: int, max_concurrency: int, counts_only: bool) -> MigrationSummary:
-    run = ChunkedRun(FLOW_NAME, run_key=run_key, total=None, unit="rows")
-    run.dead.close()
+    with ChunkedRun(FLOW_NAME, run_key=run_key, total=None, unit="rows") as run:
+        run.dead.close()
+        return _verify_ranges(run, src, job, info, chunk_rows=chunk_rows, max_concurrency=max_concurrency,
+                              counts_only=counts_only)
+
+
+def _verify_ranges(run: ChunkedRun, src: SecretStr, job: CopyJob, info: dict[str, Any], *, chunk_rows: int,
+                   max_concurrency: int, counts_only: bool) -> MigrationSummary:
     started = time.perf_counter()
     ranges = plan_ranges(src, job.table, query=job.query, key=job.key, chunk_rows=chunk_rows, verify_key=False)
     matching, bad = verify_all(ranges, job, max_concurrency=max_concurrency, counts_only=counts_only)

@@ -24,7 +24,10 @@ from flows.api_extract import api_extract_flow
 from flows.batch_map import summary_from_state, summary_state
 from flows.file_transform import file_transform_flow
 from tasks.chunked_run import ChunkedRun, default_run_key
+from tasks.engine import recorded_safely
 from tasks.errors import BatchflowsError
+from tasks.identity import value_hash
+from tasks.items import ChunkRef
 from tasks.load import count_rows, load_part
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, RunSummary
@@ -44,24 +47,28 @@ ORDERS_SQL = (
 
 
 @task(name="load-part", task_run_name="load-{index}", persist_result=True)
-def load_part_task(path: str, index: int, database_url: str, table: str, key: str, cache_key: str) -> ChunkReport:
+def load_part_task(path: str, index: int, database_url: str, table: str, key: str, ref: ChunkRef) -> ChunkReport:
     """One part file -> one transaction (upsert), cached per run key for resume."""
-    return load_part(path, index, database_url, table, key)
+    with recorded_safely(f"part {index}"):
+        report = load_part(path, index, database_url, table, key)
+        report.content_hash = ref.content or ""
+        return report
 
 
 def load_stage(parts_dir: Path, database_url: str, table: str, run_key: str) -> RunSummary:
     parts = sorted(parts_dir.glob("part-*.parquet"))
-    run = ChunkedRun(f"{FLOW_NAME}-load", run_key=run_key, total=None, unit="rows")
-    configured = run.configure(load_part_task, chunk_retries=1)
-    summary = run.execute(
-        list(enumerate(parts)),
-        lambda pair: {"path": str(pair[1]), "index": pair[0], "database_url": database_url, "table": table,
-                      "key": "id", "cache_key": run.cache_key(table, str(pair[1]), str(pair[1].stat().st_mtime_ns))},
-        configured,
-        chunk=lambda pair: (pair[0], 1, [str(pair[1])]),
-        max_concurrency=1,  # one writer at a time: SQLite allows no more, and the parts are small
-    )
-    return run.finish(summary, output_path=table)
+    with ChunkedRun(f"{FLOW_NAME}-load", run_key=run_key, total=None, unit="rows", identity=(table,)) as run:
+        configured = run.configure(load_part_task, chunk_retries=1)
+        summary = run.execute(
+            list(enumerate(parts)),
+            lambda pair: {"path": str(pair[1]), "index": pair[0], "database_url": database_url, "table": table,
+                          "key": "id", "ref": run.ref(pair[0], content=value_hash(
+                              [str(pair[1]), pair[1].stat().st_mtime_ns, pair[1].stat().st_size]))},
+            configured,
+            chunk=lambda pair: (pair[0], 1, [str(pair[1])]),
+            max_concurrency=1,  # one writer at a time: SQLite allows no more, and the parts are small
+        )
+        return run.finish(summary, output_path=table)
 
 
 def verify_stage(parts_dir: Path, database_url: str, table: str) -> tuple[bool, str]:

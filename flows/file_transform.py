@@ -40,7 +40,9 @@ from pydantic import Field
 
 from flows.batch_map import summary_from_state, summary_state
 from tasks.chunked_run import ChunkedRun, OnErrorMode
+from tasks.engine import recorded_safely
 from tasks.errors import ConfigError, SourceError
+from tasks.failpoints import failpoint
 from tasks.files import (
     LINE,
     SOURCE_FILE,
@@ -58,7 +60,9 @@ from tasks.files_read import file_columns
 from tasks.files_schema import RowValidator
 from tasks.files_split import FilePart, iter_chunks
 from tasks.files_write import OutputFormat
-from tasks.loader import callable_identity, is_handle, register_object, release_object, resolve_handle
+from tasks.identity import handler_identity, value_hash
+from tasks.items import ChunkRef
+from tasks.loader import is_handle, register_object, release_object, resolve_handle
 from tasks.notify import HOOKS
 from tasks.outcomes import ChunkReport, FailedItem, RunSummary
 from tasks.progress import api_errors_explained
@@ -107,6 +111,7 @@ def run_file_chunk(
         spec, output_dir, transform=_transform_of(transform), schema=schema, output_format=output_format,
         partition_by=partition_by, keep_lineage=keep_lineage,
     )
+    failpoint("chunk.after_output")
     failures = []
     if res.rows_rejected:  # one dead-letter line per chunk pointing at its rejects file, not one per row
         failures.append(FailedItem(
@@ -147,13 +152,16 @@ def file_chunk_task(
     output_format: OutputFormat,
     partition_by: list[str],
     keep_lineage: bool,
-    cache_key: str,
+    ref: ChunkRef,
 ) -> ChunkReport:
-    """Thin Prefect wrapper of :func:`run_file_chunk` (``cache_key`` drives the resume cache)."""
-    return run_file_chunk(
-        spec, output_dir, transform=transform, schema=schema, output_format=output_format,
-        partition_by=partition_by, keep_lineage=keep_lineage,
-    )
+    """Thin Prefect wrapper of :func:`run_file_chunk` (``ref`` drives the resume cache)."""
+    with recorded_safely(f"chunk {spec.index}"):
+        report = run_file_chunk(
+            spec, output_dir, transform=transform, schema=schema, output_format=output_format,
+            partition_by=partition_by, keep_lineage=keep_lineage,
+        )
+        report.content_hash = ref.content or ""
+        return report
 
 
 def _first_text_part(files: list[InputFile]) -> tuple[FilePart | None, list[str]]:
@@ -275,7 +283,7 @@ def file_transform_flow(
         remove_temp_files(out)
     schema_json = parsed.model_dump(mode="json") if parsed is not None else None
     options = {
-        "transform": None if fn is None else (fn if isinstance(fn, str) else callable_identity(fn)),
+        "transform": None if fn is None else (fn if isinstance(fn, str) else handler_identity(fn).text),
         "schema": schema_json, "output_format": output_format, "partition_by": parts,
         "keep_lineage": keep_lineage, "output_dir": str(out.resolve()),
     }
@@ -290,33 +298,34 @@ def file_transform_flow(
             yield spec
 
     # a part deleted since it was written is rewritten: chunks are pure transforms of their input
-    run = ChunkedRun(FLOW_NAME, run_key=run_key, total=None, on_error=on_error, unit="rows", redo_missing_outputs=True)
-    chunk_task = run.configure(file_chunk_task, chunk_retries=chunk_retries, tags=tags or [])
-
-    summary = run.execute(
-        chunks(),
-        lambda spec: {
-            "spec": spec, "output_dir": str(out), "transform": transform, "schema": schema_json,
-            "output_format": output_format, "partition_by": parts, "keep_lineage": keep_lineage,
-            "cache_key": run.cache_key(cache_version, spec.model_dump_json(), options_key),
-        },
-        chunk_task,
-        chunk=lambda spec: (spec.index, 1, [chunk_item(spec)]),
-        max_concurrency=max_concurrency,
-    )
-    if out.exists() and not run.should_stop():
-        remove_stale_parts(out, planned[0])
-    if out.exists():  # every chunk is done: no writer is left, so any temp file is litter (seen: rare polars sink leftovers)
-        remove_temp_files(out)
-    summary.extra.setdefault("rows_in", 0)
-    for key in ("rows_out", "rows_rejected", "rows_filtered", "bytes_in", "bytes_out", "chunks_fast_path"):
-        summary.extra.setdefault(key, 0)
-    summary.extra["chunks_failed"] = summary.chunks_failed
-    summary.extra["output_dir"] = str(out)
-    summary.extra["rejects_dir"] = str(out / "_rejects") if summary.extra["rows_rejected"] else None
-    return summary_state(  # type: ignore[return-value]
-        run.finish(summary, min_success_ratio=min_success_ratio, output_path=str(out))
-    )
+    with ChunkedRun(FLOW_NAME, run_key=run_key, total=None, on_error=on_error, unit="rows",
+                    redo_missing_outputs=True, identity=(cache_version, options_key)) as run:
+        chunk_task = run.configure(file_chunk_task, chunk_retries=chunk_retries, tags=tags or [])
+        summary = run.execute(
+            chunks(),
+            lambda spec: {
+                "spec": spec, "output_dir": str(out), "transform": transform, "schema": schema_json,
+                "output_format": output_format, "partition_by": parts, "keep_lineage": keep_lineage,
+                "ref": run.ref(spec.index, content=value_hash(spec.model_dump(mode="json"))),
+            },
+            chunk_task,
+            chunk=lambda spec: (spec.index, 1, [chunk_item(spec)]),
+            describe=lambda spec: f"chunk {spec.index} ({', '.join(sorted({f.path for f in spec.files}))})",
+            max_concurrency=max_concurrency,
+        )
+        if out.exists() and not run.should_stop():
+            remove_stale_parts(out, planned[0])
+        if out.exists():  # every chunk is done: no writer is left, so any temp file is litter (seen: rare polars sink leftovers)
+            remove_temp_files(out)
+        summary.extra.setdefault("rows_in", 0)
+        for key in ("rows_out", "rows_rejected", "rows_filtered", "bytes_in", "bytes_out", "chunks_fast_path"):
+            summary.extra.setdefault(key, 0)
+        summary.extra["chunks_failed"] = summary.chunks_failed
+        summary.extra["output_dir"] = str(out)
+        summary.extra["rejects_dir"] = str(out / "_rejects") if summary.extra["rows_rejected"] else None
+        return summary_state(  # type: ignore[return-value]
+            run.finish(summary, min_success_ratio=min_success_ratio, output_path=str(out))
+        )
 
 
 def file_transform(

@@ -2,19 +2,22 @@
 
 :func:`process_api_chunk` is plain (tests call it directly): it opens one ``httpx.AsyncClient``
 (aiohttp transport, keep-alive pool of ``item_concurrency`` connections), runs ``item_concurrency``
-workers that pull items in order, builds each request (:func:`tasks.http.build_request`), sends it
-through ``RetryPolicy.acall(send)`` (the one retry loop: Retry-After, backoff, 4xx not retried) and
-classifies the outcome. A ``FatalError`` (401/403) cancels the other workers and propagates: the
-run stops and nothing of the chunk is written. Otherwise the successful responses are written as
-one part file, atomically, and a ChunkReport comes back with every item accounted for.
+workers that pull the items still to do in order, builds each request (:func:`tasks.http.build_request`),
+sends it through ``RetryPolicy.acall(send)`` (the one retry loop: Retry-After, backoff, 4xx not retried)
+and records the outcome in the chunk's journal as soon as it is known (tasks.items.ChunkOutcomes), so a
+rerun after a crash re-sends only the requests that were in flight. A fatal answer (401/403) stops
+every worker before its next request: what succeeded stays succeeded (with its output row), the item
+that got the answer is failed, the rest are not reached, and the chunk is left incomplete for the
+rerun. The successful responses are written as one part file, atomically; response bodies and items
+are written exactly as they are (they are data), only messages about them are redacted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +25,14 @@ from prefect import task
 
 from tasks.api_output import OutputFormat, process_limiter, resolve_secrets, resolve_token, write_part
 from tasks.chunking import Chunk
-from tasks.errors import ConfigError, FatalError, ItemError
-from tasks.http import Expect, ResponseRecord, TransportName, build_request, make_client, send
+from tasks.engine import recorded_safely
+from tasks.errors import ConfigError, ItemError
+from tasks.failpoints import failpoint
+from tasks.http import Expect, TransportName, build_request, make_client, send
 from tasks.http_request import RequestTemplate
+from tasks.items import ChunkOutcomes, ChunkRef, run_coroutine, stop_signal
 from tasks.outcomes import ChunkReport, FailedItem
-from tasks.redact import credentials_in, mask_values, redact
+from tasks.redact import credentials_in, mask_values
 from tasks.retry import RetryPolicy, attempts_made
 from tasks.settings import HttpSettings
 
@@ -53,6 +59,7 @@ class ApiJob:
     limiter_scope: str = ""
     output_dir: str | None = None
     output_format: OutputFormat = "jsonl"
+    run_scope: str = ""
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, max_retry_after_s=self.settings().max_retry_after_s)
@@ -61,57 +68,51 @@ class ApiJob:
         return HttpSettings(timeout_s=self.timeout_s)
 
 
-Outcome = ResponseRecord | BaseException
-
-
-def process_api_chunk(chunk: Chunk, job: ApiJob) -> ChunkReport:
-    """Send the requests of one chunk; return its report (see the module docstring)."""
+def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) -> ChunkReport:
+    """Send the requests of one chunk that have no outcome yet; return its report (see the module docstring)."""
     started = time.perf_counter()
     token = resolve_token(job.auth_secret)
     headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
-    outcomes, requests = run_coroutine(
-        lambda: send_items(chunk.items, job, token=token, limiter=limiter, headers=headers)
-    )
-    report = ChunkReport(index=chunk.index, size=len(chunk.items), extra={"http_requests": requests})
-    rows: list[dict[str, Any]] = []
-    for position, (item, outcome) in enumerate(zip(chunk.items, outcomes, strict=True)):
-        # an API may echo the item's own credentials back (body, error message): they are masked there too
-        if isinstance(outcome, ResponseRecord):
-            report.succeeded += 1
-            if job.output_dir:
-                rows.append({
-                    "chunk": chunk.index, "position": position, "item": redact(item), "method": outcome.method,
-                    "url": outcome.url, "status": outcome.status, "elapsed_ms": outcome.elapsed_ms,
-                    "body": mask_values(outcome.body, credentials_in(item)),
-                })
+    outcomes = ChunkOutcomes(chunk, ref, keep_rows=bool(job.output_dir),
+                             stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
+    with outcomes:
+        requests = run_coroutine(lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers))
+    report = outcomes.report(started=started, extra={"http_requests": requests})
+    if job.output_dir and (outcomes.rows or report.complete):
+        rows = outcomes.ordered_rows()
+        if job.output_format == "parquet":
+            path = write_part(job.output_dir, chunk.index, [json.loads(r) for r in rows], "parquet",
+                              json_columns=("item", "body"), schema=_parquet_schema())
         else:
-            report.failed += 1
-            failure = FailedItem.from_exception(item, outcome, chunk=chunk.index, position=position,
-                                                attempts=attempts_made(outcome))
-            failure.message = mask_values(failure.message, credentials_in(item))
-            report.failures.append(failure)
-    if job.output_dir:
-        path = write_part(job.output_dir, chunk.index, rows, job.output_format, json_columns=("item", "body"),
-                          schema=_parquet_schema() if job.output_format == "parquet" else None)
+            path = write_part(job.output_dir, chunk.index, rows, "jsonl", encoded=True)
         report.output_path = str(path)
+    failpoint("chunk.after_output")
     report.duration_s = round(time.perf_counter() - started, 6)
-    report.check()
     return report
 
 
 async def send_items(
-    items: list[Any], job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None
-) -> tuple[list[Outcome], int]:
-    """Send every item's request with ``job.item_concurrency`` in flight; (outcome per item, requests sent).
+    outcomes: ChunkOutcomes, job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None
+) -> int:
+    """Send the request of every item still to do with ``job.item_concurrency`` in flight, recording each
+    outcome in ``outcomes`` as it comes; returns the number of requests sent (retries included).
 
+    A fatal answer (401/403) stops every worker before its next item; requests in flight finish.
     ``headers`` (default ``job.headers``) are sent on every request, resolved secret headers included.
     """
     policy = job.policy()
     settings = job.settings()
-    outcomes: list[Outcome] = [ItemError("not sent")] * len(items)
+    items = outcomes.chunk.items
+    todo = outcomes.todo()
     sent = 0
     cursor = 0
+
+    def masked(item: Any) -> Any:
+        def mask(failure: FailedItem) -> FailedItem:  # an API may echo the item's credentials in its error
+            failure.message = mask_values(failure.message, credentials_in(item))
+            return failure
+        return mask
 
     async with make_client(
         job.base_url, settings=settings, token=token, headers=job.headers if headers is None else headers,
@@ -121,59 +122,34 @@ async def send_items(
 
         async def worker() -> None:
             nonlocal cursor, sent
-            while cursor < len(items):
-                position = cursor
+            while cursor < len(todo) and not outcomes.stopped():
+                position = todo[cursor]
                 cursor += 1
+                item = items[position]
                 try:
-                    spec = build_request(items[position], job.template)
+                    spec = build_request(item, job.template)
                 except (ItemError, ConfigError) as exc:
-                    exc.batchflows_attempts = 0  # type: ignore[attr-defined]
-                    outcomes[position] = exc if isinstance(exc, ItemError) else ItemError(str(exc), category="bad_item")
+                    err = exc if isinstance(exc, ItemError) else ItemError(str(exc), category="bad_item")
+                    outcomes.failed(position, err, attempts=0, transform=masked(item))
                     continue
                 try:
                     record, attempts = await policy.acall(
                         lambda spec=spec: send(client, spec, expect=job.expect, max_retry_after_s=settings.max_retry_after_s)
                     )
-                except FatalError:
-                    raise
                 except Exception as exc:
-                    outcomes[position] = exc
                     sent += attempts_made(exc)
+                    outcomes.failed(position, exc, transform=masked(item))
                     continue
-                outcomes[position] = record
                 sent += attempts
+                outcomes.succeeded(position, {
+                    "chunk": outcomes.chunk.index, "position": position, "item": item, "method": record.method,
+                    "url": record.url, "status": record.status, "elapsed_ms": record.elapsed_ms, "body": record.body,
+                } if job.output_dir else None)
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(job.item_concurrency, len(items))):
-                    group.create_task(worker())
-        except BaseExceptionGroup as errors:
-            raise _first_fatal(errors) from None
-    return outcomes, sent
-
-
-def _first_fatal(group: BaseExceptionGroup) -> BaseException:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return next((e for e in leaves if isinstance(e, FatalError)), leaves[0])
-
-
-def run_coroutine(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run a coroutine to completion from sync code, also when this thread already runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(job.item_concurrency, len(todo))):
+                group.create_task(worker())
+    return sent
 
 
 def _parquet_schema() -> dict[str, Any]:
@@ -184,9 +160,10 @@ def _parquet_schema() -> dict[str, Any]:
 
 
 @task(name="api-chunk", task_run_name="chunk-{chunk.index}", persist_result=True, log_prints=False)
-def api_chunk_task(chunk: Chunk, cache_key: str, job: ApiJob) -> ChunkReport:
-    """Prefect face of :func:`process_api_chunk` (``cache_key`` is read by the run's cache policy)."""
-    return process_api_chunk(chunk, job)
+def api_chunk_task(chunk: Chunk, ref: ChunkRef, job: ApiJob) -> ChunkReport:
+    """Prefect face of :func:`process_api_chunk` (``ref.key`` is read by the run's cache policy)."""
+    with recorded_safely(f"chunk {chunk.index}"):
+        return process_api_chunk(chunk, job, ref)
 
 
 __all__ = ["BULK_COLUMNS", "ApiJob", "api_chunk_task", "process_api_chunk", "run_coroutine", "send_items"]

@@ -50,12 +50,12 @@ def part_path(output_dir: str | Path, index: int, fmt: OutputFormat) -> Path:
 
 
 def write_part(
-    output_dir: str | Path, index: int, rows: Sequence[dict[str, Any]], fmt: OutputFormat, *,
-    json_columns: Iterable[str] = (), schema: dict[str, Any] | None = None,
+    output_dir: str | Path, index: int, rows: Sequence[Any], fmt: OutputFormat, *,
+    json_columns: Iterable[str] = (), schema: dict[str, Any] | None = None, encoded: bool = False,
 ) -> Path:
     """Write one part atomically and return its path.
 
-    JSONL: one JSON object per row. Parquet: polars infers the columns from the rows; the columns in
+    JSONL: one JSON object per row (``encoded=True``: rows are JSON text already). Parquet: polars infers the columns from the rows; the columns in
     ``json_columns`` (arbitrary JSON such as response bodies) are stored as JSON text, and rows that
     polars cannot type consistently fall back to one ``record`` column of JSON text.
     """
@@ -67,7 +67,7 @@ def write_part(
         if fmt == "jsonl":
             with atomic_write(path, "w", encoding="utf-8") as fh:
                 for row in rows:
-                    fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+                    fh.write((row if encoded else json.dumps(row, default=str, ensure_ascii=False)) + "\n")
         else:
             frame = _frame(rows, tuple(json_columns), schema)
             with atomic_write(path, "wb") as fh:

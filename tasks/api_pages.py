@@ -19,10 +19,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from tasks.api_chunk import run_coroutine
 from tasks.api_output import OutputFormat, process_limiter, resolve_secrets, resolve_token, write_part
+from tasks.engine import recorded_safely
 from tasks.errors import ConfigError, FatalError
 from tasks.http import TransportName, make_client, validate_base_url
+from tasks.items import run_coroutine
 from tasks.pagination import PaginatorKind, iter_pages, make_paginator
 from tasks.redact import redact_text
 from tasks.retry import RetryPolicy, attempts_made
@@ -171,7 +172,8 @@ class _Counting:
 @task(name="extract-part", task_run_name="part-{index}", persist_result=False, cache_policy=NO_CACHE, log_prints=False)
 def extract_part_task(job: ExtractJob, index: int, state: dict[str, Any] | None) -> PartResult:
     """Prefect face of :func:`extract_part` (not cached: the flow's checkpoint is the resume state)."""
-    return extract_part(job, index, state)
+    with recorded_safely(f"part {index}"):
+        return extract_part(job, index, state)
 
 
 __all__ = ["ExtractJob", "PageFailure", "PartResult", "extract_part", "extract_part_task", "split_url"]

@@ -14,7 +14,8 @@ from tasks.chunked_run import ChunkedRun
 from tasks.chunking import Chunk, ChunkingName, PlanLog, cut_chunks, make_strategy
 from tasks.engine import ChunkJob, ItemOptions, TaskRunnerName, run_chunk, validate_dask_address
 from tasks.errors import ConfigError
-from tasks.loader import callable_identity, is_handle, load_callable
+from tasks.identity import chunk_hash, handler_identity
+from tasks.loader import is_handle, load_callable
 from tasks.outcomes import ChunkReport, RunSummary
 from tasks.sources import open_source
 from tasks.state import validate_run_key
@@ -49,6 +50,7 @@ class BatchOptions(BaseModel):
     task_runner: TaskRunnerName = Field("threads", description="threads | processes | dask")
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing Dask cluster.")
     input_format: str | None = Field(None, description="Force jsonl | csv | tsv | parquet for a file source.")
+    item_key: str | None = Field(None, description="'pkg.mod:fn' giving a JSON-like key per item (resume identity).")
 
     @field_validator("run_key")
     @classmethod
@@ -94,8 +96,9 @@ def run_batch(flow: str, source: Any, handler: Any, opts: BatchOptions) -> RunSu
     """Run a whole batch inside the current flow run and return its summary (state decided)."""
     src = open_source(source, input_format=opts.input_format)
     fn = load_callable(handler, what="handler")
-    handler_id = callable_identity(handler if isinstance(handler, str) and not is_handle(handler) else fn)
+    identity = handler_identity(handler if isinstance(handler, str) and not is_handle(handler) else fn)
     weight_fn = load_callable(opts.weight_fn, what="weight_fn") if opts.weight_fn else None
+    item_key = load_callable(opts.item_key, what="item_key") if opts.item_key else None
     strategy = make_strategy(
         opts.chunking, chunk_size=opts.chunk_size, target_chunk_seconds=opts.target_chunk_seconds,
         chunk_bytes=opts.chunk_bytes, weight_fn=weight_fn,
@@ -104,36 +107,67 @@ def run_batch(flow: str, source: Any, handler: Any, opts: BatchOptions) -> RunSu
         from tasks.concurrency import ensure_concurrency_limit
 
         ensure_concurrency_limit(opts.concurrency_limit, slots=opts.max_concurrency)
-    run = ChunkedRun(flow, run_key=opts.run_key, total=src.total, handler_id=handler_id, on_error=opts.on_error)
-    chunk_task = run.configure(run_chunk, chunk_retries=opts.chunk_retries, tags=opts.tags)
-    job = ChunkJob(
-        handler=fn,
-        options=ItemOptions(
-            retries=opts.retries, retry_backoff_s=opts.retry_backoff_s, item_concurrency=opts.item_concurrency,
-            rate_limit_per_second=opts.rate_limit_per_second, rate_limit_name=opts.rate_limit_name,
-        ),
-        output_dir=opts.output,
-        concurrency_limit=opts.concurrency_limit,
-    )
-    identity = (opts.cache_version, handler_id, str(opts.output or ""))
-
-    def parameters(chunk: Chunk) -> dict[str, Any]:
-        return {"chunk": chunk, "cache_key": run.cache_key(*identity, chunk.content_hash()), "job": job}
-
-    def observe(_chunk: Chunk, report: ChunkReport) -> None:
-        if not report.resumed:
-            strategy.observe(report.size, report.duration_s)
-
-    plan = PlanLog(run.run_dir.plan)
-    try:
-        summary = run.execute(
-            cut_chunks(src, strategy, plan), parameters, chunk_task,
-            chunk=lambda c: (c.index, len(c.items), c.items), max_concurrency=opts.max_concurrency,
-            task_runner=opts.task_runner, dask_address=opts.dask_address, on_report=observe,
+    # the run's identity: what the handler is and where its results go; a chunk adds its position
+    parts = (opts.cache_version, identity.text, str(opts.output or ""))
+    with ChunkedRun(flow, run_key=opts.run_key, total=src.total, identity=parts, handler_id=identity.name,
+                    on_error=opts.on_error) as run:
+        if identity.note():
+            run.progress.logger.warning(identity.note())
+        rate_name = opts.rate_limit_name
+        if opts.rate_limit_per_second and not rate_name and opts.task_runner != "threads":
+            rate_name = internal_rate_limit_name(run.scope)  # one budget across this run's worker processes
+        chunk_task = run.configure(run_chunk, chunk_retries=opts.chunk_retries, tags=opts.tags)
+        job = ChunkJob(
+            handler=fn,
+            options=ItemOptions(
+                retries=opts.retries, retry_backoff_s=opts.retry_backoff_s, item_concurrency=opts.item_concurrency,
+                rate_limit_per_second=opts.rate_limit_per_second, rate_limit_name=rate_name,
+            ),
+            output_dir=opts.output,
+            concurrency_limit=opts.concurrency_limit,
+            item_key=item_key,
+            run_scope=run.scope,
         )
-    finally:
-        plan.close()
-    return run.finish(summary, min_success_ratio=opts.min_success_ratio, output_path=opts.output)
+
+        def parameters(chunk: Chunk) -> dict[str, Any]:
+            return {"chunk": chunk, "ref": run.ref(chunk.index), "job": job}
+
+        def observe(_chunk: Chunk, report: ChunkReport) -> None:
+            if not report.resumed:
+                strategy.observe(report.size, report.duration_s)
+
+        plan = PlanLog(run.run_dir.plan)
+        try:
+            summary = run.execute(
+                cut_chunks(src, strategy, plan), parameters, chunk_task,
+                chunk=lambda c: (c.index, len(c.items), c.items), max_concurrency=opts.max_concurrency,
+                content=lambda c: chunk_hash(c.items, index=c.index, item_key=item_key),
+                describe=lambda c: c.describe(),
+                task_runner=opts.task_runner, dask_address=opts.dask_address, on_report=observe,
+            )
+        finally:
+            plan.close()
+            if rate_name and rate_name != opts.rate_limit_name:
+                drop_rate_limit(rate_name)
+        return run.finish(summary, min_success_ratio=opts.min_success_ratio, output_path=opts.output)
 
 
-__all__ = ["BatchOptions", "OnError", "describe_validation_error", "run_batch"]
+def internal_rate_limit_name(scope: str) -> str:
+    """The name of the shared budget that holds an unnamed rate limit across a run's worker processes."""
+    import hashlib
+
+    return "batchflows-run-" + hashlib.blake2b(scope.encode(), digest_size=8).hexdigest()
+
+
+def drop_rate_limit(name: str) -> None:
+    """Delete a run's internal rate limit when the run ends (best effort: it is only a server object)."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(name)
+    except Exception:  # pragma: no cover - the server is gone; the limit is harmless
+        pass
+
+
+__all__ = ["BatchOptions", "OnError", "describe_validation_error", "drop_rate_limit", "internal_rate_limit_name", "run_batch"]

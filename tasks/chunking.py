@@ -1,14 +1,14 @@
 """Chunking strategies: fixed | bytes | weighted | adaptive, as small values.
 
 A strategy decides when a chunk is full; :func:`cut_chunks` streams items into chunks without ever
-holding more than one chunk. Chunk boundaries must be reproducible for resume (the cache key is the
-chunk's content), which adaptive sizing is not: so the sizes actually cut are recorded in the run's
-plan log and replayed on a rerun before the strategy takes over again.
+holding more than one chunk. Chunk boundaries must be reproducible for resume (a chunk is found again
+by its position, then checked against its content), which adaptive sizing is not: so the sizes
+actually cut are recorded in the run's plan log and replayed on a rerun before the strategy takes
+over again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,29 +21,33 @@ ChunkingName = Literal["fixed", "bytes", "weighted", "adaptive"]
 
 
 class Chunk:
-    """A chunk of items. Deliberately not a collection, so Prefect does not walk its items."""
+    """A chunk of items: its index, its items, and the position of its first item in the source.
 
-    __slots__ = ("index", "items")
+    Deliberately not a collection, so Prefect does not walk its items.
+    """
 
-    def __init__(self, index: int, items: list[Any]) -> None:
+    __slots__ = ("index", "items", "start")
+
+    def __init__(self, index: int, items: list[Any], start: int = 0) -> None:
         self.index = index
         self.items = items
+        self.start = start
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getstate__(self) -> tuple[int, list[Any]]:
-        return self.index, self.items
+    def __getstate__(self) -> tuple[int, list[Any], int]:
+        return self.index, self.items, self.start
 
-    def __setstate__(self, state: tuple[int, list[Any]]) -> None:
-        self.index, self.items = state
+    def __setstate__(self, state: tuple[int, list[Any], int]) -> None:
+        self.index, self.items, self.start = state
 
     def __repr__(self) -> str:
         return f"Chunk(index={self.index}, items={len(self.items)})"
 
-    def content_hash(self) -> str:
-        payload = json.dumps(self.items, sort_keys=True, default=str, separators=(",", ":")).encode()
-        return hashlib.blake2b(payload, digest_size=16).hexdigest()
+    def describe(self) -> str:
+        """``chunk 17 (items 8500-8999 of the source)``, for messages."""
+        return f"chunk {self.index} (items {self.start}-{self.start + len(self.items) - 1} of the source)"
 
 
 class Strategy(Protocol):
@@ -172,6 +176,7 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
     """Stream items into chunks. Replays recorded sizes first, records new ones."""
     iterator = iter(items)
     index = 0
+    start = 0
     replay = list(plan.recorded) if plan else []
     pending: Any = _MISSING
     while True:
@@ -187,8 +192,9 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
                     break
             if not batch:
                 return
-            yield Chunk(index, batch)
+            yield Chunk(index, batch, start)
             index += 1
+            start += len(batch)
             continue
         budget = strategy.budget()
         batch = []
@@ -210,8 +216,9 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
             return
         if plan is not None:
             plan.append(len(batch))
-        yield Chunk(index, batch)
+        yield Chunk(index, batch, start)
         index += 1
+        start += len(batch)
 
 
 class _Missing:

@@ -35,6 +35,7 @@ from tasks.db_conn import (
     validate_query,
 )
 from tasks.db_copy import MODES, CopyFormat, Mode, RangeResult, Transform, copy_range, read_range, resolve_transform
+from tasks.db_ledger import LEDGER_TABLE, LedgerEntry, ensure_ledger, ledger_table
 from tasks.db_schema import (
     KeyRange,
     SourceSchema,
@@ -159,12 +160,14 @@ def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None =
 
 
 __all__ = [
+    "LEDGER_TABLE",
     "MODES",
     "ColumnInfo",
     "CopyFormat",
     "Dialect",
     "Endpoint",
     "KeyRange",
+    "LedgerEntry",
     "MigrationPlan",
     "Mode",
     "RangeCheck",
@@ -176,6 +179,8 @@ __all__ = [
     "UrlLike",
     "copy_range",
     "create_target",
+    "ensure_ledger",
+    "ledger_table",
     "parse_db_url",
     "parse_key",
     "parse_table_name",

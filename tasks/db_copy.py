@@ -1,8 +1,9 @@
 """Read one keyset range and write it to the target in one transaction (COPY fast path, upsert, replace).
 
-Why one transaction per range: a killed or retried range then leaves nothing half-written, and the
-modes make a re-run harmless (``upsert`` overwrites, ``replace`` deletes the range first, ``append``
-skips a range whose key span already has rows in the target). PostgreSQL -> PostgreSQL without a
+Why one transaction per range: a killed or retried range then leaves nothing half-written; and the
+range's ledger row (tasks.db_ledger) commits in the same transaction, so a range committed by an
+earlier attempt is never written again, whatever the mode (``upsert`` overwrites, ``replace`` deletes
+the range first, ``append`` inserts). PostgreSQL -> PostgreSQL without a
 transform streams COPY bytes straight from source to target (binary when the column types are identical,
 text otherwise); every other combination decodes rows into canonical Python values (tasks.db_types).
 """
@@ -22,6 +23,7 @@ import psycopg
 from pydantic import BaseModel
 
 from tasks.db_conn import Db, TableName, UrlLike, connect, parse_table_name
+from tasks.db_ledger import LedgerEntry, committed, record_range
 from tasks.db_schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
 from tasks.db_types import ColumnInfo
 from tasks.db_values import (
@@ -37,6 +39,7 @@ from tasks.db_values import (
     sqlite_encoder,
 )
 from tasks.errors import ConfigError, ItemError, RetryableError, SourceError
+from tasks.failpoints import failpoint
 from tasks.redact import redact_text
 
 Mode = Literal["append", "upsert", "replace"]
@@ -49,15 +52,18 @@ _RELAY_BLOCK = 256 * 1024
 
 
 class RangeResult(BaseModel):
-    """What one range did: rows read and written, the path taken, whether it was skipped and why."""
+    """What one range did: rows read and written and the path taken; ``recovered`` when an earlier attempt
+    had committed it (the counts are the ledger's, nothing was written now)."""
 
     index: int
     rows_read: int
     rows_written: int
     seconds: float
     path: str
-    skipped: bool = False
-    note: str = ""
+    recovered: bool = False
+
+
+OnCommit = Callable[[Db, int], None]  # (target connection, rows written) inside the open transaction
 
 
 # ---------------------------------------------------------------- reading
@@ -245,18 +251,11 @@ def _upsert_sql(db: Db, target: TableName, names: Sequence[str], keys: Sequence[
     return f"INSERT INTO {target.sql(db.dialect)} ({cols}) {source} ON CONFLICT ({conflict}) {action}"
 
 
-def _prepare(db: Db, target: TableName, tgt_keys: Sequence[ColumnInfo], rng: KeyRange, mode: Mode) -> str | None:
-    """Run the mode's first step inside the open transaction; a reason string means: skip this range."""
-    where, params = range_predicate(db, tgt_keys, rng)
+def _prepare(db: Db, target: TableName, tgt_keys: Sequence[ColumnInfo], rng: KeyRange, mode: Mode) -> None:
+    """Run the mode's first step inside the open transaction (replace: delete the range's rows)."""
     if mode == "replace":
+        where, params = range_predicate(db, tgt_keys, rng)
         db.raw.execute(f"DELETE FROM {target.sql(db.dialect)} WHERE {where}", params)
-    elif mode == "append":
-        cur = db.raw.execute(f"SELECT count(*) FROM {target.sql(db.dialect)} WHERE {where}", params)
-        present = cur.fetchone()[0]
-        if present:
-            return (f"target already has {present} rows in this key range (written by an earlier attempt?); "
-                    "append skips it so nothing is duplicated; use mode='upsert' or 'replace' to overwrite")
-    return None
 
 
 def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Sequence[str],
@@ -292,14 +291,12 @@ def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Seq
 
 
 def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
-              keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode) -> tuple[int, str]:
+              keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
+              on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
     binary = not any(c.cast_text for c in tgt_cols)
     try:
-        skip = _prepare(db, target, tgt_keys, rng, mode)
-        if skip:
-            db.raw.rollback()
-            return 0, skip
+        _prepare(db, target, tgt_keys, rng, mode)
         dest = _stage_or_target(db, target, mode)
         cur = db.raw.cursor()
         fmt = "BINARY" if binary else "TEXT"
@@ -310,8 +307,11 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
         written = cur.rowcount
         if mode == "upsert":
             written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {', '.join(db.q(n) for n in names)} FROM _bf_stage")).rowcount
+        if on_commit is not None:
+            on_commit(db, written)
         db.raw.commit()
-        return written, ""
+        failpoint("db.after_commit")
+        return written
     except psycopg.Error as exc:
         _rollback_quietly(db)
         raise _pg_error(exc, rng, names, keys, rows) from None
@@ -326,7 +326,8 @@ def _rollback_quietly(*dbs: Db) -> None:
 
 
 def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
-                  keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode) -> tuple[int, str]:
+                  keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
+                  on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
     marks = ", ".join("?" * len(names))
     if mode == "upsert":
@@ -335,13 +336,11 @@ def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt
         sql = f"INSERT INTO {target.sql('sqlite')} ({', '.join(db.q(n) for n in names)}) VALUES ({marks})"
     db.raw.execute("BEGIN IMMEDIATE")
     try:
-        skip = _prepare(db, target, tgt_keys, rng, mode)
-        if skip:
-            db.raw.execute("ROLLBACK")
-            return 0, skip
+        _prepare(db, target, tgt_keys, rng, mode)
         db.raw.executemany(sql, rows)
+        if on_commit is not None:
+            on_commit(db, len(rows))
         db.raw.execute("COMMIT")
-        return len(rows), ""
     except sqlite3.Error as exc:
         db.raw.execute("ROLLBACK")
         if "ON CONFLICT clause does not match" in str(exc):
@@ -349,18 +348,17 @@ def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt
             raise ConfigError(msg) from None
         msg = f"range {rng.index}: the target rejected the rows: {exc}"
         raise ItemError(msg, category="write_error") from None
+    failpoint("db.after_commit")
+    return len(rows)
 
 
 def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_cols: Sequence[ColumnInfo],
-                 rng: KeyRange, mode: Mode, fmt: str) -> tuple[int, str]:
+                 rng: KeyRange, mode: Mode, fmt: str, on_commit: OnCommit | None = None) -> int:
     """Stream COPY bytes source -> target without decoding (the physical ceiling)."""
     tgt_keys = [next(c for c in tgt_cols if c.name == k) for k in schema.key]
     names = [c.name for c in schema.columns]
     sql, params = _select(src, schema, rng)
-    skip = _prepare(tgt, target, tgt_keys, rng, mode)
-    if skip:
-        tgt.raw.rollback()
-        return 0, skip
+    _prepare(tgt, target, tgt_keys, rng, mode)
     dest = _stage_or_target(tgt, target, mode)
     out = tgt.raw.cursor()
     with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params) as cin, \
@@ -379,16 +377,19 @@ def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_
     if mode == "upsert":
         cols = ", ".join(tgt.q(n) for n in names)
         written = tgt.raw.execute(_upsert_sql(tgt, target, names, schema.key, f"SELECT {cols} FROM _bf_stage")).rowcount
+    if on_commit is not None:
+        on_commit(tgt, written)
     tgt.raw.commit()
+    failpoint("db.after_commit")
     src.raw.rollback()
-    return written, ""
+    return written
 
 
 def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
                target_table: str | None = None, query: str | None = None, key: str | Sequence[str] | None = None,
                mode: Mode = "upsert", transform: Transform | str | None = None,
                copy_format: CopyFormat = "auto", source_schema: SourceSchema | None = None,
-               target_schema: SourceSchema | None = None) -> RangeResult:
+               target_schema: SourceSchema | None = None, ledger: LedgerEntry | None = None) -> RangeResult:
     """Copy one keyset range from source to target in ONE target transaction; return what happened.
 
     ``transform`` gets the range as a polars DataFrame (see :func:`read_range`) and returns the rows
@@ -396,7 +397,9 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
     raises ItemError naming the row key and column (the other ranges are unaffected). ``copy_format``
     only matters for PostgreSQL -> PostgreSQL without transform ("auto": binary when column types are
     identical, else text; "rows" forces the decoding path). ``source_schema``/``target_schema`` (from
-    :func:`reflect`, JSON-able) skip the per-range reflection when the caller planned once.
+    :func:`reflect`, JSON-able) skip the per-range reflection when the caller planned once. ``ledger``
+    (see tasks.db_ledger) makes the range exactly once: a range already in the ledger writes nothing and
+    returns the recorded counts; otherwise its ledger row commits with its rows.
     """
     if mode not in MODES:
         msg = f"mode {mode!r} is not one of {list(MODES)}"
@@ -408,16 +411,27 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
     tgt_schema = target_schema or reflect(target_url, tname, key=schema.key, role="target")
     out_names = schema.names
     with connect(source_url, "source") as src, connect(target_url, "target", write=True) as tgt:
+        prior = committed(tgt, ledger) if ledger is not None else None
+        if prior is not None:
+            if tgt.dialect == "postgresql":
+                _rollback_quietly(tgt)
+            return RangeResult(index=rng.index, rows_read=prior[0], rows_written=prior[1],
+                               seconds=time.perf_counter() - started, path="ledger", recovered=True)
+        read: list[int] = [0]
+
+        def on_commit(db: Db, written: int) -> None:
+            if ledger is not None:
+                record_range(db, ledger, rng.index, read[0] if read[0] else written, written)
+
         if fn is None and src.dialect == tgt.dialect == "postgresql" and copy_format != "rows":
             tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
             same = all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text
                        for s, t in zip(schema.columns, tgt_cols, strict=True))
             fmt = "BINARY" if (copy_format == "binary" or (copy_format == "auto" and same)) else "TEXT"
             try:
-                written, note = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt)
-                return RangeResult(index=rng.index, rows_read=written if not note else 0, rows_written=written,
-                                   seconds=time.perf_counter() - started, path=f"copy-{fmt.lower()}",
-                                   skipped=bool(note), note=note)
+                written = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt, on_commit)
+                return RangeResult(index=rng.index, rows_read=written, rows_written=written,
+                                   seconds=time.perf_counter() - started, path=f"copy-{fmt.lower()}")
             except psycopg.errors.DataError:
                 _rollback_quietly(tgt, src)
             except psycopg.Error as exc:
@@ -430,7 +444,7 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
             raise SourceError(msg) from None
         if src.dialect == "postgresql":
             src.raw.rollback()
-        n_read = len(rows)
+        n_read = read[0] = len(rows)
         src_cols: list[ColumnInfo] | None = list(schema.columns)
         if fn is not None:
             frame = _apply(fn, _to_frame(schema.columns, rows), rng)
@@ -439,9 +453,9 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
         rows = _convert(rows, out_names, _converters(src_cols, tgt_cols, tgt.dialect), schema.key, rng)
         tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
         writer = _write_pg if tgt.dialect == "postgresql" else _write_sqlite
-        written, note = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode)
+        written = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode, on_commit)
     return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,
-                       seconds=time.perf_counter() - started, path="rows", skipped=bool(note), note=note)
+                       seconds=time.perf_counter() - started, path="rows")
 
 
 def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:

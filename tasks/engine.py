@@ -2,32 +2,30 @@
 
 Two layers:
 
-* :func:`process_chunk` is a plain function: run a handler over the items of one chunk with the item
-  retry policy, classify every outcome, write the chunk's output atomically, return a ChunkReport.
+* :func:`tasks.items.process_chunk` is a plain function: run a handler over the items of one chunk with
+  the item retry policy, journal and classify every outcome, write the chunk's output atomically,
+  return a ChunkReport. :func:`run_chunk` is its Prefect task.
 * :func:`run_window` submits one Prefect task per chunk through a task runner, never more than
   ``max_in_flight`` at once (refilled as they finish, paused while the process is over its memory
   limit), and hands each finished future to a callback. Every flow of batchflows runs on it.
 
-Resume: the chunk task's cache key is ``hash(flow, run_key, cache_version, handler, chunk content)``
-and its result (the ChunkReport) is persisted under the run's state dir, so a rerun with the same
-run key after a crash gets finished chunks back as ``Cached`` and runs only the rest.
+Resume: the chunk task's cache key is ``hash(flow, run_key, run identity, chunk position)`` and its
+result (the ChunkReport, with the chunk's content hash) is persisted under the run's state dir, so a
+rerun with the same run key after a crash finds finished chunks by position, checks that the source
+still holds the same items there, and runs only the rest (tasks.chunked_run).
 """
 
 from __future__ import annotations
 
-import asyncio
+import copy
 import hashlib
-import inspect
-import json
 import logging
 import os
 import queue
-import threading
-import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -39,172 +37,15 @@ from prefect.futures import PrefectFuture
 from prefect.states import State
 
 from tasks.chunking import Chunk
-from tasks.errors import ConfigError, FatalError, SkipItem
-from tasks.outcomes import ChunkReport, FailedItem
-from tasks.redact import redact
-from tasks.retry import RetryPolicy, attempts_made
-from tasks.state import atomic_write, output_write_error
+from tasks.errors import BatchflowsError, ConfigError, FatalError
+from tasks.items import ChunkJob, ChunkRef, ItemOptions, process_chunk
+from tasks.outcomes import ChunkReport
+from tasks.redact import redact_text
 
 log = logging.getLogger("batchflows.engine")
 
 TaskRunnerName = Literal["threads", "processes", "dask"]
 U = TypeVar("U")
-
-
-# --------------------------------------------------------------------------- one chunk, plain
-
-
-@dataclass
-class ItemOptions:
-    """How items inside a chunk are run. Picklable (it travels to process and Dask workers)."""
-
-    retries: int = 3
-    retry_backoff_s: float = 1.0
-    item_concurrency: int = 1
-    rate_limit_per_second: float | None = None
-    rate_limit_name: str | None = None
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s)
-
-
-@dataclass
-class ChunkJob:
-    """Everything a chunk task needs besides the chunk itself."""
-
-    handler: Callable[[Any], Any]
-    options: ItemOptions = field(default_factory=ItemOptions)
-    output_dir: str | None = None
-    concurrency_limit: str | None = None
-
-
-_limiters: dict[tuple[str | None, float], Any] = {}
-_limiters_lock = threading.Lock()
-
-
-def _limiter_for(options: ItemOptions) -> Any:
-    """One limiter per (name, rate) per process, shared by every chunk running here."""
-    if not options.rate_limit_per_second:
-        return None
-    key = (options.rate_limit_name, options.rate_limit_per_second)
-    with _limiters_lock:
-        if key not in _limiters:
-            from tasks.ratelimit_shared import rate_limiter
-
-            _limiters[key] = rate_limiter(options.rate_limit_per_second, options.rate_limit_name)
-        return _limiters[key]
-
-
-def process_chunk(chunk: Chunk, job: ChunkJob) -> ChunkReport:
-    """Run ``job.handler`` over every item of ``chunk``; every item ends succeeded, failed or skipped.
-
-    A ``FatalError`` from any item propagates (the run must stop); nothing of the chunk is written then.
-    So does an output that cannot be written (OutputWriteError, naming the directory and the fix).
-    """
-    started = time.perf_counter()
-    handler = job.handler
-    policy = job.options.policy()
-    limiter = _limiter_for(job.options)
-    is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
-    report = ChunkReport(index=chunk.index, size=len(chunk.items))
-    results: list[Any] = [None] * len(chunk.items) if job.output_dir else []
-    outcomes: list[tuple[str, Any]] = [("", None)] * len(chunk.items)
-
-    def run_one_sync(position: int, item: Any) -> None:
-        def call() -> Any:
-            if limiter is not None:
-                limiter.acquire_sync()
-            return handler(item)
-
-        outcomes[position] = _attempt(lambda: policy.call(call))
-
-    async def run_one_async(position: int, item: Any, sem: asyncio.Semaphore) -> None:
-        async def call() -> Any:
-            if limiter is not None:
-                await limiter.acquire()
-            return await handler(item)
-
-        async with sem:
-            try:
-                value, _ = await policy.acall(call)
-                outcomes[position] = ("ok", value)
-            except SkipItem as exc:
-                outcomes[position] = ("skip", exc)
-            except FatalError:
-                raise
-            except Exception as exc:
-                outcomes[position] = ("fail", exc)
-
-    if is_async:
-        async def run_all() -> None:
-            sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
-            await asyncio.gather(*(run_one_async(i, item, sem) for i, item in enumerate(chunk.items)))
-
-        _run_coroutine(run_all)
-    elif job.options.item_concurrency > 1:
-        with ThreadPoolExecutor(max_workers=job.options.item_concurrency, thread_name_prefix="item") as pool:
-            for f in [pool.submit(run_one_sync, i, item) for i, item in enumerate(chunk.items)]:
-                f.result()
-    else:
-        for i, item in enumerate(chunk.items):
-            run_one_sync(i, item)
-
-    for position, (kind, value) in enumerate(outcomes):
-        if kind == "ok":
-            report.succeeded += 1
-            if job.output_dir:
-                results[position] = value
-        elif kind == "skip":
-            report.skipped += 1
-        else:
-            report.failed += 1
-            report.failures.append(
-                FailedItem.from_exception(
-                    chunk.items[position], value, chunk=chunk.index, position=position, attempts=attempts_made(value)
-                )
-            )
-    if job.output_dir:
-        rows = (
-            {"item": item, "result": results[i]} for i, item in enumerate(chunk.items) if outcomes[i][0] == "ok"
-        )
-        try:
-            report.output_path = str(write_jsonl_part(Path(job.output_dir), chunk.index, rows))
-        except OSError as exc:  # read-only, full, a file in the way: stop the run instead of failing every chunk
-            raise output_write_error(exc, job.output_dir, writing=True) or exc from exc
-    report.duration_s = round(time.perf_counter() - started, 6)
-    report.check()
-    return report
-
-
-def _attempt(call: Callable[[], tuple[Any, int]]) -> tuple[str, Any]:
-    try:
-        value, _ = call()
-        return "ok", value
-    except SkipItem as exc:
-        return "skip", exc
-    except FatalError:
-        raise
-    except Exception as exc:
-        return "fail", exc
-
-
-def _run_coroutine(factory: Callable[[], Any]) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(factory())
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:  # a loop already runs in this thread
-        pool.submit(lambda: asyncio.run(factory())).result()
-
-
-def write_jsonl_part(output_dir: Path, index: int, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write one chunk's rows atomically to ``output_dir/part-000017.jsonl`` (secrets redacted)."""
-    path = output_dir / f"part-{index:06d}.jsonl"
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(redact(row), default=str, ensure_ascii=False) + "\n")
-    return path
 
 
 # --------------------------------------------------------------------------- the Prefect chunk task
@@ -216,22 +57,69 @@ def _no_retry_on_fatal(task: Any, task_run: Any, state: State) -> bool:
 
 
 def _cache_key(_context: Any, parameters: dict[str, Any]) -> str:
-    return str(parameters["cache_key"])
+    ref = parameters["ref"]
+    return str(ref.key if isinstance(ref, ChunkRef) else ref["key"])
+
+
+class ChunkFailed(BatchflowsError):
+    """A chunk task failed as a whole; the message is the original error's, credentials masked."""
+
+
+def sanitized(exc: BaseException) -> BaseException:
+    """The exception to let Prefect record (state message, logs, the pickled result): same class when it
+    is one of ours, its message redacted, no chained original (whose text may hold a secret)."""
+    text = redact_text(str(exc) or type(exc).__name__)
+    if isinstance(exc, BatchflowsError):
+        try:
+            clean = copy.copy(exc)
+            clean.args = (text,)
+            clean.__cause__ = clean.__context__ = None
+            clean.__traceback__ = None
+            return clean
+        except Exception:  # an exotic subclass that cannot be copied: fall through
+            pass
+    return ChunkFailed(f"{type(exc).__name__}: {text}")
+
+
+@contextmanager
+def recorded_safely(what: str) -> Iterator[None]:
+    """Run a chunk task's body; an exception leaves it redacted (see :func:`sanitized`), its traceback logged
+    once, redacted, for whoever debugs it."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, BatchflowsError):
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.error("%s failed:\n%s", what, redact_text(trace))
+        clean = sanitized(exc)
+        clean.batchflows_attempts = _attempt_number()  # type: ignore[attr-defined]  # the dead letters' `attempts`
+        raise clean from None
+
+
+def _attempt_number() -> int:
+    """Which attempt of the current task run this is (1 + the retries so far)."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return int(ctx.task_run.run_count) if ctx is not None and ctx.task_run.run_count else 1
 
 
 @task(name="chunk", task_run_name="chunk-{chunk.index}", persist_result=True, log_prints=False)
-def run_chunk(chunk: Chunk, cache_key: str, job: ChunkJob) -> ChunkReport:
-    """Prefect face of :func:`process_chunk`; holds a global concurrency slot when asked."""
-    if job.concurrency_limit:
-        from prefect.concurrency.sync import concurrency
+def run_chunk(chunk: Chunk, ref: ChunkRef, job: ChunkJob) -> ChunkReport:
+    """Prefect face of :func:`tasks.items.process_chunk`; holds a global concurrency slot when asked."""
+    with recorded_safely(f"chunk {chunk.index}"):
+        if job.concurrency_limit:
+            from prefect.concurrency.sync import concurrency
 
-        with concurrency(job.concurrency_limit, occupy=1, strict=True):
-            return process_chunk(chunk, job)
-    return process_chunk(chunk, job)
+            with concurrency(job.concurrency_limit, occupy=1, strict=True):
+                return process_chunk(chunk, job, ref)
+        return process_chunk(chunk, job, ref)
 
 
 def chunk_cache_key(*parts: str) -> str:
-    """Hash of the parts that identify a chunk's work: flow, run key, cache version, handler, content."""
+    """Hash of the parts that identify a chunk: flow, run key, the run's identity, the chunk's position."""
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=20).hexdigest()
 
 
@@ -431,7 +319,9 @@ def state_report(state: State) -> ChunkReport | BaseException:
 
 
 __all__ = [
+    "ChunkFailed",
     "ChunkJob",
+    "ChunkRef",
     "ItemOptions",
     "TaskRunnerName",
     "WindowStats",
@@ -439,8 +329,9 @@ __all__ = [
     "configure_chunk_task",
     "open_task_runner",
     "process_chunk",
+    "recorded_safely",
     "run_chunk",
     "run_window",
+    "sanitized",
     "state_report",
-    "write_jsonl_part",
 ]

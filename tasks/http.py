@@ -54,7 +54,7 @@ from tasks.http_request import (
     idempotency_key,
     validate_base_url,
 )
-from tasks.redact import redact, redact_text, register_secret
+from tasks.redact import redact_text, register_secret
 from tasks.settings import HttpSettings
 
 TransportName = Literal["aiohttp", "httpx"]
@@ -282,7 +282,7 @@ def _classify(
             method=method,
             url=shown,
             status=status,
-            body=_redacted_body(_body(response, method, shown, expect)),
+            body=_body(response, method, shown, expect),  # data: exactly as the API sent it
             elapsed_ms=elapsed_ms,
             headers=_kept_headers(response),
         )
@@ -334,26 +334,6 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
         err = ItemError(msg, category="http_bad_json")
         err.status = response.status_code  # type: ignore[attr-defined]
         raise err from exc
-
-
-def _redacted_body(body: Any) -> Any:
-    """Mask registered secrets and credential patterns in a body, leaving it untouched otherwise.
-
-    Only strings that match change (a key named ``token`` holding a pagination token survives),
-    and a body is rebuilt only when something matched, so clean data keeps its exact values.
-    """
-    if body is None:
-        return None
-    if isinstance(body, str):
-        return redact_text(body)
-    text = json.dumps(body, ensure_ascii=False)
-    cleaned = redact_text(text)
-    if cleaned == text:
-        return body
-    try:
-        return json.loads(cleaned)
-    except ValueError:  # a pattern spanned JSON syntax: fall back to the structural walk
-        return redact(body)
 
 
 def _kept_headers(response: httpx.Response) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Resolve ``"pkg.mod:fn"`` import paths with clear errors, and name callables stably."""
+"""Resolve ``"pkg.mod:fn"`` import paths with clear errors; keep in-process objects behind handles."""
 
 from __future__ import annotations
 
@@ -88,19 +88,8 @@ def load_callable(spec: str | Callable[..., Any], *, what: str = "handler") -> C
     return fn
 
 
-def callable_identity(spec: str | Callable[..., Any]) -> str:
-    """A stable name for a handler, part of the chunk cache key: ``module:qualname``."""
-    if isinstance(spec, str):
-        return spec
-    fn = getattr(spec, "func", spec)  # functools.partial
-    module = getattr(fn, "__module__", None) or type(fn).__module__
-    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}:{qualname}"
-
-
 __all__ = [
     "MEM_PREFIX",
-    "callable_identity",
     "is_handle",
     "is_import_path",
     "load_callable",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tasks.errors import SourceError
-from tasks.redact import redact, redact_text
+from tasks.redact import redact_text
 
 Status = Literal["succeeded", "failed", "skipped"]
 MAX_MESSAGE_CHARS = 2000
@@ -28,7 +28,11 @@ def _now() -> str:
 
 
 class FailedItem(BaseModel):
-    """One failed item as it goes to the dead-letter file (already redacted)."""
+    """One failed item as it goes to the dead-letter file.
+
+    ``item`` is the user's item exactly as it came from the source (replay feeds it back as it is);
+    ``message`` is what batchflows writes *about* it, so credentials are masked there.
+    """
 
     item: Any
     chunk: int
@@ -44,7 +48,7 @@ class FailedItem(BaseModel):
     def from_exception(cls, item: Any, exc: BaseException, *, chunk: int, position: int, attempts: int) -> FailedItem:
         status = getattr(exc, "status", None)
         return cls(
-            item=redact(item),
+            item=item,
             chunk=chunk,
             position=position,
             attempts=attempts,
@@ -68,21 +72,31 @@ def _category_of(exc: BaseException) -> str:
 
 
 class ChunkReport(BaseModel):
-    """What one chunk task returns: small, JSON-able, cached by Prefect for resume."""
+    """What one chunk task returns: small, JSON-able, cached by Prefect for resume.
+
+    ``content_hash`` is the chunk's content when it ran: a rerun compares it with what the source
+    holds at that position now. A report with ``complete=False`` (a fatal error stopped the chunk;
+    ``not_reached`` items were never attempted) is not a finished chunk: the run drops its record,
+    so a rerun runs the chunk again and its journal skips what was done.
+    """
 
     index: int
     size: int
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    not_reached: int = 0
     failures: list[FailedItem] = Field(default_factory=list)
     duration_s: float = 0.0
     output_path: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict, description="Flow-specific counters.")
     resumed: bool = False
+    content_hash: str = ""
+    complete: bool = True
+    stop_reason: str | None = Field(None, description="The fatal error that stopped the chunk (redacted).")
 
     def check(self) -> None:
-        total = self.succeeded + self.failed + self.skipped
+        total = self.succeeded + self.failed + self.skipped + self.not_reached
         if total != self.size:
             msg = f"chunk {self.index}: {total} outcomes for {self.size} items (lost items); this is a bug"
             raise AssertionError(msg)
@@ -173,10 +187,12 @@ class SummaryBuilder:
         self._examples: dict[tuple[str, str], str] = {}
         self._slowest: list[ChunkTiming] = []
         self._top_n = top_n
+        self.not_reached = 0  # items inside chunks that a fatal error stopped before they ran
 
     def add(self, report: ChunkReport) -> None:
         s = self.summary
-        s.total += report.size
+        s.total += report.size - report.not_reached
+        self.not_reached += report.not_reached
         s.succeeded += report.succeeded
         s.failed += report.failed
         s.skipped += report.skipped

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 MASK = "***"
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
-_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9\-._~+/]{6,}=*")
+_BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)(?:\s+(?:bearer|basic))?)\s+[A-Za-z0-9\-._~+/]{6,}=*")
 CREDENTIAL_PARAMS = frozenset({
     "access_token", "token", "api_key", "apikey", "api-key", "key", "secret", "password", "passwd", "pwd", "sig",
     "signature", "client_secret", "auth", "refresh_token",

@@ -3,7 +3,9 @@
 Layout (``BATCHFLOWS_STATE_DIR``, default ``./.batchflows``)::
 
     runs/<flow>/<run_key>/
-        chunks/             Prefect result records of finished chunks (the resume cache)
+        lock                held (flock) by the live run of this key; says who holds it
+        chunks/             Prefect result records of finished chunks (the resume cache), by position
+        journal/            finished items of chunks still running or stopped (deleted once recorded)
         plan.log            chunk sizes as cut, replayed on resume
         dead_letter.jsonl   failed items, one JSON line each (only when some failed)
         summary.json        the last RunSummary of this run key
@@ -69,6 +71,10 @@ class RunDir:
     @property
     def chunks(self) -> Path:
         return self.root / "chunks"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal"
 
     @property
     def plan(self) -> Path:

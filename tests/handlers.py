@@ -141,3 +141,18 @@ def staged_record(x: int) -> int:
     if x % 10 == 5:
         raise SkipItem(f"{x} skipped")
     return 3 * x
+
+
+def timed(x: int) -> int:
+    """Appends "<time> <pid>" to $BF_TIMES: when and where each call ran (rate-limit checks)."""
+    with Path(os.environ["BF_TIMES"]).open("a") as fh:
+        fh.write(f"{time.time()} {os.getpid()}\n")
+    return x
+
+
+def busiest_second(path: Path) -> tuple[int, int]:
+    """(the most calls in any sliding second, how many processes made calls) from a $BF_TIMES file."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    times = sorted(float(t) for t, _ in rows)
+    most = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    return most, len({pid for _, pid in rows})

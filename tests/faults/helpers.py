@@ -9,11 +9,16 @@ the gate is open.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import fcntl
+import json
 import os
+import random
 import signal
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,10 @@ SKIPPED = {x for x in range(N) if x % 10 == 5}
 OPEN = 10**9
 
 
-def gate(key: str | None = None) -> int:
+def gate(key: str | None = None, *, env: str = "BF_GATE") -> int:
     """Claim the next call number (a ``key`` seen before keeps its number); block while it is past
-    ``$BF_GATE_OPEN``. Returns the number (-1 without a gate)."""
-    directory = os.environ.get("BF_GATE_DIR")
+    ``$BF_GATE_OPEN``. Returns the number (-1 without a gate). ``env`` names another gate (``BF_FP_GATE``)."""
+    directory = os.environ.get(f"{env}_DIR")
     if not directory:
         return -1
     counter = Path(directory) / "calls"
@@ -46,10 +51,17 @@ def gate(key: str | None = None) -> int:
             number = len(claimed)
             fh.write(f"{key if key is not None else number}\n")
             fh.flush()
-    if number >= int(os.environ["BF_GATE_OPEN"]):
+    if number >= int(os.environ[f"{env}_OPEN"]):
         while not (Path(directory) / "open").exists():
             time.sleep(0.02)
     return number
+
+
+def failpoint(name: str) -> None:
+    """The BATCHFLOWS_FAILPOINTS hook: the failpoint named by ``$BF_FAILPOINT`` goes through the BF_FP gate,
+    so a test can hold a run right after a chunk's output (or a range's COMMIT) and before its record."""
+    if name == os.environ.get("BF_FAILPOINT"):
+        gate(env="BF_FP_GATE")
 
 
 def passed(directory: Path) -> int:
@@ -68,6 +80,48 @@ def effect(x: int) -> int:
     if x % 10 == 5:
         raise SkipItem(f"{x} skipped")
     return x * 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Sku:
+    """A non-JSON item (a dataclass): hashed by its fields, written to outputs by str()."""
+
+    code: str
+    qty: int
+
+
+def seeded_items() -> list[Any]:
+    """``$BF_N`` items from ``$BF_SEED``: many exact duplicates (whole duplicate chunks among them), and
+    non-JSON values (tuples, dates, Decimal, a dataclass). The same list in every process."""
+    rng = random.Random(int(os.environ["BF_SEED"]))
+    pool: list[Any] = [{"sku": "A"}, {"sku": "A", "n": 1}, 7, "Basic monthly subscription", ("t", 1),
+                       dt.date(2024, 2, 29), Decimal("1.10"), Sku("X", 2), {"when": dt.datetime(2024, 1, 1, 12)},
+                       [1, {"b": None}], {"token": "the"}, 3]
+    return [pool[rng.randrange(len(pool) if rng.random() < 0.5 else 2)] for _ in range(int(os.environ["BF_N"]))]
+
+
+def outcome_of(item: Any) -> str:
+    """What :func:`recorded_effect` does with an item: ok, fail or skip (by its canonical form)."""
+    from tasks.identity import value_hash
+
+    digit = int(value_hash(item)[-1], 16) % 8
+    return "fail" if digit == 0 else "skip" if digit == 1 else "ok"
+
+
+def recorded_effect(item: Any) -> Any:
+    """batch_map handler: gated, appends the item's canonical form to $BF_EFFECTS (its side effect), then
+    fails, skips or returns the item as :func:`outcome_of` says."""
+    from tasks.identity import canonical
+
+    gate()
+    with Path(os.environ["BF_EFFECTS"]).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(canonical(item)) + "\n")
+    kind = outcome_of(item)
+    if kind == "fail":
+        raise ItemError(f"item {canonical(item)[:40]} is invalid", category="bad_item")
+    if kind == "skip":
+        raise SkipItem("skipped")
+    return item
 
 
 def probe_and_record(x: int) -> int:
@@ -136,13 +190,18 @@ __all__ = [
     "SKIPPED",
     "WINDOW",
     "N",
+    "Sku",
     "effect",
+    "failpoint",
     "finish",
     "gate",
     "gated_chunk",
     "gated_frame",
     "kill",
+    "outcome_of",
     "passed",
     "probe_and_record",
+    "recorded_effect",
+    "seeded_items",
     "wait_until",
 ]

@@ -155,8 +155,9 @@ def test_batch_map_output_turning_read_only_mid_run_stops_clearly_then_resumes(
     s = summary_in(output, RunSummary)
     assert (s.total, s.succeeded, s.failed, s.skipped, s.chunks_resumed) == (N, N - 40, 20, 20, done)
     calls = Counter(int(x) for x in (stage / "calls.log").read_text().split())
-    in_flight = set(range(done * CHUNK, (done + WINDOW) * CHUNK))  # ran, but their output was never written
-    assert calls == Counter({x: 2 if x in in_flight else 1 for x in range(N)})
+    # the chunks in flight ran but could not write their outputs: their journals (in the state dir) kept every
+    # item's outcome, so the rerun wrote their parts without calling the handler again
+    assert calls == Counter(range(N))
     rows = jsonl_rows(out)
     assert sorted(r["item"] for r in rows) == sorted(set(range(N)) - FAILING - SKIPPED)
     assert all(r["result"] == 3 * r["item"] for r in rows)

@@ -6,6 +6,11 @@ everything a run leaves behind: the state dir, outputs, rejects and dead letters
 the summary, captured stdout/stderr and log records, and on the Prefect server the flow run (its
 parameters and state), its task runs, its logs, the newest logs and artifacts, and the server's
 database file itself (events included). Found nowhere, or the test names where.
+
+Credentials that are part of an item (an ``api_key`` in a request spec, a password in a JSON body) are the
+user's data: outputs, dead-letter items and the journals/records that hold them keep them byte for byte.
+They are searched for everywhere *except* in those data fields (``item``, ``body``, ``result``): never in a
+message, a shown URL, a log, a summary, an artifact or the server.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from flows.file_transform import file_transform
 from flows.replay import replay_dead_letters
 from tasks.errors import ItemError
 from tasks.outcomes import RunSummary, read_dead_letters
+from tests import handlers
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer
 from tests.tasks.test_db import pg_exec
 
@@ -101,20 +107,61 @@ def file_texts(*roots: Path) -> Iterator[tuple[str, bytes]]:
                 yield f"{path} (decoded)", pl.read_parquet(path).write_csv().encode()
 
 
+DATA_FIELDS = ("item", "body", "result")
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in DATA_FIELDS}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def without_data(*roots: Path) -> Iterator[tuple[str, str]]:
+    """Every file under ``roots`` with the user's data fields removed (what batchflows wrote *about* data)."""
+    from prefect._internal.result_records import ResultRecord
+
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if path.parent.name == "chunks":  # Prefect result records of chunk reports (failures hold items)
+                result = ResultRecord.deserialize(path.read_bytes()).result
+                yield str(path), json.dumps(_strip(result.model_dump(mode="json")) if hasattr(result, "model_dump")
+                                            else repr(result))
+            elif path.parent.name == "journal":  # "<position> <kind> <JSON>" lines
+                lines = [line.split(" ", 2) for line in path.read_text().splitlines()[1:]]
+                yield str(path), json.dumps([_strip(json.loads(p[2])) for p in lines if len(p) == 3])
+            elif path.suffix == ".jsonl":
+                yield str(path), json.dumps([_strip(json.loads(line)) for line in path.read_text().splitlines()])
+            elif path.suffix == ".parquet":
+                frame = pl.read_parquet(path)
+                yield str(path), frame.drop([c for c in DATA_FIELDS if c in frame.columns]).write_csv()
+            else:
+                yield str(path), path.read_text(errors="replace")
+
+
 def assert_never_found(secrets: list[str], *, summaries: list[RunSummary], roots: list[Path],
                        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
-                       extra: list[str] = ()) -> None:  # type: ignore[assignment]
+                       extra: list[str] = (), in_data: list[str] = ()) -> None:  # type: ignore[assignment]
+    """``secrets`` (read by batchflows) are found nowhere; ``in_data`` (the items' own values) are found nowhere
+    but in the data fields of outputs, dead letters, journals and chunk records."""
     out, err = capfd.readouterr()
     texts: list[tuple[str, str | bytes]] = [("stdout", out), ("stderr", err), ("log records", caplog.text)]
     texts += [(f"summary {s.flow}", s.model_dump_json()) for s in summaries]
     texts += [(f"extra {i}", t) for i, t in enumerate(extra)]
-    texts += list(file_texts(*roots))
     texts += list(server_texts([s.flow_run_id for s in summaries if s.flow_run_id]))
     texts += list(server_database())
+    files = list(file_texts(*roots))
+    stripped = list(without_data(*roots))
     found = [
         f"{where}: ...{_around(text, secret)}..."
-        for where, text in texts
+        for where, text in [*texts, *files]
         for secret in secrets
+        if (secret.encode() if isinstance(text, bytes) else secret) in text
+    ] + [
+        f"{where} (outside the data fields): ...{_around(text, secret)}..."
+        for where, text in [*texts, *stripped]
+        for secret in in_data
         if (secret.encode() if isinstance(text, bytes) else secret) in text
     ]
     assert not found, "\n".join(found)
@@ -154,8 +201,11 @@ def test_api_bulk(api_server: ApiServer, tmp_path: Path, state_dir: Path, look: 
     assert {(r.headers.get("authorization"), r.headers.get("x-api-key")) for r in api_server.requests} \
         == {(f"Bearer {bearer}", key)}  # both credentials were really sent
     assert sum(r.query.get("api_key") == query for r in api_server.requests) == 2 + 2 + 1 + 2
-    assert {d["status"] for d in read_dead_letters(summary.dead_letter_path or "")} == {503, 404, None}
-    assert_never_found([bearer, key, query], summaries=[summary], roots=[tmp_path], caplog=look, capfd=capfd)
+    dead = list(read_dead_letters(summary.dead_letter_path or ""))
+    assert {d["status"] for d in dead} == {503, 404, None}
+    assert [d["item"] for d in dead] == items[2:5]  # the items exactly, their own api_key included
+    assert_never_found([bearer, key], in_data=[query], summaries=[summary], roots=[tmp_path], caplog=look,
+                       capfd=capfd)
 
 
 def test_api_bulk_response_echoing_item_credentials(api_server: ApiServer, tmp_path: Path, state_dir: Path,
@@ -168,7 +218,10 @@ def test_api_bulk_response_echoing_item_credentials(api_server: ApiServer, tmp_p
     summary = api_bulk(items, base_url=api_server.url, output=out, run_key="echo-bulk", **FAST)
     assert summary.ok and summary.succeeded == 3, summary.render_text()
     assert sum(r.query.get("api_key") == query for r in api_server.requests) == 2
-    assert_never_found([query, password], summaries=[summary], roots=[tmp_path], caplog=look, capfd=capfd)
+    rows = [json.loads(line) for line in (out / "part-000000.jsonl").read_text().splitlines()]
+    assert [r["item"] for r in rows] == items and rows[0]["body"]["query"] == {"api_key": query}  # data, exact
+    assert all(query not in r["url"] for r in rows)  # the shown URL is batchflows' text: masked
+    assert_never_found([], in_data=[query, password], summaries=[summary], roots=[tmp_path], caplog=look, capfd=capfd)
 
 
 # --------------------------------------------------------------------------- api_extract
@@ -233,6 +286,33 @@ def test_batch_map_and_replay(tmp_path: Path, state_dir: Path, look: pytest.LogC
                                    min_success_ratio=0.1, output=str(tmp_path / "replayed"))
     assert (replayed.total, replayed.succeeded, replayed.failed) == (20, 15, 5), replayed.render_text()
     assert_never_found([DSN_PASSWORD], summaries=[first, replayed], roots=[tmp_path], caplog=look, capfd=capfd)
+
+
+def fatal_handler(x: int) -> int:
+    """Succeeds for a few items, then the 'database' refuses the credentials: a fatal error holding the DSN."""
+    if x >= 6:
+        from tasks.errors import FatalError
+
+        raise FatalError(f"login refused by postgresql://app:{DSN_PASSWORD}@db.internal:5432/prod")
+    return x
+
+
+def failing_key(x: int) -> Any:
+    """An item_key that breaks the whole chunk (not one item) with a credential in its message."""
+    raise RuntimeError(f"lookup failed: GET https://api.example.com/keys?api_key={DSN_PASSWORD}")
+
+
+def test_batch_map_fatal_and_whole_chunk_errors(tmp_path: Path, state_dir: Path, look: pytest.LogCaptureFixture,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """What Prefect records of a chunk task that stops or fails (task-run logs, state messages, the persisted
+    exception) is redacted like everything else batchflows writes."""
+    fatal = batch_map(list(range(20)), fatal_handler, chunk_size=5, max_concurrency=1, output=tmp_path / "out",
+                      run_key="leaky-fatal")
+    assert not fatal.ok and fatal.succeeded == 6 and fatal.failed == 1 and "***" in fatal.message
+    broken = batch_map(list(range(10)), handlers.double, chunk_size=5, item_key=failing_key, chunk_retries=1,
+                       min_success_ratio=0.0, run_key="leaky-chunk")
+    assert broken.failed == 10 and {d["attempts"] for d in read_dead_letters(broken.dead_letter_path or "")} == {2}
+    assert_never_found([DSN_PASSWORD], summaries=[fatal, broken], roots=[tmp_path], caplog=look, capfd=capfd)
 
 
 # --------------------------------------------------------------------------- file_transform

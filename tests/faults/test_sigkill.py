@@ -54,10 +54,11 @@ def jsonl_rows(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
 
 
-def at_most_chunks_twice(counts: Counter[int], chunk_of: Any, in_flight: int) -> None:
+def at_most_in_flight_twice(counts: Counter[int], in_flight: int) -> None:
+    """Items run twice are at most those in flight at the kill (every finished item is journaled)."""
     twice = {x for x, c in counts.items() if c > 1}
     assert max(counts.values()) <= 2, counts.most_common(3)
-    assert len({chunk_of(x) for x in twice}) <= in_flight, sorted(twice)
+    assert len(twice) <= in_flight, sorted(twice)
 
 
 # --------------------------------------------------------------------------- batch_map
@@ -88,7 +89,7 @@ def test_batch_map(seed: int, tmp_path: Path, state_dir: Path) -> None:
     assert s.chunks_resumed >= limit // chunk - window
     counts = Counter(int(x) for x in effects.read_text().split())
     assert set(counts) == set(range(n))  # every item handled
-    at_most_chunks_twice(counts, lambda x: x // chunk, window)
+    at_most_in_flight_twice(counts, window)  # item_concurrency 1: one item in flight per chunk
     rows = jsonl_rows(out)
     assert sorted(r["item"] for r in rows) == sorted(set(range(n)) - failing - skipped)  # each result once
     assert all(r["result"] == 2 * r["item"] for r in rows)
@@ -176,11 +177,13 @@ def test_api_bulk(seed: int, gated_api: GatedApi, tmp_path: Path, state_dir: Pat
     s = summary_in(output, RunSummary)
     missing = {i for i in range(n) if i % 17 == 0}
     assert (s.total, s.succeeded, s.failed, s.skipped) == (n, n - len(missing), len(missing), 0)
-    assert s.chunks_resumed == done_chunks
+    # a record the kill cut short (Prefect writes it in place) is ignored; the chunk's journal gives its items back
+    assert done_chunks - 1 <= s.chunks_resumed <= done_chunks
     assert set(gated_api.answered) == set(range(n))
-    assert all(gated_api.arrived[i] == 1 for i in finished)  # finished chunks were not sent again
-    # only the requests held at the kill were sent twice: within the chunks in flight
-    at_most_chunks_twice(gated_api.arrived, lambda i: i // chunk, window)
+    assert all(gated_api.arrived[i] == 1 for i in finished)  # finished requests were not sent again
+    # only the requests held at the kill were sent twice: at most the requests in flight (journaled per request)
+    twice = {i for i, c in gated_api.arrived.items() if c > 1}
+    assert max(gated_api.arrived.values()) <= 2 and len(twice) <= window * 4, sorted(twice)
     rows = jsonl_rows(out)
     assert sorted(r["body"]["id"] for r in rows) == sorted(set(range(n)) - missing)  # each response once
     dead = list(read_dead_letters(s.dead_letter_path or ""))
@@ -225,7 +228,7 @@ def test_file_transform(seed: int, tmp_path: Path, state_dir: Path) -> None:
     output = finish(rerun)
     assert rerun.returncode == 0, output
     s = summary_in(output, RunSummary)
-    assert s.chunks_total == chunks and s.chunks_resumed == limit
+    assert s.chunks_total == chunks and limit - 1 <= s.chunks_resumed <= limit  # a record cut short runs again
     assert s.extra["rows_in"] == rows and s.extra["rows_rejected"] == len(bad)
     good = pl.read_parquet(sorted(out.glob("part-*.parquet")))["id"].to_list()
     assert sorted(good) == sorted(set(range(rows)) - bad) and len(good) == len(set(good))  # no dup, no gap
@@ -260,6 +263,6 @@ def test_db_migrate(seed: int, pg_items: str, pg_target: str, tmp_path: Path, st
     assert rerun.returncode == 0, output
     s = summary_in(output, MigrationSummary)
     assert s.ok and s.ranges_resumed == limit and not s.ranges_mismatched
-    assert s.ranges_resumed + s.ranges_copied + s.ranges_skipped == s.ranges_total
+    assert s.ranges_resumed + s.ranges_copied == s.ranges_total
     assert pg_exec(pg_target, "SELECT count(*), count(DISTINCT id) FROM items") == [(total, total)]
     assert pg_exec(pg_items, ORDERED) == pg_exec(pg_target, ORDERED)  # exactly the source

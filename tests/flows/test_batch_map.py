@@ -196,13 +196,17 @@ def test_concurrency_limit_is_created_and_never_exceeded(tmp_path: Path, monkeyp
     probe.mkdir()
     monkeypatch.setenv("BF_PROBE_DIR", str(probe))
     monkeypatch.setenv("BF_SLEEP", "0.02")
-    s = batch_map(list(range(40)), handlers.concurrency_probe, chunk_size=2, max_concurrency=4,
+    s = batch_map(list(range(8)), handlers.double, chunk_size=2, max_concurrency=2,
                   concurrency_limit="bf-test-gcl-created")
-    assert s.ok and s.succeeded == 40
-    with get_client(sync_client=True) as client:
-        assert client.read_global_concurrency_limit_by_name("bf-test-gcl-created").limit == 4
+    assert s.ok and s.succeeded == 8
+    with get_client(sync_client=True) as client:  # created with one slot per chunk in flight
+        assert client.read_global_concurrency_limit_by_name("bf-test-gcl-created").limit == 2
+    # an existing limit is used as it is: 6 chunks could run at once, its 2 slots allow 2
+    s = batch_map(list(range(60)), handlers.concurrency_probe, chunk_size=2, max_concurrency=6,
+                  concurrency_limit="bf-test-gcl-created")
+    assert s.ok and s.succeeded == 60
     observed = [int(x) for x in (probe / "observed.log").read_text().split()]
-    assert max(observed) <= 4
+    assert max(observed) <= 2  # the window alone would allow 6
 
 
 def test_progress_and_summary_artifacts_are_published() -> None:

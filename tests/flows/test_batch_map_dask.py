@@ -104,3 +104,14 @@ def test_a_bad_or_dead_address_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"dask_address 'tcp://127.0.0.1:9': no Dask scheduler answered.*LocalCluster"):
         batch_map([1, 2], "tests.handlers:double", task_runner="dask", dask_address="tcp://127.0.0.1:9")
     assert time.monotonic() - started < 60  # the connect timeout is 10 s, not distributed's 30 s
+
+
+def test_an_unnamed_rate_limit_holds_across_dask_workers(tmp_path: Path) -> None:
+    from tests.handlers import busiest_second
+
+    times = tmp_path / "times.log"
+    params = {"source": list(range(60)), "handler": "tests.handlers:timed", "chunk_size": 5, "max_concurrency": 2,
+              "task_runner": "dask", "rate_limit_per_second": 10, "run_key": "rate-dask"}
+    run(params, {"BF_TIMES": str(times)})
+    most, processes = busiest_second(times)
+    assert processes >= 2 and most <= 13, (most, processes)  # one budget for the run, not one per worker

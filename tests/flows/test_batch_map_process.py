@@ -152,3 +152,19 @@ def test_dask_task_runner_counts_and_resumes_like_threads() -> None:
     again = start(params, {})
     out, _ = again.communicate(timeout=300)
     assert summary_of(out).chunks_resumed == 4
+
+
+@pytest.mark.slow
+def test_an_unnamed_rate_limit_holds_across_worker_processes(tmp_path: Path) -> None:
+    """rate_limit_per_second without a name is one budget for the whole run, not one per worker process."""
+    from tests.handlers import busiest_second
+
+    times = tmp_path / "times.log"
+    params = {"source": list(range(60)), "handler": "tests.handlers:timed", "chunk_size": 5, "max_concurrency": 2,
+              "task_runner": "processes", "rate_limit_per_second": 10, "run_key": "rate-processes"}
+    proc = start(params, {"BF_TIMES": str(times)})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    most, processes = busiest_second(times)
+    assert processes == 2  # two workers shared the budget (each alone would allow 10/s: 20/s together)
+    assert most <= 13, most  # 10/s plus one token of burst per holder and timer slack; never 2 x 10

@@ -59,13 +59,17 @@ def test_migrate_every_direction_and_mode(direction: str, mode: str, request: py
     if direction == "pg-pg":
         assert pg_exec(src, ORDERED) == pg_exec(tgt, ORDERED)
 
-    again = db_migrate(src, tgt, "items", mode=mode, chunk_rows=CHUNK)  # type: ignore[arg-type]
-    assert_clean(again)
-    assert not again.target_created and count(tgt) == N  # never duplicates
-    if mode == "append":
-        assert again.ranges_skipped == RANGES and again.skipped == N and again.rows_copied == 0
+    resumed = db_migrate(src, tgt, "items", mode=mode, chunk_rows=CHUNK, run_key=summary.run_key)  # type: ignore[arg-type]
+    assert_clean(resumed)
+    assert resumed.ranges_resumed == RANGES and resumed.ranges_copied == 0 and count(tgt) == N  # nothing twice
+    again = db_migrate(src, tgt, "items", mode=mode, chunk_rows=CHUNK, chunk_retries=0)  # type: ignore[arg-type]
+    assert not again.target_created
+    if mode == "append":  # a new run appends again: the target's key refuses every range, naming it
+        assert not again.ok and again.ranges_failed == list(range(RANGES)) and count(tgt) == N
+        assert "range 0" in again.top_errors[0].example or "constraint" in again.top_errors[0].example
     else:
-        assert again.rows_copied == N
+        assert_clean(again)
+        assert again.rows_copied == N and count(tgt) == N
 
 
 def test_verify_catches_a_row_changed_behind_its_back(pg_items: str, pg_target: str, sqlite_url: str) -> None:
@@ -80,12 +84,15 @@ def test_verify_catches_a_row_changed_behind_its_back(pg_items: str, pg_target: 
         assert "range 1 " in bad.message and "first differing key [5007]" in bad.message
         assert bad.ranges_matching == RANGES - 1
 
-    # through the migration itself: a row deleted in the target after the load is caught at the end
+    # through the migration itself: a row deleted in the target after the load is caught by the resumed run's
+    # verify (its ranges are all recorded as done, so nothing repairs the damage behind its back)
+    first = db_migrate(pg_items, pg_target, "items", chunk_rows=CHUNK, mode="upsert", run_key="damaged")
+    assert first.ok
     pg_exec(pg_target, "DELETE FROM items WHERE id = %s", (7,))
-    summary = db_migrate(pg_items, pg_target, "items", chunk_rows=CHUNK, mode="append")
+    summary = db_migrate(pg_items, pg_target, "items", chunk_rows=CHUNK, mode="upsert", run_key="damaged")
     assert not summary.ok and summary.state == "Failed"
-    assert summary.ranges_skipped == RANGES  # append left the damaged ranges alone, so verify must fail
-    assert sorted(m.index for m in summary.ranges_mismatched) == [0, 1]
+    assert summary.ranges_resumed == RANGES
+    assert [m.index for m in summary.ranges_mismatched] == [0]  # the first loop's change to 5007 was upserted away
     assert "range 0 " in summary.message and "source 800 rows, target 799 rows" in summary.message
 
 
@@ -159,7 +166,7 @@ def test_sigkill_mid_migration_then_rerun_equals_source(pg_items: str, pg_target
     assert summary.ok and summary.ranges_total == ranges and summary.verify == "counts"
     assert summary.ranges_matching == ranges and not summary.ranges_mismatched
     assert summary.ranges_resumed == done and summary.ranges_copied == ranges - done
-    assert summary.ranges_resumed + summary.ranges_copied + summary.ranges_skipped == ranges
+    assert summary.ranges_resumed + summary.ranges_copied == ranges
     assert pg_exec(pg_target, "SELECT count(*), count(DISTINCT id) FROM items") == [(N, N)]
     assert pg_exec(pg_items, ORDERED) == pg_exec(pg_target, ORDERED)  # exactly the source
     assert PG_PASSWORD not in out

@@ -48,12 +48,14 @@ def test_plan_log_replays_recorded_sizes_so_resumed_chunks_match(tmp_path: Path)
     replay = PlanLog(tmp_path / "plan.log")
     second = list(cut_chunks(range(20), Fixed(3), replay))  # a different strategy after a restart
     assert sizes(second) == sizes(first) == [7, 7, 6]
-    assert [c.content_hash() for c in second] == [c.content_hash() for c in first]
+    assert [(c.index, c.start, c.items) for c in second] == [(c.index, c.start, c.items) for c in first]
 
 
-def test_content_hash_depends_on_content_only() -> None:
-    assert Chunk(0, [{"a": 1, "b": 2}]).content_hash() == Chunk(5, [{"b": 2, "a": 1}]).content_hash()
-    assert Chunk(0, [1]).content_hash() != Chunk(0, [2]).content_hash()
+def test_chunks_know_their_place_in_the_source() -> None:
+    """Identical chunks are still distinct chunks: a chunk is its position (index, start) plus its content."""
+    chunks = list(cut_chunks([{"sku": "A"}] * 8, Fixed(2)))
+    assert [(c.index, c.start) for c in chunks] == [(0, 0), (1, 2), (2, 4), (3, 6)]
+    assert chunks[2].describe() == "chunk 2 (items 4-5 of the source)"
 
 
 def test_weighted_without_weight_fn_is_a_config_error() -> None:

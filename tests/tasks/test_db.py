@@ -24,9 +24,12 @@ from pydantic import SecretStr
 
 from tasks.db import (
     KeyRange,
+    LedgerEntry,
     SourceSchema,
     copy_range,
     create_target,
+    ensure_ledger,
+    parse_table_name,
     plan_migration,
     plan_ranges,
     read_range,
@@ -243,24 +246,37 @@ DIRECTIONS = {"pg-pg": ("pg_items", "pg_target"), "pg-sqlite": ("pg_items", "sql
 
 @pytest.mark.parametrize("mode", ["append", "upsert", "replace"])
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
-def test_migrate_verify_and_rerun_never_duplicates(direction: str, mode: str, request: pytest.FixtureRequest) -> None:
+def test_migrate_verify_and_a_committed_range_is_never_written_twice(direction: str, mode: str,
+                                                                    request: pytest.FixtureRequest) -> None:
     src, tgt = (request.getfixturevalue(n) for n in DIRECTIONS[direction])
-    results = migrate(src, tgt, mode=mode)
-    assert sum(r.rows_written for r in results) == len(key_values())
+    ledger = ensure_ledger(tgt, parse_table_name("items"))
+    entries = {}
+
+    def entry(index: int) -> LedgerEntry:
+        return entries.setdefault(index, LedgerEntry(table=ledger, key=f"range-{index}", run_key="k",
+                                                     target_table="items"))
+
+    create_target(src, tgt, "items")
+    ranges = plan_ranges(src, "items", chunk_rows=CHUNK)
+    results = [copy_range(src, tgt, "items", r, mode=mode, ledger=entry(r.index)) for r in ranges]  # type: ignore[arg-type]
+    assert sum(r.rows_written for r in results) == len(key_values()) and not any(r.recovered for r in results)
     if direction == "pg-pg":
         assert {r.path for r in results} == {"copy-binary"}
     assert count(tgt) == len(key_values())
     checks = all_ok(src, tgt)
     assert all(c.count_src == c.count_tgt > 0 for c in checks)
+    assert count(tgt, ledger.sql("sqlite" if tgt.startswith("sqlite") else "postgresql")) == len(ranges)
 
-    ranges = plan_ranges(src, "items", chunk_rows=CHUNK)
-    again = [copy_range(src, tgt, "items", r, mode=mode) for r in ranges[:2]]  # type: ignore[arg-type]
+    # the rerun of committed ranges (a crash after COMMIT, before the run recorded them): nothing is written
+    again = [copy_range(src, tgt, "items", r, mode=mode, ledger=entry(r.index)) for r in ranges[:2]]  # type: ignore[arg-type]
+    assert all(r.recovered and r.path == "ledger" for r in again)
+    assert [r.rows_read for r in again] == [r.rows_read for r in results[:2]]
     assert count(tgt) == len(key_values())
-    if mode == "append":
-        assert all(r.skipped and r.rows_written == 0 and "already has" in r.note for r in again)
-    else:
-        assert [r.rows_written for r in again] == [r.estimated_rows for r in ranges[:2]]
     all_ok(src, tgt)
+    if mode == "append":  # without a ledger, append really appends: the key refuses the duplicates, naming the range
+        with pytest.raises(ItemError, match="range 0"):
+            copy_range(src, tgt, "items", ranges[0], mode="append")
+        assert count(tgt) == len(key_values())
 
 
 def test_values_survive_exactly(pg_items: str, sqlite_url: str, pg_target: str) -> None:

@@ -26,18 +26,27 @@ def test_chunk_report_check_catches_lost_items() -> None:
         ChunkReport(index=3, size=4, succeeded=2).check()
 
 
-def test_dead_letters_round_trip_redacted(tmp_path: Path) -> None:
+def test_dead_letters_keep_the_item_exact_and_redact_the_message(tmp_path: Path) -> None:
+    """The item is the user's data (replay feeds it back); the message is batchflows' text about it."""
     register_secret("tok-abcdef-123")
     path = tmp_path / "dl.jsonl"
     writer = DeadLetterWriter(path, flow="batch-map", run_key="k", handler="m:f")
     exc = ValueError("call with tok-abcdef-123 to https://u:pw@host/x failed")
-    writer.write([FailedItem.from_exception({"token": "tok-abcdef-123", "id": 1}, exc, chunk=2, position=0, attempts=3)])
+    item = {"token": "the", "plan": "Basic monthly subscription", "dsn": "postgresql://u:pw@h/db", "id": 1}
+    writer.write([FailedItem.from_exception(item, exc, chunk=2, position=0, attempts=3)])
     writer.close()
-    text = path.read_text()
-    assert "tok-abcdef-123" not in text and ":pw@" not in text
     [record] = list(read_dead_letters(path))
+    assert record["item"] == item
+    assert "tok-abcdef-123" not in record["message"] and ":pw@" not in record["message"]
     assert record["chunk"] == 2 and record["attempts"] == 3 and record["handler"] == "m:f"
-    assert record["item"]["id"] == 1 and record["error_type"] == "ValueError"
+    assert record["error_type"] == "ValueError"
+
+
+def test_not_reached_items_count_apart_from_the_total() -> None:
+    builder = SummaryBuilder("batch-map", "k")
+    builder.add(ChunkReport(index=0, size=10, succeeded=6, failed=1, not_reached=3, complete=False))
+    s = builder.finish(1.0)
+    assert (s.total, s.succeeded, s.failed, builder.not_reached) == (7, 6, 1, 3)
 
 
 def test_empty_dead_letter_file_is_removed_and_bad_files_are_reported(tmp_path: Path) -> None:
