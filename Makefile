@@ -49,7 +49,7 @@ bench: venv
 RUN := .run
 UP_PORT ?= 4200
 up: venv
-	@mkdir -p $(RUN)
+	@mkdir -p $(RUN) .batchflows/prefect-home
 	@if [ -f $(RUN)/server.pid ] && kill -0 $$(cat $(RUN)/server.pid) 2>/dev/null; then echo "server already running (pid $$(cat $(RUN)/server.pid))"; \
 	else PREFECT_HOME=$(CURDIR)/.batchflows/prefect-home PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	  setsid nohup $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(UP_PORT) > $(RUN)/server.log 2>&1 & echo $$! > $(RUN)/server.pid; fi

@@ -149,7 +149,7 @@ async def gather_httpx(url: str, n: int, concurrency: int, transport: str) -> in
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     if transport == "aiohttp":
-        from tasks.http import make_client
+        from tasks.api import make_client
 
         client = make_client(url, max_connections=concurrency, transport="aiohttp")
     else:

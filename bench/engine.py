@@ -4,7 +4,7 @@
    ms per chunk and peak RSS (targets: <= 20 ms/chunk, <= 500 MB).
 2. The same items as a plain Python loop and as a bare Prefect ``.map`` of one task per item.
 3. Resume: a full run vs a rerun after SIGKILL at ~90 % (target: rerun <= 20 % of the full run).
-4. The item journal's cost: the chunk item loop (tasks.items.process_chunk) over 200k trivial items,
+4. The item journal's cost: the chunk item loop (tasks.core.items.process_chunk) over 200k trivial items,
    without and with outputs, each with and without its journal (one write per finished item).
 
 Task-run log lines are at WARNING (PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL) as in the demo.
@@ -136,8 +136,7 @@ def resume_cost(n_items: int, chunk_size: int) -> list[dict[str, object]]:
 
 def journal_cost(n_items: int, chunk_size: int = 1000) -> list[dict[str, object]]:
     """Per-item cost of the journal in the item loop itself (no Prefect), best of three per variant."""
-    from tasks.chunking import Chunk
-    from tasks.items import ChunkJob, ChunkRef, ItemOptions, process_chunk
+    from tasks.core import Chunk, ChunkJob, ChunkRef, ItemOptions, process_chunk
 
     tmp = Path(tempfile.mkdtemp(prefix="bf-bench-journal-"))
     chunks = [Chunk(i, list(range(i * chunk_size, (i + 1) * chunk_size)), i * chunk_size)

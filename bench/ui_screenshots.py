@@ -34,12 +34,12 @@ def chromium() -> str:
     raise SystemExit("chromium is not installed: `apt-get install -y chromium` (make ui-shots does it)")
 
 
-def shoot(browser: str, url: str, target: Path) -> None:
+def shoot(browser: str, url: str, target: Path, *, height: int = 1000) -> None:
     profile = tempfile.mkdtemp(prefix="bf-chromium-")
     cmd = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1440,1000",
+        f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size=1440,{height}",
         "--virtual-time-budget=30000", f"--screenshot={target}", url,
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
@@ -61,7 +61,9 @@ def main() -> int:
     [flow_run] = httpx.post(f"{API}/flow_runs/filter", json=body, timeout=10).json()
     OUT.mkdir(parents=True, exist_ok=True)
     time.sleep(2)
-    shoot(browser, f"{UI}/deployments/deployment/{deployment['id']}/run", OUT / "deployment-run-form.png")
+    # tall: the form lists every parameter with its description
+    shoot(browser, f"{UI}/deployments/deployment/{deployment['id']}/run", OUT / "deployment-run-form.png",
+          height=3200)
     arts = {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}, "type": {"any_": ["table"]}}, "limit": 1,
             "offset": 0, "sort": "CREATED_DESC"}
     [table] = httpx.post(f"{API}/artifacts/filter", json=arts, timeout=10).json()

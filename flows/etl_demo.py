@@ -17,21 +17,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
-from prefect import flow, task
 from pydantic import Field
 
 from flows.api_extract import api_extract_flow
-from flows.batch_map import summary_from_state, summary_state
 from flows.file_transform import file_transform_flow
-from tasks.chunked_run import ChunkedRun, default_run_key
-from tasks.engine import recorded_safely
-from tasks.errors import BatchflowsError
-from tasks.identity import value_hash
-from tasks.items import ChunkRef
-from tasks.load import count_rows, load_part
-from tasks.notify import HOOKS
-from tasks.outcomes import ChunkReport, RunSummary
-from tasks.state import validate_run_key
+from tasks.api import AuthSecret, PageSize
+from tasks.core import (
+    BatchflowsError,
+    FlowParams,
+    MinSuccessRatio,
+    RunKey,
+    RunSummary,
+    batchflow,
+    default_run_key,
+    python_entry,
+    summary_from_state,
+)
+from tasks.db import count_rows, load_parts
 
 FLOW_NAME = "etl-demo"
 ORDERS_SCHEMA = {
@@ -46,29 +48,20 @@ ORDERS_SQL = (
 )
 
 
-@task(name="load-part", task_run_name="load-{index}", persist_result=True)
-def load_part_task(path: str, index: int, database_url: str, table: str, key: str, ref: ChunkRef) -> ChunkReport:
-    """One part file -> one transaction (upsert), cached per run key for resume."""
-    with recorded_safely(f"part {index}"):
-        report = load_part(path, index, database_url, table, key)
-        report.content_hash = ref.content or ""
-        return report
+class EtlDemoParams(FlowParams):
+    """Extract orders from an API, transform them into typed parts, load them into a table and verify it."""
 
-
-def load_stage(parts_dir: Path, database_url: str, table: str, run_key: str) -> RunSummary:
-    parts = sorted(parts_dir.glob("part-*.parquet"))
-    with ChunkedRun(f"{FLOW_NAME}-load", run_key=run_key, total=None, unit="rows", identity=(table,)) as run:
-        configured = run.configure(load_part_task, chunk_retries=1)
-        summary = run.execute(
-            list(enumerate(parts)),
-            lambda pair: {"path": str(pair[1]), "index": pair[0], "database_url": database_url, "table": table,
-                          "key": "id", "ref": run.ref(pair[0], content=value_hash(
-                              [str(pair[1]), pair[1].stat().st_mtime_ns, pair[1].stat().st_size]))},
-            configured,
-            chunk=lambda pair: (pair[0], 1, [str(pair[1])]),
-            max_concurrency=1,  # one writer at a time: SQLite allows no more, and the parts are small
-        )
-        return run.finish(summary, output_path=table)
+    api_url: Annotated[str, Field(description="Root of the demo API (python -m deployments.demo_api).")] = (
+        "http://127.0.0.1:8765")
+    auth_secret: AuthSecret = None
+    work_dir: Annotated[str, Field(min_length=1, description="Where the raw and transformed parts go.")] = (
+        ".batchflows/etl")
+    database_url: Annotated[str, Field(min_length=1, description="SQLAlchemy URL of the target database.")] = (
+        "sqlite:///.batchflows/etl/warehouse.db")
+    table: Annotated[str, Field(min_length=1, description="Target table.")] = "orders"
+    page_size: PageSize = 500
+    min_success_ratio: MinSuccessRatio = 0.99
+    run_key: RunKey = None
 
 
 def verify_stage(parts_dir: Path, database_url: str, table: str) -> tuple[bool, str]:
@@ -78,19 +71,11 @@ def verify_stage(parts_dir: Path, database_url: str, table: str) -> tuple[bool, 
     return ok, f"{table} has {rows} rows; the transform wrote {expected[0]}"
 
 
-@flow(name=FLOW_NAME, log_prints=True, persist_result=False, **HOOKS)
-def etl_demo_flow(
-    api_url: Annotated[str, Field(description="Root of the demo API (python -m deployments.demo_api).")] = "http://127.0.0.1:8765",
-    auth_secret: Annotated[str | None, Field(description="Secret block with the API token (else BATCHFLOWS_HTTP_TOKEN).")] = None,
-    work_dir: Annotated[str, Field(description="Where raw and transformed parts go.")] = ".batchflows/etl",
-    database_url: Annotated[str, Field(description="SQLAlchemy URL of the target database.")] = "sqlite:///.batchflows/etl/warehouse.db",
-    table: Annotated[str, Field(description="Target table.")] = "orders",
-    page_size: Annotated[int, Field(gt=0, le=1000, description="Records per API page.")] = 500,
-    min_success_ratio: Annotated[float, Field(ge=0, le=1, description="Minimum good rows / rows extracted.")] = 0.99,
-    run_key: Annotated[str | None, Field(description="Reuse to resume the whole pipeline.")] = None,
-) -> RunSummary:
-    key = validate_run_key(run_key) if run_key else default_run_key()
-    base = Path(work_dir).resolve() / key
+@batchflow(FLOW_NAME, EtlDemoParams)
+def etl_demo_flow(p: EtlDemoParams) -> RunSummary:
+    """Extract orders from an API, transform them into typed parts, load them into a table and verify it."""
+    key = p.run_key or default_run_key()
+    base = Path(p.work_dir).resolve() / key
     stages: dict[str, Any] = {}
 
     def stage(name: str, outcome: Any) -> RunSummary:
@@ -102,15 +87,15 @@ def etl_demo_flow(
         return summary
 
     extract = stage("extract", api_extract_flow(
-        url=f"{api_url.rstrip('/')}/orders", output=str(base / "raw"), paginator="offset", page_size=page_size,
-        records_path="data", auth_secret=auth_secret, run_key=key, return_state=True,
+        url=f"{p.api_url.rstrip('/')}/orders", output=str(base / "raw"), paginator="offset", page_size=p.page_size,
+        records_path="data", auth_secret=p.auth_secret, run_key=key, return_state=True,
     ))
     transform = stage("transform", file_transform_flow(
         source=str(base / "raw"), output_dir=str(base / "clean"), transform=ORDERS_SQL, schema=ORDERS_SCHEMA,
-        min_success_ratio=min_success_ratio, run_key=key, return_state=True,
+        min_success_ratio=p.min_success_ratio, run_key=key, return_state=True,
     ))
-    load = stage("load", load_stage(base / "clean", database_url, table, key))
-    ok, verdict = verify_stage(base / "clean", database_url, table)
+    load = stage("load", load_parts(base / "clean", p.database_url, p.table, flow=f"{FLOW_NAME}-load", run_key=key))
+    ok, verdict = verify_stage(base / "clean", p.database_url, p.table)
     print(f"--- verify ---\n{verdict}")
     summary = RunSummary(
         flow=FLOW_NAME, run_key=key, total=extract.total,
@@ -119,19 +104,16 @@ def etl_demo_flow(
         duration_s=round(sum(s.duration_s for s in stages.values()), 3),
         chunks_total=sum(s.chunks_total for s in stages.values()),
         chunks_resumed=sum(s.chunks_resumed for s in stages.values()),
-        output_path=table, flow_run_id=load.flow_run_id,
+        output_path=p.table, flow_run_id=load.flow_run_id,
         extra={name: s.counts_line() for name, s in stages.items()} | {"verify": verdict},
     )
     summary.skipped = summary.total - summary.succeeded - summary.failed  # filtered rows, by difference
     summary.items_per_second = round(summary.total / summary.duration_s, 1) if summary.duration_s else 0.0
-    summary.state = "Completed" if ok and summary.success_ratio >= min_success_ratio else "Failed"
+    summary.state = "Completed" if ok and summary.success_ratio >= p.min_success_ratio else "Failed"
     summary.message = ("" if ok else "verify failed: ") + f"{verdict}. {summary.counts_line()}"
-    return summary_state(summary)  # type: ignore[return-value]
+    return summary
 
 
-def etl_demo(**params: Any) -> RunSummary:
-    """Run the pipeline from Python; parameters as in :func:`etl_demo_flow`."""
-    return summary_from_state(etl_demo_flow(**params, return_state=True))
+etl_demo = python_entry(etl_demo_flow)
 
-
-__all__ = ["FLOW_NAME", "etl_demo", "etl_demo_flow"]
+__all__ = ["FLOW_NAME", "EtlDemoParams", "etl_demo", "etl_demo_flow"]

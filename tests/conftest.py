@@ -44,10 +44,10 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield path
 
 
-# The awkward source table of the db tests (tests/tasks/test_db.py), shared by the db_migrate flow tests.
+# The awkward source table of the db tests (tests/tasks/db/test_migration.py), shared by the db_migrate flow tests.
 @pytest.fixture
 def pg_items(pg_url: str) -> str:
-    from tests.tasks.test_db import create_pg  # imported late: prefect must not load before the server is up
+    from tests.tasks.db.test_migration import create_pg  # imported late: prefect must not load before the server is up
 
     create_pg(pg_url)
     return pg_url
@@ -55,7 +55,7 @@ def pg_items(pg_url: str) -> str:
 
 @pytest.fixture
 def sqlite_items(tmp_path: Path) -> str:
-    from tests.tasks.test_db import create_sqlite
+    from tests.tasks.db.test_migration import create_sqlite
 
     url = f"sqlite:///{tmp_path / 'source.sqlite3'}"
     create_sqlite(url)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import FatalError, ItemError, SkipItem
+from tasks.core.errors import FatalError, ItemError, SkipItem
 
 
 def numbers() -> Iterator[int]:
@@ -24,9 +24,10 @@ def double(x: int) -> int:
 
 
 def mixed(x: int) -> int:
-    """Fails for x % 10 == 3 (retryable, then dead-lettered), ItemError for x % 10 == 7, skips x % 10 == 5."""
+    """Fails for x % 10 == 3 (a transient error: retried, then dead-lettered), ItemError for x % 10 == 7, skips
+    x % 10 == 5."""
     if x % 10 == 3:
-        raise ValueError(f"cannot handle {x}")
+        raise ConnectionResetError(f"connection reset while handling {x}")
     if x % 10 == 7:
         raise ItemError(f"item {x} is invalid", category="bad_item")
     if x % 10 == 5:

@@ -9,6 +9,7 @@ model it returns) is printed as JSON on the last line of stdout, prefixed by ``S
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -25,10 +26,13 @@ ALIASES = {"batch-map": "flows.batch_map:batch_map"}
 
 
 def main() -> int:
-    from tasks.loader import load_callable
+    from tasks.core.loader import load_callable
 
     target, params = ALIASES.get(sys.argv[1], sys.argv[1]), json.loads(sys.argv[2])
-    result = load_callable(target, what="entry point")(**params)
+    entry = load_callable(target, what="entry point")
+    if "raise_on_failure" in inspect.signature(entry).parameters:
+        params.setdefault("raise_on_failure", False)  # print the failed summary instead of a traceback
+    result = entry(**params)
     print("SUMMARY " + result.model_dump_json())
     return 0 if getattr(result, "ok", True) else 1
 

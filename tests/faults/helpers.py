@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from tasks.errors import ItemError, SkipItem
+from tasks.core.errors import ItemError, SkipItem
 
 # The staged batch_map runs of test_disk and test_server_restart (handler tests.handlers:staged_record):
 # items, chunk size, chunks in flight, the items that fail and skip, and "no stage limit".
@@ -102,7 +102,7 @@ def seeded_items() -> list[Any]:
 
 def outcome_of(item: Any) -> str:
     """What :func:`recorded_effect` does with an item: ok, fail or skip (by its canonical form)."""
-    from tasks.identity import value_hash
+    from tasks.core.identity import value_hash
 
     digit = int(value_hash(item)[-1], 16) % 8
     return "fail" if digit == 0 else "skip" if digit == 1 else "ok"
@@ -111,7 +111,7 @@ def outcome_of(item: Any) -> str:
 def recorded_effect(item: Any) -> Any:
     """batch_map handler: gated, appends the item's canonical form to $BF_EFFECTS (its side effect), then
     fails, skips or returns the item as :func:`outcome_of` says."""
-    from tasks.identity import canonical
+    from tasks.core.identity import canonical
 
     gate()
     with Path(os.environ["BF_EFFECTS"]).open("a", encoding="utf-8") as fh:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.api_bulk import api_bulk
-from tasks.outcomes import RunSummary, read_dead_letters
+from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import ApiServer
 
 FAST: dict[str, Any] = {"retry_backoff_s": 0.01}

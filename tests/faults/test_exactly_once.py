@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.db_migrate import MigrationSummary
-from tasks.identity import canonical
-from tasks.outcomes import RunSummary, read_dead_letters
-from tasks.state import RunDir
+from tasks.core.identity import canonical
+from tasks.core.outcomes import RunSummary, read_dead_letters
+from tasks.core.state import RunDir
 from tests.faults.helpers import finish, kill, outcome_of, passed, seeded_items, wait_until
 from tests.fixtures.api_server import ApiServer
 from tests.run_flow import start_flow, summary_in
-from tests.tasks.test_db import pg_exec, sqlite_exec
+from tests.tasks.db.test_migration import pg_exec, sqlite_exec
 
 pytestmark = pytest.mark.slow
 FAILPOINTS = {"BATCHFLOWS_FAILPOINTS": "tests.faults.helpers:failpoint"}

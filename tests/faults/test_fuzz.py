@@ -1,8 +1,8 @@
 """Bad inputs fuzzed with hypothesis: always a clear batchflows error naming the problem, never a deep traceback.
 
-The up-front validation layer of every flow is fuzzed directly (fast, no flow run): batch_map's
-BatchOptions, api_bulk's and api_extract's options, file_transform's schema and inputs, db_migrate's
-parameters, table names and URLs, and item sources over random file contents. The only outcomes
+The up-front validation layer of every flow is fuzzed directly (fast, no flow run): each flow's parameter
+model (the one declaration that the Prefect flow, the UI form and the Python function share), file_transform's
+schema and inputs, db_migrate's table names and URLs, and item sources over random file contents. The only outcomes
 allowed are success or a BatchflowsError (ConfigError, SourceError, ...) with a message; a KeyError,
 TypeError, AttributeError or a library's own exception escaping is a failure showing the input.
 A few end-to-end calls of the public functions close the file.
@@ -20,17 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.api_bulk import ApiBulkOptions, api_bulk
-from flows.api_extract import ApiExtractOptions
-from flows.batch_map import batch_map
-from flows.db_migrate import check_parameters, db_migrate
-from flows.file_transform import file_transform
-from tasks.batch import BatchOptions
-from tasks.db_conn import parse_db_url, parse_table_name
-from tasks.errors import BatchflowsError, ConfigError, SourceError
-from tasks.files import parse_schema, resolve_inputs
-from tasks.pagination import make_paginator
-from tasks.sources import open_source
+from flows.api_bulk import ApiBulkParams, api_bulk
+from flows.api_extract import ApiExtractParams
+from flows.batch_map import BatchMapParams, batch_map
+from flows.db_migrate import DbMigrateParams, db_migrate
+from flows.file_transform import FileTransformParams, file_transform
+from flows.replay import ReplayParams
+from tasks.api.paginators import make_paginator
+from tasks.core.errors import BatchflowsError, ConfigError, SourceError
+from tasks.core.sources import open_source
+from tasks.db.conn import parse_db_url, parse_table_name
+from tasks.files.process import parse_schema, resolve_inputs
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -58,27 +58,28 @@ def clear_or_fine(fn: Callable[[], Any]) -> None:
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(sorted(BatchOptions.model_fields)), anything, max_size=4))
-def test_batch_map_parameters(params: dict[str, Any]) -> None:
-    clear_or_fine(lambda: BatchOptions.parse(**params))
+@given(model=st.sampled_from([BatchMapParams, ReplayParams, FileTransformParams]), data=st.data())
+def test_flow_parameters(model: Any, data: st.DataObject) -> None:
+    params = data.draw(st.dictionaries(st.sampled_from(sorted(model.model_fields)), anything, max_size=4))
+    clear_or_fine(lambda: model.parse(params))
 
 
 @FUZZ
-@given(base_url=weird_text, extra=st.dictionaries(st.sampled_from(sorted(ApiBulkOptions.model_fields)), anything,
+@given(base_url=weird_text, extra=st.dictionaries(st.sampled_from(sorted(ApiBulkParams.model_fields)), anything,
                                                    max_size=3))
 def test_api_bulk_parameters(base_url: str, extra: dict[str, Any]) -> None:
-    clear_or_fine(lambda: ApiBulkOptions.parse(**{"base_url": base_url, **extra}))
+    clear_or_fine(lambda: ApiBulkParams.parse({"items": [], "base_url": base_url, **extra}))
 
 
 @FUZZ
 @given(url=weird_text, paginator=st.one_of(st.sampled_from(["offset", "page", "cursor", "link_header"]), weird_text),
        options=st.dictionaries(st.sampled_from(["offset_param", "limit_param", "page_param", "size_param",
                                                 "first_page", "cursor_param", "nope"]), anything, max_size=2),
-       extra=st.dictionaries(st.sampled_from(sorted(ApiExtractOptions.model_fields)), anything, max_size=3))
+       extra=st.dictionaries(st.sampled_from(sorted(ApiExtractParams.model_fields)), anything, max_size=3))
 def test_api_extract_parameters(url: str, paginator: str, options: dict[str, Any], extra: dict[str, Any],
                                 tmp_path: Path) -> None:
     params = {"output": str(tmp_path / "out"), **extra, "url": url, "paginator": paginator}
-    clear_or_fine(lambda: ApiExtractOptions.parse(**params))
+    clear_or_fine(lambda: ApiExtractParams.parse(params))
     clear_or_fine(lambda: make_paginator(paginator, page_size=10, cursor_path="next", **options))  # type: ignore[arg-type]
 
 
@@ -107,9 +108,9 @@ def test_file_transform_inputs(pattern: str, tmp_path: Path) -> None:
        max_concurrency=st.integers(-2, 64), transform=anything)
 def test_db_migrate_parameters(table: str | None, query: str | None, target: str | None, key: Any, chunk_rows: int,
                                mode: str, max_concurrency: int, transform: Any) -> None:
-    clear_or_fine(lambda: check_parameters(table=table, query=query, target_table=target, key=key,
-                                           chunk_rows=chunk_rows, mode=mode, max_concurrency=max_concurrency,
-                                           transform=transform))
+    clear_or_fine(lambda: DbMigrateParams.parse({
+        "table": table, "query": query, "target_table": target, "key": key, "chunk_rows": chunk_rows, "mode": mode,
+        "max_concurrency": max_concurrency, "transform": transform}))
 
 
 @FUZZ

@@ -36,11 +36,11 @@ from flows.batch_map import batch_map
 from flows.db_migrate import db_migrate
 from flows.file_transform import file_transform
 from flows.replay import replay_dead_letters
-from tasks.errors import ItemError
-from tasks.outcomes import RunSummary, read_dead_letters
+from tasks.core.errors import ItemError
+from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests import handlers
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer
-from tests.tasks.test_db import pg_exec
+from tests.tasks.db.test_migration import pg_exec
 
 FAST: dict[str, Any] = {"retry_backoff_s": 0.01}
 
@@ -235,7 +235,7 @@ def test_api_extract(api_server: ApiServer, tmp_path: Path, state_dir: Path, loo
                        headers={"X-Api-Key": key}, page_size=50, **FAST)
     assert good.ok and good.succeeded == DATASET_SIZE, good.render_text()
     bad = api_extract(f"{api_server.url}/fail/pages", output=tmp_path / "bad", auth_secret=block,
-                      headers={"X-Api-Key": key}, params={"times": 99}, retries=1, chunk_retries=0, **FAST)
+                      headers={"X-Api-Key": key}, params={"times": 99}, retries=1, chunk_retries=0, **FAST, raise_on_failure=False)
     assert not bad.ok and bad.failed >= 1, bad.render_text()
     assert {(r.headers.get("authorization"), r.headers.get("x-api-key")) for r in api_server.requests} \
         == {(f"Bearer {bearer}", key)}
@@ -291,7 +291,7 @@ def test_batch_map_and_replay(tmp_path: Path, state_dir: Path, look: pytest.LogC
 def fatal_handler(x: int) -> int:
     """Succeeds for a few items, then the 'database' refuses the credentials: a fatal error holding the DSN."""
     if x >= 6:
-        from tasks.errors import FatalError
+        from tasks.core.errors import FatalError
 
         raise FatalError(f"login refused by postgresql://app:{DSN_PASSWORD}@db.internal:5432/prod")
     return x
@@ -307,7 +307,7 @@ def test_batch_map_fatal_and_whole_chunk_errors(tmp_path: Path, state_dir: Path,
     """What Prefect records of a chunk task that stops or fails (task-run logs, state messages, the persisted
     exception) is redacted like everything else batchflows writes."""
     fatal = batch_map(list(range(20)), fatal_handler, chunk_size=5, max_concurrency=1, output=tmp_path / "out",
-                      run_key="leaky-fatal")
+                      run_key="leaky-fatal", raise_on_failure=False)
     assert not fatal.ok and fatal.succeeded == 6 and fatal.failed == 1 and "***" in fatal.message
     broken = batch_map(list(range(10)), handlers.double, chunk_size=5, item_key=failing_key, chunk_retries=1,
                        min_success_ratio=0.0, run_key="leaky-chunk")
@@ -380,7 +380,7 @@ def test_db_migrate(pg_cluster: Any, pg_role: tuple[str, str], tmp_path: Path, s
                        "CHECK (amount < 250))")  # the ranges holding ids >= 250 fail
     pg_exec(admin_tgt, f"ALTER TABLE items OWNER TO {role}")
     failed = db_migrate(url + source_db, url + target_db, "items", chunk_rows=100, mode="append",
-                        create_target=False, chunk_retries=0, run_key="leaky-db")
+                        create_target=False, chunk_retries=0, run_key="leaky-db", raise_on_failure=False)
     assert not failed.ok and failed.ranges_failed == [2, 3], failed.render_text()
     block = save_secret(url + source_db)
     good = db_migrate(table="items", source_secret=block, target_url=url + target_db, target_table="copy",

@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from deployments.local_server import PrefectServer
-from tasks.outcomes import RunSummary, read_dead_letters
-from tasks.state import RunDir
+from tasks.core.outcomes import RunSummary, read_dead_letters
+from tasks.core.state import RunDir
 from tests.faults.helpers import CHUNK, FAILING, OPEN, SKIPPED, WINDOW, N, finish, wait_until
 from tests.handlers import held_items, set_stage_limit
 from tests.run_flow import start_flow, summary_in
@@ -149,9 +149,9 @@ def test_server_gone_until_the_flow_gives_up_fails_clearly_then_rerun_completes(
 
     assert proc.returncode != 0
     assert records(state_dir, run_key) == N // CHUNK  # every chunk finished without the server
-    error = next((line for line in output.splitlines() if line.startswith("tasks.progress.PrefectApiUnreachable: ")),
+    error = next((line for line in output.splitlines() if line.startswith("tasks.core.progress.PrefectApiUnreachable: ")),
                  output[-4000:])
-    assert error.startswith(f"tasks.progress.PrefectApiUnreachable: the Prefect API at {server.api_url} did not "
+    assert error.startswith(f"tasks.core.progress.PrefectApiUnreachable: the Prefect API at {server.api_url} did not "
                             "answer, so Prefect could not create or finish this batch-map flow run"), error
     assert f"rerun with run_key={run_key!r}" in error and "Nothing is lost" in error
     written: dict[str, Any] = json.loads(RunDir.for_run("batch-map", run_key, state_dir).summary.read_text())

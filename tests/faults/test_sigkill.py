@@ -23,12 +23,12 @@ import polars as pl
 import pytest
 
 from flows.db_migrate import MigrationSummary
-from tasks.files import plan_chunks, resolve_inputs
-from tasks.outcomes import RunSummary, read_dead_letters
-from tasks.state import RunDir
+from tasks.core.outcomes import RunSummary, read_dead_letters
+from tasks.core.state import RunDir
+from tasks.files.process import plan_chunks, resolve_inputs
 from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.run_flow import start_flow, summary_in
-from tests.tasks.test_db import pg_exec
+from tests.tasks.db.test_migration import pg_exec
 
 pytestmark = pytest.mark.slow
 SEEDS = (1, 2, 3)

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from flows.api_extract import api_extract
-from tasks.errors import ConfigError
-from tasks.outcomes import RunSummary, read_dead_letters
+from tasks.core.errors import ConfigError
+from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer
 from tests.run_flow import start_flow, summary_in
 
@@ -64,16 +64,16 @@ def test_failed_page_is_named_in_the_message_and_dead_letter(api_server: ApiServ
                               "records_path": "data", "retry_backoff_s": 0.01}
     # the cursor endpoint has no "data": page 1 fails, nothing is written
     bad = api_extract(f"{api_server.url}/pages/cursor", paginator="cursor", cursor_path="meta.next_cursor",
-                      **{**kwargs, "run_key": "no-records"})
+                      **{**kwargs, "run_key": "no-records"}, raise_on_failure=False)
     assert not bad.ok and "page 1" in bad.message and "'data'" in bad.message and "result" in bad.message
     (dead,) = read_dead_letters(bad.dead_letter_path)
     assert dead["item"]["page"] == 1 and dead["category"] == "records_path_missing"
-    text = api_extract(f"{api_server.url}/malformed/x", **{**kwargs, "run_key": "not-json"})
+    text = api_extract(f"{api_server.url}/malformed/x", **{**kwargs, "run_key": "not-json"}, raise_on_failure=False)
     assert not text.ok and "page 1" in text.message and "not JSON" in text.message
 
 
 def test_refused_credentials_stop_the_extraction(api_server: ApiServer, tmp_path: Path):
-    summary = api_extract(f"{api_server.url}/status/401", output=tmp_path / "out", retry_backoff_s=0.01)
+    summary = api_extract(f"{api_server.url}/status/401", output=tmp_path / "out", retry_backoff_s=0.01, raise_on_failure=False)
     assert not summary.ok and "credentials were refused" in summary.message
     assert len(api_server.requests) == 1
 
@@ -99,7 +99,7 @@ def test_bad_parameters_are_config_errors(tmp_path: Path):
 def test_a_server_ignoring_the_pagination_fails_naming_the_page(api_server: ApiServer, tmp_path: Path):
     out = tmp_path / "out"
     summary = api_extract(f"{api_server.url}/pages/offset", output=out, page_size=50,
-                          paginator_options={"offset_param": "skip"}, pages_per_part=1)
+                          paginator_options={"offset_param": "skip"}, pages_per_part=1, raise_on_failure=False)
     assert not summary.ok
     assert "page 2" in summary.message and "exactly the 50 records of page 1" in summary.message
     assert api_server.count("/pages/offset") == 2

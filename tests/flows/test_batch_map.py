@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -13,8 +14,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.batch_map import batch_map, batch_map_flow
-from tasks.errors import ConfigError, SourceError
-from tasks.outcomes import read_dead_letters
+from tasks.core.errors import ConfigError, SourceError
+from tasks.core.outcomes import read_dead_letters
 from tests import handlers
 
 FAST = {"retries": 1, "retry_backoff_s": 0.001}
@@ -82,7 +83,7 @@ def test_file_sources(tmp_path: Path, kind: str) -> None:
 
 
 def test_fatal_error_stops_the_run_with_the_reason() -> None:
-    s = batch_map(list(range(10_000)), handlers.fatal_at_37, chunk_size=10, max_concurrency=2, **FAST)
+    s = batch_map(list(range(10_000)), handlers.fatal_at_37, chunk_size=10, max_concurrency=2, **FAST, raise_on_failure=False)
     assert s.state == "Failed"
     assert "credentials were refused" in s.message
     assert s.total < 10_000 and s.remaining == 10_000 - s.total
@@ -90,7 +91,7 @@ def test_fatal_error_stops_the_run_with_the_reason() -> None:
 
 
 def test_fail_fast_stops_submitting(tmp_path: Path) -> None:
-    s = batch_map(list(range(5000)), handlers.mixed, chunk_size=10, max_concurrency=2, on_error="fail_fast", **FAST)
+    s = batch_map(list(range(5000)), handlers.mixed, chunk_size=10, max_concurrency=2, on_error="fail_fast", **FAST, raise_on_failure=False)
     assert s.state == "Failed" and "fail_fast" in s.message
     assert s.total <= 40  # the first failing chunk plus at most the window in flight
     assert s.remaining == 5000 - s.total
@@ -99,7 +100,7 @@ def test_fail_fast_stops_submitting(tmp_path: Path) -> None:
 def test_min_success_ratio_decides_the_final_state() -> None:
     items = list(range(100))  # 80 % succeed among attempted (20 failed, 10 skipped)
     assert batch_map(items, handlers.mixed, chunk_size=25, min_success_ratio=0.7, **FAST).state == "Completed"
-    failed = batch_map(items, handlers.mixed, chunk_size=25, min_success_ratio=0.9, **FAST)
+    failed = batch_map(items, handlers.mixed, chunk_size=25, min_success_ratio=0.9, **FAST, raise_on_failure=False)
     assert failed.state == "Failed" and "below min_success_ratio 0.9" in failed.message
 
 
@@ -128,7 +129,7 @@ def test_an_output_part_deleted_between_runs_is_reported_not_silently_missing(tm
     monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
     assert batch_map(list(range(50)), handlers.side_effect, chunk_size=10, run_key="gone", output=out).ok
     (out / "part-000002.jsonl").unlink()
-    again = batch_map(list(range(50)), handlers.side_effect, chunk_size=10, run_key="gone", output=out)
+    again = batch_map(list(range(50)), handlers.side_effect, chunk_size=10, run_key="gone", output=out, raise_on_failure=False)
     assert not again.ok and again.state == "Failed"
     assert "1 output file(s) of chunks finished in an earlier attempt are missing" in again.message
     assert "part-000002.jsonl" in again.message and "new cache_version" in again.message
@@ -210,10 +211,43 @@ def test_concurrency_limit_is_created_and_never_exceeded(tmp_path: Path, monkeyp
 
 
 def test_progress_and_summary_artifacts_are_published() -> None:
-    summary = batch_map(list(range(30)), "tests.handlers:double", chunk_size=10)
-    assert summary.ok and summary.flow_run_id
+    summary = batch_map(list(range(30)), "tests.handlers:double", chunk_size=10, run_key="artifacts-a")
+    other = batch_map(list(range(30)), "tests.handlers:double", chunk_size=10, run_key="artifacts-b")
+    assert summary.ok and summary.flow_run_id and other.flow_run_id
     by_type = {a["type"]: a for a in flow_run_artifacts(summary.flow_run_id)}
+    # keyed per run: two runs of the flow never overwrite each other's artifacts in the UI
+    assert by_type["progress"]["key"] == "batch-map-artifacts-a-progress"
+    assert by_type["table"]["key"] == "batch-map-artifacts-a-summary"
+    assert {a["key"] for a in flow_run_artifacts(other.flow_run_id)} >= {"batch-map-artifacts-b-progress"}
     assert float(by_type["progress"]["data"]) == 100.0
     table = {row["metric"]: row["value"] for row in json.loads(by_type["table"]["data"])}
     assert table["succeeded"] == 30 and table["state"] == "Completed"
     assert "Completed" in by_type["markdown"]["data"]
+
+
+def test_identical_chunks_all_run_on_a_first_run(tmp_path: Path) -> None:
+    """A chunk is its position plus its content: a source repeating itself is processed in full."""
+    calls: list[dict] = []
+    s = batch_map([{"sku": "A"}] * 8, calls.append, chunk_size=2, output=tmp_path / "out")
+    assert len(calls) == 8 and s.chunks_total == 4 and s.chunks_resumed == 0 and s.succeeded == 8
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"part-{i:06d}.jsonl" for i in range(4)]
+
+
+def scale(x: int, rate: int) -> int:
+    return x * rate
+
+
+def test_a_handler_bound_to_other_arguments_is_another_run(tmp_path: Path) -> None:
+    """Same run_key, partial(f, rate=2) then partial(f, rate=3): nothing of the first is reused for the second."""
+    first = batch_map(list(range(6)), functools.partial(scale, rate=2), run_key="bound", output=tmp_path / "a")
+    again = batch_map(list(range(6)), functools.partial(scale, rate=2), run_key="bound", output=tmp_path / "a")
+    other = batch_map(list(range(6)), functools.partial(scale, rate=3), run_key="bound", output=tmp_path / "a")
+    assert (first.chunks_resumed, again.chunks_resumed, other.chunks_resumed) == (0, 1, 0)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "part-000000.jsonl").read_text().splitlines()]
+    assert [r["result"] for r in rows] == [3 * x for x in range(6)]
+
+
+def test_a_changed_source_under_the_same_run_key_is_refused_naming_the_chunk() -> None:
+    batch_map(list(range(10)), handlers.double, chunk_size=5, run_key="moving")
+    with pytest.raises(SourceError, match=r"source changed .* chunk 1 \(items 5-9 of the source\)"):
+        batch_map([*range(5), 50, 6, 7, 8, 9], handlers.double, chunk_size=5, run_key="moving")

@@ -21,8 +21,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from flows.batch_map import batch_map
-from tasks.errors import ConfigError
-from tasks.outcomes import RunSummary
+from tasks.core.errors import ConfigError
+from tasks.core.outcomes import RunSummary
 from tests.run_flow import ROOT, start_flow, summary_in
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from tasks.outcomes import RunSummary
+from tasks.core.outcomes import RunSummary
 from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 
 from deployments.demo_api import TOKEN, DemoApi, order, running
 from flows.etl_demo import etl_demo
-from tasks.load import count_rows, load_part
+from tasks.db.load_parts import count_rows, load_part
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 
 from flows.batch_map import batch_map
 from flows.replay import replay_dead_letters
-from tasks.errors import ConfigError, SourceError
-from tasks.outcomes import read_dead_letters
+from tasks.core.errors import ConfigError, SourceError
+from tasks.core.outcomes import read_dead_letters
 from tests import handlers
 
 
@@ -27,3 +27,21 @@ def test_replay_needs_an_importable_handler_and_an_existing_file(tmp_path: Path)
         replay_dead_letters(first.dead_letter_path)
     with pytest.raises(SourceError, match="does not exist"):
         replay_dead_letters(tmp_path / "missing.jsonl")
+
+
+def refuse(item: object) -> object:
+    from tasks.core.errors import ItemError
+
+    raise ItemError("the API said no")
+
+
+def test_replay_feeds_the_original_items_back_byte_for_byte() -> None:
+    """Dead letters hold the user's data: words like token, basic or password and URLs with passwords are kept."""
+    items = ["Basic monthly subscription", "use token abcdefgh", {"token": "the", "note": "Bearer abcdefghijkl"},
+             "postgresql://app:hunter2pass@db/prod", {"password": "x", "plan": ["basic", 1, 2.5, None]}]
+    first = batch_map(items, refuse, chunk_size=2, raise_on_failure=False)
+    assert first.failed == len(items)
+    seen: list[object] = []
+    replayed = replay_dead_letters(first.dead_letter_path, handler=seen.append)
+    # chunks finish in any order, so dead letters (and the replay) follow completion order
+    assert replayed.ok and sorted(map(repr, seen)) == sorted(map(repr, items))

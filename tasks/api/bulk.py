@@ -1,0 +1,178 @@
+"""One api_bulk chunk: many requests in flight on one pooled client, every one through the retry policy.
+
+:func:`process_api_chunk` is plain (tests call it directly): it opens one ``httpx.AsyncClient``
+(aiohttp transport, keep-alive pool of ``item_concurrency`` connections), runs ``item_concurrency``
+workers that pull the items still to do in order, builds each request (:func:`tasks.api.client.build_request`),
+sends it through ``RetryPolicy.acall(send)`` (the one retry loop: Retry-After, backoff, 4xx not retried)
+and records the outcome in the chunk's journal as soon as it is known (tasks.core.items.ChunkOutcomes), so a
+rerun after a crash re-sends only the requests that were in flight. A fatal answer (401/403) stops
+every worker before its next request: what succeeded stays succeeded (with its output row), the item
+that got the answer is failed, the rest are not reached, and the chunk is left incomplete for the
+rerun. The successful responses are written as one part file, atomically; response bodies and items
+are written exactly as they are (they are data), only messages about them are redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+
+from tasks.api.client import Expect, TransportName, build_request, make_client, send
+from tasks.api.outputs import ApiPartFormat, process_limiter, resolve_secrets, resolve_token, write_part
+from tasks.api.request_spec import RequestTemplate
+from tasks.core import (
+    Chunk,
+    ChunkOutcomes,
+    ChunkRef,
+    ChunkReport,
+    ConfigError,
+    FailedItem,
+    HttpSettings,
+    ItemError,
+    RetryPolicy,
+    attempts_made,
+    credentials_in,
+    failpoint,
+    mask_values,
+    recorded_safely,
+    run_coroutine,
+    stop_signal,
+)
+
+BULK_COLUMNS = ("chunk", "position", "item", "method", "url", "status", "elapsed_ms", "body")
+
+
+@dataclass(frozen=True)
+class ApiJob:
+    """What every chunk of one api_bulk run needs besides its items (no secrets: only the block name)."""
+
+    base_url: str
+    template: RequestTemplate
+    auth_secret: str | None = None
+    headers: dict[str, str] | None = None
+    secret_headers: dict[str, str] | None = None  # header -> Secret block name (or in-process handle)
+    item_concurrency: int = 8
+    retries: int = 5
+    retry_backoff_s: float = 1.0
+    timeout_s: float = 30.0
+    expect: Expect = "auto"
+    transport: TransportName = "aiohttp"
+    rate_limit_per_second: float | None = None
+    rate_limit_name: str | None = None
+    limiter_scope: str = ""
+    output_dir: str | None = None
+    output_format: ApiPartFormat = "jsonl"
+    run_scope: str = ""
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, max_retry_after_s=self.settings().max_retry_after_s)
+
+    def settings(self) -> HttpSettings:
+        return HttpSettings(timeout_s=self.timeout_s)
+
+
+def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) -> ChunkReport:
+    """Send the requests of one chunk that have no outcome yet; return its report (see the module docstring)."""
+    started = time.perf_counter()
+    token = resolve_token(job.auth_secret)
+    headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
+    limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
+    outcomes = ChunkOutcomes(chunk, ref, keep_rows=bool(job.output_dir),
+                             stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
+    with outcomes:
+        requests = run_coroutine(lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers))
+    report = outcomes.report(started=started, extra={"http_requests": requests})
+    if job.output_dir and (outcomes.rows or report.complete):
+        rows = outcomes.ordered_rows()
+        if job.output_format == "parquet":
+            path = write_part(job.output_dir, chunk.index, [json.loads(r) for r in rows], "parquet",
+                              json_columns=("item", "body"), schema=_parquet_schema())
+        else:
+            path = write_part(job.output_dir, chunk.index, rows, "jsonl", encoded=True)
+        report.output_path = str(path)
+    failpoint("chunk.after_output")
+    report.duration_s = round(time.perf_counter() - started, 6)
+    return report
+
+
+async def send_items(
+    outcomes: ChunkOutcomes, job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None
+) -> int:
+    """Send the request of every item still to do with ``job.item_concurrency`` in flight, recording each
+    outcome in ``outcomes`` as it comes; returns the number of requests sent (retries included).
+
+    A fatal answer (401/403) stops every worker before its next item; requests in flight finish.
+    ``headers`` (default ``job.headers``) are sent on every request, resolved secret headers included.
+    """
+    policy = job.policy()
+    settings = job.settings()
+    items = outcomes.chunk.items
+    todo = outcomes.todo()
+    sent = 0
+    cursor = 0
+
+    def masked(item: Any) -> Any:
+        def mask(failure: FailedItem) -> FailedItem:  # an API may echo the item's credentials in its error
+            failure.message = mask_values(failure.message, credentials_in(item))
+            return failure
+        return mask
+
+    async with make_client(
+        job.base_url, settings=settings, token=token, headers=job.headers if headers is None else headers,
+        transport=job.transport,
+        max_connections=job.item_concurrency, limiter=limiter,
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal cursor, sent
+            while cursor < len(todo) and not outcomes.stopped():
+                position = todo[cursor]
+                cursor += 1
+                item = items[position]
+                try:
+                    spec = build_request(item, job.template)
+                except (ItemError, ConfigError) as exc:
+                    err = exc if isinstance(exc, ItemError) else ItemError(str(exc), category="bad_item")
+                    outcomes.failed(position, err, attempts=0, transform=masked(item))
+                    continue
+                try:
+                    record, attempts = await policy.acall(
+                        lambda spec=spec: send(client, spec, expect=job.expect, max_retry_after_s=settings.max_retry_after_s)
+                    )
+                except Exception as exc:
+                    sent += attempts_made(exc)
+                    outcomes.failed(position, exc, transform=masked(item))
+                    continue
+                sent += attempts
+                outcomes.succeeded(position, {
+                    "chunk": outcomes.chunk.index, "position": position, "item": item, "method": record.method,
+                    "url": record.url, "status": record.status, "elapsed_ms": record.elapsed_ms, "body": record.body,
+                } if job.output_dir else None)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(job.item_concurrency, len(todo))):
+                group.create_task(worker())
+    return sent
+
+
+def _parquet_schema() -> dict[str, Any]:
+    import polars as pl
+
+    return {"chunk": pl.Int64, "position": pl.Int64, "item": pl.String, "method": pl.String, "url": pl.String,
+            "status": pl.Int64, "elapsed_ms": pl.Float64, "body": pl.String}
+
+
+@task(name="api-chunk", task_run_name="chunk-{chunk.index}", persist_result=True, log_prints=False)
+def api_chunk_task(chunk: Chunk, ref: ChunkRef, job: ApiJob) -> ChunkReport:
+    """Prefect face of :func:`process_api_chunk` (``ref.key`` is read by the run's cache policy)."""
+    with recorded_safely(f"chunk {chunk.index}"):
+        return process_api_chunk(chunk, job, ref)
+
+
+__all__ = ["BULK_COLUMNS", "ApiJob", "api_chunk_task", "process_api_chunk", "run_coroutine", "send_items"]

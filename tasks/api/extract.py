@@ -1,0 +1,297 @@
+"""One api_extract part: fetch up to N pages from a checkpointed paginator state and write them as a part.
+
+Pages are sequential by nature (page n+1 needs page n's cursor), so a part is N consecutive pages
+fetched on one client; the flow runs parts one after another and checkpoints the paginator state
+after each written part. A page that fails for good (retries exhausted, records_path missing, a
+body that is not JSON, a 4xx) ends the part early: the records of the pages before it are written,
+the state after the last good page comes back, and the error names the page, so a rerun with the
+same run_key starts again at that page.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks.api.client import TransportName, make_client, validate_base_url
+from tasks.api.outputs import (
+    ApiPartFormat,
+    process_limiter,
+    remove_parts_from,
+    resolve_secrets,
+    resolve_token,
+    write_part,
+)
+from tasks.api.paginators import PaginatorKind, iter_pages, make_paginator
+from tasks.core import (
+    ChunkedRun,
+    ChunkReport,
+    ConfigError,
+    FailedItem,
+    FatalError,
+    HttpSettings,
+    RetryPolicy,
+    RunSummary,
+    attempts_made,
+    recorded_safely,
+    redact_text,
+    run_coroutine,
+)
+
+
+def split_url(url: str) -> tuple[str, str, dict[str, str]]:
+    """``https://h/v1/items?a=1`` -> (``https://h``, ``/v1/items``, ``{"a": "1"}``), validating it."""
+    validate_base_url(url)
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return origin, parts.path or "/", dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """Everything a part needs (no secrets: only the Secret block's name)."""
+
+    origin: str
+    path: str
+    params: dict[str, Any]
+    paginator: PaginatorKind
+    page_size: int
+    cursor_path: str | None
+    records_path: str
+    max_pages: int | None
+    pages_per_part: int
+    auth_secret: str | None
+    headers: dict[str, str] | None
+    secret_headers: dict[str, str] | None  # header -> Secret block name (or in-process handle)
+    secret_params: dict[str, str] | None  # query parameter -> Secret block name (or handle)
+    paginator_options: dict[str, Any] | None
+    retries: int
+    retry_backoff_s: float
+    timeout_s: float
+    transport: TransportName
+    rate_limit_per_second: float | None
+    rate_limit_name: str | None
+    limiter_scope: str
+    output_dir: str
+    output_format: ApiPartFormat
+
+    @property
+    def shown_url(self) -> str:
+        return redact_text(self.origin + self.path)
+
+
+class PageFailure(BaseModel):
+    page: int
+    error_type: str
+    category: str
+    message: str
+    attempts: int = 1
+    status: int | None = None
+
+
+class PartResult(BaseModel):
+    """What one part did: records written, pages read, the state to checkpoint, and a page failure if any."""
+
+    index: int
+    records: int = 0
+    pages: int = 0
+    requests: int = 0
+    next_state: dict[str, Any]
+    done: bool = False
+    output_path: str | None = None
+    failure: PageFailure | None = None
+    duration_s: float = 0.0
+
+
+def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> PartResult:
+    """Fetch up to ``job.pages_per_part`` pages from ``state``, write them as part ``index``, report."""
+    started = time.perf_counter()
+    token = resolve_token(job.auth_secret)
+    limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
+    headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
+    secret_params = resolve_secrets(job.secret_params, what="secret_params")
+    if secret_params:
+        job = replace(job, params={**job.params, **secret_params})
+    records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers))
+    if records:
+        result.output_path = str(write_part(job.output_dir, index, records, job.output_format))
+    result.records = len(records)
+    result.duration_s = round(time.perf_counter() - started, 6)
+    return result
+
+
+async def _fetch(
+    job: ExtractJob, index: int, state: dict[str, Any] | None, token: str | None, limiter: Any, headers: dict[str, str]
+) -> tuple[list[Any], PartResult]:
+    paginator = make_paginator(job.paginator, page_size=job.page_size, cursor_path=job.cursor_path,
+                               **(job.paginator_options or {}))
+    current = dict(state) if state else paginator.initial_state()
+    policy = RetryPolicy(retries=job.retries, backoff_s=job.retry_backoff_s)
+    settings = HttpSettings(timeout_s=job.timeout_s)
+    records: list[Any] = []
+    result = PartResult(index=index, next_state=current)
+    async with make_client(job.origin, settings=settings, token=token, headers=headers, transport=job.transport,
+                           max_connections=2, limiter=limiter) as client:
+        pages = iter_pages(client, job.path, paginator, records_path=job.records_path, params=job.params or None,
+                           state=current, max_pages=job.max_pages, retry=_Counting(policy, result))
+        try:
+            finished = True
+            async for page in pages:
+                records.extend(page.records)
+                result.pages += 1
+                result.next_state = page.next_state
+                if result.pages >= job.pages_per_part:
+                    reached = job.max_pages is not None and int(page.next_state.get("pages", 0)) >= job.max_pages
+                    finished = bool(page.next_state.get("done")) or reached
+                    break
+            result.done = finished
+        except (FatalError, ConfigError):
+            raise
+        except Exception as exc:
+            number = int(result.next_state.get("pages", 0)) + 1
+            result.failure = PageFailure(
+                page=number, error_type=type(exc).__name__, category=str(getattr(exc, "category", "exception")),
+                attempts=attempts_made(exc), status=getattr(exc, "status", None),
+                message=redact_text(f"page {number} of {job.shown_url} failed: {exc}"
+                                    if f"page {number}" not in str(exc) else str(exc)),
+            )
+        finally:
+            await pages.aclose()
+    if result.done:
+        result.next_state = {**result.next_state, "done": True}
+    return records, result
+
+
+class _Counting:
+    """The run's RetryPolicy, counting the requests it makes (for the summary)."""
+
+    def __init__(self, policy: RetryPolicy, result: PartResult) -> None:
+        self._policy, self._result = policy, result
+
+    async def acall(self, fn: Any) -> Any:
+        try:
+            value, attempts = await self._policy.acall(fn)
+        except Exception as exc:
+            self._result.requests += attempts_made(exc)
+            raise
+        self._result.requests += attempts
+        return value, attempts
+
+
+@task(name="extract-part", task_run_name="part-{index}", persist_result=False, cache_policy=NO_CACHE, log_prints=False)
+def extract_part_task(job: ExtractJob, index: int, state: dict[str, Any] | None) -> PartResult:
+    """Prefect face of :func:`extract_part` (not cached: the flow's checkpoint is the resume state)."""
+    with recorded_safely(f"part {index}"):
+        return extract_part(job, index, state)
+
+
+# --------------------------------------------------------------------------- the checkpointed walk
+
+CHECKPOINT_VERSION = 1
+
+
+def _not_fatal(task: Any, task_run: Any, state: Any) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), FatalError | ConfigError)
+
+
+def load_checkpoint(run: ChunkedRun, identity: str) -> dict[str, Any]:
+    """Where an earlier attempt of this run key stopped: parts, records and pages written, paginator state."""
+    fresh = {"parts": 0, "records": 0, "pages": 0, "state": None}
+    data = run.run_dir.read_checkpoint()
+    if not data:
+        return fresh
+    if data.get("identity") != identity:
+        msg = (
+            f"run_key {run.run_key!r} has a checkpoint of a different extraction (url, paginator, page_size, "
+            "records_path, cursor_path, params or output changed); use a new run_key, or the same parameters to resume"
+        )
+        raise ConfigError(msg)
+    return {k: data.get(k, v) for k, v in fresh.items()}
+
+
+def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: str, chunk_retries: int) -> RunSummary:
+    """Run parts one after another from the checkpoint until the paginator is done or a page fails for good;
+    checkpoint after every written part. Returns the run's summary (state decided)."""
+    started = time.perf_counter()
+    limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=run.run_key)
+    if hasattr(limiter, "ensure_limit"):
+        limiter.ensure_limit()
+    checkpoint = load_checkpoint(run, identity)
+    parts, records, pages, state = (checkpoint["parts"], checkpoint["records"], checkpoint["pages"],
+                                    checkpoint["state"])
+    stale = remove_parts_from(job.output_dir, parts)
+    if stale:
+        run.progress.logger.warning("removed %d part file(s) written after the last checkpoint: %s",
+                                    len(stale), ", ".join(p.name for p in stale))
+    if parts:
+        s = run.builder.summary
+        s.total += records
+        s.succeeded += records
+        s.chunks_total += parts
+        s.chunks_resumed += parts
+        run.progress.advance(records, 0)
+        run.progress.logger.info("resuming run %r after %d part(s), %d record(s), %d page(s)",
+                                 run.run_key, parts, records, pages)
+    task = extract_part_task.with_options(retries=chunk_retries, retry_delay_seconds=1.0,
+                                          retry_condition_fn=_not_fatal)
+    failed_reason: str | None = None
+    requests = 0
+    try:
+        while not (state or {}).get("done"):
+            outcome = task(job=job, index=parts, state=state, return_state=True)
+            result = outcome.result(raise_on_failure=False)
+            if not isinstance(result, PartResult):
+                if isinstance(result, FatalError):
+                    run.fatal = redact_text(str(result))
+                    break
+                raise result if isinstance(result, BaseException) else RuntimeError(f"part {parts}: {outcome.message}")
+            requests += result.requests
+            pages += result.pages
+            if result.records:
+                run.record(ChunkReport(index=parts, size=result.records, succeeded=result.records,
+                                       output_path=result.output_path, duration_s=result.duration_s,
+                                       extra={"pages": result.pages}))
+                parts += 1
+                records += result.records
+            state = result.next_state
+            run.run_dir.write_checkpoint({
+                "version": CHECKPOINT_VERSION, "identity": identity, "parts": parts, "records": records,
+                "pages": pages, "state": state,
+            })
+            if result.failure is not None:
+                failure = result.failure
+                dead = FailedItem(  # the item is the page to fetch again: its URL (no credentials) and cursor state
+                    item={"page": failure.page, "url": shown_url, "state": state}, chunk=parts, position=0,
+                    attempts=failure.attempts, error_type=failure.error_type, message=failure.message,
+                    category=failure.category, status=failure.status,
+                )
+                run.record(ChunkReport(index=parts, size=1, failed=1, failures=[dead]))
+                failed_reason = f"{failure.message}; rerun with run_key={run.run_key!r} to continue from page {failure.page}"
+                break
+    finally:
+        run.dead.close()
+    run.progress.finish()
+    summary = run.builder.finish(time.perf_counter() - started)
+    summary.extra.update({"records": records, "pages": pages, "http_requests_this_run": requests})
+    # a failed page ends the walk: its reason (page, error, how to resume) is the message, not the ratio
+    return run.finish(summary, output_path=job.output_dir, failed_reason=failed_reason,
+                      min_success_ratio=0.0 if failed_reason else 1.0)
+
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "ExtractJob",
+    "PageFailure",
+    "PartResult",
+    "extract_part",
+    "extract_part_task",
+    "load_checkpoint",
+    "split_url",
+    "walk_pages",
+]

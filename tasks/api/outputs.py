@@ -1,0 +1,276 @@
+"""Output part files of api_bulk / api_extract, and the run's credentials and rate limiter.
+
+Why these three live together: they are what both API flows resolve once per process and share
+between chunk tasks (threads), while everything per request lives in :mod:`tasks.api.client`.
+
+* Parts: ``<output>/part-000017.jsonl`` or ``.parquet``, one per chunk (api_bulk) or per N pages
+  (api_extract), written to a temp name and renamed, so a killed chunk leaves no half file and a
+  rerun that writes the same part replaces it whole.
+* Token: from a Prefect ``Secret`` block (``auth_secret="name"``) or ``BATCHFLOWS_HTTP_TOKEN``, and
+  other credential headers from Secret blocks (``secret_headers={"X-Api-Key": "name"}``);
+  registered for redaction the moment it is read. Cached per process for a few minutes so a chunk
+  does not call the Prefect API, yet a rotated secret is picked up by the next runs.
+* Limiter: one per process and run (local TokenBucket) or per process and name (SharedRateLimit),
+  so every chunk task running here spends the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from tasks.api.request_spec import is_sensitive_header, is_sensitive_param
+from tasks.core import (
+    ConfigError,
+    HttpSettings,
+    TokenBucket,
+    atomic_write,
+    is_handle,
+    output_write_error,
+    register_object,
+    register_secret,
+    resolve_handle,
+)
+
+ApiPartFormat = Literal["jsonl", "parquet"]
+TOKEN_CACHE_S = 300.0
+LOCAL_HEADROOM = 0.02  # pace a local bucket 2 % under the limit: send-time jitter at a server's second edge
+
+_tokens: dict[str, tuple[float, str]] = {}
+_tokens_lock = threading.Lock()
+_limiters: dict[tuple[str, str, float], Any] = {}
+_limiters_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def part_path(output_dir: str | Path, index: int, fmt: ApiPartFormat) -> Path:
+    return Path(output_dir) / f"part-{index:06d}.{fmt}"
+
+
+def write_part(
+    output_dir: str | Path, index: int, rows: Sequence[Any], fmt: ApiPartFormat, *,
+    json_columns: Iterable[str] = (), schema: dict[str, Any] | None = None, encoded: bool = False,
+) -> Path:
+    """Write one part atomically and return its path.
+
+    JSONL: one JSON object per row (``encoded=True``: rows are JSON text already). Parquet: polars infers the columns from the rows; the columns in
+    ``json_columns`` (arbitrary JSON such as response bodies) are stored as JSON text, and rows that
+    polars cannot type consistently fall back to one ``record`` column of JSON text.
+    """
+    path = part_path(output_dir, index, fmt)
+    if fmt not in ("jsonl", "parquet"):
+        msg = f"output_format {fmt!r} is unknown; use 'jsonl' or 'parquet'"
+        raise ConfigError(msg)
+    try:
+        if fmt == "jsonl":
+            with atomic_write(path, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write((row if encoded else json.dumps(row, default=str, ensure_ascii=False)) + "\n")
+        else:
+            frame = _frame(rows, tuple(json_columns), schema)
+            with atomic_write(path, "wb") as fh:
+                frame.write_parquet(fh)
+    except OSError as exc:  # read-only, disk full, a file in the way: every later part would fail too
+        raise output_write_error(exc, output_dir, writing=True) or exc from None
+    return path
+
+
+def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema: dict[str, Any] | None) -> Any:
+    import polars as pl
+
+    def dump(value: Any) -> str:
+        return json.dumps(value, default=str, ensure_ascii=False)
+
+    if json_columns:
+        rows = [{k: dump(v) if k in json_columns else v for k, v in row.items()} for row in rows]
+    if rows and not all(isinstance(row, dict) for row in rows):
+        return pl.DataFrame({"record": [dump(row) for row in rows]}, schema={"record": pl.String})
+    try:
+        return pl.DataFrame(rows, schema=schema, infer_schema_length=None, strict=schema is None)
+    except Exception:  # mixed types across records: keep every record, as JSON text
+        return pl.DataFrame({"record": [dump(row) for row in rows]}, schema={"record": pl.String})
+
+
+def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path]:
+    """Delete parts numbered ``first_index`` and up (written after the last checkpoint by a killed run)."""
+    root = Path(output_dir)
+    removed = []
+    if not root.is_dir():
+        return removed
+    for path in root.glob("part-*.*"):
+        stem = path.name.split(".")[0].removeprefix("part-")
+        if stem.isdigit() and int(stem) >= first_index:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    for tmp in root.glob(".part-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def resolve_token(auth_secret: str | None, *, settings: HttpSettings | None = None) -> str | None:
+    """The bearer token: the Secret block's value, else ``BATCHFLOWS_HTTP_TOKEN``, else None (no auth)."""
+    if not auth_secret:
+        token = (settings or HttpSettings()).token
+        raw = token.get_secret_value() if token is not None else None
+        register_secret(raw)
+        return raw or None
+    return _cached_secret(auth_secret, what=f"auth_secret {auth_secret!r}")
+
+
+def resolve_secrets(secrets: Mapping[str, str] | None, *, what: str = "secret_headers") -> dict[str, str]:
+    """Values from Prefect Secret blocks (``{"X-Api-Key": "block-name"}``), registered for redaction.
+
+    A value may also be an in-process handle (``mem:...``): the Python entry points move credential
+    headers and query parameters there so they never become flow-run parameters. ``what`` names
+    the parameter in errors (``secret_headers`` or ``secret_params``).
+    """
+    resolved: dict[str, str] = {}
+    for name, source in (secrets or {}).items():
+        if is_handle(source):
+            value = str(resolve_handle(source, what=f"{what}[{name!r}]"))
+            register_secret(value)
+        else:
+            value = _cached_secret(source, what=f"{what}[{name!r}] = {source!r}")
+        resolved[name] = value
+    return resolved
+
+
+def split_credential_headers(headers: dict[str, str] | None) -> tuple[dict[str, str] | None, dict[str, str]]:
+    """(plain headers, {credential header: in-process handle}) for the Python entry points.
+
+    The values are registered for redaction and parked in this process (tasks.core.loader), so the flow
+    run's parameters carry only ``mem:`` handles, never the credentials themselves.
+    """
+    return _split(headers, is_sensitive_header)
+
+
+def split_credential_params(url: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, dict[str, str]]:
+    """(url without credential query parameters, plain params, {credential param: handle}) for the Python
+    entry points: ``?api_key=...`` in the URL or in ``params`` never becomes a flow-run parameter."""
+    base, _, query = url.partition("?")
+    kept, moved = [], {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if is_sensitive_param(key):
+            moved[key] = value
+        else:
+            kept.append((key, value))
+    url = base + ("?" + urlencode(kept) if kept else "")
+    merged = {**moved, **(params or {})} if moved else params
+    plain, handles = _split(merged, is_sensitive_param)
+    return url, plain, handles
+
+
+def keep_credentials_in_process(values: dict[str, Any], handles: list[str]) -> None:
+    """``python_entry`` prepare hook of the API flows: credential headers (and, when the flow has a ``url``,
+    credential query parameters) given in Python move to ``secret_headers`` / ``secret_params`` as ``mem:``
+    handles that stay in this process; the handles are appended to ``handles`` for release after the run."""
+    plain, secret = split_credential_headers(values.get("headers"))
+    if secret:
+        values["headers"] = plain
+        values["secret_headers"] = {**(values.get("secret_headers") or {}), **secret}
+        handles.extend(secret.values())
+    if "url" in values:
+        values["url"], params, moved = split_credential_params(values["url"], values.get("params"))
+        if moved:
+            values["params"] = params
+            values["secret_params"] = {**(values.get("secret_params") or {}), **moved}
+            handles.extend(moved.values())
+
+
+def _split(values: dict[str, Any] | None, sensitive: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    plain: dict[str, Any] = {}
+    handles: dict[str, str] = {}
+    for name, value in (values or {}).items():
+        if sensitive(name) and value is not None:
+            register_secret(str(value))
+            handles[name] = register_object(str(value))
+        else:
+            plain[name] = value
+    return (plain or None) if values is not None else None, handles
+
+
+def _cached_secret(name: str, *, what: str) -> str:
+    now = time.monotonic()
+    with _tokens_lock:
+        cached = _tokens.get(name)
+        if cached is not None and now - cached[0] < TOKEN_CACHE_S:
+            return cached[1]
+    value = _load_secret(name, what=what)
+    register_secret(value)
+    with _tokens_lock:
+        _tokens[name] = (now, value)
+    return value
+
+
+def _load_secret(name: str, *, what: str) -> str:
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except Exception as exc:
+        msg = (
+            f"{what}: the Prefect Secret block could not be loaded ({type(exc).__name__}: {exc}); "
+            f"create it with `Secret(value=...).save({name!r})` or `prefect block create secret`, or check PREFECT_API_URL"
+        )
+        raise ConfigError(msg) from None
+    if isinstance(value, dict) and isinstance(value.get("token"), str):
+        value = value["token"]
+    if not isinstance(value, str) or not value:
+        msg = f"{what} must hold a non-empty string (or {{'token': '...'}}), not {type(value).__name__}"
+        raise ConfigError(msg)
+    return value
+
+
+# --------------------------------------------------------------------------- rate limiter
+
+
+def process_limiter(rate_per_second: float | None, name: str | None, *, scope: str) -> Any:
+    """The limiter every chunk of this process shares: None, a local TokenBucket, or a SharedRateLimit.
+
+    A local bucket is per ``scope`` (the run key), so one run's AIMD state never slows another run in
+    the same worker; a shared limit is per name, because the name *is* the shared budget.
+    """
+    if rate_per_second is None:
+        if name:
+            msg = f"rate_limit_name={name!r} needs rate_limit_per_second too (the budget of the shared limit)"
+            raise ConfigError(msg)
+        return None
+    if not rate_per_second > 0:
+        msg = f"rate_limit_per_second must be > 0, got {rate_per_second!r}; omit it to run unthrottled"
+        raise ConfigError(msg)
+    key = ("shared", name, float(rate_per_second)) if name else ("local", scope, float(rate_per_second))
+    with _limiters_lock:
+        limiter = _limiters.get(key)
+        if limiter is None:
+            if name:
+                from tasks.core import SharedRateLimit
+
+                limiter = SharedRateLimit(name, rate_per_second)
+            else:
+                limiter = TokenBucket(rate_per_second * (1 - LOCAL_HEADROOM))
+            _limiters[key] = limiter
+    return limiter
+
+
+__all__ = [
+    "LOCAL_HEADROOM",
+    "ApiPartFormat",
+    "part_path",
+    "process_limiter",
+    "remove_parts_from",
+    "resolve_secrets",
+    "resolve_token",
+    "split_credential_headers",
+    "split_credential_params",
+    "write_part",
+]

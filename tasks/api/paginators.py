@@ -1,0 +1,305 @@
+"""Paginators for api_extract: small objects that turn a JSON state into the next page's request.
+
+Why a plain-dict state: it is the checkpoint. After a page's records are written the caller saves
+``Page.next_state``; a rerun passes it back as ``state=`` and continues with the page after the last
+written one, so nothing is fetched twice into the output and nothing is skipped. A state with
+``done: true`` means the walk finished. ``state["pages"]`` counts pages across resumes, so
+``max_pages`` means the same thing before and after a crash.
+
+A server that ignores the pagination parameters (a wrong parameter name, a Link header pointing at
+itself) answers the same page forever: a page whose records equal the previous page's is refused
+with an ItemError naming the page (``state["last_page"]`` keeps the previous page's fingerprint, so
+the check holds across parts and resumes).
+
+Stops: an empty page (not yielded), no next page (cursor null/missing, no ``rel="next"`` link, a page
+shorter than ``page_size`` for offset/page styles is *not* trusted as the end because many APIs cap
+sizes silently, so they stop on the following empty page), or ``max_pages``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Protocol
+
+import httpx
+
+from tasks.api.client import ResponseRecord, send
+from tasks.api.request_spec import RequestSpec
+from tasks.core import ConfigError, ItemError, RetryPolicy, redact_text
+
+PaginatorKind = Literal["offset", "page", "cursor", "link_header"]
+State = dict[str, Any]
+
+
+class Page(NamedTuple):
+    """One fetched page: its 1-based number, its records, and the checkpoint to save after writing it."""
+
+    number: int
+    records: list[Any]
+    next_state: State
+
+
+class Paginator(Protocol):
+    kind: str
+
+    def initial_state(self) -> State: ...
+
+    def request(self, url: str, state: State, params: Mapping[str, Any] | None) -> RequestSpec: ...
+
+    def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State: ...
+
+
+def _base(state: State, kind: str) -> State:
+    return {"kind": kind, "pages": int(state.get("pages", 0)) + 1, "done": False}
+
+
+@dataclass(frozen=True)
+class OffsetPaginator:
+    """``?offset=N&limit=page_size``; the next offset is the current one plus records received."""
+
+    page_size: int = 100
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    kind: str = "offset"
+
+    def initial_state(self) -> State:
+        return {"kind": self.kind, "pages": 0, "done": False, "offset": 0}
+
+    def request(self, url: str, state: State, params: Mapping[str, Any] | None) -> RequestSpec:
+        query = {**(params or {}), self.offset_param: state["offset"], self.limit_param: self.page_size}
+        return RequestSpec("GET", url, params=query)
+
+    def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State:
+        return {**_base(state, self.kind), "offset": int(state["offset"]) + len(records)}
+
+
+@dataclass(frozen=True)
+class PageNumberPaginator:
+    """``?page=N&per_page=page_size`` starting at ``first_page``."""
+
+    page_size: int = 100
+    page_param: str = "page"
+    size_param: str = "per_page"
+    first_page: int = 1
+    kind: str = "page"
+
+    def initial_state(self) -> State:
+        return {"kind": self.kind, "pages": 0, "done": False, "page": self.first_page}
+
+    def request(self, url: str, state: State, params: Mapping[str, Any] | None) -> RequestSpec:
+        query = {**(params or {}), self.page_param: state["page"], self.size_param: self.page_size}
+        return RequestSpec("GET", url, params=query)
+
+    def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State:
+        return {**_base(state, self.kind), "page": int(state["page"]) + 1}
+
+
+@dataclass(frozen=True)
+class CursorPaginator:
+    """``?cursor=C``, the next cursor read from ``cursor_path`` in the body; null/missing ends the walk."""
+
+    cursor_path: str = "next_cursor"
+    cursor_param: str = "cursor"
+    page_size: int | None = 100
+    size_param: str = "limit"
+    kind: str = "cursor"
+
+    def initial_state(self) -> State:
+        return {"kind": self.kind, "pages": 0, "done": False, "cursor": None}
+
+    def request(self, url: str, state: State, params: Mapping[str, Any] | None) -> RequestSpec:
+        query = dict(params or {})
+        if self.page_size is not None:
+            query[self.size_param] = self.page_size
+        if state.get("cursor") is not None:
+            query[self.cursor_param] = state["cursor"]
+        return RequestSpec("GET", url, params=query)
+
+    def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State:
+        cursor = dig(record.body, self.cursor_path, default=None)
+        nxt = {**_base(state, self.kind), "cursor": cursor}
+        nxt["done"] = cursor in (None, "") or cursor == state.get("cursor")
+        return nxt
+
+
+@dataclass(frozen=True)
+class LinkHeaderPaginator:
+    """RFC 5988/8288 ``Link: <url>; rel="next"``; the next URL is stored whole in the state."""
+
+    page_size: int | None = None
+    size_param: str = "per_page"
+    kind: str = "link_header"
+
+    def initial_state(self) -> State:
+        return {"kind": self.kind, "pages": 0, "done": False, "next_url": None}
+
+    def request(self, url: str, state: State, params: Mapping[str, Any] | None) -> RequestSpec:
+        if state.get("next_url"):
+            return RequestSpec("GET", state["next_url"])
+        query = dict(params or {})
+        if self.page_size is not None:
+            query[self.size_param] = self.page_size
+        return RequestSpec("GET", url, params=query or None)
+
+    def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State:
+        nxt_url = next_link(record.headers.get("link", ""))
+        return {**_base(state, self.kind), "next_url": nxt_url, "done": nxt_url is None}
+
+
+def make_paginator(
+    kind: PaginatorKind, *, page_size: int = 100, cursor_path: str | None = None, **options: Any
+) -> Paginator:
+    """The paginator for api_extract's ``paginator=`` parameter."""
+    if page_size < 1:
+        msg = f"page_size must be >= 1, got {page_size}"
+        raise ConfigError(msg)
+    classes: dict[str, Any] = {"offset": OffsetPaginator, "page": PageNumberPaginator, "cursor": CursorPaginator,
+                               "link_header": LinkHeaderPaginator}
+    if kind in classes:
+        allowed = {f.name for f in dataclasses.fields(classes[kind])} - {"kind", "page_size", "cursor_path"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            msg = (f"paginator_options {unknown} do not apply to paginator {kind!r}; "
+                   f"it takes {sorted(allowed) or 'no options'}")
+            raise ConfigError(msg)
+        bad = sorted(k for k, v in options.items() if not isinstance(v, str | int) or isinstance(v, bool) or v == "")
+        if bad:
+            msg = f"paginator_options {bad} must be non-empty parameter names (or first_page: an integer)"
+            raise ConfigError(msg)
+    if kind == "offset":
+        return OffsetPaginator(page_size=page_size, **options)
+    if kind == "page":
+        return PageNumberPaginator(page_size=page_size, **options)
+    if kind == "cursor":
+        if not cursor_path:
+            msg = "paginator='cursor' needs cursor_path, the dotted path of the next cursor in the body (e.g. 'meta.next')"
+            raise ConfigError(msg)
+        return CursorPaginator(cursor_path=cursor_path, page_size=page_size, **options)
+    if kind == "link_header":
+        return LinkHeaderPaginator(page_size=page_size, **options)
+    msg = f"paginator {kind!r} is unknown; use 'offset', 'page', 'cursor' or 'link_header'"
+    raise ConfigError(msg)
+
+
+_MISSING = object()
+
+
+def dig(body: Any, path: str, *, default: Any = _MISSING) -> Any:
+    """Follow a dotted path (``"result.items"``, ``"data.0.id"``; ``""`` or ``"."`` is the body itself)."""
+    node = body
+    if path in ("", "."):
+        return node
+    for part in path.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            if default is not _MISSING:
+                return default
+            raise KeyError(part)
+    return node
+
+
+def next_link(header: str) -> str | None:
+    """The ``rel="next"`` target of a Link header, or None."""
+    for part in header.split(","):
+        section = part.split(";")
+        if len(section) < 2:
+            continue
+        target = section[0].strip()
+        if not (target.startswith("<") and target.endswith(">")):
+            continue
+        for param in section[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
+                return target[1:-1]
+    return None
+
+
+def extract_records(body: Any, records_path: str, *, page: int, url: str) -> list[Any]:
+    """The records of one page, or an ItemError naming the page and the keys that are there."""
+    try:
+        records = dig(body, records_path)
+    except KeyError as exc:
+        keys = sorted(body) if isinstance(body, Mapping) else type(body).__name__
+        msg = (
+            f"page {page} ({redact_text(url)}) has no {records_path!r} (missing {exc.args[0]!r}); the body's "
+            f"top-level keys are {keys}; set records_path to the list of records (dotted path, '' for a list body)"
+        )
+        raise ItemError(msg, category="records_path_missing") from None
+    if records is None:
+        return []
+    if not isinstance(records, list):
+        msg = f"page {page}: {records_path!r} is a {type(records).__name__}, not a list of records"
+        raise ItemError(msg, category="records_path_missing")
+    return records
+
+
+async def iter_pages(
+    client: httpx.AsyncClient,
+    url: str,
+    paginator: Paginator,
+    *,
+    records_path: str = "data",
+    params: Mapping[str, Any] | None = None,
+    state: State | None = None,
+    max_pages: int | None = None,
+    retry: RetryPolicy | None = None,
+) -> AsyncIterator[Page]:
+    """Fetch page after page, yielding ``Page(number, records, next_state)``.
+
+    Save ``next_state`` only after the page's records are written; pass it back as ``state`` to
+    resume. Each page is one :func:`tasks.api.client.send` under ``retry`` (the one retry loop).
+    """
+    state = dict(state) if state else paginator.initial_state()
+    if state.get("kind", paginator.kind) != paginator.kind:
+        msg = f"checkpoint is for paginator {state.get('kind')!r}, not {paginator.kind!r}; delete it or use the same paginator"
+        raise ConfigError(msg)
+    policy = retry or RetryPolicy(retries=0)
+    while not state.get("done") and (max_pages is None or int(state.get("pages", 0)) < max_pages):
+        spec = paginator.request(url, state, params)
+        record, _ = await policy.acall(lambda spec=spec: send(client, spec, expect="json"))
+        number = int(state.get("pages", 0)) + 1
+        records = extract_records(record.body, records_path, page=number, url=record.url)
+        if not records:
+            return
+        fingerprint = page_fingerprint(records)
+        if number > 1 and fingerprint == state.get("last_page"):
+            msg = (
+                f"page {number} ({redact_text(record.url)}) returned exactly the {len(records)} records of page "
+                f"{number - 1}: the API seems to ignore the {paginator.kind!r} pagination parameters, so the walk "
+                "would never end; check the parameter names (paginator_options, e.g. {'offset_param': 'skip'}) "
+                "or the next-page location, or set max_pages"
+            )
+            raise ItemError(msg, category="pagination_stuck")
+        state = {**paginator.advance(state, record, records), "last_page": fingerprint}
+        yield Page(number, records, state)
+
+
+def page_fingerprint(records: list[Any]) -> str:
+    """A short stable hash of a page's records (to spot a server answering the same page forever)."""
+    text = json.dumps(records, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+__all__ = [
+    "CursorPaginator",
+    "LinkHeaderPaginator",
+    "OffsetPaginator",
+    "Page",
+    "PageNumberPaginator",
+    "Paginator",
+    "PaginatorKind",
+    "State",
+    "dig",
+    "extract_records",
+    "iter_pages",
+    "make_paginator",
+    "next_link",
+    "page_fingerprint",
+]

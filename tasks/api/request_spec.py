@@ -1,0 +1,244 @@
+"""Turn items into HTTP requests: full request specs or templates, idempotency keys, base_url checks.
+
+Kept apart from the client so it stays pure (no sockets) and cheap to test. Rules:
+
+* An item is a **full request spec** when it is a mapping with ``path`` or ``url`` and only the keys
+  ``method, path, url, params, json, headers``. Anything else is **data** rendered into the
+  template's ``path_template`` (``"/users/{id}"``, values percent-encoded as one path segment) and
+  ``json_template`` (any JSON-able structure; a string leaf that is exactly ``"{name}"`` takes the
+  item's value with its type, other string leaves are formatted as text).
+* A placeholder missing from the item is an ``ItemError`` naming it and the item's keys: that item
+  fails, the run goes on.
+* Non-GET/HEAD requests get an ``Idempotency-Key`` derived from method, target and body, so retries
+  and resumed runs send the same key and the server can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from tasks.core import CREDENTIAL_PARAMS, ConfigError, ItemError, redact_text
+
+SPEC_KEYS = frozenset({"method", "path", "url", "params", "json", "headers"})
+SENSITIVE_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey", "api_key", "signature")
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_URL = TypeAdapter(AnyHttpUrl)
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One concrete request. ``url`` is a path (joined to the client's base_url) or an absolute URL."""
+
+    method: str
+    url: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RequestTemplate(BaseModel):
+    """How data items become requests (the api_bulk parameters of the same names)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field("GET", description="HTTP method for templated items.")
+    path_template: str = Field("/{id}", description="Path with {placeholders} filled from each item.")
+    json_template: Any = Field(None, description="JSON body whose string leaves may hold {placeholders}.")
+    headers: dict[str, str] | None = Field(None, description="Extra headers on every request.")
+    idempotency_keys: bool = Field(True, description="Send Idempotency-Key on non-GET requests.")
+    idempotency_namespace: str = Field(
+        "", description="Mixed into keys; set it (e.g. to a run_key) to make two runs' keys differ."
+    )
+
+
+def validate_base_url(base_url: str) -> str:
+    """Return ``base_url`` without a trailing slash, or raise ConfigError saying what is wrong."""
+    try:
+        _URL.validate_python(base_url)
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"] for e in exc.errors())
+        msg = (
+            f"base_url {redact_text(str(base_url))!r} is not a valid http(s) URL ({reason}); "
+            "expected something like 'https://api.example.com/v1'"
+        )
+        raise ConfigError(msg) from None
+    return base_url.rstrip("/")
+
+
+def is_sensitive_header(name: str) -> bool:
+    """True for headers that carry credentials (Authorization, Cookie, X-Api-Key, X-Auth-Token, ...)."""
+    low = name.lower()
+    return low != "idempotency-key" and any(word in low for word in SENSITIVE_HEADER_WORDS)
+
+
+def is_sensitive_param(name: str) -> bool:
+    """True for query parameters that carry credentials (``api_key``, ``access_token``, ``sig``, ...)."""
+    return name.lower() in CREDENTIAL_PARAMS
+
+
+def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow: str) -> None:
+    """ConfigError for credential query parameters in flow parameters (Prefect stores and shows those)."""
+    in_url = [key for key, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True) if is_sensitive_param(key)]
+    names = sorted({*in_url, *(k for k in (params or {}) if is_sensitive_param(k))})
+    _refuse_credentials(names, what="query parameter(s)", instead="secret_params", flow=flow)
+
+
+def refuse_sensitive_headers(headers: Mapping[str, str] | None, *, flow: str) -> None:
+    """ConfigError for credential headers given as flow parameters (Prefect stores and shows those)."""
+    names = sorted(name for name in (headers or {}) if is_sensitive_header(name))
+    _refuse_credentials(names, what="header(s)", instead="secret_headers", flow=flow,
+                        bearer=" (or auth_secret='<block>' for a bearer token)")
+
+
+def _refuse_credentials(names: list[str], *, what: str, instead: str, flow: str, bearer: str = "") -> None:
+    if names:
+        example = {name: "<Secret block name>" for name in names}
+        msg = (
+            f"{flow}: {what} {names} carry credentials, and flow parameters are stored by Prefect and shown in its "
+            f"UI and API; save each value in a Prefect Secret block and pass {instead}={example}{bearer}. "
+            "The Python function moves them out of the parameters itself."
+        )
+        raise ConfigError(msg)
+
+
+def check_template(node: Any, where: str) -> None:
+    """Malformed templates are a ConfigError before any request (missing item keys are per-item errors)."""
+    if isinstance(node, str):
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(node) if name is not None]
+        except ValueError as exc:
+            msg = f"{where} {node!r} is malformed ({exc}); use {{name}} placeholders and {{{{ }}}} for literal braces"
+            raise ConfigError(msg) from None
+        if "" in names:
+            msg = f"{where} {node!r} has an empty {{}} placeholder; name it after an item key, e.g. {{id}}"
+            raise ConfigError(msg)
+    elif isinstance(node, dict):
+        for value in node.values():
+            check_template(value, where)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            check_template(value, where)
+
+
+def is_request_spec(item: Any) -> bool:
+    """True when ``item`` is a full request spec rather than data for the templates."""
+    return isinstance(item, Mapping) and ("path" in item or "url" in item) and set(item) <= SPEC_KEYS
+
+
+def build_request(item: Any, template: RequestTemplate | None = None) -> RequestSpec:
+    """The request for one item (see the module docstring for the rules)."""
+    template = template or RequestTemplate()
+    if is_request_spec(item):
+        method = str(item.get("method") or template.method).upper()
+        url, params = _merge_query(str(item.get("url") or item.get("path")), item.get("params"))
+        spec = RequestSpec(
+            method=method,
+            url=url,
+            params=params,
+            json=item.get("json"),
+            headers={**(template.headers or {}), **dict(item.get("headers") or {})},
+        )
+    else:
+        if not isinstance(item, Mapping):
+            item = {"id": item}
+        spec = RequestSpec(
+            method=template.method.upper(),
+            url=_render_path(template.path_template, item),
+            json=_render_json(template.json_template, item) if template.json_template is not None else None,
+            headers=dict(template.headers or {}),
+        )
+    has_key = any(k.lower() == "idempotency-key" for k in spec.headers)
+    if template.idempotency_keys and spec.method not in IDEMPOTENT_METHODS and not has_key:
+        spec.headers["Idempotency-Key"] = idempotency_key(spec, namespace=template.idempotency_namespace)
+    return spec
+
+
+def _merge_query(url: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """Fold the URL's own query into ``params`` (httpx would drop it when params are given)."""
+    if not params:
+        return url, None
+    if "?" not in url:
+        return url, dict(params)
+    base, query = url.split("?", 1)
+    merged: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in merged:
+            merged[key] = value
+        else:  # a repeated key (a=1&a=2) becomes a list, as httpx sends lists
+            previous = merged[key]
+            merged[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+    merged.update(params)
+    return base, merged
+
+
+def idempotency_key(spec: RequestSpec, *, namespace: str = "") -> str:
+    """Deterministic key of a request: same method, target, params and body -> same key, in any run."""
+    canonical = json.dumps(
+        [namespace, spec.method, spec.url, spec.params, spec.json], sort_keys=True, separators=(",", ":"), default=str
+    )
+    return "bf-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def _placeholders(text: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        msg = f"template {text!r} is malformed ({exc}); use {{name}} placeholders and {{{{ }}}} for literal braces"
+        raise ConfigError(msg) from None
+
+
+def _lookup(item: Mapping[str, Any], name: str, text: str) -> Any:
+    if name == "":
+        msg = f"template {text!r} has an empty {{}} placeholder; name it after an item key, e.g. {{id}}"
+        raise ConfigError(msg)
+    if name not in item:
+        keys = sorted(map(str, item))
+        msg = f"placeholder {{{name}}} of template {text!r} is not a key of the item; the item has keys {keys}"
+        raise ItemError(msg, category="bad_item")
+    return item[name]
+
+
+def _render_path(text: str, item: Mapping[str, Any]) -> str:
+    values = {name: quote(str(_lookup(item, name, text)), safe="") for name in _placeholders(text)}
+    return text.format_map(values)
+
+
+def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
+    if isinstance(node, str):
+        names = _placeholders(node)
+        if len(names) == 1 and node == "{" + names[0] + "}":
+            return _lookup(item, names[0], node)
+        if not names:
+            return node.format_map({})
+        return node.format_map({name: _lookup(item, name, node) for name in names})
+    if isinstance(node, Mapping):
+        return {key: _render_json(value, item) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [_render_json(value, item) for value in node]
+    return node
+
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "SENSITIVE_HEADER_WORDS",
+    "SPEC_KEYS",
+    "RequestSpec",
+    "RequestTemplate",
+    "build_request",
+    "check_template",
+    "idempotency_key",
+    "is_request_spec",
+    "is_sensitive_header",
+    "is_sensitive_param",
+    "refuse_sensitive_headers",
+    "refuse_sensitive_params",
+    "validate_base_url",
+]

@@ -1,0 +1,332 @@
+"""The shape of every batchflows flow: its parameters declared once, everything else derived.
+
+A flow declares its parameters as one pydantic model (shared knobs come from ``tasks.core.params`` as
+``Annotated`` aliases and small mixin groups), and its body takes that model::
+
+    class BatchMapParams(RunParams, ItemParams, ...):
+        source: Items
+        handler: Handler
+        chunk_size: ChunkSize = SETTING
+
+    @batchflow("batch-map", BatchMapParams, positional=("source", "handler"))
+    def batch_map_flow(p: BatchMapParams) -> RunSummary:
+        '''Run a handler over every item: chunked, bounded, retried, resumable.'''
+
+    batch_map = python_entry(batch_map_flow, objects={"source": SourceLike, "handler": HandlerLike})
+
+From that one declaration come:
+
+* **the Prefect flow**: a flat signature generated from the model (so ``--param item_concurrency=32``
+  works from the CLI and prefect.yaml stays readable), whose parameter schema (the UI form) carries
+  every type, bound and default; the description of each parameter is written into the docstring's
+  ``Args:`` section, where Prefect 3.8 reads descriptions from (it drops ``Field(description=...)``).
+* **validation**, the same for every entry point: the model, at the start of the run (Prefect's own
+  validation is off, so a deployment run from the UI or the CLI gets the same message as Python):
+  a ConfigError naming each bad parameter, the rule and the value.
+* **settings as defaults**: a field whose alias carries :class:`FromSetting` and that is not given takes
+  the setting's value (``BATCHFLOWS_*``) when the run starts.
+* **the final state**: the body returns its summary; the flow ends Completed or Failed with the counts as
+  the state message and the summary as the state's data.
+* **the Python entry point**: the same parameters (in-process objects such as generators and callables
+  where declared), validated before any flow run exists, returning the summary, or raising
+  :class:`RunFailed` (with the summary) when the run ends Failed unless ``raise_on_failure=False``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
+
+from tasks.core.errors import BatchflowsError, ConfigError
+
+P = TypeVar("P", bound="FlowParams")
+S = TypeVar("S")
+SETTING: Any = None  # the default of a parameter whose value comes from a setting when not given
+
+
+@dataclass(frozen=True)
+class FromSetting:
+    """``Annotated`` metadata: when the parameter is not given, its value is this setting's."""
+
+    settings: type[BaseSettings]
+    field: str
+
+    @property
+    def env(self) -> str:
+        prefix = self.settings.model_config.get("env_prefix", "")
+        return f"{prefix}{self.field}".upper()
+
+    def value(self) -> Any:
+        return getattr(self.settings(), self.field)
+
+    def describe(self) -> str:
+        default = self.settings.model_fields[self.field].default
+        return f"Default: {self.env} ({default})."
+
+
+class FlowParams(BaseModel):
+    """Base of every flow's parameter model: strict names, settings filled in, one error format."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_are_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        for name, setting in setting_fields(cls).items():
+            if filled.get(name) is None:
+                filled[name] = setting.value()
+        return filled
+
+    @classmethod
+    def parse(cls: type[P], values: Mapping[str, Any]) -> P:
+        """Validate, turning pydantic's errors into one ConfigError that names every bad parameter."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            from_settings = {n: s for n, s in setting_fields(cls).items() if values.get(n) is None}
+            raise ConfigError(describe_validation_error(exc, settings=from_settings)) from None
+
+
+@functools.cache
+def setting_fields(model: type[BaseModel]) -> dict[str, FromSetting]:
+    return {name: meta for name, field in model.model_fields.items() for meta in field.metadata
+            if isinstance(meta, FromSetting)}
+
+
+def describe_validation_error(exc: ValidationError, *, settings: Mapping[str, FromSetting] | None = None) -> str:
+    """``invalid parameters: chunk_size: Input should be greater than or equal to 1 (got 0)``.
+
+    The values shown are redacted (a URL may hold a password); the messages of batchflows' own validators
+    (``value_error``) are shown as they are: they never contain a value they were not asked to show.
+    """
+    from tasks.core.redact import redact_text
+
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or not loc else f" (got {redact_text(repr(value))})"
+        source = f" from {settings[loc[0]].env}" if settings and loc and loc[0] in settings else ""
+        message = str(err["msg"])
+        message = message.removeprefix("Value error, ") if err["type"] == "value_error" else redact_text(message)
+        parts.append(f"{'.'.join(loc)}: {message}{shown}{source}" if loc else message)
+    return "invalid parameters: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+class RunFailed(BatchflowsError):
+    """A run ended Failed; ``summary`` says why and what was done (``summary.message`` is the reason)."""
+
+    def __init__(self, summary: Any) -> None:
+        super().__init__(getattr(summary, "message", str(summary)))
+        self.summary = summary
+
+
+def _description(field: FieldInfo) -> str:
+    text = (field.description or "").strip()
+    for meta in field.metadata:
+        if isinstance(meta, FromSetting):
+            text = f"{text} {meta.describe()}".strip()
+    return " ".join(text.split())
+
+
+def _order(model: type[FlowParams], positional: Sequence[str]) -> list[str]:
+    """Positional parameters, then the model's own fields, then the shared groups' (the UI form order)."""
+    own = [n for n in model.__annotations__ if n in model.model_fields]
+    rest = [n for n in model.model_fields if n not in own]
+    return [*positional, *[n for n in [*own, *rest] if n not in positional]]
+
+
+def flat_signature(model: type[FlowParams], positional: Sequence[str], returns: Any,
+                   widen: Mapping[str, Any] | None = None) -> inspect.Signature:
+    """The flat function signature of a parameter model (one parameter per field, with its bounds)."""
+    params = []
+    for name in _order(model, positional):
+        field = model.model_fields[name]
+        annotation = (widen or {}).get(name) or (
+            typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)  # type: ignore[misc]
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name in positional else inspect.Parameter.KEYWORD_ONLY
+        default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
+        params.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
+    return inspect.Signature(params, return_annotation=returns)
+
+
+def _docstring(body: Callable[..., Any], model: type[FlowParams], positional: Sequence[str]) -> str:
+    summary = inspect.cleandoc(body.__doc__ or model.__doc__ or "")
+    lines = [f"    {name}: {_description(model.model_fields[name]) or name}" for name in _order(model, positional)]
+    return f"{summary}\n\nArgs:\n" + "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class FlowSpec(Generic[P]):
+    """What :func:`batchflow` knows about a flow: its name, parameter model and body."""
+
+    name: str
+    model: type[P]
+    body: Callable[[P], Any]
+    positional: tuple[str, ...]
+    summary: type[Any]
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return flat_signature(self.model, self.positional, self.summary)
+
+    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self.signature.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            msg = f"{self.name}: {exc}; the parameters are {list(self.signature.parameters)}"
+            raise ConfigError(msg) from None
+        return dict(bound.arguments)
+
+    def run(self, values: Mapping[str, Any]) -> Any:
+        """Validate ``values`` and run the body (inside the current flow run)."""
+        return self.body(self.model.parse(values))
+
+
+def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summary: type[Any] | None = None,
+              **flow_options: Any) -> Callable[[Callable[[P], Any]], Any]:
+    """Declare a flow from its parameter model and body (see the module docstring); returns the Prefect flow."""
+    from prefect import flow
+
+    from tasks.core.notify import HOOKS
+
+    def decorate(body: Callable[[P], Any]) -> Any:
+        returns = summary or inspect.signature(body, eval_str=True).return_annotation
+        spec = FlowSpec(name=name, model=model, body=body, positional=tuple(positional), summary=returns)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return final_state(spec.run(spec.bind(args, kwargs)))
+
+        run.__name__ = body.__name__
+        run.__qualname__ = body.__qualname__
+        run.__module__ = body.__module__
+        run.__doc__ = _docstring(body, model, positional)
+        run.__signature__ = spec.signature  # type: ignore[attr-defined]
+        options = {"log_prints": True, "persist_result": False, **HOOKS, **flow_options}
+        prefect_flow = flow(name=name, validate_parameters=False, **options)(run)
+        prefect_flow.spec = spec
+        return prefect_flow
+
+    return decorate
+
+
+def final_state(summary: Any) -> Any:
+    """The flow's final state: Completed or Failed with a message stating the counts; data = the summary."""
+    from prefect.states import Completed, Failed
+
+    if getattr(summary, "state", "Completed") == "Completed":
+        return Completed(message=getattr(summary, "message", None), data=summary)
+    return Failed(message=summary.message, data=summary)
+
+
+def summary_from_state(state: Any) -> Any:
+    """The summary of a finished flow run state; re-raise the error of a run that ended without one."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseModel) and hasattr(result, "ok"):
+        return result
+    if isinstance(result, BaseException):
+        raise result
+    msg = f"flow run ended {state.name} without a summary: {state.message}"
+    raise BatchflowsError(msg)
+
+
+# --------------------------------------------------------------------------- the Python entry point
+
+
+Prepare = Callable[[dict[str, Any], list[str]], None]
+
+
+def keep_in_process(value: Any, handles: list[str]) -> Any:
+    """A value Prefect may carry as a parameter: paths as str, other objects behind a ``mem:`` handle."""
+    from tasks.core.loader import register_object
+
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    handle = register_object(value)
+    handles.append(handle)
+    return handle
+
+
+def python_entry(prefect_flow: Any, *, objects: Mapping[str, Any] | None = None, prepare: Prepare | None = None,
+                 types: Mapping[str, Any] | None = None, doc: str | None = None) -> Callable[..., Any]:
+    """The Python face of a flow (see the module docstring).
+
+    ``objects`` maps parameters that accept in-process objects (generators, callables, paths) to their
+    Python type; ``prepare(values, handles)`` may convert or move more values (credentials into the
+    process, paths to str), and ``types`` names the Python types it accepts for them.
+    """
+    from tasks.core.loader import is_handle, release_object
+    from tasks.core.progress import api_errors_explained
+
+    spec: FlowSpec[Any] = prefect_flow.spec
+    objects = dict(objects or {})
+    base = flat_signature(spec.model, spec.positional, spec.summary, widen={**(types or {}), **objects})
+    signature = base.replace(parameters=[*base.parameters.values(), inspect.Parameter(
+        "raise_on_failure", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=bool)])
+
+    def entry(*args: Any, raise_on_failure: bool = True, **kwargs: Any) -> Any:
+        values = spec.bind(args, kwargs)
+        handles: list[str] = []
+        try:
+            for name in objects:
+                if name in values:
+                    values[name] = keep_in_process(values[name], handles)
+            if prepare is not None:
+                prepare(values, handles)
+            spec.model.parse(values)  # bad parameters: a ConfigError before any flow run exists
+            with api_errors_explained(spec.name, values.get("run_key")):
+                state = prefect_flow(**values, return_state=True)
+            summary = summary_from_state(state)
+        finally:
+            for handle in handles:
+                if is_handle(handle):
+                    release_object(handle)
+        if raise_on_failure and not summary.ok:
+            raise RunFailed(summary)
+        return summary
+
+    entry.__name__ = spec.name.replace("-", "_")
+    entry.__qualname__ = entry.__name__
+    entry.__module__ = spec.body.__module__
+    entry.__doc__ = doc or (
+        f"Run the {spec.name} flow from Python and return its summary.\n\nParameters are those of the flow "
+        f"(see its Args); in-process objects are accepted for {sorted(objects) or 'none'}. Bad parameters raise "
+        "ConfigError before any work; a run that ends Failed raises RunFailed (its ``summary`` attached) unless "
+        "``raise_on_failure=False``, then the failed summary is returned.")
+    entry.__signature__ = signature  # type: ignore[attr-defined]
+    entry.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()} | {
+        "return": spec.summary}
+    return entry
+
+
+__all__ = [
+    "SETTING",
+    "FlowParams",
+    "FlowSpec",
+    "FromSetting",
+    "RunFailed",
+    "batchflow",
+    "describe_validation_error",
+    "final_state",
+    "flat_signature",
+    "keep_in_process",
+    "python_entry",
+    "summary_from_state",
+]

@@ -1,0 +1,355 @@
+"""Every item of one chunk ends succeeded, failed, skipped or (after a fatal error) not reached.
+
+:class:`ChunkOutcomes` is the bookkeeping both chunk runners share (batch_map's handler loop below and
+api_bulk's request workers): it restores what the chunk's journal says an earlier attempt finished,
+records each new outcome in the journal the moment it is known, keeps the output rows in input order,
+stops the other items of the chunk (and of the run, in this process) at a fatal error, and builds the
+ChunkReport. Output rows are the user's data, encoded once (JSON) and written as they are.
+
+:func:`process_chunk` runs a handler over the items of a chunk with the item retry policy:
+sequentially, on ``item_concurrency`` threads (sync handlers) or as ``item_concurrency`` coroutines
+(async handlers). A FatalError makes every runner stop before its next item; items already in flight
+finish (their outcome is real), the rest are ``not_reached``, and the report is marked incomplete so
+the rerun does exactly the items that were not done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.core.chunking import Chunk
+from tasks.core.errors import FatalError, SkipItem
+from tasks.core.failpoints import failpoint
+from tasks.core.identity import chunk_hash
+from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal
+from tasks.core.outcomes import ChunkReport, FailedItem
+from tasks.core.redact import redact_text
+from tasks.core.retry import RetryOn, RetryPolicy, attempts_made
+from tasks.core.state import atomic_write, output_write_error
+
+
+class ChunkRef(BaseModel):
+    """Who a chunk is in its run: its cache key (run identity + position), index, content hash (when the
+    flow computed it) and the path of its journal. Every chunk task takes one as ``ref``."""
+
+    key: str
+    index: int
+    content: str | None = None
+    journal: str | None = None
+
+
+# --------------------------------------------------------------------------- stop signals
+
+_stops: OrderedDict[str, threading.Event] = OrderedDict()
+_stops_lock = threading.Lock()
+
+
+def stop_signal(scope: str) -> threading.Event:
+    """The event that stops every chunk of one run attempt in this process (set by a fatal error)."""
+    with _stops_lock:
+        event = _stops.get(scope)
+        if event is None:
+            event = _stops[scope] = threading.Event()
+            while len(_stops) > 256:  # one per run attempt; old runs are long over
+                _stops.popitem(last=False)
+        return event
+
+
+# --------------------------------------------------------------------------- the bookkeeping
+
+
+@dataclass
+class ChunkOutcomes:
+    """Outcomes of one chunk's items (see the module docstring). Safe to call from several threads."""
+
+    chunk: Chunk
+    ref: ChunkRef | None = None
+    item_key: Callable[[Any], Any] | None = None
+    keep_rows: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    content: str = ""
+    rows: dict[int, str] = field(default_factory=dict)
+    failures: dict[int, FailedItem] = field(default_factory=dict)
+    kinds: dict[int, str] = field(default_factory=dict)
+    restored: int = 0
+    fatal: str | None = None
+    _journal: ChunkJournal | None = None
+
+    def __post_init__(self) -> None:
+        ref = self.ref
+        self.content = (ref.content if ref and ref.content else None) or chunk_hash(
+            self.chunk.items, index=self.chunk.index, item_key=self.item_key)
+        if ref is not None and ref.journal:
+            self._journal = ChunkJournal(Path(ref.journal), self.content)
+            self._restore(self._journal)
+
+    def _restore(self, journal: ChunkJournal) -> None:
+        for position, entry in journal.load().items():
+            if position >= len(self.chunk.items):
+                continue
+            self.kinds[position] = entry.kind
+            if entry.kind == SUCCEEDED and entry.payload:
+                self.rows[position] = entry.payload
+            elif entry.kind == FAILED:
+                failure = FailedItem.model_validate_json(entry.payload)
+                failure.item = self.chunk.items[position]
+                self.failures[position] = failure
+        self.restored = len(self.kinds)
+
+    def __enter__(self) -> ChunkOutcomes:
+        if self._journal is not None:
+            self._journal.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
+    def todo(self) -> list[int]:
+        """Positions without an outcome yet, in order."""
+        return [i for i in range(len(self.chunk.items)) if i not in self.kinds]
+
+    def stopped(self) -> bool:
+        return self.stop.is_set()
+
+    def _journal_line(self, position: int, kind: str, payload: str = "") -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.record(position, kind, payload)
+        except OSError as exc:  # the state dir is full or read-only: nothing can be recorded any more
+            raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
+
+    def succeeded(self, position: int, row: Any = None) -> None:
+        """``row``: the output row (a JSON-able value, or JSON text already) when outputs are kept."""
+        text = "" if not self.keep_rows else row if isinstance(row, str) else encode_row(row)
+        self._journal_line(position, SUCCEEDED, text)
+        if self.keep_rows:
+            self.rows[position] = text
+        self.kinds[position] = SUCCEEDED
+
+    def skipped(self, position: int) -> None:
+        self._journal_line(position, SKIPPED)
+        self.kinds[position] = SKIPPED
+
+    def failed(self, position: int, exc: BaseException, *, attempts: int | None = None,
+               transform: Callable[[FailedItem], FailedItem] | None = None) -> None:
+        item = self.chunk.items[position]
+        failure = FailedItem.from_exception(item, exc, chunk=self.chunk.index, position=position,
+                                            attempts=attempts_made(exc) if attempts is None else attempts)
+        if transform is not None:
+            failure = transform(failure)
+        if isinstance(exc, FatalError):
+            failure.category = "fatal"
+            self.fatal = self.fatal or failure.message
+            self.stop.set()
+        else:
+            self._journal_line(position, FAILED, failure.model_copy(update={"item": None}).model_dump_json())
+        self.failures[position] = failure
+        self.kinds[position] = FAILED
+
+    def ordered_rows(self) -> list[str]:
+        return [self.rows[i] for i in sorted(self.rows)]
+
+    def report(self, *, started: float, extra: dict[str, Any] | None = None) -> ChunkReport:
+        kinds = list(self.kinds.values())
+        size = len(self.chunk.items)
+        report = ChunkReport(
+            index=self.chunk.index, size=size, succeeded=kinds.count(SUCCEEDED), failed=kinds.count(FAILED),
+            skipped=kinds.count(SKIPPED), not_reached=size - len(kinds),
+            failures=[self.failures[i] for i in sorted(self.failures)], content_hash=self.content,
+            duration_s=round(time.perf_counter() - started, 6), extra=dict(extra or {}),
+        )
+        if self.restored:
+            report.extra["items_resumed"] = self.restored
+        report.complete = self.fatal is None and report.not_reached == 0
+        report.stop_reason = self.fatal if self.fatal is not None else (
+            "stopped by a fatal error in another chunk" if report.not_reached else None)
+        report.check()
+        return report
+
+
+def encode_row(row: Any) -> str:
+    """One output row as a JSON line (non-JSON values by ``str``), exactly the user's values."""
+    return json.dumps(row, default=str, ensure_ascii=False)
+
+
+def write_jsonl_part(output_dir: Path, index: int, lines: Iterable[str]) -> Path:
+    """Write one chunk's rows (JSON text) atomically to ``output_dir/part-000017.jsonl``."""
+    path = output_dir / f"part-{index:06d}.jsonl"
+    try:
+        with atomic_write(path, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line + "\n")
+    except OSError as exc:  # read-only, full, a file in the way: stop the run instead of failing every chunk
+        raise output_write_error(exc, output_dir, writing=True) or exc from exc
+    return path
+
+
+# --------------------------------------------------------------------------- batch_map's handler loop
+
+
+@dataclass
+class ItemOptions:
+    """How items inside a chunk are run. Picklable (it travels to process and Dask workers)."""
+
+    retries: int = 3
+    retry_backoff_s: float = 1.0
+    retry_on: RetryOn = "transient"
+    item_concurrency: int = 1
+    rate_limit_per_second: float | None = None
+    rate_limit_name: str | None = None
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, retry_on=self.retry_on)
+
+
+@dataclass
+class ChunkJob:
+    """Everything a chunk task needs besides the chunk itself."""
+
+    handler: Callable[[Any], Any]
+    options: ItemOptions = field(default_factory=ItemOptions)
+    output_dir: str | None = None
+    concurrency_limit: str | None = None
+    item_key: Callable[[Any], Any] | None = None
+    run_scope: str = ""
+
+
+_limiters: dict[tuple[str | None, float], Any] = {}
+_limiters_lock = threading.Lock()
+
+
+def _limiter_for(options: ItemOptions) -> Any:
+    """One limiter per (name, rate) per process, shared by every chunk running here."""
+    if not options.rate_limit_per_second:
+        return None
+    key = (options.rate_limit_name, options.rate_limit_per_second)
+    with _limiters_lock:
+        if key not in _limiters:
+            from tasks.core.shared_ratelimit import rate_limiter
+
+            _limiters[key] = rate_limiter(options.rate_limit_per_second, options.rate_limit_name)
+        return _limiters[key]
+
+
+def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> ChunkReport:
+    """Run ``job.handler`` over the items of ``chunk`` that have no outcome yet; report every item.
+
+    The output part (``part-<index>.jsonl``: ``{"item": ..., "result": ...}`` per succeeded item, in input
+    order, restored rows included) is written atomically after the last item; an output that cannot be
+    written raises OutputWriteError (fatal for the run).
+    """
+    started = time.perf_counter()
+    handler = job.handler
+    policy = job.options.policy()
+    limiter = _limiter_for(job.options)
+    is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
+    outcomes = ChunkOutcomes(chunk, ref, item_key=job.item_key, keep_rows=bool(job.output_dir),
+                             stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
+    items = chunk.items
+
+    def done(position: int, value: Any) -> None:
+        outcomes.succeeded(position, {"item": items[position], "result": value} if job.output_dir else None)
+
+    def settle(position: int, exc: Exception) -> None:
+        if isinstance(exc, SkipItem):
+            outcomes.skipped(position)
+        else:
+            outcomes.failed(position, exc)
+
+    def run_one_sync(position: int) -> None:
+        if outcomes.stopped():
+            return
+
+        def call() -> Any:
+            if limiter is not None:
+                limiter.acquire_sync()
+            return handler(items[position])
+
+        try:
+            value, _ = policy.call(call)
+        except Exception as exc:
+            settle(position, exc)
+            return
+        done(position, value)
+
+    async def run_one_async(position: int, sem: asyncio.Semaphore) -> None:
+        async def call() -> Any:
+            if limiter is not None:
+                await limiter.acquire()
+            return await handler(items[position])
+
+        async with sem:
+            if outcomes.stopped():
+                return
+            try:
+                value, _ = await policy.acall(call)
+            except Exception as exc:
+                settle(position, exc)
+                return
+            done(position, value)
+
+    with outcomes:
+        todo = outcomes.todo()
+        if is_async:
+            async def run_all() -> None:
+                sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
+                await asyncio.gather(*(run_one_async(i, sem) for i in todo))
+
+            run_coroutine(run_all)
+        elif job.options.item_concurrency > 1 and len(todo) > 1:
+            with ThreadPoolExecutor(max_workers=job.options.item_concurrency, thread_name_prefix="item") as pool:
+                for f in [pool.submit(run_one_sync, i) for i in todo]:
+                    f.result()
+        else:
+            for i in todo:
+                if outcomes.stopped():
+                    break
+                run_one_sync(i)
+    report = outcomes.report(started=started)
+    if job.output_dir and (outcomes.rows or report.complete):
+        report.output_path = str(write_jsonl_part(Path(job.output_dir), chunk.index, outcomes.ordered_rows()))
+    failpoint("chunk.after_output")
+    return report
+
+
+def run_coroutine(factory: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion from sync code, also when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def describe_stop(report: ChunkReport) -> str:
+    """One line for logs: why a chunk ended incomplete."""
+    return redact_text(f"chunk {report.index}: {report.stop_reason}; {report.not_reached} item(s) not reached")
+
+
+__all__ = [
+    "ChunkJob",
+    "ChunkOutcomes",
+    "ChunkRef",
+    "ItemOptions",
+    "describe_stop",
+    "encode_row",
+    "process_chunk",
+    "run_coroutine",
+    "stop_signal",
+    "write_jsonl_part",
+]

@@ -1,0 +1,289 @@
+"""Item outcomes, chunk reports, the run summary, and the dead-letter file.
+
+Every item ends as succeeded, failed or skipped. Chunk tasks return a small :class:`ChunkReport`
+(counts plus the failed items); the flow folds reports into a :class:`RunSummary` and appends the
+failures to ``dead_letter.jsonl``. Invariant: ``succeeded + failed + skipped == total``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.core.errors import SourceError
+from tasks.core.redact import redact_text
+
+Status = Literal["succeeded", "failed", "skipped"]
+MAX_MESSAGE_CHARS = 2000
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class FailedItem(BaseModel):
+    """One failed item as it goes to the dead-letter file.
+
+    ``item`` is the user's item exactly as it came from the source (replay feeds it back as it is);
+    ``message`` is what batchflows writes *about* it, so credentials are masked there.
+    """
+
+    item: Any
+    chunk: int
+    position: int = Field(description="Index of the item inside its chunk.")
+    attempts: int
+    error_type: str
+    message: str
+    category: str
+    status: int | None = Field(None, description="HTTP status of the last answer (API flows), if there was one.")
+    time: str = Field(default_factory=_now)
+
+    @classmethod
+    def from_exception(cls, item: Any, exc: BaseException, *, chunk: int, position: int, attempts: int) -> FailedItem:
+        status = getattr(exc, "status", None)
+        return cls(
+            item=item,
+            chunk=chunk,
+            position=position,
+            attempts=attempts,
+            error_type=type(exc).__name__,
+            message=redact_text(str(exc) or repr(exc))[:MAX_MESSAGE_CHARS],
+            category=str(getattr(exc, "category", None) or _category_of(exc)),
+            status=status if isinstance(status, int) else None,
+        )
+
+
+def _category_of(exc: BaseException) -> str:
+    from tasks.core.errors import FatalError, ItemError, RetryableError
+
+    if isinstance(exc, FatalError):
+        return "fatal"
+    if isinstance(exc, RetryableError):
+        return "retries_exhausted"
+    if isinstance(exc, ItemError):
+        return "item_error"
+    return "exception"
+
+
+class ChunkReport(BaseModel):
+    """What one chunk task returns: small, JSON-able, cached by Prefect for resume.
+
+    ``content_hash`` is the chunk's content when it ran: a rerun compares it with what the source
+    holds at that position now. A report with ``complete=False`` (a fatal error stopped the chunk;
+    ``not_reached`` items were never attempted) is not a finished chunk: the run drops its record,
+    so a rerun runs the chunk again and its journal skips what was done.
+    """
+
+    index: int
+    size: int
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    not_reached: int = 0
+    failures: list[FailedItem] = Field(default_factory=list)
+    duration_s: float = 0.0
+    output_path: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="Flow-specific counters.")
+    resumed: bool = False
+    content_hash: str = ""
+    complete: bool = True
+    stop_reason: str | None = Field(None, description="The fatal error that stopped the chunk (redacted).")
+
+    def check(self) -> None:
+        total = self.succeeded + self.failed + self.skipped + self.not_reached
+        if total != self.size:
+            msg = f"chunk {self.index}: {total} outcomes for {self.size} items (lost items); this is a bug"
+            raise AssertionError(msg)
+
+
+class ChunkTiming(BaseModel):
+    index: int
+    size: int
+    duration_s: float
+
+
+class ErrorSummary(BaseModel):
+    error_type: str
+    category: str
+    count: int
+    example: str
+
+
+class RunSummary(BaseModel):
+    """The result of a run, returned by every flow and shown as the final artifact."""
+
+    flow: str
+    run_key: str
+    flow_run_id: str | None = None
+    state: Literal["Completed", "Failed", "Cancelled"] = "Completed"
+    message: str = ""
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    remaining: int | None = Field(
+        0, description="Input items never reached because the run stopped early (None: unknown)."
+    )
+    chunks_total: int = 0
+    chunks_resumed: int = 0
+    chunks_failed: int = 0
+    duration_s: float = 0.0
+    items_per_second: float = 0.0
+    dead_letter_path: str | None = None
+    output_path: str | None = None
+    run_dir: str | None = Field(None, description="This run's state: records, journals, dead letters, summary.")
+    top_errors: list[ErrorSummary] = Field(default_factory=list)
+    slowest_chunks: list[ChunkTiming] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "Completed"
+
+    @property
+    def success_ratio(self) -> float:
+        attempted = self.succeeded + self.failed
+        return 1.0 if attempted == 0 else self.succeeded / attempted
+
+    def counts_line(self) -> str:
+        rem = "" if self.remaining == 0 else f", {self.remaining if self.remaining is not None else 'unknown'} not reached"
+        return (
+            f"{self.total} items: {self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped{rem}"
+            f" in {self.chunks_total} chunks ({self.chunks_resumed} resumed) in {self.duration_s:.1f}s"
+            f" ({self.items_per_second:,.0f} items/s)"
+        )
+
+    def render_text(self) -> str:
+        """A plain-text report for terminals and logs."""
+        counts = self.counts_line()
+        reason = self.message.replace(counts, "").strip()
+        lines = [f"{self.flow} run {self.run_key!r}: {self.state}" + (f" - {reason}" if reason else ""), f"  {counts}"]
+        if self.output_path:
+            lines.append(f"  output:       {self.output_path}")
+        if self.dead_letter_path and self.failed:
+            lines.append(f"  dead letters: {self.dead_letter_path}")
+        if self.run_dir:
+            lines.append(f"  state:        {self.run_dir}")
+        for key, value in self.extra.items():
+            lines.append(f"  {key}: {value}")
+        if self.top_errors:
+            lines.append("  top errors:")
+            lines.extend(f"    {e.count:>7} x {e.error_type} [{e.category}]: {e.example}" for e in self.top_errors)
+        if self.slowest_chunks:
+            slow = ", ".join(f"#{c.index} {c.duration_s:.2f}s" for c in self.slowest_chunks)
+            lines.append(f"  slowest chunks: {slow}")
+        return "\n".join(lines)
+
+
+class SummaryBuilder:
+    """Folds chunk reports into a RunSummary without keeping the reports (bounded memory)."""
+
+    def __init__(self, flow: str, run_key: str, *, top_n: int = 5) -> None:
+        self.summary = RunSummary(flow=flow, run_key=run_key)
+        self._errors: Counter[tuple[str, str]] = Counter()
+        self._examples: dict[tuple[str, str], str] = {}
+        self._slowest: list[ChunkTiming] = []
+        self._top_n = top_n
+        self.not_reached = 0  # items inside chunks that a fatal error stopped before they ran
+
+    def add(self, report: ChunkReport) -> None:
+        s = self.summary
+        s.total += report.size - report.not_reached
+        self.not_reached += report.not_reached
+        s.succeeded += report.succeeded
+        s.failed += report.failed
+        s.skipped += report.skipped
+        s.chunks_total += 1
+        s.chunks_resumed += int(report.resumed)
+        for key, value in report.extra.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                s.extra[key] = s.extra.get(key, 0) + value
+        for failure in report.failures:
+            key = (failure.error_type, failure.category)
+            self._errors[key] += 1
+            self._examples.setdefault(key, failure.message[:300])
+        if not report.resumed:
+            self._slowest.append(ChunkTiming(index=report.index, size=report.size, duration_s=report.duration_s))
+            self._slowest = sorted(self._slowest, key=lambda c: c.duration_s, reverse=True)[: self._top_n]
+
+    def add_failed_chunk(self, index: int, size: int, failures: list[FailedItem]) -> None:
+        self.add(ChunkReport(index=index, size=size, failed=size, failures=failures))
+        self.summary.chunks_failed += 1
+
+    def finish(self, duration_s: float) -> RunSummary:
+        s = self.summary
+        s.duration_s = round(duration_s, 3)
+        processed = s.total
+        s.items_per_second = round(processed / duration_s, 1) if duration_s > 0 else 0.0
+        s.top_errors = [
+            ErrorSummary(error_type=k[0], category=k[1], count=n, example=self._examples[k])
+            for k, n in self._errors.most_common(self._top_n)
+        ]
+        s.slowest_chunks = list(self._slowest)
+        if s.succeeded + s.failed + s.skipped != s.total:  # pragma: no cover - guarded by ChunkReport.check
+            msg = f"summary counts do not add up: {s.counts_line()}"
+            raise AssertionError(msg)
+        return s
+
+
+class DeadLetterWriter:
+    """Appends failed items to a JSONL file, one line each, flushed per chunk."""
+
+    def __init__(self, path: Path, *, flow: str, run_key: str, handler: str | None) -> None:
+        self.path = path
+        self.count = 0
+        self._context = {"flow": flow, "run_key": run_key, "handler": handler}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("w", encoding="utf-8")
+
+    def write(self, failures: Iterable[FailedItem]) -> None:
+        for failure in failures:
+            record = {**failure.model_dump(mode="json"), **self._context}
+            self._fh.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+            self.count += 1
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+        if self.count == 0:
+            self.path.unlink(missing_ok=True)
+
+
+def read_dead_letters(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield the records of a dead-letter file; a malformed line is a SourceError with its line number."""
+    p = Path(path)
+    if not p.is_file():
+        msg = f"dead-letter file {str(p)!r} does not exist; it is written only when a run has failed items"
+        raise SourceError(msg)
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                msg = f"{p}:{lineno}: not a JSON line ({exc.msg}); fix or remove that line"
+                raise SourceError(msg) from None
+            if not isinstance(record, dict) or "item" not in record:
+                msg = f"{p}:{lineno}: not a dead-letter record (no 'item' key)"
+                raise SourceError(msg)
+            yield record
+
+
+__all__ = [
+    "ChunkReport",
+    "ChunkTiming",
+    "DeadLetterWriter",
+    "ErrorSummary",
+    "FailedItem",
+    "RunSummary",
+    "Status",
+    "SummaryBuilder",
+    "read_dead_letters",
+]

@@ -1,0 +1,407 @@
+"""One resumable run of chunk tasks: the plumbing every flow shares.
+
+A flow describes its chunks (items, key ranges, file parts) and a Prefect task that turns one chunk
+into a :class:`ChunkReport`; :class:`ChunkedRun` does the rest: the run key, its lock (one live run per
+key) and state dir, chunk identities and persisted results (resume), journals, the bounded window,
+progress, dead letters, stop rules (fatal errors, fail-fast) and the summary with its final state.
+
+    with ChunkedRun("db-migrate", run_key=run_key, total=None, identity=(cache_version, target)) as run:
+        task = run.configure(copy_range_task, chunk_retries=1)
+        summary = run.execute(
+            ranges, lambda r: {"rng": r, "ref": run.ref(r.index, content=value_hash(r.bounds())), ...}, task,
+            chunk=lambda r: (r.index, r.estimated_rows, [r.model_dump()]), max_concurrency=2,
+        )
+        return run.finish(summary, min_success_ratio=1.0)
+
+Exactly once, the contract: a chunk is identified by the run (flow, run key, the flow's identity
+parts: cache_version, handler identity, output, ...) plus its *position*; its record carries the
+*content hash* it ran with. A rerun finds a finished chunk by position, checks that the source still
+holds the same content there (else it stops: the source changed) and reuses the record; a chunk
+without a record runs, and its journal gives back the items an earlier attempt finished.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from prefect.states import State
+
+from tasks.core.engine import (
+    TaskRunnerName,
+    chunk_cache_key,
+    configure_chunk_task,
+    open_task_runner,
+    run_window,
+    state_report,
+)
+from tasks.core.errors import FatalError
+from tasks.core.items import ChunkRef, describe_stop
+from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
+from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
+from tasks.core.progress import Progress, publish_summary
+from tasks.core.redact import redact_text
+from tasks.core.retry import attempts_made
+from tasks.core.runlock import RunLock, mark_crashed
+from tasks.core.settings import EngineSettings
+from tasks.core.state import RunDir, new_run_key, write_text_atomic
+
+U = TypeVar("U")
+OnError = Literal["continue", "fail_fast"]
+# (index, size, items to dead-letter if the whole chunk fails)
+ChunkFacts = Callable[[Any], tuple[int, int, list[Any]]]
+
+
+def current_flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else None
+
+
+def current_flow_name(default: str) -> str:
+    """The name of the flow whose run this is (a flow body reused by another flow runs under that one's name)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow.name if ctx is not None and ctx.flow is not None else default
+
+
+def default_run_key() -> str:
+    """The flow run's id inside a flow run (a retried flow run resumes), otherwise a new key."""
+    return current_flow_run_id() or new_run_key()
+
+
+def missing_outputs(report: ChunkReport) -> list[str]:
+    """Files a finished chunk wrote that are gone now: ``extra["outputs"]`` when the flow lists every file
+    (parts, partitions, rejects), else ``output_path``."""
+    listed = report.extra.get("outputs")
+    paths = [str(p) for p in listed] if isinstance(listed, list) else [report.output_path] if report.output_path else []
+    return [p for p in paths if not Path(p).exists()]
+
+
+class ChunkedRun:
+    """State of one run of one flow: see the module docstring. Use it as a context manager (the run key's
+    lock is released when the block ends, however it ends)."""
+
+    def __init__(
+        self, flow: str, *, run_key: str | None, total: int | None, identity: Sequence[str] = (),
+        handler_id: str | None = None, on_error: OnError = "continue", unit: str = "items",
+        redo_missing_outputs: bool = False,
+    ) -> None:
+        self.settings = EngineSettings()
+        self.flow = flow
+        self.run_key = run_key or default_run_key()
+        self.run_dir = RunDir.for_run(flow, self.run_key, self.settings.resolved_state_dir())
+        self.identity = tuple(str(p) for p in identity)
+        self.scope = f"{flow}:{self.run_key}:{uuid.uuid4().hex}"  # this attempt: stop signals, internal names
+        self.lock = RunLock(self.run_dir.root / "lock", flow=flow, run_key=self.run_key,
+                            flow_run_id=current_flow_run_id()).acquire()
+        self.total = total
+        self.on_error = on_error
+        self.unit = unit
+        self.builder = SummaryBuilder(flow, self.run_key)
+        self.progress = Progress(flow, total, run_key=self.run_key, interval_s=self.settings.progress_interval_s)
+        self.progress.logger.info("%s run %r: state in %s", flow, self.run_key, self.run_dir.root)
+        self._take_over_note()
+        self.dead = DeadLetterWriter(self.run_dir.dead_letter, flow=flow, run_key=self.run_key, handler=handler_id)
+        self.fatal: str | None = None
+        self.failed_seen = False
+        # a finished chunk whose output file is gone: redone (pure transforms) or reported (side effects)
+        self.redo_missing_outputs = redo_missing_outputs
+        self.missing_outputs: list[str] = []
+        self.incomplete = 0
+        self._started = time.perf_counter()
+
+    # ------------------------------------------------------------------ lock
+
+    def _take_over_note(self) -> None:
+        dead = self.lock.previous
+        if dead is None:
+            return
+        self.progress.logger.warning(
+            "%s run_key %r: the previous run of this key (%s) ended without finishing (killed or crashed); this "
+            "run takes it over and resumes its work", self.flow, self.run_key, dead.describe())
+        thread = threading.Thread(
+            target=mark_crashed, kwargs={"holder": dead, "flow": self.flow, "run_key": self.run_key,
+                                         "new_flow_run_id": current_flow_run_id()},
+            name="batchflows-mark-crashed", daemon=True)
+        thread.start()
+        thread.join(15)
+
+    def close(self) -> None:
+        """Release the run key (idempotent); the dead-letter file is closed too."""
+        self.dead.close()
+        self.lock.release()
+
+    def __enter__(self) -> ChunkedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ chunk identities
+
+    def ref(self, index: int, content: str | None = None) -> ChunkRef:
+        """The identity of chunk ``index`` in this run; ``content`` when the flow knows it (else the task
+        computes it from the items)."""
+        key = chunk_cache_key(self.flow, self.run_key, *self.identity, f"#{index}")
+        return ChunkRef(key=key, index=index, content=content, journal=str(self.run_dir.journal / f"{key}.jsonl"))
+
+    def configure(self, task: Any, *, chunk_retries: int = 1, tags: Iterable[str] = (), retry_delay_s: float = 1.0) -> Any:
+        """The flow's chunk task with this run's resume cache, retries and tags."""
+        return configure_chunk_task(
+            task, results_dir=self.run_dir.chunks, chunk_retries=chunk_retries, tags=tags, retry_delay_s=retry_delay_s
+        )
+
+    def cached_report(self, cache_key: str) -> ChunkReport | None:
+        """The persisted report of a chunk that finished in an earlier attempt of this run key, if any.
+
+        Reading the record directly costs a file read; submitting the task only to get ``Cached``
+        back costs a task run (~5-10 ms and API traffic), which dominated resumes of big runs.
+        """
+        path = self.run_dir.chunks / cache_key
+        if not path.is_file():
+            return None
+        try:
+            from prefect._internal.result_records import ResultRecord
+
+            result = ResultRecord.deserialize(path.read_bytes()).result
+        except Exception as exc:  # unreadable record: run the chunk again (it overwrites the record)
+            self.progress.logger.warning("chunk record %s unreadable (%s); the chunk runs again", path.name, exc)
+            return None
+        return result.model_copy(update={"resumed": True}) if isinstance(result, ChunkReport) else None
+
+    def _changed(self, index: int, what: str) -> SourceChanged:
+        return SourceChanged(
+            f"the source changed since {self.flow} run_key {self.run_key!r} started: {what} holds different items "
+            f"than the earlier attempt recorded for chunk {index}, so its recorded outcome cannot be reused and "
+            "running it again would mix two versions of the input. Nothing more was run. Restore the original "
+            "source to finish this run, or start over with a new run_key (or another cache_version)")
+
+    def _check_content(self, ref: ChunkRef, recorded: str | None, content: Callable[[], str | None], what: str) -> None:
+        if not recorded:
+            return
+        current = ref.content or content()
+        if current is not None and current != recorded:
+            raise self._changed(ref.index, what)
+        ref.content = current
+
+    # ------------------------------------------------------------------ folding reports
+
+    def should_stop(self) -> bool:
+        return self.fatal is not None or (self.on_error == "fail_fast" and self.failed_seen)
+
+    def record(self, report: ChunkReport) -> None:
+        """Fold one chunk's report: counts, dead letters, progress."""
+        self.builder.add(report)
+        self.dead.write(report.failures)
+        self.failed_seen = self.failed_seen or report.failed > 0
+        self.progress.advance(report.size - report.not_reached, report.failed)
+
+    def record_failure(self, index: int, size: int, items: list[Any], exc: BaseException,
+                       ref: ChunkRef | None = None) -> ChunkReport:
+        """A chunk task that failed as a whole (after its retries): the items its journal says finished keep
+        their outcome, every other item failed with that error. Nothing is cached: a rerun runs it again."""
+        if isinstance(exc, FatalError):
+            self.fatal = redact_text(str(exc))
+        entries = {}
+        if ref is not None and ref.journal and (content := journal_content(Path(ref.journal))):
+            try:
+                entries = ChunkJournal(Path(ref.journal), content).load()
+            except Exception:  # unreadable: count from the error alone
+                entries = {}
+        report = ChunkReport(index=index, size=size, complete=False)
+        for position, item in enumerate(items):
+            entry = entries.get(position)
+            if entry is not None and entry.kind == SUCCEEDED:
+                report.succeeded += 1
+            elif entry is not None and entry.kind == SKIPPED:
+                report.skipped += 1
+            elif entry is not None and entry.kind == FAILED:
+                failure = FailedItem.model_validate_json(entry.payload)
+                failure.item = item
+                report.failures.append(failure)
+            else:
+                report.failures.append(FailedItem.from_exception(item, exc, chunk=index, position=position,
+                                                                 attempts=attempts_made(exc)))
+        report.failed = size - report.succeeded - report.skipped  # a unit of many rows fails with all its rows
+        self.builder.summary.chunks_failed += 1
+        self.incomplete += 1
+        self.record(report)
+        return report
+
+    # ------------------------------------------------------------------ the run
+
+    def execute(
+        self,
+        units: Iterable[U],
+        parameters: Callable[[U], dict[str, Any]],
+        task: Any,
+        *,
+        chunk: ChunkFacts,
+        max_concurrency: int,
+        content: Callable[[U], str | None] | None = None,
+        describe: Callable[[U], str] | None = None,
+        task_runner: TaskRunnerName = "threads",
+        dask_address: str | None = None,
+        on_report: Callable[[U, ChunkReport], None] | None = None,
+    ) -> RunSummary:
+        """Run one task per unit in a bounded window; return the (undecided) summary when all are done.
+
+        ``parameters(unit)`` holds the task's parameters, ``ref`` (from :meth:`ref`) among them.
+        ``content(unit)`` computes a unit's content hash when its ref has none (only needed when an
+        earlier attempt left a record or journal to check against).
+        """
+
+        def on_done(pair: tuple[U, dict[str, Any]], state: State) -> None:
+            unit, params = pair
+            ref: ChunkRef = params["ref"]
+            outcome = state_report(state)
+            if isinstance(outcome, ChunkReport):
+                if outcome.complete:
+                    if ref.journal:
+                        Path(ref.journal).unlink(missing_ok=True)
+                else:  # not finished: drop its record so a rerun runs it (its journal keeps what was done)
+                    (self.run_dir.chunks / ref.key).unlink(missing_ok=True)
+                    self.incomplete += 1
+                    if any(f.category == "fatal" for f in outcome.failures) and self.fatal is None:
+                        self.fatal = outcome.stop_reason
+                    self.progress.logger.warning(describe_stop(outcome))
+                self.record(outcome)
+                if on_report is not None:
+                    on_report(unit, outcome)
+            else:
+                index, size, items = chunk(unit)
+                self.record_failure(index, size, items, outcome, ref)
+
+        def fresh_units() -> Iterator[tuple[U, dict[str, Any]]]:
+            """Units still to run; finished ones (persisted reports) are recorded without a task run."""
+            for unit in units:
+                params = parameters(unit)
+                ref: ChunkRef = params["ref"]
+                compute = (lambda unit=unit: content(unit)) if content is not None else (lambda: None)
+                cached = self.cached_report(ref.key)
+                if cached is not None and not cached.complete:
+                    (self.run_dir.chunks / ref.key).unlink(missing_ok=True)
+                    cached = None
+                shown = describe(unit) if describe is not None else f"chunk {ref.index}"
+                if cached is None:
+                    recorded = journal_content(Path(ref.journal)) if ref.journal else None
+                    self._check_content(ref, recorded, compute, shown)
+                    yield unit, params
+                    continue
+                self._check_content(ref, cached.content_hash, compute, shown)
+                if ref.journal:
+                    Path(ref.journal).unlink(missing_ok=True)
+                gone = missing_outputs(cached)
+                if gone:
+                    if self.redo_missing_outputs:
+                        self.progress.logger.warning(
+                            "chunk %d finished in an earlier attempt but its output %s is gone: running it again",
+                            cached.index, gone[0])
+                        (self.run_dir.chunks / ref.key).unlink(missing_ok=True)
+                        yield unit, params
+                        continue
+                    self.missing_outputs.extend(gone)
+                self.record(cached)
+                if on_report is not None:
+                    on_report(unit, cached)
+                if self.should_stop():
+                    return
+
+        runners: list[Any] = []
+
+        def submit(pair: tuple[U, dict[str, Any]]) -> Any:
+            if not runners:  # started on first use: a fully resumed run starts no pool or Dask cluster
+                runners.append(stack.enter_context(open_task_runner(task_runner, max_concurrency, dask_address)))
+            return runners[0].submit(task, parameters=pair[1])
+
+        try:
+            with ExitStack() as stack:
+                run_window(
+                    fresh_units(),
+                    submit,
+                    on_done,
+                    max_in_flight=max_concurrency,
+                    should_stop=self.should_stop,
+                    memory_limit_mb=self.settings.memory_limit_mb,
+                    logger=self.progress.logger,
+                )
+        except BaseException:
+            self.progress.abandon()
+            self.close()
+            raise
+        self.dead.close()
+        self.progress.finish()
+        summary = self.builder.finish(time.perf_counter() - self._started)
+        reached = summary.total + self.builder.not_reached
+        if self.should_stop():
+            summary.remaining = None if self.total is None else self.builder.not_reached + max(self.total - reached, 0)
+        else:
+            summary.remaining = self.builder.not_reached
+        return summary
+
+    def finish(
+        self, summary: RunSummary, *, min_success_ratio: float = 1.0, output_path: str | None = None,
+        failed_reason: str | None = None,
+    ) -> RunSummary:
+        """Decide the final state, write summary.json, publish the artifacts, release the run key."""
+        try:
+            summary.dead_letter_path = str(self.run_dir.dead_letter) if summary.failed else None
+            summary.run_dir = str(self.run_dir.root)
+            summary.output_path = output_path
+            summary.flow_run_id = current_flow_run_id()
+            if self.missing_outputs and not failed_reason:
+                failed_reason = (
+                    f"{len(self.missing_outputs)} output file(s) of chunks finished in an earlier attempt are missing "
+                    f"(e.g. {self.missing_outputs[0]}); they are not redone on their own because that would run "
+                    "their items again (side effects included): restore the files, or rerun with a new cache_version "
+                    "to redo the whole run"
+                )
+            decide_state(summary, on_error=self.on_error, min_success_ratio=min_success_ratio, fatal=self.fatal,
+                         failed_reason=failed_reason)
+            if self.incomplete and summary.state == "Failed":
+                summary.message += f" Rerun with run_key={self.run_key!r} to finish: only what was not done runs."
+            write_text_atomic(self.run_dir.summary, summary.model_dump_json(indent=2))
+            publish_summary(summary)
+            return summary
+        finally:
+            self.close()
+
+
+def decide_state(
+    summary: RunSummary, *, on_error: OnError, min_success_ratio: float, fatal: str | None,
+    failed_reason: str | None = None,
+) -> RunSummary:
+    """Set the final state and a message stating the counts, following on_error and min_success_ratio."""
+    counts = summary.counts_line()
+    if fatal is not None:
+        summary.state, summary.message = "Failed", f"stopped by a fatal error: {fatal.rstrip('.')}. {counts}"
+    elif on_error == "fail_fast" and summary.failed:
+        summary.state, summary.message = "Failed", f"fail_fast: stopped at the first failed item. {counts}"
+    elif summary.success_ratio < min_success_ratio:
+        summary.state = "Failed"
+        summary.message = f"success ratio {summary.success_ratio:.4f} is below min_success_ratio {min_success_ratio}. {counts}"
+    elif failed_reason:
+        summary.state, summary.message = "Failed", f"{failed_reason}. {counts}"
+    else:
+        summary.state, summary.message = "Completed", counts
+    return summary
+
+
+__all__ = [
+    "ChunkFacts",
+    "ChunkedRun",
+    "OnError",
+    "current_flow_name",
+    "current_flow_run_id",
+    "decide_state",
+    "default_run_key",
+    "missing_outputs",
+]

@@ -1,0 +1,84 @@
+"""Settings by concern, read from the environment (``BATCHFLOWS_*``) with pydantic-settings.
+
+Each class is instantiated where it is used (``EngineSettings()``), so a changed environment variable
+takes effect on the next run without a restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    """The chunk engine: where state lives and the defaults of batch_map."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_", extra="ignore")
+
+    state_dir: Path | None = Field(None, description=(
+        "Run records, journals, checkpoints and dead letters. Default: <PREFECT_HOME>/batchflows (absolute, so "
+        "every worker of this machine finds the same state whatever its working directory)."))
+    chunk_size: int = Field(500, gt=0, description="Default items per chunk (batch_map, api_bulk).")
+    max_concurrency: int = Field(4, gt=0, description="Default chunk tasks in flight (batch_map, replay).")
+    memory_limit_mb: int = Field(
+        1500, gt=0, description="Pause submitting new chunks while the flow process RSS is above this."
+    )
+    progress_interval_s: float = Field(1.0, gt=0, description="Minimum seconds between progress updates.")
+    state_retention_days: int = Field(30, gt=0, description=(
+        "Run directories not touched for this many days are removed by `python -m tasks.core.state cleanup`."))
+
+    def resolved_state_dir(self) -> Path:
+        """The state dir as an absolute path (see ``state_dir``)."""
+        if self.state_dir is not None:
+            return self.state_dir.expanduser().resolve()
+        from prefect.settings import get_current_settings
+
+        return (Path(get_current_settings().home).expanduser() / "batchflows").resolve()
+
+
+class HttpSettings(BaseSettings):
+    """HTTP clients of api_bulk / api_extract."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_HTTP_", extra="ignore")
+
+    timeout_s: float = Field(30.0, gt=0, description="Default total timeout of one request (api_bulk, api_extract).")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Timeout to open a connection.")
+    token: SecretStr | None = Field(None, description="Bearer token used when no Secret block is named.")
+    user_agent: str = Field("batchflows/0.1", description="User-Agent header sent with every request.")
+    max_retry_after_s: float = Field(300.0, gt=0, description="Longest Retry-After honored before failing.")
+
+
+class FileSettings(BaseSettings):
+    """file_transform."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_FILES_", extra="ignore")
+
+    chunk_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Target bytes of input per chunk.")
+    max_concurrency: int = Field(2, gt=0, description="Default file chunks in flight.")
+
+
+class DbSettings(BaseSettings):
+    """db_migrate. URLs may carry passwords: they are SecretStr and never logged."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_DB_", extra="ignore")
+
+    source_url: SecretStr | None = Field(None, description="Default source SQLAlchemy URL.")
+    target_url: SecretStr | None = Field(None, description="Default target SQLAlchemy URL.")
+    chunk_rows: int = Field(50_000, gt=0, description="Default rows per range.")
+    connect_timeout_s: int = Field(10, gt=0, description="Seconds to wait for a connection.")
+
+
+class NotifySettings(BaseSettings):
+    """Notifications and metrics at the end of a run."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_NOTIFY_", extra="ignore")
+
+    webhook_url: SecretStr | None = Field(None, description="POST the run summary here when a run ends.")
+    pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway (http://host:9091): run metrics are pushed when a run ends."
+    )
+
+
+__all__ = ["DbSettings", "EngineSettings", "FileSettings", "HttpSettings", "NotifySettings"]

@@ -1,0 +1,297 @@
+"""The state directory: documented layout, run keys, atomic writes, and cleanup.
+
+Layout (``BATCHFLOWS_STATE_DIR``, default ``<PREFECT_HOME>/batchflows``)::
+
+    runs/<flow>/<run_key>/
+        lock                held (flock) by the live run of this key; says who holds it
+        chunks/             Prefect result records of finished chunks (the resume cache), by position
+        journal/            finished items of chunks still running or stopped (deleted once recorded)
+        plan.log            chunk sizes as cut, replayed on resume
+        dead_letter.jsonl   failed items, one JSON line each (only when some failed)
+        summary.json        the last RunSummary of this run key
+        checkpoint.json     flow-specific progress (e.g. the pagination cursor)
+
+Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from tasks.core.errors import ConfigError, FatalError
+from tasks.core.settings import EngineSettings
+
+RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_run_key(run_key: str) -> str:
+    if not RUN_KEY_RE.match(run_key):
+        msg = (
+            f"run_key {run_key!r} is not allowed; use 1-128 letters, digits, '.', '_' or '-' "
+            "(it names a directory under the state dir)"
+        )
+        raise ConfigError(msg)
+    return run_key
+
+
+def new_run_key() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run key of one flow."""
+
+    root: Path
+
+    @classmethod
+    def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None) -> RunDir:
+        base = state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()
+        root = base / "runs" / flow / validate_run_key(run_key)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"{unwritable(f'state dir {str(base)!r}', exc)}; or set BATCHFLOWS_STATE_DIR to a writable directory"
+            raise ConfigError(msg) from None
+        return cls(root)
+
+    @property
+    def chunks(self) -> Path:
+        return self.root / "chunks"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.log"
+
+    @property
+    def dead_letter(self) -> Path:
+        return self.root / "dead_letter.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.json"
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint.exists():
+            return None
+        return json.loads(self.checkpoint.read_text())
+
+    def write_checkpoint(self, data: dict[str, Any]) -> None:
+        write_text_atomic(self.checkpoint, json.dumps(data, default=str))
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Write to a temp file beside ``path``, fsync, then rename over it; nothing half-written remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+# --------------------------------------------------------------------------- outputs that cannot be written
+
+_WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # never raised by reading
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+_HINTS = {
+    errno.ENOSPC: "free space on that filesystem",
+    errno.EDQUOT: "free space or raise the disk quota",
+    errno.EROFS: "the filesystem is mounted read-only: remount it read-write or write somewhere else",
+    errno.EACCES: "grant write permission on it or write somewhere else",
+    errno.EPERM: "grant write permission on it or write somewhere else",
+    errno.ENOTDIR: "a part of that path is a regular file, not a directory: choose another path",
+    errno.EEXIST: "a regular file is in the way of that directory: choose another path",
+    errno.EISDIR: "a directory is in the way of that file: choose another path",
+}
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of an I/O error polars wrapped in its own exception ("(os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    found = _OS_ERROR_RE.search(str(exc))
+    return int(found[1]) if found else None
+
+
+def unwritable(what: str, exc: BaseException) -> str:
+    """``<what> cannot be written: <reason> (<file>); <what to do>``."""
+    code = os_errno(exc)
+    reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or (
+        os.strerror(code) if code else str(exc))
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    return f"{what} cannot be written: {reason}{where}; {_HINTS.get(code or 0, 'make it writable')}"
+
+
+class OutputWriteError(FatalError):
+    """A chunk's output could not be written (read-only filesystem, disk full, no permission, a file in
+    the way). Fatal for the run: every later chunk would run its items and then fail the same way."""
+
+
+def output_write_error(exc: BaseException, output_dir: str | Path, *, writing: bool = False) -> OutputWriteError | None:
+    """``exc`` as an OutputWriteError if it is a failure to write under ``output_dir``, else None.
+
+    ``writing=True`` when ``exc`` comes from code that only writes there (any OSError counts); otherwise
+    (a polars sink also reads the input) only errors that writing alone raises, or that name the output.
+    """
+    code = os_errno(exc)
+    if code is None and not (writing and isinstance(exc, OSError)):
+        return None
+    named = str(Path(output_dir)) in str(exc) or str(getattr(exc, "filename", "") or "").startswith(str(output_dir))
+    if not (writing and isinstance(exc, OSError)) and code not in _WRITE_ONLY_ERRNOS and not (
+            code in _PATH_ERRNOS and named):
+        return None
+    msg = (
+        f"{unwritable(f'output directory {str(output_dir)!r}', exc)}. The run stopped here (every later chunk "
+        "would fail the same way); the chunks written so far are complete. Fix it, then rerun with the same "
+        "run_key: finished chunks are reused, the others run"
+    )
+    return OutputWriteError(msg)
+
+
+def check_writable_dir(path: str | Path, *, what: str = "output directory") -> None:
+    """Prove before any work that files can be created in ``path`` (ConfigError naming it if not).
+
+    Creates nothing that stays: a hidden probe file goes into ``path``, or into its nearest existing
+    ancestor when ``path`` does not exist yet. A real write is the only test that holds for root
+    (permission bits do not stop root) and read-only mounts; a full disk shows at the chunk's write.
+    """
+    target = Path(path).expanduser().absolute()
+    probe_dir = target
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_dir))
+        fd, probe = tempfile.mkstemp(prefix=".batchflows-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        shown = OSError(exc.errno, exc.strerror, str(probe_dir))  # not the probe's random name
+        msg = f"{unwritable(f'{what} {str(target)!r}', shown)}. Nothing was run"
+        raise ConfigError(msg) from None
+
+
+def cleanup_state(
+    *, older_than_days: float | None = None, flow: str | None = None, run_key: str | None = None,
+    state_dir: Path | None = None, dry_run: bool = False,
+) -> list[Path]:
+    """Delete run directories by age (of their newest file) and/or flow and run key. Returns what went.
+
+    Without ``older_than_days`` and ``run_key`` the age is ``BATCHFLOWS_STATE_RETENTION_DAYS`` (30).
+    A run directory whose key is held by a live run is never removed.
+    """
+    if older_than_days is None and run_key is None:
+        older_than_days = EngineSettings().state_retention_days
+    base = (state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()) / "runs"
+    if not base.exists():
+        return []
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed: list[Path] = []
+    for flow_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        if flow is not None and flow_dir.name != flow:
+            continue
+        for run_dir in sorted(p for p in flow_dir.iterdir() if p.is_dir()):
+            if run_key is not None and run_dir.name != run_key:
+                continue
+            if cutoff is not None:
+                newest = max((f.stat().st_mtime for f in run_dir.rglob("*")), default=run_dir.stat().st_mtime)
+                if newest > cutoff:
+                    continue
+            if _held(run_dir / "lock"):
+                continue
+            removed.append(run_dir)
+            if not dry_run:
+                shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live run holds this run directory's lock (see tasks.core.runlock)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.core.state", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    clean = sub.add_parser("cleanup", help="delete old run directories")
+    clean.add_argument("--older-than-days", type=float, default=None)
+    clean.add_argument("--flow", default=None)
+    clean.add_argument("--run-key", default=None)
+    clean.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        removed = cleanup_state(
+            older_than_days=args.older_than_days, flow=args.flow, run_key=args.run_key, dry_run=args.dry_run
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))
+    verb = "would remove" if args.dry_run else "removed"
+    for path in removed:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(removed)} run directories")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
+
+__all__ = [
+    "OutputWriteError",
+    "RunDir",
+    "atomic_write",
+    "check_writable_dir",
+    "cleanup_state",
+    "new_run_key",
+    "os_errno",
+    "output_write_error",
+    "unwritable",
+    "validate_run_key",
+    "write_text_atomic",
+]

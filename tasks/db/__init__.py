@@ -1,0 +1,86 @@
+"""Database migrations (PostgreSQL <-> SQLite): what the flows and other packages may use.
+
+See tasks.db.plan for the building blocks and the module list; tasks.db.migrate holds db_migrate's range
+tasks and phases, tasks.db.ledger the exactly-once range ledger, tasks.db.load_parts part files -> table.
+"""
+
+from tasks.db.conn import (
+    Dialect,
+    Endpoint,
+    TableName,
+    UrlLike,
+    connect,
+    parse_db_url,
+    parse_key,
+    parse_table_name,
+    redacted_url,
+    validate_identifier,
+    validate_query,
+)
+from tasks.db.copier import MODES, CopyFormat, Mode, RangeResult, Transform, copy_range, read_range, resolve_transform
+from tasks.db.ledger import LEDGER_TABLE, LedgerEntry, ensure_ledger, ledger_table
+from tasks.db.load_parts import count_rows, load_parts
+from tasks.db.migrate import (
+    PLAN_VERSION,
+    CopyJob,
+    MigrationSummary,
+    RangeMismatch,
+    copy_and_verify,
+    fingerprint,
+    planned_ranges,
+    resolve_url,
+    verify_only,
+)
+from tasks.db.plan import MigrationPlan, TargetResult, create_target, plan_migration
+from tasks.db.schema import KeyRange, SourceSchema, plan_ranges, reflect
+from tasks.db.typemap import ColumnInfo
+from tasks.db.verify import RangeCheck, verify_range, verify_ranges
+
+__all__ = [
+    "LEDGER_TABLE",
+    "MODES",
+    "PLAN_VERSION",
+    "ColumnInfo",
+    "CopyFormat",
+    "CopyJob",
+    "Dialect",
+    "Endpoint",
+    "KeyRange",
+    "LedgerEntry",
+    "MigrationPlan",
+    "MigrationSummary",
+    "Mode",
+    "RangeCheck",
+    "RangeMismatch",
+    "RangeResult",
+    "SourceSchema",
+    "TableName",
+    "TargetResult",
+    "Transform",
+    "UrlLike",
+    "connect",
+    "copy_and_verify",
+    "copy_range",
+    "count_rows",
+    "create_target",
+    "ensure_ledger",
+    "fingerprint",
+    "ledger_table",
+    "load_parts",
+    "parse_db_url",
+    "parse_key",
+    "parse_table_name",
+    "plan_migration",
+    "plan_ranges",
+    "planned_ranges",
+    "read_range",
+    "redacted_url",
+    "reflect",
+    "resolve_transform",
+    "resolve_url",
+    "validate_identifier",
+    "validate_query",
+    "verify_only",
+    "verify_range",
+    "verify_ranges",
+]

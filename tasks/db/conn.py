@@ -1,0 +1,241 @@
+"""Identifiers, URLs and connections for the db modules.
+
+Why a separate layer: SQL is assembled only from identifiers quoted by SQLAlchemy's dialect preparers
+and from bound parameters, so every user-supplied name is validated here first; and every connection is
+opened here, so a failure is reported once, the same way, naming host and port but never the password.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, SecretStr
+from sqlalchemy.dialects import postgresql as _sa_pg
+from sqlalchemy.dialects import sqlite as _sa_sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from tasks.core import ConfigError, DbSettings, SourceError, redact_text, register_secret
+
+Dialect = Literal["postgresql", "sqlite"]
+Role = Literal["source", "target"]
+UrlLike = str | SecretStr
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PLAIN_RULE = "letters, digits and _ (not starting with a digit, at most 63 characters)"
+_PREPARERS = {"postgresql": _sa_pg.dialect().identifier_preparer, "sqlite": _sa_sqlite.dialect().identifier_preparer}
+
+
+# ---------------------------------------------------------------- identifiers
+
+
+def validate_identifier(name: str, *, what: str = "column") -> str:
+    """Return ``name`` if it is a plain SQL name, else raise ConfigError saying what is allowed.
+
+    Plain names are quoted exactly as given (so ``Orders`` and ``orders`` differ in PostgreSQL).
+    """
+    if not isinstance(name, str) or not _PLAIN.match(name):
+        msg = f"{what} name {name!r} is not a plain name: use {_PLAIN_RULE}"
+        raise ConfigError(msg)
+    return name
+
+
+class TableName(BaseModel):
+    """A validated, optionally schema-qualified table name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_name: str | None = None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema_name}.{self.name}" if self.schema_name else self.name
+
+    def sql(self, dialect: Dialect) -> str:
+        q = _PREPARERS[dialect].quote_identifier
+        return f"{q(self.schema_name)}.{q(self.name)}" if self.schema_name else q(self.name)
+
+
+def parse_table_name(name: str | TableName) -> TableName:
+    """Parse ``"table"`` or ``"schema.table"``; anything else is a ConfigError that says what is allowed."""
+    if isinstance(name, TableName):
+        return name
+    if not isinstance(name, str) or not name:
+        msg = f"table name {name!r} is empty or not a string: pass 'table' or 'schema.table'"
+        raise ConfigError(msg)
+    parts = name.split(".")
+    if len(parts) > 2 or not all(_PLAIN.match(p) for p in parts):
+        msg = f"table name {name!r} is not a plain name: use 'table' or 'schema.table' with {_PLAIN_RULE} in each part"
+        raise ConfigError(msg)
+    return TableName(schema_name=parts[0], name=parts[1]) if len(parts) == 2 else TableName(name=parts[0])
+
+
+def quote(name: str, dialect: Dialect) -> str:
+    """Quote a column name (reflected or validated) for ``dialect``."""
+    return _PREPARERS[dialect].quote_identifier(name)
+
+
+def parse_key(key: str | Sequence[str] | None) -> list[str] | None:
+    """``"id"``, ``"a,b"`` or ``["a", "b"]`` -> validated column names (None stays None)."""
+    if key is None:
+        return None
+    names = [k.strip() for k in key.split(",")] if isinstance(key, str) else list(key)
+    if not names:
+        msg = "key is empty: pass a column name, 'a,b' or a list of names"
+        raise ConfigError(msg)
+    return [validate_identifier(k, what="key column") for k in names]
+
+
+def validate_query(query: str) -> str:
+    """A source query must be one SELECT (or WITH ... SELECT) statement; a trailing ';' is dropped."""
+    text = query.strip().rstrip(";").strip()
+    if not re.match(r"(?is)^(select|with)\b", text) or ";" in text:
+        msg = "query must be a single SELECT (or WITH ... SELECT) statement without ';' inside"
+        raise ConfigError(msg)
+    return text
+
+
+# ---------------------------------------------------------------- URLs and connections
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed database URL. ``describe()`` names it without the password."""
+
+    dialect: Dialect
+    database: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        if self.dialect == "sqlite":
+            return f"SQLite file {self.database}"
+        return f"PostgreSQL at {self.host}:{self.port} (database {self.database!r}, user {self.user!r})"
+
+
+def parse_db_url(url: UrlLike) -> Endpoint:
+    """Parse a SQLAlchemy URL (``postgresql[+psycopg]://...`` or ``sqlite:///path``); the password is
+    registered for redaction at once."""
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    try:
+        parsed = make_url(raw)
+    except (ArgumentError, ValueError, TypeError):
+        msg = ("a database URL could not be parsed (not shown: it may hold a password); use "
+               "postgresql+psycopg://user:pw@host:port/db or sqlite:///path")
+        raise ConfigError(msg) from None
+    register_secret(parsed.password if isinstance(parsed.password, str) else None)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            msg = "SQLite URL needs a file path (sqlite:///path/to/file.db); in-memory databases are per connection"
+            raise ConfigError(msg)
+        return Endpoint(dialect="sqlite", database=parsed.database)
+    if backend in ("postgresql", "postgres"):
+        if parsed.get_driver_name() not in ("psycopg", "psycopg2", "postgresql", "postgres", ""):
+            msg = f"PostgreSQL driver {parsed.get_driver_name()!r} is not supported: use postgresql+psycopg://"
+            raise ConfigError(msg)
+        pw = SecretStr(str(parsed.password)) if parsed.password else None
+        opts = tuple(sorted((k, str(v)) for k, v in parsed.query.items()))
+        return Endpoint(dialect="postgresql", database=parsed.database or "postgres", host=parsed.host or "localhost",
+                        port=parsed.port or 5432, user=parsed.username, password=pw, options=opts)
+    msg = f"database {backend!r} is not supported: use PostgreSQL (postgresql+psycopg://) or SQLite (sqlite:///)"
+    raise ConfigError(msg)
+
+
+def redacted_url(url: UrlLike) -> str:
+    """The URL with its password masked, for logs and plans."""
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    try:
+        return make_url(raw).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError, TypeError):
+        return redact_text(str(raw))
+
+
+class Db:
+    """An open connection plus the dialect facts SQL builders need (private to the db modules)."""
+
+    def __init__(self, ep: Endpoint, raw: Any) -> None:
+        self.ep = ep
+        self.dialect: Dialect = ep.dialect
+        self.raw = raw
+        self.ph = "%s" if ep.dialect == "postgresql" else "?"
+
+    def q(self, name: str) -> str:
+        return quote(name, self.dialect)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self.raw.cursor()
+        try:
+            cur.execute(sql, tuple(params))
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+
+
+@contextmanager
+def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iterator[Db]:
+    """Open a connection for one unit of work; connection failures become SourceError naming host and
+    port (never the password). PostgreSQL sessions run in UTC; SQLite sources open read-only."""
+    ep = url if isinstance(url, Endpoint) else parse_db_url(url)
+    if ep.dialect == "postgresql":
+        kwargs: dict[str, Any] = dict(ep.options)
+        kwargs.setdefault("connect_timeout", DbSettings().connect_timeout_s)
+        try:
+            raw = psycopg.connect(
+                host=ep.host, port=ep.port, dbname=ep.database, user=ep.user,
+                password=ep.password.get_secret_value() if ep.password else None,
+                options="-c TimeZone=UTC", application_name="batchflows", **kwargs,
+            )
+        except psycopg.OperationalError as exc:
+            reason = redact_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            msg = (f"cannot connect to the {role} database: {ep.describe()}: {reason}. Check that the server "
+                   "runs and accepts TCP connections there and that the user and password are right.")
+            raise SourceError(msg) from None
+    else:
+        path = Path(ep.database)
+        if not write and not path.exists():
+            msg = f"{role} {ep.describe()} does not exist; check the path in the URL"
+            raise SourceError(msg)
+        try:
+            if write:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                raw = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
+            else:
+                raw = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                      isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            msg = f"cannot open the {role} {ep.describe()}: {exc}"
+            raise SourceError(msg) from None
+    try:
+        yield Db(ep, raw)
+    finally:
+        raw.close()
+
+
+
+__all__ = [
+    "Db",
+    "Dialect",
+    "Endpoint",
+    "Role",
+    "TableName",
+    "UrlLike",
+    "connect",
+    "parse_db_url",
+    "parse_key",
+    "parse_table_name",
+    "quote",
+    "redacted_url",
+    "validate_identifier",
+    "validate_query",
+]

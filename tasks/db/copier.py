@@ -1,0 +1,491 @@
+"""Read one keyset range and write it to the target in one transaction (COPY fast path, upsert, replace).
+
+Why one transaction per range: a killed or retried range then leaves nothing half-written; and the
+range's ledger row (tasks.db.ledger) commits in the same transaction, so a range committed by an
+earlier attempt is never written again, whatever the mode (``upsert`` overwrites, ``replace`` deletes
+the range first, ``append`` inserts). PostgreSQL -> PostgreSQL without a
+transform streams COPY bytes straight from source to target (binary when the column types are identical,
+text otherwise); every other combination decodes rows into canonical Python values (tasks.db.typemap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import polars as pl
+import psycopg
+from pydantic import BaseModel
+
+from tasks.core import ConfigError, ItemError, RetryableError, SourceError, failpoint, redact_text
+from tasks.db.conn import Db, TableName, UrlLike, connect, parse_table_name
+from tasks.db.ledger import LedgerEntry, committed, record_range
+from tasks.db.schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
+from tasks.db.typemap import ColumnInfo
+from tasks.db.values import (
+    _COERCE as _COERCE_BY_KIND,
+)
+from tasks.db.values import (
+    coerce,
+    frame_value,
+    pg_decoder,
+    pg_encoder,
+    polars_dtype,
+    sqlite_decoder,
+    sqlite_encoder,
+)
+
+Mode = Literal["append", "upsert", "replace"]
+CopyFormat = Literal["auto", "binary", "text", "rows"]
+Transform = Callable[[pl.DataFrame], pl.DataFrame]
+MODES: tuple[str, ...] = ("append", "upsert", "replace")
+_TEXT_OID = 25
+_FETCH = 5_000
+_RELAY_BLOCK = 256 * 1024
+
+
+class RangeResult(BaseModel):
+    """What one range did: rows read and written and the path taken; ``recovered`` when an earlier attempt
+    had committed it (the counts are the ledger's, nothing was written now)."""
+
+    index: int
+    rows_read: int
+    rows_written: int
+    seconds: float
+    path: str
+    recovered: bool = False
+
+
+OnCommit = Callable[[Db, int], None]  # (target connection, rows written) inside the open transaction
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _select(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]]:
+    cols = ", ".join(f"{db.q(c.name)}::text" if c.cast_text else db.q(c.name) for c in schema.columns)
+    where, params = range_predicate(db, schema.key_columns(), rng)
+    order = ", ".join(key_expr(db, schema.key_columns()))
+    return f"SELECT {cols} FROM {schema.relation(db.dialect)} WHERE {where} ORDER BY {order}", params
+
+
+def _pg_oids(cols: Sequence[ColumnInfo]) -> list[int]:
+    return [_TEXT_OID if c.cast_text or c.pg_oid is None else c.pg_oid for c in cols]
+
+
+def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``rng`` in key order as canonical Python values (PostgreSQL: binary COPY; SQLite: cursor)."""
+    sql, params = _select(db, schema, rng)
+    if db.dialect == "postgresql":
+        decoders = [pg_decoder(c) for c in schema.columns]
+        fix = [(i, f) for i, f in enumerate(decoders) if f is not None]
+        cur = db.raw.cursor()
+        with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            copy.set_types(_pg_oids(schema.columns))
+            for row in copy.rows():
+                if fix:
+                    row = list(row)
+                    for i, f in fix:
+                        row[i] = f(row[i])
+                    row = tuple(row)
+                yield row
+        return
+    decs = [sqlite_decoder(c) for c in schema.columns]
+    fast = [_sqlite_column_decoder(c) for c in schema.columns]
+    cur = db.raw.execute(sql, params)
+    while batch := cur.fetchmany(_FETCH):
+        try:
+            yield from _decode_columns(batch, fast)
+        except (ValueError, TypeError, ArithmeticError):
+            for row in batch:  # find the row and column that failed, for the message
+                try:
+                    tuple(d(v) for d, v in zip(decs, row, strict=True))
+                except (ValueError, TypeError, ArithmeticError) as exc:
+                    raise _decode_error(schema, rng, row, decs, exc) from None
+            raise
+
+
+# SQLite storage classes that already are the canonical value of these kinds (no per-value call needed)
+_NATIVE: dict[str, tuple[type, ...]] = {
+    "smallint": (int,), "integer": (int,), "bigint": (int,), "double": (float,), "text": (str,),
+    "varchar": (str,), "char": (str,),
+}
+
+
+def _sqlite_column_decoder(col: ColumnInfo) -> Callable[[list[Any]], list[Any]]:
+    """A whole-column decoder: columns whose stored values already have the canonical type pass
+    through after one type scan; others map their decoder over the non-NULL values."""
+    one = sqlite_decoder(col)
+    native = _NATIVE.get(col.kind)
+    if col.kind != "array" and col.kind not in ("json", "jsonb", "text", "varchar", "char") and native is None:
+        conv = _COERCE_BY_KIND.get(col.kind)
+        if conv is not None:
+            one = conv
+
+    def decode(values: list[Any]) -> list[Any]:
+        if native is not None and all(v is None or type(v) in native for v in values):
+            return values
+        return [None if v is None else one(v) for v in values]
+
+    return decode
+
+
+def _decode_columns(batch: list[tuple[Any, ...]], fast: Sequence[Callable[[list[Any]], list[Any]]]
+                    ) -> list[tuple[Any, ...]]:
+    cols = [f(list(c)) for f, c in zip(fast, zip(*batch, strict=True), strict=True)]
+    return list(zip(*cols, strict=True))
+
+
+def _decode_error(schema: SourceSchema, rng: KeyRange, row: Sequence[Any], decs: Sequence[Callable[[Any], Any]],
+                  exc: Exception) -> ItemError:
+    names = schema.names
+    for name, dec, value in zip(names, decs, row, strict=True):
+        try:
+            dec(value)
+        except (ValueError, TypeError, ArithmeticError) as err:
+            col = schema.column(name)
+            return _row_error(rng, names, schema.key, row, name, f"{value!r} is not a valid {col.type_label()}: {err}")
+    return _row_error(rng, names, schema.key, row, "?", str(exc))
+
+
+def _to_frame(cols: Sequence[ColumnInfo], rows: list[tuple[Any, ...]]) -> pl.DataFrame:
+    data = {c.name: [frame_value(c, r[i]) for r in rows] for i, c in enumerate(cols)}
+    return pl.DataFrame(data, schema={c.name: polars_dtype(c) for c in cols})
+
+
+def read_range(source_url: UrlLike, table: str | None, rng: KeyRange, *, query: str | None = None,
+               key: str | Sequence[str] | None = None) -> pl.DataFrame:
+    """The rows of one range as a polars DataFrame, exactly as a transform receives them (JSON, uuids and
+    arrays as text; numeric as Decimal; timestamptz in UTC)."""
+    schema = reflect(source_url, table, query=query, key=key)
+    with connect(source_url, "source") as db:
+        rows = list(iter_rows(db, schema, rng))
+    return _to_frame(schema.columns, rows)
+
+
+def resolve_transform(transform: Transform | str | None) -> Transform | None:
+    """A callable, or ``"pkg.mod:fn"`` imported here (so deployments can pass it as a string)."""
+    if transform is None or callable(transform):
+        return transform
+    mod, _, attr = str(transform).partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        msg = f"transform {transform!r} cannot be imported ({exc}); use 'package.module:function'"
+        raise ConfigError(msg) from None
+    if not callable(fn):
+        msg = f"transform {transform!r} is not callable"
+        raise ConfigError(msg)
+    return fn
+
+
+# ---------------------------------------------------------------- converting
+
+
+def _row_error(rng: KeyRange, names: Sequence[str], keys: Sequence[str], row: Sequence[Any], column: str,
+               reason: str) -> ItemError:
+    key_val = {k: row[names.index(k)] for k in keys if k in names}
+    msg = (f"range {rng.index}: row with key {key_val} cannot be written: column {column!r}: "
+           f"{redact_text(reason)}. Fix the value in the source or map it in a transform.")
+    return ItemError(msg, category="conversion")
+
+
+def _convert(rows: list[tuple[Any, ...]], names: Sequence[str], funcs: Sequence[Callable[[Any], Any] | None],
+             keys: Sequence[str], rng: KeyRange) -> list[tuple[Any, ...]]:
+    active = [(i, f) for i, f in enumerate(funcs) if f is not None]
+    if not active:
+        return rows
+    out = []
+    for row in rows:
+        vals = list(row)
+        for i, f in active:
+            try:
+                vals[i] = f(vals[i])
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise _row_error(rng, names, keys, row, names[i], f"{vals[i]!r}: {exc}") from None
+        out.append(tuple(vals))
+    return out
+
+
+def _converters(src: Sequence[ColumnInfo] | None, tgt: Sequence[ColumnInfo], dialect: str
+                ) -> list[Callable[[Any], Any] | None]:
+    """Per column: canonical source value (or DataFrame value when ``src`` is None) -> target storage."""
+    funcs: list[Callable[[Any], Any] | None] = []
+    for i, t in enumerate(tgt):
+        s = src[i] if src is not None else None
+        same = s is not None and s.kind == t.kind and s.element == t.element and not s.cast_text
+        conv = None if same else (lambda v, t=t: None if v is None else coerce(t, v))
+        enc = sqlite_encoder(t) if dialect == "sqlite" else pg_encoder(t)
+        if conv and enc:
+            funcs.append(lambda v, c=conv, e=enc: e(c(v)))
+        elif dialect == "sqlite" and not conv and t.kind in ("smallint", "integer", "bigint", "real", "double",
+                                                            "text", "varchar", "char", "bytes"):
+            funcs.append(None)
+        else:
+            funcs.append(conv or enc)
+    return funcs
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _stage_or_target(db: Db, target: TableName, mode: Mode) -> str:
+    if mode != "upsert" or db.dialect != "postgresql":
+        return target.sql(db.dialect)
+    db.raw.execute(f"CREATE TEMP TABLE _bf_stage (LIKE {target.sql('postgresql')} INCLUDING DEFAULTS) ON COMMIT DROP")
+    return "_bf_stage"
+
+
+def _upsert_sql(db: Db, target: TableName, names: Sequence[str], keys: Sequence[str], source: str) -> str:
+    cols = ", ".join(db.q(n) for n in names)
+    sets = ", ".join(f"{db.q(n)} = excluded.{db.q(n)}" for n in names if n not in keys)
+    action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+    conflict = ", ".join(db.q(k) for k in keys)
+    return f"INSERT INTO {target.sql(db.dialect)} ({cols}) {source} ON CONFLICT ({conflict}) {action}"
+
+
+def _prepare(db: Db, target: TableName, tgt_keys: Sequence[ColumnInfo], rng: KeyRange, mode: Mode) -> None:
+    """Run the mode's first step inside the open transaction (replace: delete the range's rows)."""
+    if mode == "replace":
+        where, params = range_predicate(db, tgt_keys, rng)
+        db.raw.execute(f"DELETE FROM {target.sql(db.dialect)} WHERE {where}", params)
+
+
+def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Sequence[str],
+              rows: list[tuple[Any, ...]] | None) -> Exception:
+    text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if isinstance(exc, psycopg.errors.InvalidColumnReference | psycopg.errors.UndefinedColumn):
+        return ConfigError(f"range {rng.index}: the target rejected the statement: {text}; upsert needs a primary "
+                           f"key or unique index on {list(keys)} in the target")
+    if isinstance(exc, psycopg.errors.CardinalityViolation):
+        return ItemError(f"range {rng.index}: key {list(keys)} is not unique in the source rows of this range "
+                         f"({text}); choose a unique key", category="bad_key")
+    ctx = (exc.diag.context or "") if hasattr(exc, "diag") else ""
+    line = re.search(r"line (\d+)", ctx)
+    col = re.search(r"column (\w+)", ctx)
+    if isinstance(exc, psycopg.IntegrityError):
+        where = ""
+        if rows is not None and line and int(line.group(1)) <= len(rows):
+            row = rows[int(line.group(1)) - 1]
+            where = f" at the row with key { {k: row[names.index(k)] for k in keys if k in names} }"
+        constraint = exc.diag.constraint_name or "?"
+        return ItemError(
+            f"range {rng.index}: the target's constraint {constraint!r} refused the rows{where}: {text}; nothing of "
+            "this range was written. Fix those rows in the source, relax the constraint, or filter them out with "
+            "query= or a transform", category="constraint")
+    if isinstance(exc, psycopg.OperationalError):
+        return RetryableError(f"range {rng.index}: the target connection failed: {text}; nothing of this range was "
+                              "committed, so a retry or a rerun with the same run_key writes it whole",
+                              category="connection_lost")
+    if rows is not None and line and int(line.group(1)) <= len(rows):
+        row = rows[int(line.group(1)) - 1]
+        return _row_error(rng, names, keys, row, col.group(1) if col else "?", text)
+    return ItemError(f"range {rng.index}: the target rejected the rows: {text}", category="write_error")
+
+
+def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
+              keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
+              on_commit: OnCommit | None = None) -> int:
+    names = [c.name for c in tgt_cols]
+    binary = not any(c.cast_text for c in tgt_cols)
+    try:
+        _prepare(db, target, tgt_keys, rng, mode)
+        dest = _stage_or_target(db, target, mode)
+        cur = db.raw.cursor()
+        fmt = "BINARY" if binary else "TEXT"
+        with cur.copy(f"COPY {dest} ({', '.join(db.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as copy:
+            copy.set_types(_pg_oids(tgt_cols))
+            for row in rows:
+                copy.write_row(row)
+        written = cur.rowcount
+        if mode == "upsert":
+            written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {', '.join(db.q(n) for n in names)} FROM _bf_stage")).rowcount
+        if on_commit is not None:
+            on_commit(db, written)
+        db.raw.commit()
+        failpoint("db.after_commit")
+        return written
+    except psycopg.Error as exc:
+        _rollback_quietly(db)
+        raise _pg_error(exc, rng, names, keys, rows) from None
+
+
+def _rollback_quietly(*dbs: Db) -> None:
+    """Roll back after a failed statement; a connection that is gone (killed backend) has nothing to roll
+    back, and its rollback error must not hide the error that says what happened."""
+    for db in dbs:
+        with contextlib.suppress(psycopg.Error):
+            db.raw.rollback()
+
+
+def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
+                  keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
+                  on_commit: OnCommit | None = None) -> int:
+    names = [c.name for c in tgt_cols]
+    marks = ", ".join("?" * len(names))
+    if mode == "upsert":
+        sql = _upsert_sql(db, target, names, keys, f"VALUES ({marks})")
+    else:
+        sql = f"INSERT INTO {target.sql('sqlite')} ({', '.join(db.q(n) for n in names)}) VALUES ({marks})"
+    db.raw.execute("BEGIN IMMEDIATE")
+    try:
+        _prepare(db, target, tgt_keys, rng, mode)
+        db.raw.executemany(sql, rows)
+        if on_commit is not None:
+            on_commit(db, len(rows))
+        db.raw.execute("COMMIT")
+    except sqlite3.Error as exc:
+        db.raw.execute("ROLLBACK")
+        if "ON CONFLICT clause does not match" in str(exc):
+            msg = f"range {rng.index}: upsert needs a primary key or unique index on {list(keys)} in the target ({exc})"
+            raise ConfigError(msg) from None
+        msg = f"range {rng.index}: the target rejected the rows: {exc}"
+        raise ItemError(msg, category="write_error") from None
+    failpoint("db.after_commit")
+    return len(rows)
+
+
+def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_cols: Sequence[ColumnInfo],
+                 rng: KeyRange, mode: Mode, fmt: str, on_commit: OnCommit | None = None) -> int:
+    """Stream COPY bytes source -> target without decoding (the physical ceiling)."""
+    tgt_keys = [next(c for c in tgt_cols if c.name == k) for k in schema.key]
+    names = [c.name for c in schema.columns]
+    sql, params = _select(src, schema, rng)
+    _prepare(tgt, target, tgt_keys, rng, mode)
+    dest = _stage_or_target(tgt, target, mode)
+    out = tgt.raw.cursor()
+    with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params) as cin, \
+            out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
+        # the source sends one CopyData message per row; writing each one would cost a libpq call (and
+        # often a send) per row: gather them into blocks (3x faster for 1M small rows, measured)
+        block = bytearray()
+        for data in cin:
+            block += data
+            if len(block) >= _RELAY_BLOCK:
+                cout.write(bytes(block))
+                block.clear()
+        if block:
+            cout.write(bytes(block))
+    written = out.rowcount
+    if mode == "upsert":
+        cols = ", ".join(tgt.q(n) for n in names)
+        written = tgt.raw.execute(_upsert_sql(tgt, target, names, schema.key, f"SELECT {cols} FROM _bf_stage")).rowcount
+    if on_commit is not None:
+        on_commit(tgt, written)
+    tgt.raw.commit()
+    failpoint("db.after_commit")
+    src.raw.rollback()
+    return written
+
+
+def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
+               target_table: str | None = None, query: str | None = None, key: str | Sequence[str] | None = None,
+               mode: Mode = "upsert", transform: Transform | str | None = None,
+               copy_format: CopyFormat = "auto", source_schema: SourceSchema | None = None,
+               target_schema: SourceSchema | None = None, ledger: LedgerEntry | None = None) -> RangeResult:
+    """Copy one keyset range from source to target in ONE target transaction; return what happened.
+
+    ``transform`` gets the range as a polars DataFrame (see :func:`read_range`) and returns the rows
+    to write; its column names must exist in the target. A value that does not fit its target column
+    raises ItemError naming the row key and column (the other ranges are unaffected). ``copy_format``
+    only matters for PostgreSQL -> PostgreSQL without transform ("auto": binary when column types are
+    identical, else text; "rows" forces the decoding path). ``source_schema``/``target_schema`` (from
+    :func:`reflect`, JSON-able) skip the per-range reflection when the caller planned once. ``ledger``
+    (see tasks.db.ledger) makes the range exactly once: a range already in the ledger writes nothing and
+    returns the recorded counts; otherwise its ledger row commits with its rows.
+    """
+    if mode not in MODES:
+        msg = f"mode {mode!r} is not one of {list(MODES)}"
+        raise ConfigError(msg)
+    started = time.perf_counter()
+    fn = resolve_transform(transform)
+    schema = source_schema or reflect(source_url, table, query=query, key=key)
+    tname = parse_table_name(target_table or table or "")
+    tgt_schema = target_schema or reflect(target_url, tname, key=schema.key, role="target")
+    out_names = schema.names
+    with connect(source_url, "source") as src, connect(target_url, "target", write=True) as tgt:
+        prior = committed(tgt, ledger) if ledger is not None else None
+        if prior is not None:
+            if tgt.dialect == "postgresql":
+                _rollback_quietly(tgt)
+            return RangeResult(index=rng.index, rows_read=prior[0], rows_written=prior[1],
+                               seconds=time.perf_counter() - started, path="ledger", recovered=True)
+        read: list[int] = [0]
+
+        def on_commit(db: Db, written: int) -> None:
+            if ledger is not None:
+                record_range(db, ledger, rng.index, read[0] if read[0] else written, written)
+
+        if fn is None and src.dialect == tgt.dialect == "postgresql" and copy_format != "rows":
+            tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
+            same = all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text
+                       for s, t in zip(schema.columns, tgt_cols, strict=True))
+            fmt = "BINARY" if (copy_format == "binary" or (copy_format == "auto" and same)) else "TEXT"
+            try:
+                written = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt, on_commit)
+                return RangeResult(index=rng.index, rows_read=written, rows_written=written,
+                                   seconds=time.perf_counter() - started, path=f"copy-{fmt.lower()}")
+            except psycopg.errors.DataError:
+                _rollback_quietly(tgt, src)
+            except psycopg.Error as exc:
+                _rollback_quietly(tgt, src)
+                raise _pg_error(exc, rng, out_names, schema.key, None) from None
+        try:
+            rows = list(iter_rows(src, schema, rng))
+        except psycopg.Error as exc:
+            msg = f"range {rng.index}: reading the source failed: {redact_text(str(exc).strip())}"
+            raise SourceError(msg) from None
+        if src.dialect == "postgresql":
+            src.raw.rollback()
+        n_read = read[0] = len(rows)
+        src_cols: list[ColumnInfo] | None = list(schema.columns)
+        if fn is not None:
+            frame = _apply(fn, _to_frame(schema.columns, rows), rng)
+            out_names, rows, src_cols = list(frame.columns), list(frame.iter_rows()), None
+        tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
+        rows = _convert(rows, out_names, _converters(src_cols, tgt_cols, tgt.dialect), schema.key, rng)
+        tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
+        writer = _write_pg if tgt.dialect == "postgresql" else _write_sqlite
+        written = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode, on_commit)
+    return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,
+                       seconds=time.perf_counter() - started, path="rows")
+
+
+def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:
+    try:
+        return tgt_schema.column(name)
+    except ConfigError:
+        msg = f"column {name!r} not in target {tgt_schema.label()}; target columns are {tgt_schema.names}"
+        raise ConfigError(msg) from None
+
+
+def _apply(fn: Transform, frame: pl.DataFrame, rng: KeyRange) -> pl.DataFrame:
+    try:
+        out = fn(frame)
+    except Exception as exc:
+        msg = f"range {rng.index}: transform {getattr(fn, '__name__', fn)!r} failed: {type(exc).__name__}: {exc}"
+        raise ItemError(redact_text(msg), category="transform") from exc
+    if isinstance(out, pl.LazyFrame):
+        out = out.collect()
+    if not isinstance(out, pl.DataFrame):
+        msg = f"transform must return a polars DataFrame or LazyFrame, got {type(out).__name__}"
+        raise ConfigError(msg)
+    return out
+
+
+__all__ = [
+    "MODES",
+    "CopyFormat",
+    "Mode",
+    "RangeResult",
+    "Transform",
+    "copy_range",
+    "iter_rows",
+    "read_range",
+    "resolve_transform",
+]

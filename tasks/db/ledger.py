@@ -1,0 +1,68 @@
+"""The range ledger: a row in the target, committed in the same transaction as the range's data.
+
+A range's rows and the record that the range is done must commit together, or a crash between the
+target's COMMIT and the run's own record (a file in the state dir) would make the rerun copy the range
+again: harmless for upsert and replace, duplicated rows for append. So every range transaction also
+inserts its key into ``_batchflows_ranges`` (in the target table's schema) just before COMMIT, and a
+range first looks there: found means committed by an earlier attempt of this run, and the rerun takes
+the recorded counts instead of writing anything. The table holds one small row per range and run; it
+can be dropped when no run is to be resumed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.db.conn import Db, TableName, UrlLike, connect
+
+LEDGER_TABLE = "_batchflows_ranges"
+
+
+class LedgerEntry(BaseModel):
+    """Where one range's ledger row goes, and its key (the range's cache key: run identity + position)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    table: TableName
+    key: str
+    run_key: str
+    target_table: str
+
+
+def ledger_table(target: TableName) -> TableName:
+    return TableName(schema_name=target.schema_name, name=LEDGER_TABLE)
+
+
+def ensure_ledger(url: UrlLike, target: TableName) -> TableName:
+    """Create the ledger table beside ``target`` when missing (once per run, before any range)."""
+    table = ledger_table(target)
+    with connect(url, "target", write=True) as db:
+        db.raw.execute(
+            f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} (range_key VARCHAR(64) PRIMARY KEY, "
+            "run_key VARCHAR(128) NOT NULL, target_table VARCHAR(512) NOT NULL, range_index INTEGER NOT NULL, "
+            "rows_read BIGINT NOT NULL, rows_written BIGINT NOT NULL, committed_at VARCHAR(40) NOT NULL)")
+        if db.dialect == "postgresql":
+            db.raw.commit()
+    return table
+
+
+def committed(db: Db, entry: LedgerEntry) -> tuple[int, int] | None:
+    """(rows read, rows written) of a range an earlier attempt committed, else None."""
+    rows = db.all(f"SELECT rows_read, rows_written FROM {entry.table.sql(db.dialect)} WHERE range_key = {db.ph}",
+                  [entry.key])
+    return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+def record_range(db: Db, entry: LedgerEntry, index: int, rows_read: int, rows_written: int) -> None:
+    """Insert the range's ledger row inside the range's open transaction (just before its COMMIT)."""
+    ph = db.ph
+    db.raw.execute(
+        f"INSERT INTO {entry.table.sql(db.dialect)} (range_key, run_key, target_table, range_index, rows_read, "
+        f"rows_written, committed_at) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph})",
+        (entry.key, entry.run_key, entry.target_table, index, rows_read, rows_written,
+         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+
+
+__all__ = ["LEDGER_TABLE", "LedgerEntry", "committed", "ensure_ledger", "ledger_table", "record_range"]

@@ -1,0 +1,158 @@
+"""Planning a migration: the dry-run plan and the target table (create it, or check an existing one).
+
+The db package's building blocks (PostgreSQL <-> SQLite) that the db_migrate flow wraps, all public
+through ``tasks.db``:
+
+The public functions take URLs (str or SecretStr), names and small JSON-able ranges, and open their own
+connections, so each can be a Prefect task with a meaningful cache key:
+
+1. :func:`plan_migration` - the dry run: reflected columns, key, ranges, DDL; writes nothing.
+2. :func:`create_target` - create the target table from the source schema, or check an existing one.
+3. :func:`plan_ranges` - keyset ranges of about ``chunk_rows`` rows (no OFFSET).
+4. :func:`copy_range` - one range in one target transaction (append | upsert | replace).
+5. :func:`verify_range` - counts and canonical checksums of one range on both sides.
+
+Passwords never appear in messages: URLs are parsed with their passwords registered for redaction, and
+connection failures name host and port only. Modules: ``conn`` (names, URLs, connections), ``typemap``
+(kinds, type maps), ``values`` (codecs, canonical text), ``schema`` (reflection, ranges, DDL), ``copier``
+(read/write), ``ledger`` (exactly-once commits), ``verify`` (checksums), ``plan`` (this module),
+``migrate`` (the flow's range tasks and phases) and ``load_parts`` (part files into a table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel
+
+from tasks.core import ConfigError
+from tasks.db.conn import (
+    TableName,
+    UrlLike,
+    connect,
+    parse_db_url,
+    parse_table_name,
+    redacted_url,
+)
+from tasks.db.copier import MODES, Mode
+from tasks.db.schema import (
+    KeyRange,
+    compare_schemas,
+    create_table_sql,
+    plan_ranges,
+    reflect,
+    target_table_exists,
+)
+from tasks.db.typemap import ColumnInfo
+
+
+class TargetResult(BaseModel):
+    """Outcome of :func:`create_target`: whether the table was created, and the DDL used or needed."""
+
+    table: str
+    created: bool
+    existed: bool
+    ddl: str
+
+
+class MigrationPlan(BaseModel):
+    """A dry run's answer: everything a migration would do, as data."""
+
+    source: str
+    target: str
+    table: str | None
+    query: str | None
+    target_table: str
+    key: list[str]
+    columns: list[ColumnInfo]
+    mode: Mode
+    ranges: list[KeyRange]
+    estimated_rows: int
+    target_exists: bool
+    ddl: str | None
+
+    def describe(self) -> str:
+        """A short human-readable plan for logs and dry-run artifacts."""
+        lines = [
+            f"source {self.source} {self.table or '(query)'} -> target {self.target} {self.target_table} "
+            f"(mode {self.mode}, key {self.key})",
+            f"{len(self.ranges)} ranges, about {self.estimated_rows} rows",
+        ]
+        lines += [f"  range {r.index}: ({r.lower}, {r.upper}] ~{r.estimated_rows} rows" for r in self.ranges[:20]]
+        if len(self.ranges) > 20:
+            lines.append(f"  ... {len(self.ranges) - 20} more")
+        lines.append(f"DDL to run:\n{self.ddl}" if self.ddl else "target table exists; no DDL")
+        return "\n".join(lines)
+
+
+def _target_name(table: str | None, target_table: str | None) -> TableName:
+    if target_table is None and table is None:
+        msg = "a query source needs target_table (the table to write to)"
+        raise ConfigError(msg)
+    return parse_table_name(target_table or table or "")
+
+
+def create_target(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,
+                  target_table: str | None = None, query: str | None = None,
+                  key: str | Sequence[str] | None = None, execute: bool = True) -> TargetResult:
+    """Create the target table from the source's reflected schema (primary key = the range key).
+
+    If the table exists it is checked instead: columns missing in the target or types that cannot hold
+    the source's values raise ConfigError listing every differing column. ``execute=False`` only
+    computes the DDL (dry run).
+    """
+    return _ensure_target(source_url, target_url, table, target_table=target_table, query=query, key=key,
+                          execute=execute)
+
+
+def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, *, target_table: str | None,
+                   query: str | None, key: str | Sequence[str] | None, execute: bool) -> TargetResult:
+    schema = reflect(source_url, table, query=query, key=key)
+    tname = _target_name(table, target_table)
+    ep = parse_db_url(target_url)
+    ddl = create_table_sql(schema, ep.dialect, tname)
+    if target_table_exists(target_url, tname):
+        existing = reflect(target_url, tname, key=schema.key, role="target")
+        problems = compare_schemas(schema, existing)
+        if problems:
+            msg = (f"target table {tname} in {ep.describe()} exists but cannot take the source rows: "
+                   + "; ".join(problems) + ". Alter or drop it, or choose another target_table.")
+            raise ConfigError(msg)
+        return TargetResult(table=str(tname), created=False, existed=True, ddl=ddl)
+    if execute:
+        with connect(ep, "target", write=True) as db:
+            db.raw.execute(ddl)
+            if db.dialect == "postgresql":
+                db.raw.commit()
+    return TargetResult(table=str(tname), created=execute, existed=False, ddl=ddl)
+
+
+def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,
+                   target_table: str | None = None, query: str | None = None,
+                   key: str | Sequence[str] | None = None, chunk_rows: int = 50_000, mode: Mode = "upsert",
+                   create_target: bool = True) -> MigrationPlan:
+    """The dry run: reflect, check the key, plan ranges and compute the DDL; writes nothing.
+
+    Raises the same ConfigError/SourceError a real run would (bad names, unreachable databases,
+    a non-unique key, an incompatible existing target, a missing target with ``create_target=False``).
+    """
+    if mode not in MODES:
+        msg = f"mode {mode!r} is not one of {list(MODES)}"
+        raise ConfigError(msg)
+    schema = reflect(source_url, table, query=query, key=key)
+    tname = _target_name(table, target_table)
+    target = _ensure_target(source_url, target_url, table, target_table=str(tname), query=query,
+                                        key=schema.key, execute=False)
+    if not target.existed and not create_target:
+        msg = f"target table {tname} does not exist and create_target is off; create it or pass create_target=True"
+        raise ConfigError(msg)
+    ranges = plan_ranges(source_url, table, query=query, key=schema.key, chunk_rows=chunk_rows)
+    return MigrationPlan(
+        source=redacted_url(source_url), target=redacted_url(target_url), table=str(schema.table) if schema.table else None,
+        query=schema.query, target_table=str(tname), key=schema.key, columns=schema.columns, mode=mode,
+        ranges=ranges, estimated_rows=sum(r.estimated_rows for r in ranges), target_exists=target.existed,
+        ddl=None if target.existed else target.ddl,
+    )
+
+
+__all__ = ["MigrationPlan", "TargetResult", "create_target", "plan_migration"]

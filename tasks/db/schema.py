@@ -1,0 +1,396 @@
+"""Reflection, keyset range planning and target DDL.
+
+Why this shape: every public function takes URLs and small JSON-able values (ranges), never open
+connections, so each one can be a Prefect task (cacheable parameters, no clients crossing task
+boundaries). Ranges are cut on the key distribution (``row_number()``), never with OFFSET.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel, ConfigDict
+
+from tasks.core import ConfigError, SourceError, redact_text
+from tasks.db.conn import (
+    _PREPARERS,
+    Db,
+    Dialect,
+    Role,
+    TableName,
+    UrlLike,
+    connect,
+    parse_db_url,
+    parse_key,
+    parse_table_name,
+    validate_query,
+)
+from tasks.db.typemap import ColumnInfo, column_from_sqlite, incompatibility, kind_from_pg, pg_type, sqlite_type
+from tasks.db.values import coerce, key_to_json, sqlite_decoder, sqlite_encoder
+
+_KEY_KINDS = frozenset(
+    {"smallint", "integer", "bigint", "numeric", "text", "varchar", "char", "uuid", "date", "timestamp",
+     "timestamptz"}
+)
+_C_COLLATIONS = frozenset({"c", "posix", "c.utf-8", "c.utf8", "ucs_basic"})
+
+
+# ---------------------------------------------------------------- reflection
+
+
+class SourceSchema(BaseModel):
+    """What a table or query looks like: columns, primary key, the key ranges are cut on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dialect: Dialect
+    table: TableName | None = None
+    query: str | None = None
+    columns: list[ColumnInfo]
+    primary_key: list[str] = []
+    unique_keys: list[list[str]] = []
+    key: list[str] = []
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> ColumnInfo:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        msg = f"column {name!r} not in {self.label()}; columns are {self.names}"
+        raise ConfigError(msg)
+
+    def key_columns(self) -> list[ColumnInfo]:
+        return [self.column(k) for k in self.key]
+
+    def key_is_unique(self) -> bool:
+        return bool(self.key) and (self.key == self.primary_key or sorted(self.key) in map(sorted, self.unique_keys))
+
+    def label(self) -> str:
+        return f"table {self.table}" if self.table else "query"
+
+    def relation(self, dialect: Dialect | None = None) -> str:
+        """The FROM item: the quoted table, or the query as a derived table."""
+        if self.table is not None:
+            return self.table.sql(dialect or self.dialect)
+        return f"({_embed(self.query or '', dialect or self.dialect)}) AS _bf_src"
+
+
+def _embed(query: str, dialect: Dialect) -> str:
+    """psycopg reads ``%`` as a placeholder in every statement sent with parameters: double it."""
+    return query.replace("%", "%%") if dialect == "postgresql" else query
+
+
+def _pg_typmod(typname: str, typmod: int) -> dict[str, int | None]:
+    if typmod < 0:
+        return {}
+    if typname == "numeric":
+        return {"precision": ((typmod - 4) >> 16) & 0xFFFF, "scale": (typmod - 4) & 0xFFFF}
+    if typname in ("varchar", "bpchar"):
+        return {"length": typmod - 4}
+    return {}
+
+
+def _pg_column(name: str, typname: str, oid: int, typmod: int, notnull: bool, elem: str | None,
+               collname: str | None, db_c: bool) -> ColumnInfo:
+    kind, element, cast = kind_from_pg(elem if elem else typname, is_array=bool(elem))
+    collate_c = kind in ("text", "varchar", "char") and not cast and not (
+        ((collname or "default") == "default" and db_c) or (collname or "").lower() in _C_COLLATIONS
+    )
+    return ColumnInfo(name=name, kind=kind, element=element, nullable=not notnull, declared=typname,
+                      pg_oid=None if cast else oid, cast_text=cast, collate_c=collate_c,
+                      **_pg_typmod(typname, typmod))
+
+
+def _reflect_pg(db: Db, table: TableName | None, query: str | None) -> SourceSchema:
+    (datcollate,) = db.all("SELECT datcollate FROM pg_database WHERE datname = current_database()")[0]
+    db_c = str(datcollate).lower() in _C_COLLATIONS
+    if table is None:
+        cur = db.raw.cursor()
+        try:
+            cur.execute(f"SELECT * FROM ({_embed(query or '', 'postgresql')}) AS _bf_src LIMIT 0", ())
+        except psycopg.Error as exc:
+            db.raw.rollback()
+            msg = f"the source query failed in {db.ep.describe()}: {redact_text(str(exc).strip())}"
+            raise SourceError(msg) from None
+        desc = cur.description or []
+        fmods = [cur.pgresult.fmod(i) if cur.pgresult else -1 for i in range(len(desc))]
+        oids = [d.type_code for d in desc]
+        types = {r[0]: r[1:] for r in db.all(
+            "SELECT t.oid, t.typname, et.typname FROM pg_type t LEFT JOIN pg_type et "
+            "ON et.oid = t.typelem AND t.typcategory = 'A' WHERE t.oid = ANY(%s)", [oids])}
+        cols = [_pg_column(d.name, types[d.type_code][0], d.type_code, fmods[i], False, types[d.type_code][1],
+                           None, db_c) for i, d in enumerate(desc)]
+        db.raw.rollback()
+        return SourceSchema(dialect="postgresql", query=query, columns=cols)
+    regclass = table.sql("postgresql")
+    rows = db.all(
+        "SELECT a.attname, t.typname, a.atttypid, a.atttypmod, a.attnotnull, et.typname, co.collname "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' "
+        "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        [regclass],
+    )
+    if not rows:
+        known = [r[0] for r in db.all(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema "
+            "NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 LIMIT 30")]
+        db.raw.rollback()
+        msg = f"table {table} not found in {db.ep.describe()}; tables there: {known or 'none'}"
+        raise SourceError(msg)
+    cols = [_pg_column(*r, db_c=db_c) for r in rows]
+    idx = db.all(
+        "SELECT i.indisprimary, array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+        "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indpred IS NULL "
+        "GROUP BY i.indexrelid, i.indisprimary", [regclass])
+    db.raw.rollback()
+    pk = next((list(names) for primary, names in idx if primary), [])
+    return SourceSchema(dialect="postgresql", table=table, columns=cols, primary_key=pk,
+                        unique_keys=[list(n) for _, n in idx])
+
+
+def _reflect_sqlite(db: Db, table: TableName | None, query: str | None) -> SourceSchema:
+    if table is None:
+        try:
+            db.raw.execute("DROP VIEW IF EXISTS temp._bf_query")
+            db.raw.execute(f"CREATE TEMP VIEW _bf_query AS {query}")
+            info = db.all("PRAGMA temp.table_info(_bf_query)")
+            cols = []
+            for _, name, decl, notnull, _, _ in info:
+                if not decl:
+                    sample = db.all(f"SELECT typeof({db.q(name)}) FROM _bf_query WHERE {db.q(name)} IS NOT NULL LIMIT 1")
+                    decl = {"integer": "BIGINT", "real": "DOUBLE", "blob": "BLOB"}.get(sample[0][0] if sample else "", "TEXT")
+                cols.append(column_from_sqlite(name, decl, notnull=bool(notnull)))
+            db.raw.execute("DROP VIEW temp._bf_query")
+        except sqlite3.Error as exc:
+            msg = f"the source query failed in {db.ep.describe()}: {exc}"
+            raise SourceError(msg) from None
+        return SourceSchema(dialect="sqlite", query=query, columns=cols)
+    schema = db.q(table.schema_name or "main")
+    try:
+        info = db.all(f"PRAGMA {schema}.table_info({db.q(table.name)})")
+    except sqlite3.Error as exc:
+        msg = f"cannot read table {table} in {db.ep.describe()}: {exc}"
+        raise SourceError(msg) from None
+    if not info:
+        known = [r[0] for r in db.all(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table' ORDER BY 1")]
+        msg = f"table {table} not found in {db.ep.describe()}; tables there: {known or 'none'}"
+        raise SourceError(msg)
+    cols = [column_from_sqlite(name, decl, notnull=bool(notnull) or pk > 0) for _, name, decl, notnull, _, pk in info]
+    pk = [r[1] for r in sorted((r for r in info if r[5] > 0), key=lambda r: r[5])]
+    uniques = []
+    for _, idx_name, unique, _, partial in db.all(f"PRAGMA {schema}.index_list({db.q(table.name)})"):
+        if unique and not partial:
+            uniques.append([r[2] for r in db.all(f"PRAGMA {schema}.index_info({db.q(idx_name)})")])
+    return SourceSchema(dialect="sqlite", table=table, columns=cols, primary_key=pk, unique_keys=uniques)
+
+
+def reflect(url: UrlLike, table: str | TableName | None = None, *, query: str | None = None,
+            key: str | Sequence[str] | None = None, role: Role = "source") -> SourceSchema:
+    """Reflect a table (or a SELECT) into columns, primary key and the range key.
+
+    ``key`` defaults to the primary key; a query has none, so it needs ``key``. Unknown tables and
+    columns, and key types ranges cannot be cut on, are clear errors.
+    """
+    if (table is None) == (query is None):
+        msg = "pass exactly one of table and query"
+        raise ConfigError(msg)
+    tname = parse_table_name(table) if table is not None else None
+    sql = validate_query(query) if query is not None else None
+    keys = parse_key(key)
+    with connect(url, role) as db:
+        schema = _reflect_pg(db, tname, sql) if db.dialect == "postgresql" else _reflect_sqlite(db, tname, sql)
+    keys = keys or schema.primary_key
+    if not keys:
+        msg = (f"{schema.label()} has no primary key: pass key='column' (or 'a,b') naming unique, non-null "
+               "columns to cut ranges on")
+        raise ConfigError(msg)
+    for k in keys:
+        col = schema.column(k)
+        if col.kind not in _KEY_KINDS:
+            msg = f"key column {k!r} is {col.type_label()}; ranges need an integer, numeric, text, uuid, date or timestamp key"
+            raise ConfigError(msg)
+    return schema.model_copy(update={"key": keys})
+
+
+def target_table_exists(url: UrlLike, table: str | TableName) -> bool:
+    """True when the table exists (a missing SQLite file means no table)."""
+    tname = parse_table_name(table)
+    ep = parse_db_url(url)
+    if ep.dialect == "sqlite" and not Path(ep.database).exists():
+        return False
+    with connect(ep, "target") as db:
+        if db.dialect == "postgresql":
+            found = db.all("SELECT to_regclass(%s) IS NOT NULL", [tname.sql("postgresql")])[0][0]
+            db.raw.rollback()
+            return bool(found)
+        schema = db.q(tname.schema_name or "main")
+        return bool(db.all(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?", [tname.name]))
+
+
+# ---------------------------------------------------------------- ranges
+
+
+class KeyRange(BaseModel):
+    """One keyset range: ``lower < key <= upper`` (None = unbounded). JSON-able, so it can be a task
+    parameter and part of a cache key. Bounds are lists, one value per key column."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    lower: list[Any] | None = None
+    upper: list[Any] | None = None
+    estimated_rows: int = 0
+
+
+def key_expr(db: Db, cols: Sequence[ColumnInfo]) -> list[str]:
+    """Key column expressions; text keys compare bytewise (COLLATE "C") so both dialects agree on order."""
+    return [f'{db.q(c.name)} COLLATE "C"' if db.dialect == "postgresql" and c.collate_c else db.q(c.name)
+            for c in cols]
+
+
+def bind_key(db: Db, col: ColumnInfo, value: Any) -> Any:
+    """A JSON bound value -> the parameter this side compares its stored key with."""
+    typed = coerce(col, value)
+    return sqlite_encoder(col)(typed) if db.dialect == "sqlite" else typed
+
+
+def range_predicate(db: Db, cols: Sequence[ColumnInfo], rng: KeyRange) -> tuple[str, list[Any]]:
+    """``WHERE`` text and parameters selecting exactly the rows of ``rng`` (row comparison for composite keys)."""
+    exprs = key_expr(db, cols)
+    lhs = exprs[0] if len(exprs) == 1 else "(" + ", ".join(exprs) + ")"
+    marks = db.ph if len(exprs) == 1 else "(" + ", ".join([db.ph] * len(exprs)) + ")"
+    parts, params = [], []
+    for bound, op in ((rng.lower, ">"), (rng.upper, "<=")):
+        if bound is not None:
+            if len(bound) != len(cols):
+                msg = f"range {rng.index} has {len(bound)} bound values for {len(cols)} key columns"
+                raise ConfigError(msg)
+            parts.append(f"{lhs} {op} {marks}")
+            params.extend(bind_key(db, c, v) for c, v in zip(cols, bound, strict=True))
+    return " AND ".join(parts) or "1 = 1", params
+
+
+def _decode_key(db: Db, col: ColumnInfo, value: Any) -> Any:
+    return key_to_json(col, sqlite_decoder(col)(value) if db.dialect == "sqlite" else value)
+
+
+def check_key(url: UrlLike, schema: SourceSchema) -> None:
+    """Raise ConfigError when the key has NULLs or duplicates (skipped when a primary key or unique
+    index guarantees it): keyset ranges would silently drop or double rows otherwise."""
+    if schema.key_is_unique() and not any(c.nullable for c in schema.key_columns() if c.name not in schema.primary_key):
+        return
+    with connect(url, "source") as db:
+        rel = schema.relation(db.dialect)
+        keys = [db.q(k) for k in schema.key]
+        nulls = db.all(f"SELECT count(*) FROM {rel} WHERE " + " OR ".join(f"{k} IS NULL" for k in keys))[0][0]
+        dup = db.all(f"SELECT {', '.join(keys)}, count(*) FROM {rel} GROUP BY {', '.join(keys)} HAVING count(*) > 1 LIMIT 1")
+        if db.dialect == "postgresql":
+            db.raw.rollback()
+    if nulls:
+        msg = f"key {schema.key} of {schema.label()} is NULL in {nulls} rows; choose a key without NULLs"
+        raise ConfigError(msg)
+    if dup:
+        msg = (f"key {schema.key} of {schema.label()} is not unique: {list(dup[0][:-1])} appears {dup[0][-1]} times; "
+               "choose a unique key (e.g. the primary key or 'a,b')")
+        raise ConfigError(msg)
+
+
+def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = None,
+                key: str | Sequence[str] | None = None, chunk_rows: int = 50_000,
+                verify_key: bool = True) -> list[KeyRange]:
+    """Cut the source into keyset ranges of about ``chunk_rows`` rows each.
+
+    Boundaries are every ``chunk_rows``-th key in key order (``row_number()``), so gaps and skew in
+    the key values do not matter; no OFFSET is used when reading. The first range is open below and
+    the last open above, so rows added later are still covered.
+    """
+    if chunk_rows < 1:
+        msg = f"chunk_rows must be at least 1, got {chunk_rows}"
+        raise ConfigError(msg)
+    schema = reflect(url, table, query=query, key=key)
+    if verify_key:
+        check_key(url, schema)
+    cols = schema.key_columns()
+    with connect(url, "source") as db:
+        rel = schema.relation(db.dialect)
+        keys = [db.q(k) for k in schema.key]
+        order = ", ".join(key_expr(db, cols))
+        mod = "%%" if db.dialect == "postgresql" else "%"
+        # one pass over the key order: every chunk_rows-th key, plus the last row (its number is the total)
+        found = db.all(
+            f"SELECT {', '.join(keys)}, _bf_rn, _bf_last FROM (SELECT {', '.join(keys)}, row_number() OVER _bf_w "
+            f"AS _bf_rn, lead(1) OVER _bf_w IS NULL AS _bf_last FROM {rel} WINDOW _bf_w AS (ORDER BY {order})) "
+            f"AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 OR _bf_last ORDER BY _bf_rn"
+        )
+        if db.dialect == "postgresql":
+            db.raw.rollback()
+        n = len(keys)
+        total = int(found[-1][n]) if found else 0
+        bounds = [row[:n] for row in found if int(row[n]) % int(chunk_rows) == 0]
+        uppers = [[_decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
+    rest = total - chunk_rows * len(uppers)
+    if rest == 0 and uppers:
+        uppers[-1] = None  # type: ignore[call-overload]
+    else:
+        uppers.append(None)  # type: ignore[arg-type]
+    ranges, lower = [], None
+    for i, upper in enumerate(uppers):
+        est = chunk_rows if upper is not None or rest == 0 else rest
+        ranges.append(KeyRange(index=i, lower=lower, upper=upper, estimated_rows=est if total else 0))
+        lower = upper
+    return ranges
+
+
+# ---------------------------------------------------------------- target DDL
+
+
+def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableName) -> str:
+    """``CREATE TABLE`` for ``table`` in ``dialect`` with the source's columns and its key as primary key."""
+    tname = parse_table_name(table)
+    q = _PREPARERS[dialect].quote_identifier
+    typer = pg_type if dialect == "postgresql" else sqlite_type
+    lines = [f"{q(c.name)} {typer(c)}{'' if c.nullable and c.name not in schema.key else ' NOT NULL'}"
+             for c in schema.columns]
+    lines.append(f"PRIMARY KEY ({', '.join(q(k) for k in schema.key)})")
+    return f"CREATE TABLE {tname.sql(dialect)} (\n  " + ",\n  ".join(lines) + "\n)"
+
+
+def compare_schemas(src: SourceSchema, tgt: SourceSchema) -> list[str]:
+    """Human-readable differences that make ``tgt`` unable to take ``src``'s rows (empty = compatible)."""
+    problems = []
+    for col in src.columns:
+        other = next((c for c in tgt.columns if c.name == col.name), None)
+        if other is None:
+            problems.append(f"{col.name}: missing in target ({col.type_label()})")
+        elif (why := incompatibility(col, other)) is not None:
+            problems.append(f"{col.name}: {why}")
+    for k in src.key:
+        other = next((c for c in tgt.columns if c.name == k), None)
+        if other is not None and other.nullable and k not in tgt.primary_key:
+            problems.append(f"{k}: key column is nullable in target")
+    return problems
+
+
+__all__ = [
+    "KeyRange",
+    "SourceSchema",
+    "bind_key",
+    "check_key",
+    "compare_schemas",
+    "create_table_sql",
+    "key_expr",
+    "plan_ranges",
+    "range_predicate",
+    "reflect",
+    "target_table_exists",
+]

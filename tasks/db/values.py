@@ -1,0 +1,357 @@
+"""Value codecs between PostgreSQL, SQLite and polars, and the canonical text range checksums hash.
+
+Why one canonical form per kind (``int``, ``Decimal``, aware UTC ``datetime``, parsed JSON, ``bytes``,
+``UUID``, ``list``): readers decode storage into it, writers encode it, and the checksum hashes it, so
+"equal after a migration in either direction" has a single definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from tasks.db.typemap import ColumnInfo
+
+_UTC = dt.UTC
+
+# ---------------------------------------------------------------- value codecs
+
+_TRUE = frozenset({"t", "true", "1", "y", "yes", "on"})
+_FALSE = frozenset({"f", "false", "0", "n", "no", "off"})
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool | int):
+        return int(v)
+    if isinstance(v, float | Decimal):
+        if v != int(v):
+            raise ValueError(f"{v!r} is not a whole number")
+        return int(v)
+    return int(str(v).strip())
+
+
+def _to_decimal(v: Any) -> Decimal:
+    if isinstance(v, Decimal):
+        return v
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(v, float):
+        return Decimal(repr(v))
+    try:
+        return Decimal(str(v).strip())
+    except InvalidOperation:
+        raise ValueError(f"{v!r} is not a decimal number") from None
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    s = str(v).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise ValueError(f"{v!r} is not a boolean (use true/false, t/f or 1/0)")
+
+
+def _to_datetime(v: Any) -> dt.datetime:
+    if isinstance(v, dt.datetime):
+        return v
+    if isinstance(v, dt.date):
+        return dt.datetime(v.year, v.month, v.day)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return dt.datetime.fromtimestamp(v, _UTC)
+    return dt.datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
+
+
+def _to_timestamp(v: Any) -> dt.datetime:
+    out = _to_datetime(v)
+    return out.astimezone(_UTC).replace(tzinfo=None) if out.tzinfo else out
+
+
+def _to_timestamptz(v: Any) -> dt.datetime:
+    out = _to_datetime(v)
+    return out.replace(tzinfo=_UTC) if out.tzinfo is None else out.astimezone(_UTC)
+
+
+def _to_date(v: Any) -> dt.date:
+    if isinstance(v, dt.datetime):
+        if v.time() != dt.time(0):
+            raise ValueError(f"{v!r} has a time of day; a date column cannot hold it")
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    return dt.date.fromisoformat(str(v).strip()[:10])
+
+
+def _to_time(v: Any) -> dt.time:
+    return v if isinstance(v, dt.time) else dt.time.fromisoformat(str(v).strip())
+
+
+def _to_text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes | bytearray | memoryview):
+        raise ValueError("binary data cannot go into a text column")
+    if isinstance(v, dict | list):
+        return json.dumps(v, ensure_ascii=False, default=_json_default)
+    if isinstance(v, dt.datetime | dt.date | dt.time):
+        return v.isoformat()
+    return str(v)
+
+
+def _to_json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def _to_bytes(v: Any) -> bytes:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v)
+    if isinstance(v, str) and v.startswith("\\x"):
+        return bytes.fromhex(v[2:])
+    raise ValueError(f"{type(v).__name__} value is not binary data")
+
+
+def _to_uuid(v: Any) -> uuid.UUID:
+    if isinstance(v, uuid.UUID):
+        return v
+    if isinstance(v, bytes) and len(v) == 16:
+        return uuid.UUID(bytes=v)
+    return uuid.UUID(str(v).strip())
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    "smallint": _to_int, "integer": _to_int, "bigint": _to_int, "numeric": _to_decimal, "real": float,
+    "double": float, "text": _to_text, "varchar": _to_text, "char": _to_text, "boolean": _to_bool,
+    "date": _to_date, "time": _to_time, "timestamp": _to_timestamp, "timestamptz": _to_timestamptz,
+    "json": _to_json, "jsonb": _to_json, "bytes": _to_bytes, "uuid": _to_uuid,
+}
+
+
+def coerce(col: ColumnInfo, value: Any) -> Any:
+    """Convert any reasonable Python value (or its text form) into ``col``'s canonical Python form.
+
+    Raises ValueError/TypeError with the reason; callers add the row key and column name.
+    """
+    if value is None:
+        return None
+    if col.kind == "array":
+        items = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"{type(items).__name__} value is not an array")
+        inner = ColumnInfo(name=col.name, kind=col.element or "text")
+        return [_coerce_nested(inner, x) for x in items]
+    return _COERCE[col.kind](value)
+
+
+def _coerce_nested(inner: ColumnInfo, x: Any) -> Any:
+    if isinstance(x, list):
+        return [_coerce_nested(inner, y) for y in x]
+    return coerce(inner, x)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, dt.datetime | dt.date | dt.time):
+        return v.isoformat()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, bytes | bytearray | memoryview):
+        return "\\x" + bytes(v).hex()
+    raise TypeError(f"{type(v).__name__} is not JSON serializable")
+
+
+def _sqlite_scalar(kind: str, v: Any) -> Any:
+    if kind == "numeric":
+        return str(v)
+    if kind == "boolean":
+        return 1 if v else 0
+    if kind == "timestamp":
+        return v.isoformat(sep=" ", timespec="microseconds")
+    if kind == "timestamptz":
+        return v.astimezone(_UTC).isoformat(sep=" ", timespec="microseconds")
+    if kind in ("date", "time"):
+        return v.isoformat()
+    if kind in ("json", "jsonb"):
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    if kind == "uuid":
+        return str(v)
+    return v
+
+
+def _sqlite_array_item(kind: str, v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return [_sqlite_array_item(kind, x) for x in v]
+    if kind in ("json", "jsonb"):
+        return v
+    out = _sqlite_scalar(kind, v)
+    return "\\x" + out.hex() if isinstance(out, bytes) else out
+
+
+def sqlite_encoder(col: ColumnInfo) -> Callable[[Any], Any]:
+    """Canonical Python value -> what this column stores in SQLite."""
+    kind = col.kind
+    if kind == "array":
+        elem = col.element or "text"
+        return lambda v: None if v is None else json.dumps(
+            [_sqlite_array_item(elem, x) for x in v], ensure_ascii=False, separators=(",", ":")
+        )
+    if kind in ("smallint", "integer", "bigint", "real", "double", "text", "varchar", "char", "bytes"):
+        return lambda v: v
+    return lambda v: None if v is None else _sqlite_scalar(kind, v)
+
+
+def sqlite_decoder(col: ColumnInfo) -> Callable[[Any], Any]:
+    """What SQLite returns for this column -> canonical Python value (SQLite is loosely typed, so
+    every stored representation a reasonable writer may have used is accepted)."""
+    kind = col.kind
+    if kind in ("json", "jsonb"):
+        return lambda v: json.loads(v) if isinstance(v, str) else v
+    if kind in ("text", "varchar", "char"):
+        return lambda v: v if v is None or isinstance(v, str) else _to_text(v)
+    if kind in ("bigint", "integer", "smallint"):
+        return lambda v: v if v is None or type(v) is int else _to_int(v)
+    if kind == "double":
+        return lambda v: v if v is None or type(v) is float else float(v)
+    return lambda v: coerce(col, v)
+
+
+def pg_decoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
+    """psycopg already loads canonical values; only time zones need normalizing (None = identity)."""
+    if col.kind == "timestamptz":
+        return lambda v: None if v is None else v.astimezone(_UTC)
+    return None
+
+
+def pg_encoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
+    """Canonical value -> what psycopg's binary dumper for this column accepts (None = identity)."""
+    if col.cast_text:
+        return lambda v: None if v is None else _to_text(v)
+    return None
+
+
+# ---------------------------------------------------------------- canonical text for checksums
+
+
+def _canon(v: Any) -> Any:
+    if v is None or isinstance(v, bool | str):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, Decimal):
+        if v.is_nan():
+            return "NaN"
+        text = format(v, "f")  # not normalize(): it rounds to the context's 28 digits
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+        return "0" if text in ("-0", "") else text
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is not None:
+            return v.astimezone(_UTC).isoformat(timespec="microseconds")
+        return v.isoformat(timespec="microseconds")
+    if isinstance(v, dt.date | dt.time):
+        return v.isoformat()
+    if isinstance(v, bytes | bytearray | memoryview):
+        return "\\x" + bytes(v).hex()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, list | tuple):
+        return [_canon(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _canon(x) for k, x in v.items()}
+    return str(v)
+
+
+def canonical_row(row: tuple[Any, ...] | list[Any]) -> bytes:
+    """The text a row's checksum is computed over: JSON of canonical values (numbers as normalized
+    decimal text, timestamps as UTC ISO, bytes as hex, JSON objects with sorted keys)."""
+    return json.dumps([_canon(v) for v in row], ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _canon_int(v: Any) -> Any:
+    return None if v is None else str(v)
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def row_canonicalizer(cols: list[ColumnInfo]) -> Callable[[tuple[Any, ...]], bytes]:
+    """A faster ``canonical_row`` for rows of known columns (same output: dispatch once per column)."""
+    funcs = [_canon_int if c.kind in ("smallint", "integer", "bigint") else
+             _same if c.kind in ("text", "varchar", "char", "boolean") else _canon for c in cols]
+    nested = any(c.kind in ("json", "jsonb") for c in cols)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=nested).encode
+
+    def canon(row: tuple[Any, ...]) -> bytes:
+        return dumps([f(v) for f, v in zip(funcs, row, strict=True)]).encode()
+
+    return canon
+
+
+# ---------------------------------------------------------------- key bounds as JSON
+
+
+def key_to_json(col: ColumnInfo, value: Any) -> Any:
+    """A key value as JSON (for range bounds that are task parameters and cache keys)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, float):
+        return value
+    raise ValueError(f"key column {col.name!r} of type {col.type_label()} cannot be a range bound")
+
+
+def polars_dtype(col: ColumnInfo) -> Any:
+    """The polars dtype a column gets in a transform's DataFrame (JSON, uuids and arrays as text)."""
+    import polars as pl
+
+    kinds: dict[str, Any] = {
+        "smallint": pl.Int16, "integer": pl.Int32, "bigint": pl.Int64, "real": pl.Float32,
+        "double": pl.Float64, "boolean": pl.Boolean, "date": pl.Date, "time": pl.Time,
+        "timestamp": pl.Datetime("us"), "timestamptz": pl.Datetime("us", "UTC"), "bytes": pl.Binary,
+    }
+    if col.kind == "numeric" and col.precision is not None and col.precision <= 38:
+        return pl.Decimal(col.precision, col.scale or 0)
+    return kinds.get(col.kind, pl.String)
+
+
+def frame_value(col: ColumnInfo, value: Any) -> Any:
+    """Canonical value -> the value placed in a polars DataFrame of dtype ``polars_dtype(col)``."""
+    if value is None:
+        return None
+    if col.kind in ("json", "jsonb", "array"):
+        return json.dumps(value, ensure_ascii=False, default=_json_default)
+    if col.kind == "uuid" or (col.kind == "numeric" and (col.precision is None or col.precision > 38)):
+        return str(value)
+    return value
+
+
+__all__ = [
+    "canonical_row",
+    "coerce",
+    "frame_value",
+    "key_to_json",
+    "pg_decoder",
+    "pg_encoder",
+    "polars_dtype",
+    "row_canonicalizer",
+    "sqlite_decoder",
+    "sqlite_encoder",
+]

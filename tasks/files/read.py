@@ -1,0 +1,399 @@
+"""Read one chunk as a stream of bounded batches, exposed to polars as a lazy source.
+
+Why a Python-fed source instead of ``pl.scan_csv(path)``: a chunk may be a byte range of a big file
+or a gzip stream, and malformed lines must become rejects with line numbers instead of killing the
+scan. So the chunk is read in segments of ``segment_bytes`` cut at record boundaries (quote parity,
+see tasks.files.split), each segment is parsed by polars' native CSV/NDJSON reader (multi-threaded), and
+only a segment that polars refuses (bad quoting, invalid JSON) is re-parsed by Python's csv/json to
+find the bad lines. Segments are wrapped with ``register_io_source`` so the caller stays lazy
+(``scan -> expressions -> sink``) and memory stays at a few segments whatever the chunk size.
+
+``_line`` is the 1-based physical line in the source file where the row starts (for Parquet: the
+1-based row number in the file). Blank lines in CSV/JSONL are skipped and not counted as rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import polars as pl
+import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
+
+from tasks.core import SourceError
+from tasks.files.parse import parse_csv, parse_jsonl
+from tasks.files.schema import LINE, RAW, REJECT_REASON, SOURCE_FILE, RowValidator, Schema, polars_dtype, type_name_of
+from tasks.files.split import ChunkSpec, FilePart, quote_byte, record_end
+
+SEGMENT_BYTES = 8 * 1024 * 1024
+_SAMPLE_BYTES = 1024 * 1024
+_INFER_ROWS = 5_000
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _separator(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
+
+
+def _last_boundary(buf: bytes, quote: bytes | None) -> int:
+    """Index just after the last newline of ``buf`` that ends a record (parity 0 at buf[0]), or -1."""
+    idx = buf.rfind(b"\n")
+    if quote is None or idx == -1:
+        return idx + 1 if idx != -1 else -1
+    odd = buf.count(quote, 0, idx) % 2
+    while odd:
+        prev = buf.rfind(b"\n", 0, idx)
+        if prev == -1:
+            return -1
+        odd = (odd + buf.count(quote, prev, idx)) % 2
+        idx = prev
+    return idx + 1
+
+
+def _open(part: FilePart) -> IO[bytes]:
+    if part.compression == "gzip":
+        return gzip.open(part.path, "rb")
+    fh = open(part.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+    fh.seek(part.start)
+    return fh
+
+
+def _read(part: FilePart, stream: IO[bytes], nbytes: int) -> bytes:
+    try:
+        return stream.read(nbytes) if nbytes > 0 else b""
+    except _GZIP_ERRORS as exc:
+        msg = f"{part.path} is a corrupt or truncated gzip file ({exc}); replace it or remove it from the input"
+        raise SourceError(msg) from exc
+
+
+def _segments(part: FilePart, stream: IO[bytes], segment_bytes: int) -> Iterator[bytes]:
+    """Yield pieces of the range that end at record boundaries, the CSV header (at offset 0) skipped."""
+    quote = quote_byte(part.format)
+    remaining = None if part.end is None or part.compression == "gzip" else part.end - part.start
+    buf = b""
+    if part.format in ("csv", "tsv") and part.start == 0:
+        while (cut := record_end(buf, 0, 0, quote)) == -1:
+            block = _read(part, stream, 64 * 1024 if remaining is None else min(64 * 1024, remaining))
+            if remaining is not None:
+                remaining -= len(block)
+            if not block:
+                return
+            buf += block
+        buf = buf[cut + 1 :]
+    while True:
+        want = segment_bytes if remaining is None else min(segment_bytes, remaining)
+        block = _read(part, stream, want)
+        if remaining is not None:
+            remaining -= len(block)
+        if not block:
+            if buf:
+                yield buf
+            return
+        buf += block
+        cut = _last_boundary(buf, quote)
+        if cut <= 0 and len(buf) < 4 * segment_bytes:
+            continue  # one record longer than a segment (or an unterminated quote): read on
+        cut = len(buf) if cut <= 0 else cut
+        yield buf[:cut]
+        buf = buf[cut:]
+
+
+def _lines_before(part: FilePart) -> int:
+    """Newlines in ``[0, part.start)`` of an uncompressed file (a range planned without line counts)."""
+    count, left = 0, part.start
+    with open(part.path, "rb") as fh:
+        while left > 0:
+            block = fh.read(min(16 * 1024 * 1024, left))
+            if not block:
+                break
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
+def _read_sample(part: FilePart, nbytes: int = _SAMPLE_BYTES) -> bytes:
+    try:
+        with _open(part) as fh:
+            head = fh.read(nbytes)
+    except _GZIP_ERRORS as exc:
+        msg = f"{part.path} is a corrupt or truncated gzip file ({exc}); replace it or remove it from the input"
+        raise SourceError(msg) from exc
+    if len(head) == nbytes:
+        cut = _last_boundary(head, quote_byte(part.format))
+        head = head[:cut] if cut > 0 else head
+    return head
+
+
+def _whole_file(part: FilePart) -> FilePart:
+    return part.model_copy(update={"start": 0, "end": None, "first_line": 1, "row_groups": None})
+
+
+def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.DataType], dict[str, pl.DataType]]:
+    """(raw columns as the reader yields them, inferred types or all String when ``infer=False``)."""
+    if part.format == "parquet":
+        native = dict(pl.read_parquet_schema(part.path))
+        return native, native
+    head = _read_sample(_whole_file(part))
+    if part.format == "jsonl":
+        sample = [
+            obj for x in head.decode("utf-8", "replace").splitlines() if isinstance(obj := _json_or_none(x), dict)
+        ]
+        names = list(dict.fromkeys(k for obj in sample for k in obj))
+        try:
+            inferred = dict(pl.read_ndjson(head.rstrip(b"\r\n"), infer_schema_length=None).schema) if infer else {}
+        except pl.exceptions.PolarsError:
+            inferred = {}
+    else:
+        sep = _separator(part.format)
+        names = next(csv.reader(io.StringIO(head.decode("utf-8", "replace"), newline=""), delimiter=sep), [])
+        names = [n.strip("\r") for n in names]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sample_df = (
+                    pl.read_csv(
+                        head, separator=sep, n_rows=_INFER_ROWS, try_parse_dates=True, truncate_ragged_lines=True
+                    )
+                    if infer
+                    else None
+                )
+            inferred = dict(sample_df.schema) if sample_df is not None else {}
+        except pl.exceptions.PolarsError:
+            inferred = {}
+    if not names:
+        msg = f"{part.path} has no header or no rows to take column names from; check the file and input_format"
+        raise SourceError(msg)
+    raw = dict.fromkeys(names, pl.String())
+    typed = {n: polars_dtype(type_name_of(inferred[n])) if n in inferred else pl.String() for n in names}
+    return raw, typed
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+@dataclass
+class _Pass:
+    """One read of a chunk: its own counts and rejects."""
+
+    rows_in: int = 0
+    rows_rejected: int = 0
+    rejects: list[pl.DataFrame] = field(default_factory=list)
+    complete: bool = False
+    batches: Iterator[pl.DataFrame] = field(default_factory=lambda: iter(()))
+
+
+class ChunkReader:
+    """Streams one ChunkSpec as validated batches; counts rows and keeps the (bounded) rejects.
+
+    Use ``lazy()`` once to get a LazyFrame of good rows; after it has been consumed (or after
+    ``drain()``), ``rows_in``, ``rows_rejected`` and ``rejects()`` describe the whole chunk.
+
+    Every scan of the LazyFrame is a fresh pass over the chunk with its own counts and rejects, so a
+    transform that collects part of its input (a first row, a lookup, a self-join) takes nothing
+    away from the rows the sink writes. The counts and rejects reported are those of the most
+    complete pass (``drain()`` completes it when the query stopped early, e.g. after a LIMIT).
+    """
+
+    def __init__(self, spec: ChunkSpec, *, schema: Schema | None = None, segment_bytes: int = SEGMENT_BYTES) -> None:
+        if not spec.files:
+            msg = f"chunk {spec.index} has no files; plan chunks with plan_chunks()"
+            raise SourceError(msg)
+        self.spec = spec
+        self.segment_bytes = segment_bytes
+        first = spec.files[0]
+        raw, typed = file_columns(first, infer=schema is None)
+        if schema is not None and first.format == "jsonl":
+            raw |= {c: pl.String() for c in schema.columns if c not in raw}
+            typed |= {c: pl.String() for c in schema.columns if c not in typed}
+        self.raw_columns = raw
+        if schema is None and first.format != "parquet":
+            schema = Schema(columns={c: type_name_of(t) for c, t in typed.items()})
+            inferred = True
+        else:
+            inferred = False
+        self.validator = RowValidator(
+            schema,
+            raw,
+            source=first.path,
+            inferred=inferred,
+        )
+        self._passes: list[_Pass] = []
+        self._passes_lock = threading.Lock()
+        self._started = False
+        self.error: BaseException | None = None
+
+    @property
+    def schema(self) -> dict[str, pl.DataType]:
+        """Schema of the good rows, lineage columns included."""
+        return self.validator.output_schema
+
+    def _raw_batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+        names = list(self.raw_columns)
+        for part in self.spec.files:
+            if part.format == "parquet":
+                yield from self._parquet(part, names)
+                continue
+            if part.format in ("csv", "tsv") and part is not self.spec.files[0]:
+                got = list(file_columns(part, infer=False)[0])
+                if got != names:
+                    msg = (
+                        f"{part.path} has columns {got} but {self.spec.files[0].path} (same chunk) has {names}; "
+                        "give files of one layout per source, or transform them in separate runs"
+                    )
+                    raise SourceError(msg)
+            with _open(part) as stream:
+                if part.start and part.first_line == 0:
+                    line = _lines_before(part) + 1
+                else:
+                    line = part.first_line if part.start or part.format == "jsonl" else 0
+                for seg in _segments(part, stream, self.segment_bytes):
+                    if line == 0:
+                        line = self._data_first_line(part)
+                    if part.format == "jsonl":
+                        yield parse_jsonl(seg, names, line, part.path)
+                    else:
+                        yield parse_csv(seg, names, _separator(part.format), line, part.path)
+                    line += seg.count(b"\n")
+
+    @staticmethod
+    def _data_first_line(part: FilePart) -> int:
+        """Line where data starts after the header (a header may span lines via quoted newlines)."""
+        with _open(_whole_file(part)) as fh:
+            head = _read(part, fh, _SAMPLE_BYTES)
+        return head.count(b"\n", 0, record_end(head, 0, 0, b'"') + 1) + 1
+
+    def _parquet(self, part: FilePart, names: list[str]) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+        pf = pq.ParquetFile(part.path)
+        meta = pf.metadata
+        groups = part.row_groups if part.row_groups is not None else list(range(meta.num_row_groups))
+        offsets = [0]
+        for i in range(meta.num_row_groups):
+            offsets.append(offsets[-1] + meta.row_group(i).num_rows)
+        empty = pl.DataFrame(schema={RAW: pl.String, SOURCE_FILE: pl.String, LINE: pl.Int64, REJECT_REASON: pl.String})
+        for rg in groups:
+            row = offsets[rg] + 1
+            for batch in pf.iter_batches(row_groups=[rg], batch_size=64 * 1024, columns=names):
+                df = pl.from_arrow(batch)
+                assert isinstance(df, pl.DataFrame)
+                df = df.with_columns(
+                    pl.lit(part.path).alias(SOURCE_FILE), pl.int_range(row, row + df.height, dtype=pl.Int64).alias(LINE)
+                )
+                row += df.height
+                yield df, empty
+
+    def batches(self) -> Iterator[pl.DataFrame]:
+        """Good rows, typed, batch by batch: one new pass, whose rejects and counts the reader keeps."""
+        return self._new_pass().batches
+
+    def _new_pass(self) -> _Pass:
+        run = _Pass()
+        run.batches = self._pass_batches(run)
+        with self._passes_lock:
+            self._passes.append(run)
+        return run
+
+    def _pass_batches(self, run: _Pass) -> Iterator[pl.DataFrame]:
+        for raw, malformed in self._raw_batches():
+            good, rejects = self.validator.split(raw)
+            run.rows_in += raw.height + malformed.height
+            bad = pl.concat([rejects, malformed], how="diagonal_relaxed") if malformed.height else rejects
+            if bad.height:
+                run.rows_rejected += bad.height
+                run.rejects.append(bad)
+            yield good
+        run.complete = True
+
+    def _best(self) -> _Pass | None:
+        """The pass that read the most of the chunk (a complete one if any)."""
+        with self._passes_lock:
+            return max(self._passes, key=lambda r: (r.complete, r.rows_in), default=None)
+
+    @property
+    def rows_in(self) -> int:
+        best = self._best()
+        return best.rows_in if best else 0
+
+    @property
+    def rows_rejected(self) -> int:
+        best = self._best()
+        return best.rows_rejected if best else 0
+
+    def lazy(self) -> pl.LazyFrame:
+        """A LazyFrame over the chunk's good rows; every scan of it reads the chunk afresh (see the class)."""
+        if self._started:
+            msg = f"chunk {self.spec.index} was already read; create a new ChunkReader to read it again"
+            raise SourceError(msg)
+        self._started = True
+
+        def source(
+            with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _batch_size: int | None
+        ) -> Iterator[pl.DataFrame]:
+            left = n_rows
+            good = self.batches()
+            try:
+                for df in good:
+                    if predicate is not None:
+                        df = df.filter(predicate)
+                    if with_columns is not None:
+                        df = df.select(with_columns)
+                    if left is not None:
+                        df = df.head(left)
+                        left -= df.height
+                    yield df
+                    if left is not None and left <= 0:
+                        return
+            except Exception as exc:
+                self.error = exc
+                raise
+
+        return register_io_source(source, schema=self.schema, explain_name=f"chunk-{self.spec.index}")
+
+    def drain(self) -> None:
+        """Complete the most complete pass (e.g. after a LIMIT) so the counts cover the chunk."""
+        self._started = True
+        best = self._best()
+        if best is not None and best.complete:
+            return
+        run = best or self._new_pass()
+        try:
+            for _ in run.batches:
+                pass
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def rejects(self) -> pl.DataFrame | None:
+        """All rejects of the chunk (raw values, ``_raw``, lineage, ``_reject_reason``), or None."""
+        best = self._best()
+        if best is None or not best.rejects:
+            return None
+        out = pl.concat(best.rejects, how="diagonal_relaxed")
+        order = [c for c in [*self.raw_columns, RAW, SOURCE_FILE, LINE, REJECT_REASON] if c in out.columns]
+        return out.select(order).sort(SOURCE_FILE, LINE, maintain_order=True)
+
+
+def scan_chunk(spec: ChunkSpec, *, schema: Schema | None = None) -> pl.LazyFrame:
+    """Convenience: the good rows of a chunk as a LazyFrame (rejects are dropped; use ChunkReader to keep them)."""
+    return ChunkReader(spec, schema=schema).lazy()
+
+
+def infer_schema(part: FilePart) -> Schema:
+    """Guess a Schema from the first MiB of a file; pass it to every chunk so all parts share types."""
+    _, typed = file_columns(part)
+    return Schema(columns={c: type_name_of(t) for c, t in typed.items()})
+
+
+__all__ = ["SEGMENT_BYTES", "ChunkReader", "file_columns", "infer_schema", "scan_chunk"]

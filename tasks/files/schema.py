@@ -1,0 +1,260 @@
+"""Schemas for file_transform and the validator that splits rows into good rows and rejects.
+
+Text inputs are read as strings and cast here, one vectorized expression per column, so a value that
+does not fit its type becomes a reject with a reason instead of failing the chunk. Type names are a
+small closed set (see ``ALLOWED_TYPES``) so deployments can declare them as plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core import ConfigError
+
+ALLOWED_TYPES = ("int64", "float64", "str", "bool", "date", "datetime", "datetime[<tz>]", "decimal(<p>,<s>)")
+SOURCE_FILE = "_source_file"
+LINE = "_line"
+REJECT_REASON = "_reject_reason"
+RAW = "_raw"
+
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+_DATETIME_TZ = re.compile(r"^datetime\[(.+)\]$")
+_SIMPLE: dict[str, pl.DataType] = {
+    "int64": pl.Int64(),
+    "float64": pl.Float64(),
+    "str": pl.String(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us"),
+}
+_NAIVE_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+_OFFSET_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
+_BOOLS = {"true": True, "t": True, "1": True, "yes": True, "y": True}
+_BOOLS |= {"false": False, "f": False, "0": False, "no": False, "n": False}
+
+
+def polars_dtype(type_name: str) -> pl.DataType:
+    """The polars dtype of a schema type name; ConfigError listing the allowed names otherwise."""
+    name = type_name.strip().lower() if isinstance(type_name, str) else type_name
+    if name in _SIMPLE:
+        return _SIMPLE[name]
+    if m := _DECIMAL.match(name):
+        precision, scale = int(m[1]), int(m[2])
+        if not 0 < precision <= 38 or scale > precision:
+            msg = f"type {type_name!r}: decimal needs 0 < precision <= 38 and scale <= precision"
+            raise ConfigError(msg)
+        return pl.Decimal(precision, scale)
+    if m := _DATETIME_TZ.match(type_name.strip()):
+        tz = m[1].strip()
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            msg = f"type {type_name!r}: unknown time zone {tz!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
+            raise ConfigError(msg) from None
+        return pl.Datetime("us", tz)
+    msg = f"unknown column type {type_name!r}; allowed types are {', '.join(ALLOWED_TYPES)}"
+    raise ConfigError(msg)
+
+
+def type_name_of(dtype: pl.DataType) -> str:
+    """The schema type name that best holds a polars dtype (used when inferring a schema)."""
+    if dtype.is_integer():
+        return "int64"
+    if dtype.is_float():
+        return "float64"
+    if isinstance(dtype, pl.Boolean):
+        return "bool"
+    if isinstance(dtype, pl.Date):
+        return "date"
+    if isinstance(dtype, pl.Datetime):
+        return f"datetime[{dtype.time_zone}]" if dtype.time_zone else "datetime"
+    if isinstance(dtype, pl.Decimal) and dtype.precision is not None:
+        return f"decimal({dtype.precision},{dtype.scale})"
+    return "str"
+
+
+class Schema(BaseModel):
+    """Column types plus constraints. Columns of the file that are not listed stay as read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    columns: dict[str, str] = Field(description="column -> type, e.g. {'id': 'int64', 'ts': 'datetime[UTC]'}")
+    not_null: list[str] = Field(default_factory=list, description="Columns that must have a value.")
+    unique_key: list[str] = Field(default_factory=list, description="Columns whose combination is unique.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, value: dict[str, str]) -> dict[str, str]:
+        for column, type_name in value.items():
+            try:
+                polars_dtype(type_name)
+            except ConfigError as exc:
+                msg = f"column {column!r}: {exc}"
+                raise ValueError(msg) from None
+        return value
+
+    @model_validator(mode="after")
+    def _no_duplicates(self) -> Schema:
+        for field in ("not_null", "unique_key"):
+            names = getattr(self, field)
+            if len(set(names)) != len(names):
+                msg = f"{field} lists a column twice: {names}"
+                raise ValueError(msg)
+        return self
+
+    def dtypes(self) -> dict[str, pl.DataType]:
+        return {c: polars_dtype(t) for c, t in self.columns.items()}
+
+
+def parse_schema(spec: Schema | Mapping[str, Any] | str | None) -> Schema | None:
+    """Accept a Schema, its dict/JSON form, or a bare ``{column: type}`` mapping; ConfigError if invalid."""
+    if spec is None or isinstance(spec, Schema):
+        return spec
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            msg = f'schema is not valid JSON ({exc}); pass e.g. \'{{"columns": {{"id": "int64"}}}}\''
+            raise ConfigError(msg) from None
+    if not isinstance(spec, Mapping):
+        msg = f"schema must be a mapping, got {type(spec).__name__}"
+        raise ConfigError(msg)
+    if "columns" not in spec and all(isinstance(v, str) for v in spec.values()):
+        spec = {"columns": dict(spec)}
+    try:
+        return Schema.model_validate(spec)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'schema'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        msg = f"invalid schema: {problems}"
+        raise ConfigError(msg) from None
+
+
+def _cast_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    value = col.str.strip_chars()
+    if isinstance(dtype, pl.Boolean):
+        return value.str.to_lowercase().replace_strict(_BOOLS, default=None, return_dtype=pl.Boolean)
+    if isinstance(dtype, pl.Date):
+        return value.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    if isinstance(dtype, pl.Datetime):
+        naive = pl.coalesce([value.str.strptime(pl.Datetime("us"), f, strict=False) for f in _NAIVE_FORMATS])
+        if dtype.time_zone is None:
+            return naive
+        offset = pl.coalesce([value.str.strptime(pl.Datetime("us", "UTC"), f, strict=False) for f in _OFFSET_FORMATS])
+        local = naive.dt.replace_time_zone(dtype.time_zone, ambiguous="earliest", non_existent="null")
+        return pl.coalesce([offset.dt.convert_time_zone(dtype.time_zone), local])
+    if isinstance(dtype, pl.String):
+        return col
+    return value.cast(dtype, strict=False)
+
+
+def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
+    if source == target:
+        return col
+    if isinstance(source, pl.String):
+        return _cast_string(col, target)
+    if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime) and target.time_zone:
+        if source.time_zone is None:
+            return col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
+        return col.dt.convert_time_zone(target.time_zone).cast(target)
+    return col.cast(target, strict=False)
+
+
+class RowValidator:
+    """Casts batches to the schema and splits them into (good, rejects); keeps unique_key state.
+
+    One validator serves one chunk, so ``unique_key`` is enforced within a chunk (first row wins);
+    uniqueness across chunks needs a global pass and is not checked here.
+    """
+
+    def __init__(
+        self, schema: Schema | None, columns: dict[str, pl.DataType], *, source: str, inferred: bool = False
+    ) -> None:
+        self.schema = schema or Schema(columns={})
+        self.columns = columns
+        names = list(columns)
+        listed = [*self.schema.columns, *self.schema.not_null, *self.schema.unique_key]
+        unknown = sorted({c for c in listed if c not in columns})
+        if unknown:
+            msg = f"schema column(s) {unknown} not in {source}; columns are {names}"
+            raise ConfigError(msg)
+        self.targets = {
+            c: polars_dtype(self.schema.columns[c]) if c in self.schema.columns else d for c, d in columns.items()
+        }
+        self._hint = " (type inferred from the first rows; pass a schema to set it)" if inferred else ""
+        self._seen: pl.DataFrame | None = None
+
+    @property
+    def output_schema(self) -> dict[str, pl.DataType]:
+        return {**self.targets, SOURCE_FILE: pl.String(), LINE: pl.Int64()}
+
+    def split(self, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Return (good rows cast to the schema, rejects with raw values and ``_reject_reason``)."""
+        casts: list[pl.Expr] = []
+        reasons: list[pl.Expr] = []
+        for name, source in self.columns.items():
+            target = self.targets[name]
+            col = pl.col(name)
+            casts.append(_cast_any(col, source, target).alias(f"\x00{name}"))
+            if source != target:
+                tname = self.schema.columns.get(name, type_name_of(target))
+                bad_value = pl.concat_str(
+                    [pl.lit(f"{name}: '"), col.cast(pl.String), pl.lit(f"' is not {tname}{self._hint}")]
+                )
+                reasons.append(pl.when(col.is_not_null() & pl.col(f"\x00{name}").is_null()).then(bad_value))
+            if name in self.schema.not_null:
+                reasons.append(pl.when(col.is_null()).then(pl.lit(f"{name}: null but listed in not_null")))
+        df = raw.with_columns(casts).with_columns(
+            pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias(REJECT_REASON)
+            if reasons
+            else pl.lit("").alias(REJECT_REASON)
+        )
+        if self.schema.unique_key:
+            df = self._mark_duplicates(df)
+        is_bad = pl.col(REJECT_REASON) != ""
+        good = df.filter(~is_bad).select(
+            *[pl.col(f"\x00{c}").alias(c) for c in self.columns], SOURCE_FILE, pl.col(LINE).cast(pl.Int64)
+        )
+        rejects = df.filter(is_bad).select(*self.columns, SOURCE_FILE, pl.col(LINE).cast(pl.Int64), REJECT_REASON)
+        return good, rejects
+
+    def _mark_duplicates(self, df: pl.DataFrame) -> pl.DataFrame:
+        keys = self.schema.unique_key
+        cast_keys = [f"\x00{k}" for k in keys]
+        ok = pl.col(REJECT_REASON) == ""
+        df = df.with_columns(
+            pl.when(ok).then(pl.struct(cast_keys)).otherwise(None).is_first_distinct().alias("\x00first")
+        )
+        dup = ok & ~pl.col("\x00first")
+        if self._seen is not None and self._seen.height:
+            dup = dup | (ok & pl.struct(cast_keys).is_in(self._seen.get_column("\x00key").implode()))
+        label = f"duplicate unique_key ({', '.join(keys)})"
+        df = df.with_columns(
+            pl.when(dup).then(pl.lit(label)).otherwise(pl.col(REJECT_REASON)).alias(REJECT_REASON)
+        ).drop("\x00first")
+        fresh = df.filter(pl.col(REJECT_REASON) == "").select(pl.struct(cast_keys).alias("\x00key"))
+        self._seen = fresh if self._seen is None else pl.concat([self._seen, fresh])
+        return df
+
+
+__all__ = [
+    "ALLOWED_TYPES",
+    "LINE",
+    "RAW",
+    "REJECT_REASON",
+    "SOURCE_FILE",
+    "RowValidator",
+    "Schema",
+    "parse_schema",
+    "polars_dtype",
+    "type_name_of",
+]

@@ -1,0 +1,98 @@
+"""One declaration per flow: the Prefect flow, the UI form, validation and the Python function derive from it."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.utilities.callables import parameter_schema
+
+from flows.api_bulk import api_bulk, api_bulk_flow
+from flows.api_extract import api_extract, api_extract_flow
+from flows.batch_map import BatchMapParams, batch_map, batch_map_flow
+from flows.db_migrate import db_migrate, db_migrate_flow
+from flows.etl_demo import etl_demo, etl_demo_flow
+from flows.file_transform import file_transform, file_transform_flow
+from flows.replay import replay_dead_letters, replay_dead_letters_flow
+from tasks.core.errors import ConfigError
+from tasks.core.flowdef import RunFailed
+
+ROOT = Path(__file__).resolve().parents[3]
+FLOWS = [(batch_map_flow, batch_map), (replay_dead_letters_flow, replay_dead_letters), (api_bulk_flow, api_bulk),
+         (api_extract_flow, api_extract), (file_transform_flow, file_transform), (db_migrate_flow, db_migrate),
+         (etl_demo_flow, etl_demo)]
+
+
+@pytest.mark.parametrize(("prefect_flow", "entry"), FLOWS, ids=lambda f: getattr(f, "name", ""))
+def test_every_parameter_has_a_description_in_the_ui_form_and_one_python_signature(prefect_flow: Any,
+                                                                                    entry: Any) -> None:
+    schema = parameter_schema(prefect_flow).model_dump()
+    props = schema["properties"]
+    undescribed = sorted(name for name, prop in props.items() if not prop.get("description"))
+    assert not undescribed, f"{prefect_flow.name}: no description in the UI form for {undescribed}"
+    python = inspect.signature(entry).parameters
+    assert list(python) == [*props, "raise_on_failure"]  # the same parameters, in the same order
+    for name, prop in props.items():
+        default = python[name].default
+        assert default is inspect.Parameter.empty or prop.get("default") == default or default is None, name
+
+
+# names that mean different things in different flows (what a source or an output is depends on the flow)
+DIFFERENT_MEANINGS = ("source", "output", "handler", "transform", "output_format", "table")
+
+
+def test_shared_knobs_have_one_type_and_one_set_of_bounds_everywhere() -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    for prefect_flow, _ in FLOWS:
+        for name, prop in parameter_schema(prefect_flow).model_dump()["properties"].items():
+            shape = {k: prop.get(k) for k in ("type", "minimum", "maximum", "exclusiveMinimum", "enum", "anyOf")}
+            if name in seen and name not in DIFFERENT_MEANINGS:
+                assert shape == seen[name], f"{name} differs between flows: {shape} != {seen[name]}"
+            seen.setdefault(name, shape)
+    assert seen["chunk_size"]["minimum"] == 1 and seen["max_concurrency"]["maximum"] == 1024
+
+
+def test_settings_are_the_defaults_and_parameters_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "3")
+    assert BatchMapParams.parse({"source": [], "handler": "m:f"}).chunk_size == 3
+    assert BatchMapParams.parse({"source": [], "handler": "m:f", "chunk_size": 7}).chunk_size == 7
+    assert batch_map(list(range(10)), "tests.handlers:double").chunks_total == 4
+    assert batch_map(list(range(10)), "tests.handlers:double", chunk_size=5).chunks_total == 2
+
+
+def test_a_bad_parameter_gets_the_same_message_from_python_and_from_a_flow_run() -> None:
+    expected = "invalid parameters: chunk_size: Input should be greater than or equal to 1 (got 0)"
+    with pytest.raises(ConfigError) as refused:  # Python: before any flow run exists
+        batch_map([1], "tests.handlers:double", chunk_size=0)
+    assert str(refused.value) == expected
+    # a deployment run (UI, CLI, prefect.yaml) calls the flow with JSON parameters: same check, same words
+    state = batch_map_flow(source=[1], handler="tests.handlers:double", chunk_size=0, return_state=True)
+    assert state.is_failed() and expected in (state.message or "")
+
+
+def test_a_bad_setting_is_named_in_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHFLOWS_MAX_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match=r"max_concurrency: .* from BATCHFLOWS_MAX_CONCURRENCY"):
+        batch_map([1], "tests.handlers:double")
+
+
+def test_a_failed_run_raises_with_its_summary_unless_told_not_to() -> None:
+    with pytest.raises(RunFailed) as failed:
+        batch_map([3, 13], "tests.handlers:mixed", retries=0)
+    assert failed.value.summary.failed == 2 and "min_success_ratio" in str(failed.value)
+    summary = batch_map([3, 13], "tests.handlers:mixed", retries=0, raise_on_failure=False)
+    assert summary.state == "Failed" and summary.failed == 2
+
+
+def test_a_script_that_calls_a_failing_run_exits_nonzero(tmp_path: Path) -> None:
+    script = tmp_path / "nightly.py"
+    script.write_text("from flows.batch_map import batch_map\n"
+                      "batch_map([3, 13], 'tests.handlers:mixed', retries=0)\n"
+                      "print('not reached')\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "not reached" not in done.stdout
+    assert "RunFailed: success ratio 0.0000 is below min_success_ratio 1.0" in done.stderr

@@ -1,0 +1,126 @@
+"""One chunk's items: journal restore, fatal stops for every runner kind, byte-exact output rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core.chunking import Chunk
+from tasks.core.errors import FatalError, ItemError, SkipItem
+from tasks.core.identity import chunk_hash
+from tasks.core.items import ChunkJob, ChunkRef, ItemOptions, process_chunk
+from tasks.core.journal import ChunkJournal, SourceChanged, journal_content
+
+
+def ref_for(tmp_path: Path, index: int = 0) -> ChunkRef:
+    return ChunkRef(key=f"k{index}", index=index, journal=str(tmp_path / "journal" / f"k{index}.jsonl"))
+
+
+def rows(path: str | None) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path or "").read_text().splitlines()]
+
+
+class Recorder:
+    def __init__(self, fatal_at: int | None = None, sleep_s: float = 0.0) -> None:
+        self.calls: list[int] = []
+        self.fatal_at = fatal_at
+        self.sleep_s = sleep_s
+        self.lock = threading.Lock()
+
+    def __call__(self, x: int) -> int:
+        with self.lock:
+            self.calls.append(x)
+        time.sleep(self.sleep_s)
+        if x == self.fatal_at:
+            raise FatalError("401 for token Bearer abcdefghijkl")
+        if x % 10 == 3:
+            raise ItemError("bad")
+        if x % 10 == 5:
+            raise SkipItem("skip")
+        return x * 2
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_fatal_error_stops_every_sync_runner_and_keeps_true_outcomes(tmp_path: Path, concurrency: int) -> None:
+    handler = Recorder(fatal_at=12, sleep_s=0.005)
+    job = ChunkJob(handler=handler, options=ItemOptions(retries=0, item_concurrency=concurrency),
+                   output_dir=str(tmp_path / "out"))
+    report = process_chunk(Chunk(0, list(range(200))), job, ref_for(tmp_path))
+    assert not report.complete and "***" in (report.stop_reason or "") and "abcdefghijkl" not in report.stop_reason
+    assert len(handler.calls) <= 12 + concurrency  # nothing starts after the fatal answer, in flight finishes
+    assert report.succeeded + report.failed + report.skipped + report.not_reached == 200
+    assert report.not_reached == 200 - len(handler.calls)
+    assert [f.category for f in report.failures if f.item == 12] == ["fatal"]
+    done = {r["item"] for r in rows(report.output_path)}
+    assert done == {x for x in handler.calls if x % 10 not in (3, 5) and x != 12}  # succeeded items keep outputs
+
+
+def test_a_fatal_error_stops_async_runners(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def handler(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0.005)
+        if x == 5:
+            raise FatalError("stop")
+        return x
+
+    job = ChunkJob(handler=handler, options=ItemOptions(retries=0, item_concurrency=4))
+    report = process_chunk(Chunk(0, list(range(100))), job, ref_for(tmp_path))
+    assert not report.complete and len(calls) <= 5 + 4 and report.not_reached == 100 - len(calls)
+
+
+def test_the_rerun_of_a_stopped_chunk_runs_only_what_was_not_done(tmp_path: Path) -> None:
+    first = Recorder(fatal_at=12)
+    job = ChunkJob(handler=first, options=ItemOptions(retries=0), output_dir=str(tmp_path / "out"))
+    ref = ref_for(tmp_path)
+    process_chunk(Chunk(0, list(range(30))), job, ref)
+    assert first.calls == list(range(13))
+    second = Recorder()
+    report = process_chunk(Chunk(0, list(range(30))), ChunkJob(handler=second, options=ItemOptions(retries=0),
+                                                                 output_dir=str(tmp_path / "out")), ref)
+    assert second.calls == list(range(12, 30))  # the fatal item again, then the rest; nothing twice
+    assert report.complete and report.extra["items_resumed"] == 12
+    assert (report.succeeded, report.failed, report.skipped) == (24, 3, 3)
+    assert sorted(f.item for f in report.failures) == [3, 13, 23]  # restored failures keep their items
+    assert [r["item"] for r in rows(report.output_path)] == [x for x in range(30) if x % 10 not in (3, 5)]
+
+
+def test_output_rows_and_failed_items_are_the_users_data_byte_for_byte(tmp_path: Path) -> None:
+    data = ["Basic monthly subscription", "use token abcdefgh", {"token": "the"}, "postgresql://u:pw@h/db",
+            {"Authorization": "Bearer 0123456789"}, "café ✓"]
+
+    def echo(x: Any) -> Any:
+        if x == "use token abcdefgh":
+            raise ItemError(f"refused {x}")
+        return x
+
+    report = process_chunk(Chunk(0, data), ChunkJob(handler=echo, output_dir=str(tmp_path / "out")), ref_for(tmp_path))
+    expected = [json.dumps({"item": x, "result": x}, ensure_ascii=False) for x in data if x != "use token abcdefgh"]
+    assert Path(report.output_path or "").read_text(encoding="utf-8").splitlines() == expected
+    [failure] = report.failures
+    assert failure.item == "use token abcdefgh" and "abcdefgh" not in failure.message  # message: about data
+
+
+def test_journal_of_other_content_is_a_source_change(tmp_path: Path) -> None:
+    ref = ref_for(tmp_path)
+    process_chunk(Chunk(0, [1, 2, 3]), ChunkJob(handler=Recorder(fatal_at=2), options=ItemOptions(retries=0)), ref)
+    assert journal_content(Path(ref.journal or "")) == chunk_hash([1, 2, 3])
+    with pytest.raises(SourceChanged, match="source changed"):
+        process_chunk(Chunk(0, [1, 9, 3]), ChunkJob(handler=Recorder()), ref)
+
+
+def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with ChunkJournal(path, "c") as journal:
+        journal.record(0, "s", '{"item": 1}')
+        journal.record(1, "k")
+    with path.open("a") as fh:
+        fh.write('2 s {"item": ')  # a write cut short (power loss)
+    assert set(ChunkJournal(path, "c").load()) == {0, 1}

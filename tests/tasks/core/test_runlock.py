@@ -1,0 +1,50 @@
+"""The run key's lock: refused while its holder lives (naming it), taken over once the holder is gone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.core.runlock import RunLock, RunLocked
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_a_second_holder_is_refused_with_the_holders_name(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    with RunLock(path, flow="batch-map", run_key="k", flow_run_id="run-1"):
+        with pytest.raises(RunLocked) as refused:
+            RunLock(path, flow="batch-map", run_key="k", flow_run_id="run-2").acquire()
+        text = str(refused.value)
+        assert "run_key 'k'" in text and "flow run run-1" in text and "pid" in text and "another run_key" in text
+    with RunLock(path, flow="batch-map", run_key="k", flow_run_id="run-3") as again:
+        assert again.previous is None  # released cleanly: no takeover
+
+
+def test_a_killed_holder_is_taken_over_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    code = ("import sys, time; from pathlib import Path; from tasks.core.runlock import RunLock; "
+            f"held = RunLock(Path({str(path)!r}), flow='f', run_key='k', flow_run_id='dead-run').acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match="dead-run"):
+            RunLock(path, flow="f", run_key="k", flow_run_id="new").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the kernel drops the flock with the process
+        try:
+            lock = RunLock(path, flow="f", run_key="k", flow_run_id="new").acquire()
+            break
+        except RunLocked:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert lock.previous is not None and lock.previous.flow_run_id == "dead-run" and lock.previous.pid == holder.pid
+    lock.release()

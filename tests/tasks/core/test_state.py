@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.core.errors import ConfigError
+from tasks.core.runlock import RunLock
+from tasks.core.settings import EngineSettings
+from tasks.core.state import RunDir, atomic_write, cleanup_state, validate_run_key
+
+
+def test_run_key_validation() -> None:
+    assert validate_run_key("nightly-2026-01-01") == "nightly-2026-01-01"
+    for bad in ["", "../etc", "a/b", "x" * 200, "-leading"]:
+        with pytest.raises(ConfigError, match="run_key"):
+            validate_run_key(bad)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_write(target) as fh:
+        fh.write("half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(target) as fh:
+        fh.write("whole")
+    assert target.read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def _aged(run: RunDir, days: float) -> None:
+    (run.root / "summary.json").write_text("{}")
+    past = time.time() - days * 86400
+    for p in [run.root / "summary.json", run.root]:
+        os.utime(p, (past, past))
+
+
+def test_cleanup_by_age_and_by_run_key(state_dir: Path) -> None:
+    old = RunDir.for_run("batch-map", "old", state_dir)
+    new = RunDir.for_run("batch-map", "new", state_dir)
+    _aged(old, 40)
+    _aged(new, 0)
+    assert cleanup_state(older_than_days=30, state_dir=state_dir) == [old.root]
+    assert not old.root.exists() and new.root.exists()
+    assert cleanup_state(run_key="new", state_dir=state_dir) == [new.root]
+
+
+def test_cleanup_defaults_to_the_retention_setting_and_spares_live_runs(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = {days: RunDir.for_run("batch-map", f"aged-{days}", state_dir) for days in (5, 12, 40)}
+    for days, run in runs.items():
+        _aged(run, days)
+    live = RunLock(runs[40].root / "lock", flow="batch-map", run_key="aged-40", flow_run_id=None).acquire()
+    _aged(runs[40], 40)
+    assert cleanup_state(state_dir=state_dir) == []  # 30 days by default; the 40-day-old run is live
+    live.release()
+    for f in (runs[40].root / "lock", runs[40].root):
+        os.utime(f, (time.time() - 40 * 86400,) * 2)
+    monkeypatch.setenv("BATCHFLOWS_STATE_RETENTION_DAYS", "10")
+    assert cleanup_state(state_dir=state_dir) == [runs[12].root, runs[40].root]
+
+
+def test_the_default_state_dir_is_absolute_and_the_same_from_any_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCHFLOWS_STATE_DIR")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    seen = set()
+    for cwd in (tmp_path, tmp_path / "elsewhere"):
+        cwd.mkdir(exist_ok=True)
+        monkeypatch.chdir(cwd)
+        seen.add(EngineSettings().resolved_state_dir())
+    assert seen == {tmp_path / "prefect-home" / "batchflows"}
