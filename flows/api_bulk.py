@@ -28,10 +28,12 @@ from tasks.api import (
     RequestTemplate,
     api_chunk_task,
     check_template,
+    has_items_placeholder,
     keep_credentials_in_process,
     process_limiter,
     resolve_secrets,
     resolve_token,
+    template_names,
     validate_base_url,
 )
 from tasks.core import (
@@ -93,11 +95,36 @@ class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGrou
     chunk_size: ChunkSize = SETTING
     item_concurrency: ItemConcurrency = 8
     max_concurrency: MaxConcurrency = 8
+    batch_size: Annotated[int | None, Field(ge=1, le=10_000, description=(
+        "Send up to this many items per request: json_template places the list where it says \"{items}\" "
+        "(e.g. {\"records\": \"{items}\"}); None: one request per item."))] = None
+    results_path: Annotated[str | None, Field(max_length=200, description=(
+        "batch_size: dotted path of the per-record results in the answer (e.g. data.results; default: the "
+        "answer itself when it is a list), in the order of the items unless result_key is set."))] = None
+    result_key: Annotated[str | None, Field(max_length=100, description=(
+        "batch_size: match results to items by this field (both have it) instead of by order."))] = None
 
     @model_validator(mode="after")
     def _templates(self) -> ApiBulkParams:
         check_template(self.path_template, "path_template")
         check_template(self.json_template, "json_template")
+        if self.batch_size is None:
+            if self.results_path is not None or self.result_key is not None:
+                msg = "results_path and result_key are for multi-item requests: set batch_size too"
+                raise ValueError(msg)
+            return self
+        if self.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            msg = f"batch_size sends the items in a request body: use method POST, PUT or PATCH (not {self.method})"
+            raise ValueError(msg)
+        if not has_items_placeholder(self.json_template) or any(
+                n != "items" for n in template_names(self.json_template)):
+            msg = ("with batch_size, json_template must place the list of items with the single placeholder \"{items}\" "
+                   f"(e.g. {{\"records\": \"{{items}}\"}}) and no per-item placeholders; got {self.json_template!r}")
+            raise ValueError(msg)
+        if template_names(self.path_template):
+            msg = (f"with batch_size, path_template is one path for every request (e.g. '/records/bulk'); "
+                   f"{self.path_template!r} has per-item placeholders")
+            raise ValueError(msg)
         return self
 
     def template(self) -> RequestTemplate:
@@ -117,7 +144,8 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
     template = p.template()
     # the run's identity: where and how requests go and where responses land; a chunk adds its position
     identity = (p.cache_version, p.base_url, template.model_dump_json(), p.output or "", p.output_format, p.expect,
-                repr(sorted((p.headers or {}).items())), repr(sorted(p.secret_headers or {})))
+                repr(sorted((p.headers or {}).items())), repr(sorted(p.secret_headers or {})),
+                *((f"batch {p.batch_size} {p.results_path} {p.result_key}",) if p.batch_size else ()))
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=src.total, on_error=p.on_error, identity=identity,
                     handler_id=f"{p.method} {shown}{p.path_template}") as run:
         limiter = process_limiter(p.rate_limit_per_second, p.rate_limit_name, scope=run.run_key)
@@ -129,6 +157,7 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
             retry_backoff_s=p.retry_backoff_s, timeout_s=p.timeout_s, expect=p.expect, transport=p.transport,
             rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=p.rate_limit_name,
             limiter_scope=run.run_key, output_dir=p.output, output_format=p.output_format, run_scope=run.scope,
+            batch_size=p.batch_size, results_path=p.results_path, result_key=p.result_key,
         )
         rate = (f", {p.rate_limit_per_second}/s" + (f" shared as {p.rate_limit_name!r}" if p.rate_limit_name else "")
                 if p.rate_limit_per_second else "")

@@ -10,7 +10,7 @@ Three ways to run it, all from the one declaration below (:class:`BatchMapParams
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,12 +34,14 @@ from tasks.core import (
     ItemOptions,
     ItemRetryGroup,
     OutcomeGroup,
+    PerGroup,
     PlanLog,
     RateGroup,
     RetryOnField,
     RunGroup,
     RunSummary,
     TaskRunner,
+    TimeoutGroup,
     batchflow,
     check_writable_dir,
     chunk_hash,
@@ -63,11 +65,12 @@ Items = Annotated[str | list[Any], Field(description=(
 ImportPath = Annotated[str, Field(min_length=3, max_length=300)]
 
 
-class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetryGroup, RateGroup):
+class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetryGroup, PerGroup, TimeoutGroup, RateGroup):
     """Run a handler over every item: chunked, bounded, retried, resumable, exactly once per run_key."""
 
     source: Items
-    handler: Annotated[ImportPath, Field(description="'pkg.mod:fn' called once per item (sync or async).")]
+    handler: Annotated[ImportPath, Field(description=(
+        "'pkg.mod:fn' called once per item (sync or async), or once per list of items with per='batch'."))]
     chunk_size: ChunkSize = SETTING
     chunking: Annotated[ChunkingName, Field(description=(
         "fixed (chunk_size items), bytes (chunk_bytes of JSON), weighted (weight_fn per item, chunk_size is the "
@@ -129,7 +132,8 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
             run_scope=run.scope,
             options=ItemOptions(retries=p.retries, retry_backoff_s=p.retry_backoff_s, retry_on=p.retry_on,
                                 item_concurrency=p.item_concurrency, rate_limit_per_second=p.rate_limit_per_second,
-                                rate_limit_name=rate_name),
+                                rate_limit_name=rate_name, item_timeout_s=p.item_timeout_s,
+                                chunk_timeout_s=p.chunk_timeout_s, per=p.per, max_batch_items=p.max_batch_items),
         )
         chunk_task = run.configure(run_chunk, chunk_retries=p.chunk_retries, tags=p.tags)
 
@@ -153,7 +157,7 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
         return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=p.output)
 
 
-SourceLike = Iterable[Any] | str | Path | Callable[[], Iterable[Any]]
+SourceLike = Iterable[Any] | AsyncIterable[Any] | str | Path | Callable[[], Iterable[Any] | AsyncIterable[Any]]
 HandlerLike = str | Callable[[Any], Any]
 
 batch_map = python_entry(batch_map_flow, objects={

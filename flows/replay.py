@@ -23,11 +23,13 @@ from tasks.core import (
     ItemConcurrency,
     ItemRetryGroup,
     OutcomeGroup,
+    PerGroup,
     RetryOnField,
     RunGroup,
     RunSummary,
     Source,
     TaskRunner,
+    TimeoutGroup,
     batchflow,
     is_import_path,
     python_entry,
@@ -39,7 +41,7 @@ from tasks.core import (
 FLOW_NAME = "replay-dead-letters"
 
 
-class ReplayParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetryGroup):
+class ReplayParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetryGroup, PerGroup, TimeoutGroup):
     """Run the failed items of an earlier run's dead-letter file again."""
 
     dead_letter_path: Annotated[str, Field(min_length=1, description="A dead_letter.jsonl written by an earlier run.")]

@@ -8,6 +8,7 @@ chunk task), extract (api_extract's part task and checkpointed walk), params (th
 from tasks.api.bulk import ApiJob, api_chunk_task, process_api_chunk
 from tasks.api.client import Expect, TransportName, make_client, send, validate_base_url
 from tasks.api.extract import ExtractJob, split_url, walk_pages
+from tasks.api.multi import has_items_placeholder
 from tasks.api.outputs import (
     ApiPartFormat,
     keep_credentials_in_process,
@@ -19,7 +20,13 @@ from tasks.api.outputs import (
 )
 from tasks.api.paginators import PaginatorKind, make_paginator
 from tasks.api.params import ApiOutputFormat, AuthSecret, HttpGroup, PageSize, TimeoutS
-from tasks.api.request_spec import RequestSpec, RequestTemplate, check_template, refuse_sensitive_params
+from tasks.api.request_spec import (
+    RequestSpec,
+    RequestTemplate,
+    check_template,
+    refuse_sensitive_params,
+    template_names,
+)
 
 __all__ = [
     "ApiJob",
@@ -37,6 +44,7 @@ __all__ = [
     "TransportName",
     "api_chunk_task",
     "check_template",
+    "has_items_placeholder",
     "keep_credentials_in_process",
     "make_client",
     "make_paginator",
@@ -49,6 +57,7 @@ __all__ = [
     "split_credential_headers",
     "split_credential_params",
     "split_url",
+    "template_names",
     "validate_base_url",
     "walk_pages",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 from prefect import task
 
 from tasks.api.client import Expect, TransportName, build_request, make_client, send
+from tasks.api.multi import send_batches
 from tasks.api.outputs import ApiPartFormat, process_limiter, resolve_secrets, resolve_token, write_part
 from tasks.api.request_spec import RequestTemplate
 from tasks.core import (
@@ -69,6 +70,9 @@ class ApiJob:
     output_dir: str | None = None
     output_format: ApiPartFormat = "jsonl"
     run_scope: str = ""
+    batch_size: int | None = None  # multi-item requests (tasks.api.multi)
+    results_path: str | None = None
+    result_key: str | None = None
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, max_retry_after_s=self.settings().max_retry_after_s)
@@ -128,6 +132,10 @@ async def send_items(
         transport=job.transport,
         max_connections=job.item_concurrency, limiter=limiter,
     ) as client:
+
+        if job.batch_size:
+            return await send_batches(outcomes, job, client=client, policy=policy, masked=masked,
+                                      max_retry_after_s=settings.max_retry_after_s)
 
         async def worker() -> None:
             nonlocal cursor, sent

@@ -60,6 +60,7 @@ Expect = Literal["auto", "json", "text"]
 
 DEFAULT_TRANSPORT: TransportName = "aiohttp"
 DEFAULT_MAX_CONNECTIONS = 100  # a client made without a pool size (the flows always give one)
+MAX_REDIRECTS = 5  # redirects are followed (Authorization is dropped when one leaves the API's origin)
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BODY_EXCERPT_CHARS = 300
 
@@ -148,7 +149,8 @@ def make_client(
         limits=limits,
         http1=True,
         http2=False,
-        follow_redirects=False,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
         transport=_transport(transport, limits),
         event_hooks=limiter_hooks(limiter) if limiter is not None else None,
     )
@@ -177,6 +179,7 @@ def _transport(choice: httpx.AsyncBaseTransport | TransportName, limits: httpx.L
 def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """AiohttpTransport over a session we build, because aiohttp's defaults break two of our rules.
 
+    A redirected request's body is read before it is handed to aiohttp (see ``Transport``).
     aiohttp silently re-sends an idempotent request once when a reused keep-alive connection is
     reset (``ClientSession._retry_connection``): a second, hidden retry layer that also breaks exact
     request counts, so it is turned off. Cookies are left to httpx (``DummyCookieJar``).
@@ -194,7 +197,15 @@ def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
         client._retry_connection = False
         return client
 
-    return AiohttpTransport(limits=limits, http1=True, http2=False, client=session)
+    class Transport(AiohttpTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                request.content  # noqa: B018  # the body of a redirected request is a stream not read yet:
+            except httpx.RequestNotRead:  # read it, or aiohttp would send it chunked (an empty GET body as "0")
+                await request.aread()
+            return await super().handle_async_request(request)
+
+    return Transport(limits=limits, http1=True, http2=False, client=session)
 
 
 def limiter_hooks(limiter: ThrottleListener) -> dict[str, list[Callable[..., Awaitable[None]]]]:
@@ -264,6 +275,11 @@ async def send(
     except TimeoutError as exc:
         msg = f"{request.method} {shown} took longer than {deadline}s in total; will retry"
         raise RetryableError(msg, category="http_timeout") from exc
+    except httpx.TooManyRedirects as exc:
+        where = redact_text(str(exc.request.url)) if exc.request is not None else shown
+        msg = (f"{request.method} {shown} was redirected more than {MAX_REDIRECTS} times (last to {where}); "
+               "point the item or base_url at the final address")
+        raise ItemError(msg, category="http_redirect") from None
     except (httpx.TransportError, _aiohttp_error()) as exc:
         category, what = _transport_category(exc)
         msg = f"{request.method} {shown} failed: {what} ({redact_text(str(exc)) or type(exc).__name__}); will retry"
@@ -276,6 +292,12 @@ def _classify(
     response: httpx.Response, method: str, shown: str, elapsed_ms: float, expect: Expect, max_retry_after_s: float
 ) -> ResponseRecord:
     status = response.status_code
+    if 300 <= status < 400 and status != 304:  # a redirect that could not be followed (no Location, 300)
+        location = redact_text(response.headers.get("Location") or "no Location header")
+        msg = f"{method} {shown} answered {status} {response.reason_phrase} ({location}) and was not followed"
+        exc = ItemError(msg, category="http_redirect")
+        exc.status = status  # type: ignore[attr-defined]
+        raise exc
     if status < 400:
         return ResponseRecord(
             method=method,

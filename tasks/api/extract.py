@@ -242,6 +242,7 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
                                           retry_condition_fn=_not_fatal)
     failed_reason: str | None = None
     requests = 0
+    capped: int | None = None  # records per page the server really answers, when it caps page_size
     try:
         while not (state or {}).get("done"):
             outcome = task(job=job, index=parts, state=state, return_state=True)
@@ -260,6 +261,14 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
                 parts += 1
                 records += result.records
             state = result.next_state
+            if capped is None and result.pages and result.failure is None and not state.get("done") \
+                    and result.records < result.pages * job.page_size:
+                capped = max(1, round(result.records / result.pages))
+                run.progress.logger.warning(
+                    "the server answers about %d record(s) per page where page_size=%d was asked (%d records in "
+                    "%d pages, more pages follow): it caps its page size, so this extraction makes about %dx the "
+                    "requests planned; set page_size=%d to match (or check the paginator's size parameter)",
+                    capped, job.page_size, result.records, result.pages, max(1, round(job.page_size / capped)), capped)
             run.run_dir.write_checkpoint({
                 "version": CHECKPOINT_VERSION, "identity": identity, "parts": parts, "records": records,
                 "pages": pages, "state": state,
@@ -272,13 +281,15 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
                     category=failure.category, status=failure.status,
                 )
                 run.record(ChunkReport(index=parts, size=1, failed=1, failures=[dead]))
-                failed_reason = f"{failure.message}; rerun with run_key={run.run_key!r} to continue from page {failure.page}"
+                failed_reason = f"{failure.message.rstrip('.')}; rerun with run_key={run.run_key!r} to continue from page {failure.page}"
                 break
     finally:
         run.dead.close()
     run.progress.finish()
     summary = run.builder.finish(time.perf_counter() - started)
     summary.extra.update({"records": records, "pages": pages, "http_requests_this_run": requests})
+    if capped is not None:
+        summary.extra["records_per_page_seen"] = capped
     # a failed page ends the walk: its reason (page, error, how to resume) is the message, not the ratio
     return run.finish(summary, output_path=job.output_dir, failed_reason=failed_reason,
                       min_success_ratio=0.0 if failed_reason else 1.0)

@@ -226,10 +226,15 @@ def extract_records(body: Any, records_path: str, *, page: int, url: str) -> lis
     try:
         records = dig(body, records_path)
     except KeyError as exc:
-        keys = sorted(body) if isinstance(body, Mapping) else type(body).__name__
+        if isinstance(body, Mapping):
+            found = f"the body's top-level keys are {sorted(body)}"
+        elif isinstance(body, list):
+            found = f"the body is a list of {len(body)} entries (records_path='' takes it as the records)"
+        else:
+            found = f"the body is a {type(body).__name__}"
         msg = (
-            f"page {page} ({redact_text(url)}) has no {records_path!r} (missing {exc.args[0]!r}); the body's "
-            f"top-level keys are {keys}; set records_path to the list of records (dotted path, '' for a list body)"
+            f"page {page} ({redact_text(url)}) has no {records_path!r} (missing {exc.args[0]!r}); {found}; set "
+            "records_path to the list of records (dotted path, '' for a list body)"
         )
         raise ItemError(msg, category="records_path_missing") from None
     if records is None:

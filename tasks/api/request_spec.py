@@ -152,7 +152,7 @@ def build_request(item: Any, template: RequestTemplate | None = None) -> Request
         spec = RequestSpec(
             method=template.method.upper(),
             url=_render_path(template.path_template, item),
-            json=_render_json(template.json_template, item) if template.json_template is not None else None,
+            json=render_json(template.json_template, item) if template.json_template is not None else None,
             headers=dict(template.headers or {}),
         )
     has_key = any(k.lower() == "idempotency-key" for k in spec.headers)
@@ -187,6 +187,17 @@ def idempotency_key(spec: RequestSpec, *, namespace: str = "") -> str:
     return "bf-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
 
 
+def template_names(node: Any) -> list[str]:
+    """Every ``{placeholder}`` name in a template (a string, or the string leaves of JSON)."""
+    if isinstance(node, str):
+        return _placeholders(node)
+    if isinstance(node, Mapping):
+        return [n for v in node.values() for n in template_names(v)]
+    if isinstance(node, list | tuple):
+        return [n for v in node for n in template_names(v)]
+    return []
+
+
 def _placeholders(text: str) -> list[str]:
     try:
         return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
@@ -211,7 +222,7 @@ def _render_path(text: str, item: Mapping[str, Any]) -> str:
     return text.format_map(values)
 
 
-def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
+def render_json(node: Any, item: Mapping[str, Any]) -> Any:
     if isinstance(node, str):
         names = _placeholders(node)
         if len(names) == 1 and node == "{" + names[0] + "}":
@@ -220,9 +231,9 @@ def _render_json(node: Any, item: Mapping[str, Any]) -> Any:
             return node.format_map({})
         return node.format_map({name: _lookup(item, name, node) for name in names})
     if isinstance(node, Mapping):
-        return {key: _render_json(value, item) for key, value in node.items()}
+        return {key: render_json(value, item) for key, value in node.items()}
     if isinstance(node, list | tuple):
-        return [_render_json(value, item) for value in node]
+        return [render_json(value, item) for value in node]
     return node
 
 
@@ -240,5 +251,7 @@ __all__ = [
     "is_sensitive_param",
     "refuse_sensitive_headers",
     "refuse_sensitive_params",
+    "render_json",
+    "template_names",
     "validate_base_url",
 ]

@@ -49,11 +49,27 @@ class FatalError(BatchflowsError):
     """The run cannot go on (bad credentials, wrong endpoint, ...): stop at once with this reason."""
 
 
+class ItemTimeout(RetryableError, TimeoutError):
+    """One handler call (or request) ran past ``item_timeout_s``; transient, so it is retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, category="timeout")
+
+
+class ChunkTimeout(BatchflowsError, TimeoutError):
+    """A chunk ran past ``chunk_timeout_s``: the chunk task fails (retried by ``chunk_retries``, then its
+    unfinished items are dead-lettered). Never retried per item."""
+
+    category = "timeout"
+
+
 __all__ = [
     "BatchflowsError",
+    "ChunkTimeout",
     "ConfigError",
     "FatalError",
     "ItemError",
+    "ItemTimeout",
     "RetryableError",
     "SkipItem",
     "SourceError",

@@ -274,16 +274,25 @@ def python_entry(prefect_flow: Any, *, objects: Mapping[str, Any] | None = None,
     """
     from tasks.core.loader import is_handle, release_object
     from tasks.core.progress import api_errors_explained
+    from tasks.core.results import collect_rows, prepare_collect
 
     spec: FlowSpec[Any] = prefect_flow.spec
     objects = dict(objects or {})
     base = flat_signature(spec.model, spec.positional, spec.summary, widen={**(types or {}), **objects})
-    signature = base.replace(parameters=[*base.parameters.values(), inspect.Parameter(
-        "raise_on_failure", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=bool)])
+    collects = bool({"output", "output_dir"} & set(spec.model.model_fields))  # flows that write part files
+    extra = [inspect.Parameter("raise_on_failure", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=bool)]
+    if collects:
+        extra.append(inspect.Parameter("collect", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool))
+    signature = base.replace(parameters=[*base.parameters.values(), *extra])
 
-    def entry(*args: Any, raise_on_failure: bool = True, **kwargs: Any) -> Any:
+    def entry(*args: Any, raise_on_failure: bool = True, collect: bool = False, **kwargs: Any) -> Any:
+        if collect and not collects:
+            msg = f"{spec.name} writes no part files, so collect=True has nothing to collect"
+            raise ConfigError(msg)
         values = spec.bind(args, kwargs)
         handles: list[str] = []
+        if collect:
+            prepare_collect(spec.name, values, objects, has_output="output" in spec.model.model_fields)
         try:
             for name in objects:
                 if name in values:
@@ -298,6 +307,8 @@ def python_entry(prefect_flow: Any, *, objects: Mapping[str, Any] | None = None,
             for handle in handles:
                 if is_handle(handle):
                     release_object(handle)
+        if collect:
+            collect_rows(summary)
         if raise_on_failure and not summary.ok:
             raise RunFailed(summary)
         return summary
@@ -309,7 +320,8 @@ def python_entry(prefect_flow: Any, *, objects: Mapping[str, Any] | None = None,
         f"Run the {spec.name} flow from Python and return its summary.\n\nParameters are those of the flow "
         f"(see its Args); in-process objects are accepted for {sorted(objects) or 'none'}. Bad parameters raise "
         "ConfigError before any work; a run that ends Failed raises RunFailed (its ``summary`` attached) unless "
-        "``raise_on_failure=False``, then the failed summary is returned.")
+        "``raise_on_failure=False``, then the failed summary is returned."
+        + (" ``collect=True`` (small runs) also reads the output rows into ``summary.collected``." if collects else ""))
     entry.__signature__ = signature  # type: ignore[attr-defined]
     entry.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()} | {
         "return": spec.summary}

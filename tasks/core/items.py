@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from tasks.core.batches import BatchCalls
 from tasks.core.chunking import Chunk
-from tasks.core.errors import FatalError, SkipItem
+from tasks.core.errors import ChunkTimeout, FatalError, SkipItem
 from tasks.core.failpoints import failpoint
 from tasks.core.identity import chunk_hash
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal
@@ -38,6 +39,7 @@ from tasks.core.outcomes import ChunkReport, FailedItem
 from tasks.core.redact import redact_text
 from tasks.core.retry import RetryOn, RetryPolicy, attempts_made
 from tasks.core.state import atomic_write, output_write_error
+from tasks.core.timeouts import Deadline
 
 
 class ChunkRef(BaseModel):
@@ -49,6 +51,8 @@ class ChunkRef(BaseModel):
     content: str | None = None
     journal: str | None = None
 
+
+Per = Literal["item", "batch"]
 
 # --------------------------------------------------------------------------- stop signals
 
@@ -211,6 +215,10 @@ class ItemOptions:
     item_concurrency: int = 1
     rate_limit_per_second: float | None = None
     rate_limit_name: str | None = None
+    item_timeout_s: float | None = None
+    chunk_timeout_s: float | None = None
+    per: Per = "item"
+    max_batch_items: int | None = None
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, retry_on=self.retry_on)
@@ -260,27 +268,36 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
     outcomes = ChunkOutcomes(chunk, ref, item_key=job.item_key, keep_rows=bool(job.output_dir),
                              stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
     items = chunk.items
+    deadline = Deadline(item_timeout_s=job.options.item_timeout_s, chunk_timeout_s=job.options.chunk_timeout_s,
+                        chunk=chunk.index)
+    timed_out = threading.Event()  # the chunk's deadline passed: no item starts any more
+
+    def halted() -> bool:
+        return outcomes.stopped() or timed_out.is_set()
 
     def done(position: int, value: Any) -> None:
         outcomes.succeeded(position, {"item": items[position], "result": value} if job.output_dir else None)
 
-    def settle(position: int, exc: Exception) -> None:
+    def settle(position: int, exc: Exception, attempts: int | None = None) -> None:
         if isinstance(exc, SkipItem):
             outcomes.skipped(position)
         else:
-            outcomes.failed(position, exc)
+            outcomes.failed(position, exc, attempts=attempts)
 
     def run_one_sync(position: int) -> None:
-        if outcomes.stopped():
+        if halted():
             return
 
         def call() -> Any:
             if limiter is not None:
                 limiter.acquire_sync()
-            return handler(items[position])
+            return deadline.call(lambda: handler(items[position]))
 
         try:
             value, _ = policy.call(call)
+        except ChunkTimeout:
+            timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
+            return
         except Exception as exc:
             settle(position, exc)
             return
@@ -290,13 +307,16 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         async def call() -> Any:
             if limiter is not None:
                 await limiter.acquire()
-            return await handler(items[position])
+            return await deadline.acall(lambda: handler(items[position]))
 
         async with sem:
-            if outcomes.stopped():
+            if halted():
                 return
             try:
                 value, _ = await policy.acall(call)
+            except ChunkTimeout:
+                timed_out.set()
+                return
             except Exception as exc:
                 settle(position, exc)
                 return
@@ -304,7 +324,15 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
 
     with outcomes:
         todo = outcomes.todo()
-        if is_async:
+        if job.options.per == "batch":
+            calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
+                               chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out)
+            groups = calls.groups(todo, job.options.max_batch_items)
+            if is_async:
+                run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))
+            else:
+                calls.run_sync(groups, job.options.item_concurrency)
+        elif is_async:
             async def run_all() -> None:
                 sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
                 await asyncio.gather(*(run_one_async(i, sem) for i in todo))
@@ -316,9 +344,12 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                     f.result()
         else:
             for i in todo:
-                if outcomes.stopped():
+                if halted():
                     break
                 run_one_sync(i)
+        if timed_out.is_set():
+            left = len(outcomes.todo())
+            raise deadline.chunk_error(f" ({len(items) - left} of {len(items)} items done, {left} left)")
     report = outcomes.report(started=started)
     if job.output_dir and (outcomes.rows or report.complete):
         report.output_path = str(write_jsonl_part(Path(job.output_dir), chunk.index, outcomes.ordered_rows()))

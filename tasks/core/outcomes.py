@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
-from tasks.core.errors import SourceError
+from tasks.core.errors import ConfigError, SourceError
 from tasks.core.redact import redact_text
 
 Status = Literal["succeeded", "failed", "skipped"]
@@ -141,10 +141,43 @@ class RunSummary(BaseModel):
     top_errors: list[ErrorSummary] = Field(default_factory=list)
     slowest_chunks: list[ChunkTiming] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
+    _collected: list[Any] | None = PrivateAttr(default=None)
 
     @property
     def ok(self) -> bool:
         return self.state == "Completed"
+
+    def results(self) -> Iterator[Any]:
+        """The output rows of this run in input order, read lazily part by part (resumed chunks included).
+
+        Rows are as written: ``{"item", "result"}`` for batch_map, one row per call for api_bulk, the
+        records for api_extract, the transformed rows for file_transform. A run without ``output`` raises
+        ConfigError saying how to keep results."""
+        from tasks.core.results import iter_results
+
+        return iter_results(self.output_path, flow=self.flow, chunks_total=self.chunks_total)
+
+    def dead_letters(self) -> Iterator[dict[str, Any]]:
+        """This run's dead-letter records (``item`` exactly as it came, ``error``, ``category``, ``attempts``)."""
+        path = self.dead_letter_path
+        if not path or (self.failed == 0 and not Path(path).is_file()):
+            return iter(())
+        return read_dead_letters(path)
+
+    def rejects(self) -> Iterator[dict[str, Any]]:
+        """file_transform's rejected rows, each field as the text it was, with ``_reject_reason``."""
+        from tasks.core.results import iter_rejects
+
+        return iter_rejects(self.output_path, flow=self.flow)
+
+    @property
+    def collected(self) -> list[Any]:
+        """The rows of a run called from Python with ``collect=True`` (same rows as :meth:`results`)."""
+        if self._collected is None:
+            msg = (f"this {self.flow} run was not called with collect=True: pass collect=True (small runs) or "
+                   "iterate summary.results() over a run with output=<folder>")
+            raise ConfigError(msg)
+        return self._collected
 
     @property
     def success_ratio(self) -> float:

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 from tasks.core.engine import TaskRunnerName
 from tasks.core.errors import ConfigError
 from tasks.core.flowdef import SETTING, FromSetting
+from tasks.core.items import Per
 from tasks.core.retry import RetryOn
 from tasks.core.run import OnError
 from tasks.core.settings import EngineSettings
@@ -85,6 +86,12 @@ InputFormatField = Annotated[InputFormat, Field(description=(
 RetryOnField = Annotated[RetryOn, Field(description=(
     "transient: retry only what is likely to pass on a retry (RetryableError, timeouts, connection errors, "
     "HTTP 429/5xx); any: retry every exception except ItemError, SkipItem and FatalError."))]
+ItemTimeoutS = Annotated[float | None, Field(gt=0, le=86_400, description=(
+    "Seconds one handler call may take; past it the item fails with category timeout and is retried like "
+    "other transient errors (a sync call is abandoned in its thread, see the README). None: no limit."))]
+ChunkTimeoutS = Annotated[float | None, Field(gt=0, le=7 * 86_400, description=(
+    "Seconds one chunk attempt may take; past it the chunk task fails and is retried by chunk_retries (finished "
+    "items are kept), then its unfinished items are dead-lettered. None: no limit."))]
 
 
 # --------------------------------------------------------------------------- groups
@@ -127,6 +134,30 @@ class RateGroup(BaseModel):
         return self
 
 
+class TimeoutGroup(BaseModel):
+    """Time limits of handler calls and chunk attempts (batch_map and replay)."""
+
+    item_timeout_s: ItemTimeoutS = None
+    chunk_timeout_s: ChunkTimeoutS = None
+
+
+class PerGroup(BaseModel):
+    """What one handler call gets: an item, or a list of items (batch handlers)."""
+
+    per: Annotated[Per, Field(description=(
+        "item: the handler gets one item per call; batch: it gets a list of items and returns a list with one "
+        "entry per item (a result, or an exception instance for a failed or skipped item)."))] = "item"
+    max_batch_items: Annotated[int | None, Field(ge=1, le=1_000_000, description=(
+        "per='batch': at most this many items per call (default: the whole chunk in one call)."))] = None
+
+    @model_validator(mode="after")
+    def _batch_only(self) -> PerGroup:
+        if self.max_batch_items is not None and self.per != "batch":
+            msg = f"max_batch_items is for per='batch' handlers (per is {self.per!r})"
+            raise ValueError(msg)
+        return self
+
+
 class ItemRetryGroup(BaseModel):
     """Retries of one item inside its chunk."""
 
@@ -140,15 +171,18 @@ __all__ = [
     "ChunkRetries",
     "ChunkSize",
     "ChunkTaskGroup",
+    "ChunkTimeoutS",
     "ConcurrencyLimitName",
     "DaskAddress",
     "InputFormatField",
     "ItemConcurrency",
     "ItemRetryGroup",
+    "ItemTimeoutS",
     "MaxConcurrency",
     "MinSuccessRatio",
     "OnErrorField",
     "OutcomeGroup",
+    "PerGroup",
     "RateGroup",
     "RateLimitName",
     "RatePerSecond",
@@ -159,4 +193,5 @@ __all__ = [
     "RunKey",
     "Tags",
     "TaskRunner",
+    "TimeoutGroup",
 ]

@@ -30,11 +30,11 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from tasks.core.errors import FatalError, ItemError, RetryableError, SkipItem
+from tasks.core.errors import ChunkTimeout, FatalError, ItemError, RetryableError, SkipItem
 
 T = TypeVar("T")
 
-NOT_RETRIED: tuple[type[BaseException], ...] = (ItemError, SkipItem, FatalError, KeyboardInterrupt)
+NOT_RETRIED: tuple[type[BaseException], ...] = (ItemError, SkipItem, FatalError, ChunkTimeout, KeyboardInterrupt)
 RetryOn = Literal["transient", "any"]
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
@@ -87,12 +87,19 @@ class RetryPolicy:
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def wait_seconds(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+        return self.backoff(state.attempt_number, state.outcome.exception() if state.outcome else None)
+
+    def backoff(self, attempt: int, exc: BaseException | None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (``exc``'s ``retry_after`` wins)."""
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, int | float) and retry_after >= 0:
             return min(float(retry_after), self.max_retry_after_s)
-        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** max(state.attempt_number - 1, 0)))
+        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** max(attempt - 1, 0)))
         return self.rng.uniform(0, ceiling)
+
+    def retries_left(self, attempt: int, exc: BaseException) -> bool:
+        """Whether ``exc`` from attempt number ``attempt`` gets another attempt."""
+        return attempt <= self.retries and is_retryable(exc, self.retry_on)
 
     def _kwargs(self) -> dict[str, Any]:
         return {

@@ -389,7 +389,7 @@ def decide_state(
         summary.state = "Failed"
         summary.message = f"success ratio {summary.success_ratio:.4f} is below min_success_ratio {min_success_ratio}. {counts}"
     elif failed_reason:
-        summary.state, summary.message = "Failed", f"{failed_reason}. {counts}"
+        summary.state, summary.message = "Failed", f"{failed_reason.rstrip('.')}. {counts}"
     else:
         summary.state, summary.message = "Completed", counts
     return summary

@@ -20,7 +20,7 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -78,6 +78,8 @@ def _from_object(obj: Any, *, label: str) -> Source:
         except Exception as exc:
             msg = f"{label}: the source callable raised {type(exc).__name__}: {exc}"
             raise SourceError(msg) from exc
+    if isinstance(obj, AsyncIterable):
+        return _from_async(obj, label=label)
     if isinstance(obj, str | bytes | dict) or not isinstance(obj, Iterable):
         msg = f"{label}: a {type(obj).__name__} is not a source of items; pass a list or another iterable"
         raise ConfigError(msg)
@@ -93,6 +95,22 @@ def _from_object(obj: Any, *, label: str) -> Source:
         return iter(obj)
 
     return Source(label=label, total=total, iterate=iterate)
+
+
+def _from_async(obj: AsyncIterable[Any], *, label: str) -> Source:
+    """An async iterable or async generator, streamed in bounded memory (tasks.core.async_source)."""
+    from tasks.core.async_source import iterate_async
+
+    consumed = threading.Event()
+
+    def iterate() -> Iterator[Any]:
+        if consumed.is_set():
+            msg = f"{label} is a one-shot async iterator and was already consumed; pass 'pkg.mod:fn' returning it"
+            raise SourceError(msg)
+        consumed.set()
+        return iterate_async(obj, label=label)
+
+    return Source(label=label, total=None, iterate=iterate)
 
 
 def detect_format(path: Path, input_format: str | None = None) -> tuple[str, bool]:

@@ -124,6 +124,17 @@ def recorded_effect(item: Any) -> Any:
     return item
 
 
+def recorded_batch_effect(items: list[Any]) -> list[Any]:
+    """per='batch' handler: :func:`recorded_effect` for each item of the call, its outcome as the entry."""
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.append(recorded_effect(item))
+        except (ItemError, SkipItem) as exc:
+            out.append(exc)
+    return out
+
+
 def probe_and_record(x: int) -> int:
     """tests.handlers:concurrency_probe, then "<x> <parent pid> <pid>" to $BF_SIDE_EFFECT_LOG (who ran it)."""
     from tests.handlers import concurrency_probe

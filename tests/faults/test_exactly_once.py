@@ -98,24 +98,53 @@ def test_random_streams_and_kill_points_end_exactly_once(
     rerun = start_flow("batch-map", params, base)
     output = finish(rerun)
     assert rerun.returncode == 0, output[-3000:]
-    s = summary_in(output, RunSummary)
+    # only items in flight at the kill may have run twice: none of a chunk held after its output (its items are
+    # all journaled), at most item_concurrency in each other chunk of the window
+    in_flight = (window - 1 if where == "after_output" else window) * item_concurrency
+    assert_exactly_once(summary_in(output, RunSummary), items, effects, out, in_flight=in_flight,
+                        before=len(effects_before))
+
+
+def assert_exactly_once(s: RunSummary, items: list[Any], effects: Path, out: Path, *, in_flight: int,
+                        before: int = 0) -> None:
+    """Counts add up to the items' outcomes, every item's side effect happened (at most ``in_flight`` twice),
+    outputs and dead letters are exactly the expected rows."""
+    n = len(items)
     kinds = [outcome_of(x) for x in items]
     assert (s.total, s.succeeded, s.failed, s.skipped) == (n, kinds.count("ok"), kinds.count("fail"),
                                                           kinds.count("skip")), s.message
     assert s.succeeded + s.failed + s.skipped == s.total and s.remaining == 0
-
     done = Counter(effects.read_text().splitlines())
     expected = Counter(json.dumps(canonical(x)) for x in items)
     assert all(done[k] >= c for k, c in expected.items()) and set(done) == set(expected)  # nothing skipped
     extra = sum(done.values()) - n
-    # only items in flight at the kill may have run twice: none of a chunk held after its output (its items are
-    # all journaled), at most item_concurrency in each other chunk of the window
-    in_flight = (window - 1 if where == "after_output" else window) * item_concurrency
-    assert 0 <= extra <= in_flight, (extra, len(effects_before), done - expected)
+    assert 0 <= extra <= in_flight, (extra, before, done - expected)
     assert jsonl_rows(out) == [{"item": as_json(x), "result": as_json(x)} for x, k in zip(items, kinds, strict=True)
                                if k == "ok"]
     dead = sorted(read_dead_letters(s.dead_letter_path or ""), key=lambda d: (d["chunk"], d["position"]))
     assert [d["item"] for d in dead] == [as_json(x) for x, k in zip(items, kinds, strict=True) if k == "fail"]
+
+
+def test_a_batch_handler_killed_mid_call_reruns_only_the_items_without_an_outcome(
+        tmp_path: Path, state_dir: Path) -> None:
+    """per='batch': outcomes are journaled when a call returns, so a kill inside calls redoes at most the items
+    of the calls in flight (window x item_concurrency x max_batch_items), and nothing else."""
+    n, seed, window, concurrency, per_call = 72, 7, 2, 2, 4
+    state, out, effects = tmp_path / "state", tmp_path / "out", tmp_path / "effects.log"
+    base = {"BF_SEED": str(seed), "BF_N": str(n), "BF_EFFECTS": str(effects), "BATCHFLOWS_STATE_DIR": str(state)}
+    items = seeded_items_for(seed, n)
+    params = {"source": "tests.faults.helpers:seeded_items", "handler": "tests.faults.helpers:recorded_batch_effect",
+              "per": "batch", "max_batch_items": per_call, "chunk_size": 12, "max_concurrency": window,
+              "item_concurrency": concurrency, "retries": 0, "run_key": "batch-prop", "output": str(out),
+              "min_success_ratio": 0.0}
+    gate, env = gated(tmp_path, "gate", 41)
+    proc = start_flow("batch-map", params, {**base, **env})
+    wait_until(lambda: passed(gate) > 41, proc, what="the kill point inside a batch call")
+    kill(proc)
+    rerun = start_flow("batch-map", params, base)
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-3000:]
+    assert_exactly_once(summary_in(output, RunSummary), items, effects, out, in_flight=window * concurrency * per_call)
 
 
 def seeded_items_for(seed: int, n: int) -> list[Any]:

@@ -132,6 +132,7 @@ def test_refused_credentials_stop_the_run(api_server: ApiServer, tmp_path: Path)
                        output=tmp_path / "out", **FAST, raise_on_failure=False)
     assert not summary.ok
     assert "credentials were refused" in summary.message
+    assert ".." not in summary.message and ".." not in summary.render_text(), summary.message
     sent = api_server.count("/status/401")
     assert sent <= 2  # the in-flight requests only, none retried
     assert summary.failed == sent and summary.succeeded == 0  # only the items that got the answer failed

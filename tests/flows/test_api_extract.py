@@ -75,6 +75,7 @@ def test_failed_page_is_named_in_the_message_and_dead_letter(api_server: ApiServ
 def test_refused_credentials_stop_the_extraction(api_server: ApiServer, tmp_path: Path):
     summary = api_extract(f"{api_server.url}/status/401", output=tmp_path / "out", retry_backoff_s=0.01, raise_on_failure=False)
     assert not summary.ok and "credentials were refused" in summary.message
+    assert ".." not in summary.message and ".;" not in summary.message, summary.message
     assert len(api_server.requests) == 1
 
 
@@ -85,6 +86,20 @@ def test_parquet_parts(api_server: ApiServer, tmp_path: Path):
     assert summary.ok
     frame = pl.read_parquet(sorted(out.glob("part-*.parquet")))
     assert frame["id"].to_list() == ALL_IDS and frame.columns == ["id", "name"]
+
+
+def test_a_server_capping_its_page_size_is_named_once_with_the_numbers(
+        api_server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    summary = api_extract(f"{api_server.url}/pages/offset?cap=10", output=tmp_path / "out", page_size=100,
+                          pages_per_part=5)
+    assert summary.ok and ids_in(tmp_path / "out") == ALL_IDS  # nothing lost, only slower
+    assert summary.extra["records_per_page_seen"] == 10
+    warnings = [r.getMessage() for r in caplog.records if "caps its page size" in r.getMessage()]
+    assert len(warnings) == 1 and "page_size=100 was asked" in warnings[0] and "set page_size=10" in warnings[0]
+    caplog.clear()
+    plain = api_extract(f"{api_server.url}/pages/offset", output=tmp_path / "plain", page_size=10, pages_per_part=5)
+    assert "records_per_page_seen" not in plain.extra
+    assert not [r for r in caplog.records if "caps its page size" in r.getMessage()]
 
 
 def test_bad_parameters_are_config_errors(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""tasks/http.py and tasks/http_request.py against the real loopback test API (tests/fixtures/api_server.py).
+"""tasks/api/client.py and tasks/api/request_spec.py against the real loopback test API (tests/fixtures/api_server.py).
 
 Retry scenarios drive ``send`` through ``RetryPolicy`` (the one retry loop) with tiny backoff and
 assert the exact number of requests the server saw.
@@ -69,6 +69,19 @@ def test_404_is_an_item_error_with_status_and_excerpt_not_retried(api_server: Ap
     assert info.value.status == 404
     assert "404" in str(info.value) and "scripted" in str(info.value)
     assert api_server.count("/status/404") == 1
+
+
+def test_redirects_are_followed_and_one_that_cannot_be_fails_the_item_with_its_location(api_server: ApiServer):
+    record, _ = run(_call(api_server, RequestSpec("GET", "/redirect/a?to=/ok/moved&status=301")))
+    assert record.status == 200 and record.body["id"] == "moved"
+    posted, _ = run(_call(api_server, RequestSpec("POST", "/redirect/b?to=/ok/kept&status=307", json={"x": 1})))
+    assert posted.body["method"] == "POST" and posted.body["json"] == {"x": 1}  # 307 keeps the method and body
+    with pytest.raises(ItemError, match="answered 302 Found \\(no Location header\\) and was not followed") as info:
+        run(_call(api_server, RequestSpec("GET", "/redirect/c?to=none")))
+    assert info.value.category == "http_redirect" and info.value.status == 302
+    with pytest.raises(ItemError, match="redirected more than 5 times"):
+        run(_call(api_server, RequestSpec("GET", "/redirect/loop")))
+    assert api_server.count("/redirect/loop") == 6  # the first request and 5 redirects, no retry
 
 
 @pytest.mark.parametrize("style", ["seconds", "date"])

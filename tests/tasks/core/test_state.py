@@ -65,11 +65,14 @@ def test_cleanup_defaults_to_the_retention_setting_and_spares_live_runs(
 
 def test_the_default_state_dir_is_absolute_and_the_same_from_any_working_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
     monkeypatch.delenv("BATCHFLOWS_STATE_DIR")
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     seen = set()
-    for cwd in (tmp_path, tmp_path / "elsewhere"):
-        cwd.mkdir(exist_ok=True)
-        monkeypatch.chdir(cwd)
-        seen.add(EngineSettings().resolved_state_dir())
+    # Prefect's current settings (what PREFECT_HOME was when the process started, or a profile) decide
+    with temporary_settings(updates={PREFECT_HOME: str(tmp_path / "prefect-home")}):
+        for cwd in (tmp_path, tmp_path / "elsewhere"):
+            cwd.mkdir(exist_ok=True)
+            monkeypatch.chdir(cwd)
+            seen.add(EngineSettings().resolved_state_dir())
     assert seen == {tmp_path / "prefect-home" / "batchflows"}

@@ -1,0 +1,173 @@
+"""Multi-item requests (api_bulk ``batch_size=N``): one request carries up to N items, the answer is mapped
+back to one outcome per item.
+
+* **The request**: ``json_template`` holds the placeholder ``"{items}"`` where the list of items goes
+  (``{"records": "{items}"}``); ``path_template`` is one path for every request (``/records/bulk``).
+  The ``Idempotency-Key`` is derived from the request (method, path, body): the same items give the same
+  key on every retry and on a resume.
+* **The whole request**: 429 and 5xx (and transport errors) retry the request; 401/403 stop the run;
+  another 4xx fails every item of the request with the status.
+* **The answer**: ``results_path`` (a dotted path, e.g. ``data.results``; default: the body when it is a
+  list) is the list of per-record results, in the order of the items, or matched by ``result_key`` (a
+  field both the items and the results have). A result is an error when it has a non-empty ``error`` /
+  ``errors`` or a ``status`` / ``status_code`` of 400 or more (207-style answers); one with a transient
+  status (429, 5xx) is sent again in the next request with the other records that need it, after the
+  retry policy's backoff. An answer that cannot be mapped (not JSON, no list there, a wrong count, a
+  record without its result) fails the records of that request, saying which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tasks.api.client import send
+from tasks.api.paginators import dig
+from tasks.api.request_spec import RequestSpec, RequestTemplate, idempotency_key, render_json
+from tasks.core import ChunkOutcomes, FailedItem, ItemError, RetryableError, RetryPolicy, attempts_made
+from tasks.core.retry import TRANSIENT_STATUS
+
+ITEMS_PLACEHOLDER = "{items}"
+
+
+def batch_request(template: RequestTemplate, items: list[Any]) -> RequestSpec:
+    """The request that carries ``items`` (see the module docstring)."""
+    spec = RequestSpec(method=template.method.upper(), url=template.path_template,
+                       json=render_json(template.json_template, {"items": items}), headers=dict(template.headers or {}))
+    if template.idempotency_keys:
+        spec.headers["Idempotency-Key"] = idempotency_key(spec, namespace=template.idempotency_namespace)
+    return spec
+
+
+def has_items_placeholder(node: Any) -> bool:
+    if isinstance(node, str):
+        return node == ITEMS_PLACEHOLDER
+    if isinstance(node, dict):
+        return any(has_items_placeholder(v) for v in node.values())
+    if isinstance(node, list | tuple):
+        return any(has_items_placeholder(v) for v in node)
+    return False
+
+
+def map_results(body: Any, items: Sequence[Any], *, results_path: str | None, result_key: str | None,
+                shown: str) -> list[Any]:
+    """One result per item, in the items' order; ItemError when the answer cannot be mapped."""
+    try:
+        results = dig(body, results_path) if results_path else body
+    except KeyError as exc:
+        keys = sorted(body)[:10] if isinstance(body, dict) else type(body).__name__
+        msg = f"{shown}: the answer has no {results_path!r} (missing {exc.args[0]!r}; top level: {keys})"
+        raise ItemError(msg, category="bulk_answer") from None
+    if not isinstance(results, list):
+        where = f"at {results_path!r}" if results_path else "(set results_path to the list of per-record results)"
+        msg = f"{shown}: expected a list of per-record results {where}, got {type(results).__name__}"
+        raise ItemError(msg, category="bulk_answer")
+    if result_key is None:
+        if len(results) != len(items):
+            msg = f"{shown}: the answer has {len(results)} results for {len(items)} records (matched by order)"
+            raise ItemError(msg, category="bulk_answer")
+        return results
+    by_key = {str(r[result_key]): r for r in results if isinstance(r, dict) and result_key in r}
+    mapped: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict) or result_key not in item:
+            mapped.append(_MissingResult(result_key, None))
+        else:  # compared as text: APIs often answer ids as strings
+            mapped.append(by_key.get(str(item[result_key]), _MissingResult(result_key, item[result_key])))
+    return mapped
+
+
+class _MissingResult:
+    def __init__(self, field: str, key: Any) -> None:
+        self.error = (f"the record has no {field!r}" if key is None
+                      else f"no result with {field}={key!r} in the answer")
+
+
+def result_error(result: Any) -> Exception | None:
+    """The error a per-record result stands for (None: it succeeded)."""
+    if isinstance(result, _MissingResult):
+        return ItemError(result.error, category="bulk_missing_result")
+    if not isinstance(result, dict):
+        return None
+    status = result.get("status", result.get("status_code"))
+    error = result.get("error") or result.get("errors")
+    if not (isinstance(status, int) and status >= 400) and not error:
+        return None
+    text = f"record answered {status}" if isinstance(status, int) else "record failed"
+    text += f": {error}" if error else ""
+    if isinstance(status, int) and status in TRANSIENT_STATUS:
+        return RetryableError(text, category="record_retryable")
+    return ItemError(text, category="record_error")
+
+
+async def send_batches(
+    outcomes: ChunkOutcomes, job: Any, *, client: Any, policy: RetryPolicy, max_retry_after_s: float,
+    masked: Callable[[Any], Callable[[FailedItem], FailedItem]],
+) -> int:
+    """Send the items still to do in requests of ``job.batch_size``, ``job.item_concurrency`` in flight;
+    record every item's outcome as it is known; return the number of requests sent (retries included)."""
+    items = outcomes.chunk.items
+    todo = outcomes.todo()
+    groups = deque(todo[i:i + job.batch_size] for i in range(0, len(todo), job.batch_size))
+    sent = 0
+
+    def row(position: int, spec: RequestSpec, record: Any, result: Any) -> dict[str, Any] | None:
+        if not job.output_dir:
+            return None
+        status = result.get("status", result.get("status_code")) if isinstance(result, dict) else None
+        return {"chunk": outcomes.chunk.index, "position": position, "item": items[position], "method": spec.method,
+                "url": record.url, "status": status if isinstance(status, int) else record.status,
+                "elapsed_ms": record.elapsed_ms, "body": result}
+
+    def fail_all(pending: list[int], exc: Exception, attempt: int) -> None:
+        for position in pending:
+            outcomes.failed(position, exc, attempts=max(attempt, attempts_made(exc)), transform=masked(items[position]))
+
+    async def one_group(group: list[int]) -> None:
+        nonlocal sent
+        pending, attempt = group, 1
+        while pending and not outcomes.stopped():
+            spec = batch_request(job.template, [items[p] for p in pending])
+            try:
+                record, attempts = await policy.acall(
+                    lambda spec=spec: send(client, spec, expect=job.expect, max_retry_after_s=max_retry_after_s))
+            except Exception as exc:  # the whole request failed (FatalError stops the run)
+                sent += attempts_made(exc)
+                fail_all(pending, exc, attempt)
+                return
+            sent += attempts
+            try:
+                results = map_results(record.body, [items[p] for p in pending], results_path=job.results_path,
+                                      result_key=job.result_key, shown=f"{spec.method} {record.url}")
+            except ItemError as exc:
+                fail_all(pending, exc, attempt)
+                return
+            again: list[int] = []
+            last: Exception | None = None
+            for position, result in zip(pending, results, strict=True):
+                error = result_error(result)
+                if error is None:
+                    outcomes.succeeded(position, row(position, spec, record, result))
+                elif policy.retries_left(attempt, error):
+                    again.append(position)
+                    last = error
+                else:
+                    outcomes.failed(position, error, attempts=attempt, transform=masked(items[position]))
+            if again:
+                await asyncio.sleep(policy.backoff(attempt, last))
+                attempt += 1
+            pending = again
+
+    async def worker() -> None:
+        while groups and not outcomes.stopped():
+            await one_group(groups.popleft())
+
+    async with asyncio.TaskGroup() as tasks:
+        for _ in range(min(job.item_concurrency, len(groups))):
+            tasks.create_task(worker())
+    return sent
+
+
+__all__ = ["ITEMS_PLACEHOLDER", "batch_request", "has_items_placeholder", "map_results", "result_error", "send_batches"]

@@ -1,0 +1,152 @@
+"""Reading a finished run's output back in Python: :meth:`RunSummary.results` and ``collect=True``.
+
+Every flow that writes outputs writes one part file per chunk (or per group of pages), named by its
+index: ``part-000017.jsonl`` (batch_map, api_bulk, api_extract) or ``part-00017.parquet|csv|jsonl``
+(file_transform, also below ``col=value/`` folders with ``partition_by``). Reading the parts in index
+order gives the rows in input order, one part in memory at a time. Parts whose index is not below the
+run's chunk count belong to an earlier run with a different layout and are left out.
+
+Formats: JSON lines are read with :func:`json.loads` (the rows exactly as written), Parquet with pyarrow
+batch by batch (types kept), CSV with polars (types inferred over the whole part: CSV carries none;
+rejected rows keep every field as the text it was).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sized
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tasks.core.errors import ConfigError, SourceError
+
+COLLECT_MAX_ROWS = 100_000
+"""``collect=True`` holds at most this many rows in memory; above it, set ``output`` and iterate
+``summary.results()`` (it reads one part at a time)."""
+
+_PART = re.compile(r"^part-(\d+)\.(jsonl|parquet|csv|tsv)$")
+REJECTS_DIR = "_rejects"
+
+
+class TooManyToCollect(ConfigError):
+    """``collect=True`` on a run with more rows than :data:`COLLECT_MAX_ROWS`; ``summary`` is the finished run."""
+
+    def __init__(self, message: str, summary: Any = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, ...] = (REJECTS_DIR,)) -> list[Path]:
+    """The part files under ``root`` (partition folders included) in chunk order; ``below``: only indices < it."""
+    base = Path(root)
+    found: list[tuple[int, str, Path]] = []
+    for path in base.rglob("part-*"):
+        match = _PART.match(path.name)
+        rel = path.relative_to(base)
+        if match is None or not path.is_file() or any(part in skip for part in rel.parts[:-1]):
+            continue
+        index = int(match.group(1))
+        if below is None or index < below:
+            found.append((index, rel.as_posix(), path))
+    return [path for _, _, path in sorted(found)]
+
+
+def read_rows(path: Path, *, typed: bool = True) -> Iterator[Any]:
+    """The rows of one part file, lazily where the format allows it; ``typed=False`` keeps CSV fields as text."""
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    msg = f"{path}:{lineno}: not a JSON line ({exc.msg}); the part file was changed after the run"
+                    raise SourceError(msg) from None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+            yield from batch.to_pylist()
+    else:
+        import polars as pl
+
+        frame = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=typed,
+                            infer_schema_length=None)
+        yield from frame.iter_rows(named=True)
+
+
+def iter_results(output_path: str | None, *, flow: str, chunks_total: int | None, what: str = "results") -> Iterator[Any]:
+    """The rows of every part under ``output_path`` in input order (see the module docstring).
+
+    A run without outputs is a ConfigError now, not an empty iterator later."""
+    root = _output_root(output_path, flow=flow, what=what)
+    return _rows(part_files(root, below=chunks_total), typed=True)
+
+
+def iter_rejects(output_path: str | None, *, flow: str) -> Iterator[Any]:
+    """file_transform's rejected rows (``<output>/_rejects/part-*``) in input order, each with its reason."""
+    root = _output_root(output_path, flow=flow, what="rejects") / REJECTS_DIR
+    return _rows(part_files(root, skip=()) if root.is_dir() else [], typed=False)
+
+
+def _rows(paths: list[Path], *, typed: bool) -> Iterator[Any]:
+    for path in paths:
+        yield from read_rows(path, typed=typed)
+
+
+def prepare_collect(flow: str, values: dict[str, Any], sources: Iterable[str], *, has_output: bool = True) -> None:
+    """``collect=True`` before the run: refuse a source known to be too big, and without ``output`` keep the
+    parts in the run's state folder (``<state>/runs/<flow>/<run_key>/results``, a run_key is chosen if none
+    was given) so a rerun with the same run_key finds the parts of its resumed chunks."""
+    for name in sources:
+        value = values.get(name)
+        if isinstance(value, Sized) and not isinstance(value, str | bytes | Mapping) and len(value) > COLLECT_MAX_ROWS:
+            msg = (f"collect=True holds at most {COLLECT_MAX_ROWS:,} rows in memory and {name} has {len(value):,} "
+                   "items: pass output=<folder> instead and iterate summary.results() (one part at a time)")
+            raise ConfigError(msg)
+    if has_output and values.get("output") is None:
+        from tasks.core.settings import EngineSettings
+        from tasks.core.state import RunDir, new_run_key, validate_run_key
+
+        run_key = values.get("run_key") or new_run_key()
+        values["run_key"] = validate_run_key(run_key)
+        values["output"] = str(RunDir.for_run(flow, run_key, EngineSettings().resolved_state_dir()).root / "results")
+
+
+def collect_rows(summary: Any) -> None:
+    """``collect=True`` after the run: the rows into ``summary.collected``, or TooManyToCollect past the cap."""
+    rows = list(islice(summary.results(), COLLECT_MAX_ROWS + 1))
+    if len(rows) > COLLECT_MAX_ROWS:
+        msg = (f"collect=True holds at most {COLLECT_MAX_ROWS:,} rows and this {summary.flow} run wrote more: "
+               f"they are in {summary.output_path}; iterate summary.results() (this error's .summary) instead")
+        raise TooManyToCollect(msg, summary)
+    summary._collected = rows
+
+
+def _output_root(output_path: str | None, *, flow: str, what: str) -> Path:
+    if not output_path:
+        msg = (f"this {flow} run kept no outputs, so there are no {what} to read: run it with output=<folder> "
+               "(or collect=True from Python for small runs) and read them with summary.results()")
+        raise ConfigError(msg)
+    root = Path(output_path)
+    if not root.is_dir():
+        msg = (f"{flow} output {output_path!r} is not a folder of part files (a table or a missing folder): "
+               f"summary.{what}() reads part files; query the table instead, or check the path")
+        raise ConfigError(msg)
+    return root
+
+
+__all__ = [
+    "COLLECT_MAX_ROWS",
+    "TooManyToCollect",
+    "collect_rows",
+    "iter_rejects",
+    "iter_results",
+    "part_files",
+    "prepare_collect",
+    "read_rows",
+]

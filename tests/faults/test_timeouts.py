@@ -1,0 +1,100 @@
+"""Handlers that hang forever: item_timeout_s and chunk_timeout_s end the run anyway, counts add up, nothing
+done is lost, and the rerun with the same run_key runs only what did not finish (pytest-timeout is the bound:
+a run that waited on a hung call would never end)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from flows.batch_map import batch_map
+from flows.replay import replay_dead_letters
+from tasks.core.outcomes import RunSummary
+
+release = threading.Event()
+calls: Counter[int] = Counter()
+calls_lock = threading.Lock()
+HUNG = {3, 11}
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Any:
+    release.clear()
+    calls.clear()
+    yield
+    release.set()  # the abandoned calls end with the test
+
+
+def _count(item: int) -> None:
+    with calls_lock:
+        calls[item] += 1
+
+
+def hang_on_some(item: int) -> int:
+    _count(item)
+    if item in HUNG and not release.is_set():
+        release.wait()
+    return item * 2
+
+
+async def ahang_on_some(item: int) -> int:
+    _count(item)
+    if item in HUNG and not release.is_set():
+        await asyncio.Event().wait()
+    return item * 2
+
+
+def hang_from_five(item: int) -> int:
+    _count(item)
+    if item >= 5 and not release.is_set():
+        release.wait()
+    return item * 2
+
+
+def adds_up(s: RunSummary) -> None:
+    assert s.succeeded + s.failed + s.skipped == s.total, s.render_text()
+
+
+@pytest.mark.parametrize(("handler", "item_concurrency"), [(hang_on_some, 1), (hang_on_some, 4), (ahang_on_some, 4)])
+def test_item_timeout_fails_only_the_hung_items_after_their_retries(handler: Any, item_concurrency: int) -> None:
+    s = batch_map(list(range(16)), handler, chunk_size=4, max_concurrency=2, item_concurrency=item_concurrency,
+                  item_timeout_s=0.3, retries=1, retry_backoff_s=0.01, raise_on_failure=False, run_key="hung-items")
+    adds_up(s)
+    assert (s.succeeded, s.failed) == (14, 2)
+    dead = list(s.dead_letters())
+    assert sorted(d["item"] for d in dead) == sorted(HUNG)
+    assert {d["category"] for d in dead} == {"timeout"} and {d["attempts"] for d in dead} == {2}
+    assert all("item_timeout_s=0.3s" in d["message"] for d in dead)
+    assert {i: calls[i] for i in HUNG} == dict.fromkeys(HUNG, 2) and all(calls[i] == 1 for i in range(16) if i not in HUNG)
+    again = batch_map(list(range(16)), handler, chunk_size=4, max_concurrency=2, item_concurrency=item_concurrency,
+                      item_timeout_s=0.3, retries=1, retry_backoff_s=0.01, run_key="hung-items",
+                      raise_on_failure=False)
+    assert again.chunks_resumed == 4 and sum(calls.values()) == 18  # failed items are done: nothing ran again
+    release.set()  # the cause is fixed: the dead letters are replayed, and pass
+    replayed = replay_dead_letters(s.dead_letter_path, handler=handler, item_timeout_s=0.3)
+    assert replayed.ok and replayed.succeeded == 2
+    assert {i: calls[i] for i in HUNG} == dict.fromkeys(HUNG, 3)
+
+
+@pytest.mark.parametrize("item_concurrency", [1, 3])
+def test_chunk_timeout_keeps_finished_items_retries_the_rest_then_dead_letters_them(item_concurrency: int) -> None:
+    kwargs: dict[str, Any] = {"chunk_size": 10, "max_concurrency": 1, "item_concurrency": item_concurrency,
+                              "chunk_timeout_s": 1.0, "chunk_retries": 1, "run_key": f"hung-chunk-{item_concurrency}"}
+    s = batch_map(list(range(10)), hang_from_five, **kwargs, raise_on_failure=False)
+    adds_up(s)
+    assert (s.total, s.succeeded, s.failed) == (10, 5, 5) and not s.ok
+    dead = list(s.dead_letters())
+    assert sorted(d["item"] for d in dead) == [5, 6, 7, 8, 9]
+    assert {d["category"] for d in dead} == {"timeout"}
+    assert all("chunk_timeout_s=1s" in d["message"] for d in dead), dead[0]
+    assert all(calls[i] == 1 for i in range(5))  # the retry of the chunk did not run the finished items again
+    assert calls[5] == 2  # the first hung item started once per attempt
+    release.set()
+    done_before = sum(calls.values())
+    again = batch_map(list(range(10)), hang_from_five, **kwargs)
+    assert again.ok and again.succeeded == 10
+    assert sum(calls.values()) - done_before == 5 and all(calls[i] == 1 for i in range(5))
