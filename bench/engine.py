@@ -9,6 +9,8 @@
 5. Batch handlers (per="batch"): 200k items in calls of 100 to a handler that costs 1 ms per call (a
    bulk API's round trip) plus a little work per item, beside a plain loop over the same batches; one
    call in flight (the engine's cost) and four (what item_concurrency buys).
+6. Flow retries: 20k items (1 ms each, 8 in flight per chunk) run straight through, and the same run stopped
+   by a fatal error at 90 % with flow_retries=1 (no delay): what the retry costs beyond the work itself.
 
 Task-run log lines are at WARNING (PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL) as in the demo.
 """
@@ -196,11 +198,49 @@ def batches_cost(n_items: int, per_call: int = 100) -> list[dict[str, object]]:
     return rows
 
 
+_fatal_at: list[int] = []
+
+
+def sleepy_once_fatal(x: int) -> int:
+    """1 ms of I/O; item ``_fatal_at[0]`` answers a fatal error the first time it is seen."""
+    time.sleep(0.001)
+    if _fatal_at and x == _fatal_at[0]:
+        _fatal_at.clear()
+        from tasks.core.errors import FatalError
+
+        raise FatalError("the credentials expired")
+    return x
+
+
+def flow_retry_cost(n_items: int = 20_000) -> list[dict[str, object]]:
+    from flows.batch_map import batch_map
+
+    os.environ["BATCHFLOWS_FLOW_RETRY_DELAY_S"] = "0"
+    kwargs = {"chunk_size": 500, "max_concurrency": 4, "item_concurrency": 8, "retries": 0}
+    rows = []
+    batch_map(list(range(2_000)), sleepy_once_fatal, **kwargs)  # warm up: imports, server connections
+    for label, fatal in (("straight through", None), ("fatal error at 90 %, flow_retries=1", int(n_items * 0.9))):
+        best, resumed = float("inf"), 0
+        for _ in range(2):  # best of two
+            _fatal_at[:] = [] if fatal is None else [fatal]
+            wait_server_idle()
+            started = time.perf_counter()
+            summary = batch_map(list(range(n_items)), sleepy_once_fatal, flow_retries=1, **kwargs)
+            best = min(best, time.perf_counter() - started)
+            assert summary.ok and summary.succeeded == n_items, summary.render_text()
+            resumed = summary.chunks_resumed
+        rows.append({"run": label, "seconds": f"{best:.2f}", "chunks resumed by the retry": str(resumed)})
+    extra = float(rows[1]["seconds"]) - float(rows[0]["seconds"])
+    rows.append({"run": "cost of the retry", "seconds": f"{extra:.2f}",
+                 "chunks resumed by the retry": f"{extra / float(rows[0]['seconds']):.2f} of the full run"})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--resume-items", type=int, default=40_000)
-    parser.add_argument("--only", choices=["overhead", "resume", "journal", "batches"], default=None)
+    parser.add_argument("--only", choices=["overhead", "resume", "journal", "batches", "retry"], default=None)
     parser.add_argument("--variant", choices=["loop", "bare_map", "batch_map"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -217,6 +257,8 @@ def main() -> int:
             print_table(f"resume cost, {args.resume_items} items in chunks of 100", resume_cost(args.resume_items, 100))
         if args.only in (None, "batches"):
             print_table("batch handlers, 200,000 items, 1 ms per call of 100", batches_cost(200_000))
+        if args.only in (None, "retry"):
+            print_table("flow retries, 20,000 items of 1 ms", flow_retry_cost())
     if args.only is None:
         print_table("item journal cost, 200,000 trivial items in chunks of 1,000", journal_cost(200_000))
     return 0

@@ -39,9 +39,11 @@ from tasks.core import (
     ChunkedRun,
     ChunkRetries,
     FlowParams,
+    FlowRetries,
     RateGroup,
     RunKey,
     RunSummary,
+    RunTimeoutS,
     batchflow,
     check_writable_dir,
     python_entry,
@@ -79,6 +81,8 @@ class ApiExtractParams(FlowParams, HttpGroup, RateGroup):
         "Parameter names of the paginator, e.g. {'offset_param': 'skip', 'limit_param': 'take'}."))] = None
     chunk_retries: ChunkRetries = 1
     run_key: RunKey = None
+    run_timeout_s: RunTimeoutS = None
+    flow_retries: FlowRetries = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> ApiExtractParams:

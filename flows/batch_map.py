@@ -40,6 +40,7 @@ from tasks.core import (
     RetryOnField,
     RunGroup,
     RunSummary,
+    SelectQuery,
     TaskRunner,
     TimeoutGroup,
     batchflow,
@@ -55,6 +56,8 @@ from tasks.core import (
     make_strategy,
     open_source,
     python_entry,
+    register_object,
+    resolve_handle,
     run_chunk,
 )
 
@@ -90,9 +93,21 @@ class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRet
     input_format: InputFormatField = "auto"
     task_runner: TaskRunner = "threads"
     dask_address: DaskAddress = None
+    query: Annotated[SelectQuery, Field(description=(
+        "A SELECT whose rows (dicts) are the items, read in pages by query_key; source is then the database: "
+        "'secret:<block>' (a Secret block holding its URL) or a URL without a password."))] = None
+    query_key: Annotated[str | None, Field(max_length=63, description=(
+        "query: the unique, not-null column the rows are read in order of (keyset pages)."))] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchMapParams:
+        if (self.query is None) != (self.query_key is None):
+            msg = "query and query_key go together: a SELECT and the unique column its rows are read in order of"
+            raise ValueError(msg)
+        if self.query is not None and isinstance(self.source, str) and _has_password(self.source):
+            msg = ("source holds a database password, and flow parameters are stored by Prefect and shown in its UI: "
+                   "save the URL in a Prefect Secret block and pass source='secret:<block name>'")
+            raise ValueError(msg)
         if self.chunking == "weighted" and not self.weight_fn:
             msg = "chunking='weighted' needs weight_fn ('pkg.mod:fn' returning a number per item)"
             raise ValueError(msg)
@@ -108,7 +123,7 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
     if p.output:
         check_writable_dir(p.output, what="output directory")  # before any item runs (side effects)
     flow = current_flow_name(FLOW_NAME)  # replay-dead-letters runs this body under its own name
-    src = open_source(p.source, input_format=p.input_format)
+    src = _query_source(p) if p.query is not None else open_source(p.source, input_format=p.input_format)
     fn = load_callable(p.handler, what="handler")
     identity = handler_identity(fn if is_handle(p.handler) else p.handler)
     weight_fn = load_callable(p.weight_fn, what="weight_fn") if p.weight_fn else None
@@ -157,10 +172,31 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
         return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=p.output)
 
 
+def _has_password(source: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return "://" in source and bool(urlsplit(source).password)
+
+
+def _query_source(p: BatchMapParams) -> Any:
+    from tasks.db import query_source  # database drivers only load for query sources
+
+    url = resolve_handle(p.source, what="source") if is_handle(p.source) else p.source
+    return query_source(str(url), p.query or "", key=p.query_key or "")
+
+
+def _url_in_process(values: dict[str, Any], handles: list[str]) -> None:
+    """A query source's URL given in Python stays in this process: the flow run gets a ``mem:`` handle."""
+    source = values.get("source")
+    if values.get("query") is not None and isinstance(source, str) and _has_password(source):
+        values["source"] = register_object(source)
+        handles.append(values["source"])
+
+
 SourceLike = Iterable[Any] | AsyncIterable[Any] | str | Path | Callable[[], Iterable[Any] | AsyncIterable[Any]]
 HandlerLike = str | Callable[[Any], Any]
 
-batch_map = python_entry(batch_map_flow, objects={
+batch_map = python_entry(batch_map_flow, prepare=_url_in_process, objects={
     "source": SourceLike, "handler": HandlerLike, "weight_fn": str | Callable[[Any], float] | None,
     "item_key": str | Callable[[Any], Any] | None, "output": str | Path | None,
 })

@@ -34,6 +34,7 @@ from tasks.core import (
     FromSetting,
     MaxConcurrency,
     RunGroup,
+    SelectQuery,
     batchflow,
     callable_name,
     handler_identity,
@@ -59,7 +60,6 @@ from tasks.db import (
     redacted_url,
     reflect,
     resolve_url,
-    validate_query,
     verify_only,
 )
 from tasks.db import create_target as ensure_target
@@ -68,12 +68,6 @@ from tasks.db import create_target as ensure_target
 def _table_name(value: str | None) -> str | None:
     if value is not None:
         parse_table_name(value)  # a ConfigError saying what a table name may be
-    return value
-
-
-def _query(value: str | None) -> str | None:
-    if value is not None:
-        validate_query(value)  # a ConfigError when it is not one SELECT
     return value
 
 
@@ -91,7 +85,7 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
         "Source table: 'table' or 'schema.table'."))] = None
     target_table: Annotated[str | None, AfterValidator(_table_name), Field(description=(
         "Target table (default: the source table's name)."))] = None
-    query: Annotated[str | None, AfterValidator(_query), Field(description=(
+    query: Annotated[SelectQuery, Field(description=(
         "A SELECT to copy instead of a table (needs key and target_table)."))] = None
     key: Annotated[str | list[str] | None, Field(description=(
         "Range key column(s); default: the primary key."))] = None

@@ -273,7 +273,7 @@ async def send(
                 headers=request.headers or None,
             )
     except TimeoutError as exc:
-        msg = f"{request.method} {shown} took longer than {deadline}s in total; will retry"
+        msg = f"{request.method} {shown} took longer than {deadline}s in total (transient: retried while attempts remain)"
         raise RetryableError(msg, category="http_timeout") from exc
     except httpx.TooManyRedirects as exc:
         where = redact_text(str(exc.request.url)) if exc.request is not None else shown
@@ -282,7 +282,7 @@ async def send(
         raise ItemError(msg, category="http_redirect") from None
     except (httpx.TransportError, _aiohttp_error()) as exc:
         category, what = _transport_category(exc)
-        msg = f"{request.method} {shown} failed: {what} ({redact_text(str(exc)) or type(exc).__name__}); will retry"
+        msg = f"{request.method} {shown} failed: {what} ({redact_text(str(exc)) or type(exc).__name__}) (transient: retried while attempts remain)"
         raise RetryableError(msg, category=category) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
     return _classify(response, request.method, shown, elapsed_ms, expect, max_retry_after_s)
@@ -332,7 +332,8 @@ def _raise_for_status(response: httpx.Response, status: int, method: str, shown:
                 "wait (BATCHFLOWS_HTTP_MAX_RETRY_AFTER_S); replay the dead letters later"
             )
             raise ItemError(msg, category="http_retry_after_too_long")
-        msg = f"{where}: {excerpt!r}; will retry" + (f" after {retry_after:.2f}s" if retry_after is not None else "")
+        msg = f"{where}: {excerpt!r} (transient: retried while attempts remain" + (
+            f", after {retry_after:.2f}s)" if retry_after is not None else ")")
         raise RetryableError(msg, retry_after=retry_after, category=f"http_{status}")
     msg = f"{where}: {excerpt!r}; not retried (client error): fix the item, template or endpoint"
     raise ItemError(msg, category="http_4xx")

@@ -245,6 +245,10 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
     capped: int | None = None  # records per page the server really answers, when it caps page_size
     try:
         while not (state or {}).get("done"):
+            if run.timed_out is not None:
+                failed_reason = (f"{run.timed_out}; rerun with run_key={run.run_key!r} to continue from page "
+                                 f"{pages + 1}")
+                break
             outcome = task(job=job, index=parts, state=state, return_state=True)
             result = outcome.result(raise_on_failure=False)
             if not isinstance(result, PartResult):

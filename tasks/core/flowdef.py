@@ -194,8 +194,16 @@ class FlowSpec(Generic[P]):
         return dict(bound.arguments)
 
     def run(self, values: Mapping[str, Any]) -> Any:
-        """Validate ``values`` and run the body (inside the current flow run)."""
-        return self.body(self.model.parse(values))
+        """Validate ``values`` and run the body (inside the current flow run); a ``run_timeout_s`` parameter
+        is handed to the run's ChunkedRun (tasks.core.timeouts.run_timeout)."""
+        from tasks.core.timeouts import run_timeout
+
+        params = self.model.parse(values)
+        token = run_timeout.set(getattr(params, "run_timeout_s", None))
+        try:
+            return self.body(params)
+        finally:
+            run_timeout.reset(token)
 
 
 def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summary: type[Any] | None = None,
@@ -210,7 +218,22 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
         spec = FlowSpec(name=name, model=model, body=body, positional=tuple(positional), summary=returns)
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            return final_state(spec.run(spec.bind(args, kwargs)))
+            values = spec.bind(args, kwargs)
+            retries = int(getattr(spec.model.parse(values), "flow_retries", 0) or 0)
+            for attempt in range(1, retries + 2):
+                try:
+                    summary = spec.run(values)
+                except (ConfigError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
+                    if attempt > retries:
+                        raise
+                    _before_retry(name, attempt, retries, f"{type(exc).__name__}: {exc}")
+                    continue
+                if getattr(summary, "state", "Completed") == "Completed" or attempt > retries:
+                    return final_state(summary)
+                _before_retry(name, attempt, retries, summary.message)
+            raise AssertionError("unreachable")  # pragma: no cover
 
         run.__name__ = body.__name__
         run.__qualname__ = body.__qualname__
@@ -223,6 +246,22 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
         return prefect_flow
 
     return decorate
+
+
+def _before_retry(flow: str, attempt: int, retries: int, reason: str) -> None:
+    """Log why attempt ``attempt`` is followed by another (flow_retries), then wait the retry delay."""
+    import time
+
+    from prefect.logging import get_run_logger
+
+    from tasks.core.redact import redact_text
+    from tasks.core.settings import EngineSettings
+
+    delay = EngineSettings().flow_retry_delay_s * attempt
+    get_run_logger().warning(
+        "%s attempt %d of %d ended without finishing (%s); running it again in %.0f s: it resumes from its "
+        "records, only what did not finish runs", flow, attempt, retries + 1, redact_text(reason)[:500], delay)
+    time.sleep(delay)
 
 
 def final_state(summary: Any) -> Any:

@@ -11,6 +11,7 @@ the group checks them the same way.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
@@ -86,12 +87,38 @@ InputFormatField = Annotated[InputFormat, Field(description=(
 RetryOnField = Annotated[RetryOn, Field(description=(
     "transient: retry only what is likely to pass on a retry (RetryableError, timeouts, connection errors, "
     "HTTP 429/5xx); any: retry every exception except ItemError, SkipItem and FatalError."))]
+RunTimeoutS = Annotated[float | None, Field(gt=0, le=30 * 86_400, description=(
+    "Seconds the whole run may take (for schedules: finish before the next one); past it no chunk starts, "
+    "chunks in flight stop before their next item, and the run ends Failed with what is left for a rerun "
+    "with the same run_key. None: no limit."))]
+FlowRetries = Annotated[int, Field(ge=0, le=10, description=(
+    "Run the whole run again (in the same flow run, after BATCHFLOWS_FLOW_RETRY_DELAY_S x the attempt) when it "
+    "ends Failed or raises: it resumes from its records, so only what did not finish runs. Bad parameters "
+    "are not retried; a killed process is not either (rerun it with the same run_key)."))]
 ItemTimeoutS = Annotated[float | None, Field(gt=0, le=86_400, description=(
     "Seconds one handler call may take; past it the item fails with category timeout and is retried like "
     "other transient errors (a sync call is abandoned in its thread, see the README). None: no limit."))]
 ChunkTimeoutS = Annotated[float | None, Field(gt=0, le=7 * 86_400, description=(
     "Seconds one chunk attempt may take; past it the chunk task fails and is retried by chunk_retries (finished "
     "items are kept), then its unfinished items are dead-lettered. None: no limit."))]
+
+
+def validate_select(text: str) -> str:
+    """One SELECT (or WITH ... SELECT) statement, a trailing ';' dropped; a ConfigError otherwise."""
+    body = text.strip().rstrip(";").strip()
+    if not re.match(r"(?is)^(select|with)\b", body) or ";" in body:
+        msg = "query must be a single SELECT (or WITH ... SELECT) statement without ';' inside"
+        raise ConfigError(msg)
+    return body
+
+
+def _select_field(value: str | None) -> str | None:
+    if value is not None:
+        validate_select(value)  # the value itself is kept as given (it is part of resume identities)
+    return value
+
+
+SelectQuery = Annotated[Annotated[str, Field(max_length=100_000)] | None, AfterValidator(_select_field)]
 
 
 # --------------------------------------------------------------------------- groups
@@ -102,6 +129,8 @@ class RunGroup(BaseModel):
 
     run_key: RunKey = None
     cache_version: CacheVersion = "1"
+    run_timeout_s: RunTimeoutS = None
+    flow_retries: FlowRetries = 0
 
 
 class OutcomeGroup(BaseModel):
@@ -174,6 +203,7 @@ __all__ = [
     "ChunkTimeoutS",
     "ConcurrencyLimitName",
     "DaskAddress",
+    "FlowRetries",
     "InputFormatField",
     "ItemConcurrency",
     "ItemRetryGroup",
@@ -191,7 +221,10 @@ __all__ = [
     "RetryOnField",
     "RunGroup",
     "RunKey",
+    "RunTimeoutS",
+    "SelectQuery",
     "Tags",
     "TaskRunner",
     "TimeoutGroup",
+    "validate_select",
 ]

@@ -41,7 +41,7 @@ from tasks.core.engine import (
     state_report,
 )
 from tasks.core.errors import FatalError
-from tasks.core.items import ChunkRef, describe_stop
+from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
 from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
 from tasks.core.progress import Progress, publish_summary
@@ -50,6 +50,7 @@ from tasks.core.retry import attempts_made
 from tasks.core.runlock import RunLock, mark_crashed
 from tasks.core.settings import EngineSettings
 from tasks.core.state import RunDir, new_run_key, write_text_atomic
+from tasks.core.timeouts import run_timeout
 
 U = TypeVar("U")
 OnError = Literal["continue", "fail_fast"]
@@ -117,6 +118,12 @@ class ChunkedRun:
         self.missing_outputs: list[str] = []
         self.incomplete = 0
         self._started = time.perf_counter()
+        self.timed_out: str | None = None
+        limit = run_timeout.get()
+        self._timer = threading.Timer(limit, self._time_up, args=(limit,)) if limit else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
 
     # ------------------------------------------------------------------ lock
 
@@ -136,8 +143,16 @@ class ChunkedRun:
 
     def close(self) -> None:
         """Release the run key (idempotent); the dead-letter file is closed too."""
+        if self._timer is not None:
+            self._timer.cancel()
         self.dead.close()
         self.lock.release()
+
+    def _time_up(self, limit: float) -> None:
+        self.timed_out = (f"run_timeout_s={limit:g}s passed: no chunk started after it and the chunks in flight "
+                          "stopped before their next item")
+        stop_signal(self.scope).set()
+        self.progress.logger.warning("%s run %r: %s", self.flow, self.run_key, self.timed_out)
 
     def __enter__(self) -> ChunkedRun:
         return self
@@ -195,7 +210,8 @@ class ChunkedRun:
     # ------------------------------------------------------------------ folding reports
 
     def should_stop(self) -> bool:
-        return self.fatal is not None or (self.on_error == "fail_fast" and self.failed_seen)
+        return self.fatal is not None or self.timed_out is not None or (
+            self.on_error == "fail_fast" and self.failed_seen)
 
     def record(self, report: ChunkReport) -> None:
         """Fold one chunk's report: counts, dead letters, progress."""
@@ -365,8 +381,8 @@ class ChunkedRun:
                     "to redo the whole run"
                 )
             decide_state(summary, on_error=self.on_error, min_success_ratio=min_success_ratio, fatal=self.fatal,
-                         failed_reason=failed_reason)
-            if self.incomplete and summary.state == "Failed":
+                         failed_reason=failed_reason or (self.timed_out if summary.remaining != 0 else None))
+            if (self.incomplete or (self.timed_out and summary.remaining != 0)) and summary.state == "Failed":
                 summary.message += f" Rerun with run_key={self.run_key!r} to finish: only what was not done runs."
             write_text_atomic(self.run_dir.summary, summary.model_dump_json(indent=2))
             publish_summary(summary)

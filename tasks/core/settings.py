@@ -28,6 +28,8 @@ class EngineSettings(BaseSettings):
     progress_interval_s: float = Field(1.0, gt=0, description="Minimum seconds between progress updates.")
     state_retention_days: int = Field(30, gt=0, description=(
         "Run directories not touched for this many days are removed by `python -m tasks.core.state cleanup`."))
+    flow_retry_delay_s: float = Field(10.0, ge=0, description=(
+        "Seconds before a run with flow_retries left runs again (times the attempt number)."))
 
     def resolved_state_dir(self) -> Path:
         """The state dir as an absolute path (see ``state_dir``)."""

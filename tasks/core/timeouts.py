@@ -12,6 +12,9 @@
   flight are cut, and the chunk task raises :class:`ChunkTimeout`. Items finished before that are kept
   (journal); the retry of the chunk (``chunk_retries``) runs only the rest, and after the last retry
   the unfinished items are dead-lettered with the timeout.
+* ``run_timeout_s`` (every resumable flow) bounds a whole run gracefully (tasks.core.run.ChunkedRun): when
+  it passes, no chunk starts, chunks in flight stop before their next item, and the run ends Failed with
+  what is left for a rerun with the same run_key.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from tasks.core.errors import ChunkTimeout, FatalError, ItemTimeout
 
 T = TypeVar("T")
 MAX_ABANDONED = 100
+run_timeout: ContextVar[float | None] = ContextVar("batchflows_run_timeout", default=None)
+"""The ``run_timeout_s`` of the flow body running in this context (set by FlowSpec.run, read by ChunkedRun)."""
 
 _abandoned: set[threading.Thread] = set()
 _abandoned_lock = threading.Lock()
@@ -124,4 +130,4 @@ class Deadline:
         raise self.chunk_error() if chunk_bound else self._item_error()
 
 
-__all__ = ["MAX_ABANDONED", "Deadline", "abandoned_calls"]
+__all__ = ["MAX_ABANDONED", "Deadline", "abandoned_calls", "run_timeout"]

@@ -32,6 +32,7 @@ from tasks.db.migrate import (
     verify_only,
 )
 from tasks.db.plan import MigrationPlan, TargetResult, create_target, plan_migration
+from tasks.db.query_source import query_source
 from tasks.db.schema import KeyRange, SourceSchema, plan_ranges, reflect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.verify import RangeCheck, verify_range, verify_ranges
@@ -73,6 +74,7 @@ __all__ = [
     "plan_migration",
     "plan_ranges",
     "planned_ranges",
+    "query_source",
     "read_range",
     "redacted_url",
     "reflect",

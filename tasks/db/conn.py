@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tasks.core import ConfigError, DbSettings, SourceError, redact_text, register_secret
+from tasks.core.params import validate_select
 
 Dialect = Literal["postgresql", "sqlite"]
 Role = Literal["source", "target"]
@@ -95,11 +96,7 @@ def parse_key(key: str | Sequence[str] | None) -> list[str] | None:
 
 def validate_query(query: str) -> str:
     """A source query must be one SELECT (or WITH ... SELECT) statement; a trailing ';' is dropped."""
-    text = query.strip().rstrip(";").strip()
-    if not re.match(r"(?is)^(select|with)\b", text) or ";" in text:
-        msg = "query must be a single SELECT (or WITH ... SELECT) statement without ';' inside"
-        raise ConfigError(msg)
-    return text
+    return validate_select(query)
 
 
 # ---------------------------------------------------------------- URLs and connections

@@ -5,15 +5,20 @@ a run that waited on a hung call would never end)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flows.api_extract import api_extract
 from flows.batch_map import batch_map
 from flows.replay import replay_dead_letters
 from tasks.core.outcomes import RunSummary
+from tests.fixtures.api_server import DATASET_SIZE, ApiServer
 
 release = threading.Event()
 calls: Counter[int] = Counter()
@@ -98,3 +103,44 @@ def test_chunk_timeout_keeps_finished_items_retries_the_rest_then_dead_letters_t
     again = batch_map(list(range(10)), hang_from_five, **kwargs)
     assert again.ok and again.succeeded == 10
     assert sum(calls.values()) - done_before == 5 and all(calls[i] == 1 for i in range(5))
+
+
+def slow_item(item: int) -> int:
+    _count(item)
+    time.sleep(0.05)
+    return item
+
+
+def test_run_timeout_stops_the_run_gracefully_and_the_rerun_finishes_exactly_once() -> None:
+    kwargs: dict[str, Any] = {"chunk_size": 10, "max_concurrency": 2, "run_key": "bounded-run"}
+    s = batch_map(list(range(200)), slow_item, run_timeout_s=1.0, **kwargs, raise_on_failure=False)
+    adds_up(s)
+    assert not s.ok and "run_timeout_s=1s passed" in s.message and "Rerun with run_key='bounded-run'" in s.message
+    assert s.remaining and s.remaining > 0 and s.succeeded + s.remaining == 200 and s.failed == 0
+    again = batch_map(list(range(200)), slow_item, **kwargs)
+    assert again.ok and again.succeeded == 200
+    assert sorted(calls) == list(range(200)) and set(calls.values()) == {1}  # nothing twice, nothing missing
+
+
+def test_api_extract_run_timeout_keeps_the_checkpoint(api_server: ApiServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    kwargs: dict[str, Any] = {"output": out, "page_size": 10, "pages_per_part": 1, "run_key": "slow-pages"}
+    s = api_extract(f"{api_server.url}/pages/offset?delay=0.2", run_timeout_s=1.0, **kwargs, raise_on_failure=False)
+    assert not s.ok and "run_timeout_s=1s passed" in s.message and "continue from page" in s.message
+    again = api_extract(f"{api_server.url}/pages/offset?delay=0.2", **kwargs)
+    assert again.ok and again.succeeded == DATASET_SIZE
+    ids = [json.loads(line)["id"] for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    assert ids == list(range(DATASET_SIZE))
+
+
+def test_a_server_that_never_answers_fails_its_items_by_timeout_and_the_run_ends(api_server: ApiServer) -> None:
+    from flows.api_bulk import api_bulk
+
+    items = [{"path": f"/ok/{i}"} for i in range(6)] + [{"path": "/slow/hung?delay=3600"}]
+    s = api_bulk(items, base_url=api_server.url, timeout_s=0.5, retries=1, retry_backoff_s=0.01, chunk_size=4,
+                 raise_on_failure=False)
+    adds_up(s)
+    assert (s.succeeded, s.failed) == (6, 1)
+    [dead] = list(s.dead_letters())
+    assert dead["item"] == items[-1] and dead["category"] == "http_timeout" and dead["attempts"] == 2
+    assert "timed out" in dead["message"] or "took longer than" in dead["message"], dead["message"]

@@ -98,3 +98,29 @@ def test_a_script_that_calls_a_failing_run_exits_nonzero(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "not reached" not in done.stdout
     assert "RunFailed: success ratio 0.0000 is below min_success_ratio 1.0" in done.stderr
+
+
+_fatal_once: list[int] = []
+
+
+def fatal_once_at_13(x: int) -> int:
+    from tasks.core.errors import FatalError
+
+    _fatal_once.append(x)
+    if x == 13 and _fatal_once.count(13) == 1:
+        raise FatalError("the credentials expired")
+    return x
+
+
+def test_flow_retries_run_the_run_again_and_it_resumes(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("BATCHFLOWS_FLOW_RETRY_DELAY_S", "0")
+    _fatal_once.clear()
+    s = batch_map(list(range(40)), fatal_once_at_13, chunk_size=10, max_concurrency=1, flow_retries=2)
+    assert s.ok and s.succeeded == 40 and s.chunks_resumed == 1  # chunk 0 was done before the stop
+    assert sorted(_fatal_once) == sorted([*range(40), 13])  # only the item that got the fatal answer ran twice
+    retried = [r.getMessage() for r in caplog.records if "attempt 1 of 3 ended without finishing" in r.getMessage()]
+    assert len(retried) == 1 and "the credentials expired" in retried[0] and "again in 0 s" in retried[0]
+    _fatal_once.clear()
+    with pytest.raises(RunFailed):  # without retries the same run ends Failed
+        batch_map(list(range(40)), fatal_once_at_13, chunk_size=10, max_concurrency=1)

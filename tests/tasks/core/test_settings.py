@@ -1,7 +1,8 @@
 """Every ``BATCHFLOWS_*`` setting the README lists changes what a run does when the parameter is not given.
 
 (``BATCHFLOWS_STATE_RETENTION_DAYS`` and the default state dir: tests/tasks/core/test_state.py;
-``BATCHFLOWS_NOTIFY_*``: test_notify.py; ``BATCHFLOWS_CHUNK_SIZE`` against a parameter: test_flowdef.py.)
+``BATCHFLOWS_NOTIFY_*``: test_notify.py; ``BATCHFLOWS_CHUNK_SIZE`` against a parameter and
+``BATCHFLOWS_FLOW_RETRY_DELAY_S``: test_flowdef.py.)
 """
 
 from __future__ import annotations
