@@ -95,7 +95,7 @@ class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRet
     dask_address: DaskAddress = None
     query: Annotated[SelectQuery, Field(description=(
         "A SELECT whose rows (dicts) are the items, read in pages by query_key; source is then the database: "
-        "'secret:<block>' (a Secret block holding its URL) or a URL without a password."))] = None
+        "'secret:BLOCK_NAME' (a Secret block holding its URL) or a URL without a password."))] = None
     query_key: Annotated[str | None, Field(max_length=63, description=(
         "query: the unique, not-null column the rows are read in order of (keyset pages)."))] = None
 

@@ -78,9 +78,9 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
     """Copy a table (or a SELECT) between databases in keyset ranges, each range once, then verify."""
 
     source_url: Annotated[SecretStr | None, Field(description=(
-        "Source SQLAlchemy URL, or 'secret:<block name>' (default: BATCHFLOWS_DB_SOURCE_URL)."))] = None
+        "Source SQLAlchemy URL, or 'secret:BLOCK_NAME' (default: BATCHFLOWS_DB_SOURCE_URL)."))] = None
     target_url: Annotated[SecretStr | None, Field(description=(
-        "Target SQLAlchemy URL, or 'secret:<block name>' (default: BATCHFLOWS_DB_TARGET_URL)."))] = None
+        "Target SQLAlchemy URL, or 'secret:BLOCK_NAME' (default: BATCHFLOWS_DB_TARGET_URL)."))] = None
     table: Annotated[str | None, AfterValidator(_table_name), Field(description=(
         "Source table: 'table' or 'schema.table'."))] = None
     target_table: Annotated[str | None, AfterValidator(_table_name), Field(description=(

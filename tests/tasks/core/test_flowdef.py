@@ -34,6 +34,8 @@ def test_every_parameter_has_a_description_in_the_ui_form_and_one_python_signatu
     props = schema["properties"]
     undescribed = sorted(name for name, prop in props.items() if not prop.get("description"))
     assert not undescribed, f"{prefect_flow.name}: no description in the UI form for {undescribed}"
+    tagged = sorted(name for name, prop in props.items() if "<" in prop["description"])
+    assert not tagged, f"{prefect_flow.name}: the UI drops <...> from descriptions of {tagged}"
     python = inspect.signature(entry).parameters
     writes_parts = prefect_flow.name not in ("db-migrate", "etl-demo")  # those write tables
     extras = ["raise_on_failure", *(["collect"] if writes_parts else [])]
