@@ -39,6 +39,7 @@ def shoot(browser: str, url: str, target: Path, *, height: int = 1000) -> None:
     cmd = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--force-prefers-reduced-motion",  # no fade-in caught half way
         f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size=1440,{height}",
         "--virtual-time-budget=30000", f"--screenshot={target}", url,
     ]
