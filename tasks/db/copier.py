@@ -22,7 +22,7 @@ import polars as pl
 import psycopg
 from pydantic import BaseModel
 
-from tasks.core import ConfigError, ItemError, RetryableError, SourceError, failpoint, redact_text
+from tasks.core import ConfigError, FatalError, ItemError, RetryableError, SourceError, failpoint, redact_text
 from tasks.db.conn import Db, TableName, UrlLike, connect, parse_table_name
 from tasks.db.ledger import LedgerEntry, committed, record_range
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
@@ -74,8 +74,13 @@ def _select(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]
     return f"SELECT {cols} FROM {schema.relation(db.dialect)} WHERE {where} ORDER BY {order}", params
 
 
+# Types psycopg has no binary dumper or loader for, whose binary wire format is text's (their recv/send
+# functions read and write the string's bytes, the server applies the type's length): char(n) is bpchar.
+_AS_TEXT_OIDS = frozenset({1042, 19})  # bpchar, name
+
+
 def _pg_oids(cols: Sequence[ColumnInfo]) -> list[int]:
-    return [_TEXT_OID if c.cast_text or c.pg_oid is None else c.pg_oid for c in cols]
+    return [_TEXT_OID if c.cast_text or c.pg_oid is None or c.pg_oid in _AS_TEXT_OIDS else c.pg_oid for c in cols]
 
 
 def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
@@ -262,6 +267,10 @@ def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Seq
     if isinstance(exc, psycopg.errors.InvalidColumnReference | psycopg.errors.UndefinedColumn):
         return ConfigError(f"range {rng.index}: the target rejected the statement: {text}; upsert needs a primary "
                            f"key or unique index on {list(keys)} in the target")
+    if isinstance(exc, psycopg.ProgrammingError) and re.search(r"cannot find a (dumper|loader)", text):
+        return FatalError(f"range {rng.index}: batchflows cannot encode a column type for PostgreSQL's binary COPY "
+                          f"({text}): a limitation of batchflows with that type, not a problem of the target or of "
+                          "the data, and every range would fail the same way; please report the type")
     if isinstance(exc, psycopg.errors.CardinalityViolation):
         return ItemError(f"range {rng.index}: key {list(keys)} is not unique in the source rows of this range "
                          f"({text}); choose a unique key", category="bad_key")
