@@ -29,8 +29,11 @@ Dialect = Literal["postgresql", "sqlite"]
 Role = Literal["source", "target"]
 UrlLike = str | SecretStr
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_PLAIN_RULE = "letters, digits and _ (not starting with a digit, at most 63 characters)"
+_PLAIN = re.compile(r"^[^\W\d]\w{0,62}$")  # unicode letters, digits and _ (not starting with a digit)
+_PLAIN_RULE = "letters (any script), digits and _, not starting with a digit"
+_MAX_BYTES = 63  # PostgreSQL's identifier limit (longer names would be truncated silently)
+_QUOTING = ('double quotes around any other name, "" for a quote inside: \'public."Odd Items"\', '
+            '\'"Order ID"\'')
 _PREPARERS = {"postgresql": _sa_pg.dialect().identifier_preparer, "sqlite": _sa_sqlite.dialect().identifier_preparer}
 
 
@@ -38,14 +41,66 @@ _PREPARERS = {"postgresql": _sa_pg.dialect().identifier_preparer, "sqlite": _sa_
 
 
 def validate_identifier(name: str, *, what: str = "column") -> str:
-    """Return ``name`` if it is a plain SQL name, else raise ConfigError saying what is allowed.
-
-    Plain names are quoted exactly as given (so ``Orders`` and ``orders`` differ in PostgreSQL).
-    """
-    if not isinstance(name, str) or not _PLAIN.match(name):
-        msg = f"{what} name {name!r} is not a plain name: use {_PLAIN_RULE}"
+    """Return ``name`` (one exact name: mixed case, spaces, unicode and reserved words are fine; it is always
+    quoted by the dialect's own quoting), or raise ConfigError saying what is not allowed."""
+    if not isinstance(name, str) or not name:
+        msg = f"{what} name {name!r} is empty or not a string"
+        raise ConfigError(msg)
+    if "\x00" in name or "%" in name:
+        msg = f"{what} name {name!r} holds a NUL byte or '%', which batchflows does not support in names"
+        raise ConfigError(msg)
+    if len(name.encode("utf-8")) > _MAX_BYTES:
+        msg = f"{what} name {name!r} is longer than {_MAX_BYTES} bytes (PostgreSQL would truncate it)"
         raise ConfigError(msg)
     return name
+
+
+def split_names(text: str, *, sep: str, what: str) -> list[str]:
+    """Split SQL-style name syntax: plain parts or double-quoted ones (``public."Odd Items"``,
+    ``"Order ID",b``); every part validated. Plain parts are taken exactly as written."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, chars = i + 1, []
+            while True:
+                if j >= n:
+                    msg = f"{what} {text!r} has an unclosed double quote; use {_QUOTING}"
+                    raise ConfigError(msg)
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        chars.append('"')
+                        j += 2
+                        continue
+                    break
+                chars.append(text[j])
+                j += 1
+            part, i = "".join(chars), j + 1
+        else:
+            j = text.find(sep, i)
+            j = n if j == -1 else j
+            part = text[i:j].strip() if sep == "," else text[i:j]
+            if not _PLAIN.match(part):
+                msg = f"{what} {text!r} is not a plain name: use {_PLAIN_RULE} in each part, or {_QUOTING}"
+                raise ConfigError(msg)
+            i = j
+        parts.append(validate_identifier(part, what=what))
+        if sep == ",":
+            while i < n and text[i] == " ":
+                i += 1
+        if i >= n:
+            return parts
+        if text[i] != sep:
+            msg = f"{what} {text!r}: expected {sep!r} after {part!r}; use {_QUOTING}"
+            raise ConfigError(msg)
+        i += 1
+        if sep == ",":
+            while i < n and text[i] == " ":
+                i += 1
+
+
+def _shown(part: str) -> str:
+    return part if _PLAIN.match(part) else '"' + part.replace('"', '""') + '"'
 
 
 class TableName(BaseModel):
@@ -57,7 +112,8 @@ class TableName(BaseModel):
     name: str
 
     def __str__(self) -> str:
-        return f"{self.schema_name}.{self.name}" if self.schema_name else self.name
+        """``schema.table``, each part double-quoted when it is not plain: parses back to the same name."""
+        return f"{_shown(self.schema_name)}.{_shown(self.name)}" if self.schema_name else _shown(self.name)
 
     def sql(self, dialect: Dialect) -> str:
         q = _PREPARERS[dialect].quote_identifier
@@ -65,15 +121,16 @@ class TableName(BaseModel):
 
 
 def parse_table_name(name: str | TableName) -> TableName:
-    """Parse ``"table"`` or ``"schema.table"``; anything else is a ConfigError that says what is allowed."""
+    """Parse ``table``, ``schema.table`` or their double-quoted forms (``public."Odd Items"``); anything else
+    is a ConfigError that says what is allowed."""
     if isinstance(name, TableName):
         return name
     if not isinstance(name, str) or not name:
         msg = f"table name {name!r} is empty or not a string: pass 'table' or 'schema.table'"
         raise ConfigError(msg)
-    parts = name.split(".")
-    if len(parts) > 2 or not all(_PLAIN.match(p) for p in parts):
-        msg = f"table name {name!r} is not a plain name: use 'table' or 'schema.table' with {_PLAIN_RULE} in each part"
+    parts = split_names(name, sep=".", what="table name")
+    if len(parts) > 2:
+        msg = f"table name {name!r} has {len(parts)} parts: pass 'table' or 'schema.table'"
         raise ConfigError(msg)
     return TableName(schema_name=parts[0], name=parts[1]) if len(parts) == 2 else TableName(name=parts[0])
 
@@ -84,14 +141,18 @@ def quote(name: str, dialect: Dialect) -> str:
 
 
 def parse_key(key: str | Sequence[str] | None) -> list[str] | None:
-    """``"id"``, ``"a,b"`` or ``["a", "b"]`` -> validated column names (None stays None)."""
+    """``"id"``, ``"a,b"``, ``'"Order ID",b'`` or ``["Order ID", "b"]`` (exact names) -> validated column names
+    (None stays None)."""
     if key is None:
         return None
-    names = [k.strip() for k in key.split(",")] if isinstance(key, str) else list(key)
+    if isinstance(key, str):
+        names = split_names(key, sep=",", what="key column") if key.strip() else []
+    else:
+        names = [validate_identifier(k, what="key column") for k in key]
     if not names:
         msg = "key is empty: pass a column name, 'a,b' or a list of names"
         raise ConfigError(msg)
-    return [validate_identifier(k, what="key column") for k in names]
+    return names
 
 
 def validate_query(query: str) -> str:
@@ -233,6 +294,7 @@ __all__ = [
     "parse_table_name",
     "quote",
     "redacted_url",
+    "split_names",
     "validate_identifier",
     "validate_query",
 ]
