@@ -22,6 +22,7 @@ without a record runs, and its journal gives back the items an earlier attempt f
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -53,6 +54,7 @@ from tasks.core.state import RunDir, new_run_key, write_text_atomic
 from tasks.core.timeouts import run_timeout
 
 U = TypeVar("U")
+SAME_FAILURE_STOP = 3  # whole-chunk failures alike, before any success, that stop the run
 OnError = Literal["continue", "fail_fast"]
 # (index, size, items to dead-letter if the whole chunk fails)
 ChunkFacts = Callable[[Any], tuple[int, int, list[Any]]]
@@ -117,6 +119,9 @@ class ChunkedRun:
         self.redo_missing_outputs = redo_missing_outputs
         self.missing_outputs: list[str] = []
         self.incomplete = 0
+        self.chunks_done_ok = 0  # chunks that finished with a success (a run that works at all)
+        self._failure_shape: tuple[str, str] | None = None
+        self._failures_alike = 0
         self._started = time.perf_counter()
         self.timed_out: str | None = None
         limit = run_timeout.get()
@@ -213,8 +218,23 @@ class ChunkedRun:
         return self.fatal is not None or self.timed_out is not None or (
             self.on_error == "fail_fast" and self.failed_seen)
 
+    def _same_failure(self, exc: BaseException) -> None:
+        """Stop the run when the first chunks all fail as a whole the same way (nothing succeeded yet): every
+        other chunk would too (a missing permission, a type the writer cannot encode, a wrong endpoint)."""
+        if self.chunks_done_ok or self.fatal is not None:
+            return
+        text = redact_text(str(exc) or type(exc).__name__)
+        shape = (type(exc).__name__, re.sub(r"\d+", "N", text))
+        self._failures_alike = self._failures_alike + 1 if shape == self._failure_shape else 1
+        self._failure_shape = shape
+        if self._failures_alike >= SAME_FAILURE_STOP:
+            self.fatal = (f"the first {self._failures_alike} chunks all failed the same way and none succeeded, so "
+                          f"every other one would too: {text[:500]}")
+
     def record(self, report: ChunkReport) -> None:
         """Fold one chunk's report: counts, dead letters, progress."""
+        if report.complete and report.succeeded:
+            self.chunks_done_ok += 1
         self.builder.add(report)
         self.dead.write(report.failures)
         self.failed_seen = self.failed_seen or report.failed > 0
@@ -226,6 +246,7 @@ class ChunkedRun:
         their outcome, every other item failed with that error. Nothing is cached: a rerun runs it again."""
         if isinstance(exc, FatalError):
             self.fatal = redact_text(str(exc))
+        self._same_failure(exc)
         entries = {}
         if ref is not None and ref.journal and (content := journal_content(Path(ref.journal))):
             try:

@@ -144,3 +144,17 @@ def test_a_fatal_entry_stops_the_run_and_the_rerun_does_only_the_rest() -> None:
 def test_max_batch_items_needs_per_batch() -> None:
     with pytest.raises(ConfigError, match="max_batch_items is for per='batch'"):
         batch_map([1], mixed_batch, max_batch_items=3)
+
+
+def short_unless_first(items: list[int]) -> list[int]:
+    return items if items[0] == 0 else items[:-1]
+
+
+def test_chunks_all_failing_the_same_way_stop_the_run_unless_one_succeeded() -> None:
+    s = batch_map(list(range(100)), short_answer, per="batch", chunk_size=10, max_concurrency=1, chunk_retries=0,
+                  raise_on_failure=False)
+    assert s.chunks_failed == 3 and s.failed == 30 and s.remaining == 70, s.render_text()
+    assert "the first 3 chunks all failed the same way" in s.message and "Rerun with run_key" in s.message
+    ok_first = batch_map(list(range(100)), short_unless_first, per="batch", chunk_size=10, max_concurrency=1,
+                         chunk_retries=0, raise_on_failure=False)
+    assert ok_first.chunks_failed == 9 and ok_first.succeeded == 10 and ok_first.remaining == 0  # it works at all
