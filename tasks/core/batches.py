@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class BatchCalls:
     settle: Callable[[int, Exception, int], None]
     halted: Callable[[], bool]
     timed_out: threading.Event
+    together: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # one journal write per call
 
     def groups(self, todo: list[int], max_batch_items: int | None) -> list[list[int]]:
         size = max_batch_items or max(len(todo), 1)
@@ -72,26 +74,30 @@ class BatchCalls:
         return value
 
     def _fold(self, pending: list[int], results: list[Any], attempt: int) -> tuple[list[int], BaseException | None]:
-        """Settle what is final; return the positions to call again and one of their errors (for the wait)."""
+        """Settle what is final (journaled in one write); return the positions to call again and one of their
+        errors (for the wait)."""
         again: list[int] = []
         last: BaseException | None = None
-        for position, result in zip(pending, results, strict=True):
-            if not isinstance(result, BaseException):
-                self.done(position, result)
-            elif isinstance(result, Exception) and not isinstance(result, SkipItem) \
-                    and self.policy.retries_left(attempt, result):
-                again.append(position)
-                last = result
-            else:
-                self.settle(position, result if isinstance(result, Exception) else RuntimeError(repr(result)), attempt)
+        with self.together():
+            for position, result in zip(pending, results, strict=True):
+                if not isinstance(result, BaseException):
+                    self.done(position, result)
+                elif isinstance(result, Exception) and not isinstance(result, SkipItem) \
+                        and self.policy.retries_left(attempt, result):
+                    again.append(position)
+                    last = result
+                else:
+                    self.settle(position, result if isinstance(result, Exception) else RuntimeError(repr(result)),
+                                attempt)
         return again, last
 
     def _whole_call_failed(self, pending: list[int], exc: Exception, attempt: int) -> bool:
         """True when the whole call is tried again; else every pending item is settled with ``exc``."""
         if self.policy.retries_left(attempt, exc):
             return True
-        for position in pending:
-            self.settle(position, exc, attempt)
+        with self.together():
+            for position in pending:
+                self.settle(position, exc, attempt)
         return False
 
     def _steps(self, group: list[int]) -> Generator[tuple[str, Any], Any, None]:

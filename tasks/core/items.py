@@ -21,8 +21,9 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,7 @@ class ChunkRef(BaseModel):
 
 
 Per = Literal["item", "batch"]
+_together = threading.local()  # ChunkOutcomes.together: journal lines held for one write
 
 # --------------------------------------------------------------------------- stop signals
 
@@ -131,10 +133,29 @@ class ChunkOutcomes:
     def _journal_line(self, position: int, kind: str, payload: str = "") -> None:
         if self._journal is None:
             return
+        pending = getattr(_together, "lines", None)
+        if pending is not None:
+            pending.append(ChunkJournal.line(position, kind, payload))
+            return
         try:
             self._journal.record(position, kind, payload)
         except OSError as exc:  # the state dir is full or read-only: nothing can be recorded any more
             raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Journal the outcomes settled inside (in this thread) with one write at the end: a batch call's items
+        are settled at once, and their lines go to disk together (or, after a crash before it, run again)."""
+        _together.lines = []
+        try:
+            yield
+        finally:
+            lines, _together.lines = _together.lines, None
+            if self._journal is not None and lines:
+                try:
+                    self._journal.record_lines(lines)
+                except OSError as exc:
+                    raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
 
     def succeeded(self, position: int, row: Any = None) -> None:
         """``row``: the output row (a JSON-able value, or JSON text already) when outputs are kept."""
@@ -326,7 +347,8 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         todo = outcomes.todo()
         if job.options.per == "batch":
             calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
-                               chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out)
+                               chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out,
+                               together=outcomes.together)
             groups = calls.groups(todo, job.options.max_batch_items)
             if is_async:
                 run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))

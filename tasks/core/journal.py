@@ -95,11 +95,19 @@ class ChunkJournal:
         self._fd = fd
         return self
 
+    @staticmethod
+    def line(position: int, kind: str, payload: str = "") -> str:
+        return f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"
+
     def record(self, position: int, kind: str, payload: str = "") -> None:
         if self._fd is None:
             return
-        line = f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"
-        os.write(self._fd, line.encode("utf-8", "surrogateescape"))
+        os.write(self._fd, self.line(position, kind, payload).encode("utf-8", "surrogateescape"))
+
+    def record_lines(self, lines: list[str]) -> None:
+        """Several outcomes settled together (a batch call's) in one write; a torn last line is ignored on load."""
+        if self._fd is not None and lines:
+            os.write(self._fd, "".join(lines).encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
         if self._fd is not None:
