@@ -41,6 +41,7 @@ from tasks.core import (
     ChunkedRun,
     ChunkSize,
     ChunkTaskGroup,
+    ChunkTimeoutS,
     Fixed,
     FlowParams,
     InputFormatField,
@@ -95,6 +96,7 @@ class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGrou
     chunk_size: ChunkSize = SETTING
     item_concurrency: ItemConcurrency = 8
     max_concurrency: MaxConcurrency = 8
+    chunk_timeout_s: ChunkTimeoutS = None
     batch_size: Annotated[int | None, Field(ge=1, le=10_000, description=(
         "Send up to this many items per request: json_template places the list where it says \"{items}\" "
         "(e.g. {\"records\": \"{items}\"}); None: one request per item."))] = None
@@ -158,6 +160,7 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
             rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=p.rate_limit_name,
             limiter_scope=run.run_key, output_dir=p.output, output_format=p.output_format, run_scope=run.scope,
             batch_size=p.batch_size, results_path=p.results_path, result_key=p.result_key,
+            chunk_timeout_s=p.chunk_timeout_s,
         )
         rate = (f", {p.rate_limit_per_second}/s" + (f" shared as {p.rate_limit_name!r}" if p.rate_limit_name else "")
                 if p.rate_limit_per_second else "")

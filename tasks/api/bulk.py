@@ -45,6 +45,7 @@ from tasks.core import (
     run_coroutine,
     stop_signal,
 )
+from tasks.core.timeouts import Deadline
 
 BULK_COLUMNS = ("chunk", "position", "item", "method", "url", "status", "elapsed_ms", "body")
 
@@ -70,6 +71,7 @@ class ApiJob:
     output_dir: str | None = None
     output_format: ApiPartFormat = "jsonl"
     run_scope: str = ""
+    chunk_timeout_s: float | None = None  # one chunk attempt (tasks.core.timeouts)
     batch_size: int | None = None  # multi-item requests (tasks.api.multi)
     results_path: str | None = None
     result_key: str | None = None
@@ -89,8 +91,10 @@ def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) ->
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
     outcomes = ChunkOutcomes(chunk, ref, keep_rows=bool(job.output_dir),
                              stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
-    with outcomes:
-        requests = run_coroutine(lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers))
+    deadline = Deadline(item_timeout_s=None, chunk_timeout_s=job.chunk_timeout_s, chunk=chunk.index)
+    with outcomes:  # past chunk_timeout_s the requests in flight are cancelled (not recorded: the retry resends them)
+        requests = run_coroutine(lambda: deadline.acall(
+            lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers)))
     report = outcomes.report(started=started, extra={"http_requests": requests})
     if job.output_dir and (outcomes.rows or report.complete):
         rows = outcomes.ordered_rows()

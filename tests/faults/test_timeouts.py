@@ -144,3 +144,19 @@ def test_a_server_that_never_answers_fails_its_items_by_timeout_and_the_run_ends
     [dead] = list(s.dead_letters())
     assert dead["item"] == items[-1] and dead["category"] == "http_timeout" and dead["attempts"] == 2
     assert "timed out" in dead["message"] or "took longer than" in dead["message"], dead["message"]
+
+
+def test_api_bulk_chunk_timeout_keeps_the_answered_requests_and_the_rerun_sends_the_rest(api_server: ApiServer) -> None:
+    from flows.api_bulk import api_bulk
+
+    items = [{"path": f"/ok/{i}"} for i in range(4)] + [{"path": f"/slow/s{i}?delay=3"} for i in range(4, 8)]
+    kwargs: dict[str, Any] = {"base_url": api_server.url, "chunk_size": 8, "item_concurrency": 1, "retry_backoff_s": 0.01,
+                              "run_key": "slow-chunk", "timeout_s": 60}
+    s = api_bulk(items, chunk_timeout_s=1.0, chunk_retries=0, raise_on_failure=False, **kwargs)
+    adds_up(s)
+    assert (s.succeeded, s.failed) == (4, 4), s.render_text()
+    assert {d["category"] for d in s.dead_letters()} == {"timeout"}
+    assert all("chunk_timeout_s=1s" in d["message"] for d in s.dead_letters())
+    again = api_bulk(items, **kwargs)  # no chunk limit now: the slow requests get their 3 s
+    assert again.ok and again.succeeded == 8
+    assert all(api_server.count(f"/ok/{i}") == 1 for i in range(4))  # answered before the timeout: never resent
