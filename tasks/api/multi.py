@@ -122,8 +122,10 @@ async def send_batches(
                 "elapsed_ms": record.elapsed_ms, "body": result}
 
     def fail_all(pending: list[int], exc: Exception, attempt: int) -> None:
-        for position in pending:
-            outcomes.failed(position, exc, attempts=max(attempt, attempts_made(exc)), transform=masked(items[position]))
+        with outcomes.together():  # one journal write per request, as for batch handlers
+            for position in pending:
+                outcomes.failed(position, exc, attempts=max(attempt, attempts_made(exc)),
+                                transform=masked(items[position]))
 
     async def one_group(group: list[int]) -> None:
         nonlocal sent
@@ -146,15 +148,16 @@ async def send_batches(
                 return
             again: list[int] = []
             last: Exception | None = None
-            for position, result in zip(pending, results, strict=True):
-                error = result_error(result)
-                if error is None:
-                    outcomes.succeeded(position, row(position, spec, record, result))
-                elif policy.retries_left(attempt, error):
-                    again.append(position)
-                    last = error
-                else:
-                    outcomes.failed(position, error, attempts=attempt, transform=masked(items[position]))
+            with outcomes.together():
+                for position, result in zip(pending, results, strict=True):
+                    error = result_error(result)
+                    if error is None:
+                        outcomes.succeeded(position, row(position, spec, record, result))
+                    elif policy.retries_left(attempt, error):
+                        again.append(position)
+                        last = error
+                    else:
+                        outcomes.failed(position, error, attempts=attempt, transform=masked(items[position]))
             if again:
                 await asyncio.sleep(policy.backoff(attempt, last))
                 attempt += 1

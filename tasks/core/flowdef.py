@@ -194,11 +194,14 @@ class FlowSpec(Generic[P]):
         return dict(bound.arguments)
 
     def run(self, values: Mapping[str, Any]) -> Any:
-        """Validate ``values`` and run the body (inside the current flow run); a ``run_timeout_s`` parameter
-        is handed to the run's ChunkedRun (tasks.core.timeouts.run_timeout)."""
+        """Validate ``values`` and run the body (inside the current flow run)."""
+        return self.run_parsed(self.model.parse(values))
+
+    def run_parsed(self, params: P) -> Any:
+        """Run the body with validated parameters; a ``run_timeout_s`` parameter is handed to the run's
+        ChunkedRun (tasks.core.timeouts.run_timeout)."""
         from tasks.core.timeouts import run_timeout
 
-        params = self.model.parse(values)
         token = run_timeout.set(getattr(params, "run_timeout_s", None))
         try:
             return self.body(params)
@@ -218,11 +221,11 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
         spec = FlowSpec(name=name, model=model, body=body, positional=tuple(positional), summary=returns)
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            values = spec.bind(args, kwargs)
-            retries = int(getattr(spec.model.parse(values), "flow_retries", 0) or 0)
+            params = spec.model.parse(spec.bind(args, kwargs))  # once: settings are read at the run's start
+            retries = int(getattr(params, "flow_retries", 0) or 0)
             for attempt in range(1, retries + 2):
                 try:
-                    summary = spec.run(values)
+                    summary = spec.run_parsed(params)
                 except (ConfigError, KeyboardInterrupt):
                     raise
                 except Exception as exc:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from tasks.core.errors import ConfigError, SourceError
 from tasks.core.redact import redact_text
+from tasks.core.sources import jsonl_records
 
 Status = Literal["succeeded", "failed", "skipped"]
 MAX_MESSAGE_CHARS = 2000
@@ -295,14 +296,7 @@ def read_dead_letters(path: str | Path) -> Iterator[dict[str, Any]]:
         msg = f"dead-letter file {str(p)!r} does not exist; it is written only when a run has failed items"
         raise SourceError(msg)
     with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                msg = f"{p}:{lineno}: not a JSON line ({exc.msg}); fix or remove that line"
-                raise SourceError(msg) from None
+        for lineno, record in jsonl_records(fh, str(p)):
             if not isinstance(record, dict) or "item" not in record:
                 msg = f"{p}:{lineno}: not a dead-letter record (no 'item' key)"
                 raise SourceError(msg)

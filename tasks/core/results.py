@@ -13,14 +13,14 @@ rejected rows keep every field as the text it was).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from tasks.core.errors import ConfigError, SourceError
+from tasks.core.errors import ConfigError
+from tasks.core.sources import jsonl_records
 
 COLLECT_MAX_ROWS = 100_000
 """``collect=True`` holds at most this many rows in memory; above it, set ``output`` and iterate
@@ -58,14 +58,8 @@ def read_rows(path: Path, *, typed: bool = True) -> Iterator[Any]:
     suffix = path.suffix
     if suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    msg = f"{path}:{lineno}: not a JSON line ({exc.msg}); the part file was changed after the run"
-                    raise SourceError(msg) from None
+            for _, row in jsonl_records(fh, str(path)):
+                yield row
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 

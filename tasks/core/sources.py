@@ -148,7 +148,7 @@ def open_file_source(path: Path, *, input_format: str | None = None) -> Source:
     label = str(path)
     if fmt == "parquet":
         return _parquet_source(path, gz, label)
-    reader = _jsonl_records if fmt == "jsonl" else _csv_records
+    reader = _jsonl_reader if fmt == "jsonl" else _csv_records
     delimiter = "\t" if fmt == "tsv" else ","
 
     def iterate() -> Iterator[Any]:
@@ -173,7 +173,13 @@ def _open_text(path: Path, gz: bool) -> IO[str]:
     return path.open(encoding="utf-8", newline="")
 
 
-def _jsonl_records(fh: IO[str], label: str, _delimiter: str) -> Iterator[tuple[int, Any]]:
+def _jsonl_reader(fh: IO[str], label: str, _delimiter: str) -> Iterator[tuple[int, Any]]:
+    return jsonl_records(fh, label)
+
+
+def jsonl_records(fh: IO[str], label: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; a malformed line is a SourceError
+    naming ``label`` and the line (items, part files, dead letters all read this way)."""
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
@@ -251,4 +257,13 @@ def take(iterator: Iterator[Any], n: int) -> list[Any]:
     return list(itertools.islice(iterator, n))
 
 
-__all__ = ["FILE_FORMATS", "FileFormat", "InputFormat", "Source", "detect_format", "open_file_source", "open_source"]
+__all__ = [
+    "FILE_FORMATS",
+    "FileFormat",
+    "InputFormat",
+    "Source",
+    "detect_format",
+    "jsonl_records",
+    "open_file_source",
+    "open_source",
+]
