@@ -43,6 +43,7 @@ bench: venv
 	$(PY) -m bench.engine
 	$(PY) -m bench.api_bulk
 	$(PY) -m bench.db_migrate
+	$(PY) -m bench.incremental
 	$(PY) -m bench.file_transform
 	$(PY) -m bench.scale
 

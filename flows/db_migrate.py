@@ -46,11 +46,14 @@ from tasks.db import (
     PLAN_VERSION,
     CopyFormat,
     CopyJob,
+    Deletes,
     MigrationSummary,
     Mode,
     copy_and_verify,
     ensure_ledger,
     fingerprint,
+    incremental_job,
+    index_watermark,
     parse_db_url,
     parse_key,
     parse_table_name,
@@ -60,7 +63,9 @@ from tasks.db import (
     redacted_url,
     reflect,
     resolve_url,
+    validate_identifier,
     verify_only,
+    watermark_column,
 )
 from tasks.db import create_target as ensure_target
 
@@ -103,6 +108,19 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
     source_secret: Annotated[str | None, Field(description="Prefect Secret block holding the source URL.")] = None
     target_secret: Annotated[str | None, Field(description="Prefect Secret block holding the target URL.")] = None
     max_concurrency: MaxConcurrency = 2
+    incremental: Annotated[str | None, Field(description=(
+        "Watermark column (an updated-at timestamp or an integer that grows with every insert and update): "
+        "each run copies only rows past the last complete run's watermark (upsert); the first run copies "
+        "everything. The watermark is kept in the target database."))] = None
+    lookback: Annotated[float, Field(ge=0, description=(
+        "Start this far below the watermark to catch late rows (seconds for dates/times, units for integers)."))] = 0
+    deletes: Annotated[Deletes, Field(description=(
+        "Incremental deletes: ignore, soft_column (delete target rows whose soft_delete_column is set), "
+        "compare_keys (delete target rows whose key the source no longer has)."))] = "ignore"
+    soft_delete_column: Annotated[str | None, Field(description=(
+        "The source's soft-delete column for deletes='soft_column' (set = not NULL and not false)."))] = None
+    reset_incremental: Annotated[bool, Field(description=(
+        "Ignore the stored watermark: copy everything again, then store the new watermark."))] = False
 
     @model_validator(mode="after")
     def _consistent(self) -> DbMigrateParams:
@@ -116,6 +134,18 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
             msg = "a query source needs key (the unique column(s) ranges are cut on)"
             raise ValueError(msg)
         parse_key(self.key)
+        if self.incremental is not None:
+            validate_identifier(self.incremental, what="incremental column")
+            if self.mode != "upsert":
+                msg = (f"incremental runs need mode='upsert' (got {self.mode!r}): a changed row is copied again and "
+                       "must replace its old version")
+                raise ValueError(msg)
+        elif self.deletes != "ignore" or self.reset_incremental or self.lookback:
+            msg = "deletes, lookback and reset_incremental apply to incremental runs: pass incremental='<column>'"
+            raise ValueError(msg)
+        if self.deletes == "soft_column" and not self.soft_delete_column:
+            msg = "deletes='soft_column' needs soft_delete_column (e.g. 'deleted_at' or 'is_deleted')"
+            raise ValueError(msg)
         return self
 
 
@@ -146,6 +176,10 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
     # the run's identity: what is copied where and how; a range adds its position (and its bounds as content)
     identity = [info["source"], info["target"], p.table or "", p.query or "", tname, ",".join(schema.key), p.mode,
                 transform_id, p.copy_format]
+    if p.incremental:
+        watermark_column(schema, p.incremental)  # a ConfigError before anything is written
+        identity += [f"incremental:{p.incremental}:{p.lookback}:{p.deletes}:{p.soft_delete_column}:"
+                     f"{p.reset_incremental}"]
     plan_id = fingerprint(PLAN_VERSION, p.cache_version, p.chunk_rows, p.verify_only, *identity)
 
     def job(target_schema: Any, **more: Any) -> CopyJob:
@@ -170,11 +204,20 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
             print(f"created target table {tname} in {info['target']}:\n{made.ddl}")
         copy_job = job(reflect(tgt, tname, key=schema.key, role="target"),
                        ledger=ensure_ledger(tgt, parse_table_name(tname)), run_key=run.run_key)
-        ranges = planned_ranges(run, plan_id, lambda: plan_ranges(src, p.table, query=p.query, key=schema.key,
-                                                                  chunk_rows=p.chunk_rows))
+        inc = incremental_job(
+            src, tgt, schema, copy_job.target_schema, column=p.incremental, source_label=info["source"],
+            table=p.table, query=p.query, target_table=parse_table_name(tname), chunk_rows=p.chunk_rows,
+            lookback=p.lookback, reset=p.reset_incremental, deletes=p.deletes,
+            soft_delete_column=p.soft_delete_column) if p.incremental else None
+        if inc is not None and created:
+            index_watermark(tgt, parse_table_name(tname), inc.column.name)
+        ranges = planned_ranges(run, plan_id, lambda: plan_ranges(
+            src, p.table, query=p.query, key=schema.key, chunk_rows=p.chunk_rows,
+            window=inc.plan() if inc is not None else None))
         return copy_and_verify(run, ranges, copy_job, info, schema, created=created, ddl=ddl, verify=p.verify,
                                chunk_rows=p.chunk_rows, mode=p.mode, tname=tname, chunk_retries=p.chunk_retries,
-                               tags=p.tags, max_concurrency=p.max_concurrency, counts_only=fn is not None)
+                               tags=p.tags, max_concurrency=p.max_concurrency, counts_only=fn is not None,
+                               incremental=inc.started(ranges) if inc is not None else None)
 
 
 def _urls_as_secrets(values: dict[str, Any], handles: list[str]) -> None:

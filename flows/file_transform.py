@@ -27,13 +27,14 @@ rows are still written); pass e.g. 0.999 to tolerate a few rejects.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tasks.core import (
     SETTING,
@@ -55,6 +56,7 @@ from tasks.core import (
     python_entry,
     value_hash,
 )
+from tasks.core.watermarks import stream_id
 from tasks.files import (
     ChunkSpec,
     FileOutputFormat,
@@ -69,6 +71,7 @@ from tasks.files import (
     resolve_inputs,
     resolve_transform_handle,
 )
+from tasks.files.incremental import FileManifest, per_file_chunks
 
 # The parameter is named ``schema`` as in DESIGN.md; pydantic warns that the name shadows a BaseModel
 # attribute, which is harmless for a parameter.
@@ -95,6 +98,18 @@ class FileTransformParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup):
     partition_by: Annotated[list[str], Field(description="Hive partition columns of the output.")] = Field(
         default_factory=list)
     keep_lineage: Annotated[bool, Field(description="Keep _source_file and _line in the output.")] = False
+    incremental: Annotated[bool, Field(description=(
+        "Read only files that are new or changed since the last run (path, size, mtime, first and last MiB); "
+        "each run writes to output_dir/run-RUN_KEY/ and a changed file's old parts are replaced."))] = False
+    reset_incremental: Annotated[bool, Field(description=(
+        "Forget the processed files: delete the outputs of earlier incremental runs and process every file."))] = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FileTransformParams:
+        if self.reset_incremental and not self.incremental:
+            msg = "reset_incremental applies to incremental runs: pass incremental=True"
+            raise ValueError(msg)
+        return self
 
 
 @batchflow(FLOW_NAME, FileTransformParams, positional=("source", "output_dir"))
@@ -116,22 +131,36 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
         "schema": schema_json, "output_format": p.output_format, "partition_by": p.partition_by,
         "keep_lineage": p.keep_lineage, "output_dir": str(out.resolve()),
     }
-    print(f"file-transform: {len(files)} file(s), {sum(f.size for f in files):,} bytes -> {out}")
+    manifest = FileManifest.load(FLOW_NAME, stream_id(p.source, options), out, reset=p.reset_incremental) \
+        if p.incremental else None
+    todo = manifest.changed(files) if manifest is not None else files
+    seen = f"{len(todo)} new or changed of " if manifest is not None else ""
+    print(f"file-transform: {seen}{len(files)} file(s), {sum(f.size for f in todo):,} bytes -> {out}")
     planned = [0]
+    chunk_files: dict[int, str] = {}  # incremental: chunk index -> its file
+    reports: dict[int, Any] = {}
 
     def chunks() -> Iterator[ChunkSpec]:
         """Chunks as they are planned: the first ones run while a big file is still being split."""
-        for spec in iter_chunks(files, chunk_bytes=p.chunk_bytes):
+        specs = per_file_chunks(todo, chunk_bytes=p.chunk_bytes, chunk_files=chunk_files) if manifest is not None \
+            else iter_chunks(files, chunk_bytes=p.chunk_bytes)
+        for spec in specs:
             planned[0] += 1
             yield spec
 
     # a part deleted since it was written is rewritten: chunks are pure transforms of their input
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=None, on_error=p.on_error, unit="rows",
-                    redo_missing_outputs=True, identity=(p.cache_version, json.dumps(options, sort_keys=True))) as run:
+                    redo_missing_outputs=True, identity=(p.cache_version, json.dumps(options, sort_keys=True),
+                                                         *(["incremental"] if manifest is not None else []))) as run:
+        run_dir = f"run-{run.run_key}"
+        parts_dir = out / run_dir if manifest is not None else out
+        if manifest is not None:
+            for gone in manifest.begin(run_dir, run.run_key):
+                print(f"removed {gone} (left by an earlier incremental run that did not finish, or replaced)")
         summary = run.execute(
             chunks(),
             lambda spec: {
-                "spec": spec, "output_dir": str(out), "transform": p.transform, "schema": schema_json,
+                "spec": spec, "output_dir": str(parts_dir), "transform": p.transform, "schema": schema_json,
                 "output_format": p.output_format, "partition_by": p.partition_by, "keep_lineage": p.keep_lineage,
                 "ref": run.ref(spec.index, content=value_hash(spec.model_dump(mode="json"))),
             },
@@ -139,18 +168,26 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
             chunk=lambda spec: (spec.index, 1, [chunk_item(spec)]),
             describe=lambda spec: f"chunk {spec.index} ({', '.join(sorted({f.path for f in spec.files}))})",
             max_concurrency=p.max_concurrency,
+            on_report=lambda spec, rep: reports.__setitem__(spec.index, rep),
         )
-        if out.exists() and not run.should_stop():
-            remove_stale_parts(out, planned[0])
+        if parts_dir.exists() and not run.should_stop():
+            remove_stale_parts(parts_dir, planned[0])
         if out.exists():  # every chunk is done: no writer is left, so any temp file is litter (seen: polars sinks)
             remove_temp_files(out)
         extra = summary.extra
         for key in ("rows_in", "rows_out", "rows_rejected", "rows_filtered", "bytes_in", "bytes_out",
                     "chunks_fast_path"):
             extra.setdefault(key, 0)
-        extra.update(chunks_failed=summary.chunks_failed, output_dir=str(out),
-                     rejects_dir=str(out / "_rejects") if extra["rows_rejected"] else None)
-        return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=str(out))
+        extra.update(chunks_failed=summary.chunks_failed, output_dir=str(parts_dir),
+                     rejects_dir=str(parts_dir / "_rejects") if extra["rows_rejected"] else None)
+        if manifest is not None:
+            known = len(manifest.files)
+            recorded = manifest.end(run_dir, run.run_key, chunk_files, reports)
+            extra.update(files_seen=len(files), files_new_or_changed=len(todo), files_done=recorded,
+                         files_known_before=known, files_known_after=len(manifest.files),
+                         lag_s=round(time.time() - max(f.mtime_ns for f in files) / 1e9, 3))
+            print(f"incremental: {recorded} of {len(todo)} new or changed file(s) done; {len(manifest.files)} known")
+        return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=str(parts_dir))
 
 
 def _plain_values(values: dict[str, Any], handles: list[str]) -> None:

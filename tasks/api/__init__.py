@@ -8,6 +8,7 @@ chunk task), extract (api_extract's part task and checkpointed walk), params (th
 from tasks.api.bulk import ApiJob, api_chunk_task, process_api_chunk
 from tasks.api.client import Expect, TransportName, make_client, send, validate_base_url
 from tasks.api.extract import ExtractJob, split_url, walk_pages
+from tasks.api.incremental import ApiIncremental, ExtractWatermark
 from tasks.api.multi import has_items_placeholder
 from tasks.api.outputs import (
     ApiPartFormat,
@@ -29,12 +30,14 @@ from tasks.api.request_spec import (
 )
 
 __all__ = [
+    "ApiIncremental",
     "ApiJob",
     "ApiOutputFormat",
     "ApiPartFormat",
     "AuthSecret",
     "Expect",
     "ExtractJob",
+    "ExtractWatermark",
     "HttpGroup",
     "PageSize",
     "PaginatorKind",

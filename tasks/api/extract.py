@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.api.client import TransportName, make_client, validate_base_url
+from tasks.api.incremental import ExtractWatermark, newest_of
 from tasks.api.outputs import (
     ApiPartFormat,
     process_limiter,
@@ -80,6 +81,7 @@ class ExtractJob:
     limiter_scope: str
     output_dir: str
     output_format: ApiPartFormat
+    newest_field: str | None = None  # incremental: the record field whose maximum each part reports
 
     @property
     def shown_url(self) -> str:
@@ -107,6 +109,7 @@ class PartResult(BaseModel):
     output_path: str | None = None
     failure: PageFailure | None = None
     duration_s: float = 0.0
+    newest: Any = None  # incremental: the maximum of the job's newest_field over the part's records
 
 
 def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> PartResult:
@@ -121,6 +124,8 @@ def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> P
     records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers))
     if records:
         result.output_path = str(write_part(job.output_dir, index, records, job.output_format))
+        if job.newest_field:
+            result.newest = newest_of(records, job.newest_field)
     result.records = len(records)
     result.duration_s = round(time.perf_counter() - started, 6)
     return result
@@ -202,7 +207,7 @@ def _not_fatal(task: Any, task_run: Any, state: Any) -> bool:
 
 def load_checkpoint(run: ChunkedRun, identity: str) -> dict[str, Any]:
     """Where an earlier attempt of this run key stopped: parts, records and pages written, paginator state."""
-    fresh = {"parts": 0, "records": 0, "pages": 0, "state": None}
+    fresh = {"parts": 0, "records": 0, "pages": 0, "state": None, "incremental": None}
     data = run.run_dir.read_checkpoint()
     if not data:
         return fresh
@@ -215,9 +220,11 @@ def load_checkpoint(run: ChunkedRun, identity: str) -> dict[str, Any]:
     return {k: data.get(k, v) for k, v in fresh.items()}
 
 
-def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: str, chunk_retries: int) -> RunSummary:
+def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: str, chunk_retries: int,
+               watermark: ExtractWatermark | None = None) -> RunSummary:
     """Run parts one after another from the checkpoint until the paginator is done or a page fails for good;
-    checkpoint after every written part. Returns the run's summary (state decided)."""
+    checkpoint after every written part. Returns the run's summary (state decided). ``watermark``: an
+    incremental run (its start value is sent as a query parameter, checkpointed with the paginator state)."""
     started = time.perf_counter()
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=run.run_key)
     if hasattr(limiter, "ensure_limit"):
@@ -225,6 +232,9 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
     checkpoint = load_checkpoint(run, identity)
     parts, records, pages, state = (checkpoint["parts"], checkpoint["records"], checkpoint["pages"],
                                     checkpoint["state"])
+    if watermark is not None:
+        job = replace(job, params={**job.params, **watermark.start(checkpoint["incremental"])},
+                      newest_field=watermark.spec.record_field)
     stale = remove_parts_from(job.output_dir, parts)
     if stale:
         run.progress.logger.warning("removed %d part file(s) written after the last checkpoint: %s",
@@ -258,6 +268,8 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
                 raise result if isinstance(result, BaseException) else RuntimeError(f"part {parts}: {outcome.message}")
             requests += result.requests
             pages += result.pages
+            if watermark is not None:
+                watermark.saw(result.newest)
             if result.records:
                 run.record(ChunkReport(index=parts, size=result.records, succeeded=result.records,
                                        output_path=result.output_path, duration_s=result.duration_s,
@@ -276,6 +288,7 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
             run.run_dir.write_checkpoint({
                 "version": CHECKPOINT_VERSION, "identity": identity, "parts": parts, "records": records,
                 "pages": pages, "state": state,
+                "incremental": watermark.checkpoint() if watermark is not None else None,
             })
             if result.failure is not None:
                 failure = result.failure
@@ -294,6 +307,9 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
     summary.extra.update({"records": records, "pages": pages, "http_requests_this_run": requests})
     if capped is not None:
         summary.extra["records_per_page_seen"] = capped
+    if watermark is not None:
+        complete = failed_reason is None and run.fatal is None and bool((state or {}).get("done"))
+        watermark.finish(summary, complete=complete, run_key=run.run_key, log=run.progress.logger)
     # a failed page ends the walk: its reason (page, error, how to resume) is the message, not the ratio
     return run.finish(summary, output_path=job.output_dir, failed_reason=failed_reason,
                       min_success_ratio=0.0 if failed_reason else 1.0)

@@ -265,7 +265,19 @@ def _main(argv: list[str] | None = None) -> int:
     clean.add_argument("--flow", default=None)
     clean.add_argument("--run-key", default=None)
     clean.add_argument("--dry-run", action="store_true")
+    reset = sub.add_parser("reset-incremental", help="forget incremental watermarks: the next runs start over")
+    reset.add_argument("--flow", default=None, help="api-extract or file-transform (default: both)")
+    reset.add_argument("--stream", default=None, help="one stream id (see the run's summary)")
     args = parser.parse_args(argv)
+    if args.cmd == "reset-incremental":
+        from tasks.core.watermarks import reset_watermarks
+
+        gone = reset_watermarks(args.flow, args.stream)
+        for path in gone:
+            print(f"removed {path}")
+        print(f"removed {len(gone)} watermark(s); db_migrate keeps its own in the target database "
+              "(run it with reset_incremental=True)")
+        return 0
     try:
         removed = cleanup_state(
             older_than_days=args.older_than_days, flow=args.flow, run_key=args.run_key, dry_run=args.dry_run

@@ -18,6 +18,16 @@ from tasks.db.conn import (
     validate_query,
 )
 from tasks.db.copier import MODES, CopyFormat, Mode, RangeResult, Transform, copy_range, read_range, resolve_transform
+from tasks.db.incremental import (
+    WATERMARK_TABLE,
+    Deletes,
+    IncrementalJob,
+    clear_watermark,
+    incremental_job,
+    index_watermark,
+    read_watermark,
+    watermark_column,
+)
 from tasks.db.ledger import LEDGER_TABLE, LedgerEntry, ensure_ledger, ledger_table
 from tasks.db.load_parts import count_rows, load_parts
 from tasks.db.migrate import (
@@ -41,11 +51,14 @@ __all__ = [
     "LEDGER_TABLE",
     "MODES",
     "PLAN_VERSION",
+    "WATERMARK_TABLE",
     "ColumnInfo",
     "CopyFormat",
     "CopyJob",
+    "Deletes",
     "Dialect",
     "Endpoint",
+    "IncrementalJob",
     "KeyRange",
     "LedgerEntry",
     "MigrationPlan",
@@ -59,6 +72,7 @@ __all__ = [
     "TargetResult",
     "Transform",
     "UrlLike",
+    "clear_watermark",
     "connect",
     "copy_and_verify",
     "copy_range",
@@ -66,6 +80,8 @@ __all__ = [
     "create_target",
     "ensure_ledger",
     "fingerprint",
+    "incremental_job",
+    "index_watermark",
     "ledger_table",
     "load_parts",
     "parse_db_url",
@@ -76,6 +92,7 @@ __all__ = [
     "planned_ranges",
     "query_source",
     "read_range",
+    "read_watermark",
     "redacted_url",
     "reflect",
     "resolve_transform",
@@ -85,4 +102,5 @@ __all__ = [
     "verify_only",
     "verify_range",
     "verify_ranges",
+    "watermark_column",
 ]

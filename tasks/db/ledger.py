@@ -35,17 +35,21 @@ def ledger_table(target: TableName) -> TableName:
     return TableName(schema_name=target.schema_name, name=LEDGER_TABLE)
 
 
-def ensure_ledger(url: UrlLike, target: TableName) -> TableName:
-    """Create the ledger table beside ``target`` when missing (once per run, before any range)."""
-    table = ledger_table(target)
+def create_if_missing(url: UrlLike, table: TableName, columns: str) -> TableName:
+    """``CREATE TABLE IF NOT EXISTS table (columns)`` in the target, committed (bookkeeping tables)."""
     with connect(url, "target", write=True) as db:
-        db.raw.execute(
-            f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} (range_key VARCHAR(64) PRIMARY KEY, "
-            "run_key VARCHAR(128) NOT NULL, target_table VARCHAR(512) NOT NULL, range_index INTEGER NOT NULL, "
-            "rows_read BIGINT NOT NULL, rows_written BIGINT NOT NULL, committed_at VARCHAR(40) NOT NULL)")
+        db.raw.execute(f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} ({columns})")
         if db.dialect == "postgresql":
             db.raw.commit()
     return table
+
+
+def ensure_ledger(url: UrlLike, target: TableName) -> TableName:
+    """Create the ledger table beside ``target`` when missing (once per run, before any range)."""
+    return create_if_missing(url, ledger_table(target), (
+        "range_key VARCHAR(64) PRIMARY KEY, run_key VARCHAR(128) NOT NULL, target_table VARCHAR(512) NOT NULL, "
+        "range_index INTEGER NOT NULL, rows_read BIGINT NOT NULL, rows_written BIGINT NOT NULL, "
+        "committed_at VARCHAR(40) NOT NULL"))
 
 
 def committed(db: Db, entry: LedgerEntry) -> tuple[int, int] | None:
@@ -65,4 +69,5 @@ def record_range(db: Db, entry: LedgerEntry, index: int, rows_read: int, rows_wr
          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
 
 
-__all__ = ["LEDGER_TABLE", "LedgerEntry", "committed", "ensure_ledger", "ledger_table", "record_range"]
+__all__ = ["LEDGER_TABLE", "LedgerEntry", "committed", "create_if_missing", "ensure_ledger", "ledger_table",
+           "record_range"]

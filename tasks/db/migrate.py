@@ -39,6 +39,7 @@ from tasks.core import (
 )
 from tasks.db.conn import TableName, parse_db_url
 from tasks.db.copier import CopyFormat, Mode, copy_range
+from tasks.db.incremental import IncrementalJob
 from tasks.db.ledger import LedgerEntry
 from tasks.db.schema import KeyRange, SourceSchema, plan_ranges
 from tasks.db.verify import RangeCheck, verify_range
@@ -102,6 +103,12 @@ class MigrationSummary(RunSummary):
     ranges_matching: int = 0
     ranges_mismatched: list[RangeMismatch] = Field(default_factory=list)
     verify_seconds: float = 0.0
+    incremental_column: str | None = Field(None, description="The watermark column of an incremental run.")
+    incremental_reset: bool = False
+    watermark_before: Any = Field(None, description="The watermark this run started from (None: first run).")
+    watermark_after: Any = Field(None, description="The watermark stored when this run ended.")
+    lag_s: float | None = Field(None, description="Now minus the newest source timestamp, in seconds.")
+    rows_deleted: int = Field(0, description="Target rows deleted (incremental deletes).")
 
 
 # ---------------------------------------------------------------- URLs and secrets
@@ -265,7 +272,8 @@ def planned_ranges(run: ChunkedRun, fingerprint: str, plan: Callable[[], list[Ke
 
 def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info: dict[str, Any], schema: SourceSchema, *,
           created: bool, ddl: str | None, verify: bool, chunk_rows: int, mode: str, tname: str, chunk_retries: int,
-          tags: list[str] | None, max_concurrency: int, counts_only: bool) -> MigrationSummary:
+          tags: list[str] | None, max_concurrency: int, counts_only: bool,
+          incremental: IncrementalJob | None = None) -> MigrationSummary:
     estimated = sum(r.estimated_rows for r in ranges)
     run.total = estimated
     run.progress.total = estimated
@@ -294,9 +302,15 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
     reason = None
     if result.ranges_failed:
         print(f"ranges that failed (rerun with run_key={run.run_key!r} after fixing): {result.ranges_failed}")
+    complete = not result.ranges_failed and not run.should_stop()
+    if incremental is not None and complete:
+        incremental.after_copy(result, job.source_url, job.target_url, schema, job.target_schema)
     if verify and not run.should_stop():
         started = time.perf_counter()
         todo = [r for r in ranges if r.index in done]
+        if incremental is not None and incremental.soft is not None and complete:
+            todo = [r.model_copy(update={"window": r.window.model_copy(update={"live": incremental.soft})})
+                    if r.window is not None else r for r in todo]
         result.verify = "counts" if counts_only else "checksums"
         matching, bad = verify_all(todo, job, max_concurrency=max_concurrency, counts_only=counts_only)
         result.ranges_verified, result.ranges_matching, result.ranges_mismatched = len(todo), matching, bad
@@ -306,6 +320,8 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
             reason = mismatch_reason(bad, len(todo))
             print(reason)
         result.duration_s = round(result.duration_s + result.verify_seconds, 3)
+    if incremental is not None:
+        incremental.complete(result, job.target_url, run.run_key, moved=complete and reason is None)
     return run.finish(result, failed_reason=reason)
 
 

@@ -240,9 +240,24 @@ def target_table_exists(url: UrlLike, table: str | TableName) -> bool:
 # ---------------------------------------------------------------- ranges
 
 
+class Window(BaseModel):
+    """An incremental run's slice of the source: rows whose ``column`` is in ``(low, high]`` (None =
+    unbounded), plus the rows where it is NULL (they cannot be placed, so every run takes them: nothing is
+    lost). ``live``: a soft-delete column; only rows where it is not set (verify compares live rows)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    column: ColumnInfo
+    low: Any = None
+    high: Any = None
+    live: ColumnInfo | None = None
+    before: Any = None  # the stored watermark the slice starts from (low is it minus the lookback)
+
+
 class KeyRange(BaseModel):
     """One keyset range: ``lower < key <= upper`` (None = unbounded). JSON-able, so it can be a task
-    parameter and part of a cache key. Bounds are lists, one value per key column."""
+    parameter and part of a cache key. Bounds are lists, one value per key column. ``window``: an
+    incremental run's slice (see :class:`Window`), applied on both sides like the bounds."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -250,6 +265,7 @@ class KeyRange(BaseModel):
     lower: list[Any] | None = None
     upper: list[Any] | None = None
     estimated_rows: int = 0
+    window: Window | None = None
 
 
 def key_expr(db: Db, cols: Sequence[ColumnInfo]) -> list[str]:
@@ -277,7 +293,39 @@ def range_predicate(db: Db, cols: Sequence[ColumnInfo], rng: KeyRange) -> tuple[
                 raise ConfigError(msg)
             parts.append(f"{lhs} {op} {marks}")
             params.extend(bind_key(db, c, v) for c, v in zip(cols, bound, strict=True))
+    if rng.window is not None:
+        _window_predicate(db, rng.window, parts, params)
     return " AND ".join(parts) or "1 = 1", params
+
+
+_TEMPORAL = frozenset({"date", "timestamp", "timestamptz"})
+
+
+def watermark_expr(db: Db, col: ColumnInfo) -> str:
+    """How a watermark column is compared: natively, except SQLite dates and times, stored as text in
+    more than one ISO form ('T' or ' ', with or without an offset), which compare by ``julianday()``."""
+    if db.dialect == "sqlite" and col.kind in _TEMPORAL:
+        return f"julianday({db.q(col.name)})"
+    return db.q(col.name)
+
+
+def _window_predicate(db: Db, w: Window, parts: list[str], params: list[Any]) -> None:
+    expr = watermark_expr(db, w.column)
+    mark = f"julianday({db.ph})" if expr.startswith("julianday(") else db.ph
+    inside = []
+    for bound, op in ((w.low, ">"), (w.high, "<=")):
+        if bound is not None:
+            inside.append(f"{expr} {op} {mark}")
+            params.append(bind_key(db, w.column, bound))
+    if inside:
+        parts.append(f"(({' AND '.join(inside)}) OR {db.q(w.column.name)} IS NULL)")
+    if w.live is not None:
+        live = db.q(w.live.name)
+        if w.live.kind == "boolean":
+            parts.append(f"({live} IS NULL OR {live} = {db.ph})")
+            params.append(bind_key(db, w.live, False))
+        else:
+            parts.append(f"{live} IS NULL")
 
 
 def _decode_key(db: Db, col: ColumnInfo, value: Any) -> Any:
@@ -307,12 +355,13 @@ def check_key(url: UrlLike, schema: SourceSchema) -> None:
 
 def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = None,
                 key: str | Sequence[str] | None = None, chunk_rows: int = 50_000,
-                verify_key: bool = True) -> list[KeyRange]:
+                verify_key: bool = True, window: Window | None = None) -> list[KeyRange]:
     """Cut the source into keyset ranges of about ``chunk_rows`` rows each.
 
     Boundaries are every ``chunk_rows``-th key in key order (``row_number()``), so gaps and skew in
     the key values do not matter; no OFFSET is used when reading. The first range is open below and
-    the last open above, so rows added later are still covered.
+    the last open above, so rows added later are still covered. ``window``: cut only the rows of an
+    incremental run's slice (every range carries it).
     """
     if chunk_rows < 1:
         msg = f"chunk_rows must be at least 1, got {chunk_rows}"
@@ -326,11 +375,13 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         keys = [db.q(k) for k in schema.key]
         order = ", ".join(key_expr(db, cols))
         mod = "%%" if db.dialect == "postgresql" else "%"
+        where, params = range_predicate(db, cols, KeyRange(index=0, window=window))
         # one pass over the key order: every chunk_rows-th key, plus the last row (its number is the total)
         found = db.all(
             f"SELECT {', '.join(keys)}, _bf_rn, _bf_last FROM (SELECT {', '.join(keys)}, row_number() OVER _bf_w "
-            f"AS _bf_rn, lead(1) OVER _bf_w IS NULL AS _bf_last FROM {rel} WINDOW _bf_w AS (ORDER BY {order})) "
-            f"AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 OR _bf_last ORDER BY _bf_rn"
+            f"AS _bf_rn, lead(1) OVER _bf_w IS NULL AS _bf_last FROM {rel} WHERE {where} "
+            f"WINDOW _bf_w AS (ORDER BY {order})) AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 OR _bf_last "
+            "ORDER BY _bf_rn", params
         )
         if db.dialect == "postgresql":
             db.raw.rollback()
@@ -346,7 +397,7 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
     ranges, lower = [], None
     for i, upper in enumerate(uppers):
         est = chunk_rows if upper is not None or rest == 0 else rest
-        ranges.append(KeyRange(index=i, lower=lower, upper=upper, estimated_rows=est if total else 0))
+        ranges.append(KeyRange(index=i, lower=lower, upper=upper, estimated_rows=est if total else 0, window=window))
         lower = upper
     return ranges
 
@@ -384,6 +435,7 @@ def compare_schemas(src: SourceSchema, tgt: SourceSchema) -> list[str]:
 __all__ = [
     "KeyRange",
     "SourceSchema",
+    "Window",
     "bind_key",
     "check_key",
     "compare_schemas",
@@ -393,4 +445,5 @@ __all__ = [
     "range_predicate",
     "reflect",
     "target_table_exists",
+    "watermark_expr",
 ]

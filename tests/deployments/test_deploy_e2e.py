@@ -57,6 +57,29 @@ def test_deployment_run_from_the_cli_completes_through_the_worker(deployed: dict
     assert rows["succeeded"] == 4998 and rows["state"] == "Completed"
 
 
+def summary_rows(api: str, deployment: str, *, skip: int = 0) -> dict[str, object]:
+    """The summary table artifact of a deployment's latest flow run (``skip`` runs back)."""
+    body = {"sort": "START_TIME_DESC", "limit": 1, "offset": skip, "deployments": {"name": {"any_": [deployment]}}}
+    [flow_run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+    arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}},
+                                                       "limit": 20, "offset": 0, "sort": "CREATED_DESC"}, timeout=10).json()
+    table = next(a for a in arts if a["type"] == "table")
+    return {r["metric"]: r["value"] for r in json.loads(table["data"])}
+
+
+def test_the_incremental_deployment_moves_only_what_is_new(deployed: dict[str, str]) -> None:
+    """Two scheduled-style runs from the CLI: the second starts at the first's watermark and moves nothing."""
+    for _ in range(2):
+        out = run([PREFECT, "deployment", "run", "db-migrate/hourly-incremental", "--watch", "--watch-timeout", "240"],
+                  deployed, timeout=300)
+        assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    api = os.environ["PREFECT_API_URL"]
+    first, second = summary_rows(api, "hourly-incremental", skip=1), summary_rows(api, "hourly-incremental")
+    assert first["watermark_after"] is not None and second["watermark_before"] == first["watermark_after"]
+    assert second["rows_copied"] == 0 and second["watermark_after"] == first["watermark_after"]
+
+
 def test_a_wrongly_typed_parameter_is_refused_with_a_clear_message(deployed: dict[str, str]) -> None:
     out = run([PREFECT, "deployment", "run", "batch-map/hourly", "--param", "chunk_size=lots"], deployed)
     assert out.returncode != 0

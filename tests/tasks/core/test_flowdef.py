@@ -45,8 +45,9 @@ def test_every_parameter_has_a_description_in_the_ui_form_and_one_python_signatu
         assert default is inspect.Parameter.empty or prop.get("default") == default or default is None, name
 
 
-# names that mean different things in different flows (what a source or an output is depends on the flow)
-DIFFERENT_MEANINGS = ("source", "output", "handler", "transform", "output_format", "table")
+# names that mean different things in different flows (what a source or an output is depends on the flow; what
+# marks "new" for an incremental run: a column, a query parameter and a record field, files)
+DIFFERENT_MEANINGS = ("source", "output", "handler", "transform", "output_format", "table", "incremental")
 
 
 def test_shared_knobs_have_one_type_and_one_set_of_bounds_everywhere() -> None:

@@ -1,0 +1,376 @@
+"""Incremental loads for db_migrate: each scheduled run copies only what changed since the last one.
+
+How: the source has a column that grows with every insert and update (an updated-at timestamp or an
+increasing id). A run reads the watermark the last complete run left, takes the source's current maximum
+as its upper bound, and copies the rows in between (upsert, in keyset ranges like a full copy, each range
+once). Only when every range has committed (and verify passed) does the watermark move, in the target
+database, in its own transaction: a crashed, failed or partial run leaves it where it was, so the next run
+covers what this one did not. The watermark lives beside the target table (``_batchflows_watermarks``),
+keyed by source, query or table, target table and column, so any worker that reaches the target sees it.
+
+Late rows (committed with a value below the upper bound after the run read it, e.g. a long transaction
+with an old ``updated_at``) are covered by ``lookback``: each run starts that much below the watermark
+(seconds for dates and times, units for integers); upsert makes the overlap harmless. Rows where the column
+is NULL cannot be placed, so every run takes them. Deletes: ``ignore`` (the target keeps them),
+``soft_column`` (rows whose ``soft_delete_column`` is set, i.e. not NULL and not false, are deleted from the
+target after the copy) or ``compare_keys`` (key sets compared range by range; what the source no longer has
+is deleted from the target).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from tasks.core import ConfigError, redact_text
+from tasks.db.conn import Db, TableName, UrlLike, connect, parse_db_url
+from tasks.db.ledger import create_if_missing
+from tasks.db.schema import KeyRange, SourceSchema, Window, bind_key, plan_ranges, range_predicate, watermark_expr
+from tasks.db.typemap import ColumnInfo
+from tasks.db.values import coerce, key_to_json, pg_decoder, sqlite_decoder
+
+Deletes = Literal["ignore", "soft_column", "compare_keys"]
+WATERMARK_TABLE = "_batchflows_watermarks"
+WATERMARK_KINDS = frozenset({"smallint", "integer", "bigint", "date", "timestamp", "timestamptz"})
+_TEMPORAL = frozenset({"date", "timestamp", "timestamptz"})
+_SQLITE_MARGIN = dt.timedelta(milliseconds=1)  # julianday() compares to ~50 us: start 1 ms lower (upsert)
+
+
+class IncrementalState(BaseModel):
+    """What an incremental run starts from and moves to (JSON values, as the summary shows them)."""
+
+    column: str
+    stream: str
+    before: Any = None
+    low: Any = None
+    high: Any = None
+    reset: bool = False
+
+    @classmethod
+    def of(cls, window: Window, stream: str, *, reset: bool) -> IncrementalState:
+        """The state of a planned (possibly checkpointed) window."""
+        return cls(column=window.column.name, stream=stream, before=window.before, low=window.low,
+                   high=window.high, reset=reset)
+
+
+def _wm_table(target: TableName) -> TableName:
+    return TableName(schema_name=target.schema_name, name=WATERMARK_TABLE)
+
+
+def stream_key(source: str, table: str | None, query: str | None, target_table: str, column: str) -> str:
+    """The watermark's key: which source rows go to which target table, by which column (no password)."""
+    raw = json.dumps([source, table or "", query or "", target_table, column])
+    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+def watermark_column(schema: SourceSchema, column: str, target: SourceSchema | None = None) -> ColumnInfo:
+    """The source's watermark column, validated: it must exist (in the target too) and be a date, time or
+    integer type; ConfigError saying what to pass otherwise."""
+    if column not in schema.names:
+        msg = f"incremental column {column!r} is not a column of {schema.label()}; columns: {schema.names}"
+        raise ConfigError(msg)
+    col = schema.column(column)
+    if col.kind not in WATERMARK_KINDS:
+        msg = (f"incremental column {column!r} of {schema.label()} is {col.type_label()}; it must be a date/time "
+               "(an updated-at column) or an integer that grows with every insert and update")
+        raise ConfigError(msg)
+    if target is not None and column not in target.names:
+        msg = (f"incremental column {column!r} is missing from the target table; a transform must keep it (the "
+               "watermark and verify compare it on both sides)")
+        raise ConfigError(msg)
+    return col
+
+
+def soft_column(schema: SourceSchema, column: str | None) -> ColumnInfo:
+    if not column:
+        msg = "deletes='soft_column' needs soft_delete_column (e.g. 'deleted_at' or 'is_deleted')"
+        raise ConfigError(msg)
+    if column not in schema.names:
+        msg = f"soft_delete_column {column!r} is not a column of {schema.label()}; columns: {schema.names}"
+        raise ConfigError(msg)
+    return schema.column(column)
+
+
+# ---------------------------------------------------------------- the watermark store (in the target)
+
+
+def ensure_watermarks(url: UrlLike, target: TableName) -> TableName:
+    return create_if_missing(url, _wm_table(target), (
+        "stream_key VARCHAR(64) PRIMARY KEY, target_table VARCHAR(512) NOT NULL, column_name VARCHAR(128) NOT NULL, "
+        "watermark TEXT, run_key VARCHAR(128) NOT NULL, updated_at VARCHAR(40) NOT NULL"))
+
+
+def read_watermark(url: UrlLike, target: TableName, stream: str) -> Any:
+    """The stored watermark (JSON value), or None when no run completed yet (or the table is absent)."""
+    table = ensure_watermarks(url, target)
+    with connect(url, "target") as db:
+        rows = db.all(f"SELECT watermark FROM {table.sql(db.dialect)} WHERE stream_key = {db.ph}", [stream])
+        if db.dialect == "postgresql":
+            db.raw.rollback()
+    return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def save_watermark(url: UrlLike, target: TableName, state: IncrementalState, value: Any, run_key: str) -> None:
+    """Store ``value`` as the stream's watermark in one transaction (replacing the old one)."""
+    table = _wm_table(target)
+    with connect(url, "target", write=True) as db:
+        ph = db.ph
+        if db.dialect == "sqlite":
+            db.raw.execute("BEGIN IMMEDIATE")
+        db.raw.execute(f"DELETE FROM {table.sql(db.dialect)} WHERE stream_key = {ph}", (state.stream,))
+        db.raw.execute(
+            f"INSERT INTO {table.sql(db.dialect)} (stream_key, target_table, column_name, watermark, run_key, "
+            f"updated_at) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph})",
+            (state.stream, str(target), state.column, json.dumps(value), run_key,
+             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        db.raw.execute("COMMIT") if db.dialect == "sqlite" else db.raw.commit()
+
+
+def clear_watermark(url: UrlLike, target: TableName, stream: str) -> None:
+    table = ensure_watermarks(url, target)
+    with connect(url, "target", write=True) as db:
+        db.raw.execute(f"DELETE FROM {table.sql(db.dialect)} WHERE stream_key = {db.ph}", (stream,))
+        if db.dialect == "postgresql":
+            db.raw.commit()
+
+
+def index_watermark(url: UrlLike, target: TableName, column: str) -> None:
+    """Index the watermark column of a target table batchflows created (each run's verify reads its slice
+    there by that column); tables the user made are left as they are."""
+    with connect(url, "target", write=True) as db:
+        name = "_bf_wm_" + hashlib.blake2b(f"{target}.{column}".encode(), digest_size=6).hexdigest()
+        db.raw.execute(f"CREATE INDEX IF NOT EXISTS {db.q(name)} ON {target.sql(db.dialect)} ({db.q(column)})")
+        if db.dialect == "postgresql":
+            db.raw.commit()
+
+
+# ---------------------------------------------------------------- planning a run's window
+
+
+def _decoder(db: Db, col: ColumnInfo) -> Callable[[Any], Any]:
+    if db.dialect == "sqlite":
+        return sqlite_decoder(col)
+    return pg_decoder(col) or (lambda v: v)
+
+
+def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
+    """The source's current maximum of the watermark column (JSON value; None for no non-NULL value)."""
+    with connect(url, "source") as db:
+        expr = watermark_expr(db, col)
+        rows = db.all(f"SELECT {db.q(col.name)} FROM {schema.relation(db.dialect)} WHERE {db.q(col.name)} IS NOT "
+                      f"NULL ORDER BY {expr} DESC LIMIT 1")
+        if db.dialect == "postgresql":
+            db.raw.rollback()
+        return key_to_json(col, _decoder(db, col)(rows[0][0])) if rows else None
+
+
+def shifted(col: ColumnInfo, value: Any, lookback: float, *, sqlite: bool) -> Any:
+    """``value`` moved ``lookback`` down (seconds for dates and times, units for integers)."""
+    if value is None:
+        return None
+    typed = coerce(col, value)
+    if col.kind in _TEMPORAL:
+        delta = dt.timedelta(seconds=lookback) + (_SQLITE_MARGIN if sqlite else dt.timedelta(0))
+        if not delta:
+            return value
+        if col.kind == "date":
+            days = delta.days + (1 if delta.seconds or delta.microseconds else 0)
+            return key_to_json(col, typed - dt.timedelta(days=days))
+        return key_to_json(col, typed - delta)
+    return key_to_json(col, typed - int(lookback)) if lookback else value
+
+
+def plan_window(source: UrlLike, target: UrlLike, target_table: TableName, schema: SourceSchema, col: ColumnInfo,
+                stream: str, *, lookback: float, reset: bool) -> Window:
+    """Read the stored watermark (unless ``reset``) and the source's maximum: this run's slice."""
+    before = None if reset else read_watermark(target, target_table, stream)
+    high = source_high(source, schema, col)
+    sqlite = any(parse_db_url(u).dialect == "sqlite" for u in (source, target))
+    return Window(column=col, low=shifted(col, before, lookback, sqlite=sqlite), high=high, before=before)
+
+
+def lag_seconds(col: ColumnInfo, newest: Any) -> float | None:
+    """Now minus the newest source timestamp (None for integer columns or an empty source)."""
+    if newest is None or col.kind not in _TEMPORAL:
+        return None
+    value = coerce(col, newest)
+    if col.kind == "date":
+        value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)  # sessions run in UTC
+    return round((dt.datetime.now(dt.UTC) - value).total_seconds(), 3)
+
+
+# ---------------------------------------------------------------- deletes
+
+
+def delete_soft(url: UrlLike, target: TableName, col: ColumnInfo) -> int:
+    """Delete the target rows whose soft-delete column is set (copied with it by this or an earlier run)."""
+    with connect(url, "target", write=True) as db:
+        q = db.q(col.name)
+        where = f"{q} IS NOT NULL"
+        params: list[Any] = []
+        if col.kind == "boolean":
+            where += f" AND {q} <> {db.ph}"
+            params.append(bind_key(db, col, False))
+        n = db.raw.execute(f"DELETE FROM {target.sql(db.dialect)} WHERE {where}", params).rowcount
+        if db.dialect == "postgresql":
+            db.raw.commit()
+    return max(int(n), 0)
+
+
+_INT_KINDS = frozenset({"smallint", "integer", "bigint"})
+
+
+def _keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> set[tuple[Any, ...]]:
+    """The keys of a range as tuples of JSON values (equal on both sides for equal keys)."""
+    cols = schema.key_columns()
+    with connect(url, role) as db:  # type: ignore[arg-type]
+        where, params = range_predicate(db, cols, rng)
+        decs = [_decoder(db, c) for c in cols]
+        rows = db.all(f"SELECT {', '.join(db.q(c.name) for c in cols)} FROM {schema.relation(db.dialect)} "
+                      f"WHERE {where}", params)
+        if db.dialect == "postgresql":
+            db.raw.rollback()
+    if all(c.kind in _INT_KINDS for c in cols):
+        return set(rows)  # integers are integers on every side
+    return {tuple(key_to_json(c, d(v)) for c, d, v in zip(cols, decs, row, strict=True)) for row in rows}
+
+
+def delete_missing(source: UrlLike, target: UrlLike, schema: SourceSchema, tgt_schema: SourceSchema,
+                   target_table: TableName, *, chunk_rows: int) -> int:
+    """Compare key sets range by range (ranges cut on the target) and delete from the target what the
+    source no longer has, one transaction per range. Idempotent: a rerun deletes what is still missing."""
+    tgt = tgt_schema.model_copy(update={"key": schema.key})
+    deleted = 0
+    for rng in plan_ranges(target, target_table, key=schema.key, chunk_rows=chunk_rows, verify_key=False):
+        gone = _keys(target, tgt, rng, "target") - _keys(source, schema, rng, "source")
+        if not gone:
+            continue
+        cols = tgt.key_columns()
+        with connect(target, "target", write=True) as db:
+            cond = " AND ".join(f"{db.q(c.name)} = {db.ph}" for c in cols)
+            rows = [[bind_key(db, c, v) for c, v in zip(cols, k, strict=True)] for k in sorted(gone)]
+            if db.dialect == "sqlite":
+                db.raw.execute("BEGIN IMMEDIATE")
+            cur = db.raw.cursor()
+            cur.executemany(f"DELETE FROM {target_table.sql(db.dialect)} WHERE {cond}", rows)
+            db.raw.execute("COMMIT") if db.dialect == "sqlite" else db.raw.commit()
+        deleted += len(gone)
+    return deleted
+
+
+@dataclass(frozen=True)
+class IncrementalJob:
+    """An incremental run: its slice (planned once, checkpointed with the ranges), the deletes after the
+    copy and the watermark after verify. ``state`` is set by :meth:`started` from the planned ranges."""
+
+    source: UrlLike
+    target: UrlLike
+    schema: SourceSchema
+    column: ColumnInfo
+    target_table: TableName
+    stream: str
+    chunk_rows: int
+    lookback: float = 0
+    reset: bool = False
+    deletes: Deletes = "ignore"
+    soft: ColumnInfo | None = None
+    state: IncrementalState | None = None
+
+    def plan(self) -> Window:
+        return plan_window(self.source, self.target, self.target_table, self.schema, self.column, self.stream,
+                           lookback=self.lookback, reset=self.reset)
+
+    def started(self, ranges: list[KeyRange]) -> IncrementalJob:
+        """This job with the state of the planned (or checkpointed) ranges' window; prints it."""
+        window = ranges[0].window if ranges else None
+        if window is None:
+            msg = "incremental run: the planned ranges carry no window; start over with a new run_key"
+            raise ConfigError(msg)
+        job = replace(self, state=IncrementalState.of(window, self.stream, reset=self.reset))
+        print(describe(job.state))  # type: ignore[arg-type]
+        return job
+
+    def after_copy(self, summary: Any, source: UrlLike, target: UrlLike, schema: SourceSchema,
+                   tgt_schema: SourceSchema) -> None:
+        """Deletes (all ranges committed): soft-deleted rows, or keys the source no longer has."""
+        if self.deletes == "soft_column" and self.soft is not None:
+            summary.rows_deleted = delete_soft(target, self.target_table, self.soft)
+        elif self.deletes == "compare_keys":
+            summary.rows_deleted = delete_missing(source, target, schema, tgt_schema, self.target_table,
+                                                  chunk_rows=self.chunk_rows)
+        if self.deletes != "ignore":
+            print(f"deletes ({self.deletes}): {summary.rows_deleted} rows deleted from the target")
+
+    def complete(self, summary: Any, target: UrlLike, run_key: str, *, moved: bool) -> None:
+        """Fill the summary's incremental facts; store the new watermark when ``moved`` (every range
+        committed and verified); otherwise it stays where it was and the next run covers this one."""
+        st = self.state
+        if st is None:
+            return
+        summary.incremental_column = st.column
+        summary.watermark_before = st.before
+        summary.incremental_reset = st.reset
+        summary.lag_s = lag_seconds(self.column, st.high)
+        after = st.high if st.high is not None else st.before
+        if moved:
+            save_watermark(target, self.target_table, st, after, run_key)
+        summary.watermark_after = after if moved else st.before
+        summary.extra.update({"watermark_before": st.before, "watermark_after": summary.watermark_after,
+                              "lag_s": summary.lag_s, "rows_deleted": summary.rows_deleted})
+        lag = f", lag {summary.lag_s:.0f} s" if summary.lag_s is not None else ""
+        kept = "" if moved else " (kept: not every range committed and verified; the next run covers this one)"
+        print(redact_text(f"watermark {st.column!r}: {st.before!r} -> {summary.watermark_after!r}{kept}{lag}"))
+
+
+def incremental_job(source: UrlLike, target: UrlLike, schema: SourceSchema, tgt_schema: SourceSchema, *,
+                    column: str, source_label: str, table: str | None, query: str | None, target_table: TableName,
+                    chunk_rows: int, lookback: float, reset: bool, deletes: Deletes,
+                    soft_delete_column: str | None) -> IncrementalJob:
+    """Validate an incremental run's columns (ConfigError naming what to change) and build its job."""
+    col = watermark_column(schema, column, tgt_schema)
+    soft = soft_column(schema, soft_delete_column) if deletes == "soft_column" else None
+    stream = stream_key(source_label, table, query, str(target_table), col.name)
+    return IncrementalJob(source=source, target=target, schema=schema, column=col, target_table=target_table,
+                          stream=stream, chunk_rows=chunk_rows, lookback=lookback, reset=reset, deletes=deletes,
+                          soft=soft)
+
+
+def describe(state: IncrementalState) -> str:
+    frm = "the start (first run)" if state.before is None else repr(state.before)
+    if state.reset:
+        frm = "the start (reset_incremental)"
+    return redact_text(f"incremental on {state.column!r}: from {frm} to {state.high!r}")
+
+
+__all__ = [
+    "WATERMARK_KINDS",
+    "WATERMARK_TABLE",
+    "Deletes",
+    "IncrementalJob",
+    "IncrementalState",
+    "clear_watermark",
+    "delete_missing",
+    "delete_soft",
+    "describe",
+    "ensure_watermarks",
+    "incremental_job",
+    "index_watermark",
+    "lag_seconds",
+    "plan_window",
+    "read_watermark",
+    "save_watermark",
+    "shifted",
+    "soft_column",
+    "source_high",
+    "stream_key",
+    "watermark_column",
+]

@@ -1,0 +1,158 @@
+"""api_extract incremental, as scheduled runs use it: a real loopback API with an ``updated_since`` filter
+(inclusive, as most APIs have it); each run asks from the last complete run's maximum; a SIGKILLed run
+resumes with the same request parameters (no gap, nothing twice) and stores the watermark only when done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from flows.api_extract import ApiExtractParams, api_extract
+from tasks.core import ConfigError
+from tasks.core.outcomes import RunSummary
+from tasks.core.state import _main as state_cli
+from tasks.core.watermarks import read_watermark
+from tests.faults.helpers import finish, kill, wait_until
+from tests.run_flow import start_flow, summary_in
+
+BASE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+INCREMENTAL = {"param": "updated_since", "record_field": "updated_at"}
+
+
+class ChangesApi:
+    """``GET /changes?updated_since=&offset=&limit=``: records with updated_at >= updated_since, oldest first."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, dict[str, Any]] = {}
+        self.seen: list[dict[str, str]] = []
+        self.hold_after: int | None = None  # requests past this number wait (so a SIGKILL lands mid-run)
+        self.release = threading.Event()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                api.seen.append(query)
+                if api.hold_after is not None and len(api.seen) > api.hold_after:
+                    api.release.wait(60)
+                since = query.get("updated_since")
+                rows = sorted((r for r in api.records.values() if since is None or r["updated_at"] >= since),
+                              key=lambda r: (r["updated_at"], r["id"]))
+                offset, limit = int(query.get("offset", 0)), int(query.get("limit", 10))
+                body = json.dumps({"data": rows[offset:offset + limit]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/changes"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def put(self, ids: range | list[int], at: dt.datetime, name: str = "Basic monthly") -> None:
+        for i in ids:
+            self.records[i] = {"id": i, "name": f"{name} {i}", "updated_at": (at + dt.timedelta(seconds=i)).isoformat()}
+
+    def newest(self) -> str:
+        return max(r["updated_at"] for r in self.records.values())
+
+
+@pytest.fixture
+def changes() -> Iterator[ChangesApi]:
+    api = ChangesApi()
+    yield api
+    api.release.set()
+    api.server.shutdown()
+
+
+def records_of(summary: RunSummary) -> list[dict[str, Any]]:
+    return summary.results()
+
+
+def test_each_run_asks_from_the_last_complete_runs_maximum(changes: ChangesApi, tmp_path: Path) -> None:
+    changes.put(range(1, 96), BASE)
+    out = tmp_path / "out"
+
+    def run(**kwargs: Any) -> RunSummary:
+        s = api_extract(changes.url, output=out, page_size=10, pages_per_part=3, incremental=INCREMENTAL, **kwargs)
+        assert s.ok, s.render_text()
+        return s
+
+    first = run()
+    assert first.total == 95 and first.extra["watermark_before"] is None
+    assert first.extra["watermark_after"] == changes.newest() and first.extra["lag_s"] > 0
+    assert "updated_since" not in changes.seen[0]
+    assert Path(first.output_path or "").parent == out and Path(first.output_path or "").name.startswith("run-")
+    assert [r["name"] for r in records_of(first)][:2] == ["Basic monthly 1", "Basic monthly 2"]  # data exact
+
+    changes.seen.clear()
+    changes.put([3, 4, 5], BASE + dt.timedelta(days=1), name="changed")
+    changes.put(range(96, 106), BASE + dt.timedelta(days=1))
+    second = run()
+    assert {q.get("updated_since") for q in changes.seen} == {first.extra["watermark_after"]}
+    assert second.total == 1 + 13  # the boundary record again (the API's filter is inclusive), the 13 changes
+    assert second.extra["watermark_before"] == first.extra["watermark_after"]
+    assert second.extra["watermark_after"] == changes.newest()
+    assert {r["id"] for r in records_of(second)} == {95, 3, 4, 5, *range(96, 106)}
+    assert len(list(out.glob("run-*"))) == 2  # each run's parts in their own directory, none replaced
+
+    third = run()
+    assert third.total == 1 and third.extra["watermark_after"] == second.extra["watermark_after"]
+    everything = run(reset_incremental=True)
+    assert everything.total == 105 and everything.extra["watermark_before"] is None
+
+    assert state_cli(["reset-incremental", "--flow", "api-extract"]) == 0
+    assert run().total == 105  # forgotten: starts over
+
+
+def test_a_killed_incremental_run_resumes_with_the_same_start_and_stores_only_when_done(
+        changes: ChangesApi, tmp_path: Path) -> None:
+    changes.put(range(1, 41), BASE)
+    out = tmp_path / "out"
+    params: dict[str, Any] = {"url": changes.url, "output": str(out), "page_size": 10, "pages_per_part": 1,
+                              "incremental": INCREMENTAL, "run_key": "inc-extract"}
+    first = api_extract(**{**params, "run_key": "first"})
+    changes.put(range(1, 61), BASE + dt.timedelta(days=1), name="changed")  # 60 changed, 20 of them new
+
+    changes.seen.clear()
+    changes.hold_after = 3  # three pages answered, the fourth waits: the SIGKILL lands mid-run
+    proc = start_flow("flows.api_extract:api_extract", params)
+    run_dir = out / "run-inc-extract"
+    wait_until(lambda: len(list(run_dir.glob("part-*.jsonl"))) >= 3 and len(changes.seen) > 3, proc,
+               what="three parts and the fourth request")
+    kill(proc)
+    stream = ApiExtractParams(**{k: v for k, v in params.items() if k != "run_key"}).identity()
+    assert read_watermark("api-extract", stream)["value"] == first.extra["watermark_after"]  # not moved
+
+    changes.hold_after = None
+    changes.release.set()
+    changes.seen.clear()
+    rerun = start_flow("flows.api_extract:api_extract", params)
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-3000:]
+    s = summary_in(output, RunSummary)
+    assert s.ok and s.chunks_resumed >= 3 and s.extra["watermark_before"] == first.extra["watermark_after"]
+    assert {q.get("updated_since") for q in changes.seen} == {first.extra["watermark_after"]}  # same start
+    ids = [json.loads(line)["id"] for p in sorted(run_dir.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(ids) == list(range(1, 61)) and len(ids) == 60  # every change once, none twice
+    assert s.extra["watermark_after"] == changes.newest()
+
+
+def test_incremental_with_max_pages_is_refused(changes: ChangesApi, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_pages"):
+        api_extract(changes.url, output=tmp_path, incremental=INCREMENTAL, max_pages=2)
+    with pytest.raises(ConfigError, match="record_field"):
+        api_extract(changes.url, output=tmp_path, incremental={"param": "since"})

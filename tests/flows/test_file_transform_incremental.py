@@ -1,0 +1,104 @@
+"""file_transform incremental over a folder, as scheduled runs use it: only new or changed files are read,
+a changed file's old parts are replaced, a failed file is taken again by the next run, a killed run's
+directory is dropped by the next run; reading ``output_dir/run-*/`` always gives every row once."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import time
+from pathlib import Path
+
+import polars as pl
+
+from flows.file_transform import file_transform
+from tasks.core.outcomes import RunSummary
+from tasks.core.state import _main as state_cli
+from tests.faults.helpers import finish, wait_until
+from tests.run_flow import start_flow
+
+SCHEMA = {"id": "int64", "label": "str"}
+SLOW = "tests.flows.test_file_transform:slow_identity"
+
+
+def write(path: Path, ids: range, label: str = "Basic monthly") -> Path:
+    path.write_text("id,label\n" + "".join(f"{i},{label} {i}\n" for i in ids))
+    return path
+
+
+def rows(out: Path) -> list[tuple[int, str]]:
+    parts = sorted(out.glob("run-*/part-*.parquet"))
+    return sorted(pl.read_parquet(parts).select("id", "label").rows()) if parts else []
+
+
+def run(src: Path, out: Path, **kwargs: object) -> RunSummary:
+    return file_transform(str(src), str(out), schema=SCHEMA, incremental=True, raise_on_failure=False,
+                          **kwargs)  # type: ignore[arg-type]
+
+
+def test_only_new_or_changed_files_are_read_and_replaced(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write(src / "a.csv", range(0, 100))
+    write(src / "b.csv", range(100, 200))
+    write(src / "c.csv", range(200, 300))
+    first = run(src, out, chunk_bytes=1000)  # b.csv alone is several chunks: no part mixes two files
+    assert first.ok and first.total == 300 and first.extra["files_new_or_changed"] == 3
+    assert rows(out) == [(i, f"Basic monthly {i}") for i in range(300)]
+    assert Path(first.output_path or "").name.startswith("run-")
+
+    write(src / "b.csv", range(100, 150), label="changed")  # 50 rows now
+    os.utime(src / "b.csv", ns=(time.time_ns(), time.time_ns() + 10**9))
+    write(src / "d.csv", range(300, 310))
+    second = run(src, out, chunk_bytes=1000)
+    assert second.ok and second.total == 60 and second.extra["files_new_or_changed"] == 2
+    assert second.extra["files_known_before"] == 3 and second.extra["files_known_after"] == 4
+    expected = [*[(i, f"Basic monthly {i}") for i in range(100)], *[(i, f"changed {i}") for i in range(100, 150)],
+                *[(i, f"Basic monthly {i}") for i in range(200, 310)]]
+    assert rows(out) == expected  # b's old parts replaced: every row once
+
+    third = run(src, out)
+    assert third.ok and third.total == 0 and third.extra["files_new_or_changed"] == 0
+    assert rows(out) == expected
+
+    again = run(src, out, reset_incremental=True)
+    assert again.ok and again.total == 260 and rows(out) == expected
+    assert len(list(out.glob("run-*"))) == 1  # the earlier runs' parts went with the reset
+
+    assert state_cli(["reset-incremental", "--flow", "file-transform"]) == 0
+    assert run(src, out).total == 260 and len(rows(out)) == 2 * 260  # forgotten: read again (outputs kept)
+
+
+def test_a_failed_file_is_taken_again_by_the_next_run(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write(src / "a.csv", range(0, 10))
+    (src / "b.csv.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    bad = run(src, out)
+    assert not bad.ok and bad.extra["files_done"] == 1 and rows(out) == [(i, f"Basic monthly {i}") for i in range(10)]
+    (src / "b.csv.gz").write_bytes(gzip.compress(b"id,label\n10,ten\n11,eleven\n"))
+    fixed = run(src, out)
+    assert fixed.ok and fixed.total == 2 and fixed.extra["files_new_or_changed"] == 1
+    assert [r[0] for r in rows(out)] == list(range(12))
+
+
+def test_a_killed_run_is_dropped_by_the_next_scheduled_run(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n in range(6):
+        write(src / f"f{n}.csv", range(n * 100, n * 100 + 100))
+    params = {"source": str(src), "output_dir": str(out), "schema": SCHEMA, "incremental": True,
+              "transform": SLOW, "max_concurrency": 1, "run_key": "killed-incremental"}
+    proc = start_flow("flows.file_transform:file_transform", params, {"BF_CHUNK_SLEEP": "1.5"})
+    killed = out / "run-killed-incremental"
+    wait_until(lambda: len(list(killed.glob("part-*.parquet"))) >= 2, proc, what="two parts")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert 2 <= len(list(killed.glob("part-*.parquet"))) < 6
+
+    nxt = start_flow("flows.file_transform:file_transform", {**params, "run_key": "next"})
+    output = finish(nxt)
+    assert nxt.returncode == 0, output[-3000:]
+    assert not killed.exists()  # the unfinished run's parts went: its files were read again
+    assert [r[0] for r in rows(out)] == list(range(600))

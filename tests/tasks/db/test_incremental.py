@@ -1,0 +1,91 @@
+"""db_migrate's incremental pieces on real SQLite files: the window predicate across stored time formats,
+lookback arithmetic, the watermark store in the target."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tasks.core import ConfigError
+from tasks.db.conn import connect, parse_table_name
+from tasks.db.incremental import (
+    IncrementalState,
+    lag_seconds,
+    plan_window,
+    read_watermark,
+    save_watermark,
+    shifted,
+    stream_key,
+    watermark_column,
+)
+from tasks.db.schema import KeyRange, SourceSchema, Window, range_predicate, reflect
+from tasks.db.typemap import ColumnInfo
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> str:
+    path = tmp_path / "src.sqlite3"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, at TIMESTAMPTZ)")
+    rows = [(1, "a", "2026-01-01 10:00:00"), (2, "b", "2026-01-01T11:00:00+00:00"),  # both ISO forms
+            (3, "c", "2026-01-01T13:30:00+02:00"), (4, "d", None), (5, "e", "2026-01-01 12:00:00.000001+00:00")]
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    return f"sqlite:///{path}"
+
+
+def selected(url: str, low: str | None) -> list[int]:
+    schema = reflect(url, "t")
+    window = Window(column=watermark_column(schema, "at"), low=low, high="2026-01-01T12:00:00.000001+00:00")
+    with connect(url, "source") as db:
+        where, params = range_predicate(db, schema.key_columns(), KeyRange(index=0, window=window))
+        return [r[0] for r in db.all(f"SELECT id FROM t WHERE {where} ORDER BY id", params)]
+
+
+def test_the_window_compares_instants_whatever_the_stored_form(mixed: str, tmp_path: Path) -> None:
+    schema = reflect(mixed, "t")
+    col = watermark_column(schema, "at")
+    window = plan_window(mixed, f"sqlite:///{tmp_path / 'tgt.sqlite3'}", parse_table_name("t"), schema, col, "s",
+                         lookback=0, reset=False)
+    assert dt.datetime.fromisoformat(window.high) == dt.datetime(2026, 1, 1, 12, 0, 0, 1, tzinfo=dt.UTC)
+    assert selected(mixed, None) == [1, 2, 3, 4, 5]  # first run: everything (NULL included)
+    assert selected(mixed, "2026-01-01T10:30:00+00:00") == [2, 3, 4, 5]  # 13:30+02:00 is 11:30Z
+    assert selected(mixed, "2026-01-01T11:30:00+00:00") == [4, 5]  # NULL rows come every time
+
+
+def test_lookback_and_lag() -> None:
+    ts = watermark_column(reflect_stub(), "at")
+    assert shifted(ts, "2026-01-01T00:00:10+00:00", 10, sqlite=False) == "2026-01-01T00:00:00+00:00"
+    assert shifted(ts, "2026-01-01T00:00:10+00:00", 0, sqlite=True) == "2026-01-01T00:00:09.999000+00:00"
+    assert shifted(ts, None, 10, sqlite=False) is None
+    n = watermark_column(reflect_stub(), "id")
+    assert shifted(n, 100, 5, sqlite=False) == 95 and lag_seconds(n, 100) is None
+    assert lag_seconds(ts, "2000-01-01T00:00:00+00:00") > 0
+
+
+def reflect_stub() -> SourceSchema:
+    return SourceSchema(dialect="postgresql", table=parse_table_name("t"), columns=[ColumnInfo(name="id", kind="bigint"), ColumnInfo(name="at",
+                        kind="timestamptz"), ColumnInfo(name="name", kind="text")], key=["id"], primary_key=["id"])
+
+
+def test_bad_columns_are_named(mixed: str) -> None:
+    schema = reflect(mixed, "t")
+    with pytest.raises(ConfigError, match="must be a date/time"):
+        watermark_column(schema, "name")
+    with pytest.raises(ConfigError, match="not a column"):
+        watermark_column(schema, "nope")
+
+
+def test_the_store_in_the_target(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tgt.sqlite3'}"
+    table = parse_table_name('"Odd Items"')
+    stream = stream_key("sqlite:///src", "t", None, str(table), "at")
+    assert read_watermark(url, table, stream) is None
+    state = IncrementalState(column="at", stream=stream)
+    save_watermark(url, table, state, "2026-01-01T00:00:00+00:00", "r1")
+    save_watermark(url, table, state, "2026-01-02T00:00:00+00:00", "r2")
+    assert read_watermark(url, table, stream) == "2026-01-02T00:00:00+00:00"
