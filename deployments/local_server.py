@@ -26,9 +26,13 @@ def free_port() -> int:
 
 
 class PrefectServer:
-    """``prefect server start`` in its own session; ``home`` is its PREFECT_HOME (kept if given)."""
+    """``prefect server start`` in its own session; ``home`` is its PREFECT_HOME (kept if given).
+    ``database_url``: a PostgreSQL database for the server (``postgresql+asyncpg://...``; the
+    ``postgresql+psycopg://`` form is accepted and converted); default: SQLite in ``home``."""
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, *, database_url: str | None = None) -> None:
+        self.database_url = database_url.replace("postgresql+psycopg://", "postgresql+asyncpg://", 1) \
+            if database_url else None
         self.keep_home = home is not None
         self.home = home or Path(tempfile.mkdtemp(prefix="bf-prefect-"))
         self.home.mkdir(parents=True, exist_ok=True)
@@ -50,6 +54,11 @@ class PrefectServer:
     def start(self, timeout: float = 120.0) -> None:
         env = {**os.environ, **self.env()}
         env.pop("PREFECT_API_URL")
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+            # a loaded machine (2 cores, a test suite beside) makes the 5 s defaults fail connects with a 500
+            env.setdefault("PREFECT_API_DATABASE_CONNECTION_TIMEOUT", "30")
+            env.setdefault("PREFECT_API_DATABASE_TIMEOUT", "60")
         prefect = str(Path(sys.executable).with_name("prefect"))
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(

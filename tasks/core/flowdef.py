@@ -217,6 +217,7 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
     from tasks.core.notify import HOOKS
 
     def decorate(body: Callable[[P], Any]) -> Any:
+        importable_module(body)
         returns = summary or inspect.signature(body, eval_str=True).return_annotation
         spec = FlowSpec(name=name, model=model, body=body, positional=tuple(positional), summary=returns)
 
@@ -249,6 +250,38 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
         return prefect_flow
 
     return decorate
+
+
+def importable_module(obj: Any) -> None:
+    """Name a flow module loaded from its file by its package path, so other processes can import it.
+
+    A deployment's entrypoint ``flows/batch_map.py:batch_map_flow`` makes Prefect load that file as module
+    ``batch_map``, a name no other process can import: Dask's scheduler and workers unpickle the chunk tasks
+    (which carry the flow, its parameter model and its body by reference) and fail with ``No module named
+    'batch_map'``. The module is registered as ``flows.batch_map`` (importable wherever the project is on
+    the path) and what it has defined so far takes that name.
+    """
+    import sys
+
+    name = getattr(obj, "__module__", None)
+    module = sys.modules.get(name or "")
+    if module is None or not name or "." in name or not getattr(module, "__file__", None):
+        return
+    path = Path(module.__file__).resolve()
+    parts, parent = [path.stem], path.parent
+    while (parent / "__init__.py").is_file():
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    if len(parts) == 1 or sys.modules.setdefault(".".join(parts), module) is not module:
+        return
+    canonical = ".".join(parts)
+    for value in [*vars(module).values(), obj]:
+        if getattr(value, "__module__", None) == name:
+            try:
+                value.__module__ = canonical
+            except (AttributeError, TypeError):
+                continue
+    module.__name__ = canonical
 
 
 def _before_retry(flow: str, attempt: int, retries: int, reason: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,22 @@ def test_flow_retries_run_the_run_again_and_it_resumes(monkeypatch: pytest.Monke
     _fatal_once.clear()
     with pytest.raises(RunFailed):  # without retries the same run ends Failed
         batch_map(list(range(40)), fatal_once_at_13, chunk_size=10, max_concurrency=1)
+
+
+def test_a_flow_loaded_from_its_file_pickles_under_its_package_name(tmp_path: Path) -> None:
+    """A deployment loads 'flows/batch_map.py:batch_map_flow' as module 'batch_map'; Dask's scheduler and
+    workers must still unpickle what the tasks carry (the flow, its parameter model) by an importable name."""
+    dump = tmp_path / "flow.pickle"
+    load = (
+        "import cloudpickle, sys\n"
+        "from prefect.flows import load_flow_from_entrypoint\n"
+        "f = load_flow_from_entrypoint('flows/batch_map.py:batch_map_flow')\n"
+        "assert f.fn.__module__ == 'flows.batch_map', f.fn.__module__\n"
+        f"open({str(dump)!r}, 'wb').write(cloudpickle.dumps((f.fn, f.spec.model)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", load], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    check = f"import pickle; fn, model = pickle.load(open({str(dump)!r}, 'rb')); print(model.__name__)"
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "BatchMapParams", out.stderr[-2000:]

@@ -1,0 +1,125 @@
+"""The production shape of the server on one machine: `prefect server start` on a PostgreSQL database (a
+throwaway cluster behind PREFECT_API_DATABASE_CONNECTION_URL), two process workers on one work pool, each
+in its own working directory with its own state dir, and a Dask cluster started as separate `dask
+scheduler` / `dask worker` processes that one deployment's chunk tasks run on.
+
+What it proves: deployments, flow runs, task runs, global concurrency limits and artifacts work on a
+PostgreSQL-backed server; the runs spread over both workers; every item ran once per run; the global limit
+held across workers and the Dask cluster. (Failover between workers needs state in object storage: not yet.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.local_server import PrefectServer, free_port
+from flows.batch_map import batch_map_flow
+from tests.fixtures.postgres import PG_PASSWORD
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pg_server(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    url = pg_cluster.url(pg_cluster.create_database())
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-on-pg"), database_url=url)
+    server.start(timeout=240)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    with (cwd / "output.log").open("wb") as log:  # kept for the failure message
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server: PrefectServer,
+                                                                      tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    pool, limit_name, runs, n = f"bf-pg-{tag}", f"bf-pg-gcl-{tag}", 4, 40
+    probe, log = tmp_path / "probe", tmp_path / "effects.log"
+    probe.mkdir()
+    common = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": pg_server.api_url, "BF_PROBE_DIR": str(probe),
+              "BF_SLEEP": "0.05", "BF_SIDE_EFFECT_LOG": str(log), "PREFECT_WORKER_QUERY_SECONDS": "1",
+              "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    scheduler = free_port()
+    dask_address = f"tcp://127.0.0.1:{scheduler}"
+    procs = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(scheduler),
+                    "--no-dashboard"], common, tmp_path / "dask-scheduler")]
+    with temporary_settings(updates={PREFECT_API_URL: pg_server.api_url}):
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name, limit=2, active=True))
+        deployment_id = batch_map_flow.from_source(  # type: ignore[attr-defined]
+            source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
+        ).deploy(name=f"pg-{tag}", work_pool_name=pool, print_next_steps=False)
+        try:
+            procs.append(start([str(BIN / "dask"), "worker", dask_address, "--nworkers", "1", "--nthreads", "2",
+                                "--no-dashboard"], common, tmp_path / "dask-worker"))
+            for i in range(2):  # each worker: its own working directory and state dir
+                env = {**common, "BATCHFLOWS_STATE_DIR": str(tmp_path / f"w{i}" / "state")}
+                procs.append(start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", f"w{i}-{tag}",
+                                    "--limit", "2"], env, tmp_path / f"w{i}"))
+            with get_client(sync_client=True) as client:
+                flow_runs = [
+                    client.create_flow_run_from_deployment(deployment_id, parameters={
+                        "source": list(range(n)), "handler": "tests.faults.helpers:probe_and_record", "chunk_size": 4,
+                        "max_concurrency": 3, "concurrency_limit": limit_name, "run_key": f"pg-{tag}-{r}",
+                        **({"task_runner": "dask", "dask_address": dask_address} if r == 0 else {}),
+                    })
+                    for r in range(runs)
+                ]
+                deadline = time.monotonic() + 300
+                while True:
+                    states = [client.read_flow_run(fr.id).state for fr in flow_runs]
+                    if all(s is not None and s.is_final() for s in states):
+                        break
+                    assert time.monotonic() < deadline, [s.name if s else None for s in states]
+                    time.sleep(1)
+                artifacts = client.read_artifacts()
+        finally:
+            stop(procs)
+    assert all(s is not None and s.is_completed() for s in states), [(s.name, s.message) for s in states if s]
+    assert all(s is not None and f"{n} items: {n} succeeded" in (s.message or "") for s in states)
+    assert any(a.key and "summary" in a.key for a in artifacts)  # artifacts are stored in PostgreSQL too
+
+    records = [line.split() for line in log.read_text().splitlines()]
+    assert Counter(int(item) for item, _, _ in records) == Counter({i: runs for i in range(n)})  # once per run
+    observed = [int(x) for x in (probe / "observed.log").read_text().split()]
+    assert len(observed) == runs * n and max(observed) <= 2  # the global limit held across workers and Dask
+    worker_pids = {p.pid for p in procs[2:]}
+    parents = {int(ppid) for _, ppid, _ in records}
+    assert worker_pids <= parents  # both workers ran flow runs (a flow run's process is a child of its worker)
+    assert len(parents - worker_pids) >= 1  # and the Dask worker ran the chunks of the dask run
+    with_state = [w for w in ("w0", "w1") if (tmp_path / w / "state" / "runs" / "batch-map").exists()]
+    assert with_state == ["w0", "w1"]  # no shared state dir: each worker kept its runs' state
+    assert PG_PASSWORD not in (pg_server.log_path.read_text() if pg_server.log_path.exists() else "")
