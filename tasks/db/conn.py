@@ -212,8 +212,9 @@ def parse_db_url(url: UrlLike) -> Endpoint:
         return Endpoint(dialect="postgresql", database=parsed.database or "postgres", host=parsed.host or "localhost",
                         port=parsed.port or 5432, user=parsed.username, password=pw, options=opts)
     if backend in ("mysql", "mariadb"):
-        if parsed.get_driver_name() not in ("pymysql", "mysql", "mariadb", ""):
-            msg = (f"MySQL driver {parsed.get_driver_name()!r} is not supported: use mysql+pymysql:// (or mysql://, "
+        driver = parsed.drivername.partition("+")[2]  # get_driver_name() says "mysqldb" for a bare mysql://
+        if driver not in ("pymysql", ""):
+            msg = (f"MySQL driver {driver!r} is not supported: use mysql+pymysql:// (or mysql://, "
                    "mariadb://, which use PyMySQL too)")
             raise ConfigError(msg)
         if not parsed.database:

@@ -86,7 +86,7 @@ def reflect_mysql(db: Db, table: TableName | None, query: str | None) -> SourceS
 
 
 def _reflect_query(db: Db, query: str) -> SourceSchema:
-    from pymysql.constants import FIELD_FLAG
+    from pymysql.constants import FLAG
 
     cur = db.raw.cursor()
     try:
@@ -98,9 +98,9 @@ def _reflect_query(db: Db, query: str) -> SourceSchema:
     finally:
         cur.close()
         db.raw.rollback()
-    cols = [column_from_field(f.name, f.type_code, unsigned=bool(f.flags & FIELD_FLAG.UNSIGNED),
+    cols = [column_from_field(f.name, f.type_code, unsigned=bool(f.flags & FLAG.UNSIGNED),
                               binary=f.charsetnr == 63, length=f.length, decimals=f.scale,
-                              nullable=not f.flags & FIELD_FLAG.NOT_NULL) for f in fields]
+                              nullable=not f.flags & FLAG.NOT_NULL) for f in fields]
     return SourceSchema(dialect="mysql", query=query, columns=cols)
 
 
