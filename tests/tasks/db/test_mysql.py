@@ -335,3 +335,21 @@ def test_urls_and_passwords_never_in_messages(mysql_url: str) -> None:
     except Exception as exc:
         migrate_err = str(exc)
     assert migrate_err is not None and "Wr0ng-pa55-zzq" not in migrate_err and MY_PASSWORD not in migrate_err
+
+
+def test_insert_path_when_load_data_is_refused(pg_items: str, mysql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server without LOCAL INFILE (or a load with warnings) gets multi-row INSERTs: the same exact data."""
+    import tasks.db.mysql as my
+
+    loads: list[str] = []
+    real = my._load_data
+
+    def refused(db: Any, dest: str, *args: Any) -> None:
+        loads.append(dest)
+        raise my._LocalInfileRefused
+
+    monkeypatch.setattr(my, "_load_data", refused)
+    for mode in ("append", "upsert", "replace"):
+        migrate(pg_items, mysql_url, "items", mode=mode, chunk_rows=400)
+        all_ok(pg_items, mysql_url, "items", 400)
+    assert loads and my._load_data is refused and real is not refused
