@@ -151,7 +151,9 @@ def run_mysql_case(cluster: Any, args: argparse.Namespace) -> None:
     gen = mariadb.mariadb_server.__wrapped__()
     try:
         my = next(gen)
-    except BaseException as exc:  # the fixture skips (pytest's Skipped) when mariadbd is missing
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the fixture skips or fails (pytest's outcomes) when mariadbd is missing or broken
         print(f"  skipped: {exc}")
         return
     try:

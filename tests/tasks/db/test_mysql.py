@@ -353,3 +353,20 @@ def test_insert_path_when_load_data_is_refused(pg_items: str, mysql_url: str, mo
         migrate(pg_items, mysql_url, "items", mode=mode, chunk_rows=400)
         all_ok(pg_items, mysql_url, "items", 400)
     assert loads and my._load_data is refused and real is not refused
+
+
+def test_composite_key_and_schema_qualified_names(mysql_url: str, pg_target: str, my_target: str) -> None:
+    my_exec(mysql_url, "CREATE TABLE `Two Part` (region VARCHAR(20) COLLATE utf8mb4_general_ci, n INT, "
+                       "v DATETIME(6), PRIMARY KEY (region, n))")
+    regions = ["Zürich", "alpha", "Beta", "日本", "a b", "Ω"]
+    data = [(r, n, dt.datetime(2024, 1, 1) + dt.timedelta(minutes=n)) for r in regions for n in range(0, 40, 3)]
+    my_exec(mysql_url, "INSERT INTO `Two Part` VALUES (%s, %s, %s)", data)
+    db = mysql_url.rsplit("/", 1)[1]
+    qualified = f'{db}."Two Part"'
+    assert reflect(mysql_url, qualified).primary_key == ["region", "n"]
+    for tgt in (pg_target, my_target):
+        migrate(mysql_url, tgt, '"Two Part"', chunk_rows=11)
+        all_ok(mysql_url, tgt, '"Two Part"', 11)
+    ranges = plan_ranges(mysql_url, qualified, chunk_rows=11)
+    assert sum(r.estimated_rows for r in ranges) == len(data)
+    assert my_exec(my_target, "SELECT count(*) FROM `Two Part`")[0][0] == len(data)
