@@ -121,8 +121,16 @@ def table_exists(db: Db, table: TableName) -> bool:
 # ---------------------------------------------------------------- reading
 
 
+def _select_expr(db: Db, col: ColumnInfo) -> str:
+    if col.cast_text:
+        return f"CAST({db.q(col.name)} AS CHAR)"
+    if col.kind == "real":  # FLOAT's text form has 6 digits (1.0000001 -> '1'): send the double it holds
+        return f"CAST({db.q(col.name)} AS DOUBLE)"
+    return db.q(col.name)
+
+
 def select_sql(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]]:
-    cols = ", ".join(f"CAST({db.q(c.name)} AS CHAR)" if c.cast_text else db.q(c.name) for c in schema.columns)
+    cols = ", ".join(_select_expr(db, c) for c in schema.columns)
     where, params = range_predicate(db, schema.key_columns(), rng)
     order = ", ".join(key_expr(db, schema.key_columns()))
     return f"SELECT {cols} FROM {schema.relation('mysql')} WHERE {where} ORDER BY {order}", params

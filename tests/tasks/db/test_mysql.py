@@ -370,3 +370,19 @@ def test_composite_key_and_schema_qualified_names(mysql_url: str, pg_target: str
     ranges = plan_ranges(mysql_url, qualified, chunk_rows=11)
     assert sum(r.estimated_rows for r in ranges) == len(data)
     assert my_exec(my_target, "SELECT count(*) FROM `Two Part`")[0][0] == len(data)
+
+
+def test_float_and_double_are_exact(mysql_url: str, pg_target: str, my_target: str) -> None:
+    """FLOAT's text form has 6 digits (1.0000001 shows as 1): it is read as the double it holds, exactly."""
+    pg_exec(pg_target, "CREATE TABLE fl (id int PRIMARY KEY, r real, d double precision)")
+    vals = [(1, 1.0000001, 0.1 + 0.2), (2, 16777215.0, 1e-300), (3, 3.4028235e38, 2.0**-1074), (4, -1.17549435e-38,
+                                                                                               1 / 3)]
+    pg_exec(pg_target, "INSERT INTO fl VALUES (%s, %s, %s), (%s, %s, %s), (%s, %s, %s), (%s, %s, %s)",
+            tuple(v for r in vals for v in r))
+    migrate(pg_target, mysql_url, "fl")
+    all_ok(pg_target, mysql_url, "fl")
+    migrate(mysql_url, my_target, "fl")
+    all_ok(pg_target, my_target, "fl")
+    got = my_exec(my_target, "SELECT id, CAST(r AS DOUBLE), d FROM fl ORDER BY id")
+    want = pg_exec(pg_target, "SELECT id, r::float8, d FROM fl ORDER BY id")
+    assert [tuple(r) for r in got] == [tuple(r) for r in want]
