@@ -49,7 +49,7 @@ test-fast: venv test-deps
 lint: venv
 	$(VENV)/bin/ruff check .
 
-bench: venv
+bench: venv test-deps
 	$(PY) -m bench.engine
 	$(PY) -m bench.api_bulk
 	$(PY) -m bench.db_migrate

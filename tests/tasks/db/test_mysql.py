@@ -386,3 +386,27 @@ def test_float_and_double_are_exact(mysql_url: str, pg_target: str, my_target: s
     got = my_exec(my_target, "SELECT id, CAST(r AS DOUBLE), d FROM fl ORDER BY id")
     want = pg_exec(pg_target, "SELECT id, r::float8, d FROM fl ORDER BY id")
     assert [tuple(r) for r in got] == [tuple(r) for r in want]
+
+
+def test_remaining_pg_kinds_through_mysql(pg_url: str, mysql_url: str, pg_target: str, sqlite_url: str) -> None:
+    """The kinds the awkward table lacks (smallint, integer, real, time, char(n), varchar key, unconstrained
+    numeric, json) go PG -> MySQL -> PG and MySQL -> SQLite unchanged."""
+    pg_exec(pg_url, 'CREATE TABLE "Kinds" (code varchar(30) PRIMARY KEY, s smallint, i integer, r real, t time, '
+                    'c char(5), n numeric, j json, tz timestamptz)')
+    data = [(f"k{i:03d} ü", (-1) ** i * i, -(2**31) + i, i / 7, dt.time(i % 24, i % 60, 0, i * 7),
+             None if i % 4 == 0 else f"c{i % 9}", Decimal(f"{i}.{'0' * (i % 40)}1") * (10 ** (i % 50)),
+             json.dumps({"k": i, "l": [None, "ß"]}), dt.datetime(1900 + i, 1, 1, tzinfo=dt.UTC)) for i in range(120)]
+    pg_exec(pg_url, 'INSERT INTO "Kinds" SELECT * FROM unnest(%s::text[], %s::int2[], %s::int4[], %s::float4[], '
+                    '%s::time[], %s::bpchar(5)[], %s::numeric[], %s::json[], %s::timestamptz[])',
+            tuple(list(col) for col in zip(*data, strict=True)))
+    migrate(pg_url, mysql_url, '"Kinds"', chunk_rows=25)
+    all_ok(pg_url, mysql_url, '"Kinds"', 25)
+    kinds = {c.name: c.type_label() for c in reflect(mysql_url, '"Kinds"').columns}
+    assert kinds == {"code": "varchar(30)", "s": "smallint", "i": "integer", "r": "real", "t": "time",
+                     "c": "char(5)", "n": "numeric", "j": "json", "tz": "timestamptz"}
+    migrate(mysql_url, pg_target, '"Kinds"', chunk_rows=25)
+    all_ok(mysql_url, pg_target, '"Kinds"', 25)
+    q = 'SELECT code, s, i, r, t, c, n, j::text, tz FROM "Kinds" ORDER BY code'
+    assert pg_exec(pg_url, q) == pg_exec(pg_target, q)
+    migrate(mysql_url, sqlite_url, '"Kinds"', chunk_rows=25)
+    all_ok(mysql_url, sqlite_url, '"Kinds"', 25)
