@@ -1,6 +1,7 @@
 """db_migrate benchmarks (issue 6): PG -> PG and SQLite -> PG against plain baselines, one run, one cluster.
 
     .venv/bin/python -m bench.db_migrate [--rows 1000000] [--chunk-rows 100000] [--skip-executemany] [--skip-sqlite]
+                                         [--skip-mysql]
 
 1. PG -> PG, ``--rows`` rows x 8 mixed columns (bigint, text, integer, numeric, boolean, timestamptz,
    double, uuid), two databases on one throwaway cluster (tests/fixtures/postgres.py's cluster code):
@@ -10,6 +11,8 @@
    Targets: append >= 0.6x the pipe and >= 10x executemany.
 2. SQLite -> PG on the same data vs pgloader (``apt-get install pgloader``; skipped with a note when
    missing). Target: db_migrate >= 1.0x pgloader.
+3. MySQL/MariaDB -> PG, ``--rows`` rows x 9 mixed columns vs ``pgloader mysql://`` (bench/db_migrate_mysql.py;
+   a throwaway MariaDB server, pgloader installed as root when missing). Target: db_migrate >= 2x pgloader.
 
 Every variant writes into a fresh database. Times are wall clock of the whole call (db_migrate includes
 its Prefect flow run, planning, target creation and, where on, verification), after one warm-up dry run
@@ -138,6 +141,27 @@ def run_pgloader(sqlite_path: Path, dst_url: str) -> str:
     return ""
 
 
+def run_mysql_case(cluster: Any, args: argparse.Namespace) -> None:
+    """MySQL/MariaDB -> PG on the same row count vs pgloader (bench/db_migrate_mysql.py), skipped with a note
+    when the MariaDB server binaries are missing."""
+    from bench.db_migrate_mysql import run_mysql
+    from tests.fixtures import mariadb
+
+    print("\nMySQL/MariaDB -> PG")
+    gen = mariadb.mariadb_server.__wrapped__()
+    try:
+        my = next(gen)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the fixture skips or fails (pytest's outcomes) when mariadbd is missing or broken
+        print(f"  skipped: {exc}")
+        return
+    try:
+        run_mysql(my, cluster, args.rows, args.chunk_rows, args.max_concurrency)
+    finally:
+        gen.close()
+
+
 def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
@@ -149,6 +173,7 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, default=2)
     parser.add_argument("--skip-executemany", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true", help="PG -> PG only")
+    parser.add_argument("--skip-mysql", action="store_true", help="no MySQL/MariaDB -> PG case (bench/db_migrate_mysql.py)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of the pipe and PG->PG db_migrate; best kept")
     args = parser.parse_args()
     started = time.monotonic()
@@ -273,6 +298,8 @@ def run(cluster: Any, args: argparse.Namespace, work: Path, started: float) -> i
     if not note:
         ours = results["db_migrate SQLite->PG append, verify off"][0]
         print(f"\nSQLite->PG db_migrate vs pgloader: {secs_pl / ours:.2f}x (target >= 1.0x)")
+    if not args.skip_mysql:
+        run_mysql_case(cluster, args)
     print(f"\nbenchmark wall time: {time.monotonic() - started:.0f}s")
     return 0
 

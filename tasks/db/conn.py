@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+import pymysql
 from pydantic import BaseModel, ConfigDict, SecretStr
+from sqlalchemy.dialects import mysql as _sa_mysql
 from sqlalchemy.dialects import postgresql as _sa_pg
 from sqlalchemy.dialects import sqlite as _sa_sqlite
 from sqlalchemy.engine import make_url
@@ -25,7 +27,7 @@ from sqlalchemy.exc import ArgumentError
 from tasks.core import ConfigError, DbSettings, SourceError, redact_text, register_secret
 from tasks.core.params import validate_select
 
-Dialect = Literal["postgresql", "sqlite"]
+Dialect = Literal["postgresql", "sqlite", "mysql"]
 Role = Literal["source", "target"]
 UrlLike = str | SecretStr
 
@@ -34,7 +36,8 @@ _PLAIN_RULE = "letters (any script), digits and _, not starting with a digit"
 _MAX_BYTES = 63  # PostgreSQL's identifier limit (longer names would be truncated silently)
 _QUOTING = ('double quotes around any other name, "" for a quote inside: \'public."Odd Items"\', '
             '\'"Order ID"\'')
-_PREPARERS = {"postgresql": _sa_pg.dialect().identifier_preparer, "sqlite": _sa_sqlite.dialect().identifier_preparer}
+_PREPARERS = {"postgresql": _sa_pg.dialect().identifier_preparer, "sqlite": _sa_sqlite.dialect().identifier_preparer,
+              "mysql": _sa_mysql.dialect().identifier_preparer}
 
 
 # ---------------------------------------------------------------- identifiers
@@ -178,18 +181,20 @@ class Endpoint:
     def describe(self) -> str:
         if self.dialect == "sqlite":
             return f"SQLite file {self.database}"
+        if self.dialect == "mysql":
+            return f"MySQL/MariaDB at {self.host}:{self.port} (database {self.database!r}, user {self.user!r})"
         return f"PostgreSQL at {self.host}:{self.port} (database {self.database!r}, user {self.user!r})"
 
 
 def parse_db_url(url: UrlLike) -> Endpoint:
-    """Parse a SQLAlchemy URL (``postgresql[+psycopg]://...`` or ``sqlite:///path``); the password is
-    registered for redaction at once."""
+    """Parse a SQLAlchemy URL (``postgresql[+psycopg]://...``, ``mysql[+pymysql]://...``, ``mariadb://...``
+    or ``sqlite:///path``); the password is registered for redaction at once."""
     raw = url.get_secret_value() if isinstance(url, SecretStr) else url
     try:
         parsed = make_url(raw)
     except (ArgumentError, ValueError, TypeError):
         msg = ("a database URL could not be parsed (not shown: it may hold a password); use "
-               "postgresql+psycopg://user:pw@host:port/db or sqlite:///path")
+               "postgresql+psycopg://user:pw@host:port/db, mysql+pymysql://user:pw@host:port/db or sqlite:///path")
         raise ConfigError(msg) from None
     register_secret(parsed.password if isinstance(parsed.password, str) else None)
     backend = parsed.get_backend_name()
@@ -206,7 +211,21 @@ def parse_db_url(url: UrlLike) -> Endpoint:
         opts = tuple(sorted((k, str(v)) for k, v in parsed.query.items()))
         return Endpoint(dialect="postgresql", database=parsed.database or "postgres", host=parsed.host or "localhost",
                         port=parsed.port or 5432, user=parsed.username, password=pw, options=opts)
-    msg = f"database {backend!r} is not supported: use PostgreSQL (postgresql+psycopg://) or SQLite (sqlite:///)"
+    if backend in ("mysql", "mariadb"):
+        driver = parsed.drivername.partition("+")[2]  # get_driver_name() says "mysqldb" for a bare mysql://
+        if driver not in ("pymysql", ""):
+            msg = (f"MySQL driver {driver!r} is not supported: use mysql+pymysql:// (or mysql://, "
+                   "mariadb://, which use PyMySQL too)")
+            raise ConfigError(msg)
+        if not parsed.database:
+            msg = "a MySQL/MariaDB URL needs a database: mysql+pymysql://user:pw@host:port/database"
+            raise ConfigError(msg)
+        pw = SecretStr(str(parsed.password)) if parsed.password else None
+        opts = tuple(sorted((k, str(v)) for k, v in parsed.query.items()))
+        return Endpoint(dialect="mysql", database=parsed.database, host=parsed.host or "localhost",
+                        port=parsed.port or 3306, user=parsed.username, password=pw, options=opts)
+    msg = (f"database {backend!r} is not supported: use PostgreSQL (postgresql+psycopg://), MySQL/MariaDB "
+           "(mysql+pymysql://) or SQLite (sqlite:///)")
     raise ConfigError(msg)
 
 
@@ -226,7 +245,7 @@ class Db:
         self.ep = ep
         self.dialect: Dialect = ep.dialect
         self.raw = raw
-        self.ph = "%s" if ep.dialect == "postgresql" else "?"
+        self.ph = "?" if ep.dialect == "sqlite" else "%s"
 
     def q(self, name: str) -> str:
         return quote(name, self.dialect)
@@ -259,6 +278,8 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
             msg = (f"cannot connect to the {role} database: {ep.describe()}: {reason}. Check that the server "
                    "runs and accepts TCP connections there and that the user and password are right.")
             raise SourceError(msg) from None
+    elif ep.dialect == "mysql":
+        raw = _connect_mysql(ep, role)
     else:
         path = Path(ep.database)
         if not write and not path.exists():
@@ -280,8 +301,42 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         raw.close()
 
 
+# STRICT_ALL_TABLES: a value that does not fit is an error, never silently cut; NO_AUTO_VALUE_ON_ZERO: a key 0
+# is stored as 0, not replaced by the next auto-increment value; no zero dates are ever written.
+MYSQL_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+                  "NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO")
+
+
+class _MySQLConnection(pymysql.connections.Connection):  # type: ignore[misc]
+    """PyMySQL's connection plus ``execute()`` (as sqlite3 and psycopg have), which the shared SQL code calls."""
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        cur = self.cursor()
+        cur.execute(sql, tuple(params) if params is not None else None)
+        return cur
+
+
+def _connect_mysql(ep: Endpoint, role: Role) -> Any:
+    """A PyMySQL connection in UTC, utf8mb4, strict mode, transactions explicit (autocommit off)."""
+    opts = dict(ep.options)
+    try:
+        return _MySQLConnection(
+            host=ep.host, port=ep.port or 3306, user=ep.user, database=ep.database,
+            password=ep.password.get_secret_value() if ep.password else "", charset="utf8mb4",
+            autocommit=False, local_infile=opts.get("local_infile", "1") not in ("0", "false"),
+            connect_timeout=int(opts.get("connect_timeout", DbSettings().connect_timeout_s)),
+            init_command=f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}'",
+        )
+    except pymysql.MySQLError as exc:
+        reason = redact_text(str(exc.args[-1]) if exc.args else type(exc).__name__)
+        msg = (f"cannot connect to the {role} database: {ep.describe()}: {reason}. Check that the server "
+               "runs and accepts TCP connections there, that the database exists and that the user and password "
+               "are right.")
+        raise SourceError(msg) from None
+
 
 __all__ = [
+    "MYSQL_SQL_MODE",
     "Db",
     "Dialect",
     "Endpoint",

@@ -20,11 +20,15 @@ from typing import Any, Literal
 
 import polars as pl
 import psycopg
+import pymysql
 from pydantic import BaseModel
 
 from tasks.core import ConfigError, FatalError, ItemError, RetryableError, SourceError, failpoint, redact_text
 from tasks.db.conn import Db, TableName, UrlLike, connect, parse_table_name
 from tasks.db.ledger import LedgerEntry, committed, record_range
+from tasks.db.mysql import check_upsert_target, write_mysql
+from tasks.db.mysql import iter_rows as _mysql_rows
+from tasks.db.mysql_types import mysql_encoder
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import (
@@ -84,7 +88,10 @@ def _pg_oids(cols: Sequence[ColumnInfo]) -> list[int]:
 
 
 def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
-    """Rows of ``rng`` in key order as canonical Python values (PostgreSQL: binary COPY; SQLite: cursor)."""
+    """Rows of ``rng`` in key order as canonical Python values (PostgreSQL: binary COPY; SQLite, MySQL: cursor)."""
+    if db.dialect == "mysql":
+        yield from _mysql_rows(db, schema, rng, lambda row, exc: _mysql_decode_error(schema, rng, row, exc))
+        return
     sql, params = _select(db, schema, rng)
     if db.dialect == "postgresql":
         decoders = [pg_decoder(c) for c in schema.columns]
@@ -158,6 +165,20 @@ def _decode_error(schema: SourceSchema, rng: KeyRange, row: Sequence[Any], decs:
     return _row_error(rng, names, schema.key, row, "?", str(exc))
 
 
+def _mysql_decode_error(schema: SourceSchema, rng: KeyRange, row: Sequence[Any], exc: Exception) -> ItemError:
+    from tasks.db.mysql_types import mysql_decoder
+
+    for col, value in zip(schema.columns, row, strict=True):
+        dec = mysql_decoder(col)
+        try:
+            if dec is not None and value is not None:
+                dec(value)
+        except (ValueError, TypeError, ArithmeticError) as err:
+            return _row_error(rng, schema.names, schema.key, row, col.name,
+                              f"{value!r} is not a valid {col.type_label()}: {err}")
+    return _row_error(rng, schema.names, schema.key, row, "?", str(exc))
+
+
 def _to_frame(cols: Sequence[ColumnInfo], rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     data = {c.name: [frame_value(c, r[i]) for r in rows] for i, c in enumerate(cols)}
     return pl.DataFrame(data, schema={c.name: polars_dtype(c) for c in cols})
@@ -225,7 +246,7 @@ def _converters(src: Sequence[ColumnInfo] | None, tgt: Sequence[ColumnInfo], dia
         s = src[i] if src is not None else None
         same = s is not None and s.kind == t.kind and s.element == t.element and not s.cast_text
         conv = None if same else (lambda v, t=t: None if v is None else coerce(t, v))
-        enc = sqlite_encoder(t) if dialect == "sqlite" else pg_encoder(t)
+        enc = sqlite_encoder(t) if dialect == "sqlite" else mysql_encoder(t) if dialect == "mysql" else pg_encoder(t)
         if conv and enc:
             funcs.append(lambda v, c=conv, e=enc: e(c(v)))
         elif dialect == "sqlite" and not conv and t.kind in ("smallint", "integer", "bigint", "real", "double",
@@ -446,7 +467,7 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
                 raise _pg_error(exc, rng, out_names, schema.key, None) from None
         try:
             rows = list(iter_rows(src, schema, rng))
-        except psycopg.Error as exc:
+        except (psycopg.Error, pymysql.MySQLError) as exc:
             msg = f"range {rng.index}: reading the source failed: {redact_text(str(exc).strip())}"
             raise SourceError(msg) from None
         if src.dialect == "postgresql":
@@ -460,6 +481,10 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
         rows = _convert(rows, out_names, _converters(src_cols, tgt_cols, tgt.dialect), schema.key, rng)
         tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
         writer = _write_pg if tgt.dialect == "postgresql" else _write_sqlite
+        if tgt.dialect == "mysql":
+            if mode == "upsert":
+                check_upsert_target(tgt_schema, schema.key)
+            writer = write_mysql  # type: ignore[assignment]
         written = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode, on_commit)
     return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,
                        seconds=time.perf_counter() - started, path="rows")

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from tasks.core import ConfigError, redact_text
 from tasks.db.conn import Db, TableName, UrlLike, connect, parse_db_url
 from tasks.db.ledger import create_if_missing
+from tasks.db.mysql_types import mysql_decoder
 from tasks.db.schema import KeyRange, SourceSchema, Window, bind_key, plan_ranges, range_predicate, watermark_expr
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import coerce, key_to_json, pg_decoder, sqlite_decoder
@@ -112,7 +113,7 @@ def read_watermark(url: UrlLike, target: TableName, stream: str) -> Any:
     table = ensure_watermarks(url, target)
     with connect(url, "target") as db:
         rows = db.all(f"SELECT watermark FROM {table.sql(db.dialect)} WHERE stream_key = {db.ph}", [stream])
-        if db.dialect == "postgresql":
+        if db.dialect != "sqlite":
             db.raw.rollback()
     return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
 
@@ -137,7 +138,7 @@ def clear_watermark(url: UrlLike, target: TableName, stream: str) -> None:
     table = ensure_watermarks(url, target)
     with connect(url, "target", write=True) as db:
         db.raw.execute(f"DELETE FROM {table.sql(db.dialect)} WHERE stream_key = {db.ph}", (stream,))
-        if db.dialect == "postgresql":
+        if db.dialect != "sqlite":
             db.raw.commit()
 
 
@@ -147,7 +148,7 @@ def index_watermark(url: UrlLike, target: TableName, column: str) -> None:
     with connect(url, "target", write=True) as db:
         name = "_bf_wm_" + hashlib.blake2b(f"{target}.{column}".encode(), digest_size=6).hexdigest()
         db.raw.execute(f"CREATE INDEX IF NOT EXISTS {db.q(name)} ON {target.sql(db.dialect)} ({db.q(column)})")
-        if db.dialect == "postgresql":
+        if db.dialect != "sqlite":
             db.raw.commit()
 
 
@@ -157,7 +158,8 @@ def index_watermark(url: UrlLike, target: TableName, column: str) -> None:
 def _decoder(db: Db, col: ColumnInfo) -> Callable[[Any], Any]:
     if db.dialect == "sqlite":
         return sqlite_decoder(col)
-    return pg_decoder(col) or (lambda v: v)
+    found = mysql_decoder(col) if db.dialect == "mysql" else pg_decoder(col)
+    return (lambda v: None if v is None else found(v)) if found is not None else (lambda v: v)
 
 
 def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
@@ -166,7 +168,7 @@ def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
         expr = watermark_expr(db, col)
         rows = db.all(f"SELECT {db.q(col.name)} FROM {schema.relation(db.dialect)} WHERE {db.q(col.name)} IS NOT "
                       f"NULL ORDER BY {expr} DESC LIMIT 1")
-        if db.dialect == "postgresql":
+        if db.dialect != "sqlite":
             db.raw.rollback()
         return key_to_json(col, _decoder(db, col)(rows[0][0])) if rows else None
 
@@ -221,7 +223,7 @@ def delete_soft(url: UrlLike, target: TableName, col: ColumnInfo) -> int:
             where += f" AND {q} <> {db.ph}"
             params.append(bind_key(db, col, False))
         n = db.raw.execute(f"DELETE FROM {target.sql(db.dialect)} WHERE {where}", params).rowcount
-        if db.dialect == "postgresql":
+        if db.dialect != "sqlite":
             db.raw.commit()
     return max(int(n), 0)
 
@@ -237,7 +239,7 @@ def _keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> set[t
         decs = [_decoder(db, c) for c in cols]
         rows = db.all(f"SELECT {', '.join(db.q(c.name) for c in cols)} FROM {schema.relation(db.dialect)} "
                       f"WHERE {where}", params)
-        if db.dialect == "postgresql":
+        if db.dialect != "sqlite":
             db.raw.rollback()
     if all(c.kind in _INT_KINDS for c in cols):
         return set(rows)  # integers are integers on every side

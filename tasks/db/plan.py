@@ -121,6 +121,8 @@ def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, 
         return TargetResult(table=str(tname), created=False, existed=True, ddl=ddl)
     if execute:
         with connect(ep, "target", write=True) as db:
+            if db.dialect == "mysql" and "mariadb" not in str(db.raw.get_server_info()).lower():
+                ddl = ddl.replace("utf8mb4_nopad_bin", "utf8mb4_0900_bin")  # MySQL 8's binary no-pad collation
             db.raw.execute(ddl)
             if db.dialect == "postgresql":
                 db.raw.commit()

@@ -29,6 +29,7 @@ from tasks.db.conn import (
     parse_table_name,
     validate_query,
 )
+from tasks.db.mysql_types import create_table_mysql, mysql_decoder, mysql_encoder
 from tasks.db.typemap import ColumnInfo, column_from_sqlite, incompatibility, kind_from_pg, pg_type, sqlite_type
 from tasks.db.values import coerce, key_to_json, sqlite_decoder, sqlite_encoder
 
@@ -83,8 +84,8 @@ class SourceSchema(BaseModel):
 
 
 def _embed(query: str, dialect: Dialect) -> str:
-    """psycopg reads ``%`` as a placeholder in every statement sent with parameters: double it."""
-    return query.replace("%", "%%") if dialect == "postgresql" else query
+    """psycopg and PyMySQL read ``%`` as a placeholder in every statement sent with parameters: double it."""
+    return query.replace("%", "%%") if dialect in ("postgresql", "mysql") else query
 
 
 def _pg_typmod(typname: str, typmod: int) -> dict[str, int | None]:
@@ -208,7 +209,12 @@ def reflect(url: UrlLike, table: str | TableName | None = None, *, query: str | 
     sql = validate_query(query) if query is not None else None
     keys = parse_key(key)
     with connect(url, role) as db:
-        schema = _reflect_pg(db, tname, sql) if db.dialect == "postgresql" else _reflect_sqlite(db, tname, sql)
+        if db.dialect == "mysql":
+            from tasks.db.mysql import reflect_mysql  # imports this module
+
+            schema = reflect_mysql(db, tname, sql)
+        else:
+            schema = _reflect_pg(db, tname, sql) if db.dialect == "postgresql" else _reflect_sqlite(db, tname, sql)
     keys = keys or schema.primary_key
     if not keys:
         msg = (f"{schema.label()} has no primary key: pass key='column' (or 'a,b') naming unique, non-null "
@@ -229,6 +235,10 @@ def target_table_exists(url: UrlLike, table: str | TableName) -> bool:
     if ep.dialect == "sqlite" and not Path(ep.database).exists():
         return False
     with connect(ep, "target") as db:
+        if db.dialect == "mysql":
+            from tasks.db.mysql import table_exists
+
+            return table_exists(db, tname)
         if db.dialect == "postgresql":
             found = db.all("SELECT to_regclass(%s) IS NOT NULL", [tname.sql("postgresql")])[0][0]
             db.raw.rollback()
@@ -270,6 +280,8 @@ class KeyRange(BaseModel):
 
 def key_expr(db: Db, cols: Sequence[ColumnInfo]) -> list[str]:
     """Key column expressions; text keys compare bytewise (COLLATE "C") so both dialects agree on order."""
+    if db.dialect == "mysql":  # text keys of a collation that is not binary no-pad compare as their bytes
+        return [f"CAST({db.q(c.name)} AS BINARY)" if c.collate_c else db.q(c.name) for c in cols]
     return [f'{db.q(c.name)} COLLATE "C"' if db.dialect == "postgresql" and c.collate_c else db.q(c.name)
             for c in cols]
 
@@ -277,6 +289,9 @@ def key_expr(db: Db, cols: Sequence[ColumnInfo]) -> list[str]:
 def bind_key(db: Db, col: ColumnInfo, value: Any) -> Any:
     """A JSON bound value -> the parameter this side compares its stored key with."""
     typed = coerce(col, value)
+    if db.dialect == "mysql":
+        enc = mysql_encoder(col)
+        return enc(typed) if enc is not None else typed
     return sqlite_encoder(col)(typed) if db.dialect == "sqlite" else typed
 
 
@@ -329,6 +344,9 @@ def _window_predicate(db: Db, w: Window, parts: list[str], params: list[Any]) ->
 
 
 def _decode_key(db: Db, col: ColumnInfo, value: Any) -> Any:
+    if db.dialect == "mysql":
+        dec = mysql_decoder(col)
+        return key_to_json(col, dec(value) if dec is not None and value is not None else value)
     return key_to_json(col, sqlite_decoder(col)(value) if db.dialect == "sqlite" else value)
 
 
@@ -374,7 +392,7 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         rel = schema.relation(db.dialect)
         keys = [db.q(k) for k in schema.key]
         order = ", ".join(key_expr(db, cols))
-        mod = "%%" if db.dialect == "postgresql" else "%"
+        mod = "%%" if db.dialect in ("postgresql", "mysql") else "%"
         where, params = range_predicate(db, cols, KeyRange(index=0, window=window))
         # one pass over the key order: every chunk_rows-th key, plus the last row (its number is the total)
         found = db.all(
@@ -408,6 +426,8 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
 def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableName) -> str:
     """``CREATE TABLE`` for ``table`` in ``dialect`` with the source's columns and its key as primary key."""
     tname = parse_table_name(table)
+    if dialect == "mysql":
+        return create_table_mysql(schema.columns, schema.key, tname)
     q = _PREPARERS[dialect].quote_identifier
     typer = pg_type if dialect == "postgresql" else sqlite_type
     lines = [f"{q(c.name)} {typer(c)}{'' if c.nullable and c.name not in schema.key else ' NOT NULL'}"

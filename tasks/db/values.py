@@ -283,14 +283,21 @@ def _canon_int(v: Any) -> Any:
     return None if v is None else str(v)
 
 
+def _canon_char(v: Any) -> Any:
+    """char(n): trailing spaces are padding (PostgreSQL pads, MySQL strips them): equal data compares equal."""
+    return v.rstrip(" ") if isinstance(v, str) else v
+
+
 def _same(v: Any) -> Any:
     return v
 
 
 def row_canonicalizer(cols: list[ColumnInfo]) -> Callable[[tuple[Any, ...]], bytes]:
-    """A faster ``canonical_row`` for rows of known columns (same output: dispatch once per column)."""
+    """A faster ``canonical_row`` for rows of known columns (same output: dispatch once per column; char(n)
+    values without their trailing padding)."""
     funcs = [_canon_int if c.kind in ("smallint", "integer", "bigint") else
-             _same if c.kind in ("text", "varchar", "char", "boolean") else _canon for c in cols]
+             _canon_char if c.kind == "char" else
+             _same if c.kind in ("text", "varchar", "boolean") else _canon for c in cols]
     nested = any(c.kind in ("json", "jsonb") for c in cols)
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=nested).encode
 

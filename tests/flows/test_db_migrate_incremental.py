@@ -19,11 +19,20 @@ from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.faults.test_exactly_once import gated
 from tests.run_flow import start_flow, summary_in
 from tests.tasks.db.test_migration import db_exec
+from tests.tasks.db.test_mysql import my_exec
 
 N = 1000
 CHUNK = 300
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 BASE = NOW - dt.timedelta(days=1)
+
+
+def run_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    return my_exec(url, sql, params) if url.startswith("mysql") else db_exec(url, sql, params)
+
+
+TYPES = {"sqlite": ("INTEGER", "NUMERIC(12,2)", "TIMESTAMPTZ"), "mysql": ("BIGINT", "DECIMAL(12,2)", "TIMESTAMP(6)"),
+         "postgresql": ("bigint", "numeric(12,2)", "timestamptz")}
 
 
 class Source:
@@ -32,39 +41,41 @@ class Source:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = url.startswith("sqlite")
+        self.dialect = "sqlite" if self.sqlite else "mysql" if url.startswith("mysql") else "postgresql"
         self.ph = "?" if self.sqlite else "%s"
 
     def ts(self, value: dt.datetime, n: int = 0) -> Any:
+        if self.dialect == "mysql":
+            return value.astimezone(dt.UTC).replace(tzinfo=None)  # a TIMESTAMP in a UTC session
         if not self.sqlite:
             return value
         # SQLite stores text: both ISO forms, as different writers leave them (compared by julianday())
         return value.isoformat(sep="T" if n % 2 else " ")
 
     def create(self) -> Source:
-        types = ("INTEGER", "NUMERIC(12,2)", "TIMESTAMPTZ") if self.sqlite else ("bigint", "numeric(12,2)",
-                                                                                 "timestamptz")
-        db_exec(self.url, f"CREATE TABLE orders (id {types[0]} PRIMARY KEY, name TEXT NOT NULL, amount {types[1]}, "
+        types = TYPES[self.dialect]
+        run_sql(self.url, f"CREATE TABLE orders (id {types[0]} PRIMARY KEY, name TEXT NOT NULL, amount {types[1]}, "
                           f"updated_at {types[2]} NOT NULL, deleted_at {types[2]})")
         self.insert(range(1, N + 1), at=BASE)
         return self
 
     def insert(self, ids: range, *, at: dt.datetime) -> None:
         for i in ids:
-            db_exec(self.url, f"INSERT INTO orders VALUES ({', '.join([self.ph] * 5)})",
+            run_sql(self.url, f"INSERT INTO orders VALUES ({', '.join([self.ph] * 5)})",
                     (i, f"Basic monthly #{i}", f"{i}.25", self.ts(at + dt.timedelta(seconds=i), i), None))
 
     def update(self, ids: list[int], *, at: dt.datetime, delete: bool = False) -> None:
         for i in ids:
-            db_exec(self.url, f"UPDATE orders SET name = {self.ph}, updated_at = {self.ph}, deleted_at = {self.ph} "
+            run_sql(self.url, f"UPDATE orders SET name = {self.ph}, updated_at = {self.ph}, deleted_at = {self.ph} "
                               f"WHERE id = {self.ph}", (f"changed {i}", self.ts(at, i), self.ts(at, i) if delete
                                                          else None, i))
 
     def delete(self, ids: list[int]) -> None:
         for i in ids:
-            db_exec(self.url, f"DELETE FROM orders WHERE id = {self.ph}", (i,))
+            run_sql(self.url, f"DELETE FROM orders WHERE id = {self.ph}", (i,))
 
     def count(self) -> int:
-        return int(db_exec(self.url, "SELECT count(*) FROM orders")[0][0])
+        return int(run_sql(self.url, "SELECT count(*) FROM orders")[0][0])
 
 
 def equal(src: str, tgt: str) -> None:
@@ -80,7 +91,8 @@ def migrate(src: str, tgt: str, **kwargs: Any) -> MigrationSummary:
 
 
 DIRECTIONS = {"pg-pg": ("pg_url", "pg_target"), "pg-sqlite": ("pg_url", "sqlite_url"),
-              "sqlite-pg": ("sqlite_source", "pg_target")}
+              "sqlite-pg": ("sqlite_source", "pg_target"), "pg-mysql": ("pg_url", "mysql_url"),
+              "mysql-pg": ("mysql_url", "pg_target")}
 
 
 @pytest.fixture

@@ -48,7 +48,8 @@ def test_good_names_and_quoting() -> None:
 
 def test_urls() -> None:
     with pytest.raises(ConfigError, match="not supported"):
-        parse_db_url("mysql://u:pw@h/db")
+        parse_db_url("oracle://u:pw@h/db")
+    assert parse_db_url("mysql://u:pw@h/db").describe() == "MySQL/MariaDB at h:3306 (database 'db', user 'u')"
     with pytest.raises(ConfigError, match="file path"):
         parse_db_url("sqlite://")
     with pytest.raises(ConfigError, match="could not be parsed") as err:

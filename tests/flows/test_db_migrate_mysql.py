@@ -1,0 +1,87 @@
+"""db_migrate end to end with MySQL/MariaDB (throwaway server), PostgreSQL and SQLite, on a real Prefect server.
+
+The MySQL table of every type (tests/tasks/db/test_mysql.py) and the awkward PostgreSQL table go through the
+flow in every mode; a rerun resumes every range from the ledger; verification catches a changed row; a zero
+date fails its range naming the row; the MySQL password never shows up in summaries, logs or flow runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import LogSort
+
+from flows.db_migrate import MigrationSummary, db_migrate, db_verify
+from tests.fixtures.mariadb import MY_PASSWORD
+from tests.tasks.db.test_migration import key_values, pg_exec
+from tests.tasks.db.test_mysql import N_MY, ODD_REF, create_my, my_exec
+
+CHUNK = 800
+N = len(key_values())
+RANGES = -(-N // CHUNK)
+
+
+def assert_clean(summary: MigrationSummary, ranges: int) -> None:
+    assert summary.ok, summary.render_text()
+    assert summary.ranges_total == ranges == summary.ranges_verified == summary.ranges_matching
+    assert summary.ranges_mismatched == [] and summary.ranges_failed == []
+
+
+@pytest.mark.parametrize("mode", ["append", "upsert", "replace"])
+def test_pg_to_mysql_to_pg_every_mode_and_resume(mode: str, pg_items: str, mysql_url: str, pg_target: str) -> None:
+    summary = db_migrate(pg_items, mysql_url, "items", mode=mode, chunk_rows=CHUNK)  # type: ignore[arg-type]
+    assert_clean(summary, RANGES)
+    assert summary.target_created and "ENGINE=InnoDB" in (summary.ddl or "")
+    assert (summary.total, summary.rows_copied) == (N, N)
+    resumed = db_migrate(pg_items, mysql_url, "items", mode=mode, chunk_rows=CHUNK, run_key=summary.run_key)  # type: ignore[arg-type]
+    assert_clean(resumed, RANGES)
+    assert resumed.ranges_resumed == RANGES and resumed.ranges_copied == 0
+    assert my_exec(mysql_url, "SELECT count(*) FROM items")[0][0] == N
+    back = db_migrate(mysql_url, pg_target, "items", mode=mode, chunk_rows=CHUNK)  # type: ignore[arg-type]
+    assert_clean(back, RANGES)
+    q = "SELECT * FROM items ORDER BY id"
+    assert pg_exec(pg_items, q) == pg_exec(pg_target, q)
+
+
+def test_mysql_types_to_sqlite_and_mysql_verify_catches_a_change(mysql_url: str, sqlite_url: str,
+                                                                 mariadb_server: Any) -> None:
+    create_my(mysql_url)
+    other = mariadb_server.url(mariadb_server.create_database(), scheme="mariadb")  # mariadb:// works too
+    for tgt in (sqlite_url, other):
+        summary = db_migrate(mysql_url, tgt, ODD_REF, chunk_rows=70, mode="upsert")
+        assert_clean(summary, -(-N_MY // 70))
+        assert summary.rows_copied == N_MY
+    my_exec(other, "UPDATE `Odd Items` SET `名前` = 'changed' WHERE `Order ID` = 28")
+    bad = db_verify(mysql_url, other, ODD_REF, chunk_rows=70, raise_on_failure=False)
+    assert not bad.ok and len(bad.ranges_mismatched) == 1
+    assert "28" in bad.render_text()
+
+
+def test_zero_date_fails_its_range_and_password_never_leaks(mysql_url: str, pg_target: str, state_dir: Path,
+                                                            caplog: pytest.LogCaptureFixture,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    my_exec(mysql_url, "CREATE TABLE z (id INT PRIMARY KEY, d DATE)")
+    my_exec(mysql_url, "INSERT INTO z VALUES (%s, %s)",
+            [(i, "0000-00-00" if i == 42 else f"2024-01-{1 + i % 28:02d}") for i in range(100)], sql_mode="")
+    caplog.set_level("DEBUG")
+    failed = db_migrate(mysql_url, pg_target, "z", chunk_rows=30, chunk_retries=0, raise_on_failure=False)
+    assert not failed.ok and failed.ranges_failed == [1]
+    assert pg_exec(pg_target, "SELECT count(*) FROM z")[0][0] == 70  # the other ranges are in
+    out, errs = capfd.readouterr()
+    assert "row with key {'id': 42}" in caplog.text + out + errs + failed.render_text()
+    assert "zero date" in caplog.text + out + errs + failed.render_text()
+    wrong = mysql_url.replace(MY_PASSWORD, "Wr0ng-pa55-zzq")
+    with pytest.raises(Exception) as err:
+        db_migrate(wrong, pg_target, "z")
+    assert "Access denied" in str(err.value)
+    texts = [failed.model_dump_json(), str(err.value), caplog.text, out, errs]
+    texts += [p.read_text(errors="replace") for p in state_dir.rglob("*") if p.is_file()]
+    with get_client(sync_client=True) as client:
+        texts += [json.dumps(run.parameters, default=str) for run in client.read_flow_runs(limit=50)]
+        texts += [log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)]
+    leaks = [t[:200] for t in texts if MY_PASSWORD in t or "Wr0ng-pa55-zzq" in t]
+    assert not leaks, leaks
