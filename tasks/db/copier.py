@@ -260,11 +260,31 @@ def _converters(src: Sequence[ColumnInfo] | None, tgt: Sequence[ColumnInfo], dia
 # ---------------------------------------------------------------- writing
 
 
-def _stage_or_target(db: Db, target: TableName, mode: Mode) -> str:
+def _stage_or_target(db: Db, target: TableName, mode: Mode, tgt_keys: Sequence[ColumnInfo], rng: KeyRange
+                     ) -> tuple[str, bool]:
+    """Where a range's COPY goes, and whether that is the staging table an upsert then merges from.
+
+    An upsert into a key range the target holds no row of (a first load, the default mode) cannot
+    conflict: it is COPYed straight into the target, without the staging table and ``ON CONFLICT`` (which
+    cost 2x the COPY, measured). Should another writer insert keys of the range meanwhile, the COPY fails
+    with a unique violation, nothing is written, and the retry finds the range not empty (see
+    :func:`_direct_conflict`)."""
     if mode != "upsert" or db.dialect != "postgresql":
-        return target.sql(db.dialect)
+        return target.sql(db.dialect), False
+    where, params = range_predicate(db, tgt_keys, rng.model_copy(update={"window": None}))
+    if not db.all(f"SELECT 1 FROM {target.sql('postgresql')} WHERE {where} LIMIT 1", params):
+        return target.sql(db.dialect), False
     db.raw.execute(f"CREATE TEMP TABLE _bf_stage (LIKE {target.sql('postgresql')} INCLUDING DEFAULTS) ON COMMIT DROP")
-    return "_bf_stage"
+    return "_bf_stage", True
+
+
+def _direct_conflict(exc: Exception, rng: KeyRange, mode: Mode, staged: bool) -> RetryableError | None:
+    """A unique violation of an upsert COPYed straight into a range that was empty: someone else wrote keys
+    of the range meanwhile. Retryable: nothing was written, and the retry merges (the range is not empty)."""
+    if mode == "upsert" and not staged and isinstance(exc, psycopg.errors.UniqueViolation):
+        return RetryableError(f"range {rng.index}: keys of this range were inserted by another writer while it "
+                              "was copied; nothing was written, the retry upserts it", category="concurrent_write")
+    return None
 
 
 def _upsert_sql(db: Db, target: TableName, names: Sequence[str], keys: Sequence[str], source: str) -> str:
@@ -323,9 +343,10 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
               on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
     binary = not any(c.cast_text for c in tgt_cols)
+    staged = False
     try:
         _prepare(db, target, tgt_keys, rng, mode)
-        dest = _stage_or_target(db, target, mode)
+        dest, staged = _stage_or_target(db, target, mode, tgt_keys, rng)
         cur = db.raw.cursor()
         fmt = "BINARY" if binary else "TEXT"
         with cur.copy(f"COPY {dest} ({', '.join(db.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as copy:
@@ -333,7 +354,7 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
             for row in rows:
                 copy.write_row(row)
         written = cur.rowcount
-        if mode == "upsert":
+        if staged:
             written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {', '.join(db.q(n) for n in names)} FROM _bf_stage")).rowcount
         if on_commit is not None:
             on_commit(db, written)
@@ -342,7 +363,7 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
         return written
     except psycopg.Error as exc:
         _rollback_quietly(db)
-        raise _pg_error(exc, rng, names, keys, rows) from None
+        raise (_direct_conflict(exc, rng, mode, staged) or _pg_error(exc, rng, names, keys, rows)) from None
 
 
 def _rollback_quietly(*dbs: Db) -> None:
@@ -387,22 +408,29 @@ def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_
     names = [c.name for c in schema.columns]
     sql, params = _select(src, schema, rng)
     _prepare(tgt, target, tgt_keys, rng, mode)
-    dest = _stage_or_target(tgt, target, mode)
+    dest, staged = _stage_or_target(tgt, target, mode, tgt_keys, rng)
     out = tgt.raw.cursor()
-    with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params) as cin, \
-            out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
-        # the source sends one CopyData message per row; writing each one would cost a libpq call (and
-        # often a send) per row: gather them into blocks (3x faster for 1M small rows, measured)
-        block = bytearray()
-        for data in cin:
-            block += data
-            if len(block) >= _RELAY_BLOCK:
+    try:
+        with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params) as cin, \
+                out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
+            # the source sends one CopyData message per row; writing each one would cost a libpq call (and
+            # often a send) per row: gather them into blocks (3x faster for 1M small rows, measured)
+            block = bytearray()
+            for data in cin:
+                block += data
+                if len(block) >= _RELAY_BLOCK:
+                    cout.write(bytes(block))
+                    block.clear()
+            if block:
                 cout.write(bytes(block))
-                block.clear()
-        if block:
-            cout.write(bytes(block))
+    except psycopg.Error as exc:
+        conflict = _direct_conflict(exc, rng, mode, staged)
+        if conflict is None:
+            raise
+        _rollback_quietly(tgt, src)
+        raise conflict from None
     written = out.rowcount
-    if mode == "upsert":
+    if staged:
         cols = ", ".join(tgt.q(n) for n in names)
         written = tgt.raw.execute(_upsert_sql(tgt, target, names, schema.key, f"SELECT {cols} FROM _bf_stage")).rowcount
     if on_commit is not None:
@@ -438,6 +466,8 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
     tname = parse_table_name(target_table or table or "")
     tgt_schema = target_schema or reflect(target_url, tname, key=schema.key, role="target")
     out_names = schema.names
+    if mode == "upsert":
+        check_upsert_target(tgt_schema, schema.key)
     with connect(source_url, "source") as src, connect(target_url, "target", write=True) as tgt:
         prior = committed(tgt, ledger) if ledger is not None else None
         if prior is not None:
@@ -482,8 +512,6 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
         tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
         writer = _write_pg if tgt.dialect == "postgresql" else _write_sqlite
         if tgt.dialect == "mysql":
-            if mode == "upsert":
-                check_upsert_target(tgt_schema, schema.key)
             writer = write_mysql  # type: ignore[assignment]
         written = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode, on_commit)
     return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,

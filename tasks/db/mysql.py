@@ -351,9 +351,10 @@ def _write_inserts(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tg
 
 
 def check_upsert_target(tgt_schema: SourceSchema, keys: Sequence[str]) -> None:
-    """MySQL's upsert silently appends without a unique key on the key columns: refuse that up front."""
-    if not (list(keys) == tgt_schema.primary_key or sorted(keys) in map(sorted, tgt_schema.unique_keys)):
-        msg = (f"upsert into {tgt_schema.label()} needs a primary key or unique index on {list(keys)} in the target "
+    """An upsert without a unique key on the key columns would append (MySQL's ON DUPLICATE KEY, and a
+    PostgreSQL range copied straight in because it was empty) or fail later: refuse it up front."""
+    if not (sorted(keys) == sorted(tgt_schema.primary_key) or sorted(keys) in map(sorted, tgt_schema.unique_keys)):
+        msg = (f"{tgt_schema.label()}: upsert needs a primary key or unique index on {list(keys)} in the target "
                f"(it has primary key {tgt_schema.primary_key or 'none'}); add one or use mode='append'/'replace'")
         raise ConfigError(msg)
 

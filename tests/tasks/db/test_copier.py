@@ -60,3 +60,33 @@ def test_a_type_batchflows_cannot_encode_stops_the_run_naming_the_real_cause() -
                     KeyRange(index=3, lower=None, upper=None), ["a"], ["a"], None)
     assert isinstance(err, FatalError)
     assert "range 3" in str(err) and "limitation of batchflows" in str(err) and "not a problem of the target" in str(err)
+
+
+@pytest.mark.parametrize("copy_format", ["auto", "rows"])
+def test_upsert_copies_an_empty_range_straight_in_and_merges_a_full_one(accounts: str, pg_cluster: Any,
+                                                                        copy_format: str) -> None:
+    target = str(pg_cluster.url(pg_cluster.create_database()))
+    first = db_migrate(accounts, target, "pgbench_accounts", chunk_rows=300, copy_format=copy_format)
+    assert first.ok and pg_rows(target) == pg_rows(accounts)  # upsert into empty ranges: a plain COPY
+    pg_exec(accounts, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid %% 2 = 0")
+    pg_exec(target, "DELETE FROM pgbench_accounts WHERE aid > 900")  # the last range: partly empty
+    again = db_migrate(accounts, target, "pgbench_accounts", chunk_rows=300, copy_format=copy_format)
+    assert again.ok and pg_rows(target) == pg_rows(accounts)  # ranges with rows: merged (ON CONFLICT)
+
+
+def test_a_key_written_by_another_writer_during_a_direct_upsert_is_a_retryable_conflict(
+        accounts: str, pg_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.core import RetryableError
+    from tasks.db import copier
+    from tasks.db.conn import parse_table_name
+    from tasks.db.schema import KeyRange
+
+    target = str(pg_cluster.url(pg_cluster.create_database()))
+    assert db_migrate(accounts, target, "pgbench_accounts", chunk_rows=300).ok
+    # as if the range had been empty when checked and another writer inserted its keys right after
+    monkeypatch.setattr(copier, "_stage_or_target", lambda db, t, mode, keys, rng: (t.sql(db.dialect), False))
+    for copy_format in ("auto", "rows"):
+        with pytest.raises(RetryableError, match="another writer"):
+            copier.copy_range(accounts, target, "pgbench_accounts", KeyRange(index=0, upper=[300]),
+                              target_table=str(parse_table_name("pgbench_accounts")), copy_format=copy_format)
+    assert pg_rows(target) == pg_rows(accounts)  # nothing written twice
