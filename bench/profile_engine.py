@@ -49,6 +49,8 @@ COMPONENTS = (  # (label, substring of the file path), first match wins
     ("outcomes/report tasks/core/outcomes.py", "tasks/core/outcomes.py"),
     ("progress tasks/core/progress.py", "tasks/core/progress.py"),
     ("limiter tasks/core/ratelimit.py", "ratelimit.py"),
+    ("source + chunking tasks/core/sources.py, chunking.py", "tasks/core/sources.py"),
+    ("source + chunking tasks/core/sources.py, chunking.py", "tasks/core/chunking.py"),
     ("run/window tasks/core/run.py, engine.py", "tasks/core/"),
     ("pydantic", "pydantic"),
     ("prefect", "prefect"),
@@ -80,12 +82,28 @@ def by_component(stats: pstats.Stats, n_items: int) -> list[tuple[str, float]]:
     return sorted(((k, 1e6 * v / n_items) for k, v in totals.items()), key=lambda kv: -kv[1])
 
 
+class _Report:
+    """print, and append to ``path`` when given (the run's own log lines go to stdout too)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        if path:
+            open(path, "w").close()
+
+    def __call__(self, text: str) -> None:
+        print(text)
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(text + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", choices=["io", "trivial"], default="io")
     parser.add_argument("--items", type=int, default=None, help="items (io: 100,000; trivial: 500,000)")
     parser.add_argument("--chunk-size", type=int, default=None, help="io: 5,000; trivial: 50,000")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args()
     n = args.items or (100_000 if args.case == "io" else 500_000)
     handler, kwargs = (sleepy, {"max_concurrency": 4, "item_concurrency": 16, "chunk_size": args.chunk_size or 5_000}) \
@@ -107,23 +125,24 @@ def main() -> int:
             threading.setprofile(None)  # type: ignore[arg-type]
         wall = time.perf_counter() - started
     assert summary.ok and summary.succeeded == n, summary.render_text()
+    report = _Report(args.out)
     stats = pstats.Stats(main_profile)
     for profile in _profiles:
         stats.add(profile)
-    print(f"case {args.case}: {n:,} items, {kwargs}; under the profiler: {summary.duration_s:.2f} s inside the run, "
+    report(f"case {args.case}: {n:,} items, {kwargs}; under the profiler: {summary.duration_s:.2f} s inside the run, "
           f"{wall:.2f} s end to end; {len(_profiles)} threads profiled")
     for order in ("cumulative", "tottime"):
         out = io.StringIO()
         stats.stream = out  # type: ignore[attr-defined]
         stats.sort_stats(order).print_stats(args.top)
         body = [line for line in out.getvalue().splitlines() if line.strip() and "function calls" not in line]
-        print(f"\n## top {args.top} by {order} (seconds of thread CPU)\n" + "\n".join(body[1:]))
-    print("\n## own time per item by component (microseconds of CPU per item, summed over threads; under cProfile)")
+        report(f"\n## top {args.top} by {order} (seconds of thread CPU)\n" + "\n".join(body[1:]))
+    report("\n## own time per item by component (microseconds of CPU per item, summed over threads; under cProfile)")
     total = 0.0
     for label, us in by_component(stats, n):
         total += us
-        print(f"{label:45s} {us:9.2f}")
-    print(f"{'total':45s} {total:9.2f}")
+        report(f"{label:52s} {us:9.2f}")
+    report(f"{'total':52s} {total:9.2f}")
     return 0
 
 
