@@ -315,30 +315,38 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
 
     direct = limiter is None and not deadline.active  # nothing wraps a call: the handler is called as it is
 
-    def run_one_sync(position: int) -> None:
-        if halted():
-            return
-
+    def wrapped(position: int) -> Callable[[], Any]:
         def call() -> Any:
             if limiter is not None:
                 limiter.acquire_sync()
             return deadline.call(lambda: handler(items[position]))
 
+        return call
+
+    keep_rows = bool(job.output_dir)
+    succeeded = outcomes.succeeded
+
+    def run_one_sync(position: int) -> None:
+        if halted():
+            return
         try:
             if direct:  # the first attempt without a closure or a retryer (most items pass at once)
                 try:
                     value = handler(items[position])
                 except Exception as exc:
-                    value, _ = policy.call_after(exc, call)
+                    value, _ = policy.call_after(exc, wrapped(position))
             else:
-                value, _ = policy.call(call)
+                value, _ = policy.call(wrapped(position))
         except ChunkTimeout:
             timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
             return
         except Exception as exc:
             settle(position, exc)
             return
-        done(position, value)
+        if keep_rows:
+            done(position, value)
+        else:
+            succeeded(position)
 
     def run_many_sync(todo: list[int], threads: int) -> None:
         """``threads`` workers take the next position from one shared iterator (a list iterator's ``next``

@@ -160,7 +160,17 @@ class ChunkJournal:
         self._size = size
 
     def _store(self, data: bytes) -> None:
-        start, view = self._reserve(len(data))
+        n = len(data)
+        lock = self._lock
+        lock.acquire()
+        start = self._end
+        view = self._map
+        if view is not None and start + n <= self._size:  # room in the current map: the common case
+            self._end = start + n
+            lock.release()
+        else:
+            lock.release()
+            start, view = self._reserve(n)
         if view is None:
             assert self._fd is not None
             os.pwrite(self._fd, data, start)
@@ -176,7 +186,8 @@ class ChunkJournal:
     def record(self, position: int, kind: str, payload: str = "") -> None:
         if self._fd is None:
             return
-        self._store(self.line(position, kind, payload).encode("utf-8", "surrogateescape"))
+        line = f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"
+        self._store(line.encode("utf-8", "surrogateescape"))
 
     def record_lines(self, lines: list[str]) -> None:
         """Several outcomes settled together (a batch call's), each line stored text first, newline last."""
