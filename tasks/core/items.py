@@ -301,8 +301,10 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                         chunk=chunk.index)
     timed_out = threading.Event()  # the chunk's deadline passed: no item starts any more
 
+    stop_set, timed_out_set = outcomes.stop.is_set, timed_out.is_set
+
     def halted() -> bool:
-        return outcomes.stopped() or timed_out.is_set()
+        return stop_set() or timed_out_set()
 
     def done(position: int, value: Any) -> None:
         outcomes.succeeded(position, {"item": items[position], "result": value} if job.output_dir else None)
@@ -327,8 +329,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
     succeeded = outcomes.succeeded
 
     def run_one_sync(position: int) -> None:
-        if halted():
-            return
+        """One item, when not halted(): the callers check that before each item."""
         try:
             if direct:  # the first attempt without a closure or a retryer (most items pass at once)
                 try:
