@@ -317,7 +317,7 @@ def trivial_cost(n_items: int = 1_000_000, repeats: int = 3, chunk_size: int = 5
          "ratio to baseline (inside / end to end)": "1.00"},
         {"run": f"batch_map, chunk_size={chunk_size}, max_concurrency=2", "seconds": f"{inside:.2f} / {total:.2f}",
          "items/s": f"{n_items / inside:,.0f}",
-         "ratio to baseline (inside / end to end)": f"{plain / inside:.2f} / {plain / total:.2f}"},
+         "ratio to baseline (inside / end to end)": f"{plain / inside:.3f} / {plain / total:.3f}"},
     ]
 
 
