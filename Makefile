@@ -86,3 +86,8 @@ ui-shots: up
 
 clean-state:
 	rm -rf .batchflows
+
+.PHONY: profile
+profile: venv
+	$(PY) -m bench.profile_engine --case io
+	$(PY) -m bench.profile_engine --case trivial

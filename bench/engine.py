@@ -11,6 +11,11 @@
    call in flight (the engine's cost) and four (what item_concurrency buys).
 6. Flow retries: 20k items (1 ms each, 8 in flight per chunk) run straight through, and the same run stopped
    by a fatal error at 90 % with flow_retries=1 (no delay): what the retry costs beyond the work itself.
+7. Per-item engine cost (issue 18), each beside its baseline in the same run, inside the run
+   (``summary.duration_s``: flow start excluded) and end to end:
+   ``io``: 200k I/O-bound items (``time.sleep(0.001)``), ``ThreadPoolExecutor(64).map`` vs batch_map at the
+   same total concurrency (4 chunks x 16 threads, 8 x 8; target >= 0.9x);
+   ``trivial``: 1M trivial items, a plain loop calling the same function vs batch_map (target >= 0.5x).
 
 Task-run log lines are at WARNING (PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL) as in the demo.
 """
@@ -25,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.common import ROOT, PeakRss, prefect_server, print_table, wait_server_idle
 
@@ -236,11 +243,91 @@ def flow_retry_cost(n_items: int = 20_000) -> list[dict[str, object]]:
     return rows
 
 
+def sleepy(x: int) -> int:
+    """1 ms of I/O (a short round trip)."""
+    time.sleep(0.001)
+    return x
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _batch_map_timed(items: list[int], handler: Callable[[int], int], **kwargs: Any) -> tuple[float, float]:
+    """(inside the run, end to end) seconds of one batch_map run over ``items``."""
+    from flows.batch_map import batch_map
+
+    wait_server_idle()
+    started = time.perf_counter()
+    summary = batch_map(items, handler, retries=0, **kwargs)
+    total = time.perf_counter() - started
+    assert summary.ok and summary.succeeded == len(items), summary.render_text()
+    return summary.duration_s, total
+
+
+def io_cost(n_items: int = 200_000, repeats: int = 3, chunk_size: int = 5_000) -> list[dict[str, object]]:
+    """ThreadPoolExecutor(64).map vs batch_map with 64 items in flight, each run ``repeats`` times interleaved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(range(n_items))
+    shapes = ((4, 16), (8, 8))
+    base: list[float] = []
+    runs: dict[tuple[int, int], list[tuple[float, float]]] = {shape: [] for shape in shapes}
+    _batch_map_timed(items[:2_000], sleepy, chunk_size=500, max_concurrency=4, item_concurrency=16)  # warm up
+    for _ in range(repeats):
+        wait_server_idle()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(64) as pool:
+            for _ in pool.map(sleepy, items):
+                pass
+        base.append(time.perf_counter() - started)
+        for chunks, threads in shapes:
+            runs[(chunks, threads)].append(_batch_map_timed(items, sleepy, chunk_size=chunk_size,
+                                                            max_concurrency=chunks, item_concurrency=threads))
+    plain = _median(base)
+    rows = [{"run": f"ThreadPoolExecutor(64).map, {n_items:,} items of 1 ms", "seconds": f"{plain:.2f}",
+             "items/s": f"{n_items / plain:,.0f}", "ratio to baseline (inside / end to end)": "1.00"}]
+    for (chunks, threads), timings in runs.items():
+        inside, total = _median([t[0] for t in timings]), _median([t[1] for t in timings])
+        rows.append({"run": f"batch_map {chunks} chunks x {threads} threads, chunk_size={chunk_size}",
+                     "seconds": f"{inside:.2f} / {total:.2f}", "items/s": f"{n_items / inside:,.0f}",
+                     "ratio to baseline (inside / end to end)": f"{plain / inside:.2f} / {plain / total:.2f}"})
+    return rows
+
+
+def trivial_cost(n_items: int = 1_000_000, repeats: int = 3, chunk_size: int = 50_000) -> list[dict[str, object]]:
+    """A plain loop calling ``trivial`` vs batch_map over the same items, each run ``repeats`` times interleaved."""
+    items = list(range(n_items))
+    base: list[float] = []
+    runs: list[tuple[float, float]] = []
+    _batch_map_timed(items[:2_000], trivial, chunk_size=500, max_concurrency=2)  # warm up
+    for _ in range(repeats):
+        wait_server_idle()
+        started = time.perf_counter()
+        for x in items:
+            trivial(x)
+        base.append(time.perf_counter() - started)
+        runs.append(_batch_map_timed(items, trivial, chunk_size=chunk_size, max_concurrency=2))
+    plain = _median(base)
+    inside, total = _median([t[0] for t in runs]), _median([t[1] for t in runs])
+    return [
+        {"run": f"plain loop, {n_items:,} trivial items", "seconds": f"{plain:.3f}", "items/s": f"{n_items / plain:,.0f}",
+         "ratio to baseline (inside / end to end)": "1.00"},
+        {"run": f"batch_map, chunk_size={chunk_size}, max_concurrency=2", "seconds": f"{inside:.2f} / {total:.2f}",
+         "items/s": f"{n_items / inside:,.0f}",
+         "ratio to baseline (inside / end to end)": f"{plain / inside:.3f} / {plain / total:.3f}"},
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--resume-items", type=int, default=40_000)
-    parser.add_argument("--only", choices=["overhead", "resume", "journal", "batches", "retry"], default=None)
+    parser.add_argument("--only", choices=["overhead", "resume", "journal", "batches", "retry", "io", "trivial"], default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per case of io and trivial (medians)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="chunk_size of io (5,000) and trivial (50,000)")
     parser.add_argument("--variant", choices=["loop", "bare_map", "batch_map"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -259,6 +346,12 @@ def main() -> int:
             print_table("batch handlers, 200,000 items, 1 ms per call of 100", batches_cost(200_000))
         if args.only in (None, "retry"):
             print_table("flow retries, 20,000 items of 1 ms", flow_retry_cost())
+        if args.only in (None, "io"):
+            size = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+            print_table(f"I/O-bound items, 64 in flight, median of {args.repeats}", io_cost(repeats=args.repeats, **size))
+        if args.only in (None, "trivial"):
+            size = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+            print_table(f"trivial items, median of {args.repeats}", trivial_cost(repeats=args.repeats, **size))
     if args.only is None:
         print_table("item journal cost, 200,000 trivial items in chunks of 1,000", journal_cost(200_000))
     return 0

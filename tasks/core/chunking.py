@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -192,6 +193,16 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
                     break
             if not batch:
                 return
+            yield Chunk(index, batch, start)
+            index += 1
+            start += len(batch)
+            continue
+        if type(strategy) is Fixed and pending is _MISSING:  # a count: no weighing item by item
+            batch = list(islice(iterator, max(int(strategy.size), 1)))
+            if not batch:
+                return
+            if plan is not None:
+                plan.append(len(batch))
             yield Chunk(index, batch, start)
             index += 1
             start += len(batch)

@@ -55,6 +55,7 @@ class ChunkRef(BaseModel):
 
 Per = Literal["item", "batch"]
 _together = threading.local()  # ChunkOutcomes.together: journal lines held for one write
+_together_lock = threading.Lock()
 
 # --------------------------------------------------------------------------- stop signals
 
@@ -92,6 +93,7 @@ class ChunkOutcomes:
     restored: int = 0
     fatal: str | None = None
     _journal: ChunkJournal | None = None
+    _together: int = 0  # threads inside together(): only then is the thread-local buffer looked up
 
     def __post_init__(self) -> None:
         ref = self.ref
@@ -133,7 +135,7 @@ class ChunkOutcomes:
     def _journal_line(self, position: int, kind: str, payload: str = "") -> None:
         if self._journal is None:
             return
-        pending = getattr(_together, "lines", None)
+        pending = getattr(_together, "lines", None) if self._together else None
         if pending is not None:
             pending.append(ChunkJournal.line(position, kind, payload))
             return
@@ -147,9 +149,13 @@ class ChunkOutcomes:
         """Journal the outcomes settled inside (in this thread) with one write at the end: a batch call's items
         are settled at once, and their lines go to disk together (or, after a crash before it, run again)."""
         _together.lines = []
+        with _together_lock:
+            self._together += 1
         try:
             yield
         finally:
+            with _together_lock:
+                self._together -= 1
             lines, _together.lines = _together.lines, None
             if self._journal is not None and lines:
                 try:
@@ -159,9 +165,11 @@ class ChunkOutcomes:
 
     def succeeded(self, position: int, row: Any = None) -> None:
         """``row``: the output row (a JSON-able value, or JSON text already) when outputs are kept."""
-        text = "" if not self.keep_rows else row if isinstance(row, str) else encode_row(row)
-        self._journal_line(position, SUCCEEDED, text)
-        if self.keep_rows:
+        if not self.keep_rows:
+            self._journal_line(position, SUCCEEDED)
+        else:
+            text = row if isinstance(row, str) else encode_row(row)
+            self._journal_line(position, SUCCEEDED, text)
             self.rows[position] = text
         self.kinds[position] = SUCCEEDED
 
@@ -293,8 +301,10 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                         chunk=chunk.index)
     timed_out = threading.Event()  # the chunk's deadline passed: no item starts any more
 
+    stop_set, timed_out_set = outcomes.stop.is_set, timed_out.is_set
+
     def halted() -> bool:
-        return outcomes.stopped() or timed_out.is_set()
+        return stop_set() or timed_out_set()
 
     def done(position: int, value: Any) -> None:
         outcomes.succeeded(position, {"item": items[position], "result": value} if job.output_dir else None)
@@ -305,24 +315,54 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         else:
             outcomes.failed(position, exc, attempts=attempts)
 
-    def run_one_sync(position: int) -> None:
-        if halted():
-            return
+    direct = limiter is None and not deadline.active  # nothing wraps a call: the handler is called as it is
 
+    def wrapped(position: int) -> Callable[[], Any]:
         def call() -> Any:
             if limiter is not None:
                 limiter.acquire_sync()
             return deadline.call(lambda: handler(items[position]))
 
+        return call
+
+    keep_rows = bool(job.output_dir)
+    succeeded = outcomes.succeeded
+
+    def run_one_sync(position: int) -> None:
+        """One item, when not halted(): the callers check that before each item."""
         try:
-            value, _ = policy.call(call)
+            if direct:  # the first attempt without a closure or a retryer (most items pass at once)
+                try:
+                    value = handler(items[position])
+                except Exception as exc:
+                    value, _ = policy.call_after(exc, wrapped(position))
+            else:
+                value, _ = policy.call(wrapped(position))
         except ChunkTimeout:
             timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
             return
         except Exception as exc:
             settle(position, exc)
             return
-        done(position, value)
+        if keep_rows:
+            done(position, value)
+        else:
+            succeeded(position)
+
+    def run_many_sync(todo: list[int], threads: int) -> None:
+        """``threads`` workers take the next position from one shared iterator (a list iterator's ``next``
+        is atomic): no future, queue or lock per item. Each worker has at most one item in flight."""
+        positions = iter(todo)
+
+        def work() -> None:
+            for position in positions:
+                if halted():
+                    return
+                run_one_sync(position)
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="item") as pool:
+            for f in [pool.submit(work) for _ in range(threads)]:
+                f.result()
 
     async def run_one_async(position: int, sem: asyncio.Semaphore) -> None:
         async def call() -> Any:
@@ -361,9 +401,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
 
             run_coroutine(run_all)
         elif job.options.item_concurrency > 1 and len(todo) > 1:
-            with ThreadPoolExecutor(max_workers=job.options.item_concurrency, thread_name_prefix="item") as pool:
-                for f in [pool.submit(run_one_sync, i) for i in todo]:
-                    f.result()
+            run_many_sync(todo, min(job.options.item_concurrency, len(todo)))
         else:
             for i in todo:
                 if halted():

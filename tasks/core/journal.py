@@ -3,8 +3,13 @@
 A chunk's record (its ChunkReport) is written once the whole chunk is done. Without more, a crash
 in the middle of a chunk would make the rerun call the handler again for every item of it, side
 effects included. The journal closes that gap: each item's final outcome is appended as one line the
-moment it is known, with one ``os.write`` on an ``O_APPEND`` descriptor (the kernel has the line when
-the call returns, so a SIGKILL cannot lose it; concurrent writers never interleave within a line).
+moment it is known, before its thread starts another item, into a shared memory map of the file
+(``mmap``, ``MAP_SHARED``): the store lands in the kernel's page cache, the same pages a ``write`` would
+fill, so a SIGKILL cannot lose a line whose store finished; no system call per item. Each writer takes
+its own byte range (a lock around two integers), so concurrent writers never interleave; it stores the
+line's text first and its ``\n`` last, so a line with its newline is whole. The file grows in
+allocated steps (``posix_fallocate``: a full disk is an OSError at the step, never a SIGBUS) and is cut
+back to its last line when closed. Where a file cannot be mapped, each line is one ``pwrite``.
 After a crash the rerun of the chunk reads the journal, restores those outcomes (and the output rows
 they produced) and calls the handler only for the items that have no line: the ones that were in
 flight. A chunk whose record is written no longer needs its journal; the run deletes it.
@@ -17,18 +22,27 @@ File format (text, one record per line)::
     <position> f <FailedItem JSON without the item>    failed for good (retries exhausted, ItemError)
 
 A fatal answer is never journaled: the item was not done, and after the fix the rerun sends it. A
-torn last line (power loss, not SIGKILL) is ignored, so that item runs again.
+torn last line (power loss, not SIGKILL) is ignored, so that item runs again. After a SIGKILL the map can
+hold ranges that writers had taken but not finished: zero bytes, or a line without its newline followed by
+zeros. Line text never holds a zero byte (JSON escapes control characters), so a line is read from after
+the last zero byte before its newline; what has no newline is not a line.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.errors import SourceError
 
 MAGIC = "bfj1"
+_FIRST_MAP_BYTES = 64 * 1024
+_UNMAPPABLE = frozenset({errno.ENODEV, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES})
+_CAN_MAP = hasattr(os, "posix_fallocate")  # without it a full disk would be a SIGBUS at a store: pwrite instead
 SUCCEEDED, SKIPPED, FAILED = "s", "k", "f"
 
 
@@ -54,12 +68,17 @@ def journal_content(path: Path) -> str | None:
 
 
 class ChunkJournal:
-    """The journal of one chunk attempt; see the module docstring. Thread-safe (one write per line)."""
+    """The journal of one chunk attempt; see the module docstring. Thread-safe (each line its own byte range)."""
 
     def __init__(self, path: Path | str, content: str) -> None:
         self.path = Path(path)
         self.content = content
         self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._end = self._size = 0  # bytes taken by lines; bytes allocated and mapped
+        self._map: mmap.mmap | None = None
+        self._maps: list[mmap.mmap] = []
+        self._mappable = True
 
     def load(self) -> dict[int, Entry]:
         """The outcomes an earlier attempt recorded (empty when none, or when it recorded other content)."""
@@ -77,8 +96,9 @@ class ChunkJournal:
                    f"now {self.content}): the source changed since this run key started; use a new run_key or "
                    "cache_version")
             raise SourceChanged(msg)
-        complete = lines[1:-1] if not data.endswith(b"\n") else lines[1:]
-        for line in complete:
+        for line in lines[1:-1]:  # the last piece has no newline: empty, or not a (whole) line
+            if "\x00" in line:  # ranges taken by writers a crash stopped come before it (module docstring)
+                line = line.rpartition("\x00")[2]
             if not line:
                 continue
             position, _, rest = line.partition(" ")
@@ -89,11 +109,75 @@ class ChunkJournal:
 
     def open(self) -> ChunkJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(fd).st_size == 0:
-            os.write(fd, f"{MAGIC} {self.content}\n".encode())
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                header = f"{MAGIC} {self.content}\n".encode()
+                os.pwrite(fd, header, 0)
+                size = len(header)
+            else:  # an earlier attempt's file: drop what follows its last newline (zeros, an unfinished line)
+                with open(fd, "rb", closefd=False) as fh:
+                    data = fh.read()
+                size = data.rfind(b"\n") + 1
+                os.ftruncate(fd, size)
+                if size == 0:  # not even its header was whole
+                    header = f"{MAGIC} {self.content}\n".encode()
+                    os.pwrite(fd, header, 0)
+                    size = len(header)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
+        self._end = self._size = size
+        self._maps = []
+        self._map = None
+        self._mappable = _CAN_MAP
         return self
+
+    def _reserve(self, n: int) -> tuple[int, mmap.mmap | None]:
+        """Take ``n`` bytes at the end; the map to store them through (None: write them with pwrite)."""
+        with self._lock:
+            start = self._end
+            end = self._end = start + n
+            if end > self._size and self._mappable:
+                try:
+                    self._grow(end)
+                except (ValueError, BufferError, OSError) as exc:
+                    if isinstance(exc, OSError) and exc.errno not in _UNMAPPABLE:
+                        self._end = start
+                        raise  # a full disk, a read-only file system: the caller names it
+                    self._mappable = False  # this file system cannot map files: one pwrite per line
+            return start, self._map if self._mappable else None
+
+    def _grow(self, end: int) -> None:
+        assert self._fd is not None
+        size = max(end, 2 * self._size, _FIRST_MAP_BYTES)
+        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        os.posix_fallocate(self._fd, self._size, size - self._size)  # ENOSPC here, not a SIGBUS at a store
+        self._map = mmap.mmap(self._fd, size)
+        self._maps.append(self._map)  # earlier maps stay open: other threads may still store through them
+        self._size = size
+
+    def _store(self, data: bytes) -> None:
+        n = len(data)
+        lock = self._lock
+        lock.acquire()
+        start = self._end
+        view = self._map
+        if view is not None and start + n <= self._size:  # room in the current map: the common case
+            self._end = start + n
+            lock.release()
+        else:
+            lock.release()
+            start, view = self._reserve(n)
+        if view is None:
+            assert self._fd is not None
+            os.pwrite(self._fd, data, start)
+            return
+        end = start + len(data)
+        view[start:end - 1] = memoryview(data)[:-1]
+        view[end - 1] = 10  # the newline last: a line with its newline is whole
 
     @staticmethod
     def line(position: int, kind: str, payload: str = "") -> str:
@@ -102,17 +186,28 @@ class ChunkJournal:
     def record(self, position: int, kind: str, payload: str = "") -> None:
         if self._fd is None:
             return
-        os.write(self._fd, self.line(position, kind, payload).encode("utf-8", "surrogateescape"))
+        line = f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"
+        self._store(line.encode("utf-8", "surrogateescape"))
 
     def record_lines(self, lines: list[str]) -> None:
-        """Several outcomes settled together (a batch call's) in one write; a torn last line is ignored on load."""
-        if self._fd is not None and lines:
-            os.write(self._fd, "".join(lines).encode("utf-8", "surrogateescape"))
+        """Several outcomes settled together (a batch call's), each line stored text first, newline last."""
+        if self._fd is None:
+            return
+        for line in lines:
+            self._store(line.encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        with self._lock:
+            for view in self._maps:
+                view.close()
+            self._maps, self._map = [], None
+            try:
+                os.ftruncate(self._fd, self._end)  # the allocated steps beyond the last line
+            finally:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> ChunkJournal:
         return self.open()

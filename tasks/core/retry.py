@@ -126,7 +126,13 @@ class RetryPolicy:
         try:
             return fn(), 1
         except Exception as exc:
-            first: Exception | None = _first_failure(exc, self.retries, self.retry_on)
+            return self.call_after(exc, fn)
+
+    def call_after(self, exc: Exception, fn: Callable[[], T]) -> tuple[T, int]:
+        """The rest of :meth:`call` once its first attempt (made by the caller: the engine's item loop calls
+        a handler directly when nothing else wraps it) failed with ``exc``: re-raise it when it is not
+        retried, otherwise wait and try again under the policy."""
+        first: Exception | None = _first_failure(exc, self.retries, self.retry_on)
         attempts = 1
         try:
             for attempt in self.retrying():
@@ -136,8 +142,8 @@ class RetryPolicy:
                         pending, first = first, None
                         raise pending
                     return fn(), attempts
-        except Exception as exc:
-            exc.batchflows_attempts = attempts  # type: ignore[attr-defined]
+        except Exception as err:
+            err.batchflows_attempts = attempts  # type: ignore[attr-defined]
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
