@@ -14,9 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.local_server import PrefectServer, free_port
 from flows.batch_map import batch_map_flow
+from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait
 from tests.fixtures.postgres import PG_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,34 +89,17 @@ def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server:
                 procs.append(start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", f"w{i}-{tag}",
                                     "--limit", "2"], env, tmp_path / f"w{i}"))
             with get_client(sync_client=True) as client:
-                flow_runs = [
-                    client.create_flow_run_from_deployment(deployment_id, parameters={
-                        "source": list(range(n)), "handler": "tests.faults.helpers:probe_and_record", "chunk_size": 4,
-                        "max_concurrency": 3, "concurrency_limit": limit_name, "run_key": f"pg-{tag}-{r}",
-                        **({"task_runner": "dask", "dask_address": dask_address} if r == 0 else {}),
-                    })
-                    for r in range(runs)
-                ]
-                deadline = time.monotonic() + 300
-                while True:
-                    states = [client.read_flow_run(fr.id).state for fr in flow_runs]
-                    if all(s is not None and s.is_final() for s in states):
-                        break
-                    assert time.monotonic() < deadline, [s.name if s else None for s in states]
-                    time.sleep(1)
+                states = run_and_wait(client, deployment_id, [
+                    {**probe_params(n, limit_name, f"pg-{tag}-{r}"),
+                     **({"task_runner": "dask", "dask_address": dask_address} if r == 0 else {})}
+                    for r in range(runs)])
                 artifacts = client.read_artifacts()
         finally:
             stop(procs)
-    assert all(s is not None and s.is_completed() for s in states), [(s.name, s.message) for s in states if s]
-    assert all(s is not None and f"{n} items: {n} succeeded" in (s.message or "") for s in states)
+    parents = check_once_per_run_under_the_limit(states, n, log, probe, limit=2)
     assert any(a.key and "summary" in a.key for a in artifacts)  # artifacts are stored in PostgreSQL too
 
-    records = [line.split() for line in log.read_text().splitlines()]
-    assert Counter(int(item) for item, _, _ in records) == Counter({i: runs for i in range(n)})  # once per run
-    observed = [int(x) for x in (probe / "observed.log").read_text().split()]
-    assert len(observed) == runs * n and max(observed) <= 2  # the global limit held across workers and Dask
     worker_pids = {p.pid for p in procs[2:]}
-    parents = {int(ppid) for _, ppid, _ in records}
     assert worker_pids <= parents  # both workers ran flow runs (a flow run's process is a child of its worker)
     assert len(parents - worker_pids) >= 1  # and the Dask worker ran the chunks of the dask run
     with_state = [w for w in ("w0", "w1") if (tmp_path / w / "state" / "runs" / "batch-map").exists()]

@@ -6,9 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
 
 from flows.batch_map import batch_map_flow
+from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -44,22 +43,8 @@ def test_two_workers_share_the_runs_and_the_global_limit(tmp_path: Path) -> None
     ]
     try:
         with get_client(sync_client=True) as client:
-            flow_runs = [
-                client.create_flow_run_from_deployment(deployment_id, parameters={
-                    "source": list(range(n)), "handler": "tests.faults.helpers:probe_and_record", "chunk_size": 4,
-                    "max_concurrency": 3, "concurrency_limit": limit_name, "run_key": f"two-workers-{tag}-{r}",
-                })
-                for r in range(runs)
-            ]
-            deadline = time.monotonic() + 240
-            while True:
-                states = [client.read_flow_run(fr.id).state for fr in flow_runs]
-                if all(s is not None and s.is_final() for s in states):
-                    break
-                assert time.monotonic() < deadline, [s.name if s else None for s in states]
-                time.sleep(1)
-        assert all(s is not None and s.is_completed() for s in states), [(s.name, s.message) for s in states if s]
-        assert all(s is not None and f"{n} items: {n} succeeded" in (s.message or "") for s in states)
+            states = run_and_wait(client, deployment_id, [probe_params(n, limit_name, f"two-workers-{tag}-{r}")
+                                                          for r in range(runs)], timeout=240)
     finally:
         for worker in workers:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -69,10 +54,6 @@ def test_two_workers_share_the_runs_and_the_global_limit(tmp_path: Path) -> None
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
 
-    records = [line.split() for line in log.read_text().splitlines()]
-    parents = {int(ppid) for _, ppid, _ in records}
+    parents = check_once_per_run_under_the_limit(states, n, log, probe, limit=2)
     assert parents == {w.pid for w in workers}, "both workers ran flow runs (each flow run is a child of its worker)"
-    assert Counter(int(item) for item, _, _ in records) == Counter({i: runs for i in range(n)})  # once per run
-    observed = [int(x) for x in (probe / "observed.log").read_text().split()]
-    assert len(observed) == runs * n
-    assert max(observed) <= 2  # 4 runs x 3 chunks could run at once; the global limit allows 2 across workers
+    # 4 runs x 3 chunks could run at once; the global limit allowed 2 across workers

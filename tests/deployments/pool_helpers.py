@@ -1,0 +1,42 @@
+"""What the work-pool tests share: batch_map runs of a deployment, waited for, and the checks that every
+item ran once per run under a global limit (tests.faults.helpers:probe_and_record writes who ran what)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+
+def run_and_wait(client: Any, deployment_id: UUID, parameters: list[dict[str, Any]], *, timeout: float = 300
+                 ) -> list[Any]:
+    """Create one flow run per parameter set and wait until all are final; their states."""
+    flow_runs = [client.create_flow_run_from_deployment(deployment_id, parameters=p) for p in parameters]
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [client.read_flow_run(fr.id).state for fr in flow_runs]
+        if all(s is not None and s.is_final() for s in states):
+            return states
+        assert time.monotonic() < deadline, [s.name if s else None for s in states]
+        time.sleep(1)
+
+
+def probe_params(n: int, limit_name: str, run_key: str) -> dict[str, Any]:
+    return {"source": list(range(n)), "handler": "tests.faults.helpers:probe_and_record", "chunk_size": 4,
+            "max_concurrency": 3, "concurrency_limit": limit_name, "run_key": run_key}
+
+
+def check_once_per_run_under_the_limit(states: list[Any], n: int, log: Path, probe: Path, *, limit: int
+                                       ) -> set[int]:
+    """Every run completed with all n items, each item ran once per run, at most ``limit`` chunks ran at
+    once; returns the parent pids of the processes that ran items."""
+    runs = len(states)
+    assert all(s is not None and s.is_completed() for s in states), [(s.name, s.message) for s in states if s]
+    assert all(s is not None and f"{n} items: {n} succeeded" in (s.message or "") for s in states)
+    records = [line.split() for line in log.read_text().splitlines()]
+    assert Counter(int(item) for item, _, _ in records) == Counter({i: runs for i in range(n)})  # once per run
+    observed = [int(x) for x in (probe / "observed.log").read_text().split()]
+    assert len(observed) == runs * n and max(observed) <= limit  # the global limit held across processes
+    return {int(ppid) for _, ppid, _ in records}
