@@ -23,19 +23,27 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from tasks.core import ConfigError, redact_text
-from tasks.db.conn import Db, TableName, UrlLike, connect, parse_db_url
+from tasks.core.watermarks import lag_seconds, stream_id
+from tasks.db.conn import TableName, UrlLike, connect, parse_db_url
 from tasks.db.ledger import create_if_missing
-from tasks.db.mysql_types import mysql_decoder
-from tasks.db.schema import KeyRange, SourceSchema, Window, bind_key, plan_ranges, range_predicate, watermark_expr
+from tasks.db.schema import (
+    KeyRange,
+    SourceSchema,
+    Window,
+    bind_key,
+    decode_key,
+    plan_ranges,
+    range_predicate,
+    watermark_expr,
+)
 from tasks.db.typemap import ColumnInfo
-from tasks.db.values import coerce, key_to_json, pg_decoder, sqlite_decoder
+from tasks.db.values import coerce, key_to_json
 
 Deletes = Literal["ignore", "soft_column", "compare_keys"]
 WATERMARK_TABLE = "_batchflows_watermarks"
@@ -67,8 +75,7 @@ def _wm_table(target: TableName) -> TableName:
 
 def stream_key(source: str, table: str | None, query: str | None, target_table: str, column: str) -> str:
     """The watermark's key: which source rows go to which target table, by which column (no password)."""
-    raw = json.dumps([source, table or "", query or "", target_table, column])
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    return stream_id(source, table or "", query or "", target_table, column)
 
 
 def watermark_column(schema: SourceSchema, column: str, target: SourceSchema | None = None) -> ColumnInfo:
@@ -155,13 +162,6 @@ def index_watermark(url: UrlLike, target: TableName, column: str) -> None:
 # ---------------------------------------------------------------- planning a run's window
 
 
-def _decoder(db: Db, col: ColumnInfo) -> Callable[[Any], Any]:
-    if db.dialect == "sqlite":
-        return sqlite_decoder(col)
-    found = mysql_decoder(col) if db.dialect == "mysql" else pg_decoder(col)
-    return (lambda v: None if v is None else found(v)) if found is not None else (lambda v: v)
-
-
 def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
     """The source's current maximum of the watermark column (JSON value; None for no non-NULL value)."""
     with connect(url, "source") as db:
@@ -170,7 +170,7 @@ def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
                       f"NULL ORDER BY {expr} DESC LIMIT 1")
         if db.dialect != "sqlite":
             db.raw.rollback()
-        return key_to_json(col, _decoder(db, col)(rows[0][0])) if rows else None
+        return decode_key(db, col, rows[0][0]) if rows else None
 
 
 def shifted(col: ColumnInfo, value: Any, lookback: float, *, sqlite: bool) -> Any:
@@ -196,18 +196,6 @@ def plan_window(source: UrlLike, target: UrlLike, target_table: TableName, schem
     high = source_high(source, schema, col)
     sqlite = any(parse_db_url(u).dialect == "sqlite" for u in (source, target))
     return Window(column=col, low=shifted(col, before, lookback, sqlite=sqlite), high=high, before=before)
-
-
-def lag_seconds(col: ColumnInfo, newest: Any) -> float | None:
-    """Now minus the newest source timestamp (None for integer columns or an empty source)."""
-    if newest is None or col.kind not in _TEMPORAL:
-        return None
-    value = coerce(col, newest)
-    if col.kind == "date":
-        value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    elif value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)  # sessions run in UTC
-    return round((dt.datetime.now(dt.UTC) - value).total_seconds(), 3)
 
 
 # ---------------------------------------------------------------- deletes
@@ -236,14 +224,13 @@ def _keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> set[t
     cols = schema.key_columns()
     with connect(url, role) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, cols, rng)
-        decs = [_decoder(db, c) for c in cols]
         rows = db.all(f"SELECT {', '.join(db.q(c.name) for c in cols)} FROM {schema.relation(db.dialect)} "
                       f"WHERE {where}", params)
         if db.dialect != "sqlite":
             db.raw.rollback()
-    if all(c.kind in _INT_KINDS for c in cols):
-        return set(rows)  # integers are integers on every side
-    return {tuple(key_to_json(c, d(v)) for c, d, v in zip(cols, decs, row, strict=True)) for row in rows}
+        if all(c.kind in _INT_KINDS for c in cols):
+            return set(rows)  # integers are integers on every side
+        return {tuple(decode_key(db, c, v) for c, v in zip(cols, row, strict=True)) for row in rows}
 
 
 def delete_missing(source: UrlLike, target: UrlLike, schema: SourceSchema, tgt_schema: SourceSchema,
@@ -321,7 +308,7 @@ class IncrementalJob:
         summary.incremental_column = st.column
         summary.watermark_before = st.before
         summary.incremental_reset = st.reset
-        summary.lag_s = lag_seconds(self.column, st.high)
+        summary.lag_s = lag_seconds(st.high)  # JSON ISO times; None for integers
         after = st.high if st.high is not None else st.before
         if moved:
             save_watermark(target, self.target_table, st, after, run_key)
@@ -366,7 +353,6 @@ __all__ = [
     "ensure_watermarks",
     "incremental_job",
     "index_watermark",
-    "lag_seconds",
     "plan_window",
     "read_watermark",
     "save_watermark",

@@ -343,7 +343,8 @@ def _window_predicate(db: Db, w: Window, parts: list[str], params: list[Any]) ->
             parts.append(f"{live} IS NULL")
 
 
-def _decode_key(db: Db, col: ColumnInfo, value: Any) -> Any:
+def decode_key(db: Db, col: ColumnInfo, value: Any) -> Any:
+    """A key value as this side's driver returned it -> its JSON form (range bounds, watermarks)."""
     if db.dialect == "mysql":
         dec = mysql_decoder(col)
         return key_to_json(col, dec(value) if dec is not None and value is not None else value)
@@ -406,7 +407,7 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         n = len(keys)
         total = int(found[-1][n]) if found else 0
         bounds = [row[:n] for row in found if int(row[n]) % int(chunk_rows) == 0]
-        uppers = [[_decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
+        uppers = [[decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
     rest = total - chunk_rows * len(uppers)
     if rest == 0 and uppers:
         uppers[-1] = None  # type: ignore[call-overload]
@@ -460,6 +461,7 @@ __all__ = [
     "check_key",
     "compare_schemas",
     "create_table_sql",
+    "decode_key",
     "key_expr",
     "plan_ranges",
     "range_predicate",

@@ -3,6 +3,9 @@ item ran once per run under a global limit (tests.faults.helpers:probe_and_recor
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,3 +43,14 @@ def check_once_per_run_under_the_limit(states: list[Any], n: int, log: Path, pro
     observed = [int(x) for x in (probe / "observed.log").read_text().split()]
     assert len(observed) == runs * n and max(observed) <= limit  # the global limit held across processes
     return {int(ppid) for _, ppid, _ in records}
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group (workers, Dask), then SIGKILL what has not exited within 30 s."""
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

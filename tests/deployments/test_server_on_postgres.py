@@ -11,7 +11,6 @@ held across workers and the Dask cluster. (Failover between workers needs state 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -26,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.local_server import PrefectServer, free_port
 from flows.batch_map import batch_map_flow
-from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait
+from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait, stop
 from tests.fixtures.postgres import PG_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,16 +48,6 @@ def start(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[by
     cwd.mkdir(parents=True, exist_ok=True)
     with (cwd / "output.log").open("wb") as log:  # kept for the failure message
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server: PrefectServer,

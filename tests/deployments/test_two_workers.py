@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -14,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
 
 from flows.batch_map import batch_map_flow
-from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait
+from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -46,13 +45,7 @@ def test_two_workers_share_the_runs_and_the_global_limit(tmp_path: Path) -> None
             states = run_and_wait(client, deployment_id, [probe_params(n, limit_name, f"two-workers-{tag}-{r}")
                                                           for r in range(runs)], timeout=240)
     finally:
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        stop(workers)
 
     parents = check_once_per_run_under_the_limit(states, n, log, probe, limit=2)
     assert parents == {w.pid for w in workers}, "both workers ran flow runs (each flow run is a child of its worker)"
