@@ -23,7 +23,7 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
 
 $(STAMP): $(UV) uv.lock pyproject.toml
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -57,6 +57,7 @@ bench: venv test-deps
 	$(PY) -m bench.incremental
 	$(PY) -m bench.file_transform
 	$(PY) -m bench.scale
+	$(PY) -m bench.startup
 
 RUN := .run
 UP_PORT ?= 4200

@@ -214,6 +214,7 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
     """Declare a flow from its parameter model and body (see the module docstring); returns the Prefect flow."""
     from prefect import flow
 
+    from tasks.core import startup
     from tasks.core.notify import HOOKS
 
     def decorate(body: Callable[[P], Any]) -> Any:
@@ -247,7 +248,7 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
         options = {"log_prints": True, "persist_result": False, **HOOKS, **flow_options}
         prefect_flow = flow(name=name, validate_parameters=False, **options)(run)
         prefect_flow.spec = spec
-        return prefect_flow
+        return startup.apply(prefect_flow)
 
     return decorate
 
