@@ -168,6 +168,25 @@ async def gather_httpx(url: str, n: int, concurrency: int, transport: str) -> in
     return ok
 
 
+async def gather_aiohttp(url: str, n: int, concurrency: int) -> int:
+    """The floor under any Python client on this machine: aiohttp's own session, no httpx layer."""
+    import aiohttp
+
+    sem = asyncio.Semaphore(concurrency)
+    ok = 0
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        nonlocal ok
+        async with sem, session.get(f"{url}/ok/{i}") as response:
+            await response.read()
+            ok += response.status == 200
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(one(session, i) for i in range(n)))
+    return ok
+
+
 def unthrottled(url: str, n: int, concurrency: int) -> list[dict[str, Any]]:
     from flows.api_bulk import api_bulk
 
@@ -186,14 +205,18 @@ def unthrottled(url: str, n: int, concurrency: int) -> list[dict[str, Any]]:
     add(f"plain gather, httpx.AsyncClient native, sem {concurrency}", secs, mb, ok)
     secs, mb, ok = measure(lambda: asyncio.run(gather_httpx(url, n, concurrency, "aiohttp")))
     add(f"plain gather, httpx + AiohttpTransport, sem {concurrency}", secs, mb, ok)
+    secs, mb, ok = measure(lambda: asyncio.run(gather_aiohttp(url, n, concurrency)))
+    add(f"plain gather, aiohttp.ClientSession, sem {concurrency}", secs, mb, ok)
     items = list(range(n))
-    for chunks, per_chunk in ((1, concurrency), (2, concurrency // 2)):
+    for chunks, per_chunk, runner in ((1, concurrency, "threads"), (2, concurrency // 2, "threads"),
+                                      (2, concurrency // 2, "processes")):
         wait_server_idle()
-        secs, mb, summary = measure(lambda c=chunks, p=per_chunk: api_bulk(
+        secs, mb, summary = measure(lambda c=chunks, p=per_chunk, r=runner: api_bulk(
             items, base_url=url, path_template="/ok/{id}", chunk_size=n // (4 * c), max_concurrency=c,
-            item_concurrency=p, retries=3, run_key=f"bench-{uuid.uuid4().hex[:8]}"))
+            item_concurrency=p, retries=3, task_runner=r, run_key=f"bench-{uuid.uuid4().hex[:8]}"))
         assert summary.ok and summary.succeeded == n, summary.render_text()
-        add(f"api_bulk {chunks} chunk task(s) x {per_chunk} in flight", secs, mb, summary.succeeded)
+        add(f"api_bulk {chunks} chunk task(s) x {per_chunk} in flight ({runner}; inside the run "
+            f"{n / summary.duration_s:,.0f} req/s)", secs, mb, summary.succeeded)
     return rows
 
 

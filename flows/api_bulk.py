@@ -42,6 +42,7 @@ from tasks.core import (
     ChunkSize,
     ChunkTaskGroup,
     ChunkTimeoutS,
+    ConfigError,
     Fixed,
     FlowParams,
     InputFormatField,
@@ -51,11 +52,15 @@ from tasks.core import (
     PlanLog,
     RateGroup,
     RunGroup,
+    RunnerGroup,
     RunSummary,
     batchflow,
     check_writable_dir,
     chunk_hash,
     cut_chunks,
+    drop_rate_limit,
+    internal_rate_limit_name,
+    is_handle,
     open_source,
     python_entry,
     redact_text,
@@ -73,7 +78,7 @@ def _method(value: str) -> str:
     return method
 
 
-class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGroup, RateGroup):
+class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGroup, RateGroup, RunnerGroup):
     """Send one HTTP request per item: chunked, throttled, retried, resumable, outputs and dead letters."""
 
     FLOW_NAME: ClassVar[str] = FLOW_NAME
@@ -141,6 +146,11 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
         check_writable_dir(p.output)  # before any request: an unwritable output would waste them all
     resolve_token(p.auth_secret)  # fail now when a Secret block is missing; registers values for redaction
     resolve_secrets(p.secret_headers)
+    if p.task_runner != "threads" and any(is_handle(v) for v in (p.secret_headers or {}).values()):
+        msg = (f"credential headers given in Python stay in this process, and task_runner={p.task_runner!r} sends "
+               "chunks to other processes: save them in Prefect Secret blocks and pass secret_headers="
+               "{'Header-Name': '<block name>'} (or use task_runner='threads')")
+        raise ConfigError(msg)
     src = open_source(p.items, input_format=p.input_format)
     shown = redact_text(p.base_url)
     template = p.template()
@@ -150,14 +160,17 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
                 *((f"batch {p.batch_size} {p.results_path} {p.result_key}",) if p.batch_size else ()))
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=src.total, on_error=p.on_error, identity=identity,
                     handler_id=f"{p.method} {shown}{p.path_template}") as run:
-        limiter = process_limiter(p.rate_limit_per_second, p.rate_limit_name, scope=run.run_key)
+        rate_name = p.rate_limit_name
+        if p.rate_limit_per_second and not rate_name and p.task_runner != "threads":
+            rate_name = internal_rate_limit_name(run.scope)  # one budget across this run's worker processes
+        limiter = process_limiter(p.rate_limit_per_second, rate_name, scope=run.run_key)
         if hasattr(limiter, "ensure_limit"):
             limiter.ensure_limit()
         job = ApiJob(
             base_url=p.base_url, template=template, auth_secret=p.auth_secret, headers=p.headers,
             secret_headers=p.secret_headers, item_concurrency=p.item_concurrency, retries=p.retries,
             retry_backoff_s=p.retry_backoff_s, timeout_s=p.timeout_s, expect=p.expect, transport=p.transport,
-            rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=p.rate_limit_name,
+            rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=rate_name,
             limiter_scope=run.run_key, output_dir=p.output, output_format=p.output_format, run_scope=run.scope,
             batch_size=p.batch_size, results_path=p.results_path, result_key=p.result_key,
             chunk_timeout_s=p.chunk_timeout_s,
@@ -175,9 +188,12 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
                 run.configure(api_chunk_task, chunk_retries=p.chunk_retries, tags=p.tags),
                 chunk=lambda c: (c.index, len(c.items), c.items), max_concurrency=p.max_concurrency,
                 content=lambda c: chunk_hash(c.items, index=c.index), describe=lambda c: c.describe(),
+                task_runner=p.task_runner, dask_address=p.dask_address,
             )
         finally:
             plan.close()
+            if rate_name and rate_name != p.rate_limit_name:
+                drop_rate_limit(rate_name)
         return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=p.output)
 
 

@@ -27,7 +27,6 @@ from tasks.core import (
     ChunkSize,
     ChunkTaskGroup,
     ConcurrencyLimitName,
-    DaskAddress,
     FlowParams,
     InputFormatField,
     ItemConcurrency,
@@ -39,9 +38,9 @@ from tasks.core import (
     RateGroup,
     RetryOnField,
     RunGroup,
+    RunnerGroup,
     RunSummary,
     SelectQuery,
-    TaskRunner,
     TimeoutGroup,
     batchflow,
     check_writable_dir,
@@ -68,7 +67,8 @@ Items = Annotated[str | list[Any], Field(description=(
 ImportPath = Annotated[str, Field(min_length=3, max_length=300)]
 
 
-class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetryGroup, PerGroup, TimeoutGroup, RateGroup):
+class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetryGroup, PerGroup, TimeoutGroup, RateGroup,
+                     RunnerGroup):
     """Run a handler over every item: chunked, bounded, retried, resumable, exactly once per run_key."""
 
     source: Items
@@ -91,8 +91,6 @@ class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRet
     output: Annotated[str | None, Field(description=(
         "Directory for the results: part-NNNNNN.jsonl per chunk, {'item': ..., 'result': ...} per line."))] = None
     input_format: InputFormatField = "auto"
-    task_runner: TaskRunner = "threads"
-    dask_address: DaskAddress = None
     query: Annotated[SelectQuery, Field(description=(
         "A SELECT whose rows (dicts) are the items, read in pages by query_key; source is then the database: "
         "'secret:BLOCK_NAME' (a Secret block holding its URL) or a URL without a password."))] = None
@@ -110,9 +108,6 @@ class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRet
             raise ValueError(msg)
         if self.chunking == "weighted" and not self.weight_fn:
             msg = "chunking='weighted' needs weight_fn ('pkg.mod:fn' returning a number per item)"
-            raise ValueError(msg)
-        if self.dask_address and self.task_runner != "dask":
-            msg = f"dask_address is for task_runner='dask' (task_runner is {self.task_runner!r})"
             raise ValueError(msg)
         return self
 

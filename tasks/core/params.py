@@ -133,6 +133,20 @@ class RunGroup(BaseModel):
     flow_retries: FlowRetries = 0
 
 
+class RunnerGroup(BaseModel):
+    """Flows whose chunk tasks may run in threads, worker processes or on Dask."""
+
+    task_runner: TaskRunner = "threads"
+    dask_address: DaskAddress = None
+
+    @model_validator(mode="after")
+    def _dask_only(self) -> RunnerGroup:
+        if self.dask_address and self.task_runner != "dask":
+            msg = f"dask_address is for task_runner='dask' (task_runner is {self.task_runner!r})"
+            raise ValueError(msg)
+        return self
+
+
 class OutcomeGroup(BaseModel):
     """How failed items decide the run's final state."""
 

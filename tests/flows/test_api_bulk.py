@@ -251,6 +251,24 @@ def test_two_processes_share_a_named_rate_limit(api_server: ApiServer):
     assert (len(times) - 1) / (times[-1] - times[0]) <= rate * 1.05
 
 
+@pytest.mark.slow
+def test_chunks_in_worker_processes_send_every_request_once(api_server: ApiServer, tmp_path: Path):
+    out = tmp_path / "out"
+    items = [{"path": f"/ok/{i}"} for i in range(40)]
+    summary = api_bulk(items, base_url=api_server.url, output=out, chunk_size=10, max_concurrency=2,
+                       item_concurrency=4, task_runner="processes", rate_limit_per_second=200)
+    assert summary.ok and (summary.total, summary.succeeded, summary.chunks_total) == (40, 40, 4)
+    assert Counter(r.path for r in api_server.requests) == Counter(f"/ok/{i}" for i in range(40))
+    assert [r["item"]["path"] for r in output_rows(out)] == [f"/ok/{i}" for i in range(40)]
+
+
+def test_credential_headers_given_in_python_cannot_go_to_worker_processes(api_server: ApiServer):
+    with pytest.raises(ConfigError, match="Secret blocks"):
+        api_bulk([{"path": "/ok/1"}], base_url=api_server.url, headers={"Authorization": "Bearer x"},
+                 task_runner="processes")
+    assert api_server.count("/") == 0
+
+
 def _flow_run_parameters(flow_run_id: str) -> str:
     import httpx
 
