@@ -1,5 +1,8 @@
 """Verify a migration range by range: row counts and a checksum computed identically on both sides.
 
+A table without a key (tasks.db.physical) is compared whole: counts and the sum of the rows' digests,
+which does not depend on the order rows are stored in and counts identical rows once each.
+
 Why in Python when the dialects differ: the two sides may be different databases (PostgreSQL numeric vs SQLite
 text, timestamptz vs ISO text, jsonb vs JSON text). Both sides are read in key order, decoded into the
 same canonical values (tasks.db.typemap) and hashed by the same code, so equal data gives equal checksums
@@ -18,6 +21,7 @@ from pydantic import BaseModel
 from tasks.core import ConfigError
 from tasks.db.conn import Db, UrlLike, connect, parse_db_url, parse_table_name
 from tasks.db.copier import iter_rows
+from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import coerce, key_to_json, row_canonicalizer
@@ -107,7 +111,21 @@ def _pg_aggregate(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) 
     return int(row[0]), str(row[1] or hashlib.md5(b"", usedforsecurity=False).hexdigest())
 
 
-def _checksum(digests: list[tuple[list[Any], bytes]]) -> str:
+def _pg_multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> tuple[int, str]:
+    """(count, order-independent checksum) for a table without a key: the sum of every row's md5 (as a
+    64-bit number), so equal multisets of rows give equal sums whatever order the rows are stored in."""
+    with connect(url, role) as db:  # type: ignore[arg-type]
+        where, params = range_predicate(db, [], rng)
+        record = ", ".join(_pg_canon_expr(db, c) for c in schema.columns)
+        row = db.all(f"SELECT count(*), coalesce(sum(('x' || left(md5(ROW({record})::text), 16))::bit(64)::bigint"
+                     f"::numeric), 0)::text FROM {schema.relation('postgresql')} WHERE {where}", params)[0]
+        db.raw.rollback()
+    return int(row[0]), f"sum:{row[1]}"
+
+
+def _checksum(digests: list[tuple[list[Any], bytes]], *, ordered: bool = True) -> str:
+    if not ordered:  # no key: the rows' order is the storage's, so sum their digests (duplicates count twice)
+        return f"sum:{sum(int.from_bytes(d, 'big') for _, d in digests) % (1 << 128):032x}"
     h = hashlib.md5(usedforsecurity=False)
     for _, d in digests:
         h.update(d)
@@ -154,7 +172,17 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
     else:
         target = target_schema.model_copy(update={"columns": [target_schema.column(n) for n in source.names],
                                                   "key": source.key})
+    if not source.key and rng.scan != "all":
+        msg = (f"{source.label()} has no key: verify compares the whole table (scan='all'), a physical range of "
+               f"the source has no counterpart in the target (range {rng.index} is {rng.describe()})")
+        raise ConfigError(msg)
     with ThreadPoolExecutor(2) as pool:  # both sides at once: the waiting is in the databases
+        if parse_db_url(source_url).dialect == parse_db_url(target_url).dialect == "postgresql" and not source.key:
+            fa = pool.submit(_pg_multiset, source_url, source, rng, "source")
+            fb = pool.submit(_pg_multiset, target_url, target, rng, "target")
+            (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
+            return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
+                              ok=n_a == n_b and cs_a == cs_b, method="sql")
         if parse_db_url(source_url).dialect == parse_db_url(target_url).dialect == "postgresql":
             fa = pool.submit(_pg_aggregate, source_url, source, rng, "source")
             fb = pool.submit(_pg_aggregate, target_url, target, rng, "target")
@@ -170,10 +198,11 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
         fa = pool.submit(_digests, source_url, source, rng, "source")
         fb = pool.submit(_digests, target_url, target, rng, "target", as_kinds=source)
         a, b = fa.result(), fb.result()
-    cs_a, cs_b = _checksum(a), _checksum(b)
+    cs_a, cs_b = _checksum(a, ordered=bool(source.key)), _checksum(b, ordered=bool(source.key))
     ok = len(a) == len(b) and cs_a == cs_b
+    first = None if ok or not source.key else _first_difference(a, b)
     return RangeCheck(index=rng.index, count_src=len(a), count_tgt=len(b), checksum_src=cs_a,
-                      checksum_tgt=cs_b, ok=ok, first_difference=None if ok else _first_difference(a, b),
+                      checksum_tgt=cs_b, ok=ok, first_difference=first,
                       method="python")
 
 
@@ -185,6 +214,7 @@ def verify_ranges(source_url: UrlLike, target_url: UrlLike, table: str | None = 
     without a migration having run. The flow fans these out as tasks; this is the sequential form."""
     todo = ranges if ranges is not None else plan_ranges(source_url, table, query=query, key=key,
                                                          chunk_rows=chunk_rows, verify_key=False)
+    todo = verify_scope(todo)
     return [verify_range(source_url, target_url, table, r, target_table=target_table, query=query, key=key)
             for r in todo]
 
