@@ -464,10 +464,10 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
     started = time.perf_counter()
     fn = resolve_transform(transform)
     schema = source_schema or reflect(source_url, table, query=query, key=key)
+    require_key(schema, mode)
     tname = parse_table_name(target_table or table or "")
     tgt_schema = target_schema or reflect(target_url, tname, key=schema.key, role="target")
     out_names = schema.names
-    require_key(schema, mode)
     if mode == "upsert":
         check_upsert_target(tgt_schema, schema.key)
     with connect(source_url, "source") as src, connect(target_url, "target", write=True) as tgt:
