@@ -7,7 +7,7 @@ Source: ``pgbench -i -s <scale>`` (100,000 rows per scale: aid int primary key, 
 filler char(84)); equivalent SQL when pgbench is missing. Variants, each into a fresh database:
 
 - PG -> PG: the ``psql COPY TO STDOUT (FORMAT binary) | psql COPY FROM STDIN`` pipe; db_migrate append and
-  upsert, verify off. In process: the call after a warm-up flow run (what a long-lived worker pays). Fresh
+  upsert, verify off (and append of the same rows in a table without a primary key, ctid ranges). In process: the call after a warm-up flow run (what a long-lived worker pays). Fresh
   process: ``python -m tests.run_flow flows.db_migrate:db_migrate '<json>'``, the interpreter, imports,
   Prefect client and flow run included, as a scheduled run starts (the pipe starts two psql processes too).
 - SQLite -> PG: Debian's pgloader on a SQLite copy of the table vs db_migrate append, in process and fresh.
@@ -33,6 +33,7 @@ from bench.common import ROOT, print_table, timed, wait_server_idle
 TABLE = "pgbench_accounts"
 PG_DDL = f"CREATE TABLE {TABLE} (aid integer PRIMARY KEY, bid integer, abalance integer, filler char(84))"
 SQLITE_DDL = f"CREATE TABLE {TABLE} (aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler CHARACTER(84))"
+KEYLESS = "pgbench_accounts_nopk"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
 
@@ -97,7 +98,7 @@ def run_pgbench(cluster: Any, args: argparse.Namespace, work: Path) -> None:
     counter = iter(range(1_000_000))
     results: dict[str, tuple[float, float]] = {}
 
-    def record(label: str, make: Any, *, table: bool = False, repeat: int = 1) -> None:
+    def record(label: str, make: Any, *, table: bool = False, repeat: int = 1, name: str = TABLE) -> None:
         best: tuple[float, float] | None = None
         for _ in range(repeat):
             url = cluster.url(cluster.create_database(f"bench_pgb_{next(counter)}"))
@@ -105,15 +106,15 @@ def run_pgbench(cluster: Any, args: argparse.Namespace, work: Path) -> None:
                 pg_run(url, PG_DDL)
             wait_server_idle()
             secs, mb, _ = timed(lambda url=url: make(url))
-            got = pg_run(url, f"SELECT count(*) FROM {TABLE}")[0][0]
+            got = pg_run(url, f"SELECT count(*) FROM {name}")[0][0]
             assert got == n, f"{label}: {got} rows in the target, expected {n}"
             print(f"  {label}: {secs:.2f}s, peak RSS {mb:.0f} MB", flush=True)
             best = (secs, mb) if best is None or secs < best[0] else best
             pg_run(cluster.url(), f"DROP DATABASE {url.rsplit('/', 1)[1]} WITH (FORCE)")
         results[label] = best  # type: ignore[assignment]
 
-    def ours(source: str, mode: str) -> dict[str, Any]:
-        return {"source_url": source, "table": TABLE, "mode": mode, "verify": False, "chunk_rows": args.chunk_rows,
+    def ours(source: str, mode: str, table: str = TABLE) -> dict[str, Any]:
+        return {"source_url": source, "table": table, "mode": mode, "verify": False, "chunk_rows": args.chunk_rows,
                 "max_concurrency": args.max_concurrency}
 
     print("PG -> PG")
@@ -124,6 +125,11 @@ def run_pgbench(cluster: Any, args: argparse.Namespace, work: Path) -> None:
             target_url=url, **ours(src, mode)), repeat=args.repeat)
         record(f"db_migrate {mode}, fresh process", lambda url, mode=mode: fresh_process(
             {"target_url": url, **ours(src, mode)}))
+    # the same rows in a table without a primary key: append in ctid page ranges (tasks/db/physical.py)
+    pg_run(src, f"CREATE TABLE {KEYLESS} AS SELECT * FROM {TABLE}")
+    pg_run(src, f"VACUUM ANALYZE {KEYLESS}")
+    record("db_migrate append, no primary key (ctid ranges), in process", lambda url: db_migrate(
+        target_url=url, **ours(src, "append", KEYLESS)), name=KEYLESS)
     pipe = results["psql COPY binary pipe"][0]
     print_table(f"PG -> PG, pgbench_accounts, {n:,} rows (chunk_rows={args.chunk_rows}, "
                 f"max_concurrency={args.max_concurrency})",
