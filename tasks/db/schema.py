@@ -418,7 +418,8 @@ def check_key(url: UrlLike, schema: SourceSchema) -> None:
 def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = None,
                 key: str | Sequence[str] | None = None, chunk_rows: int = 50_000,
                 verify_key: bool = True, window: Window | None = None) -> list[KeyRange]:
-    """Cut the source into keyset ranges of about ``chunk_rows`` rows each.
+    """Cut the source into keyset ranges of about ``chunk_rows`` rows each (a table without a key: into
+    physical ranges, see tasks.db.physical).
 
     Boundaries are every ``chunk_rows``-th key in key order (``row_number()``), so gaps and skew in
     the key values do not matter; no OFFSET is used when reading. The first range is open below and
@@ -430,8 +431,10 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         raise ConfigError(msg)
     schema = reflect(url, table, query=query, key=key)
     if not schema.key:
-        from tasks.db.physical import plan_physical  # imports this module
+        from tasks.db.physical import plan_physical, require_key  # imports this module
 
+        if window is not None:
+            require_key(schema, "upsert", incremental=window.column.name)
         return plan_physical(url, schema, chunk_rows)
     if verify_key:
         check_key(url, schema)
