@@ -1,7 +1,7 @@
 """db_migrate of tables without a primary key (issue 15): real PostgreSQL, SQLite files and MariaDB.
 
 An event table with identical duplicate rows goes PG->PG (ctid page ranges), SQLite->PG (rowid ranges),
-PG->SQLite and MySQL->PG (one range) append-only: every copy of every row arrives (the multiset of rows
+PG->SQLite, MySQL->PG (one range) and PG->MySQL append-only: every copy of every row arrives (the multiset of rows
 is the source's), the target gets no invented key, verify compares the whole table order-independently and
 catches a changed row, a rerun with the run key writes nothing twice, and a SIGKILLed run rerun ends with
 exactly the source's rows. upsert, replace, incremental and a keyless query are refused up front, naming
@@ -128,11 +128,16 @@ def test_keyless_table_copies_every_duplicate_resumes_and_verifies(direction: st
     assert "whole table" in bad.ranges_mismatched[0].describe()
 
 
-def test_mysql_keyless_table_to_pg(mysql_url: str, pg_target: str) -> None:
+def test_mysql_keyless_table_to_pg_and_back(mysql_url: str, pg_target: str, mariadb_server: Any) -> None:
     create_events(mysql_url)
     summary = db_migrate(mysql_url, pg_target, "events", mode="append", chunk_rows=CHUNK)
     assert_copied(summary, mysql_url, pg_target)
     assert summary.ranges_total == 1 and "one range" in (summary.resume_note or "")
+    other = mariadb_server.url(mariadb_server.create_database())  # PG (ctid ranges) -> MySQL, no key created
+    back = db_migrate(pg_target, other, "events", mode="append", chunk_rows=CHUNK)
+    assert back.ok and back.ranges_total > 2 and multiset(other) == Counter(ROWS)
+    assert my_exec(other, "SELECT count(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                          "AND TABLE_NAME = 'events'") == [(0,)]
 
 
 def test_keyless_refusals_and_a_given_key(pg_url: str, pg_target: str) -> None:
