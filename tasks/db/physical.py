@@ -29,12 +29,14 @@ _TID_RANGE_SCAN = 140_000  # server_version_num of the first PostgreSQL with TID
 
 
 def scan_label(ranges: list[KeyRange]) -> str:
-    return {"ctid": "ctid page ranges", "rowid": "rowid ranges"}.get(ranges[0].scan if ranges else "all", "one range")
+    """``10 ctid page ranges``, ``4 rowid ranges`` or ``1 range (the whole table)``."""
+    what = {"ctid": "ctid page ranges", "rowid": "rowid ranges"}.get(ranges[0].scan if ranges else "all")
+    return f"{len(ranges)} {what}" if what else f"{len(ranges)} range (the whole table)"
 
 
 def resume_note(schema: SourceSchema, ranges: list[KeyRange]) -> str:
     """The log/summary line saying what a rerun of a keyless copy can and cannot promise."""
-    return (f"{schema.label()} has no primary key: copied append-only in {len(ranges)} {scan_label(ranges)}; a "
+    return (f"{schema.label()} has no primary key: copied append-only in {scan_label(ranges)}; a "
             "rerun with the same run_key skips the committed ranges, which is exact only if the source is not "
             "modified between the crash and the rerun (an updated row can move between physical ranges); pass "
             "key='column' naming unique columns for a stable order")
@@ -65,7 +67,7 @@ def plan_physical(url: UrlLike, schema: SourceSchema, chunk_rows: int) -> list[K
         if db.dialect == "postgresql":
             return _plan_ctid(db, schema, chunk_rows)
         rel = schema.relation(db.dialect)
-        if db.dialect == "sqlite" and "rowid" not in schema.names:
+        if db.dialect == "sqlite" and "rowid" not in {n.lower() for n in schema.names}:  # else a column shadows it
             bounds, total = cut_points(db, rel, ["rowid"], "rowid", "1 = 1", [], chunk_rows)
             return chain_ranges([[int(b[0])] for b in bounds], total, chunk_rows, scan="rowid")
         total = int(db.all(f"SELECT count(*) FROM {rel}")[0][0])

@@ -80,3 +80,9 @@ def test_whole_table_checksum_is_order_free_and_counts_duplicates(pg_url: str, p
         assert bad.count_src == bad.count_tgt == ROWS and not bad.ok
     with pytest.raises(ConfigError, match="no key: verify compares the whole table"):
         verify_range(pg_url, other, "log", plan_ranges(pg_url, "log", chunk_rows=700)[1])
+
+
+def test_a_column_named_rowid_makes_one_range(sqlite_url: str) -> None:
+    db_exec(sqlite_url, "CREATE TABLE shadow (RowId TEXT, v INTEGER)")  # the column hides SQLite's rowid
+    db_exec(sqlite_url, "INSERT INTO shadow VALUES ('a', 1), ('a', 1), ('b', 2)")
+    assert [(r.scan, r.estimated_rows) for r in plan_ranges(sqlite_url, "shadow")] == [("all", 3)]
