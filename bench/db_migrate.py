@@ -293,7 +293,7 @@ def run(cluster: Any, args: argparse.Namespace, work: Path, started: float) -> i
               + (" (< 10x: the ratio to the pipe is the binding target)" if em / pipe < 10 / 0.6 else ""))
 
     if args.skip_sqlite:
-        print(f"\nbenchmark wall time: {time.monotonic() - started:.0f}s")
+        print(f"\nwide shape: benchmark wall time so far {time.monotonic() - started:.0f}s")
         return 0
     print("\nSQLite -> PG")
     sqlite_path = work / "items.sqlite3"
@@ -328,7 +328,7 @@ def run(cluster: Any, args: argparse.Namespace, work: Path, started: float) -> i
         print(f"\nSQLite->PG db_migrate vs pgloader: {secs_pl / ours:.2f}x (target >= 1.0x)")
     if not args.skip_mysql:
         run_mysql_case(cluster, args)
-    print(f"\nbenchmark wall time: {time.monotonic() - started:.0f}s")
+    print(f"\nwide shape: benchmark wall time so far {time.monotonic() - started:.0f}s")
     return 0
 
 
