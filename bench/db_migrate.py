@@ -1,7 +1,9 @@
 """db_migrate benchmarks (issue 6): PG -> PG and SQLite -> PG against plain baselines, one run, one cluster.
 
-    .venv/bin/python -m bench.db_migrate [--rows 1000000] [--chunk-rows 100000] [--skip-executemany] [--skip-sqlite]
-                                         [--skip-mysql]
+    .venv/bin/python -m bench.db_migrate [--shape wide|pgbench|both] [--rows 1000000] [--scale 10]
+                                         [--chunk-rows 100000] [--skip-executemany] [--skip-sqlite] [--skip-mysql]
+
+``--shape wide`` (cases 1-3 below), ``pgbench`` (case 4), ``both`` (the default, what ``make bench`` runs).
 
 1. PG -> PG, ``--rows`` rows x 8 mixed columns (bigint, text, integer, numeric, boolean, timestamptz,
    double, uuid), two databases on one throwaway cluster (tests/fixtures/postgres.py's cluster code):
@@ -13,6 +15,9 @@
    missing). Target: db_migrate >= 1.0x pgloader.
 3. MySQL/MariaDB -> PG, ``--rows`` rows x 9 mixed columns vs ``pgloader mysql://`` (bench/db_migrate_mysql.py;
    a throwaway MariaDB server, pgloader installed as root when missing). Target: db_migrate >= 2x pgloader.
+4. The narrow pgbench_accounts shape (``pgbench -i -s --scale``: 1M rows of int, int, int, char(84)), PG -> PG
+   append and upsert vs the pipe and SQLite -> PG vs pgloader, each in process (startup excluded) and in a
+   fresh ``python -m`` process (startup included, as a scheduled run starts): bench/db_migrate_pgbench.py.
 
 Every variant writes into a fresh database. Times are wall clock of the whole call (db_migrate includes
 its Prefect flow run, planning, target creation and, where on, verification), after one warm-up dry run
@@ -100,12 +105,12 @@ def make_sqlite(path: Path, pg_url: str, rows: int) -> None:
     assert rows == sqlite3.connect(path).execute("SELECT count(*) FROM items").fetchone()[0]
 
 
-def psql_pipe(cluster: Any, src_db: str, dst_db: str) -> None:
+def psql_pipe(cluster: Any, src_db: str, dst_db: str, table: str = "items") -> None:
     env = {**os.environ, "PGPASSWORD": cluster.password}
     base = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", cluster.host, "-p", str(cluster.port), "-U", cluster.user]
-    out = subprocess.Popen([*base, "-d", src_db, "-c", "COPY items TO STDOUT (FORMAT binary)"],
+    out = subprocess.Popen([*base, "-d", src_db, "-c", f"COPY {table} TO STDOUT (FORMAT binary)"],
                            stdout=subprocess.PIPE, env=env)
-    into = subprocess.run([*base, "-d", dst_db, "-c", "COPY items FROM STDIN (FORMAT binary)"],
+    into = subprocess.run([*base, "-d", dst_db, "-c", f"COPY {table} FROM STDIN (FORMAT binary)"],
                           stdin=out.stdout, env=env, capture_output=True, check=False)
     if out.stdout is not None:
         out.stdout.close()
@@ -168,6 +173,9 @@ def fmt_ratio(a: float, b: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=("wide", "pgbench", "both"), default="both",
+                        help="wide: 8 typed columns (cases 1-3); pgbench: pgbench_accounts (case 4)")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench scale (100,000 rows each)")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=100_000)
     parser.add_argument("--max-concurrency", type=int, default=2)
@@ -182,7 +190,13 @@ def main() -> int:
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     try:
         with prefect_server(), pg_cluster() as cluster:
-            return run(cluster, args, work, started)
+            code = run(cluster, args, work, started) if args.shape != "pgbench" else 0
+            if args.shape != "wide":
+                from bench.db_migrate_pgbench import run_pgbench
+
+                run_pgbench(cluster, args, work)
+                print(f"\nbenchmark wall time: {time.monotonic() - started:.0f}s")
+            return code
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -279,7 +293,7 @@ def run(cluster: Any, args: argparse.Namespace, work: Path, started: float) -> i
               + (" (< 10x: the ratio to the pipe is the binding target)" if em / pipe < 10 / 0.6 else ""))
 
     if args.skip_sqlite:
-        print(f"\nbenchmark wall time: {time.monotonic() - started:.0f}s")
+        print(f"\nwide shape: benchmark wall time so far {time.monotonic() - started:.0f}s")
         return 0
     print("\nSQLite -> PG")
     sqlite_path = work / "items.sqlite3"
@@ -314,7 +328,7 @@ def run(cluster: Any, args: argparse.Namespace, work: Path, started: float) -> i
         print(f"\nSQLite->PG db_migrate vs pgloader: {secs_pl / ours:.2f}x (target >= 1.0x)")
     if not args.skip_mysql:
         run_mysql_case(cluster, args)
-    print(f"\nbenchmark wall time: {time.monotonic() - started:.0f}s")
+    print(f"\nwide shape: benchmark wall time so far {time.monotonic() - started:.0f}s")
     return 0
 
 

@@ -62,7 +62,9 @@ from tasks.db import (
     planned_ranges,
     redacted_url,
     reflect,
+    require_key,
     resolve_url,
+    resume_note,
     validate_identifier,
     verify_only,
     watermark_column,
@@ -93,7 +95,8 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
     query: Annotated[SelectQuery, Field(description=(
         "A SELECT to copy instead of a table (needs key and target_table)."))] = None
     key: Annotated[str | list[str] | None, Field(description=(
-        "Range key column(s); default: the primary key."))] = None
+        "Range key column(s); default: the primary key. A table without one is copied append-only "
+        "(mode='append') in physical ranges."))] = None
     chunk_rows: Annotated[int, Field(ge=1, le=100_000_000, description="Rows per key range (one task, one transaction)."),
                           FromSetting(DbSettings, "chunk_rows")] = SETTING
     mode: Annotated[Mode, Field(description=(
@@ -173,6 +176,8 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
         )
 
     schema = reflect(src, p.table, query=p.query, key=p.key)
+    if not p.verify_only:  # a table without a primary key: append only (a ConfigError before anything is written)
+        require_key(schema, p.mode, incremental=p.incremental)
     # the run's identity: what is copied where and how; a range adds its position (and its bounds as content)
     identity = [info["source"], info["target"], p.table or "", p.query or "", tname, ",".join(schema.key), p.mode,
                 transform_id, p.copy_format]
@@ -214,6 +219,9 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
         ranges = planned_ranges(run, plan_id, lambda: plan_ranges(
             src, p.table, query=p.query, key=schema.key, chunk_rows=p.chunk_rows,
             window=inc.plan() if inc is not None else None))
+        if not schema.key:
+            info["resume_note"] = resume_note(schema, ranges)
+            print(info["resume_note"])
         return copy_and_verify(run, ranges, copy_job, info, schema, created=created, ddl=ddl, verify=p.verify,
                                chunk_rows=p.chunk_rows, mode=p.mode, tname=tname, chunk_retries=p.chunk_retries,
                                tags=p.tags, max_concurrency=p.max_concurrency, counts_only=fn is not None,

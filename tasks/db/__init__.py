@@ -41,6 +41,7 @@ from tasks.db.migrate import (
     resolve_url,
     verify_only,
 )
+from tasks.db.physical import require_key, resume_note
 from tasks.db.plan import MigrationPlan, TargetResult, create_target, plan_migration
 from tasks.db.query_source import query_source
 from tasks.db.schema import KeyRange, SourceSchema, plan_ranges, reflect
@@ -95,8 +96,10 @@ __all__ = [
     "read_watermark",
     "redacted_url",
     "reflect",
+    "require_key",
     "resolve_transform",
     "resolve_url",
+    "resume_note",
     "validate_identifier",
     "validate_query",
     "verify_only",

@@ -29,7 +29,8 @@ from tasks.db.ledger import LedgerEntry, committed, record_range
 from tasks.db.mysql import check_upsert_target, write_mysql
 from tasks.db.mysql import iter_rows as _mysql_rows
 from tasks.db.mysql_types import mysql_encoder
-from tasks.db.schema import KeyRange, SourceSchema, key_expr, range_predicate, reflect
+from tasks.db.physical import require_key
+from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import (
     _COERCE as _COERCE_BY_KIND,
@@ -74,8 +75,7 @@ OnCommit = Callable[[Db, int], None]  # (target connection, rows written) inside
 def _select(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]]:
     cols = ", ".join(f"{db.q(c.name)}::text" if c.cast_text else db.q(c.name) for c in schema.columns)
     where, params = range_predicate(db, schema.key_columns(), rng)
-    order = ", ".join(key_expr(db, schema.key_columns()))
-    return f"SELECT {cols} FROM {schema.relation(db.dialect)} WHERE {where} ORDER BY {order}", params
+    return f"SELECT {cols} FROM {schema.relation(db.dialect)} WHERE {where}{order_by(db, schema)}", params
 
 
 # Types psycopg has no binary dumper or loader for, whose binary wire format is text's (their recv/send
@@ -216,7 +216,8 @@ def resolve_transform(transform: Transform | str | None) -> Transform | None:
 def _row_error(rng: KeyRange, names: Sequence[str], keys: Sequence[str], row: Sequence[Any], column: str,
                reason: str) -> ItemError:
     key_val = {k: row[names.index(k)] for k in keys if k in names}
-    msg = (f"range {rng.index}: row with key {key_val} cannot be written: column {column!r}: "
+    which = f"with key {key_val}" if keys else f"{dict(zip(names[:3], row[:3], strict=False))}"  # no key: its first values
+    msg = (f"range {rng.index}: row {which} cannot be written: column {column!r}: "
            f"{redact_text(reason)}. Fix the value in the source or map it in a transform.")
     return ItemError(msg, category="conversion")
 
@@ -463,6 +464,7 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
     started = time.perf_counter()
     fn = resolve_transform(transform)
     schema = source_schema or reflect(source_url, table, query=query, key=key)
+    require_key(schema, mode)
     tname = parse_table_name(target_table or table or "")
     tgt_schema = target_schema or reflect(target_url, tname, key=schema.key, role="target")
     out_names = schema.names

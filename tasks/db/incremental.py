@@ -32,6 +32,7 @@ from tasks.core import ConfigError, redact_text
 from tasks.core.watermarks import lag_seconds, stream_id
 from tasks.db.conn import TableName, UrlLike, connect, parse_db_url
 from tasks.db.ledger import create_if_missing
+from tasks.db.physical import require_key
 from tasks.db.schema import (
     KeyRange,
     SourceSchema,
@@ -325,6 +326,7 @@ def incremental_job(source: UrlLike, target: UrlLike, schema: SourceSchema, tgt_
                     chunk_rows: int, lookback: float, reset: bool, deletes: Deletes,
                     soft_delete_column: str | None) -> IncrementalJob:
     """Validate an incremental run's columns (ConfigError naming what to change) and build its job."""
+    require_key(schema, "upsert", incremental=column)  # a table without a primary key: refused, saying why
     col = watermark_column(schema, column, tgt_schema)
     soft = soft_column(schema, soft_delete_column) if deletes == "soft_column" else None
     stream = stream_key(source_label, table, query, str(target_table), col.name)

@@ -41,6 +41,7 @@ from tasks.db.conn import TableName, parse_db_url
 from tasks.db.copier import CopyFormat, Mode, copy_range
 from tasks.db.incremental import IncrementalJob
 from tasks.db.ledger import LedgerEntry
+from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, plan_ranges
 from tasks.db.verify import RangeCheck, verify_range
 
@@ -61,9 +62,10 @@ class RangeMismatch(BaseModel):
     count_tgt: int = 0
     first_difference: list[Any] | None = None
     error: str | None = None
+    scan: str = "key"
 
     def describe(self) -> str:
-        span = f"keys ({_bound(self.lower, '-inf')}, {_bound(self.upper, '+inf')}]"
+        span = "whole table" if self.scan == "all" else f"keys ({_bound(self.lower, '-inf')}, {_bound(self.upper, '+inf')}]"
         if self.error:
             return f"range {self.index} {span}: check failed: {self.error}"
         first = f", first differing key {self.first_difference}" if self.first_difference is not None else ""
@@ -109,6 +111,8 @@ class MigrationSummary(RunSummary):
     watermark_after: Any = Field(None, description="The watermark stored when this run ended.")
     lag_s: float | None = Field(None, description="Now minus the newest source timestamp, in seconds.")
     rows_deleted: int = Field(0, description="Target rows deleted (incremental deletes).")
+    resume_note: str | None = Field(None, description=(
+        "A table without a primary key: how it was cut and what a rerun can promise (tasks.db.physical)."))
 
 
 # ---------------------------------------------------------------- URLs and secrets
@@ -229,7 +233,7 @@ def verify_all(ranges: Sequence[KeyRange], job: CopyJob, *, max_concurrency: int
     def on_done(rng: KeyRange, state: State) -> None:
         nonlocal matching
         result = state.result(raise_on_failure=False)
-        base = {"index": rng.index, "lower": rng.lower, "upper": rng.upper}
+        base = {"index": rng.index, "lower": rng.lower, "upper": rng.upper, "scan": rng.scan}
         if not isinstance(result, RangeCheck):
             bad.append(RangeMismatch(**base, error=redact_text(f"{type(result).__name__}: {result}")[:500]))
             return
@@ -308,6 +312,8 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
     if verify and not run.should_stop():
         started = time.perf_counter()
         todo = [r for r in ranges if r.index in done]
+        if not schema.key:  # compared whole, once every range is in (a missing range would be a mismatch)
+            todo = verify_scope(ranges) if not result.ranges_failed else []
         if incremental is not None and incremental.soft is not None and complete:
             todo = [r.model_copy(update={"window": r.window.model_copy(update={"live": incremental.soft})})
                     if r.window is not None else r for r in todo]
@@ -337,7 +343,8 @@ def verify_only(flow: str, src: SecretStr, job: CopyJob, info: dict[str, Any], *
 def _verify_ranges(run: ChunkedRun, src: SecretStr, job: CopyJob, info: dict[str, Any], *, chunk_rows: int,
                    max_concurrency: int, counts_only: bool) -> MigrationSummary:
     started = time.perf_counter()
-    ranges = plan_ranges(src, job.table, query=job.query, key=job.key, chunk_rows=chunk_rows, verify_key=False)
+    ranges = verify_scope(plan_ranges(src, job.table, query=job.query, key=job.key, chunk_rows=chunk_rows,
+                                      verify_key=False))
     matching, bad = verify_all(ranges, job, max_concurrency=max_concurrency, counts_only=counts_only)
     took = time.perf_counter() - started
     rows = sum(r.estimated_rows for r in ranges)

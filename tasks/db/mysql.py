@@ -27,7 +27,7 @@ from pymysql.converters import escape_item
 from tasks.core import ConfigError, ItemError, RetryableError, SourceError, failpoint, redact_text
 from tasks.db.conn import Db, TableName
 from tasks.db.mysql_types import column_from_field, column_from_mysql, mysql_decoder
-from tasks.db.schema import KeyRange, SourceSchema, key_expr, range_predicate
+from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate
 from tasks.db.typemap import ColumnInfo
 
 OnCommit = Callable[[Db, int], None]
@@ -132,8 +132,7 @@ def _select_expr(db: Db, col: ColumnInfo) -> str:
 def select_sql(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]]:
     cols = ", ".join(_select_expr(db, c) for c in schema.columns)
     where, params = range_predicate(db, schema.key_columns(), rng)
-    order = ", ".join(key_expr(db, schema.key_columns()))
-    return f"SELECT {cols} FROM {schema.relation('mysql')} WHERE {where} ORDER BY {order}", params
+    return f"SELECT {cols} FROM {schema.relation('mysql')} WHERE {where}{order_by(db, schema)}", params
 
 
 def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange,

@@ -153,7 +153,8 @@ def create_table_mysql(columns: list[ColumnInfo], key: list[str], table: TableNa
         typ, tag = _ddl(c, is_key=c.name in key)
         null = "" if c.nullable and c.name not in key else " NOT NULL"
         lines.append(f"{q(c.name)} {typ}{null}" + (f" COMMENT '{TAG}{tag}'" if tag else ""))
-    lines.append(f"PRIMARY KEY ({', '.join(q(k) for k in key)})")
+    if key:  # a table without one gets none
+        lines.append(f"PRIMARY KEY ({', '.join(q(k) for k in key)})")
     collation = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
     return (f"CREATE TABLE {table.sql('mysql')} (\n  " + ",\n  ".join(lines)
             + f"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}")

@@ -35,6 +35,7 @@ from tasks.db.conn import (
     redacted_url,
 )
 from tasks.db.copier import MODES, Mode
+from tasks.db.physical import require_key, scan_label
 from tasks.db.schema import (
     KeyRange,
     compare_schemas,
@@ -73,12 +74,13 @@ class MigrationPlan(BaseModel):
 
     def describe(self) -> str:
         """A short human-readable plan for logs and dry-run artifacts."""
+        key = self.key or f"none: append-only in {scan_label(self.ranges)}"
         lines = [
             f"source {self.source} {self.table or '(query)'} -> target {self.target} {self.target_table} "
-            f"(mode {self.mode}, key {self.key})",
+            f"(mode {self.mode}, key {key})",
             f"{len(self.ranges)} ranges, about {self.estimated_rows} rows",
         ]
-        lines += [f"  range {r.index}: ({r.lower}, {r.upper}] ~{r.estimated_rows} rows" for r in self.ranges[:20]]
+        lines += [f"  range {r.index}: {r.describe()} ~{r.estimated_rows} rows" for r in self.ranges[:20]]
         if len(self.ranges) > 20:
             lines.append(f"  ... {len(self.ranges) - 20} more")
         lines.append(f"DDL to run:\n{self.ddl}" if self.ddl else "target table exists; no DDL")
@@ -95,7 +97,8 @@ def _target_name(table: str | None, target_table: str | None) -> TableName:
 def create_target(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,
                   target_table: str | None = None, query: str | None = None,
                   key: str | Sequence[str] | None = None, execute: bool = True) -> TargetResult:
-    """Create the target table from the source's reflected schema (primary key = the range key).
+    """Create the target table from the source's reflected schema (primary key = the range key; a source
+    table without a primary key gives a target without one).
 
     If the table exists it is checked instead: columns missing in the target or types that cannot hold
     the source's values raise ConfigError listing every differing column. ``execute=False`` only
@@ -142,6 +145,7 @@ def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None =
         msg = f"mode {mode!r} is not one of {list(MODES)}"
         raise ConfigError(msg)
     schema = reflect(source_url, table, query=query, key=key)
+    require_key(schema, mode)
     tname = _target_name(table, target_table)
     target = _ensure_target(source_url, target_url, table, target_table=str(tname), query=query,
                                         key=schema.key, execute=False)

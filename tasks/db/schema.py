@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from pydantic import BaseModel, ConfigDict
@@ -207,7 +207,7 @@ def reflect(url: UrlLike, table: str | TableName | None = None, *, query: str | 
         raise ConfigError(msg)
     tname = parse_table_name(table) if table is not None else None
     sql = validate_query(query) if query is not None else None
-    keys = parse_key(key)
+    keys = None if isinstance(key, list | tuple) and not key else parse_key(key)  # [] = no key given
     with connect(url, role) as db:
         if db.dialect == "mysql":
             from tasks.db.mysql import reflect_mysql  # imports this module
@@ -216,10 +216,11 @@ def reflect(url: UrlLike, table: str | TableName | None = None, *, query: str | 
         else:
             schema = _reflect_pg(db, tname, sql) if db.dialect == "postgresql" else _reflect_sqlite(db, tname, sql)
     keys = keys or schema.primary_key
-    if not keys:
-        msg = (f"{schema.label()} has no primary key: pass key='column' (or 'a,b') naming unique, non-null "
-               "columns to cut ranges on")
+    if not keys and schema.table is None:
+        msg = ("a query has no primary key: pass key='column' (or 'a,b') naming unique, non-null columns of its "
+               "result to cut ranges on")
         raise ConfigError(msg)
+    # a table without a primary key keeps key=[]: append-only, cut into physical ranges (tasks.db.physical)
     for k in keys:
         col = schema.column(k)
         if col.kind not in _KEY_KINDS:
@@ -264,10 +265,17 @@ class Window(BaseModel):
     before: Any = None  # the stored watermark the slice starts from (low is it minus the lookback)
 
 
+Scan = Literal["key", "ctid", "rowid", "all"]
+
+
 class KeyRange(BaseModel):
     """One keyset range: ``lower < key <= upper`` (None = unbounded). JSON-able, so it can be a task
     parameter and part of a cache key. Bounds are lists, one value per key column. ``window``: an
-    incremental run's slice (see :class:`Window`), applied on both sides like the bounds."""
+    incremental run's slice (see :class:`Window`), applied on both sides like the bounds.
+
+    ``scan`` says what the bounds are for a table without a key (tasks.db.physical): ``ctid`` = heap
+    pages ``lower <= page < upper`` (PostgreSQL), ``rowid`` = ``lower < rowid <= upper`` (SQLite), ``all``
+    = the whole table (no bounds)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -276,6 +284,16 @@ class KeyRange(BaseModel):
     upper: list[Any] | None = None
     estimated_rows: int = 0
     window: Window | None = None
+    scan: Scan = "key"
+
+    def describe(self) -> str:
+        """``(lower, upper]`` for key and rowid ranges, ``pages [a, b)`` for ctid ranges, ``whole table``."""
+        if self.scan == "all":
+            return "whole table"
+        if self.scan == "ctid":
+            return f"pages [{self.lower[0] if self.lower else 0}, {self.upper[0] if self.upper else 'end'})"
+        what = "rowids " if self.scan == "rowid" else ""
+        return f"{what}({self.lower}, {self.upper}]"
 
 
 def key_expr(db: Db, cols: Sequence[ColumnInfo]) -> list[str]:
@@ -295,8 +313,33 @@ def bind_key(db: Db, col: ColumnInfo, value: Any) -> Any:
     return sqlite_encoder(col)(typed) if db.dialect == "sqlite" else typed
 
 
+def order_by(db: Db, schema: SourceSchema) -> str:
+    """`` ORDER BY <key>``, or nothing for a table without a key (a physical range is read in any order)."""
+    return f" ORDER BY {', '.join(key_expr(db, schema.key_columns()))}" if schema.key else ""
+
+
+def _physical_predicate(db: Db, rng: KeyRange) -> tuple[list[str], list[Any]]:
+    """A ctid (TID range scan since PostgreSQL 14) or rowid range's conditions."""
+    parts: list[str] = []
+    params: list[Any] = []
+    if rng.scan == "ctid":
+        for bound, op in ((rng.lower, ">="), (rng.upper, "<")):
+            if bound is not None:
+                parts.append(f"ctid {op} {db.ph}::tid")
+                params.append(f"({int(bound[0])},0)")
+    elif rng.scan == "rowid":
+        for bound, op in ((rng.lower, ">"), (rng.upper, "<=")):
+            if bound is not None:
+                parts.append(f"rowid {op} {db.ph}")
+                params.append(int(bound[0]))
+    return parts, params
+
+
 def range_predicate(db: Db, cols: Sequence[ColumnInfo], rng: KeyRange) -> tuple[str, list[Any]]:
     """``WHERE`` text and parameters selecting exactly the rows of ``rng`` (row comparison for composite keys)."""
+    if rng.scan != "key":
+        parts, params = _physical_predicate(db, rng)
+        return " AND ".join(parts) or "1 = 1", params
     exprs = key_expr(db, cols)
     lhs = exprs[0] if len(exprs) == 1 else "(" + ", ".join(exprs) + ")"
     marks = db.ph if len(exprs) == 1 else "(" + ", ".join([db.ph] * len(exprs)) + ")"
@@ -375,7 +418,8 @@ def check_key(url: UrlLike, schema: SourceSchema) -> None:
 def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = None,
                 key: str | Sequence[str] | None = None, chunk_rows: int = 50_000,
                 verify_key: bool = True, window: Window | None = None) -> list[KeyRange]:
-    """Cut the source into keyset ranges of about ``chunk_rows`` rows each.
+    """Cut the source into keyset ranges of about ``chunk_rows`` rows each (a table without a key: into
+    physical ranges, see tasks.db.physical).
 
     Boundaries are every ``chunk_rows``-th key in key order (``row_number()``), so gaps and skew in
     the key values do not matter; no OFFSET is used when reading. The first range is open below and
@@ -386,37 +430,55 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         msg = f"chunk_rows must be at least 1, got {chunk_rows}"
         raise ConfigError(msg)
     schema = reflect(url, table, query=query, key=key)
+    if not schema.key:
+        from tasks.db.physical import plan_physical, require_key  # imports this module
+
+        if window is not None:
+            require_key(schema, "upsert", incremental=window.column.name)
+        return plan_physical(url, schema, chunk_rows)
     if verify_key:
         check_key(url, schema)
     cols = schema.key_columns()
     with connect(url, "source") as db:
-        rel = schema.relation(db.dialect)
-        keys = [db.q(k) for k in schema.key]
-        order = ", ".join(key_expr(db, cols))
-        mod = "%%" if db.dialect in ("postgresql", "mysql") else "%"
         where, params = range_predicate(db, cols, KeyRange(index=0, window=window))
-        # one pass over the key order: every chunk_rows-th key, plus the last row (its number is the total)
-        found = db.all(
-            f"SELECT {', '.join(keys)}, _bf_rn, _bf_last FROM (SELECT {', '.join(keys)}, row_number() OVER _bf_w "
-            f"AS _bf_rn, lead(1) OVER _bf_w IS NULL AS _bf_last FROM {rel} WHERE {where} "
-            f"WINDOW _bf_w AS (ORDER BY {order})) AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 OR _bf_last "
-            "ORDER BY _bf_rn", params
-        )
-        if db.dialect == "postgresql":
-            db.raw.rollback()
-        n = len(keys)
-        total = int(found[-1][n]) if found else 0
-        bounds = [row[:n] for row in found if int(row[n]) % int(chunk_rows) == 0]
+        bounds, total = cut_points(db, schema.relation(db.dialect), [db.q(k) for k in schema.key],
+                                   ", ".join(key_expr(db, cols)), where, params, chunk_rows)
         uppers = [[decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
+    return chain_ranges(uppers, total, chunk_rows, window=window)
+
+
+def cut_points(db: Db, rel: str, keys: Sequence[str], order: str, where: str, params: Sequence[Any],
+               chunk_rows: int) -> tuple[list[tuple[Any, ...]], int]:
+    """Every ``chunk_rows``-th key in ``order`` (as the driver returns it) and the row count, in one pass."""
+    mod = "%%" if db.dialect in ("postgresql", "mysql") else "%"
+    # one pass over the key order: every chunk_rows-th key, plus the last row (its number is the total)
+    found = db.all(
+        f"SELECT {', '.join(keys)}, _bf_rn, _bf_last FROM (SELECT {', '.join(keys)}, row_number() OVER _bf_w "
+        f"AS _bf_rn, lead(1) OVER _bf_w IS NULL AS _bf_last FROM {rel} WHERE {where} "
+        f"WINDOW _bf_w AS (ORDER BY {order})) AS _bf_k WHERE _bf_rn {mod} {int(chunk_rows)} = 0 OR _bf_last "
+        "ORDER BY _bf_rn", list(params)
+    )
+    if db.dialect == "postgresql":
+        db.raw.rollback()
+    n = len(keys)
+    total = int(found[-1][n]) if found else 0
+    return [row[:n] for row in found if int(row[n]) % int(chunk_rows) == 0], total
+
+
+def chain_ranges(uppers: list[list[Any]], total: int, chunk_rows: int, *, window: Window | None = None,
+                 scan: Scan = "key") -> list[KeyRange]:
+    """Ranges from their upper bounds: the first open below, the last open above (rows added later)."""
+    bounds: list[list[Any] | None] = list(uppers)
     rest = total - chunk_rows * len(uppers)
-    if rest == 0 and uppers:
-        uppers[-1] = None  # type: ignore[call-overload]
+    if rest == 0 and bounds:
+        bounds[-1] = None
     else:
-        uppers.append(None)  # type: ignore[arg-type]
+        bounds.append(None)
     ranges, lower = [], None
-    for i, upper in enumerate(uppers):
+    for i, upper in enumerate(bounds):
         est = chunk_rows if upper is not None or rest == 0 else rest
-        ranges.append(KeyRange(index=i, lower=lower, upper=upper, estimated_rows=est if total else 0, window=window))
+        ranges.append(KeyRange(index=i, lower=lower, upper=upper, estimated_rows=est if total else 0, window=window,
+                               scan=scan))
         lower = upper
     return ranges
 
@@ -433,7 +495,8 @@ def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableN
     typer = pg_type if dialect == "postgresql" else sqlite_type
     lines = [f"{q(c.name)} {typer(c)}{'' if c.nullable and c.name not in schema.key else ' NOT NULL'}"
              for c in schema.columns]
-    lines.append(f"PRIMARY KEY ({', '.join(q(k) for k in schema.key)})")
+    if schema.key:  # a table without one gets none (never an invented key)
+        lines.append(f"PRIMARY KEY ({', '.join(q(k) for k in schema.key)})")
     return f"CREATE TABLE {tname.sql(dialect)} (\n  " + ",\n  ".join(lines) + "\n)"
 
 
@@ -455,14 +518,18 @@ def compare_schemas(src: SourceSchema, tgt: SourceSchema) -> list[str]:
 
 __all__ = [
     "KeyRange",
+    "Scan",
     "SourceSchema",
     "Window",
     "bind_key",
+    "chain_ranges",
     "check_key",
     "compare_schemas",
     "create_table_sql",
+    "cut_points",
     "decode_key",
     "key_expr",
+    "order_by",
     "plan_ranges",
     "range_predicate",
     "reflect",

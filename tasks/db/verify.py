@@ -1,5 +1,8 @@
 """Verify a migration range by range: row counts and a checksum computed identically on both sides.
 
+A table without a key (tasks.db.physical) is compared whole: counts and the sum of the rows' digests,
+streamed, independent of the order rows are stored in, every copy of an identical row counted.
+
 Why in Python when the dialects differ: the two sides may be different databases (PostgreSQL numeric vs SQLite
 text, timestamptz vs ISO text, jsonb vs JSON text). Both sides are read in key order, decoded into the
 same canonical values (tasks.db.typemap) and hashed by the same code, so equal data gives equal checksums
@@ -9,7 +12,7 @@ in either direction. It also yields the first key whose row differs, which is wh
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +21,7 @@ from pydantic import BaseModel
 from tasks.core import ConfigError
 from tasks.db.conn import Db, UrlLike, connect, parse_db_url, parse_table_name
 from tasks.db.copier import iter_rows
+from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import coerce, key_to_json, row_canonicalizer
@@ -36,8 +40,9 @@ class RangeCheck(BaseModel):
     method: str = "python"
 
 
-def _digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
-             as_kinds: SourceSchema | None = None) -> list[tuple[list[Any], bytes]]:
+def _row_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+                 as_kinds: SourceSchema | None = None) -> Iterator[tuple[list[Any], bytes]]:
+    """(key, md5 of the row's canonical values) per row of the range, streamed."""
     key_pos = [schema.names.index(k) for k in schema.key]
     key_cols = schema.key_columns()
     fix = []
@@ -45,7 +50,6 @@ def _digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
         for i, (mine, theirs) in enumerate(zip(schema.columns, as_kinds.columns, strict=True)):
             if mine.kind != theirs.kind or mine.element != theirs.element:
                 fix.append((i, theirs))
-    out = []
     canon = row_canonicalizer(as_kinds.columns if as_kinds is not None else schema.columns)
     md5 = hashlib.md5
     with connect(url, role) as db:  # type: ignore[arg-type]
@@ -56,10 +60,25 @@ def _digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
                     vals[i] = coerce(col, vals[i]) if vals[i] is not None else None
                 row = tuple(vals)
             key = [key_to_json(c, row[p]) for c, p in zip(key_cols, key_pos, strict=True)]
-            out.append((key, md5(canon(row), usedforsecurity=False).digest()))
+            yield key, md5(canon(row), usedforsecurity=False).digest()
         if db.dialect == "postgresql":
             db.raw.rollback()
-    return out
+
+
+def _digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+             as_kinds: SourceSchema | None = None) -> list[tuple[list[Any], bytes]]:
+    return list(_row_digests(url, schema, rng, role, as_kinds))
+
+
+def _multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+              as_kinds: SourceSchema | None = None) -> tuple[int, str]:
+    """(count, order-independent checksum) of a table without a key, streamed (nothing kept per row): the
+    sum of the rows' digests, so every copy of an identical row counts and the storage order does not."""
+    n = total = 0
+    for _, digest in _row_digests(url, schema, rng, role, as_kinds):
+        n += 1
+        total += int.from_bytes(digest, "big")
+    return n, f"sum:{total % (1 << 128):032x}"
 
 
 def _pg_canon_expr(db: Db, col: ColumnInfo) -> str:
@@ -105,6 +124,18 @@ def _pg_aggregate(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) 
                      f"FROM {schema.relation('postgresql')} WHERE {where}", params)[0]
         db.raw.rollback()
     return int(row[0]), str(row[1] or hashlib.md5(b"", usedforsecurity=False).hexdigest())
+
+
+def _pg_multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> tuple[int, str]:
+    """(count, order-independent checksum) for a table without a key: the sum of every row's md5 (as a
+    64-bit number), so equal multisets of rows give equal sums whatever order the rows are stored in."""
+    with connect(url, role) as db:  # type: ignore[arg-type]
+        where, params = range_predicate(db, [], rng)
+        record = ", ".join(_pg_canon_expr(db, c) for c in schema.columns)
+        row = db.all(f"SELECT count(*), coalesce(sum(('x' || left(md5(ROW({record})::text), 16))::bit(64)::bigint"
+                     f"::numeric), 0)::text FROM {schema.relation('postgresql')} WHERE {where}", params)[0]
+        db.raw.rollback()
+    return int(row[0]), f"sum:{row[1]}"
 
 
 def _checksum(digests: list[tuple[list[Any], bytes]]) -> str:
@@ -154,8 +185,23 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
     else:
         target = target_schema.model_copy(update={"columns": [target_schema.column(n) for n in source.names],
                                                   "key": source.key})
+    if not source.key and rng.scan != "all":
+        msg = (f"{source.label()} has no key: verify compares the whole table (scan='all'), a physical range of "
+               f"the source has no counterpart in the target (range {rng.index} is {rng.describe()})")
+        raise ConfigError(msg)
+    both_pg = parse_db_url(source_url).dialect == parse_db_url(target_url).dialect == "postgresql"
     with ThreadPoolExecutor(2) as pool:  # both sides at once: the waiting is in the databases
-        if parse_db_url(source_url).dialect == parse_db_url(target_url).dialect == "postgresql":
+        if not source.key:  # the whole table as a multiset: counts and summed row digests
+            if both_pg:
+                fa = pool.submit(_pg_multiset, source_url, source, rng, "source")
+                fb = pool.submit(_pg_multiset, target_url, target, rng, "target")
+            else:
+                fa = pool.submit(_multiset, source_url, source, rng, "source")
+                fb = pool.submit(_multiset, target_url, target, rng, "target", as_kinds=source)
+            (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
+            return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
+                              ok=n_a == n_b and cs_a == cs_b, method="sql" if both_pg else "python")
+        if both_pg:
             fa = pool.submit(_pg_aggregate, source_url, source, rng, "source")
             fb = pool.submit(_pg_aggregate, target_url, target, rng, "target")
             (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
@@ -185,6 +231,7 @@ def verify_ranges(source_url: UrlLike, target_url: UrlLike, table: str | None = 
     without a migration having run. The flow fans these out as tasks; this is the sequential form."""
     todo = ranges if ranges is not None else plan_ranges(source_url, table, query=query, key=key,
                                                          chunk_rows=chunk_rows, verify_key=False)
+    todo = verify_scope(todo)
     return [verify_range(source_url, target_url, table, r, target_table=target_table, query=query, key=key)
             for r in todo]
 

@@ -100,8 +100,10 @@ def test_unknown_table_column_and_key_problems(side: str, pg_url: str, sqlite_ur
         plan_ranges(url, "t", key="grp")
     with pytest.raises(ConfigError, match="NULL in 1 rows"):
         plan_ranges(url, "t", key="v")
-    with pytest.raises(ConfigError, match="no primary key: pass key="):
-        plan_ranges(url, "nopk")
+    keyless = plan_ranges(url, "nopk")  # no key: physical ranges (tests/flows/test_db_migrate_nopk.py)
+    assert [(r.scan, r.estimated_rows) for r in keyless] == [("ctid" if side == "pg" else "rowid", 2)]
+    with pytest.raises(ConfigError, match=r"table nopk has no primary key, so mode='upsert'.*mode='append'"):
+        copy_range(url, url, "nopk", keyless[0], target_table="other", mode="upsert")
     with pytest.raises(ConfigError, match="ranges need an integer"):
         plan_ranges(url, "t", key="j")
     with pytest.raises(ConfigError, match="no primary key"):
