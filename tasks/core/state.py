@@ -27,12 +27,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from tasks.core.errors import ConfigError, FatalError
 from tasks.core.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from tasks.core.objstore import ObjectStore
 
 RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -53,20 +56,33 @@ def new_run_key() -> str:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one run key of one flow."""
+    """Paths of one run key of one flow. With state in object storage (``store``), ``root`` is this
+    machine's working copy and :meth:`push` makes a finished file durable there (see tasks.core.objstore)."""
 
     root: Path
+    store: ObjectStore | None = field(default=None, compare=False)
+    rel: str = ""  # the run's key prefix in the store: runs/<flow>/<run_key>
+    _pushed: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None) -> RunDir:
+    def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None, *,
+                store: ObjectStore | None = None) -> RunDir:
         base = state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()
-        root = base / "runs" / flow / validate_run_key(run_key)
+        rel = f"runs/{flow}/{validate_run_key(run_key)}"
+        root = base / rel
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            msg = f"{unwritable(f'state dir {str(base)!r}', exc)}; or set BATCHFLOWS_STATE_DIR to a writable directory"
+            what = "state cache" if store is not None else "state dir"
+            setting = "BATCHFLOWS_STATE_CACHE" if store is not None else "BATCHFLOWS_STATE_DIR"
+            msg = f"{unwritable(f'{what} {str(base)!r}', exc)}; or set {setting} to a writable directory"
             raise ConfigError(msg) from None
-        return cls(root)
+        return cls(root, store, rel)
+
+    @property
+    def location(self) -> str:
+        """Where the run's state is durable: the object storage URL, else the local directory."""
+        return self.store.where(self.rel) if self.store is not None else str(self.root)
 
     @property
     def chunks(self) -> Path:
@@ -99,6 +115,56 @@ class RunDir:
 
     def write_checkpoint(self, data: dict[str, Any]) -> None:
         write_text_atomic(self.checkpoint, json.dumps(data, default=str))
+        self.push(self.checkpoint)
+
+    # ------------------------------------------------------------------ object storage
+
+    def push(self, path: Path, *, min_interval_s: float = 0.0) -> None:
+        """Mirror one finished local file of this run to object storage: one PUT of its bytes, or a DELETE
+        when the file is gone. ``min_interval_s``: skip if this file was pushed less than that ago (a file
+        that is rebuilt on resume anyway, like the dead letters). No-op for local state."""
+        if self.store is None:
+            return
+        name = path.relative_to(self.root).as_posix()
+        now = time.monotonic()
+        if min_interval_s and now - self._pushed.get(name, -1e9) < min_interval_s:
+            return
+        self._pushed[name] = now
+        if self.store.push_file(path, f"{self.rel}/{name}") is None:
+            self.store.delete(f"{self.rel}/{name}")
+
+    def discard(self, path: Path) -> None:
+        """Delete a file of this run here and in object storage (a chunk record that must not be reused)."""
+        path.unlink(missing_ok=True)
+        self.push(path)
+
+    def pull(self) -> None:
+        """Bring this machine's copy up to date from object storage (call it holding the run key's lease).
+
+        Object storage wins, except where this machine cut further: when its local ``plan.log`` extends the
+        stored one (it was the last to run the key and died before pushing), its plan, chunk records and
+        journals stay and its records are pushed; otherwise local records and journals not in storage are
+        dropped (their chunks may have been cut differently since)."""
+        if self.store is None:
+            return
+        remote = self.store.list(self.rel)
+        stored_plan = self.store.get(f"{self.rel}/plan.log")
+        remote_plan = stored_plan.data if stored_plan is not None else b""
+        local_plan = self.plan.read_bytes() if self.plan.is_file() else b""
+        keep_local = local_plan.startswith(remote_plan)
+        local_records = {p.name for p in self.chunks.glob("*") if p.is_file() and not p.name.startswith(".")}
+        remote_records = {n.removeprefix("chunks/") for n in remote if n.startswith("chunks/")}
+        if not keep_local:
+            for name in local_records - remote_records:
+                (self.chunks / name).unlink(missing_ok=True)
+            shutil.rmtree(self.journal, ignore_errors=True)
+        skip = ("lease", "journal/", "plan.log") if keep_local else ("lease", "journal/")
+        self.store.pull(self.rel, self.root, skip=skip)
+        if keep_local:
+            if local_plan != remote_plan:
+                self.push(self.plan)
+            for name in sorted(local_records - remote_records):
+                self.push(self.chunks / name)
 
 
 @contextmanager
