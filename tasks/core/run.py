@@ -106,17 +106,20 @@ class ChunkedRun:
         self.identity = tuple(str(p) for p in identity)
         self.scope = f"{flow}:{self.run_key}:{uuid.uuid4().hex}"  # this attempt: stop signals, internal names
         self.fatal: str | None = None
-        self.lock: RunLock | LeaseLock
-        if store is None:
-            self.lock = RunLock(self.run_dir.root / "lock", flow=flow, run_key=self.run_key,
-                                flow_run_id=current_flow_run_id()).acquire()
-        else:
-            self.lock = LeaseLock(store, f"{self.run_dir.rel}/lease", flow=flow, run_key=self.run_key,
-                                  flow_run_id=current_flow_run_id(), lease_s=self.settings.state_lease_s,
-                                  on_lost=self._lease_lost).acquire()
+        # the local lock always (one run per key on this machine; cleanup never removes a live run's
+        # directory), the lease as well when the state is in object storage (one run per key anywhere)
+        self.lock = RunLock(self.run_dir.root / "lock", flow=flow, run_key=self.run_key,
+                            flow_run_id=current_flow_run_id()).acquire()
+        self.lease: LeaseLock | None = None
+        if store is not None:
             try:
+                self.lease = LeaseLock(store, f"{self.run_dir.rel}/lease", flow=flow, run_key=self.run_key,
+                                       flow_run_id=current_flow_run_id(), lease_s=self.settings.state_lease_s,
+                                       on_lost=self._lease_lost).acquire()
                 self.run_dir.pull()
             except BaseException:
+                if self.lease is not None:
+                    self.lease.release()
                 self.lock.release()
                 raise
         self._plan_pushed = -1
@@ -147,7 +150,7 @@ class ChunkedRun:
     # ------------------------------------------------------------------ lock
 
     def _take_over_note(self) -> None:
-        dead = self.lock.previous
+        dead = self.lease.previous if self.lease is not None else self.lock.previous
         if dead is None:
             return
         self.progress.logger.warning(
@@ -169,11 +172,12 @@ class ChunkedRun:
         if self._timer is not None:
             self._timer.cancel()
         self.dead.close()
-        if self.lock.held and self.run_dir.store is not None:
+        if self.lease is not None and self.lease.held:
             try:
                 self.run_dir.push(self.run_dir.dead_letter)
             except Exception as exc:  # rebuilt from the chunk records by the next run of the key
                 self.progress.logger.warning("dead letters not pushed to %s: %s", self.run_dir.location, exc)
+            self.lease.release()
         self.lock.release()
 
     def _push_record(self, key: str, report: ChunkReport) -> None:
