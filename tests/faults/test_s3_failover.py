@@ -21,23 +21,25 @@ from typing import Any
 
 import pytest
 
+from flows.db_migrate import MigrationSummary
 from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.fixtures.s3 import S3State
 from tests.run_flow import ROOT, summary_in
+from tests.tasks.db.test_migration import pg_exec
 
 pytestmark = pytest.mark.slow
 LEASE_S = 4.0
 
 
-def machine(tmp: Path, name: str, s3_state: S3State, params: dict[str, Any], env: dict[str, str]
-            ) -> subprocess.Popen[str]:
-    """``python -m tests.run_flow batch-map`` as another machine: its own working dir and state cache."""
+def machine(tmp: Path, name: str, s3_state: S3State, params: dict[str, Any], env: dict[str, str],
+            target: str = "batch-map") -> subprocess.Popen[str]:
+    """``python -m tests.run_flow <target>`` as another machine: its own working dir and state cache."""
     workdir = tmp / f"wd-{name}"
     workdir.mkdir(exist_ok=True)
     full = {**os.environ, **s3_state.env(cache=tmp / f"cache-{name}"), "BATCHFLOWS_STATE_LEASE_S": str(LEASE_S),
             "PYTHONPATH": str(ROOT), **env}
-    return subprocess.Popen([sys.executable, "-m", "tests.run_flow", "batch-map", json.dumps(params)], cwd=workdir,
+    return subprocess.Popen([sys.executable, "-m", "tests.run_flow", target, json.dumps(params)], cwd=workdir,
                             env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -104,3 +106,36 @@ def test_batch_map_killed_on_one_machine_resumes_on_another_from_s3(s3_state: S3
     assert lease["released"] is True
     assert not list((tmp_path / "cache-b" / "runs" / "batch-map" / "failover" / "journal").glob("*.jsonl"))
     assert not skipped & set(d["item"] for d in read_dead_letters(s.dead_letter_path or ""))
+
+
+def test_db_migrate_killed_on_one_machine_resumes_on_another_from_s3(
+        s3_state: S3State, pg_items: str, pg_target: str, tmp_path: Path) -> None:
+    chunk, limit = 100, 4
+    total = pg_exec(pg_items, "SELECT count(*) FROM items")[0][0]
+    prefix = "state/runs/db-migrate/failover-db/"
+    params = {"source_url": pg_items, "target_url": pg_target, "table": "items", "chunk_rows": chunk,
+              "mode": "append", "run_key": "failover-db", "transform": "tests.faults.helpers:gated_frame",
+              "max_concurrency": 2}
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    target = "flows.db_migrate:db_migrate"
+    first = machine(tmp_path, "a", s3_state, params, {"BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit)}, target)
+    wait_until(lambda: len(s3_state.objects(prefix + "chunks/")) >= limit, first, what=f"{limit} range records in S3")
+    kill(first)
+    recorded = len(s3_state.objects(prefix + "chunks/"))
+    assert f"{prefix}checkpoint.json" in s3_state.objects(prefix)  # the planned ranges, pushed when planned
+    committed = pg_exec(pg_target, "SELECT count(*) FROM items")[0][0]
+    assert 0 < committed < total
+    time.sleep(LEASE_S + 0.5)
+
+    rerun = machine(tmp_path, "b", s3_state, params, {}, target)
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-4000:]
+    assert "ended without finishing" in output
+    s = summary_in(output, MigrationSummary)
+    assert s.ok and s.ranges_resumed >= recorded and not s.ranges_mismatched
+    assert s.ranges_resumed + s.ranges_copied == s.ranges_total
+    assert pg_exec(pg_target, "SELECT count(*), count(DISTINCT id) FROM items") == [(total, total)]
+    ordered = "SELECT * FROM items ORDER BY id"
+    assert pg_exec(pg_items, ordered) == pg_exec(pg_target, ordered)  # exactly the source, nothing twice
+    assert len(s3_state.objects(prefix + "chunks/")) == s.ranges_total
