@@ -220,20 +220,33 @@ class ObjectStore:
 
     def pull(self, rel_prefix: str, local: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
         """Download every object under ``rel_prefix/`` into ``local`` (same relative paths, each written
-        atomically); names starting with one of ``skip`` are left out. Returns what was pulled (name -> ETag)."""
+        atomically, 16 at a time); names starting with one of ``skip`` are left out, and so are files this
+        machine already holds with the same bytes (their MD5 is the object's ETag). Returns the objects
+        (name -> ETag)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        listed = {name: etag for name, etag in self.list(rel_prefix).items()
+                  if name and not name.startswith(skip) and ".." not in Path(name).parts}
+        wanted = [name for name, etag in listed.items() if _md5_etag(local / name) != etag.strip('"')]
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="batchflows-pull") as pool:
+            list(pool.map(lambda name: self._fetch(f"{rel_prefix.strip('/')}/{name}", local / name), wanted))
+        return listed
+
+    def _fetch(self, rel: str, path: Path) -> None:
         from tasks.core.state import atomic_write
 
-        pulled: dict[str, str] = {}
-        for name, etag in self.list(rel_prefix).items():
-            if not name or name.startswith(skip) or ".." in Path(name).parts:
-                continue
-            obj = self.get(f"{rel_prefix.strip('/')}/{name}")
-            if obj is None:  # deleted between the listing and the read
-                continue
-            with atomic_write(local / name, "wb") as fh:
-                fh.write(obj.data)
-            pulled[name] = etag
-        return pulled
+        obj = self.get(rel)
+        if obj is None:  # deleted between the listing and the read
+            return
+        with atomic_write(path, "wb") as fh:
+            fh.write(obj.data)
+
+
+def _md5_etag(path: Path) -> str | None:
+    try:
+        return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    except OSError:
+        return None
 
 
 BatchflowsErrorLike = ConfigError | StateStoreError

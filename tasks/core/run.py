@@ -184,7 +184,7 @@ class ChunkedRun:
         """Make a finished chunk's record durable in object storage: the plan it was cut by first, then the
         record itself (one PUT each). A record written on another machine (a Dask worker) is rebuilt here."""
         store = self.run_dir.store
-        if store is None:
+        if store is None or (self.lease is not None and not self.lease.held):  # lost: the key is another run's
             return
         plan_size = self.run_dir.plan.stat().st_size if self.run_dir.plan.is_file() else -1
         if plan_size != self._plan_pushed:
