@@ -218,16 +218,18 @@ class ObjectStore:
             return None
         return self.put(rel, data)
 
-    def pull(self, rel_prefix: str, local: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    def pull(self, rel_prefix: str, local: Path, *, skip: tuple[str, ...] = (), keep: tuple[str, ...] = ()
+             ) -> dict[str, str]:
         """Download every object under ``rel_prefix/`` into ``local`` (same relative paths, each written
         atomically, 16 at a time); names starting with one of ``skip`` are left out, and so are files this
-        machine already holds with the same bytes (their MD5 is the object's ETag). Returns the objects
-        (name -> ETag)."""
+        machine already holds with the same bytes (their MD5 is the object's ETag) and, for names starting
+        with one of ``keep``, files it holds at all. Returns the objects (name -> ETag)."""
         from concurrent.futures import ThreadPoolExecutor
 
         listed = {name: etag for name, etag in self.list(rel_prefix).items()
                   if name and not name.startswith(skip) and ".." not in Path(name).parts}
-        wanted = [name for name, etag in listed.items() if _md5_etag(local / name) != etag.strip('"')]
+        wanted = [name for name, etag in listed.items() if _md5_etag(local / name) != etag.strip('"')
+                  and not (name.startswith(keep) and (local / name).exists())]
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="batchflows-pull") as pool:
             list(pool.map(lambda name: self._fetch(f"{rel_prefix.strip('/')}/{name}", local / name), wanted))
         return listed

@@ -44,6 +44,7 @@ from tasks.core.engine import (
 from tasks.core.errors import FatalError
 from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
+from tasks.core.journal_sync import JournalPusher
 from tasks.core.lease import LeaseLock
 from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
 from tasks.core.progress import Progress, publish_summary
@@ -111,18 +112,25 @@ class ChunkedRun:
         self.lock = RunLock(self.run_dir.root / "lock", flow=flow, run_key=self.run_key,
                             flow_run_id=current_flow_run_id()).acquire()
         self.lease: LeaseLock | None = None
+        stored: dict[str, str] = {}
         if store is not None:
             try:
                 self.lease = LeaseLock(store, f"{self.run_dir.rel}/lease", flow=flow, run_key=self.run_key,
                                        flow_run_id=current_flow_run_id(), lease_s=self.settings.state_lease_s,
                                        on_lost=self._lease_lost).acquire()
-                self.run_dir.pull()
+                stored = self.run_dir.pull()
             except BaseException:
                 if self.lease is not None:
                     self.lease.release()
                 self.lock.release()
                 raise
         self._plan_pushed = -1
+        self._plan_lock = threading.Lock()
+        self.journals: JournalPusher | None = None
+        if store is not None and self.settings.state_journal_push_s > 0:
+            self.journals = JournalPusher(
+                self.run_dir, self.settings.state_journal_push_s, before_push=self._push_plan,
+                active=lambda: self.lease is not None and self.lease.held, stored=[n.removeprefix("journal/") for n in stored if n.startswith("journal/")])
         self.total = total
         self.on_error = on_error
         self.unit = unit
@@ -172,13 +180,34 @@ class ChunkedRun:
         if self._timer is not None:
             self._timer.cancel()
         self.dead.close()
+        if self.journals is not None:
+            self.journals.stop()
         if self.lease is not None and self.lease.held:
             try:
+                if self.journals is not None:
+                    self.journals.push_changed()
                 self.run_dir.push(self.run_dir.dead_letter)
             except Exception as exc:  # rebuilt from the chunk records by the next run of the key
-                self.progress.logger.warning("dead letters not pushed to %s: %s", self.run_dir.location, exc)
+                self.progress.logger.warning("state not pushed to %s: %s", self.run_dir.location, exc)
             self.lease.release()
         self.lock.release()
+
+    def _push_plan(self) -> None:
+        """Push ``plan.log`` if it grew since its last push (before any record or journal that needs it)."""
+        with self._plan_lock:
+            size = self.run_dir.plan.stat().st_size if self.run_dir.plan.is_file() else -1
+            if size != self._plan_pushed:
+                self.run_dir.push(self.run_dir.plan)
+                self._plan_pushed = size
+
+    def _drop_journal(self, ref: ChunkRef) -> None:
+        """The chunk's record is written: its journal goes (here, and in object storage if it was pushed)."""
+        if not ref.journal:
+            return
+        if self.journals is not None:
+            self.journals.drop(Path(ref.journal))
+        else:
+            Path(ref.journal).unlink(missing_ok=True)
 
     def _push_record(self, key: str, report: ChunkReport) -> None:
         """Make a finished chunk's record durable in object storage: the plan it was cut by first, then the
@@ -186,10 +215,7 @@ class ChunkedRun:
         store = self.run_dir.store
         if store is None or (self.lease is not None and not self.lease.held):  # lost: the key is another run's
             return
-        plan_size = self.run_dir.plan.stat().st_size if self.run_dir.plan.is_file() else -1
-        if plan_size != self._plan_pushed:
-            self.run_dir.push(self.run_dir.plan)
-            self._plan_pushed = plan_size
+        self._push_plan()
         path = self.run_dir.chunks / key
         if path.is_file():
             self.run_dir.push(path)
@@ -351,8 +377,7 @@ class ChunkedRun:
             if isinstance(outcome, ChunkReport):
                 if outcome.complete:
                     self._push_record(ref.key, outcome)
-                    if ref.journal:
-                        Path(ref.journal).unlink(missing_ok=True)
+                    self._drop_journal(ref)
                 else:  # not finished: drop its record so a rerun runs it (its journal keeps what was done)
                     self.run_dir.discard(self.run_dir.chunks / ref.key)
                     self.incomplete += 1
@@ -383,8 +408,7 @@ class ChunkedRun:
                     yield unit, params
                     continue
                 self._check_content(ref, cached.content_hash, compute, shown)
-                if ref.journal:
-                    Path(ref.journal).unlink(missing_ok=True)
+                self._drop_journal(ref)
                 gone = missing_outputs(cached)
                 if gone:
                     if self.redo_missing_outputs:

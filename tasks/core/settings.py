@@ -31,6 +31,9 @@ class EngineSettings(BaseSettings):
     state_lease_s: float = Field(60.0, ge=3, description=(
         "With state in object storage: how long a run's lease on its run key lasts without renewal (renewed every "
         "third of it); a killed holder's key is taken over after this long."))
+    state_journal_push_s: float = Field(5.0, ge=0, description=(
+        "With state in object storage: push the item journals of chunks in flight this often (0: never); "
+        "a run taken over on another machine repeats only the items finished since the last push."))
     chunk_size: int = Field(500, gt=0, description="Default items per chunk (batch_map, api_bulk).")
     max_concurrency: int = Field(4, gt=0, description="Default chunk tasks in flight (batch_map, replay).")
     memory_limit_mb: int = Field(

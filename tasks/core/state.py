@@ -138,15 +138,16 @@ class RunDir:
         path.unlink(missing_ok=True)
         self.push(path)
 
-    def pull(self) -> None:
-        """Bring this machine's copy up to date from object storage (call it holding the run key's lease).
+    def pull(self) -> dict[str, str]:
+        """Bring this machine's copy up to date from object storage (call it holding the run key's lease);
+        returns the stored objects of the run (name -> ETag).
 
         Object storage wins, except where this machine cut further: when its local ``plan.log`` extends the
         stored one (it was the last to run the key and died before pushing), its plan, chunk records and
         journals stay and its records are pushed; otherwise local records and journals not in storage are
         dropped (their chunks may have been cut differently since)."""
         if self.store is None:
-            return
+            return {}
         remote = self.store.list(self.rel)
         stored_plan = self.store.get(f"{self.rel}/plan.log")
         remote_plan = stored_plan.data if stored_plan is not None else b""
@@ -158,13 +159,14 @@ class RunDir:
             for name in local_records - remote_records:
                 (self.chunks / name).unlink(missing_ok=True)
             shutil.rmtree(self.journal, ignore_errors=True)
-        skip = ("lease", "journal/", "plan.log") if keep_local else ("lease", "journal/")
-        self.store.pull(self.rel, self.root, skip=skip)
+        skip = ("lease", "plan.log") if keep_local else ("lease",)
+        self.store.pull(self.rel, self.root, skip=skip, keep=("journal/",) if keep_local else ())
         if keep_local:
             if local_plan != remote_plan:
                 self.push(self.plan)
             for name in sorted(local_records - remote_records):
                 self.push(self.chunks / name)
+        return remote
 
 
 @contextmanager
