@@ -102,7 +102,7 @@ class ObjectStore:
     def where(self, rel: str = "") -> str:
         return f"s3://{self.bucket}/{self.key(rel)}" if rel else self.url
 
-    def error(self, exc: BaseException, doing: str, *, at_start: bool = False) -> BatchflowsErrorLike:
+    def error(self, exc: BaseException, doing: str, *, at_start: bool = False) -> ConfigError | StateStoreError:
         """``exc`` from boto3 as a clear error naming the state URL and what to do (no secret in it)."""
         from botocore.exceptions import (
             ClientError,
@@ -249,9 +249,6 @@ def _md5_etag(path: Path) -> str | None:
         return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
     except OSError:
         return None
-
-
-BatchflowsErrorLike = ConfigError | StateStoreError
 
 
 def _code(exc: Any) -> str:

@@ -26,7 +26,7 @@ from flows.db_migrate import MigrationSummary
 from tasks.core.journal import ChunkJournal, journal_content
 from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.faults.helpers import finish, kill, passed, wait_until
-from tests.fixtures.s3 import S3State
+from tests.fixtures.s3 import CREDENTIALS, S3State
 from tests.run_flow import ROOT, summary_in
 from tests.tasks.db.test_migration import pg_exec
 
@@ -97,6 +97,7 @@ def test_batch_map_killed_on_one_machine_resumes_on_another_from_s3(s3_state: S3
     output = finish(rerun)
     assert rerun.returncode == 0, output[-4000:]
     assert "ended without finishing" in output and f"pid {first.pid}" in output
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output + refused  # never in a log line or message
     s = summary_in(output, RunSummary)
     failing, skipped = {x for x in range(n) if x % 10 == 3}, {x for x in range(n) if x % 10 == 5}
     assert (s.total, s.succeeded, s.failed, s.skipped) == (n, n - 40, 20, 20)

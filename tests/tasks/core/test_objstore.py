@@ -12,7 +12,7 @@ from tasks.core.objstore import ObjectStore, PreconditionFailed, cache_dir
 from tasks.core.settings import EngineSettings
 from tasks.core.state import RunDir
 from tasks.core.watermarks import read_watermark, reset_watermarks, save_watermark
-from tests.fixtures.s3 import CREDENTIALS, S3State, free_port
+from tests.fixtures.s3 import CREDENTIALS, S3State, free_port, moto_server
 
 
 def test_the_setting_takes_a_url_and_works_in_a_local_cache(s3_state: S3State) -> None:
@@ -176,12 +176,8 @@ def test_missing_credentials_are_a_config_error(s3_state: S3State, monkeypatch: 
     assert s3_state.url in text and "no AWS credentials" in text and "AWS_ACCESS_KEY_ID" in text
 
 
-def test_wrong_credentials_are_a_config_error_without_the_secret(s3_state: S3State, monkeypatch: pytest.MonkeyPatch,
-                                                                 ) -> None:
-    # moto accepts any key unless told otherwise; the error path is exercised through a missing bucket above.
-    store = ObjectStore.from_url(s3_state.url)
-    from botocore.exceptions import ClientError
-
-    exc = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "x"}}, "HeadBucket")
-    text = str(store.error(exc, "checking the bucket", at_start=True))
-    assert "access denied" in text and s3_state.url in text and CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in text
+def test_wrong_credentials_are_a_config_error_without_the_secret(s3_state: S3State,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as checking:  # a server that checks every signature
+        text = _config_error(monkeypatch, AWS_ENDPOINT_URL=checking)
+    assert s3_state.url in text and "access denied" in text and "AWS_SECRET_ACCESS_KEY" in text
