@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from tasks.core.lease import LeaseLock
+from tasks.core.objstore import ObjectStore
 from tasks.core.outcomes import ChunkReport
 from tasks.core.run import ChunkedRun
 from tasks.core.runlock import RunLocked
@@ -30,3 +33,20 @@ def test_a_record_written_elsewhere_is_rebuilt_and_resumable_on_another_machine(
         resumed = there.cached_report(key)
     assert resumed is not None and resumed.resumed
     assert resumed.model_dump(exclude={"resumed"}) == report.model_dump(exclude={"resumed"})
+
+
+def test_a_run_that_loses_its_lease_stops_and_writes_no_more_state(s3_state: S3State,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHFLOWS_STATE_LEASE_S", "3")
+    with ChunkedRun("batch-map", run_key="frozen", total=None) as run:
+        assert run.lease is not None and not run.should_stop()
+        run.lease._stop.set()  # its heartbeat stops, as in a process frozen for longer than the lease
+        time.sleep(3.5)
+        store = ObjectStore.from_url(s3_state.url)
+        taker = LeaseLock(store, f"{run.run_dir.rel}/lease", flow="batch-map", run_key="frozen", flow_run_id=None,
+                          lease_s=3).acquire()
+        assert run.lease.renew() is False
+        assert run.should_stop() and run.fatal is not None and "lost its lease" in run.fatal
+        run._push_record(run.ref(0).key, ChunkReport(index=0, size=1, succeeded=1, complete=True))
+        assert not s3_state.objects("state/runs/batch-map/frozen/chunks/")  # the key is the taker's now
+    taker.release()
