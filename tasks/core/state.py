@@ -12,6 +12,10 @@ Layout (``BATCHFLOWS_STATE_DIR``, default ``<PREFECT_HOME>/batchflows``)::
         checkpoint.json     flow-specific progress (e.g. the pagination cursor)
 
 Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`.
+
+With ``BATCHFLOWS_STATE_DIR=s3://bucket/prefix`` the same layout lives in object storage (plus
+``runs/<flow>/<run_key>/lease``) and the directories above are this machine's working copy: see
+tasks.core.objstore for what is pushed when, tasks.core.lease for the lease.
 """
 
 from __future__ import annotations
