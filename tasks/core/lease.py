@@ -43,6 +43,21 @@ def _holder(data: bytes) -> Holder | None:
         return None
 
 
+def lease_live(store: ObjectStore, rel: str, default_lease_s: float = 60.0) -> bool:
+    """Whether the lease object ``rel`` is held by a live run (there, not released, renewed within its lease)."""
+    current = store.get(rel)
+    if current is None:
+        return False
+    holder = _holder(current.data)
+    if holder is not None and holder.released:
+        return False
+    try:
+        limit = float(json.loads(current.data.decode()).get("lease_s", default_lease_s))
+    except (ValueError, TypeError, AttributeError):
+        limit = default_lease_s
+    return (current.server_now - current.last_modified).total_seconds() < limit
+
+
 class LeaseLock:
     """Same face as :class:`tasks.core.runlock.RunLock` (``acquire``, ``release``, ``held``, ``previous``)."""
 
@@ -168,4 +183,4 @@ class LeaseLock:
         self.release()
 
 
-__all__ = ["LeaseLock"]
+__all__ = ["LeaseLock", "lease_live"]

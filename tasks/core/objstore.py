@@ -198,15 +198,28 @@ class ObjectStore:
 
     def list(self, rel_prefix: str) -> dict[str, str]:
         """Keys (relative to ``rel_prefix``) under ``rel_prefix/`` with their ETags."""
+        return {name: etag for name, (etag, _) in self.entries(rel_prefix).items()}
+
+    def entries(self, rel_prefix: str) -> dict[str, tuple[str, datetime]]:
+        """Keys (relative to ``rel_prefix``) under ``rel_prefix/`` with their ETags and last changes."""
         base = self.key(rel_prefix.strip("/")) + "/"
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, datetime]] = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
                 for entry in page.get("Contents", []):
-                    found[entry["Key"][len(base):]] = str(entry["ETag"])
+                    found[entry["Key"][len(base):]] = (str(entry["ETag"]), entry["LastModified"])
         except Exception as exc:
             raise self.error(exc, f"listing {self.where(rel_prefix)}") from None
         return found
+
+    def delete_many(self, rels: list[str]) -> None:
+        """Delete objects, 1,000 per request."""
+        for start in range(0, len(rels), 1000):
+            batch = [{"Key": self.key(rel)} for rel in rels[start:start + 1000]]
+            try:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:
+                raise self.error(exc, f"deleting under {self.where(rels[start].rsplit('/', 1)[0])}") from None
 
     # ------------------------------------------------------------------ files
 

@@ -281,19 +281,24 @@ def check_writable_dir(path: str | Path, *, what: str = "output directory") -> N
 def cleanup_state(
     *, older_than_days: float | None = None, flow: str | None = None, run_key: str | None = None,
     state_dir: Path | None = None, dry_run: bool = False,
-) -> list[Path]:
+) -> list[Path | str]:
     """Delete run directories by age (of their newest file) and/or flow and run key. Returns what went.
 
     Without ``older_than_days`` and ``run_key`` the age is ``BATCHFLOWS_STATE_RETENTION_DAYS`` (30).
-    A run directory whose key is held by a live run is never removed.
+    A run directory whose key is held by a live run is never removed. With state in object storage (and no
+    ``state_dir`` given) the run prefixes there go by the same rules (a live lease keeps one), then this
+    machine's cache.
     """
     if older_than_days is None and run_key is None:
         older_than_days = EngineSettings().state_retention_days
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed: list[Path | str] = []
+    store = EngineSettings().object_store() if state_dir is None else None
+    if store is not None:
+        removed.extend(_cleanup_stored(store, cutoff=cutoff, flow=flow, run_key=run_key, dry_run=dry_run))
     base = (state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()) / "runs"
     if not base.exists():
-        return []
-    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
-    removed: list[Path] = []
+        return removed
     for flow_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         if flow is not None and flow_dir.name != flow:
             continue
@@ -309,6 +314,28 @@ def cleanup_state(
             removed.append(run_dir)
             if not dry_run:
                 shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
+
+
+def _cleanup_stored(store: ObjectStore, *, cutoff: float | None, flow: str | None, run_key: str | None,
+                    dry_run: bool) -> list[str]:
+    """:func:`cleanup_state` for the run prefixes in object storage (``runs/<flow>/<run_key>/``)."""
+    from tasks.core.lease import lease_live
+
+    runs: dict[str, list[tuple[str, float]]] = {}
+    for name, (_, changed) in store.entries("runs").items():
+        parts = name.split("/", 2)
+        if len(parts) == 3 and (flow is None or parts[0] == flow) and (run_key is None or parts[1] == run_key):
+            runs.setdefault(f"runs/{parts[0]}/{parts[1]}", []).append((name, changed.timestamp()))
+    removed: list[str] = []
+    for prefix, objects in sorted(runs.items()):
+        if cutoff is not None and max(t for _, t in objects) > cutoff:
+            continue
+        if lease_live(store, f"{prefix}/lease"):
+            continue
+        removed.append(store.where(prefix))
+        if not dry_run:
+            store.delete_many([f"runs/{name}" for name, _ in objects])
     return removed
 
 
