@@ -62,19 +62,21 @@ class ObjectStore:
     url: str
     bucket: str
     prefix: str
+    role: str = "state dir"  # or "output": named in messages
     _client: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def from_url(cls, url: str) -> ObjectStore:
+    def from_url(cls, url: str, *, role: str = "state dir") -> ObjectStore:
         parts = urlsplit(url)
         shown = redact_text(url)
         if parts.scheme not in SCHEMES or not parts.netloc or "@" in parts.netloc:
-            msg = (f"BATCHFLOWS_STATE_DIR {shown!r} is not a state URL batchflows can use: give a local path or "
+            what = "BATCHFLOWS_STATE_DIR" if role == "state dir" else role
+            msg = (f"{what} {shown!r} is not a URL batchflows can use: give a local path or "
                    "s3://bucket/prefix (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, "
                    "never from the URL; another endpoint from AWS_ENDPOINT_URL)")
             raise ConfigError(msg)
-        return cls(url=shown.rstrip("/"), bucket=parts.netloc, prefix=parts.path.strip("/"))
+        return cls(url=shown.rstrip("/"), bucket=parts.netloc, prefix=parts.path.strip("/"), role=role)
 
     # ------------------------------------------------------------------ client and errors
 
@@ -111,7 +113,7 @@ class ObjectStore:
             PartialCredentialsError,
         )
 
-        where = f"state dir {self.url!r} (BATCHFLOWS_STATE_DIR)"
+        where = f"{self.role} {self.url!r}" + (" (BATCHFLOWS_STATE_DIR)" if self.role == "state dir" else "")
         endpoint = redact_text(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS")
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             what = (f"{where}: no AWS credentials found while {doing}; set AWS_ACCESS_KEY_ID and "
@@ -202,7 +204,8 @@ class ObjectStore:
 
     def entries(self, rel_prefix: str) -> dict[str, tuple[str, datetime]]:
         """Keys (relative to ``rel_prefix``) under ``rel_prefix/`` with their ETags and last changes."""
-        base = self.key(rel_prefix.strip("/")) + "/"
+        rel = rel_prefix.strip("/")
+        base = self.key(rel) + "/" if rel else (f"{self.prefix}/" if self.prefix else "")
         found: dict[str, tuple[str, datetime]] = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):

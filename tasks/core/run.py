@@ -46,6 +46,7 @@ from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
 from tasks.core.journal_sync import JournalPusher
 from tasks.core.lease import LeaseLock
+from tasks.core.objoutput import exists
 from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
 from tasks.core.progress import Progress, publish_summary
 from tasks.core.redact import redact_text
@@ -87,7 +88,7 @@ def missing_outputs(report: ChunkReport) -> list[str]:
     (parts, partitions, rejects), else ``output_path``."""
     listed = report.extra.get("outputs")
     paths = [str(p) for p in listed] if isinstance(listed, list) else [report.output_path] if report.output_path else []
-    return [p for p in paths if not Path(p).exists()]
+    return [p for p in paths if not exists(p)]
 
 
 class ChunkedRun:

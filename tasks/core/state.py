@@ -255,6 +255,9 @@ def output_write_error(exc: BaseException, output_dir: str | Path, *, writing: b
     return OutputWriteError(msg)
 
 
+_COLLAPSED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/[^/]")
+
+
 def check_writable_dir(path: str | Path, *, what: str = "output directory") -> None:
     """Prove before any work that files can be created in ``path`` (ConfigError naming it if not).
 
@@ -262,6 +265,17 @@ def check_writable_dir(path: str | Path, *, what: str = "output directory") -> N
     ancestor when ``path`` does not exist yet. A real write is the only test that holds for root
     (permission bits do not stop root) and read-only mounts; a full disk shows at the chunk's write.
     """
+    from tasks.core.objstore import is_url
+
+    if is_url(str(path)):  # object storage: the bucket must answer to these credentials
+        from tasks.core.objoutput import check_output_url
+
+        check_output_url(str(path))
+        return
+    if _COLLAPSED_URL.match(str(path)):  # a URL that went through Path(): "s3://b/p" became "s3:/b/p"
+        msg = (f"{what} {str(path)!r} looks like an object storage URL, and this flow writes to local folders "
+               "only: give a local path (output='s3://...' works for batch_map, api_bulk and api_extract)")
+        raise ConfigError(msg)
     target = Path(path).expanduser().absolute()
     probe_dir = target
     while not probe_dir.exists() and probe_dir != probe_dir.parent:

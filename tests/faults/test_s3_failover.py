@@ -75,7 +75,8 @@ def test_batch_map_killed_on_one_machine_resumes_on_another_from_s3(s3_state: S3
     effects, gate = tmp_path / "effects.log", tmp_path / "gate"
     gate.mkdir()
     params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": chunk,
-              "max_concurrency": window, "retries": 0, "run_key": "failover", "min_success_ratio": 0.5}
+              "max_concurrency": window, "retries": 0, "run_key": "failover", "min_success_ratio": 0.5,
+              "output": f"s3://{s3_state.bucket}/out"}
     first = machine(tmp_path, "a", s3_state, params,
                     {"BF_EFFECTS": str(effects), "BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit),
                      "BATCHFLOWS_STATE_JOURNAL_PUSH_S": "0.5"})
@@ -109,6 +110,12 @@ def test_batch_map_killed_on_one_machine_resumes_on_another_from_s3(s3_state: S3
     # the chunks in flight, and the items blocked at the kill had not made their side effect yet
     assert Counter(int(x) for x in effects.read_text().split()) == Counter(range(n))
     assert not s3_state.objects(prefix + "journal/")  # dropped once their chunks were recorded
+    # the outputs are parts in S3 too (one PUT each): every succeeded item once, in input order
+    assert s.output_path == f"s3://{s3_state.bucket}/out"
+    assert len(s3_state.objects("out/")) == n // chunk
+    rows = list(s.results())
+    assert [r["item"] for r in rows] == [x for x in range(n) if x not in failing | skipped]
+    assert all(r["result"] == 2 * r["item"] for r in rows)
 
     assert sorted(d["item"] for d in read_dead_letters(s.dead_letter_path or "")) == sorted(failing)
     stored = s3_state.client().get_object(Bucket=s3_state.bucket, Key=f"{prefix}dead_letter.jsonl")["Body"].read()
