@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,25 @@ def test_api_extract_writes_its_parts_to_object_storage(s3_state: S3State, api_s
 def test_a_flow_that_writes_local_folders_only_refuses_a_url_that_went_through_path() -> None:
     with pytest.raises(ConfigError, match="looks like an object storage URL"):
         check_writable_dir(Path("s3://bucket/out"), what="output_dir")
+
+
+def test_incremental_api_extract_keeps_each_runs_parts_under_its_own_prefix_and_its_watermark_in_s3(
+        s3_state: S3State) -> None:
+    from tests.flows.test_api_extract_incremental import BASE, INCREMENTAL, ChangesApi
+
+    changes = ChangesApi()
+    try:
+        changes.put(range(1, 31), BASE)
+        out = f"s3://{s3_state.bucket}/inc"
+        first = api_extract(changes.url, output=out, page_size=10, pages_per_part=2, incremental=INCREMENTAL)
+        assert first.ok and first.total == 30, first.render_text()
+        assert (first.output_path or "").startswith(f"{out}/run-")
+        assert [r["id"] for r in first.results()] == list(range(1, 31))
+        changes.put(range(31, 36), BASE + dt.timedelta(days=1))
+        second = api_extract(changes.url, output=out, page_size=10, pages_per_part=2, incremental=INCREMENTAL)
+        assert second.ok and {r["id"] for r in second.results()} == {30, *range(31, 36)}
+        assert len({key.split("/")[1] for key in s3_state.objects("inc/")}) == 2  # one run-<key>/ prefix each
+        assert any(key.startswith("state/watermarks/api-extract/") for key in s3_state.objects("state/"))
+    finally:
+        changes.release.set()
+        changes.server.shutdown()
