@@ -135,7 +135,8 @@ def api_extract_flow(p: ApiExtractParams) -> RunSummary:
             retries=p.retries, retry_backoff_s=p.retry_backoff_s, timeout_s=p.timeout_s, transport=p.transport,
             rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=p.rate_limit_name,
             limiter_scope=run.run_key, output_format=p.output_format,
-            output_dir=str(Path(p.output) / f"run-{run.run_key}") if watermark is not None else p.output,
+            output_dir=(f"{p.output.rstrip('/')}/run-{run.run_key}" if "://" in p.output  # an s3:// URL stays one
+                        else str(Path(p.output) / f"run-{run.run_key}")) if watermark is not None else p.output,
         )
         return walk_pages(run, job, identity=p.identity(), shown_url=redact_text(p.url), chunk_retries=p.chunk_retries,
                           watermark=watermark)

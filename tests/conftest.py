@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
 
 from deployments.local_server import PrefectServer  # noqa: E402
 
-pytest_plugins = ["tests.fixtures.api_server", "tests.fixtures.postgres", "tests.fixtures.mariadb"]
+pytest_plugins = ["tests.fixtures.api_server", "tests.fixtures.postgres", "tests.fixtures.mariadb", "tests.fixtures.s3"]
 
 _server: PrefectServer | None = None
 

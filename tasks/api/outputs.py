@@ -57,17 +57,19 @@ def part_path(output_dir: str | Path, index: int, fmt: ApiPartFormat) -> Path:
 def write_part(
     output_dir: str | Path, index: int, rows: Sequence[Any], fmt: ApiPartFormat, *,
     json_columns: Iterable[str] = (), schema: dict[str, Any] | None = None, encoded: bool = False,
-) -> Path:
-    """Write one part atomically and return its path.
+) -> Path | str:
+    """Write one part atomically and return its path (its URL in object storage: one PUT).
 
     JSONL: one JSON object per row (``encoded=True``: rows are JSON text already). Parquet: polars infers the columns from the rows; the columns in
     ``json_columns`` (arbitrary JSON such as response bodies) are stored as JSON text, and rows that
     polars cannot type consistently fall back to one ``record`` column of JSON text.
     """
-    path = part_path(output_dir, index, fmt)
     if fmt not in ("jsonl", "parquet"):
         msg = f"output_format {fmt!r} is unknown; use 'jsonl' or 'parquet'"
         raise ConfigError(msg)
+    if "://" in str(output_dir):  # object storage: one PUT of the finished part
+        return _put_part(str(output_dir), index, rows, fmt, json_columns=json_columns, schema=schema, encoded=encoded)
+    path = part_path(output_dir, index, fmt)
     try:
         if fmt == "jsonl":
             with atomic_write(path, "w", encoding="utf-8") as fh:
@@ -80,6 +82,22 @@ def write_part(
     except OSError as exc:  # read-only, disk full, a file in the way: every later part would fail too
         raise output_write_error(exc, output_dir, writing=True) or exc from None
     return path
+
+
+def _put_part(output_dir: str, index: int, rows: Sequence[Any], fmt: ApiPartFormat, *, json_columns: Iterable[str],
+              schema: dict[str, Any] | None, encoded: bool) -> str:
+    import io
+
+    from tasks.core.objoutput import put_part
+
+    if fmt == "jsonl":
+        data = "".join((row if encoded else json.dumps(row, default=str, ensure_ascii=False)) + "\n"
+                       for row in rows).encode()
+    else:
+        buffer = io.BytesIO()
+        _frame(rows, tuple(json_columns), schema).write_parquet(buffer)
+        data = buffer.getvalue()
+    return put_part(output_dir, f"part-{index:06d}.{fmt}", data)
 
 
 def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema: dict[str, Any] | None) -> Any:
@@ -98,8 +116,17 @@ def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema
         return pl.DataFrame({"record": [dump(row) for row in rows]}, schema={"record": pl.String})
 
 
-def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path]:
+def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path | str]:
     """Delete parts numbered ``first_index`` and up (written after the last checkpoint by a killed run)."""
+    if "://" in str(output_dir):
+        from tasks.core.objoutput import output_store
+
+        store = output_store(str(output_dir))
+        stale = [name for name in store.list("") if "/" not in name and name.startswith("part-")
+                 and name.split(".")[0].removeprefix("part-").isdigit()
+                 and int(name.split(".")[0].removeprefix("part-")) >= first_index]
+        store.delete_many(stale)
+        return [store.where(name) for name in stale]
     root = Path(output_dir)
     removed = []
     if not root.is_dir():

@@ -36,6 +36,7 @@ from tasks.core.errors import ChunkTimeout, FatalError, SkipItem
 from tasks.core.failpoints import failpoint
 from tasks.core.identity import chunk_hash
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal
+from tasks.core.objstore import is_url
 from tasks.core.outcomes import ChunkReport, FailedItem
 from tasks.core.redact import redact_text
 from tasks.core.retry import RetryOn, RetryPolicy, attempts_made
@@ -219,9 +220,15 @@ def encode_row(row: Any) -> str:
     return json.dumps(row, default=str, ensure_ascii=False)
 
 
-def write_jsonl_part(output_dir: Path, index: int, lines: Iterable[str]) -> Path:
-    """Write one chunk's rows (JSON text) atomically to ``output_dir/part-000017.jsonl``."""
-    path = output_dir / f"part-{index:06d}.jsonl"
+def write_jsonl_part(output_dir: Path | str, index: int, lines: Iterable[str]) -> Path | str:
+    """Write one chunk's rows (JSON text) atomically to ``output_dir/part-000017.jsonl`` (one PUT in object
+    storage)."""
+    name = f"part-{index:06d}.jsonl"
+    if is_url(str(output_dir)):
+        from tasks.core.objoutput import put_part
+
+        return put_part(str(output_dir), name, "".join(line + "\n" for line in lines).encode())
+    path = Path(output_dir) / name
     try:
         with atomic_write(path, "w", encoding="utf-8") as fh:
             for line in lines:
@@ -412,7 +419,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
             raise deadline.chunk_error(f" ({len(items) - left} of {len(items)} items done, {left} left)")
     report = outcomes.report(started=started)
     if job.output_dir and (outcomes.rows or report.complete):
-        report.output_path = str(write_jsonl_part(Path(job.output_dir), chunk.index, outcomes.ordered_rows()))
+        report.output_path = str(write_jsonl_part(job.output_dir, chunk.index, outcomes.ordered_rows()))
     failpoint("chunk.after_output")
     return report
 

@@ -13,6 +13,7 @@ rejected rows keep every field as the text it was).
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from itertools import islice
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import ConfigError
+from tasks.core.objstore import is_url
 from tasks.core.sources import jsonl_records
 
 COLLECT_MAX_ROWS = 100_000
@@ -38,37 +40,55 @@ class TooManyToCollect(ConfigError):
         self.summary = summary
 
 
-def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, ...] = (REJECTS_DIR,)) -> list[Path]:
-    """The part files under ``root`` (partition folders included) in chunk order; ``below``: only indices < it."""
-    base = Path(root)
-    found: list[tuple[int, str, Path]] = []
-    for path in base.rglob("part-*"):
-        match = _PART.match(path.name)
-        rel = path.relative_to(base)
-        if match is None or not path.is_file() or any(part in skip for part in rel.parts[:-1]):
+def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, ...] = (REJECTS_DIR,)
+               ) -> list[Path | str]:
+    """The part files under ``root`` (partition folders included) in chunk order; ``below``: only indices < it.
+    Under an object storage URL, the parts' URLs."""
+    found: list[tuple[int, str, Path | str]] = []
+    if is_url(str(root)):
+        from tasks.core.objoutput import list_parts
+
+        base_url = str(root).rstrip("/") + "/"
+        candidates: list[tuple[str, Path | str]] = [(url.removeprefix(base_url), url) for url in list_parts(str(root))]
+    else:
+        base = Path(root)
+        candidates = [(p.relative_to(base).as_posix(), p) for p in base.rglob("part-*") if p.is_file()]
+    for rel, path in candidates:
+        parts = rel.split("/")
+        match = _PART.match(parts[-1])
+        if match is None or any(part in skip for part in parts[:-1]):
             continue
         index = int(match.group(1))
         if below is None or index < below:
-            found.append((index, rel.as_posix(), path))
-    return [path for _, _, path in sorted(found)]
+            found.append((index, rel, path))
+    return [path for _, _, path in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
-def read_rows(path: Path, *, typed: bool = True) -> Iterator[Any]:
-    """The rows of one part file, lazily where the format allows it; ``typed=False`` keeps CSV fields as text."""
-    suffix = path.suffix
+def read_rows(path: Path | str, *, typed: bool = True) -> Iterator[Any]:
+    """The rows of one part file, lazily where the format allows it; ``typed=False`` keeps CSV fields as text.
+    A part in object storage (a URL) is read whole, then the same way."""
+    if is_url(str(path)):
+        from tasks.core.objoutput import read_part
+
+        source: Any = io.BytesIO(read_part(str(path)))
+        suffix = "." + str(path).rsplit(".", 1)[-1]
+    else:
+        source = path = Path(path)
+        suffix = path.suffix
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
+        with (io.TextIOWrapper(source, encoding="utf-8") if not isinstance(source, Path)
+              else source.open(encoding="utf-8")) as fh:
             for _, row in jsonl_records(fh, str(path)):
                 yield row
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=10_000):
             yield from batch.to_pylist()
     else:
         import polars as pl
 
-        frame = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=typed,
+        frame = pl.read_csv(source, separator="\t" if suffix == ".tsv" else ",", infer_schema=typed,
                             infer_schema_length=None)
         yield from frame.iter_rows(named=True)
 
@@ -83,11 +103,14 @@ def iter_results(output_path: str | None, *, flow: str, chunks_total: int | None
 
 def iter_rejects(output_path: str | None, *, flow: str) -> Iterator[Any]:
     """file_transform's rejected rows (``<output>/_rejects/part-*``) in input order, each with its reason."""
-    root = _output_root(output_path, flow=flow, what="rejects") / REJECTS_DIR
+    root = _output_root(output_path, flow=flow, what="rejects")
+    if is_url(str(root)):
+        return _rows(part_files(f"{root}/{REJECTS_DIR}", skip=()), typed=False)
+    root = root / REJECTS_DIR
     return _rows(part_files(root, skip=()) if root.is_dir() else [], typed=False)
 
 
-def _rows(paths: list[Path], *, typed: bool) -> Iterator[Any]:
+def _rows(paths: list[Path | str], *, typed: bool) -> Iterator[Any]:
     for path in paths:
         yield from read_rows(path, typed=typed)
 
@@ -121,11 +144,13 @@ def collect_rows(summary: Any) -> None:
     summary._collected = rows
 
 
-def _output_root(output_path: str | None, *, flow: str, what: str) -> Path:
+def _output_root(output_path: str | None, *, flow: str, what: str) -> Any:
     if not output_path:
         msg = (f"this {flow} run kept no outputs, so there are no {what} to read: run it with output=<folder> "
                "(or collect=True from Python for small runs) and read them with summary.results()")
         raise ConfigError(msg)
+    if is_url(output_path):
+        return output_path
     root = Path(output_path)
     if not root.is_dir():
         msg = (f"{flow} output {output_path!r} is not a folder of part files (a table or a missing folder): "

@@ -44,6 +44,9 @@ from tasks.core.engine import (
 from tasks.core.errors import FatalError
 from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
+from tasks.core.journal_sync import JournalPusher
+from tasks.core.lease import LeaseLock
+from tasks.core.objoutput import exists
 from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
 from tasks.core.progress import Progress, publish_summary
 from tasks.core.redact import redact_text
@@ -85,7 +88,7 @@ def missing_outputs(report: ChunkReport) -> list[str]:
     (parts, partitions, rejects), else ``output_path``."""
     listed = report.extra.get("outputs")
     paths = [str(p) for p in listed] if isinstance(listed, list) else [report.output_path] if report.output_path else []
-    return [p for p in paths if not Path(p).exists()]
+    return [p for p in paths if not exists(p)]
 
 
 class ChunkedRun:
@@ -100,20 +103,43 @@ class ChunkedRun:
         self.settings = EngineSettings()
         self.flow = flow
         self.run_key = run_key or default_run_key()
-        self.run_dir = RunDir.for_run(flow, self.run_key, self.settings.resolved_state_dir())
+        store = self.settings.object_store()
+        self.run_dir = RunDir.for_run(flow, self.run_key, self.settings.resolved_state_dir(), store=store)
         self.identity = tuple(str(p) for p in identity)
         self.scope = f"{flow}:{self.run_key}:{uuid.uuid4().hex}"  # this attempt: stop signals, internal names
+        self.fatal: str | None = None
+        # the local lock always (one run per key on this machine; cleanup never removes a live run's
+        # directory), the lease as well when the state is in object storage (one run per key anywhere)
         self.lock = RunLock(self.run_dir.root / "lock", flow=flow, run_key=self.run_key,
                             flow_run_id=current_flow_run_id()).acquire()
+        self.lease: LeaseLock | None = None
+        stored: dict[str, str] = {}
+        if store is not None:
+            try:
+                self.lease = LeaseLock(store, f"{self.run_dir.rel}/lease", flow=flow, run_key=self.run_key,
+                                       flow_run_id=current_flow_run_id(), lease_s=self.settings.state_lease_s,
+                                       on_lost=self._lease_lost).acquire()
+                stored = self.run_dir.pull()
+            except BaseException:
+                if self.lease is not None:
+                    self.lease.release()
+                self.lock.release()
+                raise
+        self._plan_pushed = -1
+        self._plan_lock = threading.Lock()
+        self.journals: JournalPusher | None = None
+        if store is not None and self.settings.state_journal_push_s > 0:
+            self.journals = JournalPusher(
+                self.run_dir, self.settings.state_journal_push_s, before_push=self._push_plan,
+                active=lambda: self.lease is not None and self.lease.held, stored=[n.removeprefix("journal/") for n in stored if n.startswith("journal/")])
         self.total = total
         self.on_error = on_error
         self.unit = unit
         self.builder = SummaryBuilder(flow, self.run_key)
         self.progress = Progress(flow, total, run_key=self.run_key, interval_s=self.settings.progress_interval_s)
-        self.progress.logger.info("%s run %r: state in %s", flow, self.run_key, self.run_dir.root)
+        self.progress.logger.info("%s run %r: state in %s", flow, self.run_key, self.run_dir.location)
         self._take_over_note()
         self.dead = DeadLetterWriter(self.run_dir.dead_letter, flow=flow, run_key=self.run_key, handler=handler_id)
-        self.fatal: str | None = None
         self.failed_seen = False
         # a finished chunk whose output file is gone: redone (pure transforms) or reported (side effects)
         self.redo_missing_outputs = redo_missing_outputs
@@ -133,7 +159,7 @@ class ChunkedRun:
     # ------------------------------------------------------------------ lock
 
     def _take_over_note(self) -> None:
-        dead = self.lock.previous
+        dead = self.lease.previous if self.lease is not None else self.lock.previous
         if dead is None:
             return
         self.progress.logger.warning(
@@ -146,12 +172,59 @@ class ChunkedRun:
         thread.start()
         thread.join(15)
 
+    def _lease_lost(self, why: str) -> None:
+        self.fatal = self.fatal or why
+        stop_signal(self.scope).set()
+
     def close(self) -> None:
-        """Release the run key (idempotent); the dead-letter file is closed too."""
+        """Release the run key (idempotent); the dead-letter file is closed (and pushed) too."""
         if self._timer is not None:
             self._timer.cancel()
         self.dead.close()
+        if self.journals is not None:
+            self.journals.stop()
+        if self.lease is not None and self.lease.held:
+            try:
+                if self.journals is not None:
+                    self.journals.push_changed()
+                self.run_dir.push(self.run_dir.dead_letter)
+            except Exception as exc:  # rebuilt from the chunk records by the next run of the key
+                self.progress.logger.warning("state not pushed to %s: %s", self.run_dir.location, exc)
+            self.lease.release()
         self.lock.release()
+
+    def _push_plan(self) -> None:
+        """Push ``plan.log`` if it grew since its last push (before any record or journal that needs it)."""
+        with self._plan_lock:
+            size = self.run_dir.plan.stat().st_size if self.run_dir.plan.is_file() else -1
+            if size != self._plan_pushed:
+                self.run_dir.push(self.run_dir.plan)
+                self._plan_pushed = size
+
+    def _drop_journal(self, ref: ChunkRef) -> None:
+        """The chunk's record is written: its journal goes (here, and in object storage if it was pushed)."""
+        if not ref.journal:
+            return
+        if self.journals is not None:
+            self.journals.drop(Path(ref.journal))
+        else:
+            Path(ref.journal).unlink(missing_ok=True)
+
+    def _push_record(self, key: str, report: ChunkReport) -> None:
+        """Make a finished chunk's record durable in object storage: the plan it was cut by first, then the
+        record itself (one PUT each). A record written on another machine (a Dask worker) is rebuilt here."""
+        store = self.run_dir.store
+        if store is None or (self.lease is not None and not self.lease.held):  # lost: the key is another run's
+            return
+        self._push_plan()
+        path = self.run_dir.chunks / key
+        if path.is_file():
+            self.run_dir.push(path)
+            return
+        from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+
+        record = ResultRecord(metadata=ResultRecordMetadata(storage_key=str(path)), result=report)
+        store.put(f"{self.run_dir.rel}/chunks/{key}", record.serialize())
 
     def _time_up(self, limit: float) -> None:
         self.timed_out = (f"run_timeout_s={limit:g}s passed: no chunk started after it and the chunks in flight "
@@ -237,6 +310,8 @@ class ChunkedRun:
             self.chunks_done_ok += 1
         self.builder.add(report)
         self.dead.write(report.failures)
+        if report.failures:  # complete at close; meanwhile at most every 2 s (rebuilt from records on resume)
+            self.run_dir.push(self.run_dir.dead_letter, min_interval_s=2.0)
         self.failed_seen = self.failed_seen or report.failed > 0
         self.progress.advance(report.size - report.not_reached, report.failed)
 
@@ -302,10 +377,10 @@ class ChunkedRun:
             outcome = state_report(state)
             if isinstance(outcome, ChunkReport):
                 if outcome.complete:
-                    if ref.journal:
-                        Path(ref.journal).unlink(missing_ok=True)
+                    self._push_record(ref.key, outcome)
+                    self._drop_journal(ref)
                 else:  # not finished: drop its record so a rerun runs it (its journal keeps what was done)
-                    (self.run_dir.chunks / ref.key).unlink(missing_ok=True)
+                    self.run_dir.discard(self.run_dir.chunks / ref.key)
                     self.incomplete += 1
                     if any(f.category == "fatal" for f in outcome.failures) and self.fatal is None:
                         self.fatal = outcome.stop_reason
@@ -325,7 +400,7 @@ class ChunkedRun:
                 compute = (lambda unit=unit: content(unit)) if content is not None else (lambda: None)
                 cached = self.cached_report(ref.key)
                 if cached is not None and not cached.complete:
-                    (self.run_dir.chunks / ref.key).unlink(missing_ok=True)
+                    self.run_dir.discard(self.run_dir.chunks / ref.key)
                     cached = None
                 shown = describe(unit) if describe is not None else f"chunk {ref.index}"
                 if cached is None:
@@ -334,15 +409,14 @@ class ChunkedRun:
                     yield unit, params
                     continue
                 self._check_content(ref, cached.content_hash, compute, shown)
-                if ref.journal:
-                    Path(ref.journal).unlink(missing_ok=True)
+                self._drop_journal(ref)
                 gone = missing_outputs(cached)
                 if gone:
                     if self.redo_missing_outputs:
                         self.progress.logger.warning(
                             "chunk %d finished in an earlier attempt but its output %s is gone: running it again",
                             cached.index, gone[0])
-                        (self.run_dir.chunks / ref.key).unlink(missing_ok=True)
+                        self.run_dir.discard(self.run_dir.chunks / ref.key)
                         yield unit, params
                         continue
                     self.missing_outputs.extend(gone)
@@ -391,7 +465,7 @@ class ChunkedRun:
         """Decide the final state, write summary.json, publish the artifacts, release the run key."""
         try:
             summary.dead_letter_path = str(self.run_dir.dead_letter) if summary.failed else None
-            summary.run_dir = str(self.run_dir.root)
+            summary.run_dir = self.run_dir.location
             summary.output_path = output_path
             summary.flow_run_id = current_flow_run_id()
             if self.missing_outputs and not failed_reason:
@@ -406,6 +480,7 @@ class ChunkedRun:
             if (self.incomplete or (self.timed_out and summary.remaining != 0)) and summary.state == "Failed":
                 summary.message += f" Rerun with run_key={self.run_key!r} to finish: only what was not done runs."
             write_text_atomic(self.run_dir.summary, summary.model_dump_json(indent=2))
+            self.run_dir.push(self.run_dir.summary)
             publish_summary(summary)
             return summary
         finally:

@@ -9,8 +9,8 @@ that finds "not released" knows the previous run died, says so, and marks its fl
 the Prefect server (otherwise it would show as Running forever).
 
 ``flock`` works across processes on one machine and, on Linux, over NFS (emulated with byte-range
-locks); machines that share state through object storage need the lease of the object-storage state
-backend instead.
+locks); with state in object storage a run also holds the run key's lease there (tasks.core.lease), which
+holds across machines.
 """
 
 from __future__ import annotations

@@ -7,9 +7,13 @@ takes effect on the next run without a restart.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from tasks.core.objstore import ObjectStore
 
 
 class EngineSettings(BaseSettings):
@@ -17,9 +21,19 @@ class EngineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_", extra="ignore")
 
-    state_dir: Path | None = Field(None, description=(
-        "Run records, journals, checkpoints and dead letters. Default: <PREFECT_HOME>/batchflows (absolute, so "
-        "every worker of this machine finds the same state whatever its working directory)."))
+    state_dir: Path | str | None = Field(None, description=(
+        "Run records, journals, checkpoints and dead letters: a local path or s3://bucket/prefix (object storage "
+        "shared by every machine). Default: <PREFECT_HOME>/batchflows (absolute, so every worker of this machine "
+        "finds the same state whatever its working directory)."))
+    state_cache: Path | None = Field(None, description=(
+        "With state in object storage: this machine's working copy of it. Default: "
+        "<PREFECT_HOME>/batchflows-cache/<hash of the URL>."))
+    state_lease_s: float = Field(60.0, ge=3, description=(
+        "With state in object storage: how long a run's lease on its run key lasts without renewal (renewed every "
+        "third of it); a killed holder's key is taken over after this long."))
+    state_journal_push_s: float = Field(5.0, ge=0, description=(
+        "With state in object storage: push the item journals of chunks in flight this often (0: never); "
+        "a run taken over on another machine repeats only the items finished since the last push."))
     chunk_size: int = Field(500, gt=0, description="Default items per chunk (batch_map, api_bulk).")
     max_concurrency: int = Field(4, gt=0, description="Default chunk tasks in flight (batch_map, replay).")
     memory_limit_mb: int = Field(
@@ -31,10 +45,32 @@ class EngineSettings(BaseSettings):
     flow_retry_delay_s: float = Field(10.0, ge=0, description=(
         "Seconds before a run with flow_retries left runs again (times the attempt number)."))
 
+    def state_url(self) -> str | None:
+        """The object storage URL of the state, or None when it is a local directory."""
+        from tasks.core.objstore import is_url
+
+        return str(self.state_dir).rstrip("/") if is_url(self.state_dir) else None
+
+    def object_store(self) -> ObjectStore | None:
+        """The state's object store (checked reachable: a ConfigError naming the URL if not), or None."""
+        from tasks.core.objstore import ObjectStore
+
+        url = self.state_url()
+        if url is None:
+            return None
+        store = ObjectStore.from_url(url)
+        store.check()
+        return store
+
     def resolved_state_dir(self) -> Path:
-        """The state dir as an absolute path (see ``state_dir``)."""
+        """The state dir as an absolute path (see ``state_dir``); with object storage, this machine's cache."""
+        url = self.state_url()
+        if url is not None:
+            from tasks.core.objstore import cache_dir
+
+            return cache_dir(url, self.state_cache)
         if self.state_dir is not None:
-            return self.state_dir.expanduser().resolve()
+            return Path(self.state_dir).expanduser().resolve()
         from prefect.settings import get_current_settings
 
         return (Path(get_current_settings().home).expanduser() / "batchflows").resolve()

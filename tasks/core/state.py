@@ -12,6 +12,10 @@ Layout (``BATCHFLOWS_STATE_DIR``, default ``<PREFECT_HOME>/batchflows``)::
         checkpoint.json     flow-specific progress (e.g. the pagination cursor)
 
 Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`.
+
+With ``BATCHFLOWS_STATE_DIR=s3://bucket/prefix`` the same layout lives in object storage (plus
+``runs/<flow>/<run_key>/lease``) and the directories above are this machine's working copy: see
+tasks.core.objstore for what is pushed when, tasks.core.lease for the lease.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from tasks.core.errors import ConfigError, FatalError
 from tasks.core.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from tasks.core.objstore import ObjectStore
 
 RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -53,20 +60,33 @@ def new_run_key() -> str:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one run key of one flow."""
+    """Paths of one run key of one flow. With state in object storage (``store``), ``root`` is this
+    machine's working copy and :meth:`push` makes a finished file durable there (see tasks.core.objstore)."""
 
     root: Path
+    store: ObjectStore | None = field(default=None, compare=False)
+    rel: str = ""  # the run's key prefix in the store: runs/<flow>/<run_key>
+    _pushed: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None) -> RunDir:
+    def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None, *,
+                store: ObjectStore | None = None) -> RunDir:
         base = state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()
-        root = base / "runs" / flow / validate_run_key(run_key)
+        rel = f"runs/{flow}/{validate_run_key(run_key)}"
+        root = base / rel
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            msg = f"{unwritable(f'state dir {str(base)!r}', exc)}; or set BATCHFLOWS_STATE_DIR to a writable directory"
+            what = "state cache" if store is not None else "state dir"
+            setting = "BATCHFLOWS_STATE_CACHE" if store is not None else "BATCHFLOWS_STATE_DIR"
+            msg = f"{unwritable(f'{what} {str(base)!r}', exc)}; or set {setting} to a writable directory"
             raise ConfigError(msg) from None
-        return cls(root)
+        return cls(root, store, rel)
+
+    @property
+    def location(self) -> str:
+        """Where the run's state is durable: the object storage URL, else the local directory."""
+        return self.store.where(self.rel) if self.store is not None else str(self.root)
 
     @property
     def chunks(self) -> Path:
@@ -99,6 +119,58 @@ class RunDir:
 
     def write_checkpoint(self, data: dict[str, Any]) -> None:
         write_text_atomic(self.checkpoint, json.dumps(data, default=str))
+        self.push(self.checkpoint)
+
+    # ------------------------------------------------------------------ object storage
+
+    def push(self, path: Path, *, min_interval_s: float = 0.0) -> None:
+        """Mirror one finished local file of this run to object storage: one PUT of its bytes, or a DELETE
+        when the file is gone. ``min_interval_s``: skip if this file was pushed less than that ago (a file
+        that is rebuilt on resume anyway, like the dead letters). No-op for local state."""
+        if self.store is None:
+            return
+        name = path.relative_to(self.root).as_posix()
+        now = time.monotonic()
+        if min_interval_s and now - self._pushed.get(name, -1e9) < min_interval_s:
+            return
+        self._pushed[name] = now
+        if self.store.push_file(path, f"{self.rel}/{name}") is None:
+            self.store.delete(f"{self.rel}/{name}")
+
+    def discard(self, path: Path) -> None:
+        """Delete a file of this run here and in object storage (a chunk record that must not be reused)."""
+        path.unlink(missing_ok=True)
+        self.push(path)
+
+    def pull(self) -> dict[str, str]:
+        """Bring this machine's copy up to date from object storage (call it holding the run key's lease);
+        returns the stored objects of the run (name -> ETag).
+
+        Object storage wins, except where this machine cut further: when its local ``plan.log`` extends the
+        stored one (it was the last to run the key and died before pushing), its plan, chunk records and
+        journals stay and its records are pushed; otherwise local records and journals not in storage are
+        dropped (their chunks may have been cut differently since)."""
+        if self.store is None:
+            return {}
+        remote = self.store.list(self.rel)
+        stored_plan = self.store.get(f"{self.rel}/plan.log")
+        remote_plan = stored_plan.data if stored_plan is not None else b""
+        local_plan = self.plan.read_bytes() if self.plan.is_file() else b""
+        keep_local = local_plan.startswith(remote_plan)
+        local_records = {p.name for p in self.chunks.glob("*") if p.is_file() and not p.name.startswith(".")}
+        remote_records = {n.removeprefix("chunks/") for n in remote if n.startswith("chunks/")}
+        if not keep_local:
+            for name in local_records - remote_records:
+                (self.chunks / name).unlink(missing_ok=True)
+            shutil.rmtree(self.journal, ignore_errors=True)
+        skip = ("lease", "plan.log") if keep_local else ("lease",)
+        self.store.pull(self.rel, self.root, skip=skip, keep=("journal/",) if keep_local else ())
+        if keep_local:
+            if local_plan != remote_plan:
+                self.push(self.plan)
+            for name in sorted(local_records - remote_records):
+                self.push(self.chunks / name)
+        return remote
 
 
 @contextmanager
@@ -183,6 +255,9 @@ def output_write_error(exc: BaseException, output_dir: str | Path, *, writing: b
     return OutputWriteError(msg)
 
 
+_COLLAPSED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/[^/]")
+
+
 def check_writable_dir(path: str | Path, *, what: str = "output directory") -> None:
     """Prove before any work that files can be created in ``path`` (ConfigError naming it if not).
 
@@ -190,6 +265,17 @@ def check_writable_dir(path: str | Path, *, what: str = "output directory") -> N
     ancestor when ``path`` does not exist yet. A real write is the only test that holds for root
     (permission bits do not stop root) and read-only mounts; a full disk shows at the chunk's write.
     """
+    from tasks.core.objstore import is_url
+
+    if is_url(str(path)):  # object storage: the bucket must answer to these credentials
+        from tasks.core.objoutput import check_output_url
+
+        check_output_url(str(path))
+        return
+    if _COLLAPSED_URL.match(str(path)):  # a URL that went through Path(): "s3://b/p" became "s3:/b/p"
+        msg = (f"{what} {str(path)!r} looks like an object storage URL, and this flow writes to local folders "
+               "only: give a local path (output='s3://...' works for batch_map, api_bulk and api_extract)")
+        raise ConfigError(msg)
     target = Path(path).expanduser().absolute()
     probe_dir = target
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
@@ -209,19 +295,24 @@ def check_writable_dir(path: str | Path, *, what: str = "output directory") -> N
 def cleanup_state(
     *, older_than_days: float | None = None, flow: str | None = None, run_key: str | None = None,
     state_dir: Path | None = None, dry_run: bool = False,
-) -> list[Path]:
+) -> list[Path | str]:
     """Delete run directories by age (of their newest file) and/or flow and run key. Returns what went.
 
     Without ``older_than_days`` and ``run_key`` the age is ``BATCHFLOWS_STATE_RETENTION_DAYS`` (30).
-    A run directory whose key is held by a live run is never removed.
+    A run directory whose key is held by a live run is never removed. With state in object storage (and no
+    ``state_dir`` given) the run prefixes there go by the same rules (a live lease keeps one), then this
+    machine's cache.
     """
     if older_than_days is None and run_key is None:
         older_than_days = EngineSettings().state_retention_days
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed: list[Path | str] = []
+    store = EngineSettings().object_store() if state_dir is None else None
+    if store is not None:
+        removed.extend(_cleanup_stored(store, cutoff=cutoff, flow=flow, run_key=run_key, dry_run=dry_run))
     base = (state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()) / "runs"
     if not base.exists():
-        return []
-    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
-    removed: list[Path] = []
+        return removed
     for flow_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         if flow is not None and flow_dir.name != flow:
             continue
@@ -237,6 +328,28 @@ def cleanup_state(
             removed.append(run_dir)
             if not dry_run:
                 shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
+
+
+def _cleanup_stored(store: ObjectStore, *, cutoff: float | None, flow: str | None, run_key: str | None,
+                    dry_run: bool) -> list[str]:
+    """:func:`cleanup_state` for the run prefixes in object storage (``runs/<flow>/<run_key>/``)."""
+    from tasks.core.lease import lease_live
+
+    runs: dict[str, list[tuple[str, float]]] = {}
+    for name, (_, changed) in store.entries("runs").items():
+        parts = name.split("/", 2)
+        if len(parts) == 3 and (flow is None or parts[0] == flow) and (run_key is None or parts[1] == run_key):
+            runs.setdefault(f"runs/{parts[0]}/{parts[1]}", []).append((name, changed.timestamp()))
+    removed: list[str] = []
+    for prefix, objects in sorted(runs.items()):
+        if cutoff is not None and max(t for _, t in objects) > cutoff:
+            continue
+        if lease_live(store, f"{prefix}/lease"):
+            continue
+        removed.append(store.where(prefix))
+        if not dry_run:
+            store.delete_many([f"runs/{name}" for name, _ in objects])
     return removed
 
 

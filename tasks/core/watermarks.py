@@ -4,7 +4,9 @@
 record field's maximum, or the files it processed), written atomically when the run ends complete; a
 failed or killed run leaves it as it was, so the next run covers what that one did not. A stream is what
 is extracted to where (a hash of URL, parameters, output...), so two extractions never share a watermark.
-db_migrate keeps its watermarks in the target database instead (tasks.db.incremental).
+db_migrate keeps its watermarks in the target database instead (tasks.db.incremental). With state in object
+storage the record is one object (``watermarks/<flow>/<stream>.json``, one PUT), read from there at every
+run; the local copy is only this machine's cache.
 
 Start over from the command line::
 
@@ -14,6 +16,7 @@ Start over from the command line::
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import json
 import time
@@ -38,8 +41,16 @@ def watermark_path(flow: str, stream: str, state_dir: Path | None = None) -> Pat
     return _root(state_dir) / flow / f"{stream}.json"
 
 
+def _store(state_dir: Path | None) -> Any:
+    return EngineSettings().object_store() if state_dir is None else None
+
+
 def read_watermark(flow: str, stream: str, state_dir: Path | None = None) -> dict[str, Any] | None:
     """The stored record (``value`` and what the flow kept with it), or None before the first complete run."""
+    store = _store(state_dir)
+    if store is not None:
+        obj = store.get(f"watermarks/{flow}/{stream}.json")
+        return None if obj is None else json.loads(obj.data)
     path = watermark_path(flow, stream, state_dir)
     try:
         return json.loads(path.read_text())
@@ -52,18 +63,31 @@ def save_watermark(flow: str, stream: str, data: dict[str, Any], *, run_key: str
     path = watermark_path(flow, stream, state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**data, "run_key": run_key, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_text_atomic(path, json.dumps(record, default=str, sort_keys=True))
+    text = json.dumps(record, default=str, sort_keys=True)
+    write_text_atomic(path, text)
+    store = _store(state_dir)
+    if store is not None:
+        store.put(f"watermarks/{flow}/{stream}.json", text.encode())
     return path
 
 
-def reset_watermarks(flow: str | None = None, stream: str | None = None, state_dir: Path | None = None) -> list[Path]:
+def reset_watermarks(flow: str | None = None, stream: str | None = None, state_dir: Path | None = None,
+                     ) -> list[Path | str]:
     """Delete stored watermarks (of one flow, one stream, or all): the next runs start over."""
     root = _root(state_dir)
     pattern = f"{flow or '*'}/{stream or '*'}.json"
     gone = sorted(root.glob(pattern)) if root.exists() else []
     for path in gone:
         path.unlink(missing_ok=True)
-    return gone
+    store = _store(state_dir)
+    if store is None:
+        return list(gone)
+    removed: list[Path | str] = []
+    for name in store.list("watermarks"):
+        if fnmatch.fnmatchcase(name, pattern):
+            store.delete(f"watermarks/{name}")
+            removed.append(store.where(f"watermarks/{name}"))
+    return removed
 
 
 def _as_time(value: Any) -> dt.datetime | None:

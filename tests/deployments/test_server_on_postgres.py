@@ -5,15 +5,21 @@ scheduler` / `dask worker` processes that one deployment's chunk tasks run on.
 
 What it proves: deployments, flow runs, task runs, global concurrency limits and artifacts work on a
 PostgreSQL-backed server; the runs spread over both workers; every item ran once per run; the global limit
-held across workers and the Dask cluster. (Failover between workers needs state in object storage: not yet.)
+held across workers and the Dask cluster. With state in object storage (a moto S3 server on loopback) and
+nothing else shared, a run whose worker is SIGKILLed mid-run is resumed by a new run of its run_key on the
+other worker: finished chunks from their records in S3, the dead run marked Crashed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from deployments.local_server import PrefectServer, free_port
 from flows.batch_map import batch_map_flow
 from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait, stop
+from tests.faults.helpers import passed
 from tests.fixtures.postgres import PG_PASSWORD
+from tests.fixtures.s3 import S3State
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -94,3 +102,66 @@ def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server:
     with_state = [w for w in ("w0", "w1") if (tmp_path / w / "state" / "runs" / "batch-map").exists()]
     assert with_state == ["w0", "w1"]  # no shared state dir: each worker kept its runs' state
     assert PG_PASSWORD not in (pg_server.log_path.read_text() if pg_server.log_path.exists() else "")
+
+
+def test_a_run_killed_with_its_worker_resumes_on_the_other_worker_from_s3(pg_server: PrefectServer, s3_state: S3State,
+                                                                          tmp_path: Path) -> None:
+    """Two process workers sharing only S3 state (own working directories, own caches): SIGKILL the worker and
+    the flow run it runs mid-run; a new run of the same run_key on the other worker resumes from S3."""
+    tag = uuid.uuid4().hex[:8]
+    pool, n, chunk, limit, lease_s = f"bf-s3-{tag}", 120, 10, 53, 4.0
+    prefix = "state/runs/batch-map/pg-failover/"
+    effects, gate = tmp_path / "effects.log", tmp_path / "gate"
+    gate.mkdir()
+    common = {**os.environ, **s3_state.env(), "PYTHONPATH": str(ROOT), "PREFECT_API_URL": pg_server.api_url,
+              "BF_EFFECTS": str(effects), "BATCHFLOWS_STATE_LEASE_S": str(lease_s),
+              "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": chunk,
+              "max_concurrency": 2, "retries": 0, "run_key": "pg-failover", "min_success_ratio": 0.5}
+
+    def worker(name: str, extra: dict[str, str]) -> subprocess.Popen[bytes]:
+        env = {**common, "BATCHFLOWS_STATE_CACHE": str(tmp_path / name / "cache"), **extra}
+        return start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", f"{name}-{tag}", "--limit",
+                      "1"], env, tmp_path / name)
+
+    with temporary_settings(updates={PREFECT_API_URL: pg_server.api_url}):
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment_id = batch_map_flow.from_source(  # type: ignore[attr-defined]
+            source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
+        ).deploy(name=f"s3-{tag}", work_pool_name=pool, print_next_steps=False)
+        procs = [worker("w0", {"BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit)})]
+        try:
+            with get_client(sync_client=True) as client:
+                dead_run = client.create_flow_run_from_deployment(deployment_id, parameters=params)
+                deadline = time.monotonic() + 240
+                while passed(gate) < limit + 2 or len(s3_state.objects(prefix + "chunks/")) < 4:
+                    assert time.monotonic() < deadline, (tmp_path / "w0" / "output.log").read_text()[-3000:]
+                    time.sleep(0.2)
+                holder = json.loads(s3_state.client().get_object(Bucket=s3_state.bucket, Key=prefix + "lease")
+                                    ["Body"].read())
+                os.kill(holder["pid"], signal.SIGKILL)  # the flow run's process, then its worker
+                os.killpg(procs[0].pid, signal.SIGKILL)
+                procs[0].wait()
+                recorded = len(s3_state.objects(prefix + "chunks/"))
+                time.sleep(lease_s + 0.5)
+                procs.append(worker("w1", {}))
+                [state] = run_and_wait(client, deployment_id, [params])
+                deadline = time.monotonic() + 30
+                while (client.read_flow_run(dead_run.id).state.type.value != "CRASHED"  # type: ignore[union-attr]
+                       and time.monotonic() < deadline):
+                    time.sleep(0.5)
+                dead_state = client.read_flow_run(dead_run.id).state
+        finally:
+            stop(procs[1:])
+    assert state.is_completed(), (state.message, (tmp_path / "w1" / "output.log").read_text()[-3000:])
+    assert f"{n} items: {n - 24} succeeded, 12 failed, 12 skipped" in (state.message or ""), state.message
+    assert dead_state is not None and dead_state.type.value == "CRASHED"
+    summary = json.loads(s3_state.client().get_object(Bucket=s3_state.bucket, Key=prefix + "summary.json")
+                         ["Body"].read())
+    assert summary["chunks_resumed"] == recorded >= 4
+    counts = Counter(int(x) for x in effects.read_text().split())
+    assert set(counts) == set(range(n)) and max(counts.values()) <= 2
+    assert sum(c - 1 for c in counts.values()) <= 2 * chunk  # only the chunks in flight on the dead worker
+    assert not list((tmp_path / "w1" / "cache" / "runs" / "batch-map" / "pg-failover").glob("journal/*"))
+    assert not (tmp_path / "w0" / "cache" / "runs" / "batch-map" / "pg-failover" / "summary.json").exists()

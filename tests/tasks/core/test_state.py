@@ -10,6 +10,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.runlock import RunLock
 from tasks.core.settings import EngineSettings
 from tasks.core.state import RunDir, atomic_write, cleanup_state, validate_run_key
+from tests.fixtures.s3 import S3State
 
 
 def test_run_key_validation() -> None:
@@ -76,3 +77,26 @@ def test_the_default_state_dir_is_absolute_and_the_same_from_any_working_directo
             monkeypatch.chdir(cwd)
             seen.add(EngineSettings().resolved_state_dir())
     assert seen == {tmp_path / "prefect-home" / "batchflows"}
+
+
+def test_cleanup_removes_stored_runs_but_never_one_a_live_lease_holds(s3_state: S3State) -> None:
+    from tasks.core.lease import LeaseLock
+    from tasks.core.objstore import ObjectStore
+
+    store = ObjectStore.from_url(s3_state.url)
+    for key in ("done", "live", "other"):
+        run_dir = RunDir.for_run("batch-map", key, store=store)
+        run_dir.write_checkpoint({"k": key})
+    LeaseLock(store, "runs/batch-map/done/lease", flow="batch-map", run_key="done", flow_run_id=None).acquire().release()
+    live = LeaseLock(store, "runs/batch-map/live/lease", flow="batch-map", run_key="live", flow_run_id=None).acquire()
+    try:
+        would = cleanup_state(older_than_days=0, dry_run=True)
+        assert f"{s3_state.url}/runs/batch-map/done" in would and f"{s3_state.url}/runs/batch-map/other" in would
+        assert f"{s3_state.url}/runs/batch-map/live" not in would  # held on another machine
+        assert len(s3_state.objects("state/runs/")) == 5  # a dry run removes nothing
+        assert f"{s3_state.url}/runs/batch-map/other" in cleanup_state(run_key="other")
+        cleanup_state(older_than_days=0)
+        assert s3_state.objects("state/runs/") == ["state/runs/batch-map/live/checkpoint.json",
+                                                   "state/runs/batch-map/live/lease"]
+    finally:
+        live.release()

@@ -1,0 +1,69 @@
+"""Part files in object storage: ``output="s3://bucket/prefix"`` for batch_map, api_bulk and api_extract.
+
+A part is one PUT of its finished bytes (built in memory: a part is one chunk's rows), so a reader never
+sees half a part and a rerun that writes the same part replaces it whole, as temp + rename does locally.
+Credentials and endpoint come from the same AWS variables as state in object storage (tasks.core.objstore).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from tasks.core.objstore import ObjectStore, is_url
+
+
+@functools.lru_cache(maxsize=16)
+def _store(url: str) -> ObjectStore:
+    return ObjectStore.from_url(url, role="output")
+
+
+def output_store(url: str) -> ObjectStore:
+    """The store of an output URL (one client per URL and process)."""
+    return _store(url.rstrip("/"))
+
+
+def check_output_url(url: str) -> None:
+    """Prove before any work that the bucket of an output URL is reachable (ConfigError naming it if not)."""
+    output_store(url).check()
+
+
+def put_part(output_dir: str, name: str, data: bytes) -> str:
+    """PUT one finished part under ``output_dir``; its URL."""
+    store = output_store(output_dir)
+    store.put(name, data)
+    return store.where(name)
+
+
+def _split(url: str) -> tuple[ObjectStore, str]:
+    """The store of a part's folder and the part's name in it."""
+    folder, name = url.rstrip("/").rsplit("/", 1)
+    return output_store(folder), name
+
+
+def part_exists(url: str) -> bool:
+    store, name = _split(url)
+    return store.get(name) is not None
+
+
+def read_part(url: str) -> bytes:
+    store, name = _split(url)
+    obj = store.get(name)
+    if obj is None:
+        msg = f"output part {url!r} is gone"
+        raise FileNotFoundError(msg)
+    return obj.data
+
+
+def list_parts(output_dir: str) -> list[str]:
+    """URLs of every object under ``output_dir`` (partition folders included)."""
+    store = output_store(output_dir)
+    return [store.where(name) for name in sorted(store.list(""))]
+
+
+def exists(path: str | Path) -> bool:
+    """``Path.exists`` that also answers for part URLs."""
+    return part_exists(str(path)) if is_url(str(path)) else Path(path).exists()
+
+
+__all__ = ["check_output_url", "exists", "list_parts", "output_store", "part_exists", "put_part", "read_part"]

@@ -1,0 +1,52 @@
+"""ChunkedRun with state in object storage: lease, pull, and records another machine can resume from."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.core.lease import LeaseLock
+from tasks.core.objstore import ObjectStore
+from tasks.core.outcomes import ChunkReport
+from tasks.core.run import ChunkedRun
+from tasks.core.runlock import RunLocked
+from tests.fixtures.s3 import S3State
+
+
+def test_a_record_written_elsewhere_is_rebuilt_and_resumable_on_another_machine(
+        s3_state: S3State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = ChunkReport(index=3, size=10, succeeded=9, skipped=1, complete=True, content_hash="abc")
+    with ChunkedRun("batch-map", run_key="rebuilt", total=None) as run:
+        assert run.lease is not None and run.lease.held
+        with pytest.raises(RunLocked, match="held by a live run"):  # another machine, same key
+            monkeypatch.setenv("BATCHFLOWS_STATE_CACHE", str(tmp_path / "cache-c"))
+            ChunkedRun("batch-map", run_key="rebuilt", total=None)
+        key = run.ref(3).key
+        assert not (run.run_dir.chunks / key).exists()  # as when a Dask worker on another machine wrote it
+        run._push_record(key, report)
+    monkeypatch.setenv("BATCHFLOWS_STATE_CACHE", str(tmp_path / "cache-b"))
+    with ChunkedRun("batch-map", run_key="rebuilt", total=None) as there:
+        assert there.run_dir.root.is_relative_to(tmp_path / "cache-b") and there.lease is not None
+        assert there.lease.previous is None  # released cleanly
+        resumed = there.cached_report(key)
+    assert resumed is not None and resumed.resumed
+    assert resumed.model_dump(exclude={"resumed"}) == report.model_dump(exclude={"resumed"})
+
+
+def test_a_run_that_loses_its_lease_stops_and_writes_no_more_state(s3_state: S3State,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHFLOWS_STATE_LEASE_S", "3")
+    with ChunkedRun("batch-map", run_key="frozen", total=None) as run:
+        assert run.lease is not None and not run.should_stop()
+        run.lease._stop.set()  # its heartbeat stops, as in a process frozen for longer than the lease
+        time.sleep(3.5)
+        store = ObjectStore.from_url(s3_state.url)
+        taker = LeaseLock(store, f"{run.run_dir.rel}/lease", flow="batch-map", run_key="frozen", flow_run_id=None,
+                          lease_s=3).acquire()
+        assert run.lease.renew() is False
+        assert run.should_stop() and run.fatal is not None and "lost its lease" in run.fatal
+        run._push_record(run.ref(0).key, ChunkReport(index=0, size=1, succeeded=1, complete=True))
+        assert not s3_state.objects("state/runs/batch-map/frozen/chunks/")  # the key is the taker's now
+    taker.release()
