@@ -38,6 +38,7 @@ def order(i: int) -> dict[str, Any]:
 
 class DemoApi(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default 5 drops SYNs of a client opening many connections: 1 s retries
 
     def __init__(self, port: int, orders: int) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
@@ -53,6 +54,7 @@ class DemoApi(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: DemoApi
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK wait
 
     def log_message(self, *args: Any) -> None:
         return

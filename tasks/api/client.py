@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import time
@@ -176,6 +177,13 @@ def _transport(choice: httpx.AsyncBaseTransport | TransportName, limits: httpx.L
     raise ValueError(msg)
 
 
+@functools.cache
+def _ssl_context() -> Any:
+    """One verifying SSL context per process (loading the CA bundle costs 35-100 ms, and every chunk makes a
+    client); contexts are safe to share between connections and threads."""
+    return httpx.create_ssl_context()
+
+
 def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """AiohttpTransport over a session we build, because aiohttp's defaults break two of our rules.
 
@@ -191,7 +199,7 @@ def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
         connector = aiohttp.TCPConnector(
             limit=limits.max_connections or 0,
             keepalive_timeout=limits.keepalive_expiry or 5.0,
-            ssl=httpx.create_ssl_context(),
+            ssl=_ssl_context(),
         )
         client = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         client._retry_connection = False
