@@ -113,7 +113,10 @@ def run_chunk(chunk: Chunk, ref: ChunkRef, job: ChunkJob) -> ChunkReport:
         if job.concurrency_limit:
             from prefect.concurrency.sync import concurrency
 
-            with concurrency(job.concurrency_limit, occupy=1, strict=True):
+            from tasks.core.settings import EngineSettings
+
+            lease = EngineSettings().concurrency_lease_s
+            with concurrency(job.concurrency_limit, occupy=1, strict=True, lease_duration=lease):
                 return process_chunk(chunk, job, ref)
         return process_chunk(chunk, job, ref)
 

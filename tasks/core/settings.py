@@ -34,6 +34,9 @@ class EngineSettings(BaseSettings):
     state_journal_push_s: float = Field(5.0, ge=0, description=(
         "With state in object storage: push the item journals of chunks in flight this often (0: never); "
         "a run taken over on another machine repeats only the items finished since the last push."))
+    concurrency_lease_s: float = Field(300.0, ge=60, description=(
+        "Lease of a global concurrency slot a chunk holds (concurrency_limit), renewed while the chunk runs: a "
+        "chunk whose process dies gives its slot back this long after the last renewal (Prefect's minimum: 60)."))
     chunk_size: int = Field(500, gt=0, description="Default items per chunk (batch_map, api_bulk).")
     max_concurrency: int = Field(4, gt=0, description="Default chunk tasks in flight (batch_map, replay).")
     memory_limit_mb: int = Field(

@@ -1,13 +1,14 @@
 """The production shape of the server on one machine: `prefect server start` on a PostgreSQL database (a
 throwaway cluster behind PREFECT_API_DATABASE_CONNECTION_URL), two process workers on one work pool, each
-in its own working directory with its own state dir, and a Dask cluster started as separate `dask
-scheduler` / `dask worker` processes that one deployment's chunk tasks run on.
+in its own working directory with its own cache and the state only in object storage (a moto S3 server on
+loopback), and a Dask cluster started as separate `dask scheduler` / `dask worker` processes that one
+deployment's chunk tasks run on.
 
 What it proves: deployments, flow runs, task runs, global concurrency limits and artifacts work on a
 PostgreSQL-backed server; the runs spread over both workers; every item ran once per run; the global limit
-held across workers and the Dask cluster. With state in object storage (a moto S3 server on loopback) and
-nothing else shared, a run whose worker is SIGKILLed mid-run is resumed by a new run of its run_key on the
-other worker: finished chunks from their records in S3, the dead run marked Crashed.
+held across workers and the Dask cluster. A run whose worker is SIGKILLed mid-run is resumed by a new run of
+its run_key on the other worker: finished chunks from their records in S3, the dead run marked Crashed, the
+global concurrency slots its chunks held given back when their lease ran out.
 """
 
 from __future__ import annotations
@@ -58,13 +59,14 @@ def start(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[by
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server: PrefectServer,
+def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server: PrefectServer, s3_state: S3State,
                                                                       tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     pool, limit_name, runs, n = f"bf-pg-{tag}", f"bf-pg-gcl-{tag}", 4, 40
     probe, log = tmp_path / "probe", tmp_path / "effects.log"
     probe.mkdir()
-    common = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": pg_server.api_url, "BF_PROBE_DIR": str(probe),
+    common = {**os.environ, **s3_state.env(), "PYTHONPATH": str(ROOT), "PREFECT_API_URL": pg_server.api_url,
+              "BF_PROBE_DIR": str(probe),
               "BF_SLEEP": "0.05", "BF_SIDE_EFFECT_LOG": str(log), "PREFECT_WORKER_QUERY_SECONDS": "1",
               "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
     scheduler = free_port()
@@ -81,8 +83,8 @@ def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server:
         try:
             procs.append(start([str(BIN / "dask"), "worker", dask_address, "--nworkers", "1", "--nthreads", "2",
                                 "--no-dashboard"], common, tmp_path / "dask-worker"))
-            for i in range(2):  # each worker: its own working directory and state dir
-                env = {**common, "BATCHFLOWS_STATE_DIR": str(tmp_path / f"w{i}" / "state")}
+            for i in range(2):  # each worker: its own working directory and cache; state only in S3
+                env = {**common, "BATCHFLOWS_STATE_CACHE": str(tmp_path / f"w{i}" / "cache")}
                 procs.append(start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", f"w{i}-{tag}",
                                     "--limit", "2"], env, tmp_path / f"w{i}"))
             with get_client(sync_client=True) as client:
@@ -99,8 +101,10 @@ def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server:
     worker_pids = {p.pid for p in procs[2:]}
     assert worker_pids <= parents  # both workers ran flow runs (a flow run's process is a child of its worker)
     assert len(parents - worker_pids) >= 1  # and the Dask worker ran the chunks of the dask run
-    with_state = [w for w in ("w0", "w1") if (tmp_path / w / "state" / "runs" / "batch-map").exists()]
-    assert with_state == ["w0", "w1"]  # no shared state dir: each worker kept its runs' state
+    with_cache = [w for w in ("w0", "w1") if (tmp_path / w / "cache" / "runs" / "batch-map").exists()]
+    assert with_cache == ["w0", "w1"]  # no shared local state: each worker has its own cache
+    summaries = [k for k in s3_state.objects("state/runs/batch-map/") if k.endswith("/summary.json")]
+    assert len(summaries) == runs  # the Dask run's too: records and summaries of every run are in S3
     assert PG_PASSWORD not in (pg_server.log_path.read_text() if pg_server.log_path.exists() else "")
 
 
@@ -115,9 +119,12 @@ def test_a_run_killed_with_its_worker_resumes_on_the_other_worker_from_s3(pg_ser
     gate.mkdir()
     common = {**os.environ, **s3_state.env(), "PYTHONPATH": str(ROOT), "PREFECT_API_URL": pg_server.api_url,
               "BF_EFFECTS": str(effects), "BATCHFLOWS_STATE_LEASE_S": str(lease_s),
+              "BATCHFLOWS_CONCURRENCY_LEASE_S": "60",  # Prefect's shortest slot lease
               "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    limit_name = f"bf-s3-gcl-{tag}"
     params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": chunk,
-              "max_concurrency": 2, "retries": 0, "run_key": "pg-failover", "min_success_ratio": 0.5}
+              "max_concurrency": 2, "retries": 0, "run_key": "pg-failover", "min_success_ratio": 0.5,
+              "concurrency_limit": limit_name}
 
     def worker(name: str, extra: dict[str, str]) -> subprocess.Popen[bytes]:
         env = {**common, "BATCHFLOWS_STATE_CACHE": str(tmp_path / name / "cache"), **extra}
@@ -127,6 +134,7 @@ def test_a_run_killed_with_its_worker_resumes_on_the_other_worker_from_s3(pg_ser
     with temporary_settings(updates={PREFECT_API_URL: pg_server.api_url}):
         with get_client(sync_client=True) as client:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name, limit=2, active=True))
         deployment_id = batch_map_flow.from_source(  # type: ignore[attr-defined]
             source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
         ).deploy(name=f"s3-{tag}", work_pool_name=pool, print_next_steps=False)
@@ -140,6 +148,7 @@ def test_a_run_killed_with_its_worker_resumes_on_the_other_worker_from_s3(pg_ser
                     time.sleep(0.2)
                 holder = json.loads(s3_state.client().get_object(Bucket=s3_state.bucket, Key=prefix + "lease")
                                     ["Body"].read())
+                held = client.read_global_concurrency_limit_by_name(limit_name).active_slots
                 os.kill(holder["pid"], signal.SIGKILL)  # the flow run's process, then its worker
                 os.killpg(procs[0].pid, signal.SIGKILL)
                 procs[0].wait()
@@ -152,11 +161,15 @@ def test_a_run_killed_with_its_worker_resumes_on_the_other_worker_from_s3(pg_ser
                        and time.monotonic() < deadline):
                     time.sleep(0.5)
                 dead_state = client.read_flow_run(dead_run.id).state
+                left = client.read_global_concurrency_limit_by_name(limit_name).active_slots
         finally:
             stop(procs[1:])
     assert state.is_completed(), (state.message, (tmp_path / "w1" / "output.log").read_text()[-3000:])
     assert f"{n} items: {n - 24} succeeded, 12 failed, 12 skipped" in (state.message or ""), state.message
     assert dead_state is not None and dead_state.type.value == "CRASHED"
+    # the dead run's chunks held both slots; their leases expired and the rerun's chunks got them (it completed),
+    # and the rerun gave every slot back
+    assert held == 2 and left == 0
     summary = json.loads(s3_state.client().get_object(Bucket=s3_state.bucket, Key=prefix + "summary.json")
                          ["Body"].read())
     assert summary["chunks_resumed"] == recorded >= 4
