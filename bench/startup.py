@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,8 @@ def best(cmd: list[str], env: dict[str, str], repeat: int) -> float:
     return min(times)
 
 
-def inputs(tmp: Path, api_url: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
-    """flow name -> (module, run_flow target, params) for a tiny run of each flow."""
+def inputs(tmp: Path, api_url: str) -> dict[str, Callable[[int], dict[str, Any]]]:
+    """flow name (module ``flows.<name>``, entry point ``<name>``) -> the parameters of tiny run ``i``."""
     csv = tmp / "small.csv"
     csv.write_text("id,amount,day\n" + "".join(f"{i},{i * 0.5},2026-01-{i % 28 + 1:02d}\n" for i in range(100)))
     src = tmp / "src.db"
@@ -51,17 +53,16 @@ def inputs(tmp: Path, api_url: str) -> dict[str, tuple[str, str, dict[str, Any]]
         con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, amount REAL)")
         con.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, f"n{i}", i * 0.5) for i in range(100)])
     return {
-        "batch_map": ("flows.batch_map", "flows.batch_map:batch_map",
-                      {"source": "tests.handlers:numbers", "handler": "tests.handlers:double", "chunk_size": 10}),
-        "api_bulk": ("flows.api_bulk", "flows.api_bulk:api_bulk",
-                     {"items": [{"path": f"/ok/{i}"} for i in range(20)], "base_url": api_url, "chunk_size": 10}),
-        "api_extract": ("flows.api_extract", "flows.api_extract:api_extract",
-                        {"url": f"{api_url}/pages/offset", "page_size": 100}),
-        "file_transform": ("flows.file_transform", "flows.file_transform:file_transform",
-                           {"source": str(csv), "schema": {"id": "int64", "amount": "float64", "day": "date"}}),
-        "db_migrate": ("flows.db_migrate", "flows.db_migrate:db_migrate",
-                       {"source_url": f"sqlite:///{src}", "target_url": f"sqlite:///{tmp / 'dst.db'}",
-                        "table": "items", "mode": "upsert"}),
+        "batch_map": lambda i: {"source": "tests.handlers:numbers", "handler": "tests.handlers:double",
+                                "chunk_size": 10},
+        "api_bulk": lambda i: {"items": [{"path": f"/ok/{n}"} for n in range(20)], "base_url": api_url,
+                               "chunk_size": 10},
+        "api_extract": lambda i: {"url": f"{api_url}/pages/offset", "page_size": 100,
+                                  "output": str(tmp / f"out-api-{i}")},
+        "file_transform": lambda i: {"source": str(csv), "output_dir": str(tmp / f"out-files-{i}"),
+                                     "schema": {"id": "int64", "amount": "float64", "day": "date"}},
+        "db_migrate": lambda i: {"source_url": f"sqlite:///{src}", "target_url": f"sqlite:///{tmp / f'dst-{i}.db'}",
+                                 "table": "items", "mode": "upsert"},
     }
 
 
@@ -74,35 +75,34 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bf-bench-startup-"))
     api = ApiServer().start()
-    with prefect_server():
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "BF_N": "20", "BATCHFLOWS_STATE_DIR": str(tmp / "state")}
-        py = sys.executable
-        base = best([py, "-c", "pass"], env, args.repeat)
-        imp_prefect = best([py, "-c", "import prefect"], env, args.repeat)
-        target = imp_prefect + 1.0
-        rows = [{"flow": "(python -c pass)", "import flow s": "", "run s": f"{base:.2f}", "target s": "",
-                 "ratio to target": ""},
-                {"flow": "(import prefect)", "import flow s": f"{imp_prefect:.2f}", "run s": "", "target s": "",
-                 "ratio to target": ""}]
-        for name, (module, entry, params) in inputs(tmp, api.url).items():
-            if args.only and name not in args.only:
-                continue
-            imported = best([py, "-c", f"import {module}"], env, args.repeat)
-            runs = []
-            for i in range(args.repeat):
-                wait_server_idle()
-                run = {**params, "run_key": f"startup-{name}-{i}"}
-                if name in ("api_extract", "file_transform"):
-                    run["output" if name == "api_extract" else "output_dir"] = str(tmp / f"out-{name}-{i}")
-                if name == "db_migrate":
-                    run["target_url"] = f"sqlite:///{tmp / f'dst-{i}.db'}"
-                runs.append(_timed([py, "-m", "tests.run_flow", entry, json.dumps(run)], env))
-            took = min(runs)
-            rows.append({"flow": name, "import flow s": f"{imported:.2f}", "run s": f"{took:.2f}",
-                         "target s": f"{target:.2f}", "ratio to target": f"{took / target:.2f}"})
-        print_table("fixed cost of a run from a fresh process (tiny input; target: import prefect + 1 s; "
-                    "ratio <= 1.00 meets it)", rows)
-    api.stop()
+    try:
+        with prefect_server():
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "BF_N": "20", "BATCHFLOWS_STATE_DIR": str(tmp / "state")}
+            py = sys.executable
+            base = best([py, "-c", "pass"], env, args.repeat)
+            imp_prefect = best([py, "-c", "import prefect"], env, args.repeat)
+            target = imp_prefect + 1.0
+            rows = [{"flow": "(python -c pass)", "import flow s": "", "run s": f"{base:.2f}", "target s": "",
+                     "ratio to target": ""},
+                    {"flow": "(import prefect)", "import flow s": f"{imp_prefect:.2f}", "run s": "", "target s": "",
+                     "ratio to target": ""}]
+            for name, params in inputs(tmp, api.url).items():
+                if args.only and name not in args.only:
+                    continue
+                imported = best([py, "-c", f"import flows.{name}"], env, args.repeat)
+                runs = []
+                for i in range(args.repeat):
+                    wait_server_idle()
+                    run = {**params(i), "run_key": f"startup-{name}-{i}"}
+                    runs.append(_timed([py, "-m", "tests.run_flow", f"flows.{name}:{name}", json.dumps(run)], env))
+                took = min(runs)
+                rows.append({"flow": name, "import flow s": f"{imported:.2f}", "run s": f"{took:.2f}",
+                             "target s": f"{target:.2f}", "ratio to target": f"{took / target:.2f}"})
+            print_table("fixed cost of a run from a fresh process (tiny input; target: import prefect + 1 s; "
+                        "ratio <= 1.00 meets it)", rows)
+    finally:
+        api.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

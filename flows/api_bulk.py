@@ -59,11 +59,11 @@ from tasks.core import (
     chunk_hash,
     cut_chunks,
     drop_rate_limit,
-    internal_rate_limit_name,
     is_handle,
     open_source,
     python_entry,
     redact_text,
+    run_rate_limit_name,
 )
 
 FLOW_NAME = "api-bulk"
@@ -160,9 +160,7 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
                 *((f"batch {p.batch_size} {p.results_path} {p.result_key}",) if p.batch_size else ()))
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=src.total, on_error=p.on_error, identity=identity,
                     handler_id=f"{p.method} {shown}{p.path_template}") as run:
-        rate_name = p.rate_limit_name
-        if p.rate_limit_per_second and not rate_name and p.task_runner != "threads":
-            rate_name = internal_rate_limit_name(run.scope)  # one budget across this run's worker processes
+        rate_name = run_rate_limit_name(p.rate_limit_per_second, p.rate_limit_name, p.task_runner, run.scope)
         limiter = process_limiter(p.rate_limit_per_second, rate_name, scope=run.run_key)
         if hasattr(limiter, "ensure_limit"):
             limiter.ensure_limit()
@@ -192,7 +190,7 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
             )
         finally:
             plan.close()
-            if rate_name and rate_name != p.rate_limit_name:
+            if rate_name != p.rate_limit_name:  # the run's internal one
                 drop_rate_limit(rate_name)
         return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=p.output)
 

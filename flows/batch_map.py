@@ -49,7 +49,6 @@ from tasks.core import (
     cut_chunks,
     drop_rate_limit,
     handler_identity,
-    internal_rate_limit_name,
     is_handle,
     load_callable,
     make_strategy,
@@ -58,6 +57,7 @@ from tasks.core import (
     register_object,
     resolve_handle,
     run_chunk,
+    run_rate_limit_name,
 )
 
 FLOW_NAME = "batch-map"
@@ -134,9 +134,7 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
                     handler_id=identity.name, on_error=p.on_error) as run:
         if identity.note():
             run.progress.logger.warning(identity.note())
-        rate_name = p.rate_limit_name
-        if p.rate_limit_per_second and not rate_name and p.task_runner != "threads":
-            rate_name = internal_rate_limit_name(run.scope)  # one budget across this run's worker processes
+        rate_name = run_rate_limit_name(p.rate_limit_per_second, p.rate_limit_name, p.task_runner, run.scope)
         job = ChunkJob(
             handler=fn, output_dir=p.output, concurrency_limit=p.concurrency_limit, item_key=item_key,
             run_scope=run.scope,
@@ -162,7 +160,7 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
             )
         finally:
             plan.close()
-            if rate_name and rate_name != p.rate_limit_name:
+            if rate_name != p.rate_limit_name:  # the run's internal one
                 drop_rate_limit(rate_name)
         return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=p.output)
 

@@ -66,7 +66,7 @@ from tasks.core.retry import RetryOn, RetryPolicy, attempts_made
 from tasks.core.run import ChunkedRun, OnError, current_flow_name, default_run_key
 from tasks.core.runlock import RunLocked
 from tasks.core.settings import DbSettings, EngineSettings, FileSettings, HttpSettings, NotifySettings
-from tasks.core.shared_ratelimit import SharedRateLimit, drop_rate_limit, internal_rate_limit_name
+from tasks.core.shared_ratelimit import SharedRateLimit, drop_rate_limit, internal_rate_limit_name, run_rate_limit_name
 from tasks.core.sources import InputFormat, Source, open_source
 from tasks.core.state import OutputWriteError, RunDir, atomic_write, check_writable_dir, output_write_error
 
@@ -179,6 +179,7 @@ __all__ = [
     "resolve_handle",
     "run_chunk",
     "run_coroutine",
+    "run_rate_limit_name",
     "run_window",
     "stop_signal",
     "summary_from_state",

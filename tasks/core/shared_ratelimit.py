@@ -340,6 +340,15 @@ def internal_rate_limit_name(scope: str) -> str:
     return "batchflows-run-" + hashlib.blake2b(scope.encode(), digest_size=8).hexdigest()
 
 
+def run_rate_limit_name(rate_per_second: float | None, name: str | None, task_runner: str, scope: str) -> str | None:
+    """The name a run's rate limit is shared under: ``name`` as given; with no name and chunks in other
+    processes (task_runner 'processes' or 'dask'), the run's internal one, so one budget holds across them
+    (drop it with :func:`drop_rate_limit` when the run ends); None for a limit local to this process."""
+    if rate_per_second and not name and task_runner != "threads":
+        return internal_rate_limit_name(scope)
+    return name
+
+
 def drop_rate_limit(name: str) -> None:
     """Delete a run's internal rate limit when the run ends (best effort: it is only a server object)."""
     try:
@@ -351,4 +360,4 @@ def drop_rate_limit(name: str) -> None:
         return
 
 
-__all__ = ["SharedRateLimit", "drop_rate_limit", "internal_rate_limit_name", "rate_limiter"]
+__all__ = ["SharedRateLimit", "drop_rate_limit", "internal_rate_limit_name", "rate_limiter", "run_rate_limit_name"]

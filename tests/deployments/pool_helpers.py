@@ -12,6 +12,24 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+
+from flows.batch_map import batch_map_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pool_with_deployment(pool: str, limit_name: str, deployment: str) -> UUID:
+    """A process work pool, a global concurrency limit of 2 named ``limit_name`` and a batch_map deployment of
+    this checkout on the pool (the API is the one of the current settings); the deployment's id."""
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name, limit=2, active=True))
+    return batch_map_flow.from_source(  # type: ignore[attr-defined]
+        source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
+    ).deploy(name=deployment, work_pool_name=pool, print_next_steps=False)
+
 
 def run_and_wait(client: Any, deployment_id: UUID, parameters: list[dict[str, Any]], *, timeout: float = 300
                  ) -> list[Any]:

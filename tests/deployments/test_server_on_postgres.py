@@ -27,12 +27,16 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.local_server import PrefectServer, free_port
-from flows.batch_map import batch_map_flow
-from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait, stop
+from tests.deployments.pool_helpers import (
+    check_once_per_run_under_the_limit,
+    pool_with_deployment,
+    probe_params,
+    run_and_wait,
+    stop,
+)
 from tests.faults.helpers import passed
 from tests.fixtures.postgres import PG_PASSWORD
 from tests.fixtures.s3 import S3State
@@ -74,12 +78,7 @@ def test_two_workers_and_a_dask_cluster_on_a_postgresql_backed_server(pg_server:
     procs = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(scheduler),
                     "--no-dashboard"], common, tmp_path / "dask-scheduler")]
     with temporary_settings(updates={PREFECT_API_URL: pg_server.api_url}):
-        with get_client(sync_client=True) as client:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name, limit=2, active=True))
-        deployment_id = batch_map_flow.from_source(  # type: ignore[attr-defined]
-            source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
-        ).deploy(name=f"pg-{tag}", work_pool_name=pool, print_next_steps=False)
+        deployment_id = pool_with_deployment(pool, limit_name, f"pg-{tag}")
         try:
             procs.append(start([str(BIN / "dask"), "worker", dask_address, "--nworkers", "1", "--nthreads", "2",
                                 "--no-dashboard"], common, tmp_path / "dask-worker"))
@@ -132,12 +131,7 @@ def test_a_run_killed_with_its_worker_resumes_on_the_other_worker_from_s3(pg_ser
                       "1"], env, tmp_path / name)
 
     with temporary_settings(updates={PREFECT_API_URL: pg_server.api_url}):
-        with get_client(sync_client=True) as client:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name, limit=2, active=True))
-        deployment_id = batch_map_flow.from_source(  # type: ignore[attr-defined]
-            source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
-        ).deploy(name=f"s3-{tag}", work_pool_name=pool, print_next_steps=False)
+        deployment_id = pool_with_deployment(pool, limit_name, f"s3-{tag}")
         procs = [worker("w0", {"BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit)})]
         try:
             with get_client(sync_client=True) as client:

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
 
-from flows.batch_map import batch_map_flow
-from tests.deployments.pool_helpers import check_once_per_run_under_the_limit, probe_params, run_and_wait, stop
+from tests.deployments.pool_helpers import (
+    check_once_per_run_under_the_limit,
+    pool_with_deployment,
+    probe_params,
+    run_and_wait,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -25,12 +29,7 @@ def test_two_workers_share_the_runs_and_the_global_limit(tmp_path: Path) -> None
     pool, limit_name, runs, n = f"bf-two-workers-{tag}", f"bf-two-workers-gcl-{tag}", 4, 40
     probe, log = tmp_path / "probe", tmp_path / "effects.log"
     probe.mkdir()
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name, limit=2, active=True))
-    deployment_id = batch_map_flow.from_source(  # type: ignore[attr-defined]
-        source=str(ROOT), entrypoint="flows/batch_map.py:batch_map_flow"
-    ).deploy(name=f"two-workers-{tag}", work_pool_name=pool, print_next_steps=False)
+    deployment_id = pool_with_deployment(pool, limit_name, f"two-workers-{tag}")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BATCHFLOWS_STATE_DIR": str(tmp_path / "state"),
            "BF_PROBE_DIR": str(probe), "BF_SLEEP": "0.05", "BF_SIDE_EFFECT_LOG": str(log),
