@@ -111,12 +111,10 @@ def run_chunk(chunk: Chunk, ref: ChunkRef, job: ChunkJob) -> ChunkReport:
     """Prefect face of :func:`tasks.core.items.process_chunk`; holds a global concurrency slot when asked."""
     with recorded_safely(f"chunk {chunk.index}"):
         if job.concurrency_limit:
-            from prefect.concurrency.sync import concurrency
-
+            from tasks.core.concurrency import held_slot
             from tasks.core.settings import EngineSettings
 
-            lease = EngineSettings().concurrency_lease_s
-            with concurrency(job.concurrency_limit, occupy=1, strict=True, lease_duration=lease):
+            with held_slot(job.concurrency_limit, lease_s=EngineSettings().concurrency_lease_s):
                 return process_chunk(chunk, job, ref)
         return process_chunk(chunk, job, ref)
 
@@ -308,6 +306,9 @@ def _forget_result_links(state: State) -> None:
 
 def state_report(state: State) -> ChunkReport | BaseException:
     """The ChunkReport of a finished chunk task, or the exception that failed it."""
+    if not state.is_final():  # e.g. a Dask future that raised outside Prefect's engine: the API says Pending
+        return RuntimeError(f"chunk task ended without a final state (it is {state.name}): its worker may have died "
+                            "or lost its connection; rerun with the same run_key to run the chunk again")
     if state.is_completed():
         result = state.result(raise_on_failure=False)
         if isinstance(result, ChunkReport):

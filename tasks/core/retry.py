@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ _TRANSIENT_CLASSES = frozenset({  # (top-level package, class name) anywhere in 
     ("httpx", "TransportError"), ("httpx", "TimeoutException"), ("aiohttp", "ClientConnectionError"),
     ("aiohttp", "ServerTimeoutError"), ("aiohttp", "ClientPayloadError"), ("requests", "ConnectionError"),
     ("requests", "Timeout"), ("psycopg", "OperationalError"), ("psycopg2", "OperationalError"),
-    ("sqlalchemy", "OperationalError"), ("sqlite3", "OperationalError"), ("botocore", "EndpointConnectionError"),
+    ("sqlalchemy", "OperationalError"), ("botocore", "EndpointConnectionError"),
     ("botocore", "ConnectTimeoutError"), ("botocore", "ReadTimeoutError"), ("redis", "ConnectionError"),
     ("redis", "TimeoutError"),
 })
@@ -59,6 +60,8 @@ def is_transient(exc: BaseException) -> bool:
     status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or getattr(response, "status_code", None)
     if isinstance(status, int) and status in TRANSIENT_STATUS:
         return True
+    if isinstance(exc, sqlite3.OperationalError):  # also "no such table" and syntax errors: only locks pass
+        return any(word in str(exc).lower() for word in ("locked", "busy"))
     return any((cls.__module__.split(".")[0], cls.__name__) in _TRANSIENT_CLASSES for cls in type(exc).__mro__)
 
 

@@ -1,7 +1,8 @@
 """Identifiers, URLs and connections for the db modules.
 
-Why a separate layer: SQL is assembled only from identifiers quoted by SQLAlchemy's dialect preparers
-and from bound parameters, so every user-supplied name is validated here first; and every connection is
+Why a separate layer: SQL is assembled only from identifiers quoted by :func:`quote` (each dialect's
+quoting rule, the same as SQLAlchemy's ``quote_identifier``; a test holds the two equal) and from bound
+parameters, so every user-supplied name is validated here first; and every connection is
 opened here, so a failure is reported once, the same way, naming host and port but never the password.
 """
 
@@ -18,14 +19,10 @@ from typing import Any, Literal
 import psycopg
 import pymysql
 from pydantic import BaseModel, ConfigDict, SecretStr
-from sqlalchemy.dialects import mysql as _sa_mysql
-from sqlalchemy.dialects import postgresql as _sa_pg
-from sqlalchemy.dialects import sqlite as _sa_sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from tasks.core import ConfigError, DbSettings, SourceError, redact_text, register_secret
 from tasks.core.params import validate_select
+from tasks.db.dburl import parse_url
 
 Dialect = Literal["postgresql", "sqlite", "mysql"]
 Role = Literal["source", "target"]
@@ -36,8 +33,7 @@ _PLAIN_RULE = "letters (any script), digits and _, not starting with a digit"
 _MAX_BYTES = 63  # PostgreSQL's identifier limit (longer names would be truncated silently)
 _QUOTING = ('double quotes around any other name, "" for a quote inside: \'public."Odd Items"\', '
             '\'"Order ID"\'')
-_PREPARERS = {"postgresql": _sa_pg.dialect().identifier_preparer, "sqlite": _sa_sqlite.dialect().identifier_preparer,
-              "mysql": _sa_mysql.dialect().identifier_preparer}
+_QUOTE_CHAR = {"postgresql": '"', "sqlite": '"', "mysql": "`"}
 
 
 # ---------------------------------------------------------------- identifiers
@@ -119,8 +115,8 @@ class TableName(BaseModel):
         return f"{_shown(self.schema_name)}.{_shown(self.name)}" if self.schema_name else _shown(self.name)
 
     def sql(self, dialect: Dialect) -> str:
-        q = _PREPARERS[dialect].quote_identifier
-        return f"{q(self.schema_name)}.{q(self.name)}" if self.schema_name else q(self.name)
+        name = quote(self.name, dialect)
+        return f"{quote(self.schema_name, dialect)}.{name}" if self.schema_name else name
 
 
 def parse_table_name(name: str | TableName) -> TableName:
@@ -139,8 +135,10 @@ def parse_table_name(name: str | TableName) -> TableName:
 
 
 def quote(name: str, dialect: Dialect) -> str:
-    """Quote a column name (reflected or validated) for ``dialect``."""
-    return _PREPARERS[dialect].quote_identifier(name)
+    """Quote a name (reflected or validated) for ``dialect``: always quoted, the quote character doubled
+    inside (names holding NUL or '%' are refused by :func:`validate_identifier`)."""
+    c = _QUOTE_CHAR[dialect]
+    return c + name.replace(c, c + c) + c
 
 
 def parse_key(key: str | Sequence[str] | None) -> list[str] | None:
@@ -191,28 +189,28 @@ def parse_db_url(url: UrlLike) -> Endpoint:
     or ``sqlite:///path``); the password is registered for redaction at once."""
     raw = url.get_secret_value() if isinstance(url, SecretStr) else url
     try:
-        parsed = make_url(raw)
-    except (ArgumentError, ValueError, TypeError):
+        parsed = parse_url(raw)
+    except (ValueError, TypeError):
         msg = ("a database URL could not be parsed (not shown: it may hold a password); use "
                "postgresql+psycopg://user:pw@host:port/db, mysql+pymysql://user:pw@host:port/db or sqlite:///path")
         raise ConfigError(msg) from None
     register_secret(parsed.password if isinstance(parsed.password, str) else None)
-    backend = parsed.get_backend_name()
+    backend = parsed.backend
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             msg = "SQLite URL needs a file path (sqlite:///path/to/file.db); in-memory databases are per connection"
             raise ConfigError(msg)
         return Endpoint(dialect="sqlite", database=parsed.database)
     if backend in ("postgresql", "postgres"):
-        if parsed.get_driver_name() not in ("psycopg", "psycopg2", "postgresql", "postgres", ""):
-            msg = f"PostgreSQL driver {parsed.get_driver_name()!r} is not supported: use postgresql+psycopg://"
+        if parsed.driver not in ("psycopg", "psycopg2", "postgresql", "postgres", ""):
+            msg = f"PostgreSQL driver {parsed.driver!r} is not supported: use postgresql+psycopg://"
             raise ConfigError(msg)
         pw = SecretStr(str(parsed.password)) if parsed.password else None
-        opts = tuple(sorted((k, str(v)) for k, v in parsed.query.items()))
+        opts = tuple(sorted(parsed.query))
         return Endpoint(dialect="postgresql", database=parsed.database or "postgres", host=parsed.host or "localhost",
                         port=parsed.port or 5432, user=parsed.username, password=pw, options=opts)
     if backend in ("mysql", "mariadb"):
-        driver = parsed.drivername.partition("+")[2]  # get_driver_name() says "mysqldb" for a bare mysql://
+        driver = parsed.driver
         if driver not in ("pymysql", ""):
             msg = (f"MySQL driver {driver!r} is not supported: use mysql+pymysql:// (or mysql://, "
                    "mariadb://, which use PyMySQL too)")
@@ -221,7 +219,7 @@ def parse_db_url(url: UrlLike) -> Endpoint:
             msg = "a MySQL/MariaDB URL needs a database: mysql+pymysql://user:pw@host:port/database"
             raise ConfigError(msg)
         pw = SecretStr(str(parsed.password)) if parsed.password else None
-        opts = tuple(sorted((k, str(v)) for k, v in parsed.query.items()))
+        opts = tuple(sorted(parsed.query))
         return Endpoint(dialect="mysql", database=parsed.database, host=parsed.host or "localhost",
                         port=parsed.port or 3306, user=parsed.username, password=pw, options=opts)
     msg = (f"database {backend!r} is not supported: use PostgreSQL (postgresql+psycopg://), MySQL/MariaDB "
@@ -233,8 +231,8 @@ def redacted_url(url: UrlLike) -> str:
     """The URL with its password masked, for logs and plans."""
     raw = url.get_secret_value() if isinstance(url, SecretStr) else url
     try:
-        return make_url(raw).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError, TypeError):
+        return parse_url(raw).render()
+    except (ValueError, TypeError):
         return redact_text(str(raw))
 
 

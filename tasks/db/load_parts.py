@@ -2,13 +2,17 @@
 
 One part = one transaction (create-if-missing, then upsert on ``key``), so a retried or resumed part
 never duplicates rows and a killed load leaves whole parts only. Used by the etl-demo flow's load
-stage; identifiers are validated and quoted, values always bound as parameters.
+stage; identifiers are validated and quoted, values always bound as parameters. PostgreSQL, SQLite
+and MySQL/MariaDB (``ON DUPLICATE KEY UPDATE``; the table is created outside the part's transaction,
+since MySQL commits DDL implicitly).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,10 @@ from tasks.core import (
     recorded_safely,
     value_hash,
 )
-from tasks.db.conn import Db, connect, parse_key, parse_table_name
+from tasks.db.conn import Db, TableName, connect, parse_key, parse_table_name
+from tasks.db.mysql import is_mariadb
+from tasks.db.mysql_types import create_table_mysql
+from tasks.db.typemap import ColumnInfo
 
 _SQL_TYPES: dict[str, dict[str, str]] = {
     "postgresql": {"int": "BIGINT", "float": "DOUBLE PRECISION", "bool": "BOOLEAN", "date": "DATE",
@@ -65,6 +72,10 @@ def read_part(path: str | Path) -> pl.DataFrame:
     raise ConfigError(msg)
 
 
+_MYSQL_KINDS = {"int": "bigint", "float": "double", "bool": "boolean", "date": "date", "datetime": "timestamptz",
+                "decimal": "numeric", "text": "text"}
+
+
 def _create_table(db: Db, table: str, frame: pl.DataFrame, key: list[str]) -> None:
     types = _SQL_TYPES[db.dialect]
     cols = ", ".join(f"{db.q(c)} {types[_kind(t)]}" for c, t in frame.schema.items())
@@ -72,7 +83,26 @@ def _create_table(db: Db, table: str, frame: pl.DataFrame, key: list[str]) -> No
     db.raw.cursor().execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({pk}))")
 
 
+def _create_table_mysql(db: Db, table: TableName, frame: pl.DataFrame, key: list[str]) -> None:
+    cols = []
+    for name, dtype in frame.schema.items():
+        decimal = isinstance(dtype, pl.Decimal)
+        cols.append(ColumnInfo(name=name, kind=_MYSQL_KINDS[_kind(dtype)],  # type: ignore[arg-type]
+                               precision=dtype.precision if decimal else None,  # type: ignore[union-attr]
+                               scale=dtype.scale if decimal else None))  # type: ignore[union-attr]
+    ddl = create_table_mysql(cols, key, table, mariadb=is_mariadb(db))
+    cur = db.raw.cursor()
+    cur.execute(ddl.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    db.raw.commit()
+
+
 def _value(value: Any, dialect: str) -> Any:
+    if dialect == "mysql" and isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)  # the session's time zone is UTC
+    if dialect == "mysql" and isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    if dialect == "sqlite" and isinstance(value, Decimal):
+        return str(value)  # exact digits as TEXT (json.dumps would store them inside quotes)
     if dialect == "sqlite" and not isinstance(value, int | float | str | bytes | type(None)):
         return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value, default=str)
     return value
@@ -90,17 +120,17 @@ def load_part(path: str | Path, index: int, database_url: str, table: str, key: 
     for column in frame.columns:
         parse_key(column)  # every column must be a plain SQL name
     with connect(database_url, "target", write=True) as db:
-        name = parse_table_name(table).sql(db.dialect)
-        cols = frame.columns
-        marks = ", ".join([db.ph] * len(cols))
-        updates = ", ".join(f"{db.q(c)} = excluded.{db.q(c)}" for c in cols if c not in keys) or None
-        conflict = f"ON CONFLICT ({', '.join(db.q(k) for k in keys)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
-        sql = f"INSERT INTO {name} ({', '.join(db.q(c) for c in cols)}) VALUES ({marks}) {conflict}"
+        tname = parse_table_name(table)
+        name = tname.sql(db.dialect)
+        sql = _upsert_sql(db, name, frame.columns, keys)
         rows = [tuple(_value(v, db.dialect) for v in row) for row in frame.iter_rows()]
+        if db.dialect == "mysql":
+            _create_table_mysql(db, tname, frame, keys)
         cur = db.raw.cursor()
         cur.execute("BEGIN")
         try:
-            _create_table(db, name, frame, keys)
+            if db.dialect != "mysql":
+                _create_table(db, name, frame, keys)
             cur.executemany(sql, rows)
             cur.execute("COMMIT")
         except BaseException:
@@ -108,6 +138,18 @@ def load_part(path: str | Path, index: int, database_url: str, table: str, key: 
             raise
     return ChunkReport(index=index, size=frame.height, succeeded=frame.height, output_path=str(path),
                        duration_s=round(time.perf_counter() - started, 6), extra={"rows_loaded": frame.height})
+
+
+def _upsert_sql(db: Db, name: str, cols: list[str], keys: list[str]) -> str:
+    """``INSERT .. ON CONFLICT`` (PostgreSQL, SQLite) or ``.. ON DUPLICATE KEY UPDATE`` (MySQL) on ``keys``."""
+    insert = f"INSERT INTO {name} ({', '.join(db.q(c) for c in cols)}) VALUES ({', '.join([db.ph] * len(cols))})"
+    rest = [c for c in cols if c not in keys]
+    if db.dialect == "mysql":
+        sets = ", ".join(f"{db.q(c)} = VALUES({db.q(c)})" for c in rest or keys[:1])
+        return f"{insert} ON DUPLICATE KEY UPDATE {sets}"
+    updates = ", ".join(f"{db.q(c)} = excluded.{db.q(c)}" for c in rest)
+    target = ", ".join(db.q(k) for k in keys)
+    return f"{insert} ON CONFLICT ({target}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
 
 
 def count_rows(database_url: str, table: str) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from tasks.db.conn import _PREPARERS, TableName
+from tasks.db.conn import TableName, quote
 from tasks.db.typemap import KINDS, ColumnInfo
 from tasks.db.values import _json_default, _to_bool, coerce, sqlite_decoder, sqlite_encoder
 
@@ -147,7 +147,9 @@ def mysql_type(col: ColumnInfo, *, is_key: bool = False) -> str:
 
 def create_table_mysql(columns: list[ColumnInfo], key: list[str], table: TableName, *, mariadb: bool = True) -> str:
     """``CREATE TABLE`` for MySQL/MariaDB: InnoDB, utf8mb4 with a binary no-pad collation, key = primary key."""
-    q = _PREPARERS["mysql"].quote_identifier
+    def q(name: str) -> str:
+        return quote(name, "mysql")
+
     lines = []
     for c in columns:
         typ, tag = _ddl(c, is_key=c.name in key)

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.core import ConfigError, SourceError, redact_text
 from tasks.db.conn import (
-    _PREPARERS,
     Db,
     Dialect,
     Role,
@@ -27,6 +26,7 @@ from tasks.db.conn import (
     parse_db_url,
     parse_key,
     parse_table_name,
+    quote,
     validate_query,
 )
 from tasks.db.mysql_types import create_table_mysql, mysql_decoder, mysql_encoder
@@ -491,7 +491,9 @@ def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableN
     tname = parse_table_name(table)
     if dialect == "mysql":
         return create_table_mysql(schema.columns, schema.key, tname)
-    q = _PREPARERS[dialect].quote_identifier
+    def q(name: str) -> str:
+        return quote(name, dialect)
+
     typer = pg_type if dialect == "postgresql" else sqlite_type
     lines = [f"{q(c.name)} {typer(c)}{'' if c.nullable and c.name not in schema.key else ' NOT NULL'}"
              for c in schema.columns]

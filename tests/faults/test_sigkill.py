@@ -15,7 +15,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tasks.core.outcomes import RunSummary, read_dead_letters
 from tasks.core.state import RunDir
 from tasks.files.process import plan_chunks, resolve_inputs
 from tests.faults.helpers import finish, kill, passed, wait_until
+from tests.fixtures.api_server import LoopbackHTTPServer
 from tests.run_flow import start_flow, summary_in
 from tests.tasks.db.test_migration import pg_exec
 
@@ -112,6 +113,8 @@ class GatedApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *args: Any) -> None:
@@ -137,7 +140,7 @@ class GatedApi:
                 with api.lock:
                     api.answered[i] += 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +22,7 @@ from tasks.core.outcomes import RunSummary
 from tasks.core.state import _main as state_cli
 from tasks.core.watermarks import read_watermark
 from tests.faults.helpers import finish, kill, wait_until
+from tests.fixtures.api_server import LoopbackHTTPServer
 from tests.run_flow import start_flow, summary_in
 
 BASE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -39,6 +40,8 @@ class ChangesApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -58,7 +61,7 @@ class ChangesApi:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/changes"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from flows.batch_map import batch_map
 from tests import handlers
+from tests.fixtures.api_server import LoopbackHTTPServer
 
 Received = list[tuple[str, str, bytes]]
 
@@ -21,6 +22,8 @@ def receiver() -> Iterator[tuple[str, Received]]:
     received: Received = []
 
     class Handler(BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True
+
         def _record(self) -> None:
             received.append((self.command, self.path, self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
@@ -31,7 +34,7 @@ def receiver() -> Iterator[tuple[str, Received]]:
         def log_message(self, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{server.server_port}", received
     server.shutdown()

@@ -76,7 +76,8 @@ class _HttpError(Exception):
     (RetryableError("later"), True), (TimeoutError(), True), (ConnectionRefusedError(), True),
     (OSError(errno.ENETUNREACH, "unreachable"), True), (_HttpError(503), True), (_HttpError(429), True),
     (_HttpError(404), False), (OSError(errno.ENOENT, "no such file"), False), (KeyError("k"), False),
-    (sqlite3.OperationalError("database is locked"), True), (httpx.ConnectError("refused"), True),
+    (sqlite3.OperationalError("database is locked"), True), (sqlite3.OperationalError("no such table: t"), False),
+    (sqlite3.OperationalError('near "SELCT": syntax error'), False), (httpx.ConnectError("refused"), True),
     (httpx.ReadTimeout("slow"), True), (ValueError("bad"), False),
 ])
 def test_transient_failures_are_told_apart_from_bugs(exc: Exception, transient: bool) -> None:

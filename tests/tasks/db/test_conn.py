@@ -10,7 +10,7 @@ import pytest
 
 from flows.db_migrate import db_migrate
 from tasks.core.errors import ConfigError
-from tasks.db.conn import parse_key, parse_table_name
+from tasks.db.conn import parse_key, parse_table_name, quote
 from tests.tasks.db.test_migration import pg_exec
 
 ODD_DDL = '''CREATE TABLE public."Odd Items" ("Order ID" bigint PRIMARY KEY, "Customer Name" text, "select" integer,
@@ -61,3 +61,13 @@ def test_odd_names_migrate_pg_to_sqlite_and_back_verified(odd_table: str, sqlite
                        chunk_rows=60, mode="upsert")
     assert again.ok and again.succeeded == 250 and again.ranges_matching == again.ranges_total, again.render_text()
     assert rows(back) == rows(odd_table)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite", "mysql"])
+def test_quote_matches_sqlalchemy_quote_identifier(dialect: str) -> None:
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    preparer = {"postgresql": postgresql, "sqlite": sqlite, "mysql": mysql}[dialect].dialect().identifier_preparer
+    names = ["id", "Order ID", 'we"ird', "back`tick", "select", "Ünïcødé 名前", " lead", "a.b", "x''y", "\\", "-1"]
+    for name in names:
+        assert quote(name, dialect) == preparer.quote_identifier(name), name  # type: ignore[arg-type]

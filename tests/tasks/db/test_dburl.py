@@ -1,0 +1,56 @@
+"""tasks/db/dburl.py parses and renders database URLs exactly as SQLAlchemy's make_url did (SQLAlchemy is
+installed with Prefect; batchflows no longer imports it at run time)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tasks.db.dburl import parse_url
+
+URLS = [
+    "postgresql+psycopg://user:pw@localhost:5432/db",
+    "postgresql://u@h/db",
+    "postgresql+psycopg://user:p%40ss%3Aw%2Fd@db.example.com:6543/my%20db?sslmode=require&connect_timeout=5",
+    "postgresql+psycopg://user:pa ss+word@[::1]:5433/db",
+    "postgresql+psycopg://:secret@host/db",
+    "postgresql+psycopg://host",
+    "mysql+pymysql://root:s3cr3t@127.0.0.1:3306/shop?charset=utf8mb4",
+    "mariadb://u:p@h/d",
+    "sqlite:///relative/path.db",
+    "sqlite:////absolute/path/to/file.db",
+    "sqlite:///C:/data/x.db",
+    "sqlite://",
+    "postgresql+psycopg://üser:pässwörd@hóst:1/dätabase",
+]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_parts_and_rendering_match_sqlalchemy(url: str) -> None:
+    ours, theirs = parse_url(url), make_url(url)
+    assert ours.drivername == theirs.drivername
+    assert ours.username == theirs.username
+    assert ours.password == theirs.password
+    assert ours.host == theirs.host
+    assert ours.port == theirs.port
+    assert ours.database == theirs.database
+    assert dict(ours.query) == dict(theirs.query)
+    assert ours.render() == theirs.render_as_string(hide_password=True)
+    if ours.password:
+        assert ours.password not in repr(ours)
+
+
+@pytest.mark.parametrize("bad", ["", "not a url", "localhost:5432/db", "postgresql://u:p@h:port/db",
+                                 "postgresql://h/db?a=1&a=2"])
+def test_unparseable_urls_raise_value_error(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_url(bad)
+
+
+def test_db_migrate_does_not_import_sqlalchemy() -> None:
+    code = "import sys, flows.db_migrate; print(sorted(m for m in sys.modules if m.startswith('sqlalchemy'))[:3])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
