@@ -45,6 +45,13 @@ def describe_value(value: Any) -> str:
     return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
 
 
+def _take(items: Sequence[Any], positions: list[int]) -> list[Any]:
+    """The items at ``positions`` (increasing): a slice when they are consecutive, as they mostly are."""
+    if positions and positions[-1] - positions[0] == len(positions) - 1:
+        return list(items[positions[0]:positions[-1] + 1])
+    return [items[p] for p in positions]
+
+
 @dataclass
 class BatchCalls:
     """The batch calls of one chunk attempt (see the module docstring)."""
@@ -60,6 +67,7 @@ class BatchCalls:
     halted: Callable[[], bool]
     timed_out: threading.Event
     together: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # one journal write per call
+    done_many: Callable[[list[int]], None] | None = None  # every item of a call succeeded, no output rows kept
 
     def groups(self, todo: list[int], max_batch_items: int | None) -> list[list[int]]:
         size = max_batch_items or max(len(todo), 1)
@@ -78,6 +86,9 @@ class BatchCalls:
         errors (for the wait)."""
         again: list[int] = []
         last: BaseException | None = None
+        if self.done_many is not None and not any(issubclass(t, BaseException) for t in set(map(type, results))):
+            self.done_many(pending)  # the common case: one journal line for the whole call
+            return again, last
         with self.together():
             for position, result in zip(pending, results, strict=True):
                 if not isinstance(result, BaseException):
@@ -105,7 +116,7 @@ class BatchCalls:
         and gets back ``(value, None)`` or ``(None, exception)``; yields ``("wait", seconds)`` between attempts."""
         pending, attempt = group, 1
         while pending and not self.halted():
-            value, error = yield "call", [self.items[p] for p in pending]
+            value, error = yield "call", _take(self.items, pending)
             if isinstance(error, ChunkTimeout):
                 self.timed_out.set()
                 return

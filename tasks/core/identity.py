@@ -192,6 +192,9 @@ def value_hash(value: Any, *, where: str = "value") -> str:
 def chunk_hash(items: Iterable[Any], *, index: int = 0, item_key: Callable[[Any], Any] | None = None) -> str:
     """The content hash of a chunk: its items (or their ``item_key``), in order."""
     h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    if item_key is None and isinstance(items, list) and items and set(map(type, items)) == {int}:
+        h.update("".join(map("i{};\x1e".format, items)).encode())  # the same bytes as the loop below writes
+        return h.hexdigest()
     out: list[str] = []  # the encodings of many items, hashed in one update (the same bytes as one per item)
     for position, item in enumerate(items):
         key = item_key(item) if item_key is not None else item

@@ -55,6 +55,8 @@ class ChunkRef(BaseModel):
 
 
 Per = Literal["item", "batch"]
+_S, _K, _F = (ord(k) for k in (SUCCEEDED, SKIPPED, FAILED))
+_CODE = {SUCCEEDED: _S, SKIPPED: _K, FAILED: _F}
 _together = threading.local()  # ChunkOutcomes.together: journal lines held for one write
 _together_lock = threading.Lock()
 
@@ -90,13 +92,14 @@ class ChunkOutcomes:
     content: str = ""
     rows: dict[int, str] = field(default_factory=dict)
     failures: dict[int, FailedItem] = field(default_factory=dict)
-    kinds: dict[int, str] = field(default_factory=dict)
+    kinds: bytearray = field(default_factory=bytearray)  # per position: 0 (no outcome yet) or the kind's letter
     restored: int = 0
     fatal: str | None = None
     _journal: ChunkJournal | None = None
     _together: int = 0  # threads inside together(): only then is the thread-local buffer looked up
 
     def __post_init__(self) -> None:
+        self.kinds = bytearray(len(self.chunk.items))
         ref = self.ref
         self.content = (ref.content if ref and ref.content else None) or chunk_hash(
             self.chunk.items, index=self.chunk.index, item_key=self.item_key)
@@ -108,14 +111,14 @@ class ChunkOutcomes:
         for position, entry in journal.load().items():
             if position >= len(self.chunk.items):
                 continue
-            self.kinds[position] = entry.kind
+            self.kinds[position] = _CODE[entry.kind]
             if entry.kind == SUCCEEDED and entry.payload:
                 self.rows[position] = entry.payload
             elif entry.kind == FAILED:
                 failure = FailedItem.model_validate_json(entry.payload)
                 failure.item = self.chunk.items[position]
                 self.failures[position] = failure
-        self.restored = len(self.kinds)
+        self.restored = len(self.kinds) - self.kinds.count(0)
 
     def __enter__(self) -> ChunkOutcomes:
         if self._journal is not None:
@@ -128,7 +131,10 @@ class ChunkOutcomes:
 
     def todo(self) -> list[int]:
         """Positions without an outcome yet, in order."""
-        return [i for i in range(len(self.chunk.items)) if i not in self.kinds]
+        kinds = self.kinds
+        if not any(kinds):
+            return list(range(len(kinds)))
+        return [i for i, k in enumerate(kinds) if not k]
 
     def stopped(self) -> bool:
         return self.stop.is_set()
@@ -172,14 +178,34 @@ class ChunkOutcomes:
             text = row if isinstance(row, str) else encode_row(row)
             self._journal_line(position, SUCCEEDED, text)
             self.rows[position] = text
-        self.kinds[position] = SUCCEEDED
+        self.kinds[position] = _S
+
+    def succeeded_many(self, positions: list[int]) -> None:
+        """Many items succeeded at once without output rows (a batch call's): one journal line per run of
+        consecutive positions instead of one per item."""
+        lines = ChunkJournal.range_lines(positions, SUCCEEDED)
+        pending = getattr(_together, "lines", None) if self._together else None
+        if pending is not None:
+            pending.extend(lines)
+        elif self._journal is not None:
+            try:
+                self._journal.record_lines(lines)
+            except OSError as exc:
+                raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
+        if positions and positions[-1] - positions[0] == len(positions) - 1:  # increasing and consecutive
+            self.kinds[positions[0]:positions[-1] + 1] = bytes([_S]) * len(positions)
+        else:
+            for position in positions:
+                self.kinds[position] = _S
 
     def skipped(self, position: int) -> None:
         self._journal_line(position, SKIPPED)
-        self.kinds[position] = SKIPPED
+        self.kinds[position] = _K
 
     def failed(self, position: int, exc: BaseException, *, attempts: int | None = None,
                transform: Callable[[FailedItem], FailedItem] | None = None) -> None:
+        if isinstance(exc, FatalError):
+            self.stop.set()  # first: the other runners check it before their next item (the message can wait)
         item = self.chunk.items[position]
         failure = FailedItem.from_exception(item, exc, chunk=self.chunk.index, position=position,
                                             attempts=attempts_made(exc) if attempts is None else attempts)
@@ -192,17 +218,17 @@ class ChunkOutcomes:
         else:
             self._journal_line(position, FAILED, failure.model_copy(update={"item": None}).model_dump_json())
         self.failures[position] = failure
-        self.kinds[position] = FAILED
+        self.kinds[position] = _F
 
     def ordered_rows(self) -> list[str]:
         return [self.rows[i] for i in sorted(self.rows)]
 
     def report(self, *, started: float, extra: dict[str, Any] | None = None) -> ChunkReport:
-        kinds = list(self.kinds.values())
+        kinds = self.kinds
         size = len(self.chunk.items)
         report = ChunkReport(
-            index=self.chunk.index, size=size, succeeded=kinds.count(SUCCEEDED), failed=kinds.count(FAILED),
-            skipped=kinds.count(SKIPPED), not_reached=size - len(kinds),
+            index=self.chunk.index, size=size, succeeded=kinds.count(_S), failed=kinds.count(_F),
+            skipped=kinds.count(_K), not_reached=kinds.count(0),
             failures=[self.failures[i] for i in sorted(self.failures)], content_hash=self.content,
             duration_s=round(time.perf_counter() - started, 6), extra=dict(extra or {}),
         )
@@ -395,7 +421,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         if job.options.per == "batch":
             calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
                                chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out,
-                               together=outcomes.together)
+                               together=outcomes.together, done_many=None if keep_rows else outcomes.succeeded_many)
             groups = calls.groups(todo, job.options.max_batch_items)
             if is_async:
                 run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))

@@ -18,6 +18,8 @@ File format (text, one record per line)::
 
     bfj1 <content hash of the chunk>
     <position> s <output row as JSON, or nothing>      succeeded
+    <first>-<last> s                                    succeeded, every position first..last (a batch call's
+                                                        items without output rows: one line, not one each)
     <position> k                                        skipped
     <position> f <FailedItem JSON without the item>    failed for good (retries exhausted, ItemError)
 
@@ -105,6 +107,10 @@ class ChunkJournal:
             kind, _, payload = rest.partition(" ")
             if position.isdigit() and kind in (SUCCEEDED, SKIPPED, FAILED):
                 entries[int(position)] = Entry(kind, payload)
+            elif kind == SUCCEEDED and not payload:
+                first, _, last = position.partition("-")
+                if first.isdigit() and last.isdigit():
+                    entries.update(dict.fromkeys(range(int(first), int(last) + 1), Entry(kind, "")))
         return entries
 
     def open(self) -> ChunkJournal:
@@ -188,6 +194,22 @@ class ChunkJournal:
             return
         line = f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"
         self._store(line.encode("utf-8", "surrogateescape"))
+
+    @staticmethod
+    def range_lines(positions: list[int], kind: str) -> list[str]:
+        """Lines recording ``kind`` (no payload) for ``positions``: one per run of consecutive positions."""
+        if positions and positions[-1] - positions[0] == len(positions) - 1:  # increasing, so consecutive
+            first, last = positions[0], positions[-1]
+            return [f"{first} {kind}\n" if first == last else f"{first}-{last} {kind}\n"]
+        lines: list[str] = []
+        i, n = 0, len(positions)
+        while i < n:
+            j = i
+            while j + 1 < n and positions[j + 1] == positions[j] + 1:
+                j += 1
+            lines.append(f"{positions[i]} {kind}\n" if i == j else f"{positions[i]}-{positions[j]} {kind}\n")
+            i = j + 1
+        return lines
 
     def record_lines(self, lines: list[str]) -> None:
         """Several outcomes settled together (a batch call's), each line stored text first, newline last."""

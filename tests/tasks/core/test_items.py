@@ -124,3 +124,30 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     with path.open("a") as fh:
         fh.write('2 s {"item": ')  # a write cut short (power loss)
     assert set(ChunkJournal(path, "c").load()) == {0, 1}
+
+
+class BatchRecorder:
+    """A per='batch' handler: doubles every item, raises FatalError when the batch holds ``fatal_at``."""
+
+    def __init__(self, fatal_at: int | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.fatal_at = fatal_at
+
+    def __call__(self, batch: list[int]) -> list[Any]:
+        self.calls.append(list(batch))
+        return [FatalError("stop here") if x == self.fatal_at else x * 2 for x in batch]
+
+
+def test_a_batch_call_that_all_succeeds_is_one_journal_line_and_resumes_from_it(tmp_path: Path) -> None:
+    ref = ref_for(tmp_path)
+    first = BatchRecorder(fatal_at=25)
+    options = ItemOptions(retries=0, per="batch", max_batch_items=10)
+    report = process_chunk(Chunk(0, list(range(40))), ChunkJob(handler=first, options=options), ref)
+    assert not report.complete and report.succeeded == 29  # 0-19 whole calls, 20-29 all but the fatal 25
+    lines = Path(ref.journal or "").read_text().splitlines()[1:]
+    assert lines[:2] == ["0-9 s", "10-19 s"]  # a call whose items all succeeded: one line
+    assert sorted(lines[2:]) == sorted(f"{p} s" for p in range(20, 30) if p != 25)  # a mixed call: one per item
+    second = BatchRecorder()
+    again = process_chunk(Chunk(0, list(range(40))), ChunkJob(handler=second, options=options), ref)
+    assert second.calls == [[25, 30, 31, 32, 33, 34, 35, 36, 37, 38], [39]]  # nothing done twice
+    assert again.complete and again.succeeded == 40 and again.extra["items_resumed"] == 29

@@ -73,3 +73,18 @@ def test_without_a_map_each_line_is_one_pwrite(tmp_path: Path, monkeypatch: pyte
         assert journal._map is None and os.path.getsize(path) == len(b"bfj1 c\n0 s 1\n")
         journal.record(1, "f", '{"e": 1}')
     assert {p: e.kind for p, e in ChunkJournal(path, "c").load().items()} == {0: "s", 1: "f"}
+
+
+def test_range_lines_cover_runs_of_consecutive_positions(tmp_path: Path) -> None:
+    assert ChunkJournal.range_lines([4, 5, 6, 7], "s") == ["4-7 s\n"]
+    assert ChunkJournal.range_lines([3], "s") == ["3 s\n"]
+    assert ChunkJournal.range_lines([0, 1, 2, 5, 7, 8], "s") == ["0-2 s\n", "5 s\n", "7-8 s\n"]
+    path = tmp_path / "j.jsonl"
+    with ChunkJournal(path, "c") as journal:
+        journal.record_lines(ChunkJournal.range_lines([0, 1, 2, 5, 7, 8], "s"))
+        journal.record(3, "f", '{"message": "x"}')
+    entries = ChunkJournal(path, "c").load()
+    assert sorted(entries) == [0, 1, 2, 3, 5, 7, 8]
+    assert entries[3].kind == "f" and all(entries[p].kind == "s" and not entries[p].payload for p in (0, 2, 5, 8))
+    path.write_bytes(b"bfj1 c\n0-3 s\n\0\0\0" + b"4-x s\n" + b"5- s\n" + b"6-7 k\n")  # not ranges: ignored
+    assert sorted(ChunkJournal(path, "c").load()) == [0, 1, 2, 3]
