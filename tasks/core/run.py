@@ -91,7 +91,7 @@ def release_task_run(state: State, runner: Any = None) -> None:
     never do), records the task run's assets in ``task_run_assets``, and the thread and process pool task
     runners keep a cancel event per submitted task run. None of it is released before the flow run ends:
     tracemalloc counted ~4 KB per chunk, the one part of a batch_map flow process that grew with the number
-    of chunks (40 MB over 10^9 items in chunks of 100,000). Called for each finished chunk, from the
+    of chunks (~45 MB over 10^9 items in chunks of 100,000). Called for each finished chunk, from the
     thread that submits (the runner's cancel-all on exit iterates its events in that thread too).
     """
     task_run_id = getattr(state.state_details, "task_run_id", None)
