@@ -9,13 +9,14 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON := $(PYTHON)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv test-deps demo test test-fast lint bench up down ui-shots clean-state
+.PHONY: help venv test-deps demo test test-fast lint bench bench-huge up down ui-shots clean-state
 
 help:
 	@echo "make demo   - bootstrap, then run the pipelines on embedded defaults and print summaries"
 	@echo "make test   - bootstrap, then the whole test suite (real Prefect server, PostgreSQL, HTTP, files)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks against plain baselines (ratios, peak RSS)"
+	@echo "make bench-huge - 10M and 10^8 generator items through batch_map (adaptive): time, flat RSS, task runs (~10 min)"
 	@echo "make profile - where an item's microseconds go in the engine (cProfile of a batch_map run)"
 
 $(UV):
@@ -58,6 +59,10 @@ bench: venv test-deps
 	$(PY) -m bench.file_transform
 	$(PY) -m bench.scale
 	$(PY) -m bench.startup
+
+# minutes: not part of `make bench`
+bench-huge: venv
+	$(PY) -m bench.huge
 
 RUN := .run
 UP_PORT ?= 4200

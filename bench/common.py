@@ -61,10 +61,13 @@ def prefect_server() -> Iterator[str]:
 
 
 class PeakRss:
-    """Samples the RSS of this process and its children every 20 ms."""
+    """Samples the RSS of a process (default: this one) and its children every ``interval_s`` (20 ms);
+    ``record=True`` keeps every sample as (seconds since start, bytes) in ``history``."""
 
-    def __init__(self, pid: int | None = None) -> None:
+    def __init__(self, pid: int | None = None, *, interval_s: float = 0.02, record: bool = False) -> None:
         self.proc = psutil.Process(pid or os.getpid())
+        self.interval_s = interval_s
+        self.history: list[tuple[float, int]] | None = [] if record else None
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -83,9 +86,13 @@ class PeakRss:
         return total
 
     def _run(self) -> None:
+        started = time.monotonic()
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            time.sleep(0.02)
+            rss = self._sample()
+            self.peak = max(self.peak, rss)
+            if self.history is not None and rss:
+                self.history.append((time.monotonic() - started, rss))
+            self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()

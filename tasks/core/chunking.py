@@ -197,7 +197,7 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
             index += 1
             start += len(batch)
             continue
-        if type(strategy) is Fixed and pending is _MISSING:  # a count: no weighing item by item
+        if pending is _MISSING and _counts_items(strategy):  # a count: no weighing item by item
             batch = list(islice(iterator, max(int(strategy.size), 1)))
             if not batch:
                 return
@@ -230,6 +230,12 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
         yield Chunk(index, batch, start)
         index += 1
         start += len(batch)
+
+
+def _counts_items(strategy: Strategy) -> bool:
+    """The strategy fills a chunk with ``size`` items (fixed, adaptive): cut by count, not item by item."""
+    kind = type(strategy)
+    return isinstance(strategy, Fixed) and kind.measure is Fixed.measure and kind.budget is Fixed.budget
 
 
 class _Missing:

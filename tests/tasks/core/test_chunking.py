@@ -41,6 +41,23 @@ def test_adaptive_moves_toward_the_target_by_at_most_a_factor_two() -> None:
     assert strategy.size == 100
 
 
+def test_adaptive_chunks_take_the_size_in_force_when_each_is_cut(tmp_path: Path) -> None:
+    """Cut by count like fixed chunks; a size observed between two chunks applies to the next one, and the
+    sizes cut are what the plan records."""
+    strategy = Adaptive(target_seconds=1.0, size=2, max_size=5)
+    plan = PlanLog(tmp_path / "plan.log")
+    chunks = cut_chunks(iter(range(20)), strategy, plan)
+    got = []
+    for chunk in chunks:
+        got.append(chunk)
+        strategy.observe(len(chunk), 0.001)  # fast: doubles, up to max_size
+    plan.close()
+    assert sizes(got) == [2, 4, 5, 5, 4]
+    assert [x for c in got for x in c.items] == list(range(20))
+    assert [c.start for c in got] == [0, 2, 6, 11, 16]
+    assert PlanLog(tmp_path / "plan.log").recorded == [2, 4, 5, 5, 4]
+
+
 def test_plan_log_replays_recorded_sizes_so_resumed_chunks_match(tmp_path: Path) -> None:
     plan = PlanLog(tmp_path / "plan.log")
     first = list(cut_chunks(range(20), Fixed(7), plan))

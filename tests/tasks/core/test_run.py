@@ -1,4 +1,5 @@
-"""ChunkedRun with state in object storage: lease, pull, and records another machine can resume from."""
+"""ChunkedRun: state in object storage (lease, pull, records another machine can resume from), and the Prefect
+state it releases for every finished chunk."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from tasks.core.lease import LeaseLock
 from tasks.core.objstore import ObjectStore
 from tasks.core.outcomes import ChunkReport
-from tasks.core.run import ChunkedRun
+from tasks.core.run import ChunkedRun, release_task_run
 from tasks.core.runlock import RunLocked
 from tests.fixtures.s3 import S3State
 
@@ -50,3 +51,60 @@ def test_a_run_that_loses_its_lease_stops_and_writes_no_more_state(s3_state: S3S
         run._push_record(run.ref(0).key, ChunkReport(index=0, size=1, succeeded=1, complete=True))
         assert not s3_state.objects("state/runs/batch-map/frozen/chunks/")  # the key is the taker's now
     taker.release()
+
+
+def _report_task(index: int) -> ChunkReport:
+    return ChunkReport(index=index, size=3, succeeded=3, content_hash=f"h{index}", extra={"rows": index})
+
+
+def _prefect_leftovers(release: bool) -> tuple[int, int, int]:
+    """(run_results, task_run_assets, the runner's cancel events) after 6 task runs, released or not."""
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    chunk_task = task(_report_task, name="report")
+
+    @flow(name="release-probe")
+    def probe() -> tuple[int, int, int]:
+        with ThreadPoolTaskRunner(max_workers=2) as runner:
+            for i in range(6):
+                future = runner.submit(chunk_task, parameters={"index": i})
+                future.wait()
+                if release:
+                    release_task_run(future.state, runner)
+            ctx = FlowRunContext.get()
+            assert ctx is not None
+            return len(ctx.run_results), len(ctx.task_run_assets), len(runner._cancel_events)
+
+    return probe()
+
+
+def test_a_released_task_run_leaves_nothing_behind_in_the_flow_process() -> None:
+    """What Prefect keeps per finished task run until the flow run ends grew a flow process ~4 KB per chunk."""
+    kept = _prefect_leftovers(release=False)
+    assert all(n >= 6 for n in kept), kept  # still what Prefect does: otherwise this test proves nothing
+    assert _prefect_leftovers(release=True) == (0, 0, 0)
+
+
+_seen: list[tuple[int, int]] = []
+
+
+def _probe_links(x: int) -> int:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    assert ctx is not None
+    _seen.append((len(ctx.run_results), len(ctx.task_run_assets)))
+    return x
+
+
+def test_batch_map_keeps_no_prefect_state_per_finished_chunk() -> None:
+    from flows.batch_map import batch_map
+
+    _seen.clear()
+    summary = batch_map(range(60), _probe_links, chunk_size=3, max_concurrency=1)
+    assert summary.succeeded == 60 and summary.chunks_total == 20
+    # one chunk at a time: each finished chunk is released before the next is submitted
+    assert max(links for links, _ in _seen) == 0
+    assert max(assets for _, assets in _seen) <= 1  # the running chunk's own
