@@ -226,6 +226,7 @@ def run_window(
     on_done: Callable[[U, State], None],
     *,
     max_in_flight: int,
+    runner: Callable[[], Any] = lambda: None,
     should_stop: Callable[[], bool] = lambda: False,
     memory_limit_mb: float | None = None,
     logger: Any = log,
@@ -249,7 +250,7 @@ def run_window(
         unit, _ = in_flight.pop(id(future))
         future.wait()  # sets the future's final state from the runner's result, no API round trip
         state = future.state
-        _forget_result_links(state)
+        release_task_run(state, runner())
         stats.finished += 1
         on_done(unit, state)
 
@@ -294,14 +295,33 @@ def _drain_quietly(in_flight: dict[int, tuple[Any, PrefectFuture[Any]]]) -> None
             continue
 
 
-def _forget_result_links(state: State) -> None:
-    """Prefect keeps a link from every task result to its state for the flow's lifetime: drop ours."""
-    ctx = FlowRunContext.get()
-    if ctx is None:
+def release_task_run(state: State, runner: Any = None) -> None:
+    """Drop what Prefect keeps in the flow process about a finished task run until the flow run ends.
+
+    Prefect 3.8.8 links every task result, and each field of it, to a copy of its final state in
+    ``FlowRunContext.run_results`` (for tasks that take another task's result as input, which chunk tasks
+    never do), records the task run's assets in ``task_run_assets``, and the thread and process pool task
+    runners keep a cancel event per submitted task run. None of it is released before the flow run ends:
+    tracemalloc counted ~4 KB per chunk, the one part of a batch_map flow process that grew with the number
+    of chunks (~45 MB over 10^9 items in chunks of 100,000). Called for each finished chunk, from the
+    thread that submits (the runner's cancel-all on exit iterates its events in that thread too).
+    """
+    task_run_id = getattr(state.state_details, "task_run_id", None)
+    if task_run_id is None:
         return
-    data = getattr(state, "data", None)
-    if data is not None:
-        ctx.run_results.pop(id(data), None)
+
+    ctx = FlowRunContext.get()
+    if ctx is not None:
+        getattr(ctx, "task_run_assets", {}).pop(task_run_id, None)
+        links = getattr(ctx, "run_results", None)
+        if links:
+            for key, link in list(links.items()):  # a few entries: those of the chunks not collected yet
+                linked = link[0] if isinstance(link, tuple) else None
+                if getattr(getattr(linked, "state_details", None), "task_run_id", None) == task_run_id:
+                    links.pop(key, None)
+    events = getattr(runner, "_cancel_events", None)
+    if isinstance(events, dict):
+        events.pop(task_run_id, None)
 
 
 def state_report(state: State) -> ChunkReport | BaseException:
@@ -334,6 +354,7 @@ __all__ = [
     "open_task_runner",
     "process_chunk",
     "recorded_safely",
+    "release_task_run",
     "run_chunk",
     "run_window",
     "sanitized",

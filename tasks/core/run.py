@@ -83,36 +83,6 @@ def default_run_key() -> str:
     return current_flow_run_id() or new_run_key()
 
 
-def release_task_run(state: State, runner: Any = None) -> None:
-    """Drop what Prefect keeps in the flow process about a finished task run until the flow run ends.
-
-    Prefect 3.8.8 links every task result, and each field of it, to a copy of its final state in
-    ``FlowRunContext.run_results`` (for tasks that take another task's result as input, which chunk tasks
-    never do), records the task run's assets in ``task_run_assets``, and the thread and process pool task
-    runners keep a cancel event per submitted task run. None of it is released before the flow run ends:
-    tracemalloc counted ~4 KB per chunk, the one part of a batch_map flow process that grew with the number
-    of chunks (~45 MB over 10^9 items in chunks of 100,000). Called for each finished chunk, from the
-    thread that submits (the runner's cancel-all on exit iterates its events in that thread too).
-    """
-    task_run_id = getattr(state.state_details, "task_run_id", None)
-    if task_run_id is None:
-        return
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    if ctx is not None:
-        getattr(ctx, "task_run_assets", {}).pop(task_run_id, None)
-        links = getattr(ctx, "run_results", None)
-        if links:
-            for key, link in list(links.items()):  # a few entries: those of the chunks not collected yet
-                linked = link[0] if isinstance(link, tuple) else None
-                if getattr(getattr(linked, "state_details", None), "task_run_id", None) == task_run_id:
-                    links.pop(key, None)
-    events = getattr(runner, "_cancel_events", None)
-    if isinstance(events, dict):
-        events.pop(task_run_id, None)
-
-
 def missing_outputs(report: ChunkReport) -> list[str]:
     """Files a finished chunk wrote that are gone now: ``extra["outputs"]`` when the flow lists every file
     (parts, partitions, rejects), else ``output_path``."""
@@ -402,7 +372,6 @@ class ChunkedRun:
         """
 
         def on_done(pair: tuple[U, dict[str, Any]], state: State) -> None:
-            release_task_run(state, runners[0] if runners else None)
             unit, params = pair
             ref: ChunkRef = params["ref"]
             outcome = state_report(state)
@@ -471,6 +440,7 @@ class ChunkedRun:
                     submit,
                     on_done,
                     max_in_flight=max_concurrency,
+                    runner=lambda: runners[0] if runners else None,
                     should_stop=self.should_stop,
                     memory_limit_mb=self.settings.memory_limit_mb,
                     logger=self.progress.logger,
@@ -547,5 +517,4 @@ __all__ = [
     "decide_state",
     "default_run_key",
     "missing_outputs",
-    "release_task_run",
 ]

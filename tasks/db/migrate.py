@@ -246,7 +246,7 @@ def verify_all(ranges: Sequence[KeyRange], job: CopyJob, *, max_concurrency: int
 
     with open_task_runner("threads", max_concurrency) as runner:
         run_window(ranges, lambda r: runner.submit(verify_range_task, parameters={"rng": r, "job": job}), on_done,
-                   max_in_flight=max_concurrency)
+                   max_in_flight=max_concurrency, runner=lambda: runner)
     return matching, sorted(bad, key=lambda m: m.index)
 
 

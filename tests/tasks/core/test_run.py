@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.engine import release_task_run
 from tasks.core.lease import LeaseLock
 from tasks.core.objstore import ObjectStore
 from tasks.core.outcomes import ChunkReport
-from tasks.core.run import ChunkedRun, release_task_run
+from tasks.core.run import ChunkedRun
 from tasks.core.runlock import RunLocked
 from tests.fixtures.s3 import S3State
 
