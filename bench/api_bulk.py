@@ -188,18 +188,16 @@ async def gather_aiohttp(url: str, n: int, concurrency: int) -> int:
 
 
 def unthrottled(url: str, n: int, concurrency: int) -> list[dict[str, Any]]:
+    """api_bulk (lean path: plain aiohttp under it) beside plain gathers in the same run; each ratio column divides
+    by one baseline: httpx native, gather over httpx + AiohttpTransport (the httpx path's transport) and plain
+    aiohttp gather (the lean path's transport), so processes are compared with one plain aiohttp process too."""
     from flows.api_bulk import api_bulk
 
-    rows: list[dict[str, Any]] = []
-    base: float | None = None
+    measured: list[tuple[str, float, float, int, float | None]] = []
 
-    def add(name: str, secs: float, mb: float, ok: int) -> None:
-        nonlocal base
-        rate = n / secs
-        base = base or rate
-        rows.append({"variant": name, "ok": ok, "seconds": f"{secs:.2f}", "req/s": f"{rate:,.0f}",
-                     "vs plain httpx": f"{rate / base:.2f}x", "peak RSS MB": f"{mb:.0f}"})
-        print(f"  {name}: {rate:,.0f} req/s", flush=True)
+    def add(name: str, secs: float, mb: float, ok: int, inside: float | None = None) -> None:
+        measured.append((name, secs, mb, ok, inside))
+        print(f"  {name}: {n / secs:,.0f} req/s" + (f" ({inside:,.0f} inside the run)" if inside else ""), flush=True)
 
     secs, mb, ok = measure(lambda: asyncio.run(gather_httpx(url, n, concurrency, "httpx")))
     add(f"plain gather, httpx.AsyncClient native, sem {concurrency}", secs, mb, ok)
@@ -215,9 +213,73 @@ def unthrottled(url: str, n: int, concurrency: int) -> list[dict[str, Any]]:
             items, base_url=url, path_template="/ok/{id}", chunk_size=n // (4 * c), max_concurrency=c,
             item_concurrency=p, retries=3, task_runner=r, run_key=f"bench-{uuid.uuid4().hex[:8]}"))
         assert summary.ok and summary.succeeded == n, summary.render_text()
-        add(f"api_bulk {chunks} chunk task(s) x {per_chunk} in flight ({runner}; inside the run "
-            f"{n / summary.duration_s:,.0f} req/s)", secs, mb, summary.succeeded)
+        add(f"api_bulk {chunks} chunk task(s) x {per_chunk} in flight ({runner})", secs, mb, summary.succeeded,
+            inside=n / summary.duration_s)
+    bases = [n / m[1] for m in measured[:3]]
+    labels = ("vs httpx native", "vs gather httpx+aiohttp", "vs plain aiohttp")
+    rows = []
+    for name, secs, mb, ok, inside in measured:  # api_bulk's ratios are inside the run (no flow start, no summary)
+        rate = inside or n / secs
+        rows.append({"variant": name, "ok": ok, "seconds": f"{secs:.2f}", "req/s": f"{n / secs:,.0f}",
+                     "inside the run req/s": f"{inside:,.0f}" if inside else "-",
+                     **{label: f"{rate / base:.2f}x" for label, base in zip(labels, bases, strict=True)},
+                     "peak RSS MB": f"{mb:.0f}"})
     return rows
+
+
+def chunk_job(url: str, concurrency: int, *, lean: bool) -> Any:
+    from tasks.api.bulk import ApiJob
+    from tasks.api.request_spec import RequestTemplate
+
+    return ApiJob(base_url=url, template=RequestTemplate(path_template="/ok/{id}"), item_concurrency=concurrency,
+                  retries=3, lean=lean)
+
+
+def one_chunk(url: str, n: int, concurrency: int, *, lean: bool) -> int:
+    """process_api_chunk on one chunk of ``n`` items in this thread: the hot loop without Prefect."""
+    from tasks.api.bulk import process_api_chunk
+    from tasks.core import Chunk
+
+    report = process_api_chunk(Chunk(0, [{"id": i} for i in range(n)]), chunk_job(url, concurrency, lean=lean))
+    return report.succeeded
+
+
+def chunk_level(url: str, n: int, concurrency: int, repeat: int) -> list[dict[str, Any]]:
+    """The hot loop alone, best of ``repeat`` rounds, the variants interleaved so load swings hit them alike."""
+    variants: dict[str, Callable[[], int]] = {
+        "gather, httpx + AiohttpTransport": lambda: asyncio.run(gather_httpx(url, n, concurrency, "aiohttp")),
+        "gather, plain aiohttp.ClientSession": lambda: asyncio.run(gather_aiohttp(url, n, concurrency)),
+        "process_api_chunk, httpx client (lean=False)": lambda: one_chunk(url, n, concurrency, lean=False),
+        "process_api_chunk, lean path (default)": lambda: one_chunk(url, n, concurrency, lean=True),
+    }
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            secs, _, ok = measure(fn)
+            assert ok == n, (name, ok)
+            best[name] = max(best.get(name, 0.0), n / secs)
+    same, plain = best["gather, httpx + AiohttpTransport"], best["gather, plain aiohttp.ClientSession"]
+    rows = [{"variant": name, "req/s (best)": f"{rate:,.0f}", "vs gather httpx+aiohttp": f"{rate / same:.2f}x",
+             "vs plain aiohttp": f"{rate / plain:.2f}x"} for name, rate in best.items()]
+    for row in rows:
+        print(f"  {row}", flush=True)
+    return rows
+
+
+def profile_chunk(url: str, n: int, concurrency: int, *, lean: bool, top: int = 25) -> None:
+    """cProfile of one chunk's hot loop (``--profile``), sorted by own time."""
+    import cProfile
+    import pstats
+
+    one_chunk(url, 500, concurrency, lean=lean)  # warm: imports, SSL context, pool
+    profiler = cProfile.Profile()
+    profiler.enable()
+    one_chunk(url, n, concurrency, lean=lean)
+    profiler.disable()
+    print(f"\n## cProfile, one chunk of {n:,} GETs x {concurrency}, lean={lean} (own time)")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats("tasks/", top)
 
 
 def configure(url: str, limit: int) -> None:
@@ -303,12 +365,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--throttled-seconds", type=float, default=12.0)
     parser.add_argument("--skip-throttled", action="store_true")
+    parser.add_argument("--chunk-only", action="store_true",
+                        help="only the hot loop (process_api_chunk vs gathers, no Prefect), best of --repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", type=int, metavar="N", help="cProfile one chunk of N GETs on both paths")
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve)
         return 0
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
     api, url = start_api()
+    if args.profile or args.chunk_only:
+        try:
+            if args.profile:
+                for lean in (False, True):
+                    profile_chunk(url, args.profile, args.concurrency, lean=lean)
+            else:
+                print_table(f"Hot loop: {args.requests:,} GETs x {args.concurrency}, one chunk, no Prefect",
+                            chunk_level(url, args.requests, args.concurrency, args.repeat))
+        finally:
+            api.terminate()
+            api.wait(timeout=10)
+        return 0
     try:
         with prefect_server():
             print(f"bench API at {url}; {args.requests:,} GETs at concurrency {args.concurrency}", flush=True)
