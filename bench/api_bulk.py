@@ -88,7 +88,10 @@ async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable
 def serve(port: int) -> None:
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    # keep-alive past the default 5 s: on a loaded machine an idle pooled connection closed by the server made
+    # httpx native fail a round with ReadError
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
+                timeout_keep_alive=120)
 
 
 def free_port() -> int:
