@@ -1,6 +1,7 @@
 """HTTP APIs: bulk calls (api_bulk) and paginated extraction (api_extract); what the flows may use.
 
-Modules: client (httpx clients over the aiohttp transport, send and classify), request_spec (request specs,
+Modules: client (httpx clients over the aiohttp transport, send and classify), lean (api_bulk's requests straight
+through one aiohttp session, classified by client), request_spec (request specs,
 templates, credential refusals), paginators, outputs (part files, credentials, limiters), bulk (api_bulk's
 chunk task), extract (api_extract's part task and checkpointed walk), params (the parameters both flows have).
 """

@@ -15,15 +15,18 @@ are written exactly as they are (they are data), only messages about them are re
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from prefect import task
 
 from tasks.api.client import Expect, TransportName, build_request, make_client, send
+from tasks.api.lean import LeanClient, use_lean
 from tasks.api.multi import send_batches
 from tasks.api.outputs import ApiPartFormat, process_limiter, resolve_secrets, resolve_token, write_part
 from tasks.api.request_spec import RequestTemplate
@@ -75,6 +78,7 @@ class ApiJob:
     batch_size: int | None = None  # multi-item requests (tasks.api.multi)
     results_path: str | None = None
     result_key: str | None = None
+    lean: bool = True  # plain requests through tasks.api.lean where the transport allows (False: the httpx client)
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, max_retry_after_s=self.settings().max_retry_after_s)
@@ -109,6 +113,18 @@ def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) ->
     return report
 
 
+def open_client(job: ApiJob, *, token: str | None, limiter: Any,
+                headers: dict[str, str] | None = None) -> LeanClient | httpx.AsyncClient:
+    """The chunk's client: the lean path (:mod:`tasks.api.lean`) for the default aiohttp transport, the httpx
+    client for ``transport="httpx"`` or ``job.lean=False``; same pool size, timeouts, credentials and limiter."""
+    kwargs: dict[str, Any] = {"settings": job.settings(), "token": token, "limiter": limiter,
+                              "headers": job.headers if headers is None else headers,
+                              "max_connections": job.item_concurrency}
+    if job.lean and use_lean(job.transport):
+        return LeanClient(job.base_url, **kwargs)
+    return make_client(job.base_url, transport=job.transport, **kwargs)
+
+
 async def send_items(
     outcomes: ChunkOutcomes, job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None
 ) -> int:
@@ -131,15 +147,13 @@ async def send_items(
             return failure
         return mask
 
-    async with make_client(
-        job.base_url, settings=settings, token=token, headers=job.headers if headers is None else headers,
-        transport=job.transport,
-        max_connections=job.item_concurrency, limiter=limiter,
-    ) as client:
+    async with open_client(job, token=token, limiter=limiter, headers=headers) as client:
+        one = client.send if isinstance(client, LeanClient) else functools.partial(send, client)
+        retry_after_cap = settings.max_retry_after_s
 
         if job.batch_size:
-            return await send_batches(outcomes, job, client=client, policy=policy, masked=masked,
-                                      max_retry_after_s=settings.max_retry_after_s)
+            return await send_batches(outcomes, job, send_one=one, policy=policy, masked=masked,
+                                      max_retry_after_s=retry_after_cap)
 
         async def worker() -> None:
             nonlocal cursor, sent
@@ -155,8 +169,7 @@ async def send_items(
                     continue
                 try:
                     record, attempts = await policy.acall(
-                        lambda spec=spec: send(client, spec, expect=job.expect, max_retry_after_s=settings.max_retry_after_s)
-                    )
+                        lambda spec=spec: one(spec, expect=job.expect, max_retry_after_s=retry_after_cap))
                 except Exception as exc:
                     sent += attempts_made(exc)
                     outcomes.failed(position, exc, transform=masked(item))
@@ -187,4 +200,4 @@ def api_chunk_task(chunk: Chunk, ref: ChunkRef, job: ApiJob) -> ChunkReport:
         return process_api_chunk(chunk, job, ref)
 
 
-__all__ = ["BULK_COLUMNS", "ApiJob", "api_chunk_task", "process_api_chunk", "run_coroutine", "send_items"]
+__all__ = ["BULK_COLUMNS", "ApiJob", "api_chunk_task", "open_client", "process_api_chunk", "run_coroutine", "send_items"]

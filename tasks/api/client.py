@@ -37,6 +37,7 @@ import email.utils
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -63,6 +64,7 @@ DEFAULT_TRANSPORT: TransportName = "aiohttp"
 DEFAULT_MAX_CONNECTIONS = 100  # a client made without a pool size (the flows always give one)
 MAX_REDIRECTS = 5  # redirects are followed (Authorization is dropped when one leaves the API's origin)
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")  # a URL with a scheme; others join base_url
 BODY_EXCERPT_CHARS = 300
 
 
@@ -366,16 +368,21 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
         raise err from exc
 
 
+_KEPT_HEADERS = ("content-type", "link", "etag", "x-request-id", "x-total-count")
+
+
 def _kept_headers(response: httpx.Response) -> dict[str, str]:
-    keep = ("content-type", "link", "etag", "x-request-id", "x-total-count")
-    return {k: response.headers[k] for k in keep if k in response.headers}
+    """Repeated headers joined with ", " (httpx's ``Headers``; aiohttp's multidict has ``getall``)."""
+    headers = response.headers
+    values = getattr(headers, "getall", None) or headers.get_list
+    return {k: ", ".join(values(k)) for k in _KEPT_HEADERS if k in headers}
 
 
 def _shown_url(client: httpx.AsyncClient, request: RequestSpec) -> str:
     """The request's full URL for outputs and messages, redacted; plain string work (httpx's URL
     building cost ~17 % of a request's CPU here, and this runs once per request)."""
     url = request.url
-    if "://" not in url:
+    if not _ABSOLUTE.match(url):  # not `"://" in url`: a query may hold a URL (?to=http://...)
         base = str(client.base_url)  # httpx keeps base_url's path with a trailing slash, but not a bare host's
         url = base + ("" if base.endswith("/") else "/") + url.lstrip("/")
     if request.params:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from tasks.api.client import send
+from tasks.api.client import ResponseRecord
 from tasks.api.paginators import dig
 from tasks.api.request_spec import RequestSpec, RequestTemplate, idempotency_key, render_json
 from tasks.core import ChunkOutcomes, FailedItem, ItemError, RetryableError, RetryPolicy, attempts_made
@@ -103,11 +103,12 @@ def result_error(result: Any) -> Exception | None:
 
 
 async def send_batches(
-    outcomes: ChunkOutcomes, job: Any, *, client: Any, policy: RetryPolicy, max_retry_after_s: float,
-    masked: Callable[[Any], Callable[[FailedItem], FailedItem]],
+    outcomes: ChunkOutcomes, job: Any, *, send_one: Callable[..., Awaitable[ResponseRecord]], policy: RetryPolicy,
+    max_retry_after_s: float, masked: Callable[[Any], Callable[[FailedItem], FailedItem]],
 ) -> int:
     """Send the items still to do in requests of ``job.batch_size``, ``job.item_concurrency`` in flight;
-    record every item's outcome as it is known; return the number of requests sent (retries included)."""
+    record every item's outcome as it is known; return the number of requests sent (retries included).
+    ``send_one(spec, expect=, max_retry_after_s=)`` is one classified attempt (``client.send`` of either path)."""
     items = outcomes.chunk.items
     todo = outcomes.todo()
     groups = deque(todo[i:i + job.batch_size] for i in range(0, len(todo), job.batch_size))
@@ -134,7 +135,7 @@ async def send_batches(
             spec = batch_request(job.template, [items[p] for p in pending])
             try:
                 record, attempts = await policy.acall(
-                    lambda spec=spec: send(client, spec, expect=job.expect, max_retry_after_s=max_retry_after_s))
+                    lambda spec=spec: send_one(spec, expect=job.expect, max_retry_after_s=max_retry_after_s))
             except Exception as exc:  # the whole request failed (FatalError stops the run)
                 sent += attempts_made(exc)
                 fail_all(pending, exc, attempt)

@@ -15,6 +15,7 @@ Kept apart from the client so it stays pure (no sockets) and cheap to test. Rule
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import string
@@ -155,8 +156,8 @@ def build_request(item: Any, template: RequestTemplate | None = None) -> Request
             json=render_json(template.json_template, item) if template.json_template is not None else None,
             headers=dict(template.headers or {}),
         )
-    has_key = any(k.lower() == "idempotency-key" for k in spec.headers)
-    if template.idempotency_keys and spec.method not in IDEMPOTENT_METHODS and not has_key:
+    if (template.idempotency_keys and spec.method not in IDEMPOTENT_METHODS
+            and not any(k.lower() == "idempotency-key" for k in spec.headers)):
         spec.headers["Idempotency-Key"] = idempotency_key(spec, namespace=template.idempotency_namespace)
     return spec
 
@@ -199,8 +200,14 @@ def template_names(node: Any) -> list[str]:
 
 
 def _placeholders(text: str) -> list[str]:
+    return list(_parsed(text))
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(text: str) -> tuple[str, ...]:
+    """A template's placeholder names, parsed once per template (a chunk renders the same one per item)."""
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        return tuple(name for _, name, _, _ in string.Formatter().parse(text) if name is not None)
     except ValueError as exc:
         msg = f"template {text!r} is malformed ({exc}); use {{name}} placeholders and {{{{ }}}} for literal braces"
         raise ConfigError(msg) from None
@@ -218,13 +225,15 @@ def _lookup(item: Mapping[str, Any], name: str, text: str) -> Any:
 
 
 def _render_path(text: str, item: Mapping[str, Any]) -> str:
-    values = {name: quote(str(_lookup(item, name, text)), safe="") for name in _placeholders(text)}
-    return text.format_map(values)
+    names = _parsed(text)
+    if not names:
+        return text.format_map({})  # "{{" -> "{"
+    return text.format_map({name: quote(str(_lookup(item, name, text)), safe="") for name in names})
 
 
 def render_json(node: Any, item: Mapping[str, Any]) -> Any:
     if isinstance(node, str):
-        names = _placeholders(node)
+        names = _parsed(node)
         if len(names) == 1 and node == "{" + names[0] + "}":
             return _lookup(item, names[0], node)
         if not names:

@@ -225,6 +225,7 @@ def test_mock_transport_classification_without_sockets():
     ("http://127.0.0.1:9/", "/ok/a", {"q": 1}),
     ("http://127.0.0.1:9/v1/", "users/7", {"q": "a b", "n": 3, "flag": True, "many": [1, 2]}),
     ("http://127.0.0.1:9", "http://other:8/x?y=1", {"z": "é"}),
+    ("http://127.0.0.1:9/v1", "/redirect/x?to=http://other:8/y", None),  # a URL in the query is not the target
 ])
 def test_shown_url_is_the_url_httpx_sends(base: str, url: str, params: dict[str, Any] | None):
     from tasks.api.client import _shown_url
