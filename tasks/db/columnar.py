@@ -1,4 +1,4 @@
-"""Columnar fast path for MySQL/MariaDB -> PostgreSQL: read a range with connectorx (Rust, Arrow), write CSV.
+"""Columnar fast path into PostgreSQL: a MySQL/MariaDB or SQLite range becomes Arrow columns, then CSV for COPY.
 
 Why: the row path spends most of its CPU in PyMySQL's pure-Python row parsing and in decoding every value
 into a Python object that psycopg then encodes again (profile of a 100k-row range: parsing ~55 %, JSON ~19 %,
@@ -15,6 +15,13 @@ unquoted empty field, every other value is quoted (``""`` is the empty string). 
 range falls back to the row path, which names the row and column. Only columns whose target kind equals the
 source kind are eligible; anything else (arrays, BIT, a transform, connection options connectorx would not
 honour, connectorx missing) takes the row path.
+
+SQLite: connectorx reads the range too (no Python object per value). SQLite is dynamically typed, so one
+``count(*)`` query over the range first looks for values connectorx would convert differently from the row
+path (a TEXT in an INTEGER column, an integer other than 0/1 in a boolean, a timestamp not in the plain ISO
+form both Python and PostgreSQL read alike): if there is one, the range takes the row path, which converts or
+refuses each value as before. Kinds: integers, double, numeric(p <= 15), text, boolean, date, timestamp; a
+table with a column of another kind (json, bytes, uuid, timestamptz, arrays...) takes the row path.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote as _urlquote
 
+from tasks.core import DbSettings, register_secret
 from tasks.db.conn import Db
 from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate
 from tasks.db.typemap import ColumnInfo
@@ -65,19 +74,32 @@ def _expr(db: Db, col: ColumnInfo) -> str | None:
     return None
 
 
+class NotExact(ValueError):
+    """A range whose values the columnar path cannot write exactly as the row path does."""
+
+
 def eligible(src: Db, schema: SourceSchema, tgt_cols: Sequence[ColumnInfo]) -> bool:
     """Whether a range of ``schema`` can take the fast path into these target columns."""
-    if src.dialect != "mysql" or any(k not in _OK_OPTIONS for k, _ in src.ep.options) or not available():
+    if not DbSettings().columnar:
         return False
-    for s, t in zip(schema.columns, tgt_cols, strict=True):
-        if s.kind != t.kind or s.element != t.element or t.cast_text or _expr(src, s) is None:
+    if src.dialect == "mysql":
+        if any(k not in _OK_OPTIONS for k, _ in src.ep.options) or not available():
             return False
-    return True
+        ok = [_expr(src, s) is not None for s in schema.columns]
+    elif src.dialect == "sqlite":
+        if not available():
+            return False
+        ok = [_sqlite_ok(s) for s in schema.columns]
+    else:
+        return False
+    return all(ok) and all(s.kind == t.kind and s.element == t.element and not t.cast_text
+                           for s, t in zip(schema.columns, tgt_cols, strict=True))
 
 
 def _url(db: Db) -> str:
     ep = db.ep
     pw = ep.password.get_secret_value() if ep.password else ""
+    register_secret(_urlquote(pw, safe=""))  # an error text may quote the URL: its encoded password is masked too
     return (f"mysql://{_urlquote(ep.user or '', safe='')}:{_urlquote(pw, safe='')}@{ep.host}:{ep.port or 3306}/"
             f"{_urlquote(ep.database, safe='')}")
 
@@ -100,19 +122,90 @@ def _json_texts(values: list[Any]) -> list[str | None]:
 
 
 def read_csv(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[bytes, int]:
-    """The range as CSV for ``COPY ... (FORMAT csv)`` and its row count. Raises whatever connectorx or
-    Arrow raise (the caller falls back to the row path); json texts that do not parse raise ValueError."""
-    import connectorx as cx
+    """The range as CSV for ``COPY ... (FORMAT csv)`` and its row count. Raises NotExact, or whatever
+    connectorx, Arrow or json raise: the caller then takes the row path."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    table = cx.read_sql(_url(db), select_sql(db, schema, rng), return_type="arrow", protocol="binary")
-    for i, c in enumerate(schema.columns):
-        if c.kind in ("json", "jsonb"):
-            table = table.set_column(i, c.name, pa.array(_json_texts(table.column(i).to_pylist()), pa.string()))
+    if db.dialect == "sqlite":
+        table = _sqlite_table(db, schema, rng)
+    else:
+        import connectorx as cx
+
+        table = cx.read_sql(_url(db), select_sql(db, schema, rng), return_type="arrow", protocol="binary")
+        for i, c in enumerate(schema.columns):
+            if c.kind in ("json", "jsonb"):
+                table = table.set_column(i, c.name, pa.array(_json_texts(table.column(i).to_pylist()), pa.string()))
     buf = io.BytesIO()
     pcsv.write_csv(table, buf, pcsv.WriteOptions(include_header=False, quoting_style="all_valid"))
     return buf.getvalue(), table.num_rows
 
 
-__all__ = ["available", "eligible", "read_csv", "select_sql"]
+# ---------------------------------------------------------------- SQLite
+
+_D, _T = "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]", "[0-2][0-9]:[0-5][0-9]:[0-5][0-9]"
+_GLOBS = {"date": [_D], "timestamp": [f"{_D}[ T]{_T}", f"{_D}[ T]{_T}.[0-9][0-9][0-9]",
+                                      f"{_D}[ T]{_T}.[0-9][0-9][0-9][0-9][0-9][0-9]"]}
+# per kind: SQLite storage classes (typeof) the columnar read takes, and the Arrow types connectorx may give
+# (numeric: the text as stored for batchflows' DECIMAL_TEXT; for a NUMERIC column connectorx takes the type of
+# the range's first value and refuses other storage classes after it, and a NULL first: the row path then)
+_SQLITE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "smallint": (("integer",), ("int64",)), "integer": (("integer",), ("int64",)),
+    "bigint": (("integer",), ("int64",)), "double": (("integer", "real"), ("double",)),
+    "numeric": (("integer", "real", "text"), ("double", "string", "int64")), "text": (("text",), ("string",)),
+    "varchar": (("text",), ("string",)), "char": (("text",), ("string",)), "boolean": (("integer",), ("bool",)),
+    "date": (("text",), ("date32[day]",)), "timestamp": (("text",), ("timestamp[us]",)),
+}
+
+
+def _sqlite_ok(col: ColumnInfo) -> bool:
+    # numeric(p <= 15): every value the column can hold is a double exactly, so connectorx's int -> double and
+    # the double's shortest digits round to the same numeric as the row path's Decimal(repr(value))
+    return col.kind in _SQLITE and (col.kind != "numeric" or (col.precision is not None and col.precision <= 15))
+
+
+def _sqlite_misfit(db: Db, col: ColumnInfo) -> str:
+    """SQL true for a value of ``col`` the columnar read must not take (another storage class, a boolean
+    other than 0/1, a date or timestamp not in the plain ISO form both Python and PostgreSQL read alike)."""
+    q = db.q(col.name)
+    classes = ", ".join(f"'{c}'" for c in _SQLITE[col.kind][0])
+    cond = f"typeof({q}) IN ({classes})"
+    if col.kind == "boolean":
+        cond += f" AND {q} IN (0, 1)"
+    if col.kind in _GLOBS:
+        cond += " AND (" + " OR ".join(f"{q} GLOB '{g}'" for g in _GLOBS[col.kind]) + ")"
+    return f"NOT ({q} IS NULL OR ({cond}))"
+
+
+def _sqlite_table(db: Db, schema: SourceSchema, rng: KeyRange) -> Any:
+    import connectorx as cx
+
+    where, params = range_predicate(db, schema.key_columns(), rng)
+    misfits = " OR ".join(_sqlite_misfit(db, c) for c in schema.columns)
+    bad = db.raw.execute(f"SELECT count(*) FROM {schema.relation('sqlite')} WHERE ({where}) AND ({misfits})",
+                         params).fetchone()[0]
+    if bad:
+        raise NotExact(f"{bad} rows hold values of another storage class or text form than their column's kind")
+    if where.count("?") != len(params):
+        raise NotExact("a name in the range predicate holds a '?'")
+    literal = where
+    for p in params:  # connectorx takes no parameters: bounds as SQLite literals
+        literal = literal.replace("?", _sqlite_literal(p), 1)
+    cols = ", ".join(db.q(c.name) for c in schema.columns)
+    sql = f"SELECT {cols} FROM {schema.relation('sqlite')} WHERE {literal}{order_by(db, schema)}"
+    table = cx.read_sql(f"sqlite://{Path(db.ep.database).resolve()}", sql, return_type="arrow")
+    for c, t in zip(schema.columns, table.schema.types, strict=True):
+        if str(t) not in (*_SQLITE[c.kind][1], "null"):
+            raise NotExact(f"connectorx read column {c.name!r} as {t}")
+    return table
+
+
+def _sqlite_literal(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise NotExact(f"a {type(v).__name__} range bound")
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return repr(v)
+
+
+__all__ = ["NotExact", "available", "eligible", "read_csv", "select_sql"]

@@ -5,7 +5,9 @@ range's ledger row (tasks.db.ledger) commits in the same transaction, so a range
 earlier attempt is never written again, whatever the mode (``upsert`` overwrites, ``replace`` deletes
 the range first, ``append`` inserts). PostgreSQL -> PostgreSQL without a
 transform streams COPY bytes straight from source to target (binary when the column types are identical,
-text otherwise); every other combination decodes rows into canonical Python values (tasks.db.typemap).
+text otherwise); MySQL/MariaDB and SQLite -> PostgreSQL without a transform read the range as Arrow columns
+and COPY them as CSV (tasks.db.columnar), falling back to the row path for a range it cannot write exactly;
+every other combination decodes rows into canonical Python values (tasks.db.typemap).
 """
 
 from __future__ import annotations

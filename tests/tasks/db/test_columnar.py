@@ -8,13 +8,15 @@ scale, microseconds, float digits and bytea bytes all show there, so equal text 
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tasks.core.errors import ItemError
 from tasks.db import LedgerEntry, copy_range, create_target, ensure_ledger, parse_table_name, plan_ranges
-from tests.tasks.db.test_migration import pg_exec
+from tests.tasks.db.test_migration import COLUMNS, _sqlite_value, pg_exec, rows
 from tests.tasks.db.test_mysql import ODD_REF, all_ok, create_my, my_exec
 
 EDGE_DDL = """CREATE TABLE edge (
@@ -136,3 +138,86 @@ def test_every_mode_commits_each_range_once_with_its_ledger_row(mode: str, mysql
     assert pg_exec(pg_target, f"SELECT count(*) FROM {ODD_REF}")[0][0] == 300
     assert pg_exec(pg_target, "SELECT count(*) FROM _batchflows_ranges")[0][0] == len(ranges)
     all_ok(mysql_url, pg_target, ODD_REF)
+
+
+# ---------------------------------------------------------------- SQLite
+
+SQLITE_DDL = """CREATE TABLE items (
+  id INTEGER PRIMARY KEY, name TEXT, label VARCHAR(40), price DECIMAL_TEXT(12,4), flag BOOLEAN, born DATE,
+  seen TIMESTAMP, score DOUBLE, n NUMERIC(15,3)
+)"""
+DYN_DDL = """CREATE TABLE dyn (
+  id INTEGER PRIMARY KEY, n INTEGER, t, b BOOLEAN, ts TIMESTAMP, d DATE, x DOUBLE, p NUMERIC(12,4), tx TEXT
+)"""
+DYN_CLEAN: tuple[Any, ...] = (1, "a", 1, "2024-01-01 10:00:00", "2024-02-29", 2.5, 0.1, "ü")
+# one value per row that the row path converts and the columnar path must not write itself (column ``t`` has
+# no declared type, so no affinity turns the integer into text)
+DYN_ODD = {1: "12x", 2: 5, 3: "t", 4: "2024-01-01T10:00:00+02:00", 5: "2024-01-01 00:00:00", 6: "nan", 8: b"\xff"}
+DYN_ERR = {1, 8}  # values the row path refuses too
+
+
+def _sqlite(url: str, sql: str, params: list[tuple[Any, ...]] | None = None) -> None:
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with conn:
+        conn.execute(sql) if params is None else conn.executemany(sql, params)
+    conn.close()
+
+
+def test_sqlite_types_write_what_the_row_path_writes(tmp_path: Path, sqlite_items: str, pg_cluster: Any) -> None:
+    url = f"sqlite:///{tmp_path / 's.sqlite3'}"
+    _sqlite(url, SQLITE_DDL)
+    names = ["id", "name", "label", "price", "flag", "born", "seen", "score"]
+    data = [tuple(_sqlite_value(c, v) for c, v in zip(COLUMNS, r, strict=True) if c in names) for r in rows()]
+    nums = [0.5, None, 0, -1, 0.125, 123456789012.345, -0.001, 0.1, 999999999999.999, 2.5, -7.75]
+    _sqlite(url, "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r, nums[i % len(nums)]) for i, r in enumerate(data)])
+    _sqlite(url, "INSERT INTO items (id, name, label) VALUES (10000000000000, '', '')")
+    rows_db, fast_db, paths = _both(url, "items", pg_cluster, chunk_rows=400)
+    # a range whose first value of a NUMERIC/DECIMAL_TEXT column is NULL: connectorx cannot type it, rows then
+    assert paths.count("columnar-csv") >= 3, paths
+    assert _pg_text(fast_db, "items", "id") == _pg_text(rows_db, "items", "id")
+    all_ok(url, fast_db, "items", 400)
+    # json, bytea, uuid, timestamptz, arrays: the row path, the same rows
+    rows_db, fast_db, paths = _both(sqlite_items, "items", pg_cluster, chunk_rows=400)
+    assert set(paths) == {"rows"}
+    assert _pg_text(fast_db, "items", "id") == _pg_text(rows_db, "items", "id")
+
+
+def test_sqlite_dynamic_typing_falls_back_to_the_row_path_exactly(tmp_path: Path, pg_cluster: Any) -> None:
+    """A range holding a value of another storage class (or a text form only Python reads) takes the row
+    path; the other ranges take the columnar path; both targets hold the same rows."""
+    url = f"sqlite:///{tmp_path / 'd.sqlite3'}"
+    _sqlite(url, DYN_DDL)
+    data = [(i, *(DYN_ODD[i] if i in DYN_ODD and j == i - 1 else v for j, v in enumerate(DYN_CLEAN)))
+            for i in range(10) if i not in DYN_ERR]
+    data.append((10, *([None] * 8)))
+    _sqlite(url, f"INSERT INTO dyn VALUES ({', '.join(['?'] * 9)})", data)
+    rows_db, fast_db, paths = _both(url, "dyn", pg_cluster, chunk_rows=1)
+    keys = [r[0] for r in data]
+    # and the all-NULL row 10: connectorx cannot type a NUMERIC column from a NULL first value
+    assert {keys[i] for i, p in enumerate(paths) if p == "rows"} == set(DYN_ODD) - DYN_ERR | {10}, paths
+    assert _pg_text(fast_db, "dyn", "id") == _pg_text(rows_db, "dyn", "id")
+    all_ok(url, fast_db, "dyn", 1)
+    for i in DYN_ERR:  # refused by the row path after the columnar check: named by row and column
+        row = tuple(DYN_ODD[i] if j == i - 1 else v for j, v in enumerate(DYN_CLEAN))
+        _sqlite(url, f"INSERT INTO dyn VALUES ({', '.join(['?'] * 9)})", [(100 + i, *row)])
+        tgt = pg_cluster.url(pg_cluster.create_database())
+        create_target(url, tgt, "dyn")
+        last = plan_ranges(url, "dyn", chunk_rows=1)[-1]
+        with pytest.raises(ItemError) as err:
+            copy_range(url, tgt, "dyn", last)
+        assert f"{{'id': {100 + i}}}" in str(err.value)
+        _sqlite(url, f"DELETE FROM dyn WHERE id = {100 + i}")
+
+
+def test_setting_off_forces_the_row_path(tmp_path: Path, pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'o.sqlite3'}"
+    _sqlite(url, "CREATE TABLE o (id INTEGER PRIMARY KEY, s TEXT)")
+    _sqlite(url, "INSERT INTO o VALUES (?, ?)", [(1, ""), (2, None)])
+    create_target(url, pg_target, "o")
+    rng = plan_ranges(url, "o")[0]
+    monkeypatch.setenv("BATCHFLOWS_DB_COLUMNAR", "false")
+    assert copy_range(url, pg_target, "o", rng, mode="upsert").path == "rows"
+    monkeypatch.delenv("BATCHFLOWS_DB_COLUMNAR")
+    assert copy_range(url, pg_target, "o", rng, mode="upsert").path == "columnar-csv"
+    assert pg_exec(pg_target, "SELECT id, s FROM o ORDER BY id") == [(1, ""), (2, None)]
