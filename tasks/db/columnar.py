@@ -146,15 +146,13 @@ def read_csv(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[bytes, int]:
 _D, _T = "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]", "[0-2][0-9]:[0-5][0-9]:[0-5][0-9]"
 _GLOBS = {"date": [_D], "timestamp": [f"{_D}[ T]{_T}", f"{_D}[ T]{_T}.[0-9][0-9][0-9]",
                                       f"{_D}[ T]{_T}.[0-9][0-9][0-9][0-9][0-9][0-9]"]}
-# per kind: SQLite storage classes (typeof) the columnar read takes, and the Arrow types connectorx may give
-# (numeric: the text as stored for batchflows' DECIMAL_TEXT; for a NUMERIC column connectorx takes the type of
-# the range's first value and refuses other storage classes after it, and a NULL first: the row path then)
-_SQLITE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "smallint": (("integer",), ("int64",)), "integer": (("integer",), ("int64",)),
-    "bigint": (("integer",), ("int64",)), "double": (("integer", "real"), ("double",)),
-    "numeric": (("integer", "real", "text"), ("double", "string", "int64")), "text": (("text",), ("string",)),
-    "varchar": (("text",), ("string",)), "char": (("text",), ("string",)), "boolean": (("integer",), ("bool",)),
-    "date": (("text",), ("date32[day]",)), "timestamp": (("text",), ("timestamp[us]",)),
+# per kind: the Arrow types connectorx may give (numeric: the text as stored for batchflows' DECIMAL_TEXT; for a
+# NUMERIC column connectorx takes the type of the range's first value and refuses other storage classes after
+# it, and a NULL first value: the row path then)
+_SQLITE: dict[str, tuple[str, ...]] = {
+    "smallint": ("int64",), "integer": ("int64",), "bigint": ("int64",), "double": ("double",),
+    "numeric": ("double", "string", "int64"), "text": ("string",), "varchar": ("string",), "char": ("string",),
+    "boolean": ("bool",), "date": ("date32[day]",), "timestamp": ("timestamp[us]",),
 }
 
 
@@ -164,26 +162,30 @@ def _sqlite_ok(col: ColumnInfo) -> bool:
     return col.kind in _SQLITE and (col.kind != "numeric" or (col.precision is not None and col.precision <= 15))
 
 
-def _sqlite_misfit(db: Db, col: ColumnInfo) -> str:
-    """SQL true for a value of ``col`` the columnar read must not take (another storage class, a boolean
-    other than 0/1, a date or timestamp not in the plain ISO form both Python and PostgreSQL read alike)."""
+def _sqlite_misfit(db: Db, col: ColumnInfo) -> str | None:
+    """SQL true for a value of ``col`` that connectorx would read differently from the row path (it refuses
+    other storage classes in integer, real, boolean, date and timestamp columns by itself, so those cost
+    nothing here): a non-text value in a text column, a blob in a numeric one, a boolean other than 0/1, a
+    date or timestamp not in the plain ISO form both Python and PostgreSQL read alike."""
     q = db.q(col.name)
-    classes = ", ".join(f"'{c}'" for c in _SQLITE[col.kind][0])
-    cond = f"typeof({q}) IN ({classes})"
+    if col.kind in ("text", "varchar", "char"):
+        return f"typeof({q}) NOT IN ('text', 'null')"
+    if col.kind == "numeric":
+        return f"typeof({q}) = 'blob'"
     if col.kind == "boolean":
-        cond += f" AND {q} IN (0, 1)"
+        return f"NOT ({q} IS NULL OR (typeof({q}) = 'integer' AND {q} IN (0, 1)))"
     if col.kind in _GLOBS:
-        cond += " AND (" + " OR ".join(f"{q} GLOB '{g}'" for g in _GLOBS[col.kind]) + ")"
-    return f"NOT ({q} IS NULL OR ({cond}))"
+        return f"NOT ({q} IS NULL OR " + " OR ".join(f"{q} GLOB '{g}'" for g in _GLOBS[col.kind]) + ")"
+    return None
 
 
 def _sqlite_table(db: Db, schema: SourceSchema, rng: KeyRange) -> Any:
     import connectorx as cx
 
     where, params = range_predicate(db, schema.key_columns(), rng)
-    misfits = " OR ".join(_sqlite_misfit(db, c) for c in schema.columns)
-    bad = db.raw.execute(f"SELECT count(*) FROM {schema.relation('sqlite')} WHERE ({where}) AND ({misfits})",
-                         params).fetchone()[0]
+    misfits = " OR ".join(m for c in schema.columns if (m := _sqlite_misfit(db, c)) is not None)
+    bad = misfits and db.raw.execute(
+        f"SELECT count(*) FROM {schema.relation('sqlite')} WHERE ({where}) AND ({misfits})", params).fetchone()[0]
     if bad:
         raise NotExact(f"{bad} rows hold values of another storage class or text form than their column's kind")
     if where.count("?") != len(params):
@@ -195,7 +197,7 @@ def _sqlite_table(db: Db, schema: SourceSchema, rng: KeyRange) -> Any:
     sql = f"SELECT {cols} FROM {schema.relation('sqlite')} WHERE {literal}{order_by(db, schema)}"
     table = cx.read_sql(f"sqlite://{Path(db.ep.database).resolve()}", sql, return_type="arrow")
     for c, t in zip(schema.columns, table.schema.types, strict=True):
-        if str(t) not in (*_SQLITE[c.kind][1], "null"):
+        if str(t) not in (*_SQLITE[c.kind], "null"):
             raise NotExact(f"connectorx read column {c.name!r} as {t}")
     return table
 
