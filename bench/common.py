@@ -127,3 +127,17 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(str(row[c]).ljust(w) for c, w in zip(cols, widths, strict=True)) + " |")
+
+
+@contextmanager
+def row_path() -> Iterator[None]:
+    """db_migrate's row-by-row path (``BATCHFLOWS_DB_COLUMNAR=false``), to print it beside the columnar one."""
+    old = os.environ.get("BATCHFLOWS_DB_COLUMNAR")
+    os.environ["BATCHFLOWS_DB_COLUMNAR"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BATCHFLOWS_DB_COLUMNAR", None)
+        else:
+            os.environ["BATCHFLOWS_DB_COLUMNAR"] = old

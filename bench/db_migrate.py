@@ -30,6 +30,7 @@ SQLite -> PG run once. Peak RSS is this process plus its children (psql, pgloade
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -41,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, prefect_server, print_table, timed, wait_server_idle
+from bench.common import ROOT, prefect_server, print_table, row_path, timed, wait_server_idle
 
 PG_DDL = """CREATE TABLE {name} (
   id bigint PRIMARY KEY, name text, qty integer, price numeric(12,2), flag boolean, created timestamptz,
@@ -312,11 +313,12 @@ def run(cluster: Any, args: argparse.Namespace, work: Path, started: float) -> i
         sqlite_rows.append({"variant": "pgloader", "seconds": f"{secs_pl:.2f}", "rows/s": f"{n / secs_pl:,.0f}",
                             "peak RSS MB": f"{mb_pl:.0f}", "vs pgloader": "1.00x"})
     sqlite_url = f"sqlite:///{sqlite_path}"
-    for verify in (False, True):
-        label = f"db_migrate SQLite->PG append, verify {'on' if verify else 'off'}"
-        summary = record(label, lambda url, verify=verify: db_migrate(
-            sqlite_url, url, "items", mode="append", verify=verify, chunk_rows=args.chunk_rows,
-            max_concurrency=args.max_concurrency), table=False)
+    for verify, rows_path in ((False, False), (False, True), (True, False)):
+        label = f"db_migrate SQLite->PG append, verify {'on' if verify else 'off'}" + (", row path" if rows_path else "")
+        with row_path() if rows_path else contextlib.nullcontext():
+            summary = record(label, lambda url, verify=verify: db_migrate(
+                sqlite_url, url, "items", mode="append", verify=verify, chunk_rows=args.chunk_rows,
+                max_concurrency=args.max_concurrency), table=False)
         assert summary.ok, summary.render_text()
         secs, mb = results[label]
         sqlite_rows.append({"variant": label, "seconds": f"{secs:.2f}", "rows/s": f"{n / secs:,.0f}",

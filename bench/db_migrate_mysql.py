@@ -6,13 +6,14 @@ Source: ``--rows`` rows x 9 mixed columns in MariaDB (BIGINT key, utf8mb4 VARCHA
 DECIMAL(12,2), TINYINT(1), TIMESTAMP(6), DOUBLE, ENUM, JSON), generated server-side from MariaDB's sequence
 engine. Variants, each into a fresh PostgreSQL database: Debian's ``pgloader mysql://... postgresql://...``
 (installed with apt-get as root when missing; skipped with a note otherwise), db_migrate append with verify
-off and on. Prints seconds, rows/s, peak RSS (this process and its children) and the ratio to pgloader;
+off (the columnar path, then the row path with ``BATCHFLOWS_DB_COLUMNAR=false``) and on. Prints seconds, rows/s, peak RSS (this process and its children) and the ratio to pgloader;
 target: db_migrate >= 2x pgloader. Also run by ``bench/db_migrate.py`` unless ``--skip-mysql``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, prefect_server, print_table, timed, wait_server_idle
+from bench.common import ROOT, prefect_server, print_table, row_path, timed, wait_server_idle
 
 MY_DDL = """CREATE TABLE items (
   id BIGINT PRIMARY KEY, name VARCHAR(100), qty INT UNSIGNED, price DECIMAL(12,2), flag TINYINT(1),
@@ -112,12 +113,14 @@ def run_mysql(my: Any, pg: Any, rows: int, chunk_rows: int, max_concurrency: int
             print(f"  pgloader: {secs:.2f}s, peak RSS {mb:.0f} MB", flush=True)
             table.append({"variant": "pgloader", "seconds": f"{secs:.2f}", "rows/s": f"{rows / secs:,.0f}",
                           "peak RSS MB": f"{mb:.0f}", "vs pgloader": "1.00x"})
-    for verify in (False, True):
-        label = f"db_migrate MySQL->PG append, verify {'on' if verify else 'off'}"
-        dst = pg.url(pg.create_database(f"bench_my_{int(verify)}"))
+    for verify, rows_path in ((False, False), (False, True), (True, False)):
+        label = f"db_migrate MySQL->PG append, verify {'on' if verify else 'off'}" + (", row path" if rows_path else "")
+        dst = pg.url(pg.create_database(f"bench_my_{int(verify)}{int(rows_path)}"))
         wait_server_idle()
-        secs, mb, summary = timed(lambda dst=dst, verify=verify: db_migrate(
-            src, dst, "items", mode="append", verify=verify, chunk_rows=chunk_rows, max_concurrency=max_concurrency))
+        with row_path() if rows_path else contextlib.nullcontext():
+            secs, mb, summary = timed(lambda dst=dst, verify=verify: db_migrate(
+                src, dst, "items", mode="append", verify=verify, chunk_rows=chunk_rows,
+                max_concurrency=max_concurrency))
         assert summary.ok, summary.render_text()
         assert pg_count(dst, "items") == rows
         print(f"  {label}: {secs:.2f}s, peak RSS {mb:.0f} MB", flush=True)

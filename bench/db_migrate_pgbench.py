@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, print_table, timed, wait_server_idle
+from bench.common import ROOT, print_table, row_path, timed, wait_server_idle
 
 TABLE = "pgbench_accounts"
 PG_DDL = f"CREATE TABLE {TABLE} (aid integer PRIMARY KEY, bid integer, abalance integer, filler char(84))"
@@ -152,6 +152,9 @@ def run_pgbench(cluster: Any, args: argparse.Namespace, work: Path) -> None:
         pg_results["pgloader"] = (secs_pl, mb_pl)
     results.clear()
     record("db_migrate append, in process", lambda url: db_migrate(target_url=url, **ours(lite, "append")))
+    with row_path():
+        record("db_migrate append, in process, row path",
+               lambda url: db_migrate(target_url=url, **ours(lite, "append")))
     record("db_migrate append, fresh process", lambda url: fresh_process({"target_url": url, **ours(lite, "append")}))
     pg_results.update(results)
     print_table(f"SQLite -> PG, pgbench_accounts, {n:,} rows",

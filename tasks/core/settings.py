@@ -109,6 +109,9 @@ class DbSettings(BaseSettings):
     target_url: SecretStr | None = Field(None, description="Default target SQLAlchemy URL.")
     chunk_rows: int = Field(50_000, gt=0, description="Default rows per range.")
     connect_timeout_s: int = Field(10, gt=0, description="Seconds to wait for a connection.")
+    columnar: bool = Field(True, description=(
+        "MySQL/MariaDB and SQLite -> PostgreSQL without a transform: read ranges as Arrow columns and COPY them "
+        "as CSV (tasks.db.columnar); false forces the row-by-row path."))
 
 
 class NotifySettings(BaseSettings):

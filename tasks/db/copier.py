@@ -5,13 +5,16 @@ range's ledger row (tasks.db.ledger) commits in the same transaction, so a range
 earlier attempt is never written again, whatever the mode (``upsert`` overwrites, ``replace`` deletes
 the range first, ``append`` inserts). PostgreSQL -> PostgreSQL without a
 transform streams COPY bytes straight from source to target (binary when the column types are identical,
-text otherwise); every other combination decodes rows into canonical Python values (tasks.db.typemap).
+text otherwise); MySQL/MariaDB and SQLite -> PostgreSQL without a transform read the range as Arrow columns
+and COPY them as CSV (tasks.db.columnar), falling back to the row path for a range it cannot write exactly;
+every other combination decodes rows into canonical Python values (tasks.db.typemap).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import re
 import sqlite3
 import time
@@ -24,6 +27,7 @@ import pymysql
 from pydantic import BaseModel
 
 from tasks.core import ConfigError, FatalError, ItemError, RetryableError, SourceError, failpoint, redact_text
+from tasks.db import columnar
 from tasks.db.conn import Db, TableName, UrlLike, connect, parse_table_name
 from tasks.db.ledger import LedgerEntry, committed, record_range
 from tasks.db.mysql import check_upsert_target, write_mysql
@@ -52,6 +56,7 @@ MODES: tuple[str, ...] = ("append", "upsert", "replace")
 _TEXT_OID = 25
 _FETCH = 5_000
 _RELAY_BLOCK = 256 * 1024
+_log = logging.getLogger(__name__)
 
 
 class RangeResult(BaseModel):
@@ -339,32 +344,69 @@ def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Seq
     return ItemError(f"range {rng.index}: the target rejected the rows: {text}", category="write_error")
 
 
+def _copy_in(db: Db, target: TableName, dest: str, staged: bool, names: Sequence[str], keys: Sequence[str],
+             fmt: str, feed: Callable[[Any], None], on_commit: OnCommit | None) -> int:
+    """One ``COPY dest FROM STDIN (FORMAT fmt)`` fed by ``feed(copy)``, the merge when ``dest`` is the staging
+    table, the ledger row, COMMIT; returns the rows written. psycopg errors propagate (caller rolls back)."""
+    cols = ", ".join(db.q(n) for n in names)
+    cur = db.raw.cursor()
+    with cur.copy(f"COPY {dest} ({cols}) FROM STDIN (FORMAT {fmt})") as copy:
+        feed(copy)
+    written = cur.rowcount
+    if staged:
+        written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {cols} FROM _bf_stage")).rowcount
+    if on_commit is not None:
+        on_commit(db, written)
+    db.raw.commit()
+    failpoint("db.after_commit")
+    return written
+
+
 def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
               keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
               on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
-    binary = not any(c.cast_text for c in tgt_cols)
+    fmt = "TEXT" if any(c.cast_text for c in tgt_cols) else "BINARY"
+
+    def feed(copy: Any) -> None:
+        copy.set_types(_pg_oids(tgt_cols))
+        for row in rows:
+            copy.write_row(row)
+
     staged = False
     try:
         _prepare(db, target, tgt_keys, rng, mode)
         dest, staged = _stage_or_target(db, target, mode, tgt_keys, rng)
-        cur = db.raw.cursor()
-        fmt = "BINARY" if binary else "TEXT"
-        with cur.copy(f"COPY {dest} ({', '.join(db.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as copy:
-            copy.set_types(_pg_oids(tgt_cols))
-            for row in rows:
-                copy.write_row(row)
-        written = cur.rowcount
-        if staged:
-            written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {', '.join(db.q(n) for n in names)} FROM _bf_stage")).rowcount
-        if on_commit is not None:
-            on_commit(db, written)
-        db.raw.commit()
-        failpoint("db.after_commit")
-        return written
+        return _copy_in(db, target, dest, staged, names, keys, fmt, feed, on_commit)
     except psycopg.Error as exc:
         _rollback_quietly(db)
         raise (_direct_conflict(exc, rng, mode, staged) or _pg_error(exc, rng, names, keys, rows)) from None
+
+
+def _write_pg_csv(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
+                  keys: Sequence[str], payload: bytes, rng: KeyRange, mode: Mode, on_commit: OnCommit | None
+                  ) -> int | None:
+    """COPY the columnar path's CSV (tasks.db.columnar) in one transaction; None (rolled back) when the
+    target refused a value or a key: the row path then writes the range, or names the row and column."""
+    names = [c.name for c in tgt_cols]
+
+    def feed(copy: Any) -> None:
+        view = memoryview(payload)
+        for off in range(0, len(view), _RELAY_BLOCK):
+            copy.write(view[off:off + _RELAY_BLOCK])
+
+    try:
+        _prepare(db, target, tgt_keys, rng, mode)
+        dest, staged = _stage_or_target(db, target, mode, tgt_keys, rng)
+        return _copy_in(db, target, dest, staged, names, keys, "CSV", feed, on_commit)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        _rollback_quietly(db)
+        _log.debug("range %s: the target refused the columnar copy (%s); writing rows", rng.index,
+                   redact_text(str(exc).strip())[:300])
+        return None
+    except psycopg.Error as exc:
+        _rollback_quietly(db)
+        raise _pg_error(exc, rng, names, keys, None) from None
 
 
 def _rollback_quietly(*dbs: Db) -> None:
@@ -497,6 +539,11 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
             except psycopg.Error as exc:
                 _rollback_quietly(tgt, src)
                 raise _pg_error(exc, rng, out_names, schema.key, None) from None
+        if fn is None and copy_format != "rows" and tgt.dialect == "postgresql":
+            done = _columnar(src, tgt, schema, tgt_schema, tname, rng, mode, on_commit, read)
+            if done is not None:
+                return RangeResult(index=rng.index, rows_read=read[0], rows_written=done,
+                                   seconds=time.perf_counter() - started, path="columnar-csv")
         try:
             rows = list(iter_rows(src, schema, rng))
         except (psycopg.Error, pymysql.MySQLError) as exc:
@@ -518,6 +565,21 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
         written = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode, on_commit)
     return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,
                        seconds=time.perf_counter() - started, path="rows")
+
+
+def _columnar(src: Db, tgt: Db, schema: SourceSchema, tgt_schema: SourceSchema, target: TableName, rng: KeyRange,
+              mode: Mode, on_commit: OnCommit, read: list[int]) -> int | None:
+    """The columnar fast path (tasks.db.columnar); None when the range must take the row path instead."""
+    tgt_cols = [_target_column(tgt_schema, n) for n in schema.names]
+    if not columnar.eligible(src, schema, tgt_cols):
+        return None
+    try:
+        payload, read[0] = columnar.read_csv(src, schema, rng)
+    except Exception as exc:  # connectorx, Arrow, a JSON text: the row path reads the range and names a bad value
+        _log.debug("range %s: columnar read not used (%s); reading rows", rng.index, redact_text(str(exc))[:300])
+        return None
+    tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
+    return _write_pg_csv(tgt, target, tgt_cols, tgt_keys, schema.key, payload, rng, mode, on_commit)
 
 
 def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:
