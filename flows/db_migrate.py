@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-import polars as pl
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from tasks.core import (
@@ -244,7 +243,7 @@ def _urls_as_secrets(values: dict[str, Any], handles: list[str]) -> None:
 
 db_migrate = python_entry(
     db_migrate_flow, prepare=_urls_as_secrets,
-    objects={"transform": str | Callable[[pl.DataFrame], Any] | None},
+    objects={"transform": str | Callable[..., Any] | None},  # a function of a polars DataFrame
     types={"source_url": str | SecretStr | None, "target_url": str | SecretStr | None,
            "key": str | Sequence[str] | None})
 

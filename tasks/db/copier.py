@@ -19,9 +19,8 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import polars as pl
 import psycopg
 import pymysql
 from pydantic import BaseModel
@@ -49,9 +48,12 @@ from tasks.db.values import (
     sqlite_encoder,
 )
 
+if TYPE_CHECKING:
+    import polars as pl
+
 Mode = Literal["append", "upsert", "replace"]
 CopyFormat = Literal["auto", "binary", "text", "rows"]
-Transform = Callable[[pl.DataFrame], pl.DataFrame]
+Transform = Callable[["pl.DataFrame"], "pl.DataFrame"]
 MODES: tuple[str, ...] = ("append", "upsert", "replace")
 _TEXT_OID = 25
 _FETCH = 5_000
@@ -186,6 +188,8 @@ def _mysql_decode_error(schema: SourceSchema, rng: KeyRange, row: Sequence[Any],
 
 def _to_frame(cols: Sequence[ColumnInfo], rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     data = {c.name: [frame_value(c, r[i]) for r in rows] for i, c in enumerate(cols)}
+    import polars as pl  # only a transform needs it: a run without one does not import polars
+
     return pl.DataFrame(data, schema={c.name: polars_dtype(c) for c in cols})
 
 
@@ -591,6 +595,8 @@ def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:
 
 
 def _apply(fn: Transform, frame: pl.DataFrame, rng: KeyRange) -> pl.DataFrame:
+    import polars as pl
+
     try:
         out = fn(frame)
     except Exception as exc:

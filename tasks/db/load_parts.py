@@ -14,9 +14,8 @@ import json
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from prefect import task
 
 from tasks.core import (
@@ -34,6 +33,9 @@ from tasks.db.mysql import is_mariadb
 from tasks.db.mysql_types import create_table_mysql
 from tasks.db.typemap import ColumnInfo
 
+if TYPE_CHECKING:
+    import polars as pl
+
 _SQL_TYPES: dict[str, dict[str, str]] = {
     "postgresql": {"int": "BIGINT", "float": "DOUBLE PRECISION", "bool": "BOOLEAN", "date": "DATE",
                    "datetime": "TIMESTAMPTZ", "decimal": "NUMERIC", "text": "TEXT"},
@@ -43,6 +45,8 @@ _SQL_TYPES: dict[str, dict[str, str]] = {
 
 
 def _kind(dtype: pl.DataType) -> str:
+    import polars as pl
+
     if dtype.is_integer():
         return "int"
     if dtype.is_float():
@@ -60,6 +64,8 @@ def _kind(dtype: pl.DataType) -> str:
 
 def read_part(path: str | Path) -> pl.DataFrame:
     """A part file as a DataFrame (parts are bounded in size by design)."""
+    import polars as pl  # imported here: a db_migrate run never needs it
+
     p = Path(path)
     if not p.is_file():
         msg = f"part file {str(p)!r} does not exist; was the producing stage run with the same run_key?"
@@ -84,6 +90,8 @@ def _create_table(db: Db, table: str, frame: pl.DataFrame, key: list[str]) -> No
 
 
 def _create_table_mysql(db: Db, table: TableName, frame: pl.DataFrame, key: list[str]) -> None:
+    import polars as pl
+
     cols = []
     for name, dtype in frame.schema.items():
         decimal = isinstance(dtype, pl.Decimal)

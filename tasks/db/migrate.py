@@ -14,9 +14,8 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
@@ -47,6 +46,9 @@ from tasks.db.verify import RangeCheck, verify_range
 
 PLAN_VERSION = "1"
 VerifyMode = Literal["off", "checksums", "counts"]
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 # ---------------------------------------------------------------- the summary
