@@ -110,6 +110,19 @@ def install_log_redaction(names: tuple[str, ...] = ("httpx", "httpcore", "aiohtt
             logger.addFilter(RedactingFilter())
 
 
+def default_headers(settings: HttpSettings, token: str | SecretStr | None,
+                    headers: dict[str, str] | None) -> dict[str, str]:
+    """Every request's headers: User-Agent, Accept, the bearer token (registered for redaction), then ``headers``."""
+    out = {"User-Agent": settings.user_agent, "Accept": "application/json"}
+    secret = token if token is not None else settings.token
+    raw_token = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+    if raw_token:
+        register_secret(raw_token)
+        out["Authorization"] = f"Bearer {raw_token}"
+    out.update(headers or {})
+    return out
+
+
 def make_client(
     base_url: str | None = None,
     *,
@@ -136,13 +149,7 @@ def make_client(
         keepalive_expiry=5.0,
     )
     timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
-    all_headers = {"User-Agent": settings.user_agent, "Accept": "application/json"}
-    secret = token if token is not None else settings.token
-    raw_token = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    if raw_token:
-        register_secret(raw_token)
-        all_headers["Authorization"] = f"Bearer {raw_token}"
-    all_headers.update(headers or {})
+    all_headers = default_headers(settings, token, headers)
     url, auth = _split_userinfo(validate_base_url(base_url)) if base_url else ("", None)
     return httpx.AsyncClient(
         base_url=url,

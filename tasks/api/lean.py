@@ -43,11 +43,12 @@ from tasks.api.client import (
     _split_userinfo,
     _ssl_context,
     _transport_category,
+    default_headers,
     install_log_redaction,
     parse_retry_after,
 )
 from tasks.api.request_spec import RequestSpec, validate_base_url
-from tasks.core import HttpSettings, ItemError, RetryableError, redact_text, register_secret
+from tasks.core import HttpSettings, ItemError, RetryableError, redact_text
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # a URL httpx would send as it is: already percent-encoded, no dot segments (httpx removes those)
@@ -114,13 +115,7 @@ class LeanClient:
         self.settings = settings
         self.limiter = limiter
         self.max_connections = max_connections or DEFAULT_MAX_CONNECTIONS
-        default = {"User-Agent": settings.user_agent, "Accept": "application/json"}
-        secret = token if token is not None else settings.token
-        raw_token = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-        if raw_token:
-            register_secret(raw_token)
-            default["Authorization"] = f"Bearer {raw_token}"
-        default.update(headers or {})
+        default = default_headers(settings, token, headers)
         base = ""
         if base_url:
             base, auth = _split_userinfo(validate_base_url(base_url))

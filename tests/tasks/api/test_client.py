@@ -219,14 +219,17 @@ def test_mock_transport_classification_without_sockets():
     assert info.value.retry_after == 7.0 and info.value.category == "http_429"
 
 
-@pytest.mark.parametrize(("base", "url", "params"), [
+URL_CASES = [  # (base_url, request URL, params): also the lean client's (tests/tasks/api/test_lean.py)
     ("http://127.0.0.1:9/v1", "/users/7", None),
     ("http://127.0.0.1:9", "ok/a", None),
     ("http://127.0.0.1:9/", "/ok/a", {"q": 1}),
     ("http://127.0.0.1:9/v1/", "users/7", {"q": "a b", "n": 3, "flag": True, "many": [1, 2]}),
     ("http://127.0.0.1:9", "http://other:8/x?y=1", {"z": "é"}),
     ("http://127.0.0.1:9/v1", "/redirect/x?to=http://other:8/y", None),  # a URL in the query is not the target
-])
+]
+
+
+@pytest.mark.parametrize(("base", "url", "params"), URL_CASES)
 def test_shown_url_is_the_url_httpx_sends(base: str, url: str, params: dict[str, Any] | None):
     from tasks.api.client import _shown_url
 

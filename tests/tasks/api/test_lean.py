@@ -24,6 +24,7 @@ from tasks.core.ratelimit import TokenBucket
 from tasks.core.retry import RetryPolicy, attempts_made
 from tasks.core.settings import HttpSettings
 from tests.fixtures.api_server import ApiServer
+from tests.tasks.api.test_client import URL_CASES
 
 TOKEN = "tok-LEAN-SECRET-5150"
 FAST = RetryPolicy(retries=3, backoff_s=0.001, max_backoff_s=0.005)
@@ -165,14 +166,7 @@ def test_limiter_takes_a_token_per_request_sent_and_hears_429(api_server: ApiSer
     assert stats.acquired == 4 and stats.throttled == 1 and stats.current_rate < 1000  # 2 + a redirect's 2 hops
 
 
-@pytest.mark.parametrize(("base", "url", "params"), [
-    ("http://127.0.0.1:9/v1", "/users/7", None),
-    ("http://127.0.0.1:9", "ok/a", None),
-    ("http://127.0.0.1:9/", "/ok/a", {"q": 1}),
-    ("http://127.0.0.1:9/v1/", "users/7", {"q": "a b", "n": 3, "flag": True, "many": [1, 2]}),
-    ("http://127.0.0.1:9", "http://other:8/x?y=1", {"z": "é"}),
-    ("http://127.0.0.1:9/v1", "/redirect/x?to=http://other:8/y", None),
-])
+@pytest.mark.parametrize(("base", "url", "params"), URL_CASES)
 def test_the_lean_url_is_the_url_httpx_sends(base: str, url: str, params: dict[str, Any] | None):
     client = make_client(base, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     assert LeanClient(base).url_of(RequestSpec("GET", url, params=params)) == str(
