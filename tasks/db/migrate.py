@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -100,6 +101,9 @@ class MigrationSummary(RunSummary):
     ranges_resumed: int = 0
     ranges_recovered: int = Field(0, description="Ranges an earlier attempt had committed (found in the ledger).")
     ranges_failed: list[int] = Field(default_factory=list)
+    ranges_by_path: dict[str, int] = Field(default_factory=dict, description=(
+        "How this run wrote its ranges: copy-binary / copy-text (COPY relayed), columnar-csv (the columnar path), "
+        "rows (converted row by row), ledger (an earlier attempt had committed it); resumed ranges are not counted"))
     rows_estimated: int = 0
     rows_copied: int = 0
     verify: VerifyMode = "off"
@@ -197,7 +201,7 @@ def copy_one_range(rng: KeyRange, job: CopyJob, ref: ChunkRef | None = None) -> 
         raise FatalError(redact_text(str(exc))) from None
     took = time.perf_counter() - started
     report = ChunkReport(index=rng.index, size=res.rows_read, succeeded=res.rows_read, duration_s=took,
-                         extra={"rows_copied": res.rows_written}, resumed=res.recovered,
+                         extra={"rows_copied": res.rows_written, "path": res.path}, resumed=res.recovered,
                          content_hash=ref.content or "" if ref is not None else "")
     if res.recovered:
         report.extra["ranges_recovered"] = 1
@@ -303,6 +307,9 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
     result.ranges_resumed = sum(rep.resumed for rep in done.values())
     result.ranges_recovered = sum(int(rep.extra.get("ranges_recovered", 0)) for rep in done.values())
     result.ranges_copied = sum(not rep.resumed for rep in done.values())
+    paths = Counter(str(rep.extra["path"]) for rep in done.values() if rep.extra.get("path") and
+                    (not rep.resumed or rep.extra.get("ranges_recovered")))
+    result.ranges_by_path = dict(sorted(paths.items()))
     result.ranges_failed = sorted(r.index for r in ranges if r.index not in done)
     result.rows_copied = int(summary.extra.get("rows_copied", 0))
     reason = None

@@ -39,10 +39,12 @@ def test_pg_to_mysql_to_pg_every_mode_and_resume(mode: str, pg_items: str, mysql
     assert (summary.total, summary.rows_copied) == (N, N)
     resumed = db_migrate(pg_items, mysql_url, "items", mode=mode, chunk_rows=CHUNK, run_key=summary.run_key)  # type: ignore[arg-type]
     assert_clean(resumed, RANGES)
-    assert resumed.ranges_resumed == RANGES and resumed.ranges_copied == 0
+    assert resumed.ranges_resumed == RANGES and resumed.ranges_copied == 0 and resumed.ranges_by_path == {}
     assert my_exec(mysql_url, "SELECT count(*) FROM items")[0][0] == N
     back = db_migrate(mysql_url, pg_target, "items", mode=mode, chunk_rows=CHUNK)  # type: ignore[arg-type]
     assert_clean(back, RANGES)
+    assert sum(back.ranges_by_path.values()) == RANGES, back.ranges_by_path  # every range says how it was written
+    assert set(back.ranges_by_path) <= {"columnar-csv", "rows"}
     q = "SELECT * FROM items ORDER BY id"
     assert pg_exec(pg_items, q) == pg_exec(pg_target, q)
 
