@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.core.errors import BatchflowsError, ChunkTimeout, SkipItem
+from tasks.core.journal import consecutive
 from tasks.core.retry import RetryPolicy
 from tasks.core.timeouts import Deadline
 
@@ -47,7 +48,7 @@ def describe_value(value: Any) -> str:
 
 def _take(items: Sequence[Any], positions: list[int]) -> list[Any]:
     """The items at ``positions`` (increasing): a slice when they are consecutive, as they mostly are."""
-    if positions and positions[-1] - positions[0] == len(positions) - 1:
+    if consecutive(positions):
         return list(items[positions[0]:positions[-1] + 1])
     return [items[p] for p in positions]
 

@@ -35,7 +35,7 @@ from tasks.core.chunking import Chunk
 from tasks.core.errors import ChunkTimeout, FatalError, SkipItem
 from tasks.core.failpoints import failpoint
 from tasks.core.identity import chunk_hash
-from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal
+from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, consecutive
 from tasks.core.objstore import is_url
 from tasks.core.outcomes import ChunkReport, FailedItem
 from tasks.core.redact import redact_text
@@ -164,11 +164,17 @@ class ChunkOutcomes:
             with _together_lock:
                 self._together -= 1
             lines, _together.lines = _together.lines, None
-            if self._journal is not None and lines:
-                try:
-                    self._journal.record_lines(lines)
-                except OSError as exc:
-                    raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
+            if lines:
+                self._record_lines(lines)
+
+    def _record_lines(self, lines: list[str]) -> None:
+        """Store journal lines now; a full or read-only state dir stops the run (nothing can be recorded)."""
+        if self._journal is None:
+            return
+        try:
+            self._journal.record_lines(lines)
+        except OSError as exc:
+            raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
 
     def succeeded(self, position: int, row: Any = None) -> None:
         """``row``: the output row (a JSON-able value, or JSON text already) when outputs are kept."""
@@ -187,12 +193,9 @@ class ChunkOutcomes:
         pending = getattr(_together, "lines", None) if self._together else None
         if pending is not None:
             pending.extend(lines)
-        elif self._journal is not None:
-            try:
-                self._journal.record_lines(lines)
-            except OSError as exc:
-                raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
-        if positions and positions[-1] - positions[0] == len(positions) - 1:  # increasing and consecutive
+        else:
+            self._record_lines(lines)
+        if consecutive(positions):
             self.kinds[positions[0]:positions[-1] + 1] = bytes([_S]) * len(positions)
         else:
             for position in positions:

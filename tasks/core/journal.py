@@ -69,6 +69,11 @@ def journal_content(path: Path) -> str | None:
     return content if magic == MAGIC and content else None
 
 
+def consecutive(positions: list[int]) -> bool:
+    """Whether increasing ``positions`` are one run without gaps (then first..last covers them all)."""
+    return bool(positions) and positions[-1] - positions[0] == len(positions) - 1
+
+
 class ChunkJournal:
     """The journal of one chunk attempt; see the module docstring. Thread-safe (each line its own byte range)."""
 
@@ -198,7 +203,7 @@ class ChunkJournal:
     @staticmethod
     def range_lines(positions: list[int], kind: str) -> list[str]:
         """Lines recording ``kind`` (no payload) for ``positions``: one per run of consecutive positions."""
-        if positions and positions[-1] - positions[0] == len(positions) - 1:  # increasing, so consecutive
+        if consecutive(positions):
             first, last = positions[0], positions[-1]
             return [f"{first} {kind}\n" if first == last else f"{first}-{last} {kind}\n"]
         lines: list[str] = []
@@ -238,4 +243,4 @@ class ChunkJournal:
         self.close()
 
 
-__all__ = ["FAILED", "SKIPPED", "SUCCEEDED", "ChunkJournal", "Entry", "SourceChanged", "journal_content"]
+__all__ = ["FAILED", "SKIPPED", "SUCCEEDED", "ChunkJournal", "Entry", "SourceChanged", "consecutive", "journal_content"]
