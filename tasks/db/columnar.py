@@ -9,7 +9,7 @@ so the ledger row still commits with the rows.
 Exactness: PostgreSQL must store what the row path stores, so every value travels as text PostgreSQL parses
 to the same value: numerics, dates, times and timestamps are selected as MySQL's own text (no rounding
 through Arrow's decimal128(38, 10) or its zero-date handling), floats as the double the row path reads,
-bytes as ``\\x`` hex, JSON re-serialized with ``json.dumps`` as psycopg's JSON dumper does. NULL is an
+bytes as ``\\x`` hex, JSON as the document's own text (as the row path writes it). NULL is an
 unquoted empty field, every other value is quoted (``""`` is the empty string). Values the row path refuses
 (zero dates, a TIME outside a day, TINYINT(1) other than 0/1) are sent as text PostgreSQL rejects, so the
 range falls back to the row path, which names the row and column. Only columns whose target kind equals the
@@ -27,7 +27,6 @@ table with a column of another kind (json, bytes, uuid, timestamptz, arrays...) 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,15 +115,9 @@ def select_sql(db: Db, schema: SourceSchema, rng: KeyRange) -> str:
         cur.close()
 
 
-def _json_texts(values: list[Any]) -> list[str | None]:
-    dumps, loads = json.dumps, json.loads  # psycopg's JSON dumper writes json.dumps(value)
-    return [None if v is None else dumps(loads(v)) for v in values]
-
-
 def read_csv(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[bytes, int]:
     """The range as CSV for ``COPY ... (FORMAT csv)`` and its row count. Raises NotExact, or whatever
-    connectorx, Arrow or json raise: the caller then takes the row path."""
-    import pyarrow as pa
+    connectorx or Arrow raise: the caller then takes the row path."""
     import pyarrow.csv as pcsv
 
     if db.dialect == "sqlite":
@@ -132,10 +125,9 @@ def read_csv(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[bytes, int]:
     else:
         import connectorx as cx
 
+        # JSON is the document's text: PostgreSQL checks it (an invalid one fails the COPY, and the row path
+        # then names its row)
         table = cx.read_sql(_url(db), select_sql(db, schema, rng), return_type="arrow", protocol="binary")
-        for i, c in enumerate(schema.columns):
-            if c.kind in ("json", "jsonb"):
-                table = table.set_column(i, c.name, pa.array(_json_texts(table.column(i).to_pylist()), pa.string()))
     buf = io.BytesIO()
     pcsv.write_csv(table, buf, pcsv.WriteOptions(include_header=False, quoting_style="all_valid"))
     return buf.getvalue(), table.num_rows

@@ -18,11 +18,13 @@ from typing import Any, Literal
 
 import psycopg
 import pymysql
+from psycopg.types.json import set_json_loads
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from tasks.core import ConfigError, DbSettings, SourceError, redact_text, register_secret
 from tasks.core.params import validate_select
 from tasks.db.dburl import parse_url
+from tasks.db.values import raw_json
 
 Dialect = Literal["postgresql", "sqlite", "mysql"]
 Role = Literal["source", "target"]
@@ -276,6 +278,7 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
             msg = (f"cannot connect to the {role} database: {ep.describe()}: {reason}. Check that the server "
                    "runs and accepts TCP connections there and that the user and password are right.")
             raise SourceError(msg) from None
+        set_json_loads(raw_json, raw)  # JSON documents as their text: moved byte for byte, never re-serialized
     elif ep.dialect == "mysql":
         raw = _connect_mysql(ep, role)
     else:

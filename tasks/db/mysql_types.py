@@ -20,7 +20,6 @@ Why these choices:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import struct
 import uuid
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from typing import Any
 
 from tasks.db.conn import TableName, quote
 from tasks.db.typemap import KINDS, ColumnInfo
-from tasks.db.values import _json_default, _to_bool, coerce, sqlite_decoder, sqlite_encoder
+from tasks.db.values import _to_bool, _to_json, coerce, json_text, sqlite_decoder, sqlite_encoder
 
 TAG = "batchflows:"
 _UTC = dt.UTC
@@ -208,7 +207,7 @@ def _dec_time(v: Any) -> Any:
 
 
 def _dec_json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str | bytes) else v
+    return _to_json(v)  # the document's text as MySQL returns it, checked to be JSON
 
 
 def mysql_decoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
@@ -253,8 +252,7 @@ def mysql_encoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
     if k == "timestamptz":
         return lambda v: None if v is None else _enc_timestamptz(v)
     if k in ("json", "jsonb"):
-        return lambda v: None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"),
-                                                            default=_json_default)
+        return lambda v: None if v is None else json_text(v)
     if k == "uuid":
         return lambda v: None if v is None else str(v)
     if k == "numeric" and col.precision is None:

@@ -1,8 +1,13 @@
 """Value codecs between PostgreSQL, SQLite and polars, and the canonical text range checksums hash.
 
-Why one canonical form per kind (``int``, ``Decimal``, aware UTC ``datetime``, parsed JSON, ``bytes``,
+Why one canonical form per kind (``int``, ``Decimal``, aware UTC ``datetime``, ``JsonText``, ``bytes``,
 ``UUID``, ``list``): readers decode storage into it, writers encode it, and the checksum hashes it, so
 "equal after a migration in either direction" has a single definition.
+
+JSON travels as the text its database stored (``JsonText``), never parsed and re-serialized: a number
+beyond a double's precision keeps every digit, ``12.50`` stays ``12.50``, a PostgreSQL ``json`` column
+keeps its spacing, key order and non-ASCII characters byte for byte. Only verify parses it, to compare
+documents by value (see :func:`canonical_json`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,21 @@ from typing import Any
 from tasks.db.typemap import ColumnInfo
 
 _UTC = dt.UTC
+
+
+class JsonText(str):
+    """A JSON document as its database stores it (valid JSON text); written as is to a JSON column."""
+
+    __slots__ = ()
+
+
+def raw_json(data: bytes | bytearray | memoryview | str) -> JsonText:
+    """psycopg's JSON loader for connections batchflows opens: the document's text, not parsed."""
+    return JsonText(data if isinstance(data, str) else bytes(data).decode())
+
+
+def _json_dumps(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 # ---------------------------------------------------------------- value codecs
 
@@ -106,8 +126,20 @@ def _to_text(v: Any) -> str:
     return str(v)
 
 
-def _to_json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) else v
+def _to_json(v: Any) -> JsonText:
+    """A JSON document's text: text (or bytes) is checked to be JSON and kept as written; a Python value
+    (dict, list, number, boolean) is serialized."""
+    if type(v) is JsonText:
+        return v
+    if isinstance(v, bytes | bytearray | memoryview):
+        v = bytes(v).decode()
+    if isinstance(v, str):
+        try:
+            json.loads(v)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+        return JsonText(v)
+    return JsonText(_json_dumps(v))
 
 
 def _to_bytes(v: Any) -> bytes:
@@ -180,10 +212,15 @@ def _sqlite_scalar(kind: str, v: Any) -> Any:
     if kind in ("date", "time"):
         return v.isoformat()
     if kind in ("json", "jsonb"):
-        return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+        return json_text(v)
     if kind == "uuid":
         return str(v)
     return v
+
+
+def json_text(v: Any) -> str:
+    """The text a JSON column stores for a canonical JSON value (its own text; a Python value serialized)."""
+    return str(v) if isinstance(v, JsonText) else _json_dumps(v)
 
 
 def _sqlite_array_item(kind: str, v: Any) -> Any:
@@ -192,7 +229,7 @@ def _sqlite_array_item(kind: str, v: Any) -> Any:
     if isinstance(v, list):
         return [_sqlite_array_item(kind, x) for x in v]
     if kind in ("json", "jsonb"):
-        return v
+        return json.loads(v) if isinstance(v, JsonText) else v  # an element inside the array's own JSON
     out = _sqlite_scalar(kind, v)
     return "\\x" + out.hex() if isinstance(out, bytes) else out
 
@@ -215,7 +252,7 @@ def sqlite_decoder(col: ColumnInfo) -> Callable[[Any], Any]:
     every stored representation a reasonable writer may have used is accepted)."""
     kind = col.kind
     if kind in ("json", "jsonb"):
-        return lambda v: json.loads(v) if isinstance(v, str) else v
+        return lambda v: None if v is None else _to_json(v)
     if kind in ("text", "varchar", "char"):
         return lambda v: v if v is None or isinstance(v, str) else _to_text(v)
     if kind in ("bigint", "integer", "smallint"):
@@ -236,6 +273,17 @@ def pg_encoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
     """Canonical value -> what psycopg's binary dumper for this column accepts (None = identity)."""
     if col.cast_text:
         return lambda v: None if v is None else _to_text(v)
+    if col.kind in ("json", "jsonb") or (col.kind == "array" and col.element in ("json", "jsonb")):
+        # psycopg's JSON dumpers serialize what they get: the wrapper makes them send the document's own text
+        from psycopg.types.json import Json
+
+        def wrap(v: Any) -> Any:
+            return None if v is None else Json(v, dumps=json_text)
+
+        def wrap_items(v: Any) -> Any:
+            return [wrap_items(x) for x in v] if isinstance(v, list) else wrap(v)
+
+        return wrap if col.kind != "array" else wrap_items
     return None
 
 
@@ -243,6 +291,8 @@ def pg_encoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
 
 
 def _canon(v: Any) -> Any:
+    if type(v) is JsonText:
+        return canonical_json(v)
     if v is None or isinstance(v, bool | str):
         return v
     if isinstance(v, int):
@@ -273,6 +323,29 @@ def _canon(v: Any) -> Any:
     return str(v)
 
 
+def _canon_json_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{_str_token(k)}:{_canon_json_value(v[k])}" for k in sorted(v)) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(_canon_json_value(x) for x in v) + "]"
+    if isinstance(v, Decimal):
+        return _canon(v)
+    if isinstance(v, str):
+        return _str_token(v)
+    if isinstance(v, float):  # NaN, Infinity: Python's json reads them
+        return repr(v)
+    return "null" if v is None else "true" if v is True else "false"
+
+
+_str_token = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def canonical_json(text: str) -> str:
+    """A JSON document's canonical text for checksums: keys sorted, no spaces, escapes resolved, numbers
+    by value as exact decimals (``12.50`` = ``12.5`` = ``1.25E1``; a number is never equal to a string)."""
+    return _canon_json_value(json.loads(text, parse_float=Decimal, parse_int=Decimal))
+
+
 def canonical_row(row: tuple[Any, ...] | list[Any]) -> bytes:
     """The text a row's checksum is computed over: JSON of canonical values (numbers as normalized
     decimal text, timestamps as UTC ISO, bytes as hex, JSON objects with sorted keys)."""
@@ -298,8 +371,7 @@ def row_canonicalizer(cols: list[ColumnInfo]) -> Callable[[tuple[Any, ...]], byt
     funcs = [_canon_int if c.kind in ("smallint", "integer", "bigint") else
              _canon_char if c.kind == "char" else
              _same if c.kind in ("text", "varchar", "boolean") else _canon for c in cols]
-    nested = any(c.kind in ("json", "jsonb") for c in cols)
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=nested).encode
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
     def canon(row: tuple[Any, ...]) -> bytes:
         return dumps([f(v) for f, v in zip(funcs, row, strict=True)]).encode()
@@ -343,7 +415,9 @@ def frame_value(col: ColumnInfo, value: Any) -> Any:
     """Canonical value -> the value placed in a polars DataFrame of dtype ``polars_dtype(col)``."""
     if value is None:
         return None
-    if col.kind in ("json", "jsonb", "array"):
+    if col.kind in ("json", "jsonb"):
+        return json_text(value)
+    if col.kind == "array":
         return json.dumps(value, ensure_ascii=False, default=_json_default)
     if col.kind == "uuid" or (col.kind == "numeric" and (col.precision is None or col.precision > 38)):
         return str(value)
@@ -351,13 +425,17 @@ def frame_value(col: ColumnInfo, value: Any) -> Any:
 
 
 __all__ = [
+    "JsonText",
+    "canonical_json",
     "canonical_row",
     "coerce",
     "frame_value",
+    "json_text",
     "key_to_json",
     "pg_decoder",
     "pg_encoder",
     "polars_dtype",
+    "raw_json",
     "row_canonicalizer",
     "sqlite_decoder",
     "sqlite_encoder",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,17 @@ class Tmpfs:
         self.path = path
 
     def remount(self, options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True, capture_output=True)
+        """Remount; a read-only remount is refused while a file is open for writing (EBUSY), which a
+        flow may hold for a moment (a part being closed): retried for up to 10 s, then the reason."""
+        deadline = time.monotonic() + 10
+        while True:
+            done = subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], capture_output=True,
+                                  text=True)
+            if done.returncode == 0:
+                return
+            if "busy" not in done.stderr.lower() or time.monotonic() > deadline:
+                raise AssertionError(f"mount -o remount,{options} {self.path} failed: {done.stderr.strip()}")
+            time.sleep(0.05)
 
 
 def mount_tmpfs(path: Path, options: str) -> Iterator[Tmpfs]:

@@ -17,7 +17,7 @@ from tasks.db import copy_range, create_target, parse_db_url, parse_table_name, 
 from tasks.db.conn import parse_key, quote, validate_identifier, validate_query
 from tasks.db.schema import KeyRange
 from tasks.db.typemap import ColumnInfo, column_from_sqlite, pg_type, sqlite_type
-from tasks.db.values import canonical_row, coerce
+from tasks.db.values import JsonText, canonical_row, coerce
 from tests.tasks.db.test_migration import create_pg, db_exec, pg_exec, sqlite_exec
 
 BAD_NAMES = ["", "a b", "x;drop table t", 'q"uote', "a.b.c", "1abc", "t--", "a" * 64, "s.", ".t", '"open',
@@ -154,7 +154,7 @@ def test_pg_types_and_canonical_equality() -> None:
     assert pg_type(ColumnInfo(name="a", kind="array", element="integer")) == "integer[]"
     ts = ColumnInfo(name="t", kind="timestamptz")
     pg_side = (Decimal("1.5000"), dt.datetime(2024, 1, 1, 5, 30, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
-               {"b": 1, "a": [1.5]}, b"\x00\xff", uuid.UUID(int=1), [1, None])
+               JsonText('{"b": 1, "a": [1.50]}'), b"\x00\xff", uuid.UUID(int=1), [1, None])
     sqlite_side = (coerce(ColumnInfo(name="n", kind="numeric"), "1.5"), coerce(ts, "2024-01-01 00:00:00+00:00"),
                    coerce(ColumnInfo(name="j", kind="json"), '{"a":[1.5],"b":1}'), b"\x00\xff",
                    coerce(ColumnInfo(name="u", kind="uuid"), "00000000-0000-0000-0000-000000000001"),

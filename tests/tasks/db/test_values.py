@@ -1,0 +1,137 @@
+"""JSON documents travel between databases as the text their database stored (tasks/db/values.py JsonText).
+
+User data is exact: a number beyond a double's precision keeps every digit, ``12.50`` stays ``12.50``, a
+PostgreSQL ``json`` column keeps spacing, key order and non-ASCII characters byte for byte. Each test copies
+real tables between real servers (SQLite files, a throwaway PostgreSQL cluster, MariaDB) on every path that
+reads or writes JSON (the row path, the columnar path, PostgreSQL's binary COPY), then verifies.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core.errors import ItemError
+from tasks.db import copy_range, create_target, plan_ranges, verify_ranges
+from tasks.db.typemap import ColumnInfo
+from tasks.db.values import JsonText, canonical_json, coerce, pg_encoder, row_canonicalizer, sqlite_decoder
+from tests.tasks.db.test_migration import pg_exec, sqlite_exec
+from tests.tasks.db.test_mysql import my_exec
+
+# documents a parse + re-serialize would alter (digits, scale, spacing, key order, escapes, non-ASCII)
+DOCS = [
+    '{"n": 12345678901234567890.12345678901234567890, "p": 12.50, "i": 123456789012345678901234567890}',
+    '{ "b":1,"a" : [1.10, "ü🍕", null, true, 1E+2] }',
+    '"just a string"',
+    '{"esc": "\\u00e9\\n\\"", "z": 0.000000000000000000000000000001}',
+    "[]",
+    "[-0.0, 1.0e-7]",
+]
+JSON = ColumnInfo(name="j", kind="json")
+
+
+def test_coerce_keeps_json_text_and_checks_it() -> None:
+    for doc in DOCS:
+        out = coerce(JSON, doc)
+        assert type(out) is JsonText and out == doc
+    assert coerce(JSON, {"a": [1, "ü"]}) == '{"a":[1,"ü"]}'  # a Python value is serialized
+    assert sqlite_decoder(JSON)(b'{"a": 1.50}') == '{"a": 1.50}'
+    with pytest.raises(ValueError, match="not valid JSON"):
+        coerce(JSON, "{'a': 1}")
+
+
+def test_canonical_json_compares_documents_by_value() -> None:
+    same = ['{"a": 12.50, "b": [1, "x"]}', '{"b":[1.0,"x"],"a":1.25E1}', '{"b": [1e0, "\\u0078"], "a": 12.5}']
+    assert len({canonical_json(d) for d in same}) == 1
+    differ = ['{"a": "12.5"}', '{"a": 12.5}', '{"a": 12.500000000000000000001}', '{"a": [12.5]}', '{"a": null}']
+    assert len({canonical_json(d) for d in differ}) == len(differ)  # a number never equals a string
+    big = canonical_json("12345678901234567890.12345678901234567890")
+    assert big == "12345678901234567890.1234567890123456789"  # every digit, trailing zero dropped
+    canon = row_canonicalizer([ColumnInfo(name="id", kind="integer"), JSON])
+    assert canon((1, JsonText('{"b": 2, "a": 1}'))) == canon((1, JsonText('{"a":1,"b":2}')))
+
+
+def test_pg_encoder_sends_the_documents_own_text() -> None:
+    from psycopg.types.json import Json
+
+    enc = pg_encoder(ColumnInfo(name="j", kind="jsonb"))
+    assert enc is not None and enc(None) is None
+    wrapped = enc(JsonText(DOCS[0]))
+    assert isinstance(wrapped, Json) and wrapped.dumps is not None and wrapped.dumps(wrapped.obj) == DOCS[0]
+    items = pg_encoder(ColumnInfo(name="a", kind="array", element="json"))
+    assert items is not None and [w.dumps(w.obj) for w in items([JsonText("1.50"), JsonText("{}")])] == ["1.50", "{}"]
+
+
+def _sqlite_docs(tmp_path: Path, name: str = "docs") -> str:
+    url = f"sqlite:///{tmp_path / f'{name}.sqlite3'}"
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with conn:
+        conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, j JSON, b JSONB)")
+        conn.executemany("INSERT INTO docs VALUES (?, ?, ?)", [(i, d, d) for i, d in enumerate(DOCS)] + [(99, None, None)])
+    conn.close()
+    return url
+
+
+def _copy(src: str, tgt: str, table: str, *, copy_format: str = "auto", chunk_rows: int = 2) -> set[str]:
+    create_target(src, tgt, table)
+    paths = {copy_range(src, tgt, table, rng, copy_format=copy_format).path  # type: ignore[arg-type]
+             for rng in plan_ranges(src, table, chunk_rows=chunk_rows)}
+    checks = verify_ranges(src, tgt, table, chunk_rows=chunk_rows)
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+    return paths
+
+
+def _as_jsonb(pg_url: str, doc: str) -> str:
+    return pg_exec(pg_url, "SELECT %s::jsonb::text", (doc,))[0][0]
+
+
+def test_sqlite_to_postgresql_and_back_keeps_every_byte(tmp_path: Path, pg_cluster: Any) -> None:
+    src = _sqlite_docs(tmp_path)
+    pg = pg_cluster.url(pg_cluster.create_database())
+    _copy(src, pg, "docs")
+    got = pg_exec(pg, "SELECT j::text, b::text, pg_typeof(j)::text, pg_typeof(b)::text FROM docs ORDER BY id")
+    assert got[0][2:] == ("json", "jsonb")
+    assert [r[0] for r in got] == [*DOCS, None]  # json: the text as written
+    assert [r[1] for r in got] == [*(_as_jsonb(pg, d) for d in DOCS), None]  # jsonb: PostgreSQL's own parse
+    assert "12345678901234567890.12345678901234567890" in got[0][1] and '"p": 12.50' in got[0][1]
+
+    back = f"sqlite:///{tmp_path / 'back.sqlite3'}"
+    _copy(pg, back, "docs")
+    assert sqlite_exec(back, "SELECT j FROM docs ORDER BY id") == [(d,) for d in [*DOCS, None]]
+
+    again = pg_cluster.url(pg_cluster.create_database())  # PostgreSQL -> PostgreSQL through Python rows
+    _copy(pg, again, "docs", copy_format="rows")
+    assert pg_exec(again, "SELECT j::text, b::text FROM docs ORDER BY id") == [(r[0], r[1]) for r in got]
+
+
+@pytest.mark.parametrize("copy_format", ["rows", "auto"])
+def test_mariadb_json_to_postgresql_keeps_every_digit(copy_format: str, mysql_url: str, pg_cluster: Any) -> None:
+    my_exec(mysql_url, "CREATE TABLE docs (id INT PRIMARY KEY, j JSON)")
+    my_exec(mysql_url, "INSERT INTO docs VALUES (%s, %s)", [(i, d) for i, d in enumerate(DOCS)] + [(99, None)])
+    stored = [r[0] for r in my_exec(mysql_url, "SELECT j FROM docs ORDER BY id")]
+    assert stored == [*DOCS, None]  # MariaDB's JSON is text as written (MySQL 8 would store its own form)
+    pg = pg_cluster.url(pg_cluster.create_database())
+    paths = _copy(mysql_url, pg, "docs", copy_format=copy_format)
+    assert paths == ({"rows"} if copy_format == "rows" else {"columnar-csv"})
+    got = pg_exec(pg, "SELECT j::text, pg_typeof(j)::text FROM docs ORDER BY id")
+    expect = DOCS if got[0][1] == "json" else [_as_jsonb(pg, d) for d in DOCS]
+    assert [r[0] for r in got] == [*expect, None]
+    assert "12345678901234567890.12345678901234567890" in got[0][0]
+
+
+def test_a_sqlite_value_that_is_not_json_fails_its_range_naming_row_and_column(tmp_path: Path,
+                                                                              pg_target: str) -> None:
+    url = f"sqlite:///{tmp_path / 'bad.sqlite3'}"
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with conn:
+        conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, j JSON)")
+        conn.executemany("INSERT INTO docs VALUES (?, ?)", [(1, '{"a": 1}'), (2, "{'a': 1}")])
+    conn.close()
+    create_target(url, pg_target, "docs")
+    with pytest.raises(ItemError) as err:
+        copy_range(url, pg_target, "docs", plan_ranges(url, "docs")[0])
+    assert "{'id': 2}" in str(err.value) and "'j'" in str(err.value) and "not valid JSON" in str(err.value)
+    assert pg_exec(pg_target, "SELECT count(*) FROM docs")[0][0] == 0
