@@ -28,7 +28,7 @@ from typing import Any
 
 from tasks.db.conn import TableName, quote
 from tasks.db.typemap import KINDS, ColumnInfo
-from tasks.db.values import _to_bool, _to_json, coerce, json_text, sqlite_decoder, sqlite_encoder
+from tasks.db.values import JsonText, _to_bool, _to_json, coerce, json_text, sqlite_decoder, sqlite_encoder
 
 TAG = "batchflows:"
 _UTC = dt.UTC
@@ -207,7 +207,9 @@ def _dec_time(v: Any) -> Any:
 
 
 def _dec_json(v: Any) -> Any:
-    return _to_json(v)  # the document's text as MySQL returns it, checked to be JSON
+    # the document's text as MySQL returns it: MySQL's JSON type and MariaDB's JSON (LONGTEXT with a
+    # json_valid CHECK, which is how reflection knows it is JSON) hold valid JSON only, so no parse here
+    return JsonText(v) if type(v) is str else _to_json(v)
 
 
 def mysql_decoder(col: ColumnInfo) -> Callable[[Any], Any] | None:

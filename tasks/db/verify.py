@@ -24,7 +24,7 @@ from tasks.db.copier import iter_rows
 from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
-from tasks.db.values import coerce, key_to_json, row_canonicalizer
+from tasks.db.values import coerce, key_to_json, row_canonicalizer, rows_checksum
 
 
 class RangeCheck(BaseModel):
@@ -40,18 +40,15 @@ class RangeCheck(BaseModel):
     method: str = "python"
 
 
-def _row_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
-                 as_kinds: SourceSchema | None = None) -> Iterator[tuple[list[Any], bytes]]:
-    """(key, md5 of the row's canonical values) per row of the range, streamed."""
-    key_pos = [schema.names.index(k) for k in schema.key]
-    key_cols = schema.key_columns()
+def _rows(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+          as_kinds: SourceSchema | None = None) -> Iterator[tuple[Any, ...]]:
+    """The range's rows in key order as canonical values, streamed; with ``as_kinds`` (the source's schema,
+    when reading the target) a column whose kind differs is converted to the source's kind first."""
     fix = []
     if as_kinds is not None:
         for i, (mine, theirs) in enumerate(zip(schema.columns, as_kinds.columns, strict=True)):
             if mine.kind != theirs.kind or mine.element != theirs.element:
                 fix.append((i, theirs))
-    canon = row_canonicalizer(as_kinds.columns if as_kinds is not None else schema.columns)
-    md5 = hashlib.md5
     with connect(url, role) as db:  # type: ignore[arg-type]
         for row in iter_rows(db, schema, rng):
             if fix:
@@ -59,10 +56,28 @@ def _row_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
                 for i, col in fix:
                     vals[i] = coerce(col, vals[i]) if vals[i] is not None else None
                 row = tuple(vals)
-            key = [key_to_json(c, row[p]) for c, p in zip(key_cols, key_pos, strict=True)]
-            yield key, md5(canon(row), usedforsecurity=False).digest()
+            yield row
         if db.dialect == "postgresql":
             db.raw.rollback()
+
+
+def _row_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+                 as_kinds: SourceSchema | None = None) -> Iterator[tuple[list[Any], bytes]]:
+    """(key, md5 of the row's canonical values) per row of the range, streamed."""
+    key_pos = [schema.names.index(k) for k in schema.key]
+    key_cols = schema.key_columns()
+    canon = row_canonicalizer(as_kinds.columns if as_kinds is not None else schema.columns)
+    md5 = hashlib.md5
+    for row in _rows(url, schema, rng, role, as_kinds):
+        key = [key_to_json(c, row[p]) for c, p in zip(key_cols, key_pos, strict=True)]
+        yield key, md5(canon(row), usedforsecurity=False).digest()
+
+
+def _columns_checksum(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+                      as_kinds: SourceSchema | None = None) -> tuple[int, str]:
+    """(count, checksum) of the range, column by column (see values.rows_checksum)."""
+    checksum = rows_checksum(as_kinds.columns if as_kinds is not None else schema.columns)
+    return checksum(_rows(url, schema, rng, role, as_kinds))
 
 
 def _digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
@@ -138,13 +153,6 @@ def _pg_multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -
     return int(row[0]), f"sum:{row[1]}"
 
 
-def _checksum(digests: list[tuple[list[Any], bytes]]) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    for _, d in digests:
-        h.update(d)
-    return h.hexdigest()
-
-
 def _first_difference(a: list[tuple[list[Any], bytes]], b: list[tuple[list[Any], bytes]]) -> list[Any] | None:
     """The first key (source order, then target-only keys) whose row differs or is missing on one side."""
     other = {tuple(k): d for k, d in b}
@@ -213,14 +221,17 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
                 first = _first_difference(da.result(), db_.result())
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=ok, first_difference=first, method="sql")
-        fa = pool.submit(_digests, source_url, source, rng, "source")
-        fb = pool.submit(_digests, target_url, target, rng, "target", as_kinds=source)
-        a, b = fa.result(), fb.result()
-    cs_a, cs_b = _checksum(a), _checksum(b)
-    ok = len(a) == len(b) and cs_a == cs_b
-    return RangeCheck(index=rng.index, count_src=len(a), count_tgt=len(b), checksum_src=cs_a,
-                      checksum_tgt=cs_b, ok=ok, first_difference=None if ok else _first_difference(a, b),
-                      method="python")
+        fa = pool.submit(_columns_checksum, source_url, source, rng, "source")
+        fb = pool.submit(_columns_checksum, target_url, target, rng, "target", as_kinds=source)
+        (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
+        ok = n_a == n_b and cs_a == cs_b
+        first = None
+        if not ok:  # read both again, a digest per row, for the first key that differs
+            da = pool.submit(_digests, source_url, source, rng, "source")
+            db_ = pool.submit(_digests, target_url, target, rng, "target", as_kinds=source)
+            first = _first_difference(da.result(), db_.result())
+    return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
+                      ok=ok, first_difference=first, method="python")
 
 
 def verify_ranges(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,

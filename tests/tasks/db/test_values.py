@@ -17,7 +17,15 @@ import pytest
 from tasks.core.errors import ItemError
 from tasks.db import copy_range, create_target, plan_ranges, verify_ranges
 from tasks.db.typemap import ColumnInfo
-from tasks.db.values import JsonText, canonical_json, coerce, pg_encoder, row_canonicalizer, sqlite_decoder
+from tasks.db.values import (
+    JsonText,
+    canonical_json,
+    canonical_row,
+    coerce,
+    pg_encoder,
+    row_canonicalizer,
+    sqlite_decoder,
+)
 from tests.tasks.db.test_migration import pg_exec, sqlite_exec
 from tests.tasks.db.test_mysql import my_exec
 
@@ -50,8 +58,26 @@ def test_canonical_json_compares_documents_by_value() -> None:
     assert len({canonical_json(d) for d in differ}) == len(differ)  # a number never equals a string
     big = canonical_json("12345678901234567890.12345678901234567890")
     assert big == "12345678901234567890.1234567890123456789"  # every digit, trailing zero dropped
+    # integers only (one C call) and with fractions (the exact walk) agree
+    assert canonical_json('{"a": 100, "b": [true, null]}') == canonical_json('{"b":[true,null],"a":1E2}')
+    assert canonical_json('{"a": 1, "b": 1.0}') == canonical_json('{"b": 1, "a": 1.00}') == '{"a":1,"b":1}'
+    assert canonical_json("[NaN, 1.5]") == "[NaN,1.5]" and canonical_json("[NaN]") == "[NaN]"
     canon = row_canonicalizer([ColumnInfo(name="id", kind="integer"), JSON])
     assert canon((1, JsonText('{"b": 2, "a": 1}'))) == canon((1, JsonText('{"a":1,"b":2}')))
+
+
+def test_row_canonicalizer_matches_canonical_row_for_every_kind() -> None:
+    import datetime as dt
+    import uuid
+    from decimal import Decimal
+
+    cols = [ColumnInfo(name=k, kind=k) for k in ("bigint", "numeric", "double", "timestamp", "timestamptz", "json",
+                                                 "text", "boolean", "date", "bytes", "uuid")]
+    row = (7, Decimal("1.500"), 0.1, dt.datetime(2024, 1, 1, 1, 2, 3), dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+           JsonText('{"x": [1.50, "y"]}'), "t", True, dt.date(2024, 2, 29), b"\x00", uuid.UUID(int=5))
+    assert row_canonicalizer(cols)(row) == canonical_row(row)
+    assert row_canonicalizer(cols)((None,) * len(cols)) == canonical_row((None,) * len(cols))
+    assert row_canonicalizer(cols[1:2])((3,)) == canonical_row((3,))  # an unexpected type: the generic rule
 
 
 def test_pg_encoder_sends_the_documents_own_text() -> None:
