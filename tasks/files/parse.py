@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -151,31 +153,104 @@ def parse_csv(
     return good, bad
 
 
+class _Exact(Exception):
+    """The segment takes the exact (Python) path."""
+
+
+class _Number:
+    """A JSON number with a fraction or an exponent, as its text in the file (``12.50``, ``1e400``); not a
+    str, so the C JSON encoder refuses it and a nested value holding one is written by the walk below."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+# a number polars would write differently from the file: an exponent, a trailing zero in a fraction, more
+# than 15 digits in a fraction (a double holds 15 significant digits exactly; polars writes its shortest
+# positional form, so any other fraction comes out as written; integers of any size it keeps as written)
+_UNSAFE_NUMBER = (rb"-?[0-9]+(?:\.[0-9]+)?[eE]|-?[0-9]*\.[0-9]*0(?![0-9])"
+                  rb"|-?(?=[0-9]*\.[0-9])(?:[0-9]\.?){16}")
+_UNSAFE = re.compile(_UNSAFE_NUMBER)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_KEY_PATTERNS: dict[str, tuple[re.Pattern[bytes], re.Pattern[bytes]]] = {}
+
+
+def _key_patterns(name: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """``"name": <a number polars would rewrite>`` and ``"name": <an object or array>`` (which may hold one)."""
+    pats = _KEY_PATTERNS.get(name)
+    if pats is None:
+        key = re.escape(json.dumps(name, ensure_ascii=False).encode()) + rb"\s*:\s*"
+        pats = _KEY_PATTERNS.setdefault(name, (re.compile(key + rb"(?:" + _UNSAFE_NUMBER + rb")"),
+                                               re.compile(key + rb"[\[{]")))
+    return pats
+
+
+def _polars_exact(body: bytes, exact_columns: Sequence[str]) -> bool:
+    """Whether polars writes every value of ``exact_columns`` (those whose text is kept: String, Decimal) as
+    the file does. A quick look for any such number first; then one search per column for its key followed
+    by one (text inside a string that merely looks like that sends the segment to the exact path too); an
+    object or array value: any such number outside strings."""
+    if not exact_columns or not _UNSAFE.search(body):
+        return True
+    pats = [_key_patterns(c) for c in exact_columns]
+    if any(number.search(body) for number, _ in pats):
+        return False
+    return not any(nested.search(body) for _, nested in pats) or not _UNSAFE.search(_STRING.sub(b'""', body))
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # polars writes nested values with these separators
+_exact_loads = json.JSONDecoder(parse_float=_Number).decode
+
+
+def _json_value_text(value: Any) -> str:
+    """A nested value as JSON text, as polars writes it, numbers as the file writes them."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_dumps(k)}: {_json_value_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_value_text(v) for v in value) + "]"
+    return value.text if type(value) is _Number else _dumps(value)
+
+
 def _json_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if type(value) is _Number:
+        return value.text
     if isinstance(value, bool):
         return "true" if value else "false"
-    return json.dumps(value, ensure_ascii=False)
+    try:
+        return _dumps(value)  # no number with a fraction inside: one C call
+    except TypeError:
+        return _json_value_text(value)
 
 
-def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str,
+                exact_columns: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Values as text. polars reads a number with a fraction or exponent as a double (``12.50`` -> ``12.5``,
+    digits past the 17th lost): harmless for a column that becomes a float, not for one whose text is kept
+    (``exact_columns``: String, Decimal). A segment where polars would rewrite a number of such a column is
+    read by Python's json, which hands every number over as the file writes it; so does a segment polars
+    refuses, so both paths give the same text."""
     lines = _text_lines(body.rstrip(b"\r\n"))
     keep = [i for i, line in enumerate(lines) if line.strip()]
     try:
+        if not _polars_exact(body, exact_columns):
+            raise _Exact
         df = pl.read_ndjson(body, schema={c: pl.String for c in columns}) if keep else None
         if df is not None and df.height == len(keep):
             return df.with_columns(
                 pl.lit(source).alias(SOURCE_FILE), pl.Series(LINE, [first_line + i for i in keep], dtype=pl.Int64)
             ), _malformed([], first_line, source, [])
-    except pl.exceptions.PolarsError:
+    except (pl.exceptions.PolarsError, _Exact):
         pass
     good: list[list[Any]] = []
     good_lines: list[int] = []
     bad: list[tuple[int, int, str]] = []
     for i in keep:
         try:
-            obj = json.loads(lines[i])
+            obj = _exact_loads(lines[i])
         except json.JSONDecodeError as exc:
             bad.append((i, i + 1, f"invalid JSON: {exc}"))
             continue

@@ -230,6 +230,9 @@ class ChunkReader:
             source=first.path,
             inferred=inferred,
         )
+        out = self.validator.output_schema
+        # JSON-lines columns whose text is kept (a number in them must come out as the file writes it)
+        self._exact_columns = [c for c in raw if c in out and (out[c] == pl.String or isinstance(out[c], pl.Decimal))]
         self._passes: list[_Pass] = []
         self._passes_lock = threading.Lock()
         self._started = False
@@ -263,7 +266,7 @@ class ChunkReader:
                     if line == 0:
                         line = self._data_first_line(part)
                     if part.format == "jsonl":
-                        yield parse_jsonl(seg, names, line, part.path)
+                        yield parse_jsonl(seg, names, line, part.path, self._exact_columns)
                     else:
                         yield parse_csv(seg, names, _separator(part.format), line, part.path)
                     line += seg.count(b"\n")
