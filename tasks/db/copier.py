@@ -82,7 +82,8 @@ OnCommit = Callable[[Db, int], None]  # (target connection, rows written) inside
 def _select(db: Db, schema: SourceSchema, rng: KeyRange) -> tuple[str, list[Any]]:
     cols = ", ".join(f"{db.q(c.name)}::text" if c.cast_text else db.q(c.name) for c in schema.columns)
     where, params = range_predicate(db, schema.key_columns(), rng)
-    return f"SELECT {cols} FROM {schema.relation(db.dialect)} WHERE {where}{order_by(db, schema)}", params
+    rel = rng.part if rng.part and db.dialect == "postgresql" else schema.relation(db.dialect)
+    return f"SELECT {cols} FROM {rel} WHERE {where}{order_by(db, schema)}", params
 
 
 # Types psycopg has no binary dumper or loader for, whose binary wire format is text's (their recv/send

@@ -3,7 +3,8 @@
 Why physical ranges: without a key there is no stable order to cut keyset ranges on, but each database
 has a row address that a range scan can use. PostgreSQL: heap pages by ``ctid`` (``ctid >= '(a,0)'::tid
 AND ctid < '(b,0)'::tid``, a TID range scan since PostgreSQL 14; the page count from ``pg_relation_size``
-over the block size). SQLite: ``rowid`` ranges (a table without a primary key always has a rowid).
+over the block size; a partitioned table, which has no heap of its own, is cut per leaf partition, each
+range reading its partition). SQLite: ``rowid`` ranges (a table without a primary key always has a rowid).
 MySQL/MariaDB: InnoDB's hidden row id cannot be addressed in SQL, and LIMIT/OFFSET without an order is not
 repeatable, so the table is one range (one transaction; its rows are held in memory while written).
 
@@ -29,9 +30,11 @@ _TID_RANGE_SCAN = 140_000  # server_version_num of the first PostgreSQL with TID
 
 
 def scan_label(ranges: list[KeyRange]) -> str:
-    """``10 ctid page ranges``, ``4 rowid ranges`` or ``1 range (the whole table)``."""
+    """``10 ctid page ranges`` (``over 3 partitions``), ``4 rowid ranges`` or ``1 range (the whole table)``."""
     what = {"ctid": "ctid page ranges", "rowid": "rowid ranges"}.get(ranges[0].scan if ranges else "all")
-    return f"{len(ranges)} {what}" if what else f"{len(ranges)} range (the whole table)"
+    parts = len({r.part for r in ranges if r.part})
+    over = f" over {parts} partitions" if parts else ""
+    return f"{len(ranges)} {what}{over}" if what else f"{len(ranges)} range (the whole table)"
 
 
 def resume_note(schema: SourceSchema, ranges: list[KeyRange]) -> str:
@@ -76,23 +79,42 @@ def plan_physical(url: UrlLike, schema: SourceSchema, chunk_rows: int) -> list[K
     return [KeyRange(index=0, estimated_rows=total, scan="all")]
 
 
+_HEAP_SQL = ("SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::int, "
+             "current_setting('server_version_num')::int FROM pg_class c WHERE c.oid = to_regclass(%s)")
+
+
 def _plan_ctid(db: Db, schema: SourceSchema, chunk_rows: int) -> list[KeyRange]:
+    """Heap page ranges; a partitioned table's per leaf partition (each read from the partition itself)."""
     rel = schema.relation("postgresql")
-    kind, pages, version = db.all(
-        "SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::int, "
-        "current_setting('server_version_num')::int FROM pg_class c WHERE c.oid = to_regclass(%s)",
-        [rel])[0]
+    kind, pages, version = db.all(_HEAP_SQL, [rel])[0]
     total = int(db.all(f"SELECT count(*) FROM {rel}")[0][0])
+    leaves: list[str] = []
+    if kind == "p":  # relid::regclass prints the leaf's name quoted (and schema-qualified) as SQL needs it
+        leaves = [str(r[0]) for r in db.all("SELECT relid::regclass::text FROM pg_partition_tree(to_regclass(%s)) "
+                                            "WHERE isleaf ORDER BY relid::regclass::text", [rel])]
+    heaps = [(leaf, *db.all(_HEAP_SQL, [leaf])[0][:2], int(db.all(f"SELECT count(*) FROM {leaf}")[0][0]))
+             for leaf in leaves]
     db.raw.rollback()
+    if kind == "p" and int(version) >= _TID_RANGE_SCAN and heaps and all(k in ("r", "m") for _, k, _, _ in heaps):
+        ranges: list[KeyRange] = []
+        for leaf, _, leaf_pages, leaf_rows in heaps:  # an empty leaf still gets its (unbounded) range
+            ranges += _page_ranges(int(leaf_pages), leaf_rows, chunk_rows, len(ranges), part=leaf)
+        return ranges
     if kind not in ("r", "m") or int(version) < _TID_RANGE_SCAN or not total or not pages:
-        # views, partitioned and foreign tables have no heap of their own; before 14 every range is a full scan
+        # views and foreign tables have no heap of their own (nor a partitioned table with a foreign leaf);
+        # before 14 every range is a full scan
         return [KeyRange(index=0, estimated_rows=total, scan="all")]
-    per = max(1, -(-chunk_rows * int(pages) // total))  # pages per range
-    cuts = list(range(per, int(pages), per))
-    bounds: list[list[int] | None] = [None, *([c] for c in cuts), None]
-    rows_per_page = total / int(pages)
-    return [KeyRange(index=i, lower=lo, upper=hi, scan="ctid",
-                     estimated_rows=round(((hi[0] if hi else int(pages)) - (lo[0] if lo else 0)) * rows_per_page))
+    return _page_ranges(int(pages), total, chunk_rows, 0)
+
+
+def _page_ranges(pages: int, total: int, chunk_rows: int, first: int, part: str | None = None) -> list[KeyRange]:
+    if not pages or not total:
+        return [KeyRange(index=first, scan="ctid", part=part)]
+    per = max(1, -(-chunk_rows * pages // total))  # pages per range
+    bounds: list[list[int] | None] = [None, *([c] for c in range(per, pages, per)), None]
+    rows_per_page = total / pages
+    return [KeyRange(index=first + i, lower=lo, upper=hi, scan="ctid", part=part,
+                     estimated_rows=round(((hi[0] if hi else pages) - (lo[0] if lo else 0)) * rows_per_page))
             for i, (lo, hi) in enumerate(pairwise(bounds))]
 
 

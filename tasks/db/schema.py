@@ -275,7 +275,8 @@ class KeyRange(BaseModel):
 
     ``scan`` says what the bounds are for a table without a key (tasks.db.physical): ``ctid`` = heap
     pages ``lower <= page < upper`` (PostgreSQL), ``rowid`` = ``lower < rowid <= upper`` (SQLite), ``all``
-    = the whole table (no bounds)."""
+    = the whole table (no bounds). ``part``: the leaf partition (its SQL name, quoted by PostgreSQL) a
+    ctid range of a partitioned table reads, instead of the table itself."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -285,13 +286,16 @@ class KeyRange(BaseModel):
     estimated_rows: int = 0
     window: Window | None = None
     scan: Scan = "key"
+    part: str | None = None
 
     def describe(self) -> str:
-        """``(lower, upper]`` for key and rowid ranges, ``pages [a, b)`` for ctid ranges, ``whole table``."""
+        """``(lower, upper]`` for key and rowid ranges, ``pages [a, b)`` for ctid ranges (``partition p:
+        pages [a, b)`` for a partition's), ``whole table``."""
         if self.scan == "all":
             return "whole table"
         if self.scan == "ctid":
-            return f"pages [{self.lower[0] if self.lower else 0}, {self.upper[0] if self.upper else 'end'})"
+            pages = f"pages [{self.lower[0] if self.lower else 0}, {self.upper[0] if self.upper else 'end'})"
+            return f"partition {self.part}: {pages}" if self.part else pages
         what = "rowids " if self.scan == "rowid" else ""
         return f"{what}({self.lower}, {self.upper}]"
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tasks.core import ConfigError
-from tasks.db import KeyRange, plan_ranges, reflect
+from tasks.db import KeyRange, copy_range, create_target, plan_ranges, reflect
 from tasks.db.conn import connect
 from tasks.db.schema import create_table_sql, range_predicate
 from tasks.db.verify import verify_range, verify_ranges
@@ -86,3 +86,33 @@ def test_a_column_named_rowid_makes_one_range(sqlite_url: str) -> None:
     db_exec(sqlite_url, "CREATE TABLE shadow (RowId TEXT, v INTEGER)")  # the column hides SQLite's rowid
     db_exec(sqlite_url, "INSERT INTO shadow VALUES ('a', 1), ('a', 1), ('b', 2)")
     assert [(r.scan, r.estimated_rows) for r in plan_ranges(sqlite_url, "shadow")] == [("all", 3)]
+
+
+def test_a_partitioned_table_is_cut_per_leaf_partition(pg_url: str, pg_target: str) -> None:
+    """A partitioned table has no heap of its own: each leaf partition (an empty one too, and one of a
+    sub-partitioned branch) gets its own page ranges, read from the partition; every row once."""
+    pg_exec(pg_url, 'CREATE TABLE events (day date, n integer, msg text) PARTITION BY RANGE (day)')
+    pg_exec(pg_url, "CREATE TABLE events_jan PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2024-02-01')")
+    pg_exec(pg_url, "CREATE TABLE \"Events Feb\" PARTITION OF events FOR VALUES FROM ('2024-02-01') TO ('2024-03-01') "
+                    "PARTITION BY LIST (n)")
+    pg_exec(pg_url, 'CREATE TABLE feb_low PARTITION OF "Events Feb" FOR VALUES IN (0, 1, 2)')
+    pg_exec(pg_url, 'CREATE TABLE feb_rest PARTITION OF "Events Feb" DEFAULT')
+    pg_exec(pg_url, "CREATE TABLE events_empty PARTITION OF events FOR VALUES FROM ('2024-03-01') TO ('2024-04-01')")
+    pg_exec(pg_url, "INSERT INTO events SELECT date '2024-01-01' + (i %% 59), i %% 7, 'm' || i "
+                    f"FROM generate_series(1, {ROWS}) AS i")
+    ranges = plan_ranges(pg_url, "events", chunk_rows=700)
+    parts = [r.part for r in ranges]
+    assert {r.scan for r in ranges} == {"ctid"} and [r.index for r in ranges] == list(range(len(ranges)))
+    assert set(parts) == {"events_jan", "feb_low", "feb_rest", "events_empty"} and len(ranges) >= 7
+    assert "partition events_jan: pages [0, " in ranges[parts.index("events_jan")].describe()
+    with connect(pg_url, "source") as db:
+        counts = []
+        for r in ranges:
+            where, params = range_predicate(db, [], r)
+            counts.append(int(db.all(f"SELECT count(*) FROM {r.part} WHERE {where}", params)[0][0]))
+        db.raw.rollback()
+    assert sum(counts) == ROWS
+    create_target(pg_url, pg_target, "events")
+    assert sum(copy_range(pg_url, pg_target, "events", r, mode="append").rows_written for r in ranges) == ROWS
+    (check,) = verify_ranges(pg_url, pg_target, "events", chunk_rows=700)
+    assert check.ok and check.count_tgt == ROWS
