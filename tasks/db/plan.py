@@ -13,7 +13,8 @@ connections, so each can be a Prefect task with a meaningful cache key:
 5. :func:`verify_range` - counts and canonical checksums of one range on both sides.
 
 Passwords never appear in messages: URLs are parsed with their passwords registered for redaction, and
-connection failures name host and port only. Modules: ``conn`` (names, URLs, connections), ``typemap``
+connection failures name host and port only. Modules: ``conn`` (names, URLs, connections), ``session``
+(connections reused within a run), ``typemap``
 (kinds, type maps), ``values`` (codecs, canonical text), ``schema`` (reflection, ranges, DDL), ``copier``
 (read/write), ``ledger`` (exactly-once commits), ``verify`` (checksums), ``plan`` (this module),
 ``migrate`` (the flow's range tasks and phases) and ``load_parts`` (part files into a table).

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tasks.core import SourceError
 from tasks.db import KeyRange, copy_range, create_target, parse_db_url, plan_ranges, reflect, shared_connections
 from tasks.db import schema as schema_mod
 from tasks.db.schema import cut_points, key_expr, range_predicate
@@ -131,3 +132,22 @@ def test_a_run_opens_few_connections(pg_items: str, pg_target: str, monkeypatch:
     # per database in the flow's thread, one per database in the range thread, and verify's two per range
     ranges = summary.ranges_total
     assert len(opened) <= 2 + 2 + 2 * ranges, opened
+
+
+def test_a_source_failing_midway_through_the_relay_writes_nothing(pg_url: str, pg_target: str) -> None:
+    """The relay reads libpq directly (tasks.db.copier._relay): a COPY that fails after its first blocks raises
+    the server's error, the range's transaction writes nothing, and the connections serve the next step."""
+    pg_exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text); "
+                    "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+    query = "SELECT id, v, 1 / (id - 15000) AS boom FROM t"  # division by zero at row 15,000 (~3 MB in)
+    pg_exec(pg_target, "CREATE TABLE q (id int PRIMARY KEY, v text, boom int)")
+    with shared_connections():
+        # a DataError from the relay sends the range to the row path, which names the failed read
+        with pytest.raises(SourceError, match="reading the source failed: division by zero"):
+            copy_range(pg_url, pg_target, None, KeyRange(index=0), query=query, key="id", target_table="q",
+                       mode="append")
+        assert pg_exec(pg_target, "SELECT count(*) FROM q") == [(0,)]
+        ok = "SELECT id, v, 1 AS boom FROM t"
+        res = copy_range(pg_url, pg_target, None, KeyRange(index=0), query=ok, key="id", target_table="q",
+                         mode="append")
+        assert res.rows_written == 20000 and res.path == "copy-binary"
