@@ -64,6 +64,7 @@ from tasks.db import (
     require_key,
     resolve_url,
     resume_note,
+    shared_connections,
     validate_identifier,
     verify_only,
     watermark_column,
@@ -154,6 +155,11 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
 @batchflow(FLOW_NAME, DbMigrateParams, positional=("source_url", "target_url", "table"), summary=MigrationSummary)
 def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
     """Copy a table (or a SELECT) between databases in keyset ranges, each range once, then verify."""
+    with shared_connections():  # one connection per database and thread for the run (tasks.db.session)
+        return _migrate(p)
+
+
+def _migrate(p: DbMigrateParams) -> MigrationSummary:
     src = resolve_url(p.source_url, p.source_secret, what="source_url")
     tgt = resolve_url(p.target_url, p.target_secret, what="target_url")
     fn = load_callable(p.transform, what="transform") if p.transform else None
@@ -199,14 +205,14 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=None, handler_id=transform_name, unit="rows",
                     identity=(p.cache_version, *identity)) as run:
         made = ensure_target(src, tgt, p.table, target_table=tname, query=p.query, key=schema.key,
-                             execute=p.create_target)
+                             execute=p.create_target, source_schema=schema)
         if not made.existed and not p.create_target:
             msg = f"target table {tname} does not exist and create_target is off; create it or pass create_target=True"
             raise ConfigError(msg)
         created, ddl = made.created, made.ddl if made.created else None
         if created:
             print(f"created target table {tname} in {info['target']}:\n{made.ddl}")
-        copy_job = job(reflect(tgt, tname, key=schema.key, role="target"),
+        copy_job = job(made.target_schema or reflect(tgt, tname, key=schema.key, role="target"),
                        ledger=ensure_ledger(tgt, parse_table_name(tname)), run_key=run.run_key)
         inc = incremental_job(
             src, tgt, schema, copy_job.target_schema, column=p.incremental, source_label=info["source"],
@@ -217,7 +223,7 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
             index_watermark(tgt, parse_table_name(tname), inc.column.name)
         ranges = planned_ranges(run, plan_id, lambda: plan_ranges(
             src, p.table, query=p.query, key=schema.key, chunk_rows=p.chunk_rows,
-            window=inc.plan() if inc is not None else None))
+            window=inc.plan() if inc is not None else None, schema=schema))
         if not schema.key:
             info["resume_note"] = resume_note(schema, ranges)
             print(info["resume_note"])

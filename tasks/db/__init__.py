@@ -45,6 +45,7 @@ from tasks.db.physical import require_key, resume_note
 from tasks.db.plan import MigrationPlan, TargetResult, create_target, plan_migration
 from tasks.db.query_source import query_source
 from tasks.db.schema import KeyRange, SourceSchema, plan_ranges, reflect
+from tasks.db.session import shared_connections
 from tasks.db.typemap import ColumnInfo
 from tasks.db.verify import RangeCheck, verify_range, verify_ranges
 
@@ -100,6 +101,7 @@ __all__ = [
     "resolve_transform",
     "resolve_url",
     "resume_note",
+    "shared_connections",
     "validate_identifier",
     "validate_query",
     "verify_only",

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from tasks.core import ConfigError, redact_text
 from tasks.core.watermarks import lag_seconds, stream_id
-from tasks.db.conn import TableName, UrlLike, connect, parse_db_url
+from tasks.db.conn import TableName, UrlLike, parse_db_url
 from tasks.db.ledger import create_if_missing
 from tasks.db.physical import require_key
 from tasks.db.schema import (
@@ -43,6 +43,7 @@ from tasks.db.schema import (
     range_predicate,
     watermark_expr,
 )
+from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import coerce, key_to_json
 

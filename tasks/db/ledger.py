@@ -15,7 +15,8 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.db.conn import Db, TableName, UrlLike, connect
+from tasks.db.conn import Db, TableName, UrlLike
+from tasks.db.session import connect
 
 LEDGER_TABLE = "_batchflows_ranges"
 

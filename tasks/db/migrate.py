@@ -353,7 +353,7 @@ def _verify_ranges(run: ChunkedRun, src: SecretStr, job: CopyJob, info: dict[str
                    max_concurrency: int, counts_only: bool) -> MigrationSummary:
     started = time.perf_counter()
     ranges = verify_scope(plan_ranges(src, job.table, query=job.query, key=job.key, chunk_rows=chunk_rows,
-                                      verify_key=False))
+                                      verify_key=False, schema=job.source_schema))
     matching, bad = verify_all(ranges, job, max_concurrency=max_concurrency, counts_only=counts_only)
     took = time.perf_counter() - started
     rows = sum(r.estimated_rows for r in ranges)

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 from tasks.core import ConfigError
-from tasks.db.conn import Db, UrlLike, connect
+from tasks.db.conn import Db, UrlLike
 from tasks.db.schema import KeyRange, SourceSchema, chain_ranges, cut_points
+from tasks.db.session import connect
 
 _TID_RANGE_SCAN = 140_000  # server_version_num of the first PostgreSQL with TID range scans
 

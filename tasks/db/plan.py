@@ -13,7 +13,8 @@ connections, so each can be a Prefect task with a meaningful cache key:
 5. :func:`verify_range` - counts and canonical checksums of one range on both sides.
 
 Passwords never appear in messages: URLs are parsed with their passwords registered for redaction, and
-connection failures name host and port only. Modules: ``conn`` (names, URLs, connections), ``typemap``
+connection failures name host and port only. Modules: ``conn`` (names, URLs, connections), ``session``
+(connections reused within a run), ``typemap``
 (kinds, type maps), ``values`` (codecs, canonical text), ``schema`` (reflection, ranges, DDL), ``copier``
 (read/write), ``ledger`` (exactly-once commits), ``verify`` (checksums), ``plan`` (this module),
 ``migrate`` (the flow's range tasks and phases) and ``load_parts`` (part files into a table).
@@ -29,7 +30,6 @@ from tasks.core import ConfigError
 from tasks.db.conn import (
     TableName,
     UrlLike,
-    connect,
     parse_db_url,
     parse_table_name,
     redacted_url,
@@ -38,12 +38,14 @@ from tasks.db.copier import MODES, Mode
 from tasks.db.physical import require_key, scan_label
 from tasks.db.schema import (
     KeyRange,
+    SourceSchema,
     compare_schemas,
     create_table_sql,
     plan_ranges,
     reflect,
     target_table_exists,
 )
+from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo
 
 
@@ -54,6 +56,7 @@ class TargetResult(BaseModel):
     created: bool
     existed: bool
     ddl: str
+    target_schema: SourceSchema | None = None  # the existing table's reflection (None when created or a dry run)
 
 
 class MigrationPlan(BaseModel):
@@ -96,21 +99,24 @@ def _target_name(table: str | None, target_table: str | None) -> TableName:
 
 def create_target(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,
                   target_table: str | None = None, query: str | None = None,
-                  key: str | Sequence[str] | None = None, execute: bool = True) -> TargetResult:
+                  key: str | Sequence[str] | None = None, execute: bool = True,
+                  source_schema: SourceSchema | None = None) -> TargetResult:
     """Create the target table from the source's reflected schema (primary key = the range key; a source
     table without a primary key gives a target without one).
 
     If the table exists it is checked instead: columns missing in the target or types that cannot hold
-    the source's values raise ConfigError listing every differing column. ``execute=False`` only
-    computes the DDL (dry run).
+    the source's values raise ConfigError listing every differing column; its reflection is returned
+    (``target_schema``). ``execute=False`` only computes the DDL (dry run). ``source_schema``: the source's
+    reflection (same table, query and key) when the caller has it.
     """
     return _ensure_target(source_url, target_url, table, target_table=target_table, query=query, key=key,
-                          execute=execute)
+                          execute=execute, schema=source_schema)
 
 
 def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, *, target_table: str | None,
-                   query: str | None, key: str | Sequence[str] | None, execute: bool) -> TargetResult:
-    schema = reflect(source_url, table, query=query, key=key)
+                   query: str | None, key: str | Sequence[str] | None, execute: bool,
+                   schema: SourceSchema | None = None) -> TargetResult:
+    schema = schema or reflect(source_url, table, query=query, key=key)
     tname = _target_name(table, target_table)
     ep = parse_db_url(target_url)
     ddl = create_table_sql(schema, ep.dialect, tname)
@@ -121,7 +127,7 @@ def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, 
             msg = (f"target table {tname} in {ep.describe()} exists but cannot take the source rows: "
                    + "; ".join(problems) + ". Alter or drop it, or choose another target_table.")
             raise ConfigError(msg)
-        return TargetResult(table=str(tname), created=False, existed=True, ddl=ddl)
+        return TargetResult(table=str(tname), created=False, existed=True, ddl=ddl, target_schema=existing)
     if execute:
         with connect(ep, "target", write=True) as db:
             if db.dialect == "mysql" and "mariadb" not in str(db.raw.get_server_info()).lower():
@@ -148,11 +154,11 @@ def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None =
     require_key(schema, mode)
     tname = _target_name(table, target_table)
     target = _ensure_target(source_url, target_url, table, target_table=str(tname), query=query,
-                                        key=schema.key, execute=False)
+                            key=schema.key, execute=False, schema=schema)
     if not target.existed and not create_target:
         msg = f"target table {tname} does not exist and create_target is off; create it or pass create_target=True"
         raise ConfigError(msg)
-    ranges = plan_ranges(source_url, table, query=query, key=schema.key, chunk_rows=chunk_rows)
+    ranges = plan_ranges(source_url, table, query=query, key=schema.key, chunk_rows=chunk_rows, schema=schema)
     return MigrationPlan(
         source=redacted_url(source_url), target=redacted_url(target_url), table=str(schema.table) if schema.table else None,
         query=schema.query, target_table=str(tname), key=schema.key, columns=schema.columns, mode=mode,

@@ -22,7 +22,6 @@ from tasks.db.conn import (
     Role,
     TableName,
     UrlLike,
-    connect,
     parse_db_url,
     parse_key,
     parse_table_name,
@@ -30,6 +29,7 @@ from tasks.db.conn import (
     validate_query,
 )
 from tasks.db.mysql_types import create_table_mysql, mysql_decoder, mysql_encoder
+from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo, column_from_sqlite, incompatibility, kind_from_pg, pg_type, sqlite_type
 from tasks.db.values import coerce, key_to_json, sqlite_decoder, sqlite_encoder
 
@@ -421,19 +421,21 @@ def check_key(url: UrlLike, schema: SourceSchema) -> None:
 
 def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = None,
                 key: str | Sequence[str] | None = None, chunk_rows: int = 50_000,
-                verify_key: bool = True, window: Window | None = None) -> list[KeyRange]:
+                verify_key: bool = True, window: Window | None = None,
+                schema: SourceSchema | None = None) -> list[KeyRange]:
     """Cut the source into keyset ranges of about ``chunk_rows`` rows each (a table without a key: into
     physical ranges, see tasks.db.physical).
 
-    Boundaries are every ``chunk_rows``-th key in key order (``row_number()``), so gaps and skew in
-    the key values do not matter; no OFFSET is used when reading. The first range is open below and
-    the last open above, so rows added later are still covered. ``window``: cut only the rows of an
-    incremental run's slice (every range carries it).
+    Boundaries are every ``chunk_rows``-th key in key order, so gaps and skew in the key values do not
+    matter; no OFFSET is used when reading. The first range is open below and the last open above, so
+    rows added later are still covered. ``window``: cut only the rows of an incremental run's slice
+    (every range carries it). ``schema``: the source's reflection (from :func:`reflect` with the same
+    table, query and key), when the caller has it already.
     """
     if chunk_rows < 1:
         msg = f"chunk_rows must be at least 1, got {chunk_rows}"
         raise ConfigError(msg)
-    schema = reflect(url, table, query=query, key=key)
+    schema = schema or reflect(url, table, query=query, key=key)
     if not schema.key:
         from tasks.db.physical import plan_physical, require_key  # imports this module
 
@@ -444,11 +446,52 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
         check_key(url, schema)
     cols = schema.key_columns()
     with connect(url, "source") as db:
-        where, params = range_predicate(db, cols, KeyRange(index=0, window=window))
-        bounds, total = cut_points(db, schema.relation(db.dialect), [db.q(k) for k in schema.key],
-                                   ", ".join(key_expr(db, cols)), where, params, chunk_rows)
+        if window is None and _walkable(db, schema):
+            bounds, total = walk_points(db, schema, chunk_rows)
+        else:
+            where, params = range_predicate(db, cols, KeyRange(index=0, window=window))
+            bounds, total = cut_points(db, schema.relation(db.dialect), [db.q(k) for k in schema.key],
+                                       ", ".join(key_expr(db, cols)), where, params, chunk_rows)
         uppers = [[decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
     return chain_ranges(uppers, total, chunk_rows, window=window)
+
+
+_WALK_STEPS = 256  # past this many ranges the one-pass cut_points finishes the plan (a query per range adds up)
+
+
+def _walkable(db: Db, schema: SourceSchema) -> bool:
+    """A PostgreSQL table whose key is exactly its primary key or a unique index (so an index walks the key
+    order) and compares as stored (no COLLATE "C" wrapper, which the index could not serve)."""
+    return (db.dialect == "postgresql" and schema.table is not None and bool(schema.key)
+            and (schema.key == schema.primary_key or schema.key in schema.unique_keys)
+            and not any(c.collate_c for c in schema.key_columns()))
+
+
+def walk_points(db: Db, schema: SourceSchema, chunk_rows: int) -> tuple[list[tuple[Any, ...]], int]:
+    """:func:`cut_points` by walking the key's index: from each boundary, the ``chunk_rows``-th next key
+    (``OFFSET chunk_rows - 1 LIMIT 1``, an index-only scan of the range's keys), then the rows left after
+    the last one. Same boundaries and total as cut_points, without its window functions over every row
+    (measured 0.2 s instead of 0.6 s for 1M keys)."""
+    rel = schema.relation(db.dialect)
+    keys = [db.q(k) for k in schema.key]
+    lhs = keys[0] if len(keys) == 1 else "(" + ", ".join(keys) + ")"
+    marks = db.ph if len(keys) == 1 else "(" + ", ".join([db.ph] * len(keys)) + ")"
+    order = ", ".join(keys)
+    bounds: list[tuple[Any, ...]] = []
+    try:
+        while True:
+            where, params = (f" WHERE {lhs} > {marks}", list(bounds[-1])) if bounds else ("", [])
+            if len(bounds) >= _WALK_STEPS:
+                more, total = cut_points(db, rel, keys, order, where.removeprefix(" WHERE "), params, chunk_rows)
+                return bounds + more, chunk_rows * len(bounds) + total
+            found = db.all(f"SELECT {order} FROM {rel}{where} ORDER BY {order} OFFSET {int(chunk_rows) - 1} LIMIT 1",
+                           params)
+            if not found:
+                rest = int(db.all(f"SELECT count(*) FROM {rel}{where}", params)[0][0])
+                return bounds, chunk_rows * len(bounds) + rest
+            bounds.append(tuple(found[0]))
+    finally:
+        db.raw.rollback()
 
 
 def cut_points(db: Db, rel: str, keys: Sequence[str], order: str, where: str, params: Sequence[Any],
@@ -540,5 +583,6 @@ __all__ = [
     "range_predicate",
     "reflect",
     "target_table_exists",
+    "walk_points",
     "watermark_expr",
 ]

@@ -1,0 +1,153 @@
+"""Issue 15's fast paths against real PostgreSQL 15: ranges cut by walking the key's index (the same ranges as
+the one-pass window query), an upsert over an existing copy that leaves unchanged rows alone (byte-exact: a
+json value re-spaced or -0.0 for 0.0 is a change), and connections reused within a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tasks.core import SourceError
+from tasks.db import KeyRange, copy_range, create_target, parse_db_url, plan_ranges, reflect, shared_connections
+from tasks.db import schema as schema_mod
+from tasks.db.schema import cut_points, key_expr, range_predicate
+from tasks.db.session import connect
+from tests.tasks.db.test_migration import CHUNK, all_ok, key_values, pg_exec
+
+
+def _one_pass(url: str, table: str, chunk_rows: int, key: str | None = None) -> list[KeyRange]:
+    """The ranges the window-function query cuts (what plan_ranges did before the index walk)."""
+    schema = reflect(url, table, key=key)
+    cols = schema.key_columns()
+    with connect(url, "source") as db:
+        where, params = range_predicate(db, cols, KeyRange(index=0))
+        bounds, total = cut_points(db, schema.relation(db.dialect), [db.q(k) for k in schema.key],
+                                   ", ".join(key_expr(db, cols)), where, params, chunk_rows)
+        uppers = [[schema_mod.decode_key(db, c, v) for c, v in zip(cols, row, strict=True)] for row in bounds]
+    return schema_mod.chain_ranges(uppers, total, chunk_rows)
+
+
+@pytest.mark.parametrize("steps", [256, 2])
+def test_index_walk_cuts_the_same_ranges_as_one_pass(steps: int, pg_items: str, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    monkeypatch.setattr(schema_mod, "_WALK_STEPS", steps)  # 2: the walk hands the rest to the one-pass query
+    pg_exec(pg_items, "CREATE TABLE c (a int, b text COLLATE \"C\", v int, PRIMARY KEY (a, b)); "
+                      "INSERT INTO c SELECT mod(g, 7), 'k' || g, g FROM generate_series(1, 500) g; "
+                      "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10); "
+                      "CREATE TABLE e (id int PRIMARY KEY)")
+    for table, chunk, key in (("items", CHUNK, None), ("items", 1, None), ("items", 10_000, None), ("c", 17, None),
+                              ("t", 5, None), ("t", 3, None), ("e", 5, None)):
+        schema = reflect(pg_items, table, key=key)
+        with connect(pg_items, "source") as db:
+            assert schema_mod._walkable(db, schema), table
+        assert plan_ranges(pg_items, table, chunk_rows=chunk) == _one_pass(pg_items, table, chunk), (table, chunk)
+    assert [(r.lower, r.upper, r.estimated_rows) for r in plan_ranges(pg_items, "t", chunk_rows=5)] == \
+        [(None, [5], 5), ([5], None, 5)]
+
+
+def test_keys_the_walk_leaves_to_the_one_pass_query(pg_items: str) -> None:
+    """A key without a unique index in that order (or text compared as bytes, ``COLLATE "C"``, in a database
+    of another collation): the window query cuts them."""
+    pg_exec(pg_items, "CREATE TABLE s (name text PRIMARY KEY, v int); "
+                      "INSERT INTO s SELECT 'n' || g, g FROM generate_series(1, 50) g")
+    with connect(pg_items, "source") as db:
+        assert not schema_mod._walkable(db, reflect(pg_items, "items", key="uid"))  # unique in data, no index
+        text = reflect(pg_items, "s")  # walked only where the column compares as bytes already
+        assert schema_mod._walkable(db, text) == (not text.column("name").collate_c)
+    assert plan_ranges(pg_items, "items", key="uid", chunk_rows=CHUNK) == _one_pass(pg_items, "items", CHUNK, "uid")
+    assert plan_ranges(pg_items, "s", chunk_rows=7) == _one_pass(pg_items, "s", 7)
+
+
+def _versions(url: str) -> dict[int, str]:
+    return dict(pg_exec(url, "SELECT id, xmin::text FROM items"))
+
+
+def test_upsert_over_a_copy_rewrites_only_changed_rows(pg_items: str, pg_target: str) -> None:
+    create_target(pg_items, pg_target, "items")
+    ranges = plan_ranges(pg_items, "items", chunk_rows=CHUNK)
+    for r in ranges:
+        copy_range(pg_items, pg_target, "items", r, mode="append")
+    before = _versions(pg_target)
+    # equal as values but not as bytes (must be written: data is exact), a real change, and a new row
+    pg_exec(pg_items, """UPDATE items SET raw = '{"b":1,   "a": [1, "ß"]}' WHERE id = 2""")
+    pg_exec(pg_items, "UPDATE items SET score = '-0' WHERE id = 5; UPDATE items SET name = 'changed' WHERE id = 7")
+    pg_exec(pg_target, "UPDATE items SET score = 0 WHERE id = 5")  # equal to -0 as a number, not as bytes
+    after_target_edit = _versions(pg_target)
+    pg_exec(pg_items, "INSERT INTO items (id, label) VALUES (3000, 'new')")
+    results = [copy_range(pg_items, pg_target, "items", r, mode="upsert") for r in ranges]
+    assert sum(r.rows_written for r in results) == len(key_values()) + 1  # every row is upserted (counted)
+    assert all(r.path == "copy-binary" for r in results)
+    after = _versions(pg_target)
+    changed = {k for k in after if after[k] != after_target_edit.get(k)}
+    assert changed == {2, 5, 7, 3000}, changed
+    assert {k for k in before if before[k] != after[k]} == {2, 5, 7}
+    query = "SELECT id, raw::text, score::text, name FROM items WHERE id IN (2, 5, 7, 3000) ORDER BY id"
+    assert pg_exec(pg_items, query) == pg_exec(pg_target, query)
+    all_ok(pg_items, pg_target)
+
+
+def test_connections_are_reused_per_thread_within_a_run(pg_items: str) -> None:
+    ep = parse_db_url(pg_items)
+    with shared_connections() as pool:
+        with connect(pg_items, "source") as a:
+            first = a.raw
+            a.raw.execute("SELECT 1")  # a transaction left open: rolled back when the step ends
+            with connect(pg_items, "source") as nested:  # in use above: a connection of its own
+                assert nested.raw is not first
+        with connect(ep, "source") as b:
+            assert b.raw is first
+            assert b.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with connect(pg_items, "target") as other:  # another role: another connection
+            assert other.raw is not first
+        with pytest.raises(ZeroDivisionError), connect(pg_items, "source") as c:
+            assert c.raw is first
+            _ = 1 / 0
+        assert first.closed  # a step that raised never hands its connection out again
+        with connect(pg_items, "source") as d:
+            assert d.raw is not first
+            last = d.raw
+        assert pool.opened == 4
+    assert last.closed  # all closed when the run ends
+    with connect(pg_items, "source") as e:  # outside a run: a connection per step, as before
+        outside = e.raw
+    assert outside.closed
+
+
+def test_a_run_opens_few_connections(pg_items: str, pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.db_migrate import db_migrate
+
+    opened: list[Any] = []
+    real = psycopg.connect
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs.get("dbname"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counting)
+    summary = db_migrate(pg_items, pg_target, "items", chunk_rows=CHUNK, max_concurrency=1)
+    assert summary.ok, summary.render_text()
+    # before: a connection per step (reflections, target check, ledger, planning) and two per range; now one
+    # per database in the flow's thread, one per database in the range thread, and verify's two per range
+    ranges = summary.ranges_total
+    assert len(opened) <= 2 + 2 + 2 * ranges, opened
+
+
+def test_a_source_failing_midway_through_the_relay_writes_nothing(pg_url: str, pg_target: str) -> None:
+    """The relay reads libpq directly (tasks.db.copier._relay): a COPY that fails after its first blocks raises
+    the server's error, the range's transaction writes nothing, and the connections serve the next step."""
+    pg_exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text); "
+                    "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+    query = "SELECT id, v, 1 / (id - 15000) AS boom FROM t"  # division by zero at row 15,000 (~3 MB in)
+    pg_exec(pg_target, "CREATE TABLE q (id int PRIMARY KEY, v text, boom int)")
+    with shared_connections():
+        # a DataError from the relay sends the range to the row path, which names the failed read
+        with pytest.raises(SourceError, match="reading the source failed: division by zero"):
+            copy_range(pg_url, pg_target, None, KeyRange(index=0), query=query, key="id", target_table="q",
+                       mode="append")
+        assert pg_exec(pg_target, "SELECT count(*) FROM q") == [(0,)]
+        ok = "SELECT id, v, 1 AS boom FROM t"
+        res = copy_range(pg_url, pg_target, None, KeyRange(index=0), query=ok, key="id", target_table="q",
+                         mode="append")
+        assert res.rows_written == 20000 and res.path == "copy-binary"
