@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextvars
+import functools
 import json
 import re
 import time
@@ -195,6 +197,7 @@ class LeanClient:
         self.deadline = settings.timeout_s + (settings.connect_timeout_s or 0.0)
         self._watchdog = _Watchdog(_tick(self.deadline))
         self._session: Any = None
+        self._jar: Any = None
         self._url: Any = None
         self._wire: Any = default  # the client's headers as aiohttp's CIMultiDict, built once (see __aenter__)
 
@@ -205,11 +208,12 @@ class LeanClient:
 
         self._url = yarl.URL
         self._wire = CIMultiDict(self.headers)
+        self._jar = _cookie_jar()
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=5.0, ssl=_ssl_context())
         timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.timeout_s,
                                         sock_connect=self.settings.connect_timeout_s, sock_read=self.settings.timeout_s)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, cookie_jar=aiohttp.CookieJar(unsafe=True), trust_env=False,
+            connector=connector, timeout=timeout, cookie_jar=self._jar, trust_env=False,
         )
         self._session._retry_connection = False  # no hidden second retry layer (see client._aiohttp_transport)
         return self
@@ -350,9 +354,20 @@ class LeanClient:
         if self.limiter is not None:
             await self.limiter.acquire(1.0)
         target = self._url(url if _SAFE_URL.match(url, url.find("://") + 3) else str(httpx.URL(url)), encoded=True)
-        async with self._session.request(method, target, headers=headers, data=body, allow_redirects=False) as resp:
-            content = await resp.read()
-            answer = _Answer(resp.status, resp.reason, resp.headers, content)
+        own_cookie: Any = _has_cookie(headers)
+        if not own_cookie and self._jar.holds():
+            cookie = self._jar.header_for(target)
+            if cookie:
+                headers = {**headers, "Cookie": cookie}
+                own_cookie = True
+        own_cookie = own_cookie and _JAR_OFF.set(True)  # the request's Cookie header (its own or the store's) only
+        try:
+            async with self._session.request(method, target, headers=headers, data=body, allow_redirects=False) as resp:
+                content = await resp.read()
+                answer = _Answer(resp.status, resp.reason, resp.headers, content)
+        finally:
+            if own_cookie:
+                _JAR_OFF.reset(own_cookie)
         if answer.status_code == 429 and self.limiter is not None:
             self.limiter.on_throttle(parse_retry_after(answer.headers.get("Retry-After")))
         return answer
@@ -400,6 +415,53 @@ def _orjson_loads() -> Callable[[bytes], Any] | None:
 _fast_json = _orjson_loads()
 
 
+_JAR_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("batchflows_lean_jar_off", default=False)
+
+
+def _has_cookie(headers: Any) -> bool:
+    """Whether a request's headers carry a Cookie (a CIMultiDict answers without case; a dict is searched)."""
+    if hasattr(headers, "getall"):
+        return "Cookie" in headers
+    return any(name.lower() == "cookie" for name in headers)
+
+
+@functools.cache
+def _jar_class() -> type:
+    from http.cookies import BaseCookie
+
+    import aiohttp
+
+    class Jar(aiohttp.CookieJar):
+        """aiohttp's cookie store (IP hosts allowed, as httpx's) whose Cookie header :class:`LeanClient` writes
+        itself, as httpx does: the request's own Cookie header alone when it has one (aiohttp would merge the
+        store's cookies into it), else the store's cookies longest path first, then in the order they were set
+        (aiohttp sorts them by name). aiohttp then finds the store silent: the request's task sets ``_JAR_OFF``
+        around it, and aiohttp asks the store from inside that task. Set-Cookie answers still fill it."""
+
+        def holds(self) -> bool:
+            return bool(self._cookies)
+
+        def header_for(self, url: Any) -> str:
+            found = super().filter_cookies(url)  # aiohttp's choice; its morsels carry no path, the stored ones do
+            stored = [(len(morsel["path"] or "/"), name) for cookies in self._cookies.values()
+                      for name, morsel in cookies.items()
+                      if name in found and found[name].coded_value == morsel.coded_value]
+            stored.sort(key=lambda entry: -entry[0])  # stable: the order they were set within one path length
+            names = dict.fromkeys(name for _, name in stored)
+            return "; ".join(f"{name}={found[name].coded_value}" for name in names)
+
+        def filter_cookies(self, request_url: Any = None) -> Any:
+            if _JAR_OFF.get():
+                return BaseCookie()
+            return super().filter_cookies(request_url)
+
+    return Jar
+
+
+def _cookie_jar() -> Any:
+    return _jar_class()(unsafe=True)
+
+
 def _redirected(method: str, url: str, headers: dict[str, str], body: bytes | None,
                 answer: _Answer) -> tuple[str, str, dict[str, str], bytes | None]:
     """The next hop of a redirect, by httpx's rules (``Client._build_redirect_request``)."""
@@ -419,7 +481,7 @@ def _redirected(method: str, url: str, headers: dict[str, str], body: bytes | No
     new_method = method
     if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
         new_method = "GET"
-    new_headers = dict(headers)
+    new_headers = {name: value for name, value in headers.items() if name.lower() != "cookie"}  # the store decides
     if not httpx._client._same_origin(target, before) and not httpx._client._is_https_redirect(before, target):
         for name in [n for n in new_headers if n.lower() == "authorization"]:
             del new_headers[name]
