@@ -3,12 +3,20 @@
 Why: profiled on this machine, the httpx client layer over the aiohttp transport (URL parsing twice per
 request, httpx ``Request``/``Response`` models, event hooks, the transport's re-wrapping) cost more CPU per
 request than aiohttp itself, so api_bulk reached 0.35x of ``asyncio.gather`` on the same transport.
-:class:`LeanClient` sends the same requests (same URL bytes, headers, JSON body bytes, timeouts, pool) and
+:class:`LeanClient` sends the same requests (same URL bytes, headers, JSON body bytes, pool) and
 hands the answer to the same classification as :func:`tasks.api.client.send`, so every outcome, message,
 category, retry and output row is what the httpx path gives. What it re-implements from httpx, with httpx's
 rules: following redirects (at most 5; ``Authorization`` dropped when one leaves the origin except a plain
 http -> https upgrade; 301 POST, 302 and 303 become GET without a body; 307/308 keep method and body), the
 cookie store, and text decoding (the Content-Type charset, else UTF-8, undecodable bytes replaced).
+
+Timeouts: aiohttp bounds the wait for a pooled connection (``timeout_s``) and connecting (``connect_timeout_s``);
+``timeout_s`` bounds each request from sending to the last byte read (the README's rule: a server that drips its
+answer times out too), redirect hops included, the time spent opening connections and waiting for the rate
+limiter not counted. One watchdog per client keeps that deadline for every request in flight
+(:class:`_Watchdog`), instead of one ``asyncio.timeout`` per request plus aiohttp's ``sock_read``, which re-armed
+a timer on every chunk received: those timers cost 15-30 us of CPU per loopback request, a sixth of it
+(``python -m bench.profile_api``, 2026-12-07).
 
 Neither path uses proxies from the environment (the httpx client is built with a transport, which turns
 httpx's ``trust_env`` proxies off, and its aiohttp session does not trust the environment either).
@@ -20,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextvars
 import functools
 import json
 import re
@@ -103,15 +110,15 @@ def _tick(deadline: float) -> float:
 
 
 class _Watchdog:
-    """The total deadline of every request in flight on one client, kept by one timer instead of one per request.
+    """The deadline of every request in flight on one client, kept by one timer instead of timers per request.
 
-    Why: ``asyncio.timeout`` around each request schedules and cancels a timer handle on the loop's heap
-    (measured ~5 % of a loopback request's CPU, beside aiohttp's own read timer). Here a request only notes its
-    task and when it is due; one timer, armed while requests are in flight, wakes every ``tick`` seconds (see
-    :func:`_tick`) and cancels the tasks past their due time. So a request is stopped between its deadline and one
-    tick after it, and :meth:`LeanClient.exchange` turns that cancellation into the same timeout error as before
-    (``asyncio.timeout``'s rules: a cancellation from elsewhere, e.g. the chunk's own timeout, stays a
-    cancellation).
+    Why: ``asyncio.timeout`` around each request and aiohttp's ``sock_read`` each schedule and cancel timer handles
+    on the loop's heap (see the module docstring). Here a request only notes its task and when it is due (its
+    clock stopped by :meth:`pause` for time not counted); one timer, armed while requests are in flight, wakes
+    every ``tick`` seconds (:func:`_tick`) and cancels the tasks past their due time. So a request is stopped between its
+    deadline and one tick after it, and :meth:`LeanClient.exchange` turns that cancellation into a transient
+    ``http_timeout``, by ``asyncio.timeout``'s rules: a cancellation from elsewhere (the chunk's own timeout)
+    stays a cancellation.
     """
 
     __slots__ = ("_handle", "due", "expired", "tick")
@@ -126,6 +133,18 @@ class _Watchdog:
         self.due[task] = until
         if self._handle is None:
             self._handle = asyncio.get_running_loop().call_later(self.tick, self._check)
+
+    def pause(self) -> tuple[asyncio.Task[Any], float, float] | None:
+        """Stop the current task's clock (time not counted: opening a connection, waiting for the rate limiter);
+        give what :meth:`resume` takes."""
+        task = asyncio.current_task()
+        until = self.due.pop(task, None)  # type: ignore[arg-type]
+        return None if task is None or until is None else (task, until, time.perf_counter())
+
+    def resume(self, paused: tuple[asyncio.Task[Any], float, float] | None) -> None:
+        if paused is not None:
+            task, until, since = paused
+            self.watch(task, until + time.perf_counter() - since)
 
     def sooner(self, tick: float) -> None:
         """A request with a shorter deadline than the client's: look at least every ``tick`` seconds."""
@@ -194,7 +213,7 @@ class LeanClient:
         self._lower = {name.lower(): name for name in default}
         self.base = str(httpx.URL(base)) if base else ""  # httpx keeps a base path's trailing slash
         self._base_slash = self.base if self.base.endswith("/") else self.base + "/"
-        self.deadline = settings.timeout_s + (settings.connect_timeout_s or 0.0)
+        self.deadline = settings.timeout_s  # from sending to the last byte read (see the module docstring)
         self._watchdog = _Watchdog(_tick(self.deadline))
         self._session: Any = None
         self._jar: Any = None
@@ -209,9 +228,10 @@ class LeanClient:
         self._url = yarl.URL
         self._wire = CIMultiDict(self.headers)
         self._jar = _cookie_jar()
-        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=5.0, ssl=_ssl_context())
+        connector = _connector_class()(self._watchdog, limit=self.max_connections, keepalive_timeout=5.0,
+                                       ssl=_ssl_context())
         timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.timeout_s,
-                                        sock_connect=self.settings.connect_timeout_s, sock_read=self.settings.timeout_s)
+                                        sock_connect=self.settings.connect_timeout_s, sock_read=None)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, cookie_jar=self._jar, trust_env=False,
         )
@@ -297,13 +317,13 @@ class LeanClient:
         except asyncio.CancelledError as exc:
             if not watchdog.finished(task, cancelling):
                 raise
-            msg = (f"{method} {redact_text(url)} took longer than {deadline}s in total "
+            msg = (f"{method} {redact_text(url)} took longer than {deadline}s to answer "
                    "(transient: retried while attempts remain)")
             raise RetryableError(msg, category="http_timeout") from TimeoutError(str(exc) or "deadline")
         except (OSError, _client_error()) as exc:  # TimeoutError is an OSError; aiohttp's ServerTimeoutError both
             shown = redact_text(url)
             if isinstance(exc, TimeoutError) and not isinstance(exc, _client_error()):
-                msg = (f"{method} {shown} took longer than {deadline}s in total "
+                msg = (f"{method} {shown} took longer than {deadline}s to answer "
                        "(transient: retried while attempts remain)")
                 raise RetryableError(msg, category="http_timeout") from exc
             category, what = _transport_category(exc)
@@ -352,22 +372,19 @@ class LeanClient:
 
     async def _once(self, method: str, url: str, headers: Any, body: bytes | None) -> _Answer:
         if self.limiter is not None:
-            await self.limiter.acquire(1.0)
+            paused = self._watchdog.pause()
+            try:
+                await self.limiter.acquire(1.0)
+            finally:
+                self._watchdog.resume(paused)
         target = self._url(url if _SAFE_URL.match(url, url.find("://") + 3) else str(httpx.URL(url)), encoded=True)
-        own_cookie: Any = _has_cookie(headers)
-        if not own_cookie and self._jar.holds():
+        if self._jar.holds() and not _has_cookie(headers):  # a request's own Cookie header goes alone (httpx)
             cookie = self._jar.header_for(target)
             if cookie:
                 headers = {**headers, "Cookie": cookie}
-                own_cookie = True
-        own_cookie = own_cookie and _JAR_OFF.set(True)  # the request's Cookie header (its own or the store's) only
-        try:
-            async with self._session.request(method, target, headers=headers, data=body, allow_redirects=False) as resp:
-                content = await resp.read()
-                answer = _Answer(resp.status, resp.reason, resp.headers, content)
-        finally:
-            if own_cookie:
-                _JAR_OFF.reset(own_cookie)
+        async with self._session.request(method, target, headers=headers, data=body, allow_redirects=False) as resp:
+            content = await resp.read()
+            answer = _Answer(resp.status, resp.reason, resp.headers, content)
         if answer.status_code == 429 and self.limiter is not None:
             self.limiter.on_throttle(parse_retry_after(answer.headers.get("Retry-After")))
         return answer
@@ -415,14 +432,34 @@ def _orjson_loads() -> Callable[[bytes], Any] | None:
 _fast_json = _orjson_loads()
 
 
-_JAR_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("batchflows_lean_jar_off", default=False)
-
-
 def _has_cookie(headers: Any) -> bool:
     """Whether a request's headers carry a Cookie (a CIMultiDict answers without case; a dict is searched)."""
     if hasattr(headers, "getall"):
         return "Cookie" in headers
     return any(name.lower() == "cookie" for name in headers)
+
+
+@functools.cache
+def _connector_class() -> type:
+    import aiohttp
+
+    class Connector(aiohttp.TCPConnector):
+        """aiohttp's connector telling the client's watchdog how long a request spent opening its connection (bounded
+        by ``connect_timeout_s`` itself), which the request's deadline does not count. Pooled connections cost
+        nothing here: only a new connection comes through ``_create_connection``."""
+
+        def __init__(self, watchdog: _Watchdog, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._watchdog = watchdog
+
+        async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+            paused = self._watchdog.pause()
+            try:
+                return await super()._create_connection(*args, **kwargs)
+            finally:
+                self._watchdog.resume(paused)
+
+    return Connector
 
 
 @functools.cache
@@ -432,11 +469,11 @@ def _jar_class() -> type:
     import aiohttp
 
     class Jar(aiohttp.CookieJar):
-        """aiohttp's cookie store (IP hosts allowed, as httpx's) whose Cookie header :class:`LeanClient` writes
-        itself, as httpx does: the request's own Cookie header alone when it has one (aiohttp would merge the
-        store's cookies into it), else the store's cookies longest path first, then in the order they were set
-        (aiohttp sorts them by name). aiohttp then finds the store silent: the request's task sets ``_JAR_OFF``
-        around it, and aiohttp asks the store from inside that task. Set-Cookie answers still fill it."""
+        """aiohttp's cookie store (IP hosts allowed, as httpx's) that Set-Cookie answers fill but that adds no
+        cookie to a request by itself: :class:`LeanClient` writes the Cookie header as httpx does, the request's
+        own Cookie header alone when it has one (aiohttp would merge the store's cookies into it), else the
+        store's cookies (:meth:`header_for`) longest path first, then in the order they were set (aiohttp sorts
+        them by name)."""
 
         def holds(self) -> bool:
             return bool(self._cookies)
@@ -451,9 +488,7 @@ def _jar_class() -> type:
             return "; ".join(f"{name}={found[name].coded_value}" for name in names)
 
         def filter_cookies(self, request_url: Any = None) -> Any:
-            if _JAR_OFF.get():
-                return BaseCookie()
-            return super().filter_cookies(request_url)
+            return BaseCookie()
 
     return Jar
 

@@ -227,9 +227,9 @@ def test_a_chunk_waits_out_a_date_retry_after(api_server: ApiServer):
 # --------------------------------------------------------------------------- the total deadline (watchdog)
 
 
-def test_the_total_deadline_ends_a_trickling_request(api_server: ApiServer):
-    """The read timeout never fires for a server that answers in time; the total deadline does (one per request,
-    kept by the client's watchdog), as a transient http_timeout whose message names the deadline."""
+def test_the_deadline_ends_a_stalled_request(api_server: ApiServer):
+    """A request's deadline (kept by the client's watchdog) ends a stalled answer as a transient http_timeout whose
+    message names the deadline."""
     settings = HttpSettings(timeout_s=5, connect_timeout_s=1)
 
     async def go() -> Any:
@@ -238,7 +238,34 @@ def test_the_total_deadline_ends_a_trickling_request(api_server: ApiServer):
 
     with pytest.raises(RetryableError) as caught:
         asyncio.run(go())
-    assert caught.value.category == "http_timeout" and "took longer than 0.3s in total" in str(caught.value)
+    assert caught.value.category == "http_timeout" and "took longer than 0.3s to answer" in str(caught.value)
+
+
+def test_a_stall_past_timeout_s_times_out_on_a_fresh_connection(api_server: ApiServer):
+    """``timeout_s`` counts from sending (opening the connection is connect_timeout_s's business)."""
+    settings = HttpSettings(timeout_s=0.3, connect_timeout_s=10)
+
+    async def go() -> float:
+        async with LeanClient(api_server.url, settings=settings) as client:
+            started = time.perf_counter()
+            with pytest.raises(RetryableError, match=r"took longer than 0\.3s to answer"):
+                await client.send(RequestSpec("GET", "/slow/f?delay=3"))
+            return time.perf_counter() - started
+
+    assert asyncio.run(go()) < 2.5
+
+
+def test_rate_limit_waits_do_not_count_against_the_deadline(api_server: ApiServer):
+    settings = HttpSettings(timeout_s=0.3)
+    bucket = TokenBucket(4, decrease_cooldown_s=0)
+
+    async def go() -> list[Any]:
+        async with LeanClient(api_server.url, settings=settings, limiter=bucket) as client:
+            return await asyncio.gather(*(client.send(RequestSpec("GET", f"/ok/{i}")) for i in range(6)))
+
+    started = time.perf_counter()
+    assert [record.status for record in asyncio.run(go())] == [200] * 6
+    assert time.perf_counter() - started > 0.6  # the last ones waited for the limiter longer than timeout_s
 
 
 def test_the_deadline_cancels_only_its_own_request(api_server: ApiServer):
