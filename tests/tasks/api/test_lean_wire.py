@@ -5,7 +5,6 @@ httpx sends (``Connection: keep-alive`` included), cookies (a server of its own 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import threading
 import time
@@ -214,14 +213,10 @@ def test_retry_after_date_past_the_cap_fails_the_item(api_server: ApiServer, kin
 
 
 def test_a_chunk_waits_out_a_date_retry_after(api_server: ApiServer):
-    past = email.utils.formatdate(time.time() - 60, usegmt=True)
-    assert past.endswith("GMT")  # a date already past is no wait at all (parse_retry_after: 0)
     job = ApiJob(base_url=api_server.url, template=RequestTemplate(path_template="/retry-after/{id}?times=1&after=1&style=date"),
                  item_concurrency=2, retries=2)
-    started = time.perf_counter()
     report = process_api_chunk(Chunk(0, [{"id": "a"}, {"id": "b"}]), job)
-    assert report.succeeded == 2 and report.extra["http_requests"] == 4
-    assert time.perf_counter() - started < 10
+    assert report.succeeded == 2 and report.extra["http_requests"] == 4 and not report.failures
 
 
 # --------------------------------------------------------------------------- the total deadline (watchdog)
@@ -242,17 +237,16 @@ def test_the_deadline_ends_a_stalled_request(api_server: ApiServer):
 
 
 def test_a_stall_past_timeout_s_times_out_on_a_fresh_connection(api_server: ApiServer):
-    """``timeout_s`` counts from sending (opening the connection is connect_timeout_s's business)."""
+    """``timeout_s`` counts from sending (opening the connection is connect_timeout_s's business): a 3 s stall
+    times out at 0.3 s, not at 0.3 + 10 s (then the answer would have come)."""
     settings = HttpSettings(timeout_s=0.3, connect_timeout_s=10)
 
-    async def go() -> float:
+    async def go() -> None:
         async with LeanClient(api_server.url, settings=settings) as client:
-            started = time.perf_counter()
-            with pytest.raises(RetryableError, match=r"took longer than 0\.3s to answer"):
-                await client.send(RequestSpec("GET", "/slow/f?delay=3"))
-            return time.perf_counter() - started
+            await client.send(RequestSpec("GET", "/slow/f?delay=3"))
 
-    assert asyncio.run(go()) < 2.5
+    with pytest.raises(RetryableError, match=r"took longer than 0\.3s to answer"):
+        asyncio.run(go())
 
 
 def test_rate_limit_waits_do_not_count_against_the_deadline(api_server: ApiServer):
@@ -263,9 +257,9 @@ def test_rate_limit_waits_do_not_count_against_the_deadline(api_server: ApiServe
         async with LeanClient(api_server.url, settings=settings, limiter=bucket) as client:
             return await asyncio.gather(*(client.send(RequestSpec("GET", f"/ok/{i}")) for i in range(6)))
 
-    started = time.perf_counter()
+    # at 4/s the last of the six waits for the limiter longer than timeout_s: not counted, so no timeout
     assert [record.status for record in asyncio.run(go())] == [200] * 6
-    assert time.perf_counter() - started > 0.6  # the last ones waited for the limiter longer than timeout_s
+    assert bucket.stats().acquired == 6
 
 
 def test_the_deadline_cancels_only_its_own_request(api_server: ApiServer):
