@@ -19,6 +19,7 @@ import functools
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,12 +149,31 @@ async def send_items(
         return mask
 
     async with open_client(job, token=token, limiter=limiter, headers=headers) as client:
-        one = client.send if isinstance(client, LeanClient) else functools.partial(send, client)
         retry_after_cap = settings.max_retry_after_s
+        keep = bool(job.output_dir)
+        lean = isinstance(client, LeanClient)
+        if lean:
+            one = functools.partial(client.send, expect=job.expect, max_retry_after_s=retry_after_cap, keep=keep)
+        else:
+            one = functools.partial(send, client, expect=job.expect, max_retry_after_s=retry_after_cap)
 
         if job.batch_size:
-            return await send_batches(outcomes, job, send_one=one, policy=policy, masked=masked,
-                                      max_retry_after_s=retry_after_cap)
+            return await send_batches(outcomes, job, send_one=client.send if lean else functools.partial(send, client),
+                                      policy=policy, masked=masked, max_retry_after_s=retry_after_cap)
+
+        # the common case, GET /users/{id}: the URL straight from the item (LeanClient.templated), one header
+        # set for every request, the first attempt made here (the retry policy takes over only after a failure)
+        url_for = client.templated(job.template) if lean else None
+        method = job.template.method.upper()
+        fetch = functools.partial(client.exchange, method, headers=client.wire_headers, expect=job.expect,
+                                  max_retry_after_s=retry_after_cap, keep=keep) if url_for is not None else None
+
+        def request_of(item: Any) -> Callable[[], Awaitable[Any]]:
+            if url_for is not None:
+                url = url_for(item)
+                if url is not None:
+                    return functools.partial(fetch, url)  # type: ignore[arg-type]
+            return functools.partial(one, build_request(item, job.template))
 
         async def worker() -> None:
             nonlocal cursor, sent
@@ -162,14 +182,16 @@ async def send_items(
                 cursor += 1
                 item = items[position]
                 try:
-                    spec = build_request(item, job.template)
+                    call = request_of(item)
                 except (ItemError, ConfigError) as exc:
                     err = exc if isinstance(exc, ItemError) else ItemError(str(exc), category="bad_item")
                     outcomes.failed(position, err, attempts=0, transform=masked(item))
                     continue
                 try:
-                    record, attempts = await policy.acall(
-                        lambda spec=spec: one(spec, expect=job.expect, max_retry_after_s=retry_after_cap))
+                    try:
+                        record, attempts = await call(), 1
+                    except Exception as exc:
+                        record, attempts = await policy.acall(_replaying(exc, call))
                 except Exception as exc:
                     sent += attempts_made(exc)
                     outcomes.failed(position, exc, transform=masked(item))
@@ -178,12 +200,26 @@ async def send_items(
                 outcomes.succeeded(position, {
                     "chunk": outcomes.chunk.index, "position": position, "item": item, "method": record.method,
                     "url": record.url, "status": record.status, "elapsed_ms": record.elapsed_ms, "body": record.body,
-                } if job.output_dir else None)
+                } if keep else None)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(job.item_concurrency, len(todo))):
                 group.create_task(worker())
     return sent
+
+
+def _replaying(first: Exception, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    """``call`` for ``RetryPolicy.acall`` after its first attempt, made by the caller, failed with ``first``: the
+    policy's first attempt raises ``first`` again (so it decides, waits and counts attempts as if it had made
+    it), the next ones call ``call``."""
+    pending: list[Exception] = [first]
+
+    async def again() -> Any:
+        if pending:
+            raise pending.pop()
+        return await call()
+
+    return again
 
 
 def _parquet_schema() -> dict[str, Any]:

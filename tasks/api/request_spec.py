@@ -19,7 +19,7 @@ import functools
 import hashlib
 import json
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -162,6 +162,40 @@ def build_request(item: Any, template: RequestTemplate | None = None) -> Request
     return spec
 
 
+def path_renderer(template: RequestTemplate) -> Callable[[Any], str | None] | None:
+    """item -> the path :func:`build_request` gives it, for a template whose requests differ only in their path:
+    no ``json_template``, no template headers, no ``Idempotency-Key`` (an idempotent method, or keys off). The
+    function returns None for an item that is a full request spec (build it with :func:`build_request`) and raises
+    what build_request raises for a placeholder the item lacks. None when the template is not of that kind.
+
+    Why: api_bulk's hot loop builds one request per item; for the common ``GET /users/{id}`` this skips the
+    RequestSpec, its header dict and the spec checks (a quarter of the loop's own CPU per request, measured)."""
+    method = template.method.upper()
+    if template.json_template is not None or template.headers or (
+            template.idempotency_keys and method not in IDEMPOTENT_METHODS):
+        return None
+    text = template.path_template
+    names = _parsed(text)
+
+    def render(item: Any) -> str | None:
+        if type(item) is dict or isinstance(item, Mapping):
+            if ("path" in item or "url" in item) and set(item) <= SPEC_KEYS:
+                return None
+        else:
+            item = {"id": item}
+        if not names:
+            return text.format_map({})
+        return text.format_map({name: _segment(_lookup(item, name, text)) for name in names})
+
+    return render
+
+
+def _segment(value: Any) -> str:
+    """One path segment, percent-encoded (``quote(safe="")``; plain ASCII letters and digits pass as they are)."""
+    text = str(value)
+    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+
+
 def _merge_query(url: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
     """Fold the URL's own query into ``params`` (httpx would drop it when params are given)."""
     if not params:
@@ -228,7 +262,7 @@ def _render_path(text: str, item: Mapping[str, Any]) -> str:
     names = _parsed(text)
     if not names:
         return text.format_map({})  # "{{" -> "{"
-    return text.format_map({name: quote(str(_lookup(item, name, text)), safe="") for name in names})
+    return text.format_map({name: _segment(_lookup(item, name, text)) for name in names})
 
 
 def render_json(node: Any, item: Mapping[str, Any]) -> Any:
@@ -258,6 +292,7 @@ __all__ = [
     "is_request_spec",
     "is_sensitive_header",
     "is_sensitive_param",
+    "path_renderer",
     "refuse_sensitive_headers",
     "refuse_sensitive_params",
     "render_json",
