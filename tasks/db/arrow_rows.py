@@ -25,7 +25,7 @@ from tasks.db.conn import Db
 from tasks.db.mysql_types import mysql_decoder
 from tasks.db.schema import KeyRange, SourceSchema
 from tasks.db.typemap import ColumnInfo
-from tasks.db.values import JsonText, coerce
+from tasks.db.values import JsonText, _to_bytes, coerce
 
 _SLICE = 10_000  # rows turned into Python objects at a time
 _AS_IS = frozenset({"smallint", "integer", "bigint", "double", "text", "varchar", "char"})
@@ -44,14 +44,11 @@ def _timestamptz(v: str) -> dt.datetime:
     return dt.datetime.fromisoformat(v).replace(tzinfo=dt.UTC)  # the session's zone is UTC (the select's check)
 
 
-def _hex(v: str) -> bytes:
-    return bytes.fromhex(v[2:])  # "\\x..." as the select writes it
-
-
-# MySQL's text of these kinds, parsed by the same rules as tasks.db.values.coerce (C functions: no dispatch)
+# MySQL's text of these kinds, parsed by the same rules as tasks.db.values.coerce (C functions: no dispatch;
+# bytes come as "\\x..." hex, as the select writes them)
 _FROM_TEXT: dict[str, Callable[[Any], Any]] = {
     "numeric": Decimal, "date": dt.date.fromisoformat, "time": dt.time.fromisoformat,
-    "timestamp": dt.datetime.fromisoformat, "timestamptz": _timestamptz, "uuid": uuid.UUID, "bytes": _hex,
+    "timestamp": dt.datetime.fromisoformat, "timestamptz": _timestamptz, "uuid": uuid.UUID, "bytes": _to_bytes,
     "json": JsonText, "jsonb": JsonText,
 }
 

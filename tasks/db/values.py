@@ -34,8 +34,6 @@ class JsonText(str):
 
 def raw_json(data: bytes | bytearray | memoryview | str) -> JsonText:
     """psycopg's JSON loader for connections batchflows opens: the document's text, not parsed."""
-    if type(data) is bytes:
-        return JsonText(data.decode())
     return JsonText(data if isinstance(data, str) else bytes(data).decode())
 
 
@@ -345,8 +343,8 @@ def _canon_json_value(v: Any) -> str:
     return _canon_json_dumps(v)  # strings, integers (exact), true/false/null, NaN/Infinity
 
 
-# the C encoder: sorted keys, no spaces; it refuses Decimal (a number with a fraction or an exponent), which
-# sends the document through _canon_json_value
+# the C encoder of every canonical text (rows, columns, JSON documents): sorted keys, no spaces; it refuses
+# Decimal (a number with a fraction or an exponent), which sends a JSON document through _canon_json_value
 _canon_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 _json_exact_loads = json.JSONDecoder(parse_float=Decimal).decode
 
@@ -364,7 +362,7 @@ def canonical_json(text: str) -> str:
 def canonical_row(row: tuple[Any, ...] | list[Any]) -> bytes:
     """The text a row's checksum is computed over: JSON of canonical values (numbers as normalized
     decimal text, timestamps as UTC ISO, bytes as hex, JSON objects with sorted keys)."""
-    return json.dumps([_canon(v) for v in row], ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    return _canon_json_dumps([_canon(v) for v in row]).encode()
 
 
 def _canon_int(v: Any) -> Any:
@@ -406,8 +404,7 @@ def rows_checksum(cols: list[ColumnInfo]) -> Callable[[Iterable[tuple[Any, ...]]
     C-encoded JSON array of canonical values per column and batch): several times faster than a digest per
     row for the common case, an equal range; :func:`row_canonicalizer` then finds the first differing row of
     an unequal one. Streams: one batch in memory."""
-    funcs = _canon_funcs(cols)
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+    funcs, dumps = _canon_funcs(cols), _canon_json_dumps
 
     def checksum(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
         h, n, it = hashlib.md5(usedforsecurity=False), 0, iter(rows)
@@ -424,8 +421,7 @@ def rows_checksum(cols: list[ColumnInfo]) -> Callable[[Iterable[tuple[Any, ...]]
 def row_canonicalizer(cols: list[ColumnInfo]) -> Callable[[tuple[Any, ...]], bytes]:
     """A faster ``canonical_row`` for rows of known columns (same output: dispatch once per column; char(n)
     values without their trailing padding)."""
-    funcs = _canon_funcs(cols)
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+    funcs, dumps = _canon_funcs(cols), _canon_json_dumps
 
     def canon(row: tuple[Any, ...]) -> bytes:
         return dumps([f(v) for f, v in zip(funcs, row, strict=True)]).encode()

@@ -153,10 +153,6 @@ def parse_csv(
     return good, bad
 
 
-class _Exact(Exception):
-    """The segment takes the exact (Python) path."""
-
-
 class _Number:
     """A JSON number with a fraction or an exponent, as its text in the file (``12.50``, ``1e400``); not a
     str, so the C JSON encoder refuses it and a nested value holding one is written by the walk below."""
@@ -235,16 +231,15 @@ def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str,
     refuses, so both paths give the same text."""
     lines = _text_lines(body.rstrip(b"\r\n"))
     keep = [i for i, line in enumerate(lines) if line.strip()]
-    try:
-        if not _polars_exact(body, exact_columns):
-            raise _Exact
-        df = pl.read_ndjson(body, schema={c: pl.String for c in columns}) if keep else None
-        if df is not None and df.height == len(keep):
-            return df.with_columns(
-                pl.lit(source).alias(SOURCE_FILE), pl.Series(LINE, [first_line + i for i in keep], dtype=pl.Int64)
-            ), _malformed([], first_line, source, [])
-    except (pl.exceptions.PolarsError, _Exact):
-        pass
+    if keep and _polars_exact(body, exact_columns):
+        try:
+            df = pl.read_ndjson(body, schema={c: pl.String for c in columns})
+            if df.height == len(keep):
+                return df.with_columns(
+                    pl.lit(source).alias(SOURCE_FILE), pl.Series(LINE, [first_line + i for i in keep], dtype=pl.Int64)
+                ), _malformed([], first_line, source, [])
+        except pl.exceptions.PolarsError:
+            pass
     good: list[list[Any]] = []
     good_lines: list[int] = []
     bad: list[tuple[int, int, str]] = []
