@@ -53,6 +53,7 @@ from tasks.db import (
     fingerprint,
     incremental_job,
     index_watermark,
+    key_builder,
     parse_db_url,
     parse_key,
     parse_table_name,
@@ -205,13 +206,16 @@ def _migrate(p: DbMigrateParams) -> MigrationSummary:
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=None, handler_id=transform_name, unit="rows",
                     identity=(p.cache_version, *identity)) as run:
         made = ensure_target(src, tgt, p.table, target_table=tname, query=p.query, key=schema.key,
-                             execute=p.create_target, source_schema=schema)
+                             execute=p.create_target, source_schema=schema,
+                             defer_key=run.run_key if p.mode == "append" and not p.incremental else None)
         if not made.existed and not p.create_target:
             msg = f"target table {tname} does not exist and create_target is off; create it or pass create_target=True"
             raise ConfigError(msg)
         created, ddl = made.created, made.ddl if made.created else None
         if created:
             print(f"created target table {tname} in {info['target']}:\n{made.ddl}")
+        key_later = key_builder(tgt, parse_table_name(tname), run.run_key, created=made.key_deferred,
+                                 key=schema.key)
         copy_job = job(made.target_schema or reflect(tgt, tname, key=schema.key, role="target"),
                        ledger=ensure_ledger(tgt, parse_table_name(tname)), run_key=run.run_key)
         inc = incremental_job(
@@ -230,7 +234,7 @@ def _migrate(p: DbMigrateParams) -> MigrationSummary:
         return copy_and_verify(run, ranges, copy_job, info, schema, created=created, ddl=ddl, verify=p.verify,
                                chunk_rows=p.chunk_rows, mode=p.mode, tname=tname, chunk_retries=p.chunk_retries,
                                tags=p.tags, max_concurrency=p.max_concurrency, counts_only=fn is not None,
-                               incremental=inc.started(ranges) if inc is not None else None)
+                               incremental=inc.started(ranges) if inc is not None else None, build_key=key_later)
 
 
 def _urls_as_secrets(values: dict[str, Any], handles: list[str]) -> None:

@@ -18,6 +18,7 @@ from tasks.db.conn import (
     validate_query,
 )
 from tasks.db.copier import MODES, CopyFormat, Mode, RangeResult, Transform, copy_range, read_range, resolve_transform
+from tasks.db.deferred_key import key_builder
 from tasks.db.incremental import (
     WATERMARK_TABLE,
     Deletes,
@@ -84,6 +85,7 @@ __all__ = [
     "fingerprint",
     "incremental_job",
     "index_watermark",
+    "key_builder",
     "ledger_table",
     "load_parts",
     "parse_db_url",

@@ -37,6 +37,7 @@ from tasks.db.physical import require_key
 from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate, reflect
 from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo
+from tasks.db.unchanged import unchanged_rows
 from tasks.db.values import (
     _COERCE as _COERCE_BY_KIND,
 )
@@ -423,25 +424,37 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
         raise (_direct_conflict(exc, rng, mode, staged) or _pg_error(exc, rng, names, keys, rows)) from None
 
 
+class _StreamBroke(Exception):
+    """The columnar path's source stream failed midway through a COPY."""
+
+
 def _write_pg_csv(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_keys: Sequence[ColumnInfo],
-                  keys: Sequence[str], payload: bytes, rng: KeyRange, mode: Mode, on_commit: OnCommit | None
-                  ) -> int | None:
-    """COPY the columnar path's CSV (tasks.db.columnar) in one transaction; None (rolled back) when the
-    target refused a value or a key: the row path then writes the range, or names the row and column."""
+                  keys: Sequence[str], blocks: Iterator[bytes], rng: KeyRange, mode: Mode,
+                  on_commit: OnCommit | None) -> int | None:
+    """COPY the columnar path's CSV blocks (tasks.db.columnar) in one transaction; None (rolled back) when
+    the source's stream broke or the target refused a value or a key: the row path then writes the range, or
+    names the row and column."""
     names = [c.name for c in tgt_cols]
 
     def feed(copy: Any) -> None:
-        view = memoryview(payload)
-        for off in range(0, len(view), _RELAY_BLOCK):
-            copy.write(view[off:off + _RELAY_BLOCK])
+        while True:
+            try:
+                block = next(blocks)
+            except StopIteration:
+                return
+            except BaseException as exc:  # connectorx (a Rust panic is a BaseException) or Arrow: nothing commits
+                if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                    raise
+                raise _StreamBroke(exc) from exc
+            copy.write(block)
 
     try:
         _prepare(db, target, tgt_keys, rng, mode)
         dest, staged = _stage_or_target(db, target, mode, tgt_keys, rng)
         return _copy_in(db, target, dest, staged, names, tgt_keys, rng, "CSV", feed, on_commit)
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+    except (psycopg.DataError, psycopg.IntegrityError, _StreamBroke) as exc:
         _rollback_quietly(db)
-        _log.debug("range %s: the target refused the columnar copy (%s); writing rows", rng.index,
+        _log.debug("range %s: the columnar copy was not used (%s); writing rows", rng.index,
                    redact_text(str(exc).strip())[:300])
         return None
     except psycopg.Error as exc:
@@ -536,13 +549,22 @@ def _relay(src: Db, write: Callable[[bytes], None]) -> None:
 
 
 def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_cols: Sequence[ColumnInfo],
-                 rng: KeyRange, mode: Mode, fmt: str, on_commit: OnCommit | None = None) -> int:
-    """Stream COPY bytes source -> target without decoding (the physical ceiling)."""
+                 rng: KeyRange, mode: Mode, fmt: str, on_commit: OnCommit | None = None) -> tuple[int, str]:
+    """Stream COPY bytes source -> target without decoding (the physical ceiling); (rows, path). An upsert
+    range the target holds already as the source has it writes nothing (path ``unchanged``, see
+    tasks.db.unchanged)."""
     tgt_keys = [next(c for c in tgt_cols if c.name == k) for k in schema.key]
     names = [c.name for c in schema.columns]
     sql, params = _select(src, schema, rng)
     _prepare(tgt, target, tgt_keys, rng, mode)
     dest, staged = _stage_or_target(tgt, target, mode, tgt_keys, rng)
+    if staged and rng.window is None and (same := unchanged_rows(src, tgt, schema, target, list(tgt_cols), rng)):
+        if on_commit is not None:  # the target holds the range as the source has it: only the ledger row
+            on_commit(tgt, same)
+        tgt.raw.commit()
+        failpoint("db.after_commit")
+        src.raw.rollback()
+        return same, "unchanged"
     out = tgt.raw.cursor()
     try:
         with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params), \
@@ -562,7 +584,7 @@ def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_
     tgt.raw.commit()
     failpoint("db.after_commit")
     src.raw.rollback()
-    return written
+    return written, f"copy-{fmt.lower()}"
 
 
 def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
@@ -612,9 +634,9 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
                        for s, t in zip(schema.columns, tgt_cols, strict=True))
             fmt = "BINARY" if (copy_format == "binary" or (copy_format == "auto" and same)) else "TEXT"
             try:
-                written = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt, on_commit)
+                written, path = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt, on_commit)
                 return RangeResult(index=rng.index, rows_read=written, rows_written=written,
-                                   seconds=time.perf_counter() - started, path=f"copy-{fmt.lower()}")
+                                   seconds=time.perf_counter() - started, path=path)
             except psycopg.errors.DataError:
                 _rollback_quietly(tgt, src)
             except psycopg.Error as exc:
@@ -655,12 +677,15 @@ def _columnar(src: Db, tgt: Db, schema: SourceSchema, tgt_schema: SourceSchema, 
     if not columnar.eligible(src, schema, tgt_cols):
         return None
     try:
-        payload, read[0] = columnar.read_csv(src, schema, rng)
+        blocks = columnar.csv_batches(src, schema, rng, read)
     except Exception as exc:  # connectorx, Arrow, a JSON text: the row path reads the range and names a bad value
         _log.debug("range %s: columnar read not used (%s); reading rows", rng.index, redact_text(str(exc))[:300])
         return None
     tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
-    return _write_pg_csv(tgt, target, tgt_cols, tgt_keys, schema.key, payload, rng, mode, on_commit)
+    done = _write_pg_csv(tgt, target, tgt_cols, tgt_keys, schema.key, blocks, rng, mode, on_commit)
+    if done is None:
+        read[0] = 0  # the row path counts again
+    return done
 
 
 def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:

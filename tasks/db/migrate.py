@@ -103,9 +103,12 @@ class MigrationSummary(RunSummary):
     ranges_failed: list[int] = Field(default_factory=list)
     ranges_by_path: dict[str, int] = Field(default_factory=dict, description=(
         "How this run wrote its ranges: copy-binary / copy-text (COPY relayed), columnar-csv (the columnar path), "
-        "rows (converted row by row), ledger (an earlier attempt had committed it); resumed ranges are not counted"))
+        "rows (converted row by row), unchanged (an upsert range the target already held as the source has it: "
+        "nothing written), ledger (an earlier attempt had committed it); resumed ranges are not counted"))
     rows_estimated: int = 0
     rows_copied: int = 0
+    key_build_seconds: float | None = Field(None, description=(
+        "A PostgreSQL table created for an append gets its primary key after the load: the seconds that took"))
     verify: VerifyMode = "off"
     ranges_verified: int = 0
     ranges_matching: int = 0
@@ -283,7 +286,8 @@ def planned_ranges(run: ChunkedRun, fingerprint: str, plan: Callable[[], list[Ke
 def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info: dict[str, Any], schema: SourceSchema, *,
           created: bool, ddl: str | None, verify: bool, chunk_rows: int, mode: str, tname: str, chunk_retries: int,
           tags: list[str] | None, max_concurrency: int, counts_only: bool,
-          incremental: IncrementalJob | None = None) -> MigrationSummary:
+          incremental: IncrementalJob | None = None, build_key: Callable[[], float] | None = None
+          ) -> MigrationSummary:
     estimated = sum(r.estimated_rows for r in ranges)
     run.total = estimated
     run.progress.total = estimated
@@ -316,6 +320,10 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
     if result.ranges_failed:
         print(f"ranges that failed (rerun with run_key={run.run_key!r} after fixing): {result.ranges_failed}")
     complete = not result.ranges_failed and not run.should_stop()
+    if build_key is not None and not run.should_stop():  # failed ranges too: their rerun has the key in place
+        result.key_build_seconds = round(build_key(), 3)
+        result.duration_s = round(result.duration_s + result.key_build_seconds, 3)
+        print(f"built the primary key {schema.key} of {tname} after the load in {result.key_build_seconds:.1f}s")
     if incremental is not None and complete:
         incremental.after_copy(result, job.source_url, job.target_url, schema, job.target_schema)
     if verify and not run.should_stop():

@@ -35,6 +35,7 @@ from tasks.db.conn import (
     redacted_url,
 )
 from tasks.db.copier import MODES, Mode
+from tasks.db.deferred_key import add_key_sql, mark
 from tasks.db.physical import require_key, scan_label
 from tasks.db.schema import (
     KeyRange,
@@ -56,6 +57,7 @@ class TargetResult(BaseModel):
     created: bool
     existed: bool
     ddl: str
+    key_deferred: bool = False  # created without its primary key, built after the load (tasks.db.deferred_key)
     target_schema: SourceSchema | None = None  # the existing table's reflection (None when created or a dry run)
 
 
@@ -100,9 +102,11 @@ def _target_name(table: str | None, target_table: str | None) -> TableName:
 def create_target(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,
                   target_table: str | None = None, query: str | None = None,
                   key: str | Sequence[str] | None = None, execute: bool = True,
-                  source_schema: SourceSchema | None = None) -> TargetResult:
+                  source_schema: SourceSchema | None = None, defer_key: str | None = None) -> TargetResult:
     """Create the target table from the source's reflected schema (primary key = the range key; a source
-    table without a primary key gives a target without one).
+    table without a primary key gives a target without one). ``defer_key`` (a run key; PostgreSQL
+    targets): create it without the key and mark it for that run to build the key after the load
+    (tasks.db.deferred_key).
 
     If the table exists it is checked instead: columns missing in the target or types that cannot hold
     the source's values raise ConfigError listing every differing column; its reflection is returned
@@ -110,16 +114,19 @@ def create_target(source_url: UrlLike, target_url: UrlLike, table: str | None = 
     reflection (same table, query and key) when the caller has it.
     """
     return _ensure_target(source_url, target_url, table, target_table=target_table, query=query, key=key,
-                          execute=execute, schema=source_schema)
+                          execute=execute, schema=source_schema, defer_key=defer_key)
 
 
 def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, *, target_table: str | None,
                    query: str | None, key: str | Sequence[str] | None, execute: bool,
-                   schema: SourceSchema | None = None) -> TargetResult:
+                   schema: SourceSchema | None = None, defer_key: str | None = None) -> TargetResult:
     schema = schema or reflect(source_url, table, query=query, key=key)
     tname = _target_name(table, target_table)
     ep = parse_db_url(target_url)
-    ddl = create_table_sql(schema, ep.dialect, tname)
+    deferred = defer_key is not None and ep.dialect == "postgresql" and bool(schema.key)
+    ddl = create = create_table_sql(schema, ep.dialect, tname, with_key=not deferred)
+    if deferred:  # shown, not run: a quoted name may hold a line break
+        ddl += f"\n-- after the load: {add_key_sql(tname, schema.key)}"
     if target_table_exists(target_url, tname):
         existing = reflect(target_url, tname, key=schema.key, role="target")
         problems = compare_schemas(schema, existing)
@@ -131,11 +138,13 @@ def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, 
     if execute:
         with connect(ep, "target", write=True) as db:
             if db.dialect == "mysql" and "mariadb" not in str(db.raw.get_server_info()).lower():
-                ddl = ddl.replace("utf8mb4_nopad_bin", "utf8mb4_0900_bin")  # MySQL 8's binary no-pad collation
-            db.raw.execute(ddl)
+                ddl = create = create.replace("utf8mb4_nopad_bin", "utf8mb4_0900_bin")  # MySQL 8's binary no-pad
+            db.raw.execute(create)
+            if deferred:
+                mark(db, tname, schema.key, str(defer_key))
             if db.dialect == "postgresql":
                 db.raw.commit()
-    return TargetResult(table=str(tname), created=execute, existed=False, ddl=ddl)
+    return TargetResult(table=str(tname), created=execute, existed=False, ddl=ddl, key_deferred=deferred)
 
 
 def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,
@@ -154,7 +163,8 @@ def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None =
     require_key(schema, mode)
     tname = _target_name(table, target_table)
     target = _ensure_target(source_url, target_url, table, target_table=str(tname), query=query,
-                            key=schema.key, execute=False, schema=schema)
+                            key=schema.key, execute=False, schema=schema,
+                            defer_key="dry run" if mode == "append" else None)
     if not target.existed and not create_target:
         msg = f"target table {tname} does not exist and create_target is off; create it or pass create_target=True"
         raise ConfigError(msg)

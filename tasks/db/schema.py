@@ -460,16 +460,18 @@ _WALK_STEPS = 256  # past this many ranges the one-pass cut_points finishes the 
 
 
 def _walkable(db: Db, schema: SourceSchema) -> bool:
-    """A PostgreSQL table whose key is exactly its primary key or a unique index (so an index walks the key
-    order) and compares as stored (no COLLATE "C" wrapper, which the index could not serve)."""
-    return (db.dialect == "postgresql" and schema.table is not None and bool(schema.key)
+    """A table whose key is exactly its primary key or a unique index (so an index walks the key order) and
+    compares as stored (no COLLATE "C" wrapper, which the index could not serve). Any dialect: the window
+    functions of cut_points cost 1.5 s for 1M keys in MariaDB and 0.8 s in SQLite, the walk 0.27 s and
+    0.015 s (measured)."""
+    return (schema.table is not None and bool(schema.key)
             and (schema.key == schema.primary_key or schema.key in schema.unique_keys)
             and not any(c.collate_c for c in schema.key_columns()))
 
 
 def walk_points(db: Db, schema: SourceSchema, chunk_rows: int) -> tuple[list[tuple[Any, ...]], int]:
     """:func:`cut_points` by walking the key's index: from each boundary, the ``chunk_rows``-th next key
-    (``OFFSET chunk_rows - 1 LIMIT 1``, an index-only scan of the range's keys), then the rows left after
+    (``LIMIT 1 OFFSET chunk_rows - 1``, an index-only scan of the range's keys), then the rows left after
     the last one. Same boundaries and total as cut_points, without its window functions over every row
     (measured 0.2 s instead of 0.6 s for 1M keys)."""
     rel = schema.relation(db.dialect)
@@ -484,7 +486,7 @@ def walk_points(db: Db, schema: SourceSchema, chunk_rows: int) -> tuple[list[tup
             if len(bounds) >= _WALK_STEPS:
                 more, total = cut_points(db, rel, keys, order, where.removeprefix(" WHERE "), params, chunk_rows)
                 return bounds + more, chunk_rows * len(bounds) + total
-            found = db.all(f"SELECT {order} FROM {rel}{where} ORDER BY {order} OFFSET {int(chunk_rows) - 1} LIMIT 1",
+            found = db.all(f"SELECT {order} FROM {rel}{where} ORDER BY {order} LIMIT 1 OFFSET {int(chunk_rows) - 1}",
                            params)
             if not found:
                 rest = int(db.all(f"SELECT count(*) FROM {rel}{where}", params)[0][0])
@@ -533,8 +535,9 @@ def chain_ranges(uppers: list[list[Any]], total: int, chunk_rows: int, *, window
 # ---------------------------------------------------------------- target DDL
 
 
-def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableName) -> str:
-    """``CREATE TABLE`` for ``table`` in ``dialect`` with the source's columns and its key as primary key."""
+def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableName, *, with_key: bool = True) -> str:
+    """``CREATE TABLE`` for ``table`` in ``dialect`` with the source's columns and its key as primary key
+    (``with_key=False``: without it, built after the load, see tasks.db.deferred_key; key columns NOT NULL)."""
     tname = parse_table_name(table)
     if dialect == "mysql":
         return create_table_mysql(schema.columns, schema.key, tname)
@@ -544,7 +547,7 @@ def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableN
     typer = pg_type if dialect == "postgresql" else sqlite_type
     lines = [f"{q(c.name)} {typer(c)}{'' if c.nullable and c.name not in schema.key else ' NOT NULL'}"
              for c in schema.columns]
-    if schema.key:  # a table without one gets none (never an invented key)
+    if schema.key and with_key:  # a table without one gets none (never an invented key)
         lines.append(f"PRIMARY KEY ({', '.join(q(k) for k in schema.key)})")
     return f"CREATE TABLE {tname.sql(dialect)} (\n  " + ",\n  ".join(lines) + "\n)"
 

@@ -56,6 +56,8 @@ def test_migrate_every_direction_and_mode(direction: str, mode: str, request: py
     assert summary.target_created and summary.ddl and summary.verify == "checksums"
     assert (summary.total, summary.succeeded, summary.rows_copied, summary.rows_estimated) == (N, N, N, N)
     assert summary.ranges_copied == RANGES and count(tgt) == N
+    # a PostgreSQL table created for an append gets its key after the load (tasks.db.deferred_key)
+    assert (summary.key_build_seconds is not None) == (mode == "append" and direction != "pg-sqlite")
     if direction == "pg-pg":
         assert pg_exec(src, ORDERED) == pg_exec(tgt, ORDERED)
 
@@ -158,6 +160,10 @@ def test_sigkill_mid_migration_then_rerun_equals_source(pg_items: str, pg_target
     assert len(list(records.iterdir())) == done
     killed_at = count(pg_target)
     assert 0 < killed_at < N, "the run was not killed mid-migration; the test proves nothing"
+    has_key = "SELECT count(*) FROM pg_constraint WHERE conrelid = 'items'::regclass AND contype = 'p'"
+    assert pg_exec(pg_target, has_key) == [(0,)]  # an append's key is built after its load: not yet
+    assert str(pg_exec(pg_target, "SELECT obj_description('items'::regclass)")[0][0]).startswith(
+        "batchflows: primary key pending")
 
     rerun = _start(params, {})
     out = finish(rerun)
@@ -169,6 +175,8 @@ def test_sigkill_mid_migration_then_rerun_equals_source(pg_items: str, pg_target
     assert summary.ranges_resumed + summary.ranges_copied == ranges
     assert pg_exec(pg_target, "SELECT count(*), count(DISTINCT id) FROM items") == [(N, N)]
     assert pg_exec(pg_items, ORDERED) == pg_exec(pg_target, ORDERED)  # exactly the source
+    assert pg_exec(pg_target, has_key) == [(1,)] and summary.key_build_seconds is not None  # the rerun built it
+    assert pg_exec(pg_target, "SELECT obj_description('items'::regclass)") == [(None,)]
     assert PG_PASSWORD not in out
 
 

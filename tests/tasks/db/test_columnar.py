@@ -67,6 +67,49 @@ def test_every_mysql_type_writes_what_the_row_path_writes(mysql_url: str, pg_clu
     all_ok(mysql_url, fast_db, ODD_REF)
 
 
+class PanicException(BaseException):
+    """What connectorx raises when its stream's thread panics (pyo3's, a BaseException)."""
+
+
+def test_a_range_streams_in_blocks_and_a_stream_broken_midway_commits_nothing_of_it(
+        mysql_url: str, pg_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The range goes to COPY block by block while connectorx reads on (blocks of 7 rows here): the same rows
+    as the row path. A stream that breaks after some blocks were sent (a Rust panic in connectorx's thread, a
+    lost connection) rolls the COPY back and the row path writes the range: no row twice, none lost."""
+    from tasks.db import columnar
+
+    create_my(mysql_url)
+    monkeypatch.setattr(columnar, "_BATCH_ROWS", 7)
+    rows_db, fast_db, paths = _both(mysql_url, ODD_REF, pg_cluster, chunk_rows=70)
+    assert set(paths) == {"columnar-csv"}, paths
+    assert _pg_text(fast_db, ODD_REF, "Order ID") == _pg_text(rows_db, ODD_REF, "Order ID")
+
+    real = columnar.csv_batches
+    sent: list[int] = []
+
+    def breaking(*args: Any) -> Any:
+        blocks = real(*args)
+
+        def gen() -> Any:
+            for i, block in enumerate(blocks):
+                if i == 1:
+                    raise PanicException("cx writer failed: connection reset")
+                sent.append(i)
+                yield block
+        return gen()
+
+    monkeypatch.setattr(columnar, "csv_batches", breaking)
+    broken_db = pg_cluster.url(pg_cluster.create_database())
+    ledger = ensure_ledger(broken_db, parse_table_name(ODD_REF))
+    create_target(mysql_url, broken_db, ODD_REF)
+    for rng in plan_ranges(mysql_url, ODD_REF, chunk_rows=70):
+        res = copy_range(mysql_url, broken_db, ODD_REF, rng, mode="append", ledger=LedgerEntry(
+            table=ledger, key=f"k{rng.index}", run_key="r", target_table=ODD_REF))
+        assert res.path == "rows" and res.rows_read == res.rows_written == rng.estimated_rows
+    assert sent and _pg_text(broken_db, ODD_REF, "Order ID") == _pg_text(rows_db, ODD_REF, "Order ID")
+    all_ok(mysql_url, broken_db, ODD_REF)
+
+
 def test_edge_values_null_vs_empty_and_extremes(mysql_url: str, pg_cluster: Any) -> None:
     my_exec(mysql_url, EDGE_DDL)
     my_exec(mysql_url, f"INSERT INTO edge VALUES ({', '.join(['%s'] * 17)})", EDGE_ROWS)

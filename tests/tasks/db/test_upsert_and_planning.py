@@ -1,6 +1,6 @@
 """Issue 15's fast paths against real PostgreSQL 15: ranges cut by walking the key's index (the same ranges as
 the one-pass window query), an upsert over an existing copy that leaves unchanged rows alone (byte-exact: a
-json value re-spaced or -0.0 for 0.0 is a change), and connections reused within a run."""
+json value re-spaced or -0.0 for 0.0 is a change) and skips unchanged ranges, and connections reused within a run."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def test_index_walk_cuts_the_same_ranges_as_one_pass(steps: int, pg_items: str, 
         [(None, [5], 5), ([5], None, 5)]
 
 
+def test_sqlite_keys_are_walked_too(sqlite_items: str) -> None:
+    """SQLite: the walk's ``LIMIT 1 OFFSET n`` over the key's b-tree gives the window query's ranges (0.015 s
+    instead of 0.8 s for 1M keys, measured), for the rowid key and for a composite primary key."""
+    import sqlite3
+
+    with sqlite3.connect(sqlite_items.removeprefix("sqlite:///")) as conn:
+        conn.execute("CREATE TABLE c (a INTEGER, b TEXT, v INTEGER, PRIMARY KEY (a, b))")
+        conn.executemany("INSERT INTO c VALUES (?, ?, ?)", [(g % 7, f"k{g}", g) for g in range(1, 501)])
+    for table, chunk in (("items", CHUNK), ("items", 1), ("items", 10_000), ("c", 17)):
+        schema = reflect(sqlite_items, table)
+        with connect(sqlite_items, "source") as db:
+            assert schema_mod._walkable(db, schema), table
+        assert plan_ranges(sqlite_items, table, chunk_rows=chunk) == _one_pass(sqlite_items, table, chunk)
+
+
 def test_keys_the_walk_leaves_to_the_one_pass_query(pg_items: str) -> None:
     """A key without a unique index in that order (or text compared as bytes, ``COLLATE "C"``, in a database
     of another collation): the window query cuts them."""
@@ -78,7 +93,12 @@ def test_upsert_over_a_copy_rewrites_only_changed_rows(pg_items: str, pg_target:
     pg_exec(pg_items, "INSERT INTO items (id, label) VALUES (3000, 'new')")
     results = [copy_range(pg_items, pg_target, "items", r, mode="upsert") for r in ranges]
     assert sum(r.rows_written for r in results) == len(key_values()) + 1  # every row is upserted (counted)
-    assert all(r.path == "copy-binary" for r in results)
+    # a range holding a difference is merged; the others are found equal where they lie and write nothing
+    touched = {r.index for r in ranges for k in (2, 5, 7, 3000) if (r.lower is None or r.lower[0] < k)
+               and (r.upper is None or k <= r.upper[0])}
+    assert {r.index: r.path for r in results} == {
+        r.index: "copy-binary" if r.index in touched else "unchanged" for r in ranges}
+    assert len(touched) < len(ranges)
     after = _versions(pg_target)
     changed = {k for k in after if after[k] != after_target_edit.get(k)}
     assert changed == {2, 5, 7, 3000}, changed
@@ -86,6 +106,33 @@ def test_upsert_over_a_copy_rewrites_only_changed_rows(pg_items: str, pg_target:
     query = "SELECT id, raw::text, score::text, name FROM items WHERE id IN (2, 5, 7, 3000) ORDER BY id"
     assert pg_exec(pg_items, query) == pg_exec(pg_target, query)
     all_ok(pg_items, pg_target)
+
+
+def test_a_range_is_skipped_only_when_every_value_prints_the_same(pg_url: str, pg_target: str) -> None:
+    """An upsert range whose rows the target holds already is not written (its ledger row alone would commit);
+    one whose values differ only in a way the text shows (numeric scale, a float's last bit even where the
+    databases print floats rounded, json spacing) is merged, and then the target holds the source's bytes."""
+    pg_exec(pg_url, "CREATE TABLE n (id int PRIMARY KEY, v numeric, f float8, j json); INSERT INTO n SELECT g, "
+                    "g / 4.0, g / 10.0, json_build_object('g', g) FROM generate_series(1, 40) g")
+    for url in (pg_url, pg_target):  # floats printed rounded to 15 digits: 0.1 and the next double look alike
+        pg_exec(url, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET extra_float_digits = 0', "
+                     "current_database()); END $$")
+    create_target(pg_url, pg_target, "n")
+    ranges = plan_ranges(pg_url, "n", chunk_rows=10)
+    assert len(ranges) == 4
+    for r in ranges:
+        copy_range(pg_url, pg_target, "n", r, mode="append")
+    before = dict(pg_exec(pg_target, "SELECT id, xmin::text FROM n"))
+    assert {copy_range(pg_url, pg_target, "n", r, mode="upsert").path for r in ranges} == {"unchanged"}
+    assert dict(pg_exec(pg_target, "SELECT id, xmin::text FROM n")) == before
+    pg_exec(pg_target, "UPDATE n SET v = 1.00 WHERE id = 4")  # source 1.0
+    pg_exec(pg_target, "UPDATE n SET f = 1.1000000000000003 WHERE id = 11")  # the next double after 1.1
+    pg_exec(pg_url, """UPDATE n SET j = '{"g" :  35}' WHERE id = 35""")
+    assert pg_exec(pg_target, "SELECT f = 1.1 FROM n WHERE id = 11") == [(False,)]
+    paths = [copy_range(pg_url, pg_target, "n", r, mode="upsert").path for r in ranges]
+    assert paths == ["copy-binary", "copy-binary", "unchanged", "copy-binary"]
+    query = "SELECT id, v::text, float8send(f), j::text FROM n ORDER BY id"
+    assert pg_exec(pg_url, query) == pg_exec(pg_target, query)
 
 
 def test_connections_are_reused_per_thread_within_a_run(pg_items: str) -> None:
