@@ -100,7 +100,8 @@ def _url(db: Db) -> str:
     ep = db.ep
     pw = ep.password.get_secret_value() if ep.password else ""
     register_secret(_urlquote(pw, safe=""))  # an error text may quote the URL: its encoded password is masked too
-    return (f"mysql://{_urlquote(ep.user or '', safe='')}:{_urlquote(pw, safe='')}@{ep.host}:{ep.port or 3306}/"
+    scheme, port = ("postgresql", 5432) if db.dialect == "postgresql" else ("mysql", 3306)
+    return (f"{scheme}://{_urlquote(ep.user or '', safe='')}:{_urlquote(pw, safe='')}@{ep.host}:{ep.port or port}/"
             f"{_urlquote(ep.database, safe='')}")
 
 

@@ -390,8 +390,9 @@ _CANON_BY_KIND: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _canon_funcs(cols: list[ColumnInfo]) -> list[Callable[[Any], Any]]:
+def _canon_funcs(cols: list[ColumnInfo], *, json_as_text: bool = False) -> list[Callable[[Any], Any]]:
     return [_canon_int if c.kind in ("smallint", "integer", "bigint") else
+            _typed(JsonText, str) if json_as_text and c.kind == "json" else
             _canon_char if c.kind == "char" else
             _same if c.kind in ("text", "varchar", "boolean") else _CANON_BY_KIND.get(c.kind, _canon) for c in cols]
 
@@ -399,12 +400,14 @@ def _canon_funcs(cols: list[ColumnInfo]) -> list[Callable[[Any], Any]]:
 _CHECKSUM_BATCH = 10_000
 
 
-def rows_checksum(cols: list[ColumnInfo]) -> Callable[[Iterable[tuple[Any, ...]]], tuple[int, str]]:
+def rows_checksum(cols: list[ColumnInfo], *, json_as_text: bool = False
+                  ) -> Callable[[Iterable[tuple[Any, ...]]], tuple[int, str]]:
     """(count, checksum) of rows in order, computed column by column over batches of 10,000 rows (one
     C-encoded JSON array of canonical values per column and batch): several times faster than a digest per
     row for the common case, an equal range; :func:`row_canonicalizer` then finds the first differing row of
-    an unequal one. Streams: one batch in memory."""
-    funcs, dumps = _canon_funcs(cols), _canon_json_dumps
+    an unequal one. Streams: one batch in memory. ``json_as_text``: a ``json`` document as its text, not
+    parsed (equal texts are equal documents; unequal ones may still be equal values: compare again without)."""
+    funcs, dumps = _canon_funcs(cols, json_as_text=json_as_text), _canon_json_dumps
 
     def checksum(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
         h, n, it = hashlib.md5(usedforsecurity=False), 0, iter(rows)
