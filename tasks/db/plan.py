@@ -17,7 +17,9 @@ connection failures name host and port only. Modules: ``conn`` (names, URLs, con
 (connections reused within a run), ``typemap``
 (kinds, type maps), ``values`` (codecs, canonical text), ``schema`` (reflection, ranges, DDL), ``copier``
 (read/write), ``ledger`` (exactly-once commits), ``verify`` (checksums), ``plan`` (this module),
-``migrate`` (the flow's range tasks and phases) and ``load_parts`` (part files into a table).
+``migrate`` (the flow's range tasks and phases), ``load_parts`` (part files into a table), ``relay`` (libpq
+COPY relay), ``unchanged`` (upsert ranges the target holds already) and ``deferred_key`` (an append's
+primary key built after the load), among others.
 """
 
 from __future__ import annotations
