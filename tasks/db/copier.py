@@ -506,34 +506,32 @@ def _raw_pg_copy(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_
     sql, params = _select(src, schema, rng)
     _prepare(tgt, target, tgt_keys, rng, mode)
     dest, staged = _stage_or_target(tgt, target, mode, tgt_keys, rng)
-    if staged and rng.window is None and (held := unchanged_rows(src, tgt, schema, target, list(tgt_cols), rng,
-                                                                  same_types=fmt == "BINARY")):
-        if on_commit is not None:  # the target holds the range as the source has it: only the ledger row
-            on_commit(tgt, held)
-        tgt.raw.commit()
-        failpoint("db.after_commit")
-        src.raw.rollback()
-        return held, "unchanged"
-    out = tgt.raw.cursor()
-    try:
-        with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params), \
-                out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
-            relay(src, cout.write)
-    except psycopg.Error as exc:
-        conflict = _direct_conflict(exc, rng, mode, staged)
-        if conflict is None:
-            raise
-        _rollback_quietly(tgt, src)
-        raise conflict from None
-    written = out.rowcount  # an upsert's rows: each one is in the target as the source has it (see _upsert_sql)
-    if staged:
-        _merge_staged(tgt, target, names, tgt_keys, rng)
+    held = unchanged_rows(src, tgt, schema, target, list(tgt_cols), tgt_keys, rng, same_types=fmt == "BINARY") \
+        if staged and rng.window is None else None
+    if held:  # the target holds the range as the source has it: only the ledger row commits
+        written, path = held, "unchanged"
+    else:
+        out = tgt.raw.cursor()
+        try:
+            with src.raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT {fmt})", params), \
+                    out.copy(f"COPY {dest} ({', '.join(tgt.q(n) for n in names)}) FROM STDIN (FORMAT {fmt})") as cout:
+                relay(src, cout.write)
+        except psycopg.Error as exc:
+            conflict = _direct_conflict(exc, rng, mode, staged)
+            if conflict is None:
+                raise
+            _rollback_quietly(tgt, src)
+            raise conflict from None
+        # an upsert's rows: each one is in the target as the source has it (see _upsert_sql)
+        written, path = out.rowcount, f"copy-{fmt.lower()}"
+        if staged:
+            _merge_staged(tgt, target, names, tgt_keys, rng)
     if on_commit is not None:
         on_commit(tgt, written)
     tgt.raw.commit()
     failpoint("db.after_commit")
     src.raw.rollback()
-    return written, f"copy-{fmt.lower()}"
+    return written, path
 
 
 def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
@@ -631,10 +629,7 @@ def _columnar(src: Db, tgt: Db, schema: SourceSchema, tgt_schema: SourceSchema, 
         _log.debug("range %s: columnar read not used (%s); reading rows", rng.index, redact_text(str(exc))[:300])
         return None
     tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
-    done = _write_pg_csv(tgt, target, tgt_cols, tgt_keys, schema.key, blocks, rng, mode, on_commit)
-    if done is None:
-        read[0] = 0  # the row path counts again
-    return done
+    return _write_pg_csv(tgt, target, tgt_cols, tgt_keys, schema.key, blocks, rng, mode, on_commit)
 
 
 def _target_column(tgt_schema: SourceSchema, name: str) -> ColumnInfo:

@@ -46,16 +46,16 @@ def _binary_digest(db: Db, rel: str, cols: list[str], keys: list[ColumnInfo], rn
 
 
 def unchanged_rows(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_cols: list[ColumnInfo],
-                   rng: KeyRange, *, same_types: bool) -> int | None:
+                   tgt_keys: list[ColumnInfo], rng: KeyRange, *, same_types: bool) -> int | None:
     """The range's row count when the target's rows of ``rng`` equal the source's (same keys, same values of
     the source's columns), else None. Runs inside both open transactions (the target's is the range's write
-    transaction); the two digests are computed at once. ``same_types`` (every column's type identical on
+    transaction); the two digests are computed at once. ``tgt_keys``: the target's key columns.
+    ``same_types`` (every column's type identical on
     both sides): the digest is of the rows' binary COPY image in key order (each value's bytes as the type
     sends them, ~half the CPU of the text digest); else of their record text."""
-    if min(src.raw.info.server_version, tgt.raw.info.server_version) < 110000:  # hashtextextended: PostgreSQL 11
-        return None
+    if not same_types and min(src.raw.info.server_version, tgt.raw.info.server_version) < 110000:
+        return None  # hashtextextended: PostgreSQL 11
     src_cols = [f"{src.q(c.name)}::text" if c.cast_text else src.q(c.name) for c in schema.columns]
-    tgt_keys = [next(c for c in tgt_cols if c.name == k) for k in schema.key]
     digest = _binary_digest if same_types else _text_digest
     with ThreadPoolExecutor(1) as pool:
         theirs = pool.submit(digest, src, schema.relation("postgresql"), src_cols, schema.key_columns(), rng)

@@ -237,8 +237,8 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
                               ok=ok, first_difference=first, method="sql")
         # json documents (not jsonb: PostgreSQL rewrites those) compared as their texts first, which a copy
         # keeps (~half the time of parsing each document); unequal texts may be equal values: then parsed
-        as_text = [c.kind == "json" and t.kind == "json" for c, t in zip(source.columns, target.columns, strict=True)]
-        passes = [True, False] if any(as_text) else [False]
+        as_text = any(c.kind == "json" and t.kind == "json" for c, t in zip(source.columns, target.columns, strict=True))
+        passes = [True, False] if as_text else [False]
         for json_as_text in passes:
             fa = pool.submit(_columns_checksum, source_url, source, rng, "source", None, json_as_text)
             fb = pool.submit(_columns_checksum, target_url, target, rng, "target", source, json_as_text)
