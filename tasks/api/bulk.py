@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +48,7 @@ from tasks.core import (
     run_coroutine,
     stop_signal,
 )
+from tasks.core.exactjson import loads_exact
 from tasks.core.timeouts import Deadline
 
 BULK_COLUMNS = ("chunk", "position", "item", "method", "url", "status", "elapsed_ms", "body")
@@ -104,7 +104,7 @@ def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) ->
     if job.output_dir and (outcomes.rows or report.complete):
         rows = outcomes.ordered_rows()
         if job.output_format == "parquet":
-            path = write_part(job.output_dir, chunk.index, [json.loads(r) for r in rows], "parquet",
+            path = write_part(job.output_dir, chunk.index, [loads_exact(r) for r in rows], "parquet",
                               json_columns=("item", "body"), schema=_parquet_schema())
         else:
             path = write_part(job.output_dir, chunk.index, rows, "jsonl", encoded=True)

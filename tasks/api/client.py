@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import json
 import logging
 import re
 import time
@@ -56,6 +55,7 @@ from tasks.api.request_spec import (
     validate_base_url,
 )
 from tasks.core import FatalError, HttpSettings, ItemError, RetryableError, redact_text, register_secret
+from tasks.core.exactjson import loads_exact
 
 TransportName = Literal["aiohttp", "httpx"]
 Expect = Literal["auto", "json", "text"]
@@ -363,7 +363,7 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
     if expect == "text" or (expect == "auto" and "json" not in ctype.lower()):
         return response.text
     try:
-        return json.loads(response.content)
+        return loads_exact(response.content)
     except ValueError as exc:
         excerpt = redact_text(response.text[:BODY_EXCERPT_CHARS])
         msg = (

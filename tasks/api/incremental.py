@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.api.paginators import dig
 from tasks.core import redact_text
+from tasks.core.exactjson import plain
 from tasks.core.watermarks import lag_seconds, later, read_watermark, save_watermark
 
 
@@ -36,10 +37,11 @@ class ApiIncremental(BaseModel):
 
 
 def newest_of(records: list[Any], record_field: str) -> Any:
-    """The maximum of ``record_field`` over ``records`` (records without it are skipped)."""
+    """The maximum of ``record_field`` over ``records`` (records without it are skipped). A number a double
+    would rewrite (``1700000000.50``) is taken as its value: a watermark is stored as a JSON value."""
     newest = None
     for record in records:
-        newest = later(newest, dig(record, record_field, default=None))
+        newest = later(newest, plain(dig(record, record_field, default=None)))
     return newest
 
 

@@ -60,6 +60,7 @@ from tasks.api.client import (
 )
 from tasks.api.request_spec import RequestSpec, RequestTemplate, path_renderer, validate_base_url
 from tasks.core import HttpSettings, ItemError, RetryableError, redact_text
+from tasks.core.exactjson import loads_exact
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # a URL httpx would send as it is: already percent-encoded, no dot segments (httpx removes those)
@@ -402,7 +403,7 @@ def _parsed_body(answer: _Answer, method: str, url: str, expect: Expect, keep: b
 
     Not kept (no output row), a JSON body is only checked: orjson accepts a subset of what ``json.loads`` does
     (RFC 8259 JSON in UTF-8; not NaN, not integers past 64 bits), at a seventh of its cost, and what orjson
-    refuses goes to ``json.loads``, which decides. A kept body is always ``json.loads``'s value (it is data)."""
+    refuses goes to ``json.loads``, which decides. A kept body is always :func:`loads_exact`'s value (it is data: numbers kept as written)."""
     content = answer.content
     if not content:
         return None
@@ -416,7 +417,7 @@ def _parsed_body(answer: _Answer, method: str, url: str, expect: Expect, keep: b
         except ValueError:
             pass
     try:
-        return json.loads(content)
+        return loads_exact(content)
     except ValueError:
         return _body(answer, method, redact_text(url), expect)  # type: ignore[arg-type]  # raises its ItemError
 

@@ -16,7 +16,6 @@ between chunk tasks (threads), while everything per request lives in :mod:`tasks
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ from tasks.core import (
     register_secret,
     resolve_handle,
 )
+from tasks.core.exactjson import dumps_exact
 
 ApiPartFormat = Literal["jsonl", "parquet"]
 TOKEN_CACHE_S = 300.0
@@ -74,7 +74,7 @@ def write_part(
         if fmt == "jsonl":
             with atomic_write(path, "w", encoding="utf-8") as fh:
                 for row in rows:
-                    fh.write((row if encoded else json.dumps(row, default=str, ensure_ascii=False)) + "\n")
+                    fh.write((row if encoded else dumps_exact(row)) + "\n")
         else:
             frame = _frame(rows, tuple(json_columns), schema)
             with atomic_write(path, "wb") as fh:
@@ -91,7 +91,7 @@ def _put_part(output_dir: str, index: int, rows: Sequence[Any], fmt: ApiPartForm
     from tasks.core.objoutput import put_part
 
     if fmt == "jsonl":
-        data = "".join((row if encoded else json.dumps(row, default=str, ensure_ascii=False)) + "\n"
+        data = "".join((row if encoded else dumps_exact(row)) + "\n"
                        for row in rows).encode()
     else:
         buffer = io.BytesIO()
@@ -104,7 +104,7 @@ def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema
     import polars as pl
 
     def dump(value: Any) -> str:
-        return json.dumps(value, default=str, ensure_ascii=False)
+        return dumps_exact(value)
 
     if json_columns:
         rows = [{k: dump(v) if k in json_columns else v for k, v in row.items()} for row in rows]

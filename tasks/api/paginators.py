@@ -30,6 +30,7 @@ import httpx
 from tasks.api.client import ResponseRecord, send
 from tasks.api.request_spec import RequestSpec
 from tasks.core import ConfigError, ItemError, RetryPolicy, redact_text
+from tasks.core.exactjson import JsonNumber
 
 PaginatorKind = Literal["offset", "page", "cursor", "link_header"]
 State = dict[str, Any]
@@ -121,6 +122,8 @@ class CursorPaginator:
 
     def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State:
         cursor = dig(record.body, self.cursor_path, default=None)
+        if isinstance(cursor, JsonNumber):  # sent and checkpointed as the body wrote it
+            cursor = cursor.text
         nxt = {**_base(state, self.kind), "cursor": cursor}
         nxt["done"] = cursor in (None, "") or cursor == state.get("cursor")
         return nxt

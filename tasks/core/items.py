@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +32,7 @@ from pydantic import BaseModel
 from tasks.core.batches import BatchCalls
 from tasks.core.chunking import Chunk
 from tasks.core.errors import ChunkTimeout, FatalError, SkipItem
+from tasks.core.exactjson import dumps_exact
 from tasks.core.failpoints import failpoint
 from tasks.core.identity import chunk_hash
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, consecutive
@@ -245,8 +245,9 @@ class ChunkOutcomes:
 
 
 def encode_row(row: Any) -> str:
-    """One output row as a JSON line (non-JSON values by ``str``), exactly the user's values."""
-    return json.dumps(row, default=str, ensure_ascii=False)
+    """One output row as a JSON line (non-JSON values by ``str``), exactly the user's values (numbers of a
+    response body as the body wrote them: :mod:`tasks.core.exactjson`)."""
+    return dumps_exact(row)
 
 
 def write_jsonl_part(output_dir: Path | str, index: int, lines: Iterable[str]) -> Path | str:

@@ -22,7 +22,7 @@ from prefect.blocks.system import Secret
 from flows.api_bulk import api_bulk
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary, read_dead_letters
-from tests.fixtures.api_server import ApiServer
+from tests.fixtures.api_server import NUMBERS_BODY, ApiServer
 from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -318,3 +318,24 @@ def test_an_unwritable_output_is_refused_before_any_request(api_server: ApiServe
     with pytest.raises(ConfigError, match="not-a-dir"):
         api_bulk([{"path": "/ok/1"}], base_url=api_server.url, output=blocker / "out")
     assert api_server.requests == []
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_response_numbers_reach_the_outputs_as_the_api_wrote_them(api_server: ApiServer, tmp_path: Path,
+                                                                  transport: str):
+    """12.50 stays 12.50 (not 12.5), 1e400 stays 1e400 (not Infinity), -0 and 20 digits stay: the body is data."""
+    keys = [f"k{i}" for i in range(6)]
+    out = tmp_path / "out"
+    summary = api_bulk([{"path": f"/numbers/{k}"} for k in keys], base_url=api_server.url, output=out,
+                       chunk_size=4, transport=transport, **FAST)
+    assert summary.ok and summary.succeeded == 6, summary.render_text()
+    lines = [line for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+    assert [line.endswith(f'"body": {NUMBERS_BODY % k}}}') for k, line in zip(keys, lines, strict=True)] == [True] * 6
+    assert [json.loads(line)["body"]["plan"] for line in lines] == ["Basic monthly"] * 6  # user data: never redacted
+
+    pq = tmp_path / "pq"
+    summary = api_bulk([{"path": f"/numbers/{k}"} for k in keys], base_url=api_server.url, output=pq,
+                       output_format="parquet", run_key=f"pq-{transport}", **FAST)
+    assert summary.ok, summary.render_text()
+    frame = pl.read_parquet(sorted(pq.glob("part-*.parquet")))
+    assert frame["body"].to_list() == [NUMBERS_BODY % k for k in keys]  # the JSON column: the body's own text

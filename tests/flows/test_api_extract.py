@@ -15,7 +15,7 @@ import pytest
 from flows.api_extract import api_extract
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary, read_dead_letters
-from tests.fixtures.api_server import DATASET_SIZE, ApiServer
+from tests.fixtures.api_server import DATASET_SIZE, ApiServer, decimal_record
 from tests.run_flow import start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +168,18 @@ def test_credential_query_parameters_are_refused_as_deployment_parameters(api_se
         api_extract_flow(url=f"{api_server.url}/pages/offset?api_key=abcd1234", output=str(tmp_path))
     with pytest.raises(ConfigError, match=r"\['access_token'\] carry credentials"):
         api_extract_flow(url=f"{api_server.url}/pages/offset", output=str(tmp_path), params={"access_token": "x"})
+
+
+def test_record_numbers_reach_the_parts_as_the_api_wrote_them(api_server: ApiServer, tmp_path: Path):
+    """JSONL parts hold each record as the page wrote it (12.50, 7e-2); Parquet columns are typed doubles."""
+    out = tmp_path / "out"
+    summary = api_extract(f"{api_server.url}/pages/decimal", output=out, page_size=50)
+    assert summary.ok and summary.succeeded == DATASET_SIZE, summary.render_text()
+    lines = [line for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+    assert lines == [decimal_record(i) for i in range(DATASET_SIZE)]
+
+    pq = tmp_path / "pq"
+    assert api_extract(f"{api_server.url}/pages/decimal", output=pq, page_size=50, output_format="parquet").ok
+    frame = pl.read_parquet(sorted(pq.glob("part-*.parquet")))
+    assert frame.schema["amount"] == pl.Float64
+    assert frame["amount"].to_list() == [json.loads(decimal_record(i))["amount"] for i in range(DATASET_SIZE)]

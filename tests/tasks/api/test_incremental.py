@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.api.incremental import ApiIncremental, ExtractWatermark, newest_of
+from tasks.core.exactjson import loads_exact
 from tasks.core.outcomes import RunSummary
 from tasks.core.watermarks import read_watermark
 
@@ -20,6 +21,13 @@ def test_newest_of_follows_a_dotted_path_and_skips_records_without_it() -> None:
     records = [{"meta": {"updated_at": "2026-01-02T00:00:00Z"}}, {"meta": {}}, {"meta": {"updated_at": "2026-01-03"}}]
     assert newest_of(records, "meta.updated_at") == "2026-01-03"
     assert newest_of([], "meta.updated_at") is None
+
+
+def test_a_number_field_kept_as_its_text_is_a_watermark_by_its_value() -> None:
+    records = loads_exact('[{"v": 1700000000.50}, {"v": 1700000001}, {"v": 1.7e9}]')
+    assert newest_of(records, "v") == 1700000001
+    newest = newest_of(records[:1], "v")
+    assert newest == 1700000000.5 and type(newest) is float  # stored as a JSON number
 
 
 def test_first_run_then_stored_then_checkpointed(state_dir: Path) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from tasks.api.client import make_client
+from tasks.api.client import ResponseRecord, make_client
 from tasks.api.paginators import Page, dig, iter_pages, make_paginator, next_link
 from tasks.core.errors import ConfigError, ItemError
+from tasks.core.exactjson import loads_exact
 from tasks.core.retry import RetryPolicy
 from tests.fixtures.api_server import DATASET, ApiServer
 
@@ -122,3 +123,10 @@ def test_helpers_and_config_errors():
         make_paginator("cursor")
     with pytest.raises(ConfigError, match="unknown"):
         make_paginator("scroll")  # type: ignore[arg-type]
+
+
+def test_a_numeric_cursor_is_sent_and_checkpointed_as_the_body_wrote_it():
+    paginator = make_paginator("cursor", cursor_path="next")
+    record = ResponseRecord("GET", "http://x/", 200, loads_exact('{"next": 1700000000.50}'), 1.0, {})
+    state = paginator.advance({"cursor": None}, record, [{"id": 1}])
+    assert state["cursor"] == "1700000000.50" and json.loads(json.dumps(state)) == state
