@@ -55,7 +55,7 @@ from tasks.api.request_spec import (
     validate_base_url,
 )
 from tasks.core import FatalError, HttpSettings, ItemError, RetryableError, redact_text, register_secret
-from tasks.core.exactjson import loads_exact
+from tasks.core.exactjson import json_body, loads_exact
 
 TransportName = Literal["aiohttp", "httpx"]
 Expect = Literal["auto", "json", "text"]
@@ -279,6 +279,11 @@ async def send(
     """
     deadline = total_timeout_s if total_timeout_s is not None else _read_timeout(client)
     shown = _shown_url(client, request)
+    headers, body = request.headers or None, None
+    if request.json is not None:  # httpx's own encoding, but an items file's 12.50 is sent as 12.50
+        body = json_body(request.json)
+        if not any(name.lower() == "content-type" for name in (*client.headers, *(headers or {}))):
+            headers = {**(headers or {}), "Content-Type": "application/json"}
     started = time.perf_counter()
     try:
         async with asyncio.timeout(deadline):
@@ -286,8 +291,8 @@ async def send(
                 request.method,
                 request.url,
                 params=request.params or None,
-                json=request.json,
-                headers=request.headers or None,
+                content=body,
+                headers=headers,
             )
     except TimeoutError as exc:
         msg = f"{request.method} {shown} took longer than {deadline}s in total (transient: retried while attempts remain)"

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import functools
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +59,7 @@ from tasks.api.client import (
 )
 from tasks.api.request_spec import RequestSpec, RequestTemplate, path_renderer, validate_base_url
 from tasks.core import HttpSettings, ItemError, RetryableError, redact_text
-from tasks.core.exactjson import loads_exact
+from tasks.core.exactjson import json_body, loads_exact
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # a URL httpx would send as it is: already percent-encoded, no dot segments (httpx removes those)
@@ -291,7 +290,7 @@ class LeanClient:
         for ``keep``)."""
         body: bytes | None = None
         if spec.json is not None:
-            body = json.dumps(spec.json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            body = json_body(spec.json)
         return await self.exchange(spec.method, self.url_of(spec), self._headers(spec, body), body, expect=expect,
                                    max_retry_after_s=max_retry_after_s, total_timeout_s=total_timeout_s, keep=keep)
 
@@ -349,8 +348,8 @@ class LeanClient:
             return self._wire
         merged = dict(self.headers)
         extra = dict(spec.headers or {})
-        if body is not None:
-            extra["Content-Type"] = "application/json"
+        if body is not None and not any(name.lower() == "content-type" for name in (*merged, *extra)):
+            extra["Content-Type"] = "application/json"  # as httpx: a Content-Type given for the client or request wins
         for name, value in extra.items():
             old = self._lower.get(name.lower())
             if old is not None and old != name:

@@ -10,14 +10,20 @@ watermarks, polars (which reads it through ``__float__``) and messages keep work
 
 Integers are exact in Python already, except ``-0`` (read as ``0``), which a body holding ``-0`` keeps too.
 Strings are values: an escape such as ``\\u00e9`` is written as the character (the same JSON string).
+
+Items read from a JSON-lines file (:func:`loads_items`) go to the user's handler, so such a number is a
+:class:`JsonFloat` there: a ``float`` to the handler that carries its text to output rows and dead letters.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import secrets
+import threading
+from collections.abc import Callable
 from typing import Any
 
 
@@ -75,25 +81,72 @@ def loads_exact(content: bytes | str) -> Any:
     return (_decode_minus_zero if _MINUS_ZERO.search(text) else _decode)(text)
 
 
+class JsonFloat(float):
+    """A number of a JSON-lines items file that a double would write differently (``12.50``, ``1e400``, ``NaN``):
+    a float to the handler (its arithmetic gives plain floats), its text to output rows and dead letters."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> JsonFloat:
+        self = super().__new__(cls, float(text))
+        self.text = text
+        _floats_made.set()
+        return self
+
+    def __reduce__(self) -> tuple[type[JsonFloat], tuple[str]]:  # pickled with its text (task runs, records)
+        return JsonFloat, (self.text,)
+
+
+# once a JsonFloat exists in this process, encoding walks each value (the C encoder writes a float subclass
+# as its float, and offers no hook); until then, and in processes that never read one, it costs nothing
+_floats_made = threading.Event()
+
+
+def _item_float(text: str) -> float:
+    value = float(text)
+    return value if repr(value) == text else JsonFloat(text)
+
+
+_decode_items = json.JSONDecoder(parse_float=_item_float, parse_constant=JsonFloat).decode
+
+
+def loads_items(line: str) -> Any:
+    """One item of a JSON-lines file: ``json.loads``'s value, a number a double would rewrite as a
+    :class:`JsonFloat` (``-0`` is read as ``0``, as ``json.loads`` does); raises ``json.JSONDecodeError``."""
+    return _decode_items(line)
+
+
 class _HasNumber(Exception):
     """Raised from the encoder's ``default`` when it meets a JsonNumber: the value takes the marking path."""
 
 
-def _default(value: Any) -> str:
-    if type(value) is JsonNumber:
-        raise _HasNumber
-    return str(value)  # what the outputs always did for values JSON has no type for (dates, decimals, paths)
+def _encoders(default: Callable[[Any], Any], *, compact: bool = False) -> tuple[Callable[[Any], str],
+                                                                             Callable[[Any], str]]:
+    """The C encoder (UTF-8 text, and all-ASCII for lone surrogates) calling ``default`` for values JSON has
+    no type for, and stopping at a JsonNumber; ``compact``: a request body's separators, NaN refused."""
+    found = _ENCODERS.get((default, compact))
+    if found is None:
+        def hook(value: Any) -> Any:
+            if type(value) is JsonNumber:
+                raise _HasNumber
+            return default(value)
+
+        options: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False} if compact else {}
+        found = _ENCODERS[(default, compact)] = (json.JSONEncoder(ensure_ascii=False, default=hook, **options).encode,
+                                                 json.JSONEncoder(default=hook, **options).encode)
+    return found
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=_default).encode
-_encode_ascii = json.JSONEncoder(default=_default).encode
+_ENCODERS: dict[tuple[Callable[[Any], Any], bool], tuple[Callable[[Any], str], Callable[[Any], str]]] = {}
 _NONCE = secrets.token_hex(8)
 _MARK = re.compile(r'"\\u0000' + _NONCE + r':(\d+)"')
 
 
 def _marked(value: Any, texts: list[str]) -> Any:
-    """``value`` with each JsonNumber replaced by a string no data holds (a NUL and this process's nonce)."""
-    if type(value) is JsonNumber:
+    """``value`` with each JsonNumber and JsonFloat replaced by a string no data holds (a NUL and this
+    process's nonce)."""
+    t = type(value)
+    if t is JsonNumber or t is JsonFloat:
         texts.append(value.text)
         return f"\x00{_NONCE}:{len(texts) - 1}"
     if isinstance(value, dict):
@@ -103,21 +156,65 @@ def _marked(value: Any, texts: list[str]) -> Any:
     return value
 
 
-def dumps_exact(value: Any) -> str:
-    """``json.dumps(value, default=str, ensure_ascii=False)`` writing each JsonNumber as its text; a string
-    holding a lone surrogate (``"\\ud800"`` is valid JSON) is written escaped, so the line stays UTF-8."""
-    try:
-        text = _encode(value)
-    except _HasNumber:
-        texts: list[str] = []
-        text = _MARK.sub(lambda m: texts[int(m.group(1))], _encode(_marked(value, texts)))
+def _with_texts(value: Any, encode: Callable[[Any], str]) -> str:
+    texts: list[str] = []
+    text = encode(_marked(value, texts))
+    return _MARK.sub(lambda m: texts[int(m.group(1))], text) if texts else text
+
+
+def dumps_exact(value: Any, default: Callable[[Any], Any] = str) -> str:
+    """``json.dumps(value, default=default, ensure_ascii=False)`` writing each JsonNumber and JsonFloat as its
+    text; a string holding a lone surrogate (``"\\ud800"`` is valid JSON) is written escaped, so the line stays
+    UTF-8. ``default`` turns values JSON has no type for into JSON values (``str``: what outputs always did)."""
+    encode, encode_ascii = _encoders(default)
+    if _floats_made.is_set():
+        text = _with_texts(value, encode)
+    else:
+        try:
+            text = encode(value)
+        except _HasNumber:
+            text = _with_texts(value, encode)
     if not text.isascii():
         try:
             text.encode()
         except UnicodeEncodeError:
-            texts = []
-            text = _MARK.sub(lambda m: texts[int(m.group(1))], _encode_ascii(_marked(value, texts)))
+            text = _with_texts(value, encode_ascii)
     return text
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def json_body(value: Any) -> bytes:
+    """A request's JSON body as httpx writes it (compact, UTF-8; NaN, infinities and values JSON has no type for
+    refused with ``ValueError`` / ``TypeError``), numbers of an items file as the file wrote them."""
+    encode = _encoders(_not_serializable, compact=True)[0]
+    if not _floats_made.is_set():
+        try:
+            return encode(value).encode()
+        except _HasNumber:
+            pass
+    texts: list[str] = []
+    text = encode(_marked(value, texts))
+    if not texts:
+        return text.encode()
+    bad = [t for t in texts if not math.isfinite(float(t))]
+    if bad:
+        msg = f"Out of range float values are not JSON compliant: {bad[0]}"
+        raise ValueError(msg)
+    return _MARK.sub(lambda m: texts[int(m.group(1))], text).encode()
+
+
+def jsonable(value: Any) -> Any:
+    """What pydantic's JSON mode makes of a value JSON has no type for (ISO dates and times, ``Decimal`` as its
+    text, sets as lists, models as objects), else its ``str``: the dead letters' ``default``."""
+    from pydantic_core import to_jsonable_python
+
+    try:
+        return to_jsonable_python(value)
+    except Exception:
+        return str(value)
 
 
 def plain(value: Any) -> Any:
@@ -125,4 +222,4 @@ def plain(value: Any) -> Any:
     return float(value) if type(value) is JsonNumber else value
 
 
-__all__ = ["JsonNumber", "dumps_exact", "loads_exact", "plain"]
+__all__ = ["JsonFloat", "JsonNumber", "dumps_exact", "json_body", "jsonable", "loads_exact", "loads_items", "plain"]

@@ -7,7 +7,6 @@ failures to ``dead_letter.jsonl``. Invariant: ``succeeded + failed + skipped == 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr
 
 from tasks.core.errors import ConfigError, SourceError
+from tasks.core.exactjson import dumps_exact, jsonable
 from tasks.core.redact import redact_text
 from tasks.core.sources import jsonl_records
 
@@ -278,8 +278,10 @@ class DeadLetterWriter:
 
     def write(self, failures: Iterable[FailedItem]) -> None:
         for failure in failures:
-            record = {**failure.model_dump(mode="json"), **self._context}
-            self._fh.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+            # the item as it came (NaN stays NaN, 12.50 read from a JSON-lines file stays 12.50): not through
+            # pydantic's JSON mode, which writes a non-finite float as null
+            record = {"item": failure.item, **failure.model_dump(mode="json", exclude={"item"}), **self._context}
+            self._fh.write(dumps_exact(record, jsonable) + "\n")
             self.count += 1
         self._fh.flush()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from tasks.core.errors import ConfigError, SourceError
+from tasks.core.exactjson import loads_items
 from tasks.core.loader import is_handle, is_import_path, load_object, resolve_handle
 
 FileFormat = Literal["jsonl", "csv", "tsv", "parquet"]
@@ -179,12 +180,14 @@ def _jsonl_reader(fh: IO[str], label: str, _delimiter: str) -> Iterator[tuple[in
 
 def jsonl_records(fh: IO[str], label: str) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each non-blank line of a JSON-lines file; a malformed line is a SourceError
-    naming ``label`` and the line (items, part files, dead letters all read this way)."""
+    naming ``label`` and the line (items, part files, dead letters all read this way). A number a double would
+    write differently (``12.50``, ``1e400``) is a float that keeps its text for outputs and dead letters
+    (:class:`tasks.core.exactjson.JsonFloat`)."""
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield lineno, loads_items(line)
         except json.JSONDecodeError as exc:
             msg = f"{label}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); fix or remove that line"
             raise SourceError(msg) from None

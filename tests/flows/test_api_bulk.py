@@ -339,3 +339,22 @@ def test_response_numbers_reach_the_outputs_as_the_api_wrote_them(api_server: Ap
     assert summary.ok, summary.render_text()
     frame = pl.read_parquet(sorted(pq.glob("part-*.parquet")))
     assert frame["body"].to_list() == [NUMBERS_BODY % k for k in keys]  # the JSON column: the body's own text
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_request_bodies_from_an_items_file_carry_its_numbers_and_a_given_content_type(
+        api_server: ApiServer, tmp_path: Path, transport: str):
+    lines = ['{"method": "POST", "path": "/ok/a", "json": {"amount": 12.50, "n": 1e5, "plain": 2.5}}',
+             '{"method": "PATCH", "path": "/ok/b", "json": [0.10, "Basic monthly"]}']
+    source = tmp_path / "items.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    summary = api_bulk(str(source), base_url=api_server.url, output=out, transport=transport,
+                       headers={"Content-Type": "application/merge-patch+json"}, **FAST)
+    assert summary.ok and summary.succeeded == 2, summary.render_text()
+    sent = {r.path: r for r in api_server.requests}
+    assert sent["/ok/a"].body == b'{"amount":12.50,"n":1e5,"plain":2.5}'
+    assert sent["/ok/b"].body == b'[0.10,"Basic monthly"]'
+    assert {r.headers["content-type"] for r in sent.values()} == {"application/merge-patch+json"}
+    rows = [line for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+    assert sorted(row.split('"item": ')[1].split(', "method"')[0] for row in rows) == sorted(lines)

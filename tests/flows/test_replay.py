@@ -45,3 +45,41 @@ def test_replay_feeds_the_original_items_back_byte_for_byte() -> None:
     replayed = replay_dead_letters(first.dead_letter_path, handler=seen.append)
     # chunks finish in any order, so dead letters (and the replay) follow completion order
     assert replayed.ok and sorted(map(repr, seen)) == sorted(map(repr, items))
+
+
+def test_dead_letters_and_outputs_keep_json_items_numbers_as_the_file_wrote_them(tmp_path: Path) -> None:
+    """An items file's 12.50, 1e400, NaN and 20-digit fraction reach the dead letters as written (they became
+    12.5 and null before); the handler sees floats; a replay feeds the same values back and writes the same text."""
+    lines = ['{"id": 1, "amount": 12.50, "plan": "Basic monthly"}', '{"id": 2, "amount": 1e400}',
+             '{"id": 3, "amount": NaN, "rate": 0.12345678901234567891}', '{"id": 4, "amount": 2.5, "n": [1.10, -0.0]}']
+    source = tmp_path / "items.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    seen: list[object] = []
+
+    def refuse_all(item: dict[str, object]) -> None:
+        seen.append(item["amount"])
+        refuse(item)
+
+    first = batch_map(str(source), refuse_all, chunk_size=3, raise_on_failure=False)
+    assert first.failed == 4
+    assert all(type(a) is not str and isinstance(a, float) for a in seen) and 12.5 in seen  # floats to the handler
+    written = sorted(Path(first.dead_letter_path).read_text().splitlines())
+    assert [line.split(', "chunk": ')[0] for line in written] == [f'{{"item": {line}' for line in lines]
+
+    again = replay_dead_letters(first.dead_letter_path, handler=refuse_all, raise_on_failure=False)
+    rewritten = sorted(Path(again.dead_letter_path).read_text().splitlines())
+    assert [line.split(', "chunk": ')[0] for line in rewritten] == [f'{{"item": {line}' for line in lines]
+
+    out = tmp_path / "out"
+    echoed = batch_map(str(source), lambda item: {"echo": item, "twice": item["amount"] * 2}, output=out)
+    rows = [line for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+    assert echoed.ok  # the item and the handler's row as written; the handler's arithmetic gives plain floats
+    assert rows[0] == f'{{"item": {lines[0]}, "result": {{"echo": {lines[0]}, "twice": 25.0}}}}'
+
+
+def test_a_python_items_nan_and_infinity_reach_the_dead_letters_not_null() -> None:
+    items = [{"x": float("nan")}, {"x": float("inf")}, {"x": -float("inf")}]
+    first = batch_map(items, refuse, chunk_size=5, raise_on_failure=False)
+    text = Path(first.dead_letter_path).read_text()
+    assert '{"item": {"x": NaN}' in text and '{"item": {"x": Infinity}' in text and '{"item": {"x": -Infinity}' in text
+    assert "null" not in text.split('"status"')[0]

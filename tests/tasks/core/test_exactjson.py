@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import math
+import pickle
+from decimal import Decimal
 
 import polars as pl
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.core.exactjson import JsonNumber, dumps_exact, loads_exact, plain
+from tasks.core.exactjson import (
+    JsonFloat,
+    JsonNumber,
+    dumps_exact,
+    json_body,
+    jsonable,
+    loads_exact,
+    loads_items,
+    plain,
+)
+from tasks.core.identity import chunk_hash
 
 NUMBER = r"-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?"
 
@@ -67,3 +81,37 @@ def test_any_json_number_round_trips_as_text(numbers: list[str]) -> None:
     text = "[" + ", ".join(numbers) + "]"
     assert dumps_exact(loads_exact(text)) == text
     assert [float(v) for v in loads_exact(text)] == [float(n) for n in numbers]
+
+
+def test_an_items_float_is_a_float_to_the_handler_and_its_text_to_the_outputs() -> None:
+    item = loads_items('{"amount": 12.50, "big": 1e400, "nan": NaN, "plain": 2.5, "n": -0}')
+    amount = item["amount"]
+    assert type(amount) is JsonFloat and isinstance(amount, float) and amount == 12.5 and amount.text == "12.50"
+    assert type(amount * 2) is float and amount * 2 == 25.0 and f"{amount}" == "12.5"  # a float in every use
+    assert type(item["plain"]) is float and item["n"] == 0  # -0 is 0, as json.loads reads it
+    assert math.isinf(item["big"]) and math.isnan(item["nan"])
+    assert dumps_exact(item) == '{"amount": 12.50, "big": 1e400, "nan": NaN, "plain": 2.5, "n": 0}'
+    assert dumps_exact(({"x": [amount]},)) == '[{"x": [12.50]}]'
+    for copied in (pickle.loads(pickle.dumps(item)), copy.deepcopy(item)):  # task runs, records, processes
+        assert copied["amount"].text == "12.50" and dumps_exact(copied) == dumps_exact(item)
+    assert chunk_hash([item]) == chunk_hash([json.loads('{"amount": 12.5, "big": 1e400, "nan": NaN, '
+                                                        '"plain": 2.5, "n": 0}')])  # identity: its value
+
+
+def test_dead_letter_default_writes_what_pydantic_json_mode_wrote() -> None:
+    value = {"when": dt.datetime(2024, 1, 5, 10, 0, tzinfo=dt.UTC), "d": Decimal("12.50"), "s": {1}, "p": object}
+    text = dumps_exact(value, jsonable)
+    assert text.startswith('{"when": "2024-01-05T10:00:00Z", "d": "12.50", "s": [1], "p": "<class ')
+
+
+def test_a_request_body_is_httpx_json_with_an_items_files_numbers() -> None:
+    import httpx
+
+    value = {"a": [1, 2.5, "é", None, True], "b": {"c": "x"}}
+    assert json_body(value) == httpx.Request("POST", "http://x/", json=value).content  # httpx's own bytes
+    assert json_body(loads_items('{"amount": 12.50, "n": [1e5]}')) == b'{"amount":12.50,"n":[1e5]}'
+    for bad in (loads_items('{"x": NaN}'), loads_items('{"x": 1e400}'), {"x": float("inf")}):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            json_body(bad)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        json_body({"x": object()})
