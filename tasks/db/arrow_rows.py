@@ -90,15 +90,20 @@ def _decoder(col: ColumnInfo, dialect: str = "mysql") -> Callable[[Any], Any] | 
     return _FROM_TEXT.get(col.kind) or (lambda v: coerce(col, v))
 
 
-def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
-    """The range's rows in key order; the Arrow table is held, Python objects are made 10,000 rows at a time."""
+def read_table(db: Db, schema: SourceSchema, rng: KeyRange) -> Any:
+    """The range in key order as one Arrow table (connectorx): integers, floats and booleans as such, the
+    other kinds as the text :func:`_decoder` reads."""
     import connectorx as cx
 
     if db.dialect == "postgresql":
-        table = cx.read_sql(_url(db), _pg_select(db, schema, rng), return_type="arrow", protocol="binary",
-                            pre_execution_query=_PG_SESSION)
-    else:
-        table = cx.read_sql(_url(db), select_sql(db, schema, rng), return_type="arrow", protocol="binary")
+        return cx.read_sql(_url(db), _pg_select(db, schema, rng), return_type="arrow", protocol="binary",
+                           pre_execution_query=_PG_SESSION)
+    return cx.read_sql(_url(db), select_sql(db, schema, rng), return_type="arrow", protocol="binary")
+
+
+def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
+    """The range's rows in key order; the Arrow table is held, Python objects are made 10,000 rows at a time."""
+    table = read_table(db, schema, rng)
     decoders = [_decoder(c, db.dialect) for c in schema.columns]
     for start in range(0, table.num_rows, _SLICE):
         part = table.slice(start, _SLICE)
@@ -109,4 +114,4 @@ def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any
         yield from zip(*columns, strict=True)
 
 
-__all__ = ["NotReadable", "iter_rows", "readable"]
+__all__ = ["NotReadable", "iter_rows", "read_table", "readable"]
