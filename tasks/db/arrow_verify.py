@@ -1,5 +1,8 @@
 """Verify between different databases column by column on Arrow arrays: Python only for columns that differ.
 
+Pairs of MySQL/MariaDB, PostgreSQL and SQLite (SQLite through the columnar copy's reader, SQLite dates and
+timestamps compared as their ISO text).
+
 Why: verify read both sides of a MySQL/MariaDB <-> PostgreSQL range as Python values, canonicalized and
 hashed each one (a 100k-row range of 9 mixed columns: ~2.5 s for ~0.3 s of reading), so a verified
 migration took ~6x the copy. A faithful copy mostly reads back as the same Arrow arrays on both sides:
@@ -22,24 +25,46 @@ from collections.abc import Callable
 from typing import Any
 
 from tasks.db.arrow_rows import _decoder, read_table, readable
-from tasks.db.conn import UrlLike, connect
-from tasks.db.schema import KeyRange, SourceSchema
+from tasks.db.columnar import NotExact, _sqlite_ok, _sqlite_table, available
+from tasks.db.conn import Db, UrlLike, connect
+from tasks.db.schema import KeyRange, SourceSchema, range_predicate
 from tasks.db.typemap import ColumnInfo
-from tasks.db.values import _CHECKSUM_BATCH, _canon_funcs, _canon_json_dumps, coerce
+from tasks.db.values import _CHECKSUM_BATCH, _canon_funcs, _canon_json_dumps, coerce, sqlite_decoder
 
 _INTEGER_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 _TEMPORAL = frozenset({"time", "timestamp", "timestamptz"})
 
 
 def read_side(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> tuple[str, Any] | None:
-    """(dialect, Arrow table) of the range, or None when connectorx cannot read it exactly there."""
+    """(dialect, Arrow table) of the range, or None when connectorx cannot read it exactly there (SQLite: the
+    columnar copy's reader, which refuses a range holding a value of another storage class than its kind's)."""
     with connect(url, role) as db:  # type: ignore[arg-type]
-        if db.dialect not in ("mysql", "postgresql") or not readable(db, schema):
+        if db.dialect == "sqlite":
+            if not (available() and all(_sqlite_ok(c) for c in schema.columns)) or _inexact_numerics(db, schema, rng):
+                return None
+            try:
+                return "sqlite", _sqlite_table(db, schema, rng)
+            except NotExact:
+                return None
+        if not readable(db, schema):
             return None
         table = read_table(db, schema, rng)
         if db.dialect == "postgresql":
             db.raw.rollback()
         return db.dialect, table
+
+
+def _inexact_numerics(db: Db, schema: SourceSchema, rng: KeyRange) -> bool:
+    """Whether a SQLite NUMERIC column of the range holds text or an integer past 2^53: connectorx would read
+    it as the nearest double, the row path as its digits (a copy's reader may round it; verify may not)."""
+    numeric = [db.q(c.name) for c in schema.columns if c.kind == "numeric"]
+    if not numeric:
+        return False
+    where, params = range_predicate(db, schema.key_columns(), rng)
+    cond = " OR ".join(f"typeof({q}) = 'text' OR (typeof({q}) = 'integer' AND abs({q}) > 9007199254740992)"
+                       for q in numeric)
+    sql = f"SELECT EXISTS (SELECT 1 FROM {schema.relation('sqlite')} WHERE ({where}) AND ({cond}))"
+    return bool(db.raw.execute(sql, params).fetchone()[0])
 
 
 def _normalized(array: Any, col: ColumnInfo, dialect: str) -> Any:
@@ -48,6 +73,8 @@ def _normalized(array: Any, col: ColumnInfo, dialect: str) -> Any:
     import pyarrow.compute as pc
 
     kind = str(array.type)
+    if kind in ("date32[day]", "timestamp[us]"):  # SQLite's dates and timestamps: as the ISO text the others read
+        array, kind = pc.cast(array, pa.string()), "string"
     if kind == "bool":
         return pc.cast(array, pa.int64())
     if kind in _INTEGER_TYPES:
@@ -66,6 +93,14 @@ def _normalized(array: Any, col: ColumnInfo, dialect: str) -> Any:
             array = pc.utf8_rtrim(array, characters=" ")
         return array.cast(pa.string()) if kind == "large_string" else array
     return array
+
+
+def _side_decoder(col: ColumnInfo, dialect: str) -> Callable[[Any], Any] | None:
+    """Arrow value -> the row path's value: SQLite's as its reader decodes what sqlite3 returns (Arrow's ints,
+    floats, text, booleans, dates and timestamps are what that makes of them), the others as arrow_rows."""
+    if dialect == "sqlite":
+        return sqlite_decoder(col)
+    return _decoder(col, dialect)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -118,8 +153,8 @@ def compare(source: SourceSchema, src: tuple[str, Any], target: SourceSchema, tg
                 hb.update(digest)
                 continue
             slow.append(ca.name)
-            ha.update(_canonical_digest(a.to_pylist(), _decoder(ca, dia_a), None, canon[i]))
-            hb.update(_canonical_digest(b.to_pylist(), _decoder(cb, dia_b), None if same_kind else ca, canon[i]))
+            ha.update(_canonical_digest(a.to_pylist(), _side_decoder(ca, dia_a), None, canon[i]))
+            hb.update(_canonical_digest(b.to_pylist(), _side_decoder(cb, dia_b), None if same_kind else ca, canon[i]))
     da, db_ = ha.hexdigest(), hb.hexdigest()
     return n_a, da, n_b, db_, n_a == n_b and da == db_, slow
 

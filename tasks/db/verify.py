@@ -263,9 +263,7 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
 def _arrow_check(pool: ThreadPoolExecutor, source_url: UrlLike, source: SourceSchema, target_url: UrlLike,
                  target: SourceSchema, rng: KeyRange) -> tuple[int, str, int, str, bool] | None:
     """Both sides read through connectorx at once and compared column by column (tasks.db.arrow_verify), when
-    both are MySQL/MariaDB or PostgreSQL and readable there; None: the row-by-row comparison decides."""
-    if not {parse_db_url(source_url).dialect, parse_db_url(target_url).dialect} <= {"mysql", "postgresql"}:
-        return None
+    both are readable there; None: the row-by-row comparison decides."""
     fa = pool.submit(arrow_verify.read_side, source_url, source, rng, "source")
     fb = pool.submit(arrow_verify.read_side, target_url, target, rng, "target")
     try:
@@ -273,7 +271,9 @@ def _arrow_check(pool: ThreadPoolExecutor, source_url: UrlLike, source: SourceSc
         if a is None or b is None:
             return None
         n_a, cs_a, n_b, cs_b, ok, slow = arrow_verify.compare(source, a, target, b)
-    except Exception as exc:  # any surprise: the row-by-row comparison (which names a bad value's row)
+    except BaseException as exc:  # any surprise: the row-by-row comparison (which names a bad value's row)
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":  # a Rust panic: refused
+            raise
         _log.debug("range %s: verified row by row (%s)", rng.index, redact_text(str(exc))[:200])
         return None
     if slow:

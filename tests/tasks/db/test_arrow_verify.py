@@ -4,6 +4,8 @@ of any one value in any column is found at its key."""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +99,49 @@ def test_a_missing_row_and_the_other_direction(copied: tuple[str, str], monkeypa
     assert fast == slow and [d for ok, d in fast if not ok] == [[45]]
     checks = verify_ranges(tgt, src, "items", chunk_rows=25)  # PostgreSQL -> MariaDB: the same comparison
     assert {c.method for c in checks} == {"arrow"} and [c.first_difference for c in checks if not c.ok] == [[45]]
+
+
+SQLITE_DDL = ("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price NUMERIC(12,2), "
+              "flag BOOLEAN, day DATE, at TIMESTAMP, score DOUBLE PRECISION, code CHAR(4))")
+
+
+def _sqlite_row(i: int) -> tuple[Any, ...]:
+    return (i, f"name {i} ü" if i % 9 else None, i * 7, i + 0.25, i % 2, f"2024-01-{1 + i % 28:02d}",
+            f"2024-03-31 0{i % 4}:30:00" + (f".{i:06d}" if i % 2 else ""), i / 7.0, f"c{i % 10}")
+
+
+@pytest.fixture
+def sqlite_copied(tmp_path: Path, pg_target: str) -> tuple[str, str]:
+    path = tmp_path / "src.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(SQLITE_DDL)
+        conn.executemany(f"INSERT INTO items VALUES ({', '.join(['?'] * 9)})", [_sqlite_row(i) for i in range(1, N + 1)])
+    url = f"sqlite:///{path}"
+    create_target(url, pg_target, "items")
+    for rng in plan_ranges(url, "items", chunk_rows=25):
+        copy_range(url, pg_target, "items", rng)
+    return url, pg_target
+
+
+@pytest.mark.parametrize(("column", "expression"), [
+    (None, None), ("name", "name || 'x'"), ("qty", "qty + 1"), ("price", "price + 0.01"), ("flag", "NOT flag"),
+    ("day", "day + 1"), ("at", "at + interval '1 microsecond'"), ("score", "score * (1 + 1e-15)"), ("code", "'zz'"),
+])
+def test_sqlite_to_postgresql_as_arrays_with_the_row_by_row_answer(
+        sqlite_copied: tuple[str, str], monkeypatch: pytest.MonkeyPatch, column: str | None, expression: str) -> None:
+    src, tgt = sqlite_copied
+    if column is not None:
+        pg_exec(tgt, f'UPDATE items SET "{column}" = {expression} WHERE id = 31')
+    fast, slow = _both_ways(src, tgt, monkeypatch)
+    assert fast == slow
+    assert [d for ok, d in fast if not ok] == ([] if column is None else [[31]])
+
+
+def test_a_sqlite_range_the_columnar_reader_refuses_is_verified_row_by_row(sqlite_copied: tuple[str, str]) -> None:
+    src, tgt = sqlite_copied
+    with sqlite3.connect(src.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE items SET day = day || 'T00:00:00' WHERE id = 4")  # the same date, not plain ISO
+        conn.execute("UPDATE items SET price = 1152921504606846977 WHERE id = 55")  # past a double's integers
+    checks = verify_ranges(src, tgt, "items", chunk_rows=25)
+    assert [c.method for c in checks] == ["python", "arrow", "python"]
+    assert [(c.ok, c.first_difference) for c in checks] == [(True, None), (True, None), (False, [55])]
