@@ -120,24 +120,25 @@ class _HasNumber(Exception):
     """Raised from the encoder's ``default`` when it meets a JsonNumber: the value takes the marking path."""
 
 
-def _encoders(default: Callable[[Any], Any], *, compact: bool = False) -> tuple[Callable[[Any], str],
-                                                                             Callable[[Any], str]]:
+def _encoders(default: Callable[[Any], Any], separators: tuple[str, str] | None = None, *, allow_nan: bool = True
+              ) -> tuple[Callable[[Any], str], Callable[[Any], str]]:
     """The C encoder (UTF-8 text, and all-ASCII for lone surrogates) calling ``default`` for values JSON has
-    no type for, and stopping at a JsonNumber; ``compact``: a request body's separators, NaN refused."""
-    found = _ENCODERS.get((default, compact))
+    no type for, and stopping at a JsonNumber."""
+    key = (default, separators, allow_nan)
+    found = _ENCODERS.get(key)
     if found is None:
         def hook(value: Any) -> Any:
             if type(value) is JsonNumber:
                 raise _HasNumber
             return default(value)
 
-        options: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False} if compact else {}
-        found = _ENCODERS[(default, compact)] = (json.JSONEncoder(ensure_ascii=False, default=hook, **options).encode,
-                                                 json.JSONEncoder(default=hook, **options).encode)
+        options: dict[str, Any] = {"separators": separators, "allow_nan": allow_nan, "default": hook}
+        found = _ENCODERS[key] = (json.JSONEncoder(ensure_ascii=False, **options).encode,
+                                  json.JSONEncoder(**options).encode)
     return found
 
 
-_ENCODERS: dict[tuple[Callable[[Any], Any], bool], tuple[Callable[[Any], str], Callable[[Any], str]]] = {}
+_ENCODERS: dict[tuple[Any, ...], tuple[Callable[[Any], str], Callable[[Any], str]]] = {}
 _NONCE = secrets.token_hex(8)
 _MARK = re.compile(r'"\\u0000' + _NONCE + r':(\d+)"')
 
@@ -156,17 +157,23 @@ def _marked(value: Any, texts: list[str]) -> Any:
     return value
 
 
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _with_texts(value: Any, encode: Callable[[Any], str]) -> str:
     texts: list[str] = []
     text = encode(_marked(value, texts))
     return _MARK.sub(lambda m: texts[int(m.group(1))], text) if texts else text
 
 
-def dumps_exact(value: Any, default: Callable[[Any], Any] = str) -> str:
-    """``json.dumps(value, default=default, ensure_ascii=False)`` writing each JsonNumber and JsonFloat as its
-    text; a string holding a lone surrogate (``"\\ud800"`` is valid JSON) is written escaped, so the line stays
-    UTF-8. ``default`` turns values JSON has no type for into JSON values (``str``: what outputs always did)."""
-    encode, encode_ascii = _encoders(default)
+def dumps_exact(value: Any, default: Callable[[Any], Any] | None = str, *,
+                separators: tuple[str, str] | None = None) -> str:
+    """``json.dumps(value, default=default, separators=separators, ensure_ascii=False)`` writing each JsonNumber
+    and JsonFloat as its text; a string holding a lone surrogate (``"\\ud800"`` is valid JSON) is written
+    escaped, so the line stays UTF-8. ``default`` turns values JSON has no type for into JSON values (``str``:
+    what outputs always did; None: a TypeError, as ``json.dumps``)."""
+    encode, encode_ascii = _encoders(default or _not_serializable, separators)
     if _floats_made.is_set():
         text = _with_texts(value, encode)
     else:
@@ -182,14 +189,10 @@ def dumps_exact(value: Any, default: Callable[[Any], Any] = str) -> str:
     return text
 
 
-def _not_serializable(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
 def json_body(value: Any) -> bytes:
     """A request's JSON body as httpx writes it (compact, UTF-8; NaN, infinities and values JSON has no type for
     refused with ``ValueError`` / ``TypeError``), numbers of an items file as the file wrote them."""
-    encode = _encoders(_not_serializable, compact=True)[0]
+    encode = _encoders(_not_serializable, (",", ":"), allow_nan=False)[0]
     if not _floats_made.is_set():
         try:
             return encode(value).encode()

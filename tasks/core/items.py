@@ -354,11 +354,17 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
 
     direct = limiter is None and not deadline.active  # nothing wraps a call: the handler is called as it is
 
+    stop = outcomes.stop
+
     def wrapped(position: int) -> Callable[[], Any]:
         def call() -> Any:
             if limiter is not None:
                 limiter.acquire_sync()
-            return deadline.call(lambda: handler(items[position]))
+            try:
+                return deadline.call(lambda: handler(items[position]))
+            except FatalError:
+                stop.set()  # at once: a runner finishing its item now must not start another
+                raise
 
         return call
 
@@ -372,6 +378,8 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                 try:
                     value = handler(items[position])
                 except Exception as exc:
+                    if isinstance(exc, FatalError):
+                        stop.set()  # at once, before the retry policy looks at it (it never retries it)
                     value, _ = policy.call_after(exc, wrapped(position))
             else:
                 value, _ = policy.call(wrapped(position))
@@ -405,7 +413,11 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         async def call() -> Any:
             if limiter is not None:
                 await limiter.acquire()
-            return await deadline.acall(lambda: handler(items[position]))
+            try:
+                return await deadline.acall(lambda: handler(items[position]))
+            except FatalError:
+                stop.set()
+                raise
 
         async with sem:
             if halted():

@@ -107,6 +107,21 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a.type == b.type and a.equals(b))
 
 
+def _as_doubles(ca: ColumnInfo, cb: ColumnInfo, a: Any, b: Any) -> bool:
+    """Whether a numeric column is compared as doubles: one side holds doubles (SQLite), and both columns'
+    precision is at most 15 digits, so two of their values are equal exactly when their doubles are (distinct
+    decimals of <= 15 significant digits never share a double, and a double's shortest text, which the row
+    path takes as its decimal, is the one such decimal that reads as it)."""
+    return (ca.kind == "numeric" and all(c.precision is not None and c.precision <= 15 for c in (ca, cb))
+            and "double" in (str(a.type), str(b.type)))
+
+
+def _doubles(array: Any) -> Any:
+    import pyarrow as pa
+
+    return array if str(array.type) == "double" else array.cast(pa.float64())  # text: read correctly rounded
+
+
 def _array_digest(array: Any) -> bytes:
     h = hashlib.md5(usedforsecurity=False)
     h.update(f"{len(array)}:{array.null_count}:".encode())
@@ -144,7 +159,10 @@ def compare(source: SourceSchema, src: tuple[str, Any], target: SourceSchema, tg
             a, b = ta.column(i).combine_chunks(), tb.column(i).combine_chunks()
             same_kind = ca.kind == cb.kind and ca.element == cb.element
             try:
-                fast_a, fast_b = _normalized(a, ca, dia_a), _normalized(b, cb, dia_b)
+                if same_kind and _as_doubles(ca, cb, a, b):  # SQLite's NUMERIC doubles beside a decimal text
+                    fast_a, fast_b = _normalized(_doubles(a), ca, dia_a), _normalized(_doubles(b), cb, dia_b)
+                else:
+                    fast_a, fast_b = _normalized(a, ca, dia_a), _normalized(b, cb, dia_b)
             except Exception:  # an integer past int64, a cast Arrow refuses: the canonical comparison decides
                 fast_a = fast_b = None
             if same_kind and fast_a is not None and _same(fast_a, fast_b):

@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from itertools import islice
 from typing import Any
 
+from tasks.core.exactjson import dumps_exact, loads_exact
 from tasks.db.typemap import ColumnInfo
 
 _UTC = dt.UTC
@@ -38,7 +39,8 @@ def raw_json(data: bytes | bytearray | memoryview | str) -> JsonText:
 
 
 def _json_dumps(v: Any) -> str:
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    """A Python value's JSON text; numbers read by :func:`tasks.core.exactjson.loads_exact` as they were written."""
+    return dumps_exact(v, _json_default, separators=(",", ":"))
 
 # ---------------------------------------------------------------- value codecs
 
@@ -175,13 +177,17 @@ def coerce(col: ColumnInfo, value: Any) -> Any:
     """
     if value is None:
         return None
-    if col.kind == "array":
-        items = json.loads(value) if isinstance(value, str) else value
+    if col.kind == "array":  # a JSON array's text (SQLite): numbers of json, numeric and text elements as written
+        items = (loads_exact(value) if col.element in _EXACT_ELEMENTS else json.loads(value)) if isinstance(
+            value, str) else value
         if not isinstance(items, list | tuple):
             raise ValueError(f"{type(items).__name__} value is not an array")
         inner = ColumnInfo(name=col.name, kind=col.element or "text")
         return [_coerce_nested(inner, x) for x in items]
     return _COERCE[col.kind](value)
+
+
+_EXACT_ELEMENTS = frozenset({"json", "jsonb", "numeric", "text", "varchar", "char"})
 
 
 def _coerce_nested(inner: ColumnInfo, x: Any) -> Any:
@@ -231,7 +237,7 @@ def _sqlite_array_item(kind: str, v: Any) -> Any:
     if isinstance(v, list):
         return [_sqlite_array_item(kind, x) for x in v]
     if kind in ("json", "jsonb"):
-        return json.loads(v) if isinstance(v, JsonText) else v  # an element inside the array's own JSON
+        return loads_exact(v) if isinstance(v, JsonText) else v  # an element inside the array's own JSON
     out = _sqlite_scalar(kind, v)
     return "\\x" + out.hex() if isinstance(out, bytes) else out
 
@@ -241,9 +247,8 @@ def sqlite_encoder(col: ColumnInfo) -> Callable[[Any], Any]:
     kind = col.kind
     if kind == "array":
         elem = col.element or "text"
-        return lambda v: None if v is None else json.dumps(
-            [_sqlite_array_item(elem, x) for x in v], ensure_ascii=False, separators=(",", ":")
-        )
+        return lambda v: None if v is None else dumps_exact(
+            [_sqlite_array_item(elem, x) for x in v], None, separators=(",", ":"))
     if kind in ("smallint", "integer", "bigint", "real", "double", "text", "varchar", "char", "bytes"):
         return lambda v: v
     return lambda v: None if v is None else _sqlite_scalar(kind, v)

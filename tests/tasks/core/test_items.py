@@ -29,15 +29,19 @@ def rows(path: str | None) -> list[dict[str, Any]]:
 class Recorder:
     def __init__(self, fatal_at: int | None = None, sleep_s: float = 0.0) -> None:
         self.calls: list[int] = []
+        self.started: list[float] = []
         self.fatal_at = fatal_at
+        self.raised_at = float("inf")
         self.sleep_s = sleep_s
         self.lock = threading.Lock()
 
     def __call__(self, x: int) -> int:
         with self.lock:
             self.calls.append(x)
+            self.started.append(time.monotonic())
         time.sleep(self.sleep_s)
         if x == self.fatal_at:
+            self.raised_at = time.monotonic()
             raise FatalError("401 for token Bearer abcdefghijkl")
         if x % 10 == 3:
             raise ItemError("bad")
@@ -53,7 +57,11 @@ def test_a_fatal_error_stops_every_sync_runner_and_keeps_true_outcomes(tmp_path:
                    output_dir=str(tmp_path / "out"))
     report = process_chunk(Chunk(0, list(range(200))), job, ref_for(tmp_path))
     assert not report.complete and "***" in (report.stop_reason or "") and "abcdefghijkl" not in report.stop_reason
-    assert len(handler.calls) <= 12 + concurrency  # nothing starts after the fatal answer, in flight finishes
+    # nothing starts after the fatal answer but, at most, one item per other runner that had already checked for
+    # a stop when it came (under load the others may also run ahead while the fatal item's thread waits for the
+    # GIL after its answer: those items started before the answer was seen)
+    late = [x for x, at in zip(handler.calls, handler.started, strict=True) if at > handler.raised_at]
+    assert len(late) <= concurrency - 1, late
     assert report.succeeded + report.failed + report.skipped + report.not_reached == 200
     assert report.not_reached == 200 - len(handler.calls)
     assert [f.category for f in report.failures if f.item == 12] == ["fatal"]

@@ -145,3 +145,24 @@ def test_a_sqlite_range_the_columnar_reader_refuses_is_verified_row_by_row(sqlit
     checks = verify_ranges(src, tgt, "items", chunk_rows=25)
     assert [c.method for c in checks] == ["python", "arrow", "python"]
     assert [(c.ok, c.first_difference) for c in checks] == [(True, None), (True, None), (False, [55])]
+
+
+def test_sqlite_numeric_doubles_compare_as_doubles_up_to_15_digits(sqlite_copied: tuple[str, str]) -> None:
+    """SQLite's NUMERIC(12,2) comes as doubles, PostgreSQL's as text: compared as doubles (no column decoded in
+    Python); a target wider than 15 digits (two decimals could share a double) takes the canonical values."""
+    src, tgt = sqlite_copied
+
+    def checks() -> list[tuple[bool, list[str]]]:
+        source, target = reflect(src, "items"), reflect(tgt, "items")
+        out = []
+        for rng in plan_ranges(src, "items", chunk_rows=25):
+            a, b = read_side(src, source, rng, "source"), read_side(tgt, target, rng, "target")
+            assert a is not None and b is not None
+            out.append(compare(source, a, target, b)[4:])
+        return out
+
+    assert checks() == [(True, [])] * 3
+    pg_exec(tgt, "ALTER TABLE items ALTER price TYPE numeric(20,2)")
+    assert checks() == [(True, ["price"])] * 3
+    pg_exec(tgt, "UPDATE items SET price = price + 0.01 WHERE id = 60")
+    assert checks() == [(True, ["price"])] * 2 + [(False, ["price"])]

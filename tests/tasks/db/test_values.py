@@ -161,3 +161,35 @@ def test_a_sqlite_value_that_is_not_json_fails_its_range_naming_row_and_column(t
         copy_range(url, pg_target, "docs", plan_ranges(url, "docs")[0])
     assert "{'id': 2}" in str(err.value) and "'j'" in str(err.value) and "not valid JSON" in str(err.value)
     assert pg_exec(pg_target, "SELECT count(*) FROM docs")[0][0] == 0
+
+
+def test_arrays_of_json_numeric_and_text_go_through_sqlite_as_written(tmp_path: Path, pg_cluster: Any) -> None:
+    """PostgreSQL -> SQLite (arrays as JSON text) -> PostgreSQL: a json[] element's 12.50 and 1e5, a numeric[]
+    element's scale, a number inside a text[] element's text: all as written (json.loads made them 12.5,
+    100000.0 and a double)."""
+    src, back = (pg_cluster.url(pg_cluster.create_database()) for _ in range(2))
+    pg_exec(src, "CREATE TABLE arr (id int PRIMARY KEY, j json[], n numeric[], t text[])")
+    pg_exec(src, "INSERT INTO arr VALUES (1, ARRAY['{\"p\": 12.50}', '1e5', '[1.10, -0]']::json[], "
+                 "ARRAY[12.50, 1.100, 0.12345678901234567891]::numeric[], ARRAY['12.50', 'Basic monthly']), "
+                 "(2, NULL, ARRAY[NULL, 2.0]::numeric[], '{}')")
+    lite = f"sqlite:///{tmp_path / 'arr.sqlite3'}"
+    _copy(src, lite, "arr")
+    stored = sqlite_exec(lite, "SELECT j, n, t FROM arr WHERE id = 1")[0]
+    assert "12.50" in stored[0] and "1e5" in stored[0] and "0.12345678901234567891" in stored[1]
+    _copy(lite, back, "arr")
+    q = "SELECT id, j::text, n::text, t::text FROM arr ORDER BY id"
+    assert pg_exec(back, q) == pg_exec(src, q)
+
+
+def test_sqlite_array_text_goes_to_postgresql_arrays_as_written(tmp_path: Path, pg_cluster: Any) -> None:
+    """SQLite arrays (JSON text in columns declared NUMERIC_ARRAY, TEXT_ARRAY, as batchflows writes them) written
+    by another program with numbers in them: each element reaches PostgreSQL as written (json.loads made the
+    numeric 1.100 -> 1.1 and the text "12.50" -> "12.5"), and a json element's document keeps its numbers."""
+    lite = f"sqlite:///{tmp_path / 'arr.sqlite3'}"
+    sqlite_exec(lite, "CREATE TABLE arr (id INTEGER PRIMARY KEY, n NUMERIC_ARRAY, t TEXT_ARRAY)")
+    sqlite_exec(lite, "INSERT INTO arr VALUES (1, '[12.50, 1.100, 7, 0.12345678901234567891]', '[\"a\", 12.50]')")
+    pg = pg_cluster.url(pg_cluster.create_database())
+    _copy(lite, pg, "arr")
+    assert pg_exec(pg, "SELECT n::text, t::text FROM arr") == [("{12.50,1.100,7,0.12345678901234567891}", "{a,12.50}")]
+    docs = coerce(ColumnInfo(name="j", kind="array", element="json"), '[{"p": 12.50}, 1e5]')
+    assert docs == ['{"p":12.50}', "1e5"]
