@@ -35,7 +35,7 @@ def _text_digest(db: Db, rel: str, cols: list[str], keys: list[ColumnInfo], rng:
                         f"(SELECT ROW({', '.join(cols)})::text AS _bf_r FROM {rel} WHERE {where}) AS _bf_d", params)[0])
 
 
-def _binary_digest(db: Db, rel: str, cols: list[str], keys: list[ColumnInfo], rng: KeyRange) -> tuple[Any, ...]:
+def binary_digest(db: Db, rel: str, cols: list[str], keys: list[ColumnInfo], rng: KeyRange) -> tuple[Any, ...]:
     where, params = range_predicate(db, keys, rng)
     order = ", ".join(key_expr(db, keys))
     digest = hashlib.blake2b(digest_size=32)
@@ -56,7 +56,7 @@ def unchanged_rows(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tg
     if not same_types and min(src.raw.info.server_version, tgt.raw.info.server_version) < 110000:
         return None  # hashtextextended: PostgreSQL 11
     src_cols = [f"{src.q(c.name)}::text" if c.cast_text else src.q(c.name) for c in schema.columns]
-    digest = _binary_digest if same_types else _text_digest
+    digest = binary_digest if same_types else _text_digest
     with ThreadPoolExecutor(1) as pool:
         theirs = pool.submit(digest, src, schema.relation("postgresql"), src_cols, schema.key_columns(), rng)
         ours = digest(tgt, target.sql("postgresql"), [tgt.q(c.name) for c in tgt_cols], tgt_keys, rng)
@@ -64,4 +64,4 @@ def unchanged_rows(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tg
     return int(mine[0]) if mine == ours and mine[0] else None
 
 
-__all__ = ["unchanged_rows"]
+__all__ = ["binary_digest", "unchanged_rows"]

@@ -28,6 +28,7 @@ from tasks.db.copier import iter_rows
 from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
+from tasks.db.unchanged import binary_digest
 from tasks.db.values import coerce, key_to_json, row_canonicalizer, rows_checksum
 
 _log = logging.getLogger(__name__)
@@ -226,6 +227,11 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=n_a == n_b and cs_a == cs_b, method="sql" if both_pg else "python")
         if both_pg:
+            same = _pg_binary_same(pool, source_url, source, target_url, target, rng)
+            if same is not None:
+                n, digest = same
+                return RangeCheck(index=rng.index, count_src=n, count_tgt=n, checksum_src=digest,
+                                  checksum_tgt=digest, ok=True, method="binary")
             fa = pool.submit(_pg_aggregate, source_url, source, rng, "source")
             fb = pool.submit(_pg_aggregate, target_url, target, rng, "target")
             (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
@@ -258,6 +264,30 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
             first = _first_difference(da.result(), db_.result())
     return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                       ok=ok, first_difference=first, method="python" if arrays is None else "arrow")
+
+
+def _pg_binary_same(pool: ThreadPoolExecutor, source_url: UrlLike, source: SourceSchema, target_url: UrlLike,
+                    target: SourceSchema, rng: KeyRange) -> tuple[int, str] | None:
+    """(rows, digest) when both PostgreSQL sides' columns have identical types and the range's binary COPY images
+    in key order are byte for byte equal (equal bytes of one type are equal values; tasks.db.unchanged), read
+    at once: ~5x cheaper than the servers' record-text aggregates. None: those decide (a scale, a float's
+    sign of zero, json spacing: unequal bytes may still be equal values)."""
+    if not all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text and not t.cast_text
+               for s, t in zip(source.columns, target.columns, strict=True)):
+        return None
+
+    def side(url: UrlLike, schema: SourceSchema, role: str) -> tuple[int, bytes]:
+        with connect(url, role) as db:  # type: ignore[arg-type]
+            cols = [db.q(c.name) for c in schema.columns]
+            try:
+                return binary_digest(db, schema.relation("postgresql"), cols, schema.key_columns(), rng)
+            finally:
+                db.raw.rollback()
+
+    fa = pool.submit(side, source_url, source, "source")
+    fb = pool.submit(side, target_url, target, "target")
+    (n_a, d_a), (n_b, d_b) = fa.result(), fb.result()
+    return (n_a, d_a.hex()) if (n_a, d_a) == (n_b, d_b) else None
 
 
 def _arrow_check(pool: ThreadPoolExecutor, source_url: UrlLike, source: SourceSchema, target_url: UrlLike,

@@ -350,6 +350,20 @@ def test_verify_catches_changes_behind_its_back(pg_items: str, sqlite_url: str, 
     pg_exec(pg_target, "UPDATE items SET at = at + interval '1 microsecond' WHERE id = 7")
     check = verify_range(pg_items, pg_target, "items", plan_ranges(pg_items, "items", chunk_rows=CHUNK)[0])
     assert not check.ok and check.first_difference == [7] and check.count_src == check.count_tgt
+    assert {c.method for c in checks.values() if c.ok} == {"binary"}  # PostgreSQL both sides: equal COPY images
+
+
+def test_postgresql_ranges_with_equal_values_in_other_bytes_are_equal(pg_url: str, pg_target: str) -> None:
+    """A numeric's scale (1.0 / 1.00), a float's zero sign and json spacing differ in the binary COPY image but
+    not in value: the byte comparison passes them to the servers' canonical aggregates, which find them equal."""
+    for url in (pg_url, pg_target):
+        pg_exec(url, "CREATE TABLE eq (id int PRIMARY KEY, n numeric, f float8, j json)")
+    pg_exec(pg_url, "INSERT INTO eq VALUES (1, 1.0, 0.0, '{\"a\": 1}'), (2, 2, 1.5, '[]')")
+    pg_exec(pg_target, "INSERT INTO eq VALUES (1, 1.00, -0.0, '{\"a\":1}'), (2, 2, 1.5, '[]')")
+    check = verify_range(pg_url, pg_target, "eq", plan_ranges(pg_url, "eq")[0])
+    assert check.ok and check.method == "sql"
+    pg_exec(pg_target, "UPDATE eq SET n = 1.0, f = 0.0, j = '{\"a\": 1}' WHERE id = 1")
+    assert verify_range(pg_url, pg_target, "eq", plan_ranges(pg_url, "eq")[0]).method == "binary"
 
 
 def test_secret_urls_and_dry_run_writes_nothing(pg_items: str, sqlite_url: str, pg_cluster: Any) -> None:
