@@ -161,9 +161,14 @@ def _not_serializable(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _with_texts(value: Any, encode: Callable[[Any], str]) -> str:
+def _with_texts(value: Any, encode: Callable[[Any], str], *, finite: bool = False) -> str:
+    """``encode(value)`` with each JsonNumber and JsonFloat written as its text (``finite``: NaN and infinities
+    refused, as ``allow_nan=False`` refuses plain floats)."""
     texts: list[str] = []
     text = encode(_marked(value, texts))
+    if finite and (bad := [t for t in texts if not math.isfinite(float(t))]):
+        msg = f"Out of range float values are not JSON compliant: {bad[0]}"
+        raise ValueError(msg)
     return _MARK.sub(lambda m: texts[int(m.group(1))], text) if texts else text
 
 
@@ -198,15 +203,7 @@ def json_body(value: Any) -> bytes:
             return encode(value).encode()
         except _HasNumber:
             pass
-    texts: list[str] = []
-    text = encode(_marked(value, texts))
-    if not texts:
-        return text.encode()
-    bad = [t for t in texts if not math.isfinite(float(t))]
-    if bad:
-        msg = f"Out of range float values are not JSON compliant: {bad[0]}"
-        raise ValueError(msg)
-    return _MARK.sub(lambda m: texts[int(m.group(1))], text).encode()
+    return _with_texts(value, encode, finite=True).encode()
 
 
 def jsonable(value: Any) -> Any:

@@ -37,7 +37,7 @@ from tasks.db.relay import relay
 from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate, reflect
 from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo
-from tasks.db.unchanged import unchanged_rows
+from tasks.db.unchanged import identical_types, unchanged_rows
 from tasks.db.values import (
     _COERCE as _COERCE_BY_KIND,
 )
@@ -577,8 +577,7 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
 
         if fn is None and src.dialect == tgt.dialect == "postgresql" and copy_format != "rows":
             tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
-            same = all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text
-                       for s, t in zip(schema.columns, tgt_cols, strict=True))
+            same = identical_types(schema.columns, tgt_cols)
             fmt = "BINARY" if (copy_format == "binary" or (copy_format == "auto" and same)) else "TEXT"
             try:
                 written, path = _raw_pg_copy(src, tgt, schema, tname, tgt_cols, rng, mode, fmt, on_commit)

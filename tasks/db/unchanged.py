@@ -45,6 +45,13 @@ def binary_digest(db: Db, rel: str, cols: list[str], keys: list[ColumnInfo], rng
     return rows, digest.digest()
 
 
+def identical_types(src_cols: list[ColumnInfo], tgt_cols: list[ColumnInfo]) -> bool:
+    """Whether every column has the same declared PostgreSQL type on both sides (and travels as itself, not as
+    text): then equal binary COPY bytes are equal values, and a range's COPY can go through as binary."""
+    return all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text
+               for s, t in zip(src_cols, tgt_cols, strict=True))
+
+
 def unchanged_rows(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tgt_cols: list[ColumnInfo],
                    tgt_keys: list[ColumnInfo], rng: KeyRange, *, same_types: bool) -> int | None:
     """The range's row count when the target's rows of ``rng`` equal the source's (same keys, same values of
@@ -64,4 +71,4 @@ def unchanged_rows(src: Db, tgt: Db, schema: SourceSchema, target: TableName, tg
     return int(mine[0]) if mine == ours and mine[0] else None
 
 
-__all__ = ["binary_digest", "unchanged_rows"]
+__all__ = ["binary_digest", "identical_types", "unchanged_rows"]

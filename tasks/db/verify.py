@@ -28,7 +28,7 @@ from tasks.db.copier import iter_rows
 from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.typemap import ColumnInfo
-from tasks.db.unchanged import binary_digest
+from tasks.db.unchanged import binary_digest, identical_types
 from tasks.db.values import coerce, key_to_json, row_canonicalizer, rows_checksum
 
 _log = logging.getLogger(__name__)
@@ -247,10 +247,9 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
         # json documents (not jsonb: PostgreSQL rewrites those) compared as their texts first, which a copy
         # keeps (~half the time of parsing each document); unequal texts may be equal values: then parsed
         as_text = any(c.kind == "json" and t.kind == "json" for c, t in zip(source.columns, target.columns, strict=True))
-        passes = [] if arrays is not None else [True, False] if as_text else [False]
         if arrays is not None:
             n_a, cs_a, n_b, cs_b, ok = arrays
-        for json_as_text in passes:
+        for json_as_text in [] if arrays is not None else [True, False] if as_text else [False]:
             fa = pool.submit(_columns_checksum, source_url, source, rng, "source", None, json_as_text)
             fb = pool.submit(_columns_checksum, target_url, target, rng, "target", source, json_as_text)
             (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
@@ -272,8 +271,7 @@ def _pg_binary_same(pool: ThreadPoolExecutor, source_url: UrlLike, source: Sourc
     in key order are byte for byte equal (equal bytes of one type are equal values; tasks.db.unchanged), read
     at once: ~5x cheaper than the servers' record-text aggregates. None: those decide (a scale, a float's
     sign of zero, json spacing: unequal bytes may still be equal values)."""
-    if not all(s.declared == t.declared and s.type_label() == t.type_label() and not s.cast_text and not t.cast_text
-               for s, t in zip(source.columns, target.columns, strict=True)):
+    if not identical_types(source.columns, target.columns):
         return None
 
     def side(url: UrlLike, schema: SourceSchema, role: str) -> tuple[int, bytes]:
