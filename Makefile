@@ -98,3 +98,4 @@ clean-state:
 profile: venv
 	$(PY) -m bench.profile_engine --case io
 	$(PY) -m bench.profile_engine --case trivial
+	$(PY) -m bench.profile_engine --case batch

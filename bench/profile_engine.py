@@ -11,6 +11,7 @@ their baselines.
 
     python -m bench.profile_engine --case io        # 1 ms I/O-bound items, 4 chunks x 16 threads
     python -m bench.profile_engine --case trivial   # trivial items, 2 chunks in flight
+    python -m bench.profile_engine --case batch     # the same with per="batch" (max_batch_items=10,000)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench.common import prefect_server, wait_server_idle
-from bench.engine import sleepy, trivial
+from bench.engine import sleepy, trivial, trivial_batch
 
 _profiles: list[cProfile.Profile] = []
 _lock = threading.Lock()
@@ -41,6 +42,7 @@ def _start_in_thread(*_: Any) -> None:
 
 COMPONENTS = (  # (label, substring of the file path), first match wins
     ("handler (bench function)", "bench/engine.py"),
+    ("batch calls tasks/core/batches.py", "tasks/core/batches.py"),
     ("item loop tasks/core/items.py", "tasks/core/items.py"),
     ("journal tasks/core/journal.py", "tasks/core/journal.py"),
     ("retry tasks/core/retry.py", "tasks/core/retry.py"),
@@ -99,15 +101,20 @@ class _Report:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--case", choices=["io", "trivial"], default="io")
-    parser.add_argument("--items", type=int, default=None, help="items (io: 100,000; trivial: 500,000)")
+    parser.add_argument("--case", choices=["io", "trivial", "batch"], default="io")
+    parser.add_argument("--items", type=int, default=None, help="items (io: 100,000; trivial, batch: 500,000)")
     parser.add_argument("--chunk-size", type=int, default=None, help="io: 5,000; trivial: 50,000")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args()
     n = args.items or (100_000 if args.case == "io" else 500_000)
-    handler, kwargs = (sleepy, {"max_concurrency": 4, "item_concurrency": 16, "chunk_size": args.chunk_size or 5_000}) \
-        if args.case == "io" else (trivial, {"max_concurrency": 2, "chunk_size": args.chunk_size or 50_000})
+    cases: dict[str, tuple[Any, dict[str, Any]]] = {
+        "io": (sleepy, {"max_concurrency": 4, "item_concurrency": 16, "chunk_size": args.chunk_size or 5_000}),
+        "trivial": (trivial, {"max_concurrency": 2, "chunk_size": args.chunk_size or 50_000}),
+        "batch": (trivial_batch, {"max_concurrency": 2, "chunk_size": args.chunk_size or 50_000, "per": "batch",
+                                  "max_batch_items": 10_000}),
+    }
+    handler, kwargs = cases[args.case]
     with prefect_server():
         from flows.batch_map import batch_map
 

@@ -150,6 +150,8 @@ def sqlite_type(col: ColumnInfo) -> str:
 
 def incompatibility(src: ColumnInfo, tgt: ColumnInfo) -> str | None:
     """Why values of ``src`` cannot be stored in ``tgt`` without loss, or None when they can."""
+    if src.kind == "array" and src.element in ("json", "jsonb") and tgt.cast_text and tgt.declared in ("_json", "_jsonb"):
+        return None  # PostgreSQL's json[] is written through its text form (values.pg_array_literal)
     fam_s, fam_t = _FAMILY.get(src.kind, src.kind), _FAMILY.get(tgt.kind, tgt.kind)
     if fam_s != fam_t and not (fam_t == "text" and fam_s in ("uuid", "json")):
         return f"{src.type_label()} -> {tgt.type_label()}"

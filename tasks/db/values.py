@@ -177,11 +177,22 @@ def coerce(col: ColumnInfo, value: Any) -> Any:
     """
     if value is None:
         return None
+    if col.cast_text and isinstance(value, list) and (col.declared or "").startswith("_"):
+        return pg_array_literal(value)  # into a PostgreSQL array written as text (json[], unknown elements)
+    if col.kind == "array" and isinstance(value, str) and value.lstrip().startswith(("{", "[0:", "[1:")) and (
+            value.lstrip()[:1] != "[" or "=" in value):  # PostgreSQL's text form (a json[] read as text)
+        texts = parse_pg_array_literal(value)
+        inner = ColumnInfo(name=col.name, kind=col.element or "text")
+        return [_coerce_nested(inner, x) for x in texts]
     if col.kind == "array":  # a JSON array's text (SQLite): numbers of json, numeric and text elements as written
         items = (loads_exact(value) if col.element in _EXACT_ELEMENTS else json.loads(value)) if isinstance(
             value, str) else value
         if not isinstance(items, list | tuple):
             raise ValueError(f"{type(items).__name__} value is not an array")
+        if col.element in ("json", "jsonb") and isinstance(value, str):
+            # each element of the array's JSON is one document (a string, an array, null: JSON values, not
+            # document texts or nested dimensions), as _sqlite_array_item writes them
+            return [None if x is None else JsonText(dumps_exact(x, None, separators=(",", ":"))) for x in items]
         inner = ColumnInfo(name=col.name, kind=col.element or "text")
         return [_coerce_nested(inner, x) for x in items]
     return _COERCE[col.kind](value)
@@ -274,6 +285,63 @@ def pg_decoder(col: ColumnInfo) -> Callable[[Any], Any] | None:
     if col.kind == "timestamptz":
         return lambda v: None if v is None else v.astimezone(_UTC)
     return None
+
+
+def pg_array_literal(values: list[Any]) -> str:
+    """PostgreSQL's text form of an array (``{"a","b\\"c",NULL}``): every element quoted, nested lists as
+    nested dimensions. JSON documents go as their own text."""
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+        elif isinstance(v, list):
+            parts.append(pg_array_literal(v))
+        else:
+            text = v if isinstance(v, str) else _to_text(v)
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
+def parse_pg_array_literal(text: str) -> list[Any]:
+    """PostgreSQL's text form of an array -> nested lists of element texts (None for NULL)."""
+    pos = text.index("{") if text.startswith("[") else 0  # "[0:1]={...}": dimensions other than 1-based
+    value, end = _pg_array_at(text, pos)
+    if text[end:].strip():
+        raise ValueError(f"text after the array literal's end: {text[end:end + 20]!r}")
+    return value
+
+
+def _pg_array_at(text: str, pos: int) -> tuple[list[Any], int]:
+    if text[pos:pos + 1] != "{":
+        raise ValueError(f"not an array literal at {pos}: {text[pos:pos + 20]!r}")
+    out: list[Any] = []
+    pos += 1
+    n = len(text)
+    while pos < n:
+        c = text[pos]
+        if c == "}":
+            return out, pos + 1
+        if c in ", \t\n":
+            pos += 1
+        elif c == "{":
+            inner, pos = _pg_array_at(text, pos)
+            out.append(inner)
+        elif c == '"':
+            chars, pos = [], pos + 1
+            while text[pos] != '"':
+                if text[pos] == "\\":
+                    pos += 1
+                chars.append(text[pos])
+                pos += 1
+            out.append("".join(chars))
+            pos += 1
+        else:
+            start = pos
+            while pos < n and text[pos] not in ",}":
+                pos += 1
+            word = text[start:pos].strip()
+            out.append(None if word.upper() == "NULL" else word.replace("\\", ""))
+    raise ValueError("the array literal has no closing brace")
 
 
 def pg_encoder(col: ColumnInfo) -> Callable[[Any], Any] | None:

@@ -251,3 +251,28 @@ def test_a_changed_source_under_the_same_run_key_is_refused_naming_the_chunk() -
     batch_map(list(range(10)), handlers.double, chunk_size=5, run_key="moving")
     with pytest.raises(SourceError, match=r"source changed .* chunk 1 \(items 5-9 of the source\)"):
         batch_map([*range(5), 50, 6, 7, 8, 9], handlers.double, chunk_size=5, run_key="moving")
+
+
+def test_a_run_recorded_by_batchflows_0_11_resumes_under_its_recorded_hashes(tmp_path: Path, monkeypatch) -> None:
+    """0.12 hashes chunks of plain ints and strings from packed values; a run_key that 0.11 started (every chunk
+    hashed canonically) is still recognized: its finished chunks resume, a changed one is still refused."""
+    from prefect._internal.result_records import ResultRecord
+
+    from tasks.core import identity
+
+    log = tmp_path / "effects.log"
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
+    with identity.legacy_chunk_hashes():
+        legacy = {identity.chunk_hash(list(range(10))), identity.chunk_hash(list(range(10, 20)))}
+    assert not legacy & {identity.chunk_hash(list(range(10))), identity.chunk_hash(list(range(10, 20)))}
+    with monkeypatch.context() as old:
+        old.setattr(identity, "_packed", lambda keys: None)  # 0.11: no packed inputs
+        first = batch_map(list(range(20)), handlers.side_effect, chunk_size=10, run_key="upgraded")
+    records = {ResultRecord.deserialize(p.read_bytes()).result.content_hash
+               for p in Path(first.run_dir, "chunks").iterdir()}
+    assert records == legacy
+    again = batch_map(list(range(20)), handlers.side_effect, chunk_size=10, run_key="upgraded")
+    assert (again.chunks_resumed, again.succeeded) == (2, 20)
+    assert sorted(map(int, log.read_text().split())) == list(range(20))  # nothing ran twice
+    with pytest.raises(SourceError, match=r"source changed .* chunk 1"):
+        batch_map([*range(10), 99, *range(11, 20)], handlers.side_effect, chunk_size=10, run_key="upgraded")

@@ -20,7 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from tasks.core.identity import UnhashableItem, canonical, chunk_hash, handler_identity, value_hash
+from tasks.core.identity import (
+    UnhashableItem,
+    canonical,
+    chunk_hash,
+    handler_identity,
+    legacy_chunk_hashes,
+    value_hash,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -72,11 +79,12 @@ def test_dict_order_and_set_order_do_not_matter() -> None:
 def test_hashes_are_the_same_in_another_process() -> None:
     """Sets and str hashing are randomized per process (PYTHONHASHSEED): the hash must not be."""
     code = ("import json, sys; from tests.tasks.core.test_identity import SAMPLES; from tasks.core.identity import value_hash, "
-            "chunk_hash; print(json.dumps([value_hash(v) for v in SAMPLES] + [chunk_hash(SAMPLES)]))")
+            "chunk_hash; print(json.dumps([value_hash(v) for v in SAMPLES] + [chunk_hash(SAMPLES), chunk_hash([1, 2]), "
+            "chunk_hash(['a', 'b'])]))")
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                       check=True, env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout)
             for seed in ("1", "2")]
-    here = [value_hash(v) for v in SAMPLES] + [chunk_hash(SAMPLES)]
+    here = [value_hash(v) for v in SAMPLES] + [chunk_hash(SAMPLES), chunk_hash([1, 2]), chunk_hash(["a", "b"])]
     assert runs[0] == runs[1] == here
 
 
@@ -84,6 +92,19 @@ def test_chunk_hash_is_ordered_and_position_free() -> None:
     assert chunk_hash([1, 2]) != chunk_hash([2, 1])
     assert chunk_hash([[1], 2]) != chunk_hash([1, [2]])
     assert chunk_hash([1, 2], index=0) == chunk_hash([1, 2], index=9)  # the position is the cache key's part
+
+
+def test_packed_chunks_of_ints_and_strings_keep_every_distinction() -> None:
+    """Chunks of plain ints or strings are hashed from packed values: still nothing two different chunks share."""
+    chunks = [[1, 2], [1, 2, 0], [2, 1], [1, True], [True, True], [1, 1.0], ["1", "2"], ["12"], ["1", "2", ""],
+              ["ab", "c"], ["a", "bc"], ["a\x00b"], ["a", "\x00b"], [2**63 - 1], [2**63], [-(2**63)], [0], [""],
+              ["\ud800"], [(1, 2)], [[1, 2]]]
+    hashes = [chunk_hash(c) for c in chunks]
+    assert len(set(hashes)) == len(chunks)
+    with legacy_chunk_hashes():
+        legacy = [chunk_hash(c) for c in chunks]
+    assert hashes[-2:] == legacy[-2:] and hashes[13] != legacy[13] and hashes[14] == legacy[14]  # 2**63: canonical
+    assert chunk_hash(["k"]) == chunk_hash([Opaque()], item_key=lambda o: "k")  # keys packed like items
 
 
 def test_objects_without_a_stable_encoding_are_refused_naming_the_item_and_the_way_out() -> None:

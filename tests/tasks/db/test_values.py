@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.core.errors import ItemError
 from tasks.db import copy_range, create_target, plan_ranges, verify_ranges
@@ -22,6 +24,8 @@ from tasks.db.values import (
     canonical_json,
     canonical_row,
     coerce,
+    parse_pg_array_literal,
+    pg_array_literal,
     pg_encoder,
     row_canonicalizer,
     sqlite_decoder,
@@ -193,3 +197,40 @@ def test_sqlite_array_text_goes_to_postgresql_arrays_as_written(tmp_path: Path, 
     assert pg_exec(pg, "SELECT n::text, t::text FROM arr") == [("{12.50,1.100,7,0.12345678901234567891}", "{a,12.50}")]
     docs = coerce(ColumnInfo(name="j", kind="array", element="json"), '[{"p": 12.50}, 1e5]')
     assert docs == ['{"p":12.50}', "1e5"]
+
+
+def test_sqlite_json_arrays_go_to_postgresql_json_arrays_new_or_existing(tmp_path: Path, pg_cluster: Any) -> None:
+    """A SQLite JSON_ARRAY column (each element a JSON value: an object, a number, a string, an array) into a new
+    PostgreSQL table and into an existing json[] column: every element one document, numbers as written, and
+    verify compares the target's json[] text with the source (it failed with 'malformed array literal')."""
+    lite = f"sqlite:///{tmp_path / 'arr.sqlite3'}"
+    sqlite_exec(lite, "CREATE TABLE arr (id INTEGER PRIMARY KEY, j JSON_ARRAY)")
+    sqlite_exec(lite, """INSERT INTO arr VALUES (1, '[{"p": 12.50}, 1e5, "x", [1, 2], null, "a\\"b"]'), """
+                      "(2, NULL), (3, '[]')")
+    expected = [(1, '{"{\\"p\\":12.50}",1e5,"\\"x\\"","[1,2]",NULL,"\\"a\\\\\\"b\\""}'), (2, None), (3, "{}")]
+    new = pg_cluster.url(pg_cluster.create_database())
+    _copy(lite, new, "arr")
+    existing = pg_cluster.url(pg_cluster.create_database())
+    pg_exec(existing, "CREATE TABLE arr (id bigint PRIMARY KEY, j json[])")
+    _copy(lite, existing, "arr")
+    q = "SELECT id, j::text FROM arr ORDER BY id"
+    assert pg_exec(new, q) == pg_exec(existing, q) == expected
+    assert pg_exec(existing, "SELECT j[1]->>'p', j[2]::text, j[3]->>0, j[6]::text FROM arr WHERE id = 1") == [
+        ("12.50", "1e5", None, '"a\\"b"')]
+
+
+@given(st.recursive(st.none() | st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                                                  blacklist_characters="\x00")),
+                    lambda inner: st.lists(inner, min_size=1, max_size=3), max_leaves=8).filter(
+    lambda v: isinstance(v, list)))
+@settings(max_examples=300, deadline=None)
+def test_array_literals_round_trip(values: list[Any]) -> None:
+    assert parse_pg_array_literal(pg_array_literal(values)) == values
+
+
+def test_array_literals_as_postgresql_writes_them(pg_cluster: Any) -> None:
+    url = pg_cluster.url(pg_cluster.create_database())
+    values = [["a,b", None], ['q"uo\\te', " sp "], ["NULL", ""]]
+    (text,) = pg_exec(url, f"SELECT '{pg_array_literal(values)}'::text[]::text")[0]
+    assert parse_pg_array_literal(text) == values
+    assert parse_pg_array_literal("[0:1]={a,b}") == ["a", "b"] and parse_pg_array_literal("{}") == []
