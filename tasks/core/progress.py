@@ -175,6 +175,7 @@ class Progress:
         self._last = 0.0
         self.logger = _run_logger()
         self._sender = _ArtifactSender(label, run_key) if artifacts and _in_flow_run() else None
+        self._closing: Callable[[float], bool] | None = None
 
     def advance(self, items: int, failed: int = 0, *, force: bool = False) -> None:
         self.done += items
@@ -200,13 +201,24 @@ class Progress:
         if self._sender is not None and pct is not None:
             self._sender.send(pct)
 
-    def finish(self) -> None:
+    def finish(self, *, wait: bool = True) -> None:
+        """The last report; ``wait=False``: the artifact's last update goes out while the run ends (the summary
+        artifacts are sent meanwhile), and :meth:`wait_sent` waits for it."""
         if self.total is None or self.done >= self.total:
             self.total = self.total or self.done
         self._report(time.monotonic())
         if self._sender is None:
             return
-        why = _wait_for_api(self._sender.close(100.0), self.final_timeout_s)
+        self._closing = self._sender.close(100.0)
+        if wait:
+            self.wait_sent()
+
+    def wait_sent(self) -> None:
+        """Wait until the progress artifact's last update went out (see :func:`_wait_for_api`)."""
+        closing, self._closing = self._closing, None
+        if closing is None:
+            return
+        why = _wait_for_api(closing, self.final_timeout_s)
         if why:
             self.logger.warning("progress artifact not updated: the Prefect API is %s; the run goes on", why)
 
@@ -313,19 +325,32 @@ def api_errors_explained(flow: str, run_key: str | None) -> Iterator[None]:
         raise PrefectApiUnreachable(msg) from exc
 
 
-def publish_summary(summary: RunSummary, *, timeout_s: float = 30.0) -> None:
+def publish_summary(summary: RunSummary, *, timeout_s: float = 30.0, progress: Progress | None = None) -> None:
     """Log the summary and, inside a flow run, publish a table and a markdown artifact.
 
     The artifacts wait for the API at most ``timeout_s`` (the summary is also in the log and in the
     run's summary.json): an unreachable server must not hold the end of a finished run. When the API
-    does not answer, a warning says so and how to finish the run, before Prefect's own retries.
+    does not answer, a warning says so and how to finish the run, before Prefect's own retries. The two
+    artifacts and ``progress``'s last update (:meth:`Progress.finish` with ``wait=False``) go out at once.
     """
     logger = _run_logger()
     logger.info(summary.render_text())
     if not _in_flow_run():
+        if progress is not None:
+            progress.wait_sent()
         return
-    sending = _in_background(lambda: _summary_artifacts(summary), "batchflows-summary")
-    why = _wait_for_api(_joiner(sending), timeout_s)
+    sending = [_in_background(lambda: _summary_table(summary), "batchflows-summary"),
+               _in_background(lambda: _summary_markdown(summary), "batchflows-summary-details")]
+    if progress is not None:
+        progress.wait_sent()
+
+    def join(timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for thread in sending:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in sending)
+
+    why = _wait_for_api(join, timeout_s)
     if why is None:
         return
     logger.warning("summary artifacts not sent: the Prefect API is %s; the run goes on", why)
@@ -334,11 +359,10 @@ def publish_summary(summary: RunSummary, *, timeout_s: float = 30.0) -> None:
                        unreachable_advice(summary.flow, summary.run_key, prefect_api_url()))
 
 
-def _summary_artifacts(summary: RunSummary) -> None:
+def _summary_table(summary: RunSummary) -> None:
     try:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+        from prefect.artifacts import create_table_artifact
 
-        key = _artifact_key(summary.flow, summary.run_key, "summary")
         rows: list[dict[str, Any]] = [
             {"metric": "state", "value": summary.state},
             {"metric": "total", "value": summary.total},
@@ -354,7 +378,16 @@ def _summary_artifacts(summary: RunSummary) -> None:
             rows.append({"metric": "output", "value": summary.output_path})
         if summary.dead_letter_path and summary.failed:
             rows.append({"metric": "dead letters", "value": summary.dead_letter_path})
-        create_table_artifact(table=rows, key=key, description=f"{summary.flow} run {summary.run_key}")
+        create_table_artifact(table=rows, key=_artifact_key(summary.flow, summary.run_key, "summary"),
+                              description=f"{summary.flow} run {summary.run_key}")
+    except Exception as exc:
+        log.warning("could not publish the summary table artifact: %s", exc)
+
+
+def _summary_markdown(summary: RunSummary) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
         md = ["## " + f"{summary.flow} run `{summary.run_key}`: **{summary.state}**", "", summary.message or ""]
         if summary.top_errors:
             md += ["", "| count | error | category | example |", "|---:|---|---|---|"]
@@ -364,9 +397,10 @@ def _summary_artifacts(summary: RunSummary) -> None:
             ]
         if summary.slowest_chunks:
             md += ["", "Slowest chunks: " + ", ".join(f"#{c.index} ({c.duration_s:.2f} s)" for c in summary.slowest_chunks)]
+        key = _artifact_key(summary.flow, summary.run_key, "summary")
         create_markdown_artifact(markdown="\n".join(md), key=f"{key}-details")
     except Exception as exc:
-        log.warning("could not publish the summary artifacts: %s", exc)
+        log.warning("could not publish the summary markdown artifact: %s", exc)
 
 
 __all__ = [

@@ -454,7 +454,7 @@ class ChunkedRun:
             self.close()
             raise
         self.dead.close()
-        self.progress.finish()
+        self.progress.finish(wait=False)  # its last update goes out beside the summary artifacts
         summary = self.builder.finish(time.perf_counter() - self._started)
         reached = summary.total + self.builder.not_reached
         if self.should_stop():
@@ -486,7 +486,7 @@ class ChunkedRun:
                 summary.message += f" Rerun with run_key={self.run_key!r} to finish: only what was not done runs."
             write_text_atomic(self.run_dir.summary, summary.model_dump_json(indent=2))
             self.run_dir.push(self.run_dir.summary)
-            publish_summary(summary)
+            publish_summary(summary, progress=self.progress)
             return summary
         finally:
             self.close()

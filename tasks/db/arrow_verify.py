@@ -26,8 +26,9 @@ from typing import Any
 
 from tasks.db.arrow_rows import _decoder, read_table, readable
 from tasks.db.columnar import NotExact, _sqlite_ok, _sqlite_table, available
-from tasks.db.conn import Db, UrlLike, connect
+from tasks.db.conn import Db, UrlLike
 from tasks.db.schema import KeyRange, SourceSchema, range_predicate
+from tasks.db.session import connect
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import _CHECKSUM_BATCH, _canon_funcs, _canon_json_dumps, coerce, sqlite_decoder
 

@@ -1,13 +1,16 @@
-"""Connections reused within a run: one per database, role and thread, instead of one per step.
+"""Connections reused within a run: one per database and role for each step running at once, instead of
+one per step.
 
-Why: opening a PostgreSQL connection costs ~20 ms (a backend is forked, authenticated, configured), and a
+Why: opening a PostgreSQL connection costs ~10-20 ms (a backend is forked, authenticated, configured), and a
 db_migrate run opened one for every step: reflection, the target check, the ledger, the watermark, planning
 and two per range, 12-16 before the first row moved. Inside :func:`shared_connections` (db_migrate wraps its
-run in it) :func:`connect` hands a step the connection an earlier step of the same thread left idle for the
-same URL and role; outside it, it is :func:`tasks.db.conn.connect`. What keeps that safe:
+run in it) :func:`connect` hands a step a connection an earlier step left idle for the same URL and role (in
+any thread: planning in the flow's thread, then each range in a task runner's thread, share one);
+outside it, it is :func:`tasks.db.conn.connect`. What keeps that safe:
 
 * a connection serves one step at a time (taken out of the pool while in use; a nested ``connect`` to the
-  same database opens its own), and only the thread that takes it uses it;
+  same database, or a step running at the same time in another thread, opens its own), and only the thread
+  of that step uses it until the step ends;
 * a step ends its transaction as before (commit or rollback); one left open is rolled back when the step
   ends, as closing the connection used to do, so no lock or snapshot outlives its step;
 * a step that raised closes its connection (a killed backend, an aborted transaction are never handed out
@@ -31,38 +34,41 @@ from tasks.db.conn import Db, Endpoint, Role, UrlLike, parse_db_url
 from tasks.db.conn import connect as _open
 
 _MAX_IDLE_S = 30.0  # older idle connections are closed, not reused (servers and proxies drop idle sessions)
-_Key = tuple[int, str, int | None, str, str | None, str, tuple[tuple[str, str], ...], str]
+_MAX_IDLE_PER_KEY = 16  # more steps at once than this: the extra connections close when their step ends
+_Key = tuple[str, int | None, str, str | None, str, tuple[tuple[str, str], ...], str]
 
 
 class _Pool:
-    """Idle connections of one run by (thread, endpoint, role), with the context that closes each."""
+    """Idle connections of one run by (endpoint, role), newest last, with the context that closes each."""
 
     def __init__(self) -> None:
-        self._idle: dict[_Key, tuple[Db, AbstractContextManager[Db], float]] = {}
+        self._idle: dict[_Key, list[tuple[Db, AbstractContextManager[Db], float]]] = {}
         self._lock = threading.Lock()
         self.opened = 0
 
     def take(self, key: _Key) -> tuple[Db, AbstractContextManager[Db]] | None:
-        with self._lock:
-            found = self._idle.pop(key, None)
-        if found is None:
-            return None
-        db, ctx, since = found
-        if time.monotonic() - since > _MAX_IDLE_S:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                db, ctx, since = idle.pop()
+            if time.monotonic() - since <= _MAX_IDLE_S:
+                return db, ctx
             _close(ctx)
-            return None
-        return db, ctx
 
     def give(self, key: _Key, db: Db, ctx: AbstractContextManager[Db]) -> None:
         with self._lock:
-            other = self._idle.get(key)
-            self._idle[key] = (db, ctx, time.monotonic())
-        if other is not None:  # a nested step's connection came back first: keep one
-            _close(other[1])
+            idle = self._idle.setdefault(key, [])
+            full = len(idle) >= _MAX_IDLE_PER_KEY
+            if not full:
+                idle.append((db, ctx, time.monotonic()))
+        if full:
+            _close(ctx)
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = list(self._idle.values()), {}
+            idle, self._idle = [c for cs in self._idle.values() for c in cs], {}
         for _, ctx, _ in idle:
             _close(ctx)
 
@@ -96,7 +102,7 @@ def shared_connections() -> Iterator[_Pool]:
 
 def _key(ep: Endpoint, role: Role) -> _Key:
     pw = ep.password.get_secret_value() if ep.password is not None else None
-    return (threading.get_ident(), ep.host or "", ep.port, ep.database, ep.user, pw or "", ep.options, role)
+    return (ep.host or "", ep.port, ep.database, ep.user, pw or "", ep.options, role)
 
 
 def _reusable(db: Db) -> bool:
