@@ -46,7 +46,7 @@ def describe_value(value: Any) -> str:
     return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
 
 
-def _take(items: Sequence[Any], positions: list[int]) -> list[Any]:
+def _take(items: Sequence[Any], positions: Sequence[int]) -> list[Any]:
     """The items at ``positions`` (increasing): a slice when they are consecutive, as they mostly are."""
     if consecutive(positions):
         return list(items[positions[0]:positions[-1] + 1])
@@ -68,9 +68,9 @@ class BatchCalls:
     halted: Callable[[], bool]
     timed_out: threading.Event
     together: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # one journal write per call
-    done_many: Callable[[list[int]], None] | None = None  # every item of a call succeeded, no output rows kept
+    done_many: Callable[[Sequence[int]], None] | None = None  # every item of a call succeeded, no output rows kept
 
-    def groups(self, todo: list[int], max_batch_items: int | None) -> list[list[int]]:
+    def groups(self, todo: Sequence[int], max_batch_items: int | None) -> list[Sequence[int]]:
         size = max_batch_items or max(len(todo), 1)
         return [todo[i:i + size] for i in range(0, len(todo), size)]
 
@@ -82,7 +82,7 @@ class BatchCalls:
             raise BatchResultError(msg)
         return value
 
-    def _fold(self, pending: list[int], results: list[Any], attempt: int) -> tuple[list[int], BaseException | None]:
+    def _fold(self, pending: Sequence[int], results: list[Any], attempt: int) -> tuple[list[int], BaseException | None]:
         """Settle what is final (journaled in one write); return the positions to call again and one of their
         errors (for the wait)."""
         again: list[int] = []
@@ -103,7 +103,7 @@ class BatchCalls:
                                 attempt)
         return again, last
 
-    def _whole_call_failed(self, pending: list[int], exc: Exception, attempt: int) -> bool:
+    def _whole_call_failed(self, pending: Sequence[int], exc: Exception, attempt: int) -> bool:
         """True when the whole call is tried again; else every pending item is settled with ``exc``."""
         if self.policy.retries_left(attempt, exc):
             return True
@@ -112,7 +112,7 @@ class BatchCalls:
                 self.settle(position, exc, attempt)
         return False
 
-    def _steps(self, group: list[int]) -> Generator[tuple[str, Any], Any, None]:
+    def _steps(self, group: Sequence[int]) -> Generator[tuple[str, Any], Any, None]:
         """The calls of one group as a plan, the same for sync and async handlers: yields ``("call", batch)``
         and gets back ``(value, None)`` or ``(None, exception)``; yields ``("wait", seconds)`` between attempts."""
         pending, attempt = group, 1
@@ -134,7 +134,7 @@ class BatchCalls:
 
     # ------------------------------------------------------------------ sync
 
-    def run_group(self, group: list[int]) -> None:
+    def run_group(self, group: Sequence[int]) -> None:
         steps = self._steps(group)
         reply: Any = None
         with contextlib.suppress(StopIteration):
@@ -151,7 +151,7 @@ class BatchCalls:
                 except Exception as exc:
                     reply = (None, exc)
 
-    def run_sync(self, groups: list[list[int]], item_concurrency: int) -> None:
+    def run_sync(self, groups: list[Sequence[int]], item_concurrency: int) -> None:
         if item_concurrency > 1 and len(groups) > 1:
             with ThreadPoolExecutor(max_workers=item_concurrency, thread_name_prefix="batch") as pool:
                 for future in [pool.submit(self.run_group, g) for g in groups]:
@@ -164,7 +164,7 @@ class BatchCalls:
 
     # ------------------------------------------------------------------ async
 
-    async def arun_group(self, group: list[int], sem: asyncio.Semaphore) -> None:
+    async def arun_group(self, group: Sequence[int], sem: asyncio.Semaphore) -> None:
         steps = self._steps(group)
         reply: Any = None
         async with sem:
@@ -182,7 +182,7 @@ class BatchCalls:
                     except Exception as exc:
                         reply = (None, exc)
 
-    async def run_async(self, groups: list[list[int]], item_concurrency: int) -> None:
+    async def run_async(self, groups: list[Sequence[int]], item_concurrency: int) -> None:
         sem = asyncio.Semaphore(max(1, item_concurrency))
         await asyncio.gather(*(self.arun_group(g, sem) for g in groups))
 

@@ -20,7 +20,7 @@ import inspect
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -129,11 +129,11 @@ class ChunkOutcomes:
         if self._journal is not None:
             self._journal.close()
 
-    def todo(self) -> list[int]:
-        """Positions without an outcome yet, in order."""
+    def todo(self) -> Sequence[int]:
+        """Positions without an outcome yet, in order (a ``range`` when none has one: a fresh chunk)."""
         kinds = self.kinds
-        if not any(kinds):
-            return list(range(len(kinds)))
+        if kinds.count(0) == len(kinds):
+            return range(len(kinds))
         return [i for i, k in enumerate(kinds) if not k]
 
     def stopped(self) -> bool:
@@ -186,7 +186,7 @@ class ChunkOutcomes:
             self.rows[position] = text
         self.kinds[position] = _S
 
-    def succeeded_many(self, positions: list[int]) -> None:
+    def succeeded_many(self, positions: Sequence[int]) -> None:
         """Many items succeeded at once without output rows (a batch call's): one journal line per run of
         consecutive positions instead of one per item."""
         lines = ChunkJournal.range_lines(positions, SUCCEEDED)
@@ -394,7 +394,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         else:
             succeeded(position)
 
-    def run_many_sync(todo: list[int], threads: int) -> None:
+    def run_many_sync(todo: Sequence[int], threads: int) -> None:
         """``threads`` workers take the next position from one shared iterator (a list iterator's ``next``
         is atomic): no future, queue or lock per item. Each worker has at most one item in flight."""
         positions = iter(todo)

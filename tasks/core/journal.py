@@ -36,6 +36,7 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def journal_content(path: Path) -> str | None:
     return content if magic == MAGIC and content else None
 
 
-def consecutive(positions: list[int]) -> bool:
+def consecutive(positions: Sequence[int]) -> bool:
     """Whether increasing ``positions`` are one run without gaps (then first..last covers them all)."""
     return bool(positions) and positions[-1] - positions[0] == len(positions) - 1
 
@@ -201,7 +202,7 @@ class ChunkJournal:
         self._store(line.encode("utf-8", "surrogateescape"))
 
     @staticmethod
-    def range_lines(positions: list[int], kind: str) -> list[str]:
+    def range_lines(positions: Sequence[int], kind: str) -> list[str]:
         """Lines recording ``kind`` (no payload) for ``positions``: one per run of consecutive positions."""
         if consecutive(positions):
             first, last = positions[0], positions[-1]
