@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
@@ -179,8 +180,8 @@ def coerce(col: ColumnInfo, value: Any) -> Any:
         return None
     if col.cast_text and isinstance(value, list) and (col.declared or "").startswith("_"):
         return pg_array_literal(value)  # into a PostgreSQL array written as text (json[], unknown elements)
-    if col.kind == "array" and isinstance(value, str) and value.lstrip().startswith(("{", "[0:", "[1:")) and (
-            value.lstrip()[:1] != "[" or "=" in value):  # PostgreSQL's text form (a json[] read as text)
+    if col.kind == "array" and isinstance(value, str) and _PG_ARRAY_START.match(value):
+        # PostgreSQL's text form (a json[] read as text), never a JSON array: those start with "["
         texts = parse_pg_array_literal(value)
         inner = ColumnInfo(name=col.name, kind=col.element or "text")
         return [_coerce_nested(inner, x) for x in texts]
@@ -303,27 +304,32 @@ def pg_array_literal(values: list[Any]) -> str:
 
 
 def parse_pg_array_literal(text: str) -> list[Any]:
-    """PostgreSQL's text form of an array -> nested lists of element texts (None for NULL)."""
-    pos = text.index("{") if text.startswith("[") else 0  # "[0:1]={...}": dimensions other than 1-based
-    value, end = _pg_array_at(text, pos)
+    """PostgreSQL's text form of an array -> nested lists of element texts (None for NULL). Strict: what is not
+    such a literal (a JSON object, say) raises ValueError instead of being read as one."""
+    m = _PG_ARRAY_START.match(text)
+    if m is None:
+        raise ValueError(f"not an array literal: {text[:20]!r}")
+    try:
+        value, end = _pg_array_at(text, m.end() - 1)
+    except IndexError:
+        raise ValueError(f"the array literal ends too early: {text[-20:]!r}") from None
     if text[end:].strip():
         raise ValueError(f"text after the array literal's end: {text[end:end + 20]!r}")
     return value
 
 
+_PG_ARRAY_START = re.compile(r"\s*(?:(?:\[-?\d+:-?\d+\])+\s*=\s*)?\{")  # "[0:1]={...}": other lower bounds
+
+
 def _pg_array_at(text: str, pos: int) -> tuple[list[Any], int]:
-    if text[pos:pos + 1] != "{":
-        raise ValueError(f"not an array literal at {pos}: {text[pos:pos + 20]!r}")
+    """The array starting at ``text[pos] == "{"``, and the position after its closing brace."""
     out: list[Any] = []
-    pos += 1
-    n = len(text)
-    while pos < n:
+    pos = _skip_space(text, pos + 1)
+    if text[pos] == "}":
+        return out, pos + 1
+    while True:
         c = text[pos]
-        if c == "}":
-            return out, pos + 1
-        if c in ", \t\n":
-            pos += 1
-        elif c == "{":
+        if c == "{":
             inner, pos = _pg_array_at(text, pos)
             out.append(inner)
         elif c == '"':
@@ -337,11 +343,24 @@ def _pg_array_at(text: str, pos: int) -> tuple[list[Any], int]:
             pos += 1
         else:
             start = pos
-            while pos < n and text[pos] not in ",}":
+            while text[pos] not in ',}{"':
                 pos += 1
             word = text[start:pos].strip()
+            if not word:
+                raise ValueError(f"an empty element at {start} of the array literal")
             out.append(None if word.upper() == "NULL" else word.replace("\\", ""))
-    raise ValueError("the array literal has no closing brace")
+        pos = _skip_space(text, pos)
+        if text[pos] == "}":
+            return out, pos + 1
+        if text[pos] != ",":
+            raise ValueError(f"not an array literal at {pos}: {text[pos:pos + 20]!r}")
+        pos = _skip_space(text, pos + 1)
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while text[pos] in " \t\n\r":
+        pos += 1
+    return pos
 
 
 def pg_encoder(col: ColumnInfo) -> Callable[[Any], Any] | None:

@@ -234,3 +234,8 @@ def test_array_literals_as_postgresql_writes_them(pg_cluster: Any) -> None:
     (text,) = pg_exec(url, f"SELECT '{pg_array_literal(values)}'::text[]::text")[0]
     assert parse_pg_array_literal(text) == values
     assert parse_pg_array_literal("[0:1]={a,b}") == ["a", "b"] and parse_pg_array_literal("{}") == []
+    for not_one in ('{"a": 1}', "{a,,b}", '{"a"', "{a", "{a} x", "[1, 2]"):  # strict: never half-read as one
+        with pytest.raises(ValueError):
+            parse_pg_array_literal(not_one)
+    with pytest.raises(ValueError, match="not an array literal"):  # a JSON object in a SQLite JSON_ARRAY column
+        coerce(ColumnInfo(name="j", kind="array", element="json"), '{"a": 1}')
