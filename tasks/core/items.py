@@ -186,6 +186,25 @@ class ChunkOutcomes:
             self.rows[position] = text
         self.kinds[position] = _S
 
+    def success_recorder(self) -> Callable[[int], None]:
+        """``record(position)``: :meth:`succeeded` without an output row, for the chunk's only item thread (a
+        sequential loop): the same journal line and outcome, without a thread-local lookup or a lock."""
+        kinds, journal = self.kinds, self._journal
+        if journal is None:
+            def record(position: int) -> None:
+                kinds[position] = _S
+            return record
+        store = journal.single_writer()
+
+        def record_journaled(position: int) -> None:
+            try:
+                store(b"%d s" % position)
+            except OSError as exc:  # the state dir is full or read-only: nothing can be recorded any more
+                raise output_write_error(exc, journal.path.parent, writing=True) or exc from None
+            kinds[position] = _S
+
+        return record_journaled
+
     def succeeded_many(self, positions: Sequence[int]) -> None:
         """Many items succeeded at once without output rows (a batch call's): one journal line per run of
         consecutive positions instead of one per item."""
@@ -373,21 +392,37 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
 
     def run_one_sync(position: int) -> None:
         """One item, when not halted(): the callers check that before each item."""
-        try:
-            if direct:  # the first attempt without a closure or a retryer (most items pass at once)
-                try:
-                    value = handler(items[position])
-                except Exception as exc:
-                    if isinstance(exc, FatalError):
-                        stop.set()  # at once, before the retry policy looks at it (it never retries it)
-                    value, _ = policy.call_after(exc, wrapped(position))
-            else:
+        if direct:  # the first attempt without a closure or a retryer (most items pass at once)
+            try:
+                value = handler(items[position])
+            except Exception as exc:
+                after_first_failure(position, exc)
+                return
+        else:
+            try:
                 value, _ = policy.call(wrapped(position))
+            except ChunkTimeout:
+                timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
+                return
+            except Exception as exc:
+                settle(position, exc)
+                return
+        if keep_rows:
+            done(position, value)
+        else:
+            succeeded(position)
+
+    def after_first_failure(position: int, exc: Exception) -> None:
+        """A direct call raised: the retry policy takes the item from its second attempt, and settles it."""
+        if isinstance(exc, FatalError):
+            stop.set()  # at once, before the retry policy looks at it (it never retries it)
+        try:
+            value, _ = policy.call_after(exc, wrapped(position))
         except ChunkTimeout:
-            timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
+            timed_out.set()
             return
-        except Exception as exc:
-            settle(position, exc)
+        except Exception as final:
+            settle(position, final)
             return
         if keep_rows:
             done(position, value)
@@ -451,6 +486,17 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
             run_coroutine(run_all)
         elif job.options.item_concurrency > 1 and len(todo) > 1:
             run_many_sync(todo, min(job.options.item_concurrency, len(todo)))
+        elif direct and not keep_rows:  # one runner, nothing around a call: the loop without a call per item
+            record = outcomes.success_recorder()
+            for i in todo:
+                if stop_set() or timed_out_set():
+                    break
+                try:
+                    handler(items[i])
+                except Exception as exc:
+                    after_first_failure(i, exc)
+                    continue
+                record(i)
         else:
             for i in todo:
                 if halted():

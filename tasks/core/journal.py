@@ -6,7 +6,8 @@ effects included. The journal closes that gap: each item's final outcome is appe
 moment it is known, before its thread starts another item, into a shared memory map of the file
 (``mmap``, ``MAP_SHARED``): the store lands in the kernel's page cache, the same pages a ``write`` would
 fill, so a SIGKILL cannot lose a line whose store finished; no system call per item. Each writer takes
-its own byte range (a lock around two integers), so concurrent writers never interleave; it stores the
+its own byte range (a lock around two integers; none for a chunk with one item thread, which is then the
+only writer), so concurrent writers never interleave; it stores the
 line's text first and its ``\n`` last, so a line with its newline is whole. The file grows in
 allocated steps (``posix_fallocate``: a full disk is an OSError at the step, never a SIGBUS) and is cut
 back to its last line when closed. Where a file cannot be mapped, each line is one ``pwrite``.
@@ -36,7 +37,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,8 @@ class ChunkJournal:
         self._maps.append(self._map)  # earlier maps stay open: other threads may still store through them
         self._size = size
 
-    def _store(self, data: bytes) -> None:
+    def store(self, data: bytes) -> None:
+        """Store one whole line (``\\n``-terminated bytes): its text first, its newline last."""
         n = len(data)
         lock = self._lock
         lock.acquire()
@@ -187,9 +189,27 @@ class ChunkJournal:
             assert self._fd is not None
             os.pwrite(self._fd, data, start)
             return
-        end = start + len(data)
-        view[start:end - 1] = memoryview(data)[:-1]
-        view[end - 1] = 10  # the newline last: a line with its newline is whole
+        end = start + n - 1
+        view[start:end] = data[:-1]
+        view[end] = 10  # the newline last: a line with its newline is whole
+
+    def single_writer(self) -> Callable[[bytes], None]:
+        """``store_text(text)``: :meth:`store` of ``text + b"\\n"`` for a chunk whose lines come from one thread
+        only (a sequential item loop): no lock while the map has room (nothing else takes a range then)."""
+        store = self.store
+
+        def store_text(text: bytes) -> None:
+            start = self._end
+            end = start + len(text)
+            view = self._map
+            if view is not None and end < self._size:
+                self._end = end + 1
+                view[start:end] = text
+                view[end] = 10  # the newline last
+            else:
+                store(text + b"\n")
+
+        return store_text
 
     @staticmethod
     def line(position: int, kind: str, payload: str = "") -> str:
@@ -199,7 +219,7 @@ class ChunkJournal:
         if self._fd is None:
             return
         line = f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"
-        self._store(line.encode("utf-8", "surrogateescape"))
+        self.store(line.encode("utf-8", "surrogateescape"))
 
     @staticmethod
     def range_lines(positions: Sequence[int], kind: str) -> list[str]:
@@ -222,7 +242,7 @@ class ChunkJournal:
         if self._fd is None:
             return
         for line in lines:
-            self._store(line.encode("utf-8", "surrogateescape"))
+            self.store(line.encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
         if self._fd is None:

@@ -159,3 +159,30 @@ def test_a_batch_call_that_all_succeeds_is_one_journal_line_and_resumes_from_it(
     again = process_chunk(Chunk(0, list(range(40))), ChunkJob(handler=second, options=options), ref)
     assert second.calls == [[25, 30, 31, 32, 33, 34, 35, 36, 37, 38], [39]]  # nothing done twice
     assert again.complete and again.succeeded == 40 and again.extra["items_resumed"] == 29
+
+
+def test_the_sequential_loop_journals_every_outcome_and_a_rerun_does_only_the_rest(tmp_path: Path) -> None:
+    """One runner, no output rows: the loop's lock-free journal lines are the same lines (``7 s``), a failure goes
+    through the retry policy from its second attempt, a fatal answer stops the loop, and the rerun of the chunk
+    calls the handler only for the items that had no outcome."""
+    flaky_seen: set[int] = set()
+
+    def handler(x: int) -> int:
+        if x == 41 and x not in flaky_seen:
+            flaky_seen.add(x)
+            raise ConnectionError("reset")  # transient: the second attempt succeeds
+        return Recorder(fatal_at=1_500)(x)
+
+    items = list(range(2_000))
+    job = ChunkJob(handler=handler, options=ItemOptions(retries=1, retry_backoff_s=0.001))
+    first = process_chunk(Chunk(0, items), job, ref_for(tmp_path))
+    assert not first.complete and (first.succeeded, first.failed, first.skipped, first.not_reached) == (1_200, 151, 150, 499)
+    journal = ChunkJournal(ref_for(tmp_path).journal or "", chunk_hash(items))
+    text = Path(journal.path).read_text().splitlines()
+    assert text[1:4] == ["0 s", "1 s", "2 s"] and "41 s" in text and "1500 s" not in text
+    entries = journal.load()
+    assert len(entries) == 1_500 and entries[41].kind == "s" and entries[43].kind == "f" and entries[45].kind == "k"
+    calls: list[int] = []
+    rest = process_chunk(Chunk(0, items), ChunkJob(handler=lambda x: calls.append(x) or x), ref_for(tmp_path))
+    assert calls == list(range(1_500, 2_000)) and rest.complete
+    assert (rest.succeeded, rest.failed, rest.skipped) == (1_700, 150, 150)
