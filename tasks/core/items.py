@@ -392,21 +392,14 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
 
     def run_one_sync(position: int) -> None:
         """One item, when not halted(): the callers check that before each item."""
-        if direct:  # the first attempt without a closure or a retryer (most items pass at once)
-            try:
-                value = handler(items[position])
-            except Exception as exc:
-                after_first_failure(position, exc)
-                return
-        else:
-            try:
-                value, _ = policy.call(wrapped(position))
-            except ChunkTimeout:
-                timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
-                return
-            except Exception as exc:
-                settle(position, exc)
-                return
+        if not direct:
+            through_policy(position, lambda: policy.call(wrapped(position)))
+            return
+        try:  # the first attempt without a closure or a retryer (most items pass at once)
+            value = handler(items[position])
+        except Exception as exc:
+            after_first_failure(position, exc)
+            return
         if keep_rows:
             done(position, value)
         else:
@@ -416,18 +409,19 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         """A direct call raised: the retry policy takes the item from its second attempt, and settles it."""
         if isinstance(exc, FatalError):
             stop.set()  # at once, before the retry policy looks at it (it never retries it)
+        through_policy(position, lambda: policy.call_after(exc, wrapped(position)))
+
+    def through_policy(position: int, attempts: Callable[[], tuple[Any, Any]]) -> None:
+        """The item's outcome after the retry policy's ``attempts``."""
         try:
-            value, _ = policy.call_after(exc, wrapped(position))
+            value, _ = attempts()
         except ChunkTimeout:
-            timed_out.set()
+            timed_out.set()  # the item keeps no outcome: the chunk's retry runs it
             return
-        except Exception as final:
-            settle(position, final)
+        except Exception as exc:
+            settle(position, exc)
             return
-        if keep_rows:
-            done(position, value)
-        else:
-            succeeded(position)
+        done(position, value)
 
     def run_many_sync(todo: Sequence[int], threads: int) -> None:
         """``threads`` workers take the next position from one shared iterator (a list iterator's ``next``

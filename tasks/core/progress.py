@@ -83,10 +83,13 @@ def _wait_for_api(join: Callable[[float], bool], timeout_s: float) -> str | None
     return None if join(timeout_s) else f"slower than {timeout_s:.0f} s"
 
 
-def _joiner(thread: threading.Thread) -> Callable[[float], bool]:
+def _joiner(*threads: threading.Thread) -> Callable[[float], bool]:
+    """``join(seconds) -> done``: wait at most that long in all for every thread to end."""
     def join(timeout_s: float) -> bool:
-        thread.join(timeout_s)
-        return not thread.is_alive()
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     return join
 
@@ -339,18 +342,11 @@ def publish_summary(summary: RunSummary, *, timeout_s: float = 30.0, progress: P
         if progress is not None:
             progress.wait_sent()
         return
-    sending = [_in_background(lambda: _summary_table(summary), "batchflows-summary"),
-               _in_background(lambda: _summary_markdown(summary), "batchflows-summary-details")]
+    sending = _joiner(_in_background(lambda: _summary_table(summary), "batchflows-summary"),
+                      _in_background(lambda: _summary_markdown(summary), "batchflows-summary-details"))
     if progress is not None:
         progress.wait_sent()
-
-    def join(timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        for thread in sending:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in sending)
-
-    why = _wait_for_api(join, timeout_s)
+    why = _wait_for_api(sending, timeout_s)
     if why is None:
         return
     logger.warning("summary artifacts not sent: the Prefect API is %s; the run goes on", why)

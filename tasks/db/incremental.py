@@ -19,7 +19,6 @@ is deleted from the target).
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -45,7 +44,7 @@ from tasks.db.schema import (
     range_predicate,
     watermark_expr,
 )
-from tasks.db.session import connect
+from tasks.db.session import connect, submit_in_run
 from tasks.db.typemap import ColumnInfo
 from tasks.db.values import coerce, key_to_json
 
@@ -257,15 +256,14 @@ def _int_keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> l
 def _missing(source: UrlLike, target: UrlLike, schema: SourceSchema, tgt: SourceSchema, rng: KeyRange,
              pool: ThreadPoolExecutor) -> set[tuple[Any, ...]]:
     """The target's keys of ``rng`` that the source no longer has (both sides read at once)."""
-    ctx = contextvars.copy_context()  # the run's idle connections (tasks.db.session)
     cols = schema.key_columns()
     if len(cols) == 1 and cols[0].kind in _INT_KINDS:
-        theirs = pool.submit(ctx.run, _int_keys, source, schema, rng, "source")
+        theirs = submit_in_run(pool, _int_keys, source, schema, rng, "source")
         mine, source_keys = _int_keys(target, tgt, rng, "target"), theirs.result()
         if mine == source_keys:  # the common case: nothing deleted (equal in order, no set built)
             return set()
         return set(zip(mine)) - set(zip(source_keys))
-    others = pool.submit(ctx.run, _keys, source, schema, rng, "source")
+    others = submit_in_run(pool, _keys, source, schema, rng, "source")
     return _keys(target, tgt, rng, "target") - others.result()
 
 

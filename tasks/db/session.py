@@ -21,17 +21,21 @@ outside it, it is :func:`tasks.db.conn.connect`. What keeps that safe:
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.pq import TransactionStatus
 
 from tasks.db.conn import Db, Endpoint, Role, UrlLike, parse_db_url
 from tasks.db.conn import connect as _open
+
+T = TypeVar("T")
 
 _MAX_IDLE_S = 30.0  # older idle connections are closed, not reused (servers and proxies drop idle sessions)
 _MAX_IDLE_PER_KEY = 16  # more steps at once than this: the extra connections close when their step ends
@@ -149,4 +153,10 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         _close(ctx)
 
 
-__all__ = ["connect", "shared_connections"]
+def submit_in_run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+    """``pool.submit`` in a copy of this thread's context: a step run on another thread (one side of a
+    comparison) takes the run's idle connections instead of opening its own."""
+    return pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+__all__ = ["connect", "shared_connections", "submit_in_run"]

@@ -193,7 +193,7 @@ def coerce(col: ColumnInfo, value: Any) -> Any:
         if col.element in ("json", "jsonb") and isinstance(value, str):
             # each element of the array's JSON is one document (a string, an array, null: JSON values, not
             # document texts or nested dimensions), as _sqlite_array_item writes them
-            return [None if x is None else JsonText(dumps_exact(x, None, separators=(",", ":"))) for x in items]
+            return [None if x is None else JsonText(_json_dumps(x)) for x in items]
         inner = ColumnInfo(name=col.name, kind=col.element or "text")
         return [_coerce_nested(inner, x) for x in items]
     return _COERCE[col.kind](value)

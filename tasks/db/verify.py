@@ -13,12 +13,11 @@ only a column whose arrays differ is decoded and canonicalized, with the same an
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -28,12 +27,10 @@ from tasks.db.conn import Db, UrlLike, parse_db_url, parse_table_name
 from tasks.db.copier import iter_rows
 from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
-from tasks.db.session import connect
+from tasks.db.session import connect, submit_in_run
 from tasks.db.typemap import ColumnInfo
 from tasks.db.unchanged import binary_digest, identical_types
 from tasks.db.values import coerce, key_to_json, row_canonicalizer, rows_checksum
-
-T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
@@ -193,12 +190,6 @@ def _target_schema(source: SourceSchema, target_url: UrlLike, target_table: str)
     return tgt.model_copy(update={"columns": [tgt.column(n) for n in source.names]})
 
 
-def _submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-    """``pool.submit`` in a copy of this thread's context: the side reuses the run's idle connections
-    (tasks.db.session) instead of opening two for every range."""
-    return pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
-
-
 def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng: KeyRange, *,
                  target_table: str | None = None, query: str | None = None,
                  key: str | Sequence[str] | None = None, source_schema: SourceSchema | None = None,
@@ -228,11 +219,11 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
     with ThreadPoolExecutor(2) as pool:  # both sides at once: the waiting is in the databases
         if not source.key:  # the whole table as a multiset: counts and summed row digests
             if both_pg:
-                fa = _submit(pool, _pg_multiset, source_url, source, rng, "source")
-                fb = _submit(pool, _pg_multiset, target_url, target, rng, "target")
+                fa = submit_in_run(pool, _pg_multiset, source_url, source, rng, "source")
+                fb = submit_in_run(pool, _pg_multiset, target_url, target, rng, "target")
             else:
-                fa = _submit(pool, _multiset, source_url, source, rng, "source")
-                fb = _submit(pool, _multiset, target_url, target, rng, "target", as_kinds=source)
+                fa = submit_in_run(pool, _multiset, source_url, source, rng, "source")
+                fb = submit_in_run(pool, _multiset, target_url, target, rng, "target", as_kinds=source)
             (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=n_a == n_b and cs_a == cs_b, method="sql" if both_pg else "python")
@@ -242,14 +233,14 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
                 n, digest = same
                 return RangeCheck(index=rng.index, count_src=n, count_tgt=n, checksum_src=digest,
                                   checksum_tgt=digest, ok=True, method="binary")
-            fa = _submit(pool, _pg_aggregate, source_url, source, rng, "source")
-            fb = _submit(pool, _pg_aggregate, target_url, target, rng, "target")
+            fa = submit_in_run(pool, _pg_aggregate, source_url, source, rng, "source")
+            fb = submit_in_run(pool, _pg_aggregate, target_url, target, rng, "target")
             (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
             ok = n_a == n_b and cs_a == cs_b
             first = None
             if not ok:
-                da = _submit(pool, _pg_digests, source_url, source, rng, "source")
-                db_ = _submit(pool, _pg_digests, target_url, target, rng, "target")
+                da = submit_in_run(pool, _pg_digests, source_url, source, rng, "source")
+                db_ = submit_in_run(pool, _pg_digests, target_url, target, rng, "target")
                 first = _first_difference(da.result(), db_.result())
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=ok, first_difference=first, method="sql")
@@ -260,16 +251,16 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
         if arrays is not None:
             n_a, cs_a, n_b, cs_b, ok = arrays
         for json_as_text in [] if arrays is not None else [True, False] if as_text else [False]:
-            fa = _submit(pool, _columns_checksum, source_url, source, rng, "source", None, json_as_text)
-            fb = _submit(pool, _columns_checksum, target_url, target, rng, "target", source, json_as_text)
+            fa = submit_in_run(pool, _columns_checksum, source_url, source, rng, "source", None, json_as_text)
+            fb = submit_in_run(pool, _columns_checksum, target_url, target, rng, "target", source, json_as_text)
             (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
             ok = n_a == n_b and cs_a == cs_b
             if ok or n_a != n_b:
                 break
         first = None
         if not ok:  # read both again, a digest per row, for the first key that differs
-            da = _submit(pool, _digests, source_url, source, rng, "source")
-            db_ = _submit(pool, _digests, target_url, target, rng, "target", as_kinds=source)
+            da = submit_in_run(pool, _digests, source_url, source, rng, "source")
+            db_ = submit_in_run(pool, _digests, target_url, target, rng, "target", as_kinds=source)
             first = _first_difference(da.result(), db_.result())
     return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                       ok=ok, first_difference=first, method="python" if arrays is None else "arrow")
@@ -292,8 +283,8 @@ def _pg_binary_same(pool: ThreadPoolExecutor, source_url: UrlLike, source: Sourc
             finally:
                 db.raw.rollback()
 
-    fa = _submit(pool, side, source_url, source, "source")
-    fb = _submit(pool, side, target_url, target, "target")
+    fa = submit_in_run(pool, side, source_url, source, "source")
+    fb = submit_in_run(pool, side, target_url, target, "target")
     (n_a, d_a), (n_b, d_b) = fa.result(), fb.result()
     return (n_a, d_a.hex()) if (n_a, d_a) == (n_b, d_b) else None
 
@@ -302,8 +293,8 @@ def _arrow_check(pool: ThreadPoolExecutor, source_url: UrlLike, source: SourceSc
                  target: SourceSchema, rng: KeyRange) -> tuple[int, str, int, str, bool] | None:
     """Both sides read through connectorx at once and compared column by column (tasks.db.arrow_verify), when
     both are readable there; None: the row-by-row comparison decides."""
-    fa = _submit(pool, arrow_verify.read_side, source_url, source, rng, "source")
-    fb = _submit(pool, arrow_verify.read_side, target_url, target, rng, "target")
+    fa = submit_in_run(pool, arrow_verify.read_side, source_url, source, rng, "source")
+    fb = submit_in_run(pool, arrow_verify.read_side, target_url, target, rng, "target")
     try:
         a, b = fa.result(), fb.result()
         if a is None or b is None:
