@@ -282,7 +282,7 @@ async def send(
     headers, body = request.headers or None, None
     if request.json is not None:  # httpx's own encoding, but an items file's 12.50 is sent as 12.50
         body = json_body(request.json)
-        if not any(name.lower() == "content-type" for name in (*client.headers, *(headers or {}))):
+        if not has_content_type(client.headers, headers or {}):
             headers = {**(headers or {}), "Content-Type": "application/json"}
     started = time.perf_counter()
     try:
@@ -383,6 +383,12 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
 _KEPT_HEADERS = ("content-type", "link", "etag", "x-request-id", "x-total-count")
 
 
+def has_content_type(*headers: Mapping[str, str]) -> bool:
+    """Whether any of the header sets names a Content-Type (any case): a JSON body gets one only when none
+    does, as httpx does (the client's or the request's own wins)."""
+    return any(name.lower() == "content-type" for names in headers for name in names)
+
+
 def _kept_headers(response: httpx.Response) -> dict[str, str]:
     """Repeated headers joined with ", " (httpx's ``Headers``; aiohttp's multidict has ``getall``)."""
     headers = response.headers
@@ -462,6 +468,7 @@ __all__ = [
     "ThrottleListener",
     "TransportName",
     "build_request",
+    "has_content_type",
     "idempotency_key",
     "install_log_redaction",
     "limiter_hooks",

@@ -54,6 +54,7 @@ from tasks.api.client import (
     _ssl_context,
     _transport_category,
     default_headers,
+    has_content_type,
     install_log_redaction,
     parse_retry_after,
 )
@@ -348,7 +349,7 @@ class LeanClient:
             return self._wire
         merged = dict(self.headers)
         extra = dict(spec.headers or {})
-        if body is not None and not any(name.lower() == "content-type" for name in (*merged, *extra)):
+        if body is not None and not has_content_type(merged, extra):
             extra["Content-Type"] = "application/json"  # as httpx: a Content-Type given for the client or request wins
         for name, value in extra.items():
             old = self._lower.get(name.lower())

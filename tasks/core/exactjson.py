@@ -61,9 +61,17 @@ class JsonNumber:
         return hash(float(self))
 
 
-def _float(text: str) -> float | JsonNumber:
-    value = float(text)
-    return value if repr(value) == text else JsonNumber(text)
+def _float_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A ``parse_float``: the float when it writes back as the same text, else ``kind(text)`` (keeps the text)."""
+
+    def parse(text: str) -> Any:
+        value = float(text)
+        return value if repr(value) == text else kind(text)
+
+    return parse
+
+
+_float = _float_or(JsonNumber)
 
 
 def _int(text: str) -> int | JsonNumber:
@@ -102,11 +110,7 @@ class JsonFloat(float):
 _floats_made = threading.Event()
 
 
-def _item_float(text: str) -> float:
-    value = float(text)
-    return value if repr(value) == text else JsonFloat(text)
-
-
+_item_float = _float_or(JsonFloat)
 _decode_items = json.JSONDecoder(parse_float=_item_float, parse_constant=JsonFloat).decode
 
 
