@@ -8,7 +8,8 @@ case: ``12.5``, ``0.1``), any other becomes a :class:`JsonNumber` holding its te
 writes that text back. A ``JsonNumber`` compares, hashes and converts (``float()``) as its value, so
 watermarks, polars (which reads it through ``__float__``) and messages keep working.
 
-Integers are exact in Python already, except ``-0`` (read as ``0``), which a body holding ``-0`` keeps too.
+Integers are exact in Python already, except ``-0`` (read as ``0``), which a body holding ``-0`` keeps too
+(an items file's ``-0`` is a :class:`JsonMinusZero`: the int 0 to the handler, ``-0`` in outputs).
 Strings are values: an escape such as ``\\u00e9`` is written as the character (the same JSON string).
 
 Items read from a JSON-lines file (:func:`loads_items`) go to the user's handler, so such a number is a
@@ -111,13 +112,33 @@ _floats_made = threading.Event()
 
 
 _item_float = _float_or(JsonFloat)
+
+
+class JsonMinusZero(int):
+    """``-0`` of a JSON-lines items file: the int ``0`` to the handler, ``-0`` in output rows and dead letters."""
+
+    text = "-0"
+
+    def __new__(cls) -> JsonMinusZero:
+        _floats_made.set()  # encoding now looks for it (the C encoder writes an int subclass as its int)
+        return super().__new__(cls, 0)
+
+    def __reduce__(self) -> tuple[type[JsonMinusZero], tuple[()]]:
+        return JsonMinusZero, ()
+
+
+def _item_int(text: str) -> int:
+    return JsonMinusZero() if text == "-0" else int(text)
 _decode_items = json.JSONDecoder(parse_float=_item_float, parse_constant=JsonFloat).decode
+_decode_items_minus_zero = json.JSONDecoder(parse_float=_item_float, parse_int=_item_int,
+                                            parse_constant=JsonFloat).decode
 
 
 def loads_items(line: str) -> Any:
     """One item of a JSON-lines file: ``json.loads``'s value, a number a double would rewrite as a
-    :class:`JsonFloat` (``-0`` is read as ``0``, as ``json.loads`` does); raises ``json.JSONDecodeError``."""
-    return _decode_items(line)
+    :class:`JsonFloat`, a ``-0`` as a :class:`JsonMinusZero` (the int 0 that writes ``-0``); raises
+    ``json.JSONDecodeError``."""
+    return (_decode_items_minus_zero if _MINUS_ZERO.search(line) else _decode_items)(line)
 
 
 class _HasNumber(Exception):
@@ -148,10 +169,10 @@ _MARK = re.compile(r'"\\u0000' + _NONCE + r':(\d+)"')
 
 
 def _marked(value: Any, texts: list[str]) -> Any:
-    """``value`` with each JsonNumber and JsonFloat replaced by a string no data holds (a NUL and this
+    """``value`` with each JsonNumber, JsonFloat and JsonMinusZero replaced by a string no data holds (a NUL and this
     process's nonce)."""
     t = type(value)
-    if t is JsonNumber or t is JsonFloat:
+    if t is JsonNumber or t is JsonFloat or t is JsonMinusZero:
         texts.append(value.text)
         return f"\x00{_NONCE}:{len(texts) - 1}"
     if isinstance(value, dict):
@@ -226,4 +247,4 @@ def plain(value: Any) -> Any:
     return float(value) if type(value) is JsonNumber else value
 
 
-__all__ = ["JsonFloat", "JsonNumber", "dumps_exact", "json_body", "jsonable", "loads_exact", "loads_items", "plain"]
+__all__ = ["JsonFloat", "JsonMinusZero", "JsonNumber", "dumps_exact", "json_body", "jsonable", "loads_exact", "loads_items", "plain"]

@@ -344,7 +344,7 @@ def test_response_numbers_reach_the_outputs_as_the_api_wrote_them(api_server: Ap
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_request_bodies_from_an_items_file_carry_its_numbers_and_a_given_content_type(
         api_server: ApiServer, tmp_path: Path, transport: str):
-    lines = ['{"method": "POST", "path": "/ok/a", "json": {"amount": 12.50, "n": 1e5, "plain": 2.5}}',
+    lines = ['{"method": "POST", "path": "/ok/a", "json": {"amount": 12.50, "n": 1e5, "plain": 2.5, "z": -0}}',
              '{"method": "PATCH", "path": "/ok/b", "json": [0.10, "Basic monthly"]}']
     source = tmp_path / "items.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -353,7 +353,7 @@ def test_request_bodies_from_an_items_file_carry_its_numbers_and_a_given_content
                        headers={"Content-Type": "application/merge-patch+json"}, **FAST)
     assert summary.ok and summary.succeeded == 2, summary.render_text()
     sent = {r.path: r for r in api_server.requests}
-    assert sent["/ok/a"].body == b'{"amount":12.50,"n":1e5,"plain":2.5}'
+    assert sent["/ok/a"].body == b'{"amount":12.50,"n":1e5,"plain":2.5,"z":-0}'
     assert sent["/ok/b"].body == b'[0.10,"Basic monthly"]'
     assert {r.headers["content-type"] for r in sent.values()} == {"application/merge-patch+json"}
     rows = [line for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]

@@ -82,6 +82,24 @@ def test_file_sources(tmp_path: Path, kind: str) -> None:
     assert_counts(s, items)
 
 
+def test_items_file_values_reach_outputs_and_dead_letters_as_written(tmp_path: Path) -> None:
+    """An items file is user data: -0 stays -0, 12.50 stays 12.50, 1e400 stays 1e400 (the handler gets the int 0
+    and floats), and credential-like text is never rewritten, in output rows and dead letters alike."""
+    path = tmp_path / "items.jsonl"
+    lines = [f'{{"x": {x}, "z": -0, "p": 12.50, "big": 1e400, "plan": "Basic monthly", "d": "2024-01-05"}}'
+             for x in range(20)]
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    s = batch_map(str(path), "tests.handlers:mixed_record", chunk_size=8, output=out, min_success_ratio=0.5, **FAST)
+    assert_counts(s, range(20))
+    written = [line for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    dead = Path(s.dead_letter_path).read_text().splitlines() if s.dead_letter_path else []
+    assert len(written) + len(dead) == 20 - s.skipped
+    for line in written + dead:
+        item = line.split('"item": ')[1]
+        assert any(item.startswith(original) for original in lines), line
+
+
 def test_fatal_error_stops_the_run_with_the_reason() -> None:
     s = batch_map(list(range(10_000)), handlers.fatal_at_37, chunk_size=10, max_concurrency=2, **FAST, raise_on_failure=False)
     assert s.state == "Failed"

@@ -88,9 +88,13 @@ def test_an_items_float_is_a_float_to_the_handler_and_its_text_to_the_outputs() 
     amount = item["amount"]
     assert type(amount) is JsonFloat and isinstance(amount, float) and amount == 12.5 and amount.text == "12.50"
     assert type(amount * 2) is float and amount * 2 == 25.0 and f"{amount}" == "12.5"  # a float in every use
-    assert type(item["plain"]) is float and item["n"] == 0  # -0 is 0, as json.loads reads it
+    assert type(item["plain"]) is float and item["n"] == 0 and isinstance(item["n"], int)  # the int 0 ...
+    assert item["n"] + 1 == 1 and type(item["n"] + 1) is int and f"{item['n']}" == "0" and str(item["n"]) == "0"
     assert math.isinf(item["big"]) and math.isnan(item["nan"])
-    assert dumps_exact(item) == '{"amount": 12.50, "big": 1e400, "nan": NaN, "plain": 2.5, "n": 0}'
+    assert dumps_exact(item) == '{"amount": 12.50, "big": 1e400, "nan": NaN, "plain": 2.5, "n": -0}'  # ... "-0" out
+    line = '{"d": "1999-01-05", "t": "x-0", "z": 0, "m": [-0, -0.0, -1e1, 7]}'
+    assert dumps_exact(loads_items(line)) == line and json_body(loads_items(line)) == line.replace(", ", ",").replace(
+        ": ", ":").encode()
     assert dumps_exact(({"x": [amount]},)) == '[{"x": [12.50]}]'
     for copied in (pickle.loads(pickle.dumps(item)), copy.deepcopy(item)):  # task runs, records, processes
         assert copied["amount"].text == "12.50" and dumps_exact(copied) == dumps_exact(item)
