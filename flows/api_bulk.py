@@ -160,6 +160,7 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
                 *((f"batch {p.batch_size} {p.results_path} {p.result_key}",) if p.batch_size else ()))
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=src.total, on_error=p.on_error, identity=identity,
                     handler_id=f"{p.method} {shown}{p.path_template}") as run:
+        run.claim_output(p.output)
         rate_name = run_rate_limit_name(p.rate_limit_per_second, p.rate_limit_name, p.task_runner, run.scope)
         limiter = process_limiter(p.rate_limit_per_second, rate_name, scope=run.run_key)
         if hasattr(limiter, "ensure_limit"):

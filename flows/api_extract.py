@@ -138,6 +138,7 @@ def api_extract_flow(p: ApiExtractParams) -> RunSummary:
             output_dir=(f"{p.output.rstrip('/')}/run-{run.run_key}" if "://" in p.output  # an s3:// URL stays one
                         else str(Path(p.output) / f"run-{run.run_key}")) if watermark is not None else p.output,
         )
+        run.claim_output(job.output_dir)
         return walk_pages(run, job, identity=p.identity(), shown_url=redact_text(p.url), chunk_retries=p.chunk_retries,
                           watermark=watermark)
 

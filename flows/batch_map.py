@@ -132,6 +132,7 @@ def batch_map_flow(p: BatchMapParams) -> RunSummary:
     # the run's identity: what the handler is and where its results go; a chunk adds its position
     with ChunkedRun(flow, run_key=p.run_key, total=src.total, identity=(p.cache_version, identity.text, p.output or ""),
                     handler_id=identity.name, on_error=p.on_error) as run:
+        run.claim_output(p.output)
         if identity.note():
             run.progress.logger.warning(identity.note())
         rate_name = run_rate_limit_name(p.rate_limit_per_second, p.rate_limit_name, p.task_runner, run.scope)

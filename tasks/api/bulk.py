@@ -97,21 +97,27 @@ def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) ->
     outcomes = ChunkOutcomes(chunk, ref, keep_rows=bool(job.output_dir),
                              stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
     deadline = Deadline(item_timeout_s=None, chunk_timeout_s=job.chunk_timeout_s, chunk=chunk.index)
-    with outcomes:  # past chunk_timeout_s the requests in flight are cancelled (not recorded: the retry resends them)
-        requests = run_coroutine(lambda: deadline.acall(
-            lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers)))
+    try:
+        with outcomes:  # past chunk_timeout_s the requests in flight are cancelled (not recorded: the retry resends)
+            requests = run_coroutine(lambda: deadline.acall(
+                lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers)))
+    except BaseException:  # the chunk fails as a whole: the requests it finished keep their rows (a rerun adds the rest)
+        if job.output_dir and outcomes.rows:
+            _write_rows(job, chunk.index, outcomes.ordered_rows())
+        raise
     report = outcomes.report(started=started, extra={"http_requests": requests})
     if job.output_dir and (outcomes.rows or report.complete):
-        rows = outcomes.ordered_rows()
-        if job.output_format == "parquet":
-            path = write_part(job.output_dir, chunk.index, [loads_exact(r) for r in rows], "parquet",
-                              json_columns=("item", "body"), schema=_parquet_schema())
-        else:
-            path = write_part(job.output_dir, chunk.index, rows, "jsonl", encoded=True)
-        report.output_path = str(path)
+        report.output_path = str(_write_rows(job, chunk.index, outcomes.ordered_rows()))
     failpoint("chunk.after_output")
     report.duration_s = round(time.perf_counter() - started, 6)
     return report
+
+
+def _write_rows(job: ApiJob, index: int, rows: list[str]) -> Any:
+    if job.output_format == "parquet":
+        return write_part(job.output_dir, index, [loads_exact(r) for r in rows], "parquet",  # type: ignore[arg-type]
+                          json_columns=("item", "body"), schema=_parquet_schema())
+    return write_part(job.output_dir, index, rows, "jsonl", encoded=True)  # type: ignore[arg-type]
 
 
 def open_client(job: ApiJob, *, token: str | None, limiter: Any,

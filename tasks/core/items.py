@@ -31,8 +31,8 @@ from pydantic import BaseModel
 
 from tasks.core.batches import BatchCalls
 from tasks.core.chunking import Chunk
-from tasks.core.errors import ChunkTimeout, FatalError, SkipItem
-from tasks.core.exactjson import dumps_exact
+from tasks.core.errors import ChunkTimeout, FatalError, ItemError, SkipItem
+from tasks.core.exactjson import dumps_exact, jsonable
 from tasks.core.failpoints import failpoint
 from tasks.core.identity import chunk_hash
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, consecutive
@@ -264,9 +264,18 @@ class ChunkOutcomes:
 
 
 def encode_row(row: Any) -> str:
-    """One output row as a JSON line (non-JSON values by ``str``), exactly the user's values (numbers of a
-    response body as the body wrote them: :mod:`tasks.core.exactjson`)."""
-    return dumps_exact(row)
+    """One output row as a JSON line, exactly the user's values (numbers of a response body as the body wrote
+    them: :mod:`tasks.core.exactjson`); a value JSON has no type for as the dead letters write it (ISO dates,
+    models as objects: :func:`tasks.core.exactjson.jsonable`)."""
+    return dumps_exact(row, jsonable)
+
+
+def unwritable_row(chunk: int, position: int, exc: BaseException) -> ItemError:
+    """The failure of an item whose output row JSON cannot write (the handler ran: its side effects happened)."""
+    msg = (f"item {position} of chunk {chunk}: the handler returned, but its output row cannot be written as JSON "
+           f"({type(exc).__name__}: {exc}); return JSON-able values (dict keys str, int, float, bool or None; no "
+           "cycles) or convert them in the handler")
+    return ItemError(msg, category="unwritable_output")
 
 
 def write_jsonl_part(output_dir: Path | str, index: int, lines: Iterable[str]) -> Path | str:
@@ -363,7 +372,15 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         return stop_set() or timed_out_set()
 
     def done(position: int, value: Any) -> None:
-        outcomes.succeeded(position, {"item": items[position], "result": value} if job.output_dir else None)
+        if not job.output_dir:
+            outcomes.succeeded(position)
+            return
+        try:
+            row = encode_row({"item": items[position], "result": value})
+        except (TypeError, ValueError, RecursionError) as exc:  # a tuple as a dict key, a cycle: not JSON
+            settle(position, unwritable_row(chunk.index, position, exc))
+            return
+        outcomes.succeeded(position, row)
 
     def settle(position: int, exc: Exception, attempts: int | None = None) -> None:
         if isinstance(exc, SkipItem):
@@ -461,44 +478,49 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                 return
             done(position, value)
 
-    with outcomes:
-        todo = outcomes.todo()
-        if job.options.per == "batch":
-            calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
-                               chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out,
-                               together=outcomes.together, done_many=None if keep_rows else outcomes.succeeded_many)
-            groups = calls.groups(todo, job.options.max_batch_items)
-            if is_async:
-                run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))
-            else:
-                calls.run_sync(groups, job.options.item_concurrency)
-        elif is_async:
-            async def run_all() -> None:
-                sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
-                await asyncio.gather(*(run_one_async(i, sem) for i in todo))
+    try:
+        with outcomes:
+            todo = outcomes.todo()
+            if job.options.per == "batch":
+                calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
+                                   chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out,
+                                   together=outcomes.together, done_many=None if keep_rows else outcomes.succeeded_many)
+                groups = calls.groups(todo, job.options.max_batch_items)
+                if is_async:
+                    run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))
+                else:
+                    calls.run_sync(groups, job.options.item_concurrency)
+            elif is_async:
+                async def run_all() -> None:
+                    sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
+                    await asyncio.gather(*(run_one_async(i, sem) for i in todo))
 
-            run_coroutine(run_all)
-        elif job.options.item_concurrency > 1 and len(todo) > 1:
-            run_many_sync(todo, min(job.options.item_concurrency, len(todo)))
-        elif direct and not keep_rows:  # one runner, nothing around a call: the loop without a call per item
-            record = outcomes.success_recorder()
-            for i in todo:
-                if stop_set() or timed_out_set():
-                    break
-                try:
-                    handler(items[i])
-                except Exception as exc:
-                    after_first_failure(i, exc)
-                    continue
-                record(i)
-        else:
-            for i in todo:
-                if halted():
-                    break
-                run_one_sync(i)
-        if timed_out.is_set():
-            left = len(outcomes.todo())
-            raise deadline.chunk_error(f" ({len(items) - left} of {len(items)} items done, {left} left)")
+                run_coroutine(run_all)
+            elif job.options.item_concurrency > 1 and len(todo) > 1:
+                run_many_sync(todo, min(job.options.item_concurrency, len(todo)))
+            elif direct and not keep_rows:  # one runner, nothing around a call: the loop without a call per item
+                record = outcomes.success_recorder()
+                for i in todo:
+                    if stop_set() or timed_out_set():
+                        break
+                    try:
+                        handler(items[i])
+                    except Exception as exc:
+                        after_first_failure(i, exc)
+                        continue
+                    record(i)
+            else:
+                for i in todo:
+                    if halted():
+                        break
+                    run_one_sync(i)
+            if timed_out.is_set():
+                left = len(outcomes.todo())
+                raise deadline.chunk_error(f" ({len(items) - left} of {len(items)} items done, {left} left)")
+    except BaseException:  # the chunk fails as a whole: the items it finished keep their rows (a rerun adds the rest)
+        if job.output_dir and outcomes.rows:
+            write_jsonl_part(job.output_dir, chunk.index, outcomes.ordered_rows())
+        raise
     report = outcomes.report(started=started)
     if job.output_dir and (outcomes.rows or report.complete):
         report.output_path = str(write_jsonl_part(job.output_dir, chunk.index, outcomes.ordered_rows()))

@@ -61,9 +61,14 @@ def list_parts(output_dir: str) -> list[str]:
     return [store.where(name) for name in sorted(store.list(""))]
 
 
+def delete_parts(output_dir: str, names: list[str]) -> None:
+    """Delete the objects ``names`` (relative to ``output_dir``)."""
+    output_store(output_dir).delete_many(names)
+
+
 def exists(path: str | Path) -> bool:
     """``Path.exists`` that also answers for part URLs."""
     return part_exists(str(path)) if is_url(str(path)) else Path(path).exists()
 
 
-__all__ = ["check_output_url", "exists", "list_parts", "output_store", "part_exists", "put_part", "read_part"]
+__all__ = ["check_output_url", "delete_parts", "exists", "list_parts", "output_store", "part_exists", "put_part", "read_part"]

@@ -281,7 +281,13 @@ class DeadLetterWriter:
             # the item as it came (NaN stays NaN, 12.50 read from a JSON-lines file stays 12.50): not through
             # pydantic's JSON mode, which writes a non-finite float as null
             record = {"item": failure.item, **failure.model_dump(mode="json", exclude={"item"}), **self._context}
-            self._fh.write(dumps_exact(record, jsonable) + "\n")
+            try:
+                line = dumps_exact(record, jsonable)
+            except (TypeError, ValueError, RecursionError) as exc:  # a tuple as a dict key, a cycle: not JSON
+                record["item"] = repr(failure.item)
+                record["item_written_as"] = f"repr: the item is not JSON ({type(exc).__name__}: {exc})"
+                line = dumps_exact(record, jsonable)
+            self._fh.write(line + "\n")
             self.count += 1
         self._fh.flush()
 

@@ -64,6 +64,30 @@ def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, .
     return [path for _, _, path in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
+def clear_parts(root: str | Path) -> int:
+    """Delete the part files directly in ``root`` (not in its subfolders; other files stay); how many there were.
+
+    A fresh run's part files are named by chunk index, like those an earlier run left in the same folder: a
+    chunk that fails as a whole, or one the run never reaches, would leave the earlier run's part in its place,
+    and :func:`iter_results` would hand back rows the run never made."""
+    if is_url(str(root)):
+        from tasks.core.objoutput import delete_parts, list_parts
+
+        base_url = str(root).rstrip("/") + "/"
+        names = [name for url in list_parts(str(root))
+                 if "/" not in (name := url.removeprefix(base_url)) and _PART.match(name)]
+        if names:
+            delete_parts(str(root), names)
+        return len(names)
+    folder = Path(root)
+    if not folder.is_dir():
+        return 0
+    found = [p for p in folder.iterdir() if _PART.match(p.name) and p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
+
+
 def read_rows(path: Path | str, *, typed: bool = True) -> Iterator[Any]:
     """The rows of one part file, lazily where the format allows it; ``typed=False`` keeps CSV fields as text.
     A part in object storage (a URL) is read whole, then the same way."""
@@ -97,6 +121,8 @@ def iter_results(output_path: str | None, *, flow: str, chunks_total: int | None
     """The rows of every part under ``output_path`` in input order (see the module docstring).
 
     A run without outputs is a ConfigError now, not an empty iterator later."""
+    if output_path and chunks_total == 0:  # an empty source: no chunk, no part, no folder
+        return iter(())
     root = _output_root(output_path, flow=flow, what=what)
     return _rows(part_files(root, below=chunks_total), typed=True)
 

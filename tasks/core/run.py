@@ -42,7 +42,7 @@ from tasks.core.engine import (
     state_report,
 )
 from tasks.core.errors import FatalError
-from tasks.core.identity import legacy_chunk_hashes
+from tasks.core.identity import UnhashableItem, legacy_chunk_hashes
 from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
 from tasks.core.journal_sync import JournalPusher
@@ -139,6 +139,7 @@ class ChunkedRun:
         self.builder = SummaryBuilder(flow, self.run_key)
         self.progress = Progress(flow, total, run_key=self.run_key, interval_s=self.settings.progress_interval_s)
         self.progress.logger.info("%s run %r: state in %s", flow, self.run_key, self.run_dir.location)
+        self.fresh = _records_nothing(self.run_dir.root, self.lock.path)  # no part anywhere is this run's yet
         self._take_over_note()
         self.dead = DeadLetterWriter(self.run_dir.dead_letter, flow=flow, run_key=self.run_key, handler=handler_id)
         self.failed_seen = False
@@ -158,6 +159,21 @@ class ChunkedRun:
             self._timer.start()
 
     # ------------------------------------------------------------------ lock
+
+    def claim_output(self, folder: str | None) -> None:
+        """A fresh run removes the part files an earlier run (another run_key) left directly in ``folder``:
+        its own parts take their names, and a part it does not write (a chunk that fails as a whole, or that
+        a stop leaves unreached) must not hand back the other run's rows. A resumed run keeps every part."""
+        if not folder or not self.fresh:
+            return
+        from tasks.core.results import clear_parts
+
+        removed = clear_parts(folder)
+        if removed:
+            self.progress.logger.warning(
+                "output %s held %d part file(s) of an earlier run (another run_key): removed them, this run "
+                "writes its own (give each run its own output folder to keep earlier results)",
+                redact_text(str(folder)), removed)
 
     def _take_over_note(self) -> None:
         dead = self.lease.previous if self.lease is not None else self.lock.previous
@@ -323,7 +339,7 @@ class ChunkedRun:
                        ref: ChunkRef | None = None) -> ChunkReport:
         """A chunk task that failed as a whole (after its retries): the items its journal says finished keep
         their outcome, every other item failed with that error. Nothing is cached: a rerun runs it again."""
-        if isinstance(exc, FatalError):
+        if isinstance(exc, FatalError | UnhashableItem):  # UnhashableItem: every chunk with such items would fail
             self.fatal = redact_text(str(exc))
         self._same_failure(exc)
         entries = {}
@@ -490,6 +506,12 @@ class ChunkedRun:
             return summary
         finally:
             self.close()
+
+
+def _records_nothing(root: Path, lock: Path) -> bool:
+    """True when the run's state folder holds no file but its lock: no plan, record, journal, checkpoint or
+    summary of an earlier attempt of this run_key."""
+    return all(path == lock or not path.is_file() for path in root.rglob("*"))
 
 
 def decide_state(

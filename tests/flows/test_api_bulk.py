@@ -358,3 +358,15 @@ def test_request_bodies_from_an_items_file_carry_its_numbers_and_a_given_content
     assert {r.headers["content-type"] for r in sent.values()} == {"application/merge-patch+json"}
     rows = [line for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
     assert sorted(row.split('"item": ')[1].split(', "method"')[0] for row in rows) == sorted(lines)
+
+
+def test_a_chunk_past_its_timeout_keeps_the_rows_of_the_requests_it_finished(api_server: ApiServer, tmp_path: Path):
+    """chunk_timeout_s fails the chunk as a whole: the requests that answered before are counted as succeeded
+    and their rows are in the output (a rerun with the run_key sends only the rest)."""
+    items = [{"path": f"/ok/{k}"} for k in range(4)] + [{"path": "/slow/s?delay=5"}]
+    out = tmp_path / "out"
+    s = api_bulk(items, base_url=api_server.url, path_template="{path}", output=out, item_concurrency=1,
+                 chunk_size=5, chunk_timeout_s=1.5, chunk_retries=0, min_success_ratio=0.5, run_key="timeout-rows",
+                 **FAST)
+    assert (s.succeeded, s.failed) == (4, 1), s.render_text()
+    assert [r["body"]["id"] for r in s.results()] == ["0", "1", "2", "3"]

@@ -14,7 +14,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.batch_map import batch_map, batch_map_flow
-from tasks.core.errors import ConfigError, SourceError
+from tasks.core.errors import ConfigError, ItemError, SourceError
 from tasks.core.outcomes import read_dead_letters
 from tests import handlers
 
@@ -294,3 +294,95 @@ def test_a_run_recorded_by_batchflows_0_11_resumes_under_its_recorded_hashes(tmp
     assert sorted(map(int, log.read_text().split())) == list(range(20))  # nothing ran twice
     with pytest.raises(SourceError, match=r"source changed .* chunk 1"):
         batch_map([*range(10), 99, *range(11, 20)], handlers.side_effect, chunk_size=10, run_key="upgraded")
+
+
+def _times_ten_but_short_for_5(batch: list[int]) -> list[int]:
+    """per='batch': the call holding item 5 returns one entry too few (the chunk fails as a whole)."""
+    return batch[:-1] if 5 in batch else [x * 10 for x in batch]
+
+
+def test_a_chunk_that_fails_as_a_whole_keeps_the_rows_of_the_items_it_finished(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = batch_map(list(range(1, 9)), _times_ten_but_short_for_5, per="batch", max_batch_items=4, chunk_size=8,
+                  chunk_retries=0, min_success_ratio=0.4, output=out, **FAST)
+    assert (s.succeeded, s.failed) == (4, 4), s.render_text()
+    assert list(s.results()) == [{"item": x, "result": 10 * x} for x in range(1, 5)]  # counted and written
+
+
+def _times_ten_but_none_for_chunk_1(batch: list[int]) -> list[int]:
+    return [] if any(110 <= x < 120 for x in batch) else [x * 10 for x in batch]
+
+
+def test_a_new_run_key_replaces_the_parts_another_run_left_in_its_output(tmp_path: Path) -> None:
+    """Parts are named by chunk index: run B's results() must never hand back run A's rows, neither where B's
+    chunk failed as a whole nor where B stopped before a chunk. A rerun of B's own key keeps B's parts."""
+    out = tmp_path / "out"
+    a = batch_map(list(range(30)), _times_ten_but_none_for_chunk_1, per="batch", chunk_size=10, output=out,
+                  run_key="run-a", **FAST)
+    assert a.ok and len(list(out.glob("part-*.jsonl"))) == 3
+    b = batch_map(list(range(100, 130)), _times_ten_but_none_for_chunk_1, per="batch", chunk_size=10,
+                  chunk_retries=0, output=out, run_key="run-b", raise_on_failure=False, **FAST)
+    assert (b.succeeded, b.failed) == (20, 10)
+    assert [r["item"] for r in b.results()] == [*range(100, 110), *range(120, 130)]
+    again = batch_map(list(range(100, 130)), _times_ten_but_none_for_chunk_1, per="batch", chunk_size=10,
+                      chunk_retries=0, output=out, run_key="run-b", raise_on_failure=False, **FAST)
+    assert again.chunks_resumed == 2 and [r["item"] for r in again.results()] == [r["item"] for r in b.results()]
+
+
+def _ok_unless_marked(x: object) -> str:
+    if isinstance(x, dict) and x.get("fail"):
+        raise ItemError("bad")
+    return "ok"
+
+
+def test_items_json_cannot_write_are_dead_lettered_not_a_crash(tmp_path: Path) -> None:
+    """A dict with a tuple key hashes (canonically) but JSON cannot write it: its output row fails the item
+    (the handler ran), and its dead letter holds the item's repr; the other items finish."""
+    cyclic: list[object] = [1]
+    cyclic.append(cyclic)
+    items = [1, {(1, 2): "a"}, 3, {(3, 4): "b", "fail": True}]
+    s = batch_map(items, _ok_unless_marked, chunk_size=1, output=tmp_path / "out", raise_on_failure=False, **FAST)
+    assert (s.succeeded, s.failed, s.total) == (2, 2, 4), s.render_text()
+    dead = {d["category"]: d for d in s.dead_letters()}
+    assert "cannot be written as JSON" in dead["unwritable_output"]["message"]
+    assert dead["unwritable_output"]["item"] == "{(1, 2): 'a'}" and "repr" in dead["unwritable_output"]["item_written_as"]
+    assert dead["item_error"]["item"] == "{(3, 4): 'b', 'fail': True}"
+    assert [r["item"] for r in s.results()] == [1, 3]
+
+
+def test_collect_and_results_of_an_empty_source_are_empty(tmp_path: Path) -> None:
+    assert batch_map([], handlers.double, collect=True).collected == []
+    assert list(batch_map([], handlers.double, output=tmp_path / "never").results()) == []
+
+
+class _NoStableEncoding:
+    pass
+
+
+def _record_call(path: Path, x: object) -> object:
+    with path.open("a") as fh:
+        fh.write(f"{x!r}\n")
+    return x
+
+
+def _identity(x: object) -> object:
+    return x
+
+
+def test_an_item_without_a_stable_encoding_stops_the_run_before_the_handler_sees_its_chunk(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    items = [1, _NoStableEncoding(), 3, 4, 5]
+    s = batch_map(items, functools.partial(_record_call, calls), chunk_size=2, max_concurrency=1,
+                  raise_on_failure=False, **FAST)
+    assert s.state == "Failed" and "no stable encoding" in s.message and "item_key" in s.message
+    assert s.remaining and s.total + s.remaining == 5  # no chunk started after it
+    assert not calls.exists()  # its chunk (items 1 and the unencodable one) never reached the handler
+
+
+def test_output_rows_write_values_json_has_no_type_for_as_dead_letters_do(tmp_path: Path) -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    s = batch_map([{"when": when, "d": Decimal("12.50")}], _identity, output=tmp_path / "out", **FAST)
+    assert [r["item"] for r in s.results()] == [{"when": "2026-01-02T03:04:05", "d": "12.50"}]
