@@ -100,7 +100,8 @@ class FileTransformParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup):
     keep_lineage: Annotated[bool, Field(description="Keep _source_file and _line in the output.")] = False
     incremental: Annotated[bool, Field(description=(
         "Read only files that are new or changed since the last run (path, size, mtime, first and last MiB); "
-        "each run writes to output_dir/run-RUN_KEY/ and a changed file's old parts are replaced."))] = False
+        "each run writes to output_dir/run-RUN_KEY/, a changed file's old parts are replaced and a file no "
+        "longer in source (deleted, or outside a narrower glob) loses its parts."))] = False
     reset_incremental: Annotated[bool, Field(description=(
         "Forget the processed files: delete the outputs of earlier incremental runs and process every file."))] = False
 
@@ -131,8 +132,9 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
         "schema": schema_json, "output_format": p.output_format, "partition_by": p.partition_by,
         "keep_lineage": p.keep_lineage, "output_dir": str(out.resolve()),
     }
-    manifest = FileManifest.load(FLOW_NAME, stream_id(p.source, options), out, reset=p.reset_incremental) \
-        if p.incremental else None
+    manifest = FileManifest.load(  # one per output_dir: a file the source no longer gives loses its parts
+        FLOW_NAME, stream_id(options["output_dir"]), out, reset=p.reset_incremental, identity=stream_id(options),
+        legacy_stream=stream_id(p.source, options)) if p.incremental else None
     todo = manifest.changed(files) if manifest is not None else files
     seen = f"{len(todo)} new or changed of " if manifest is not None else ""
     print(f"file-transform: {seen}{len(files)} file(s), {sum(f.size for f in todo):,} bytes -> {out}")
@@ -140,10 +142,10 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
     chunk_files: dict[int, str] = {}  # incremental: chunk index -> its file
     reports: dict[int, Any] = {}
 
-    def chunks() -> Iterator[ChunkSpec]:
+    def chunks(start: int) -> Iterator[ChunkSpec]:
         """Chunks as they are planned: the first ones run while a big file is still being split."""
-        specs = per_file_chunks(todo, chunk_bytes=p.chunk_bytes, chunk_files=chunk_files) if manifest is not None \
-            else iter_chunks(files, chunk_bytes=p.chunk_bytes)
+        specs = per_file_chunks(todo, chunk_bytes=p.chunk_bytes, chunk_files=chunk_files, start=start) \
+            if manifest is not None else iter_chunks(files, chunk_bytes=p.chunk_bytes)
         for spec in specs:
             planned[0] += 1
             yield spec
@@ -158,7 +160,7 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
             for gone in manifest.begin(run_dir, run.run_key):
                 print(f"removed {gone} (left by an earlier incremental run that did not finish, or replaced)")
         summary = run.execute(
-            chunks(),
+            chunks(manifest.first_index(run_dir) if manifest is not None else 0),
             lambda spec: {
                 "spec": spec, "output_dir": str(parts_dir), "transform": p.transform, "schema": schema_json,
                 "output_format": p.output_format, "partition_by": p.partition_by, "keep_lineage": p.keep_lineage,
@@ -170,7 +172,7 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
             max_concurrency=p.max_concurrency,
             on_report=lambda spec, rep: reports.__setitem__(spec.index, rep),
         )
-        if parts_dir.exists() and not run.should_stop():
+        if manifest is None and parts_dir.exists() and not run.should_stop():  # incremental: the manifest's end
             remove_stale_parts(parts_dir, planned[0])
         if out.exists():  # every chunk is done: no writer is left, so any temp file is litter (seen: polars sinks)
             remove_temp_files(out)
@@ -182,11 +184,13 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
                      rejects_dir=str(parts_dir / "_rejects") if extra["rows_rejected"] else None)
         if manifest is not None:
             known = len(manifest.files)
-            recorded = manifest.end(run_dir, run.run_key, chunk_files, reports)
+            recorded, removed = manifest.end(run_dir, run.run_key, chunk_files, reports)
             extra.update(files_seen=len(files), files_new_or_changed=len(todo), files_done=recorded,
-                         files_known_before=known, files_known_after=len(manifest.files),
+                         files_removed=removed, files_known_before=known, files_known_after=len(manifest.files),
                          lag_s=round(time.time() - max(f.mtime_ns for f in files) / 1e9, 3))
-            print(f"incremental: {recorded} of {len(todo)} new or changed file(s) done; {len(manifest.files)} known")
+            gone = f"; {removed} no longer in source (their parts removed)" if removed else ""
+            print(f"incremental: {recorded} of {len(todo)} new or changed file(s) done{gone}; "
+                  f"{len(manifest.files)} known")
         return run.finish(summary, min_success_ratio=p.min_success_ratio, output_path=str(parts_dir))
 
 

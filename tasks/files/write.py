@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -23,11 +24,19 @@ from tasks.core import ConfigError
 FileOutputFormat = Literal["parquet", "csv", "jsonl"]
 RejectsFormat = Literal["parquet", "csv", "tsv", "jsonl"]
 _TMP_PREFIX = ".tmp-"
+_PART = re.compile(r"^part-(\d{5,})(?:-\d+)?\.[a-z]+$")
 
 
 def part_name(index: int, fmt: str) -> str:
     """``part-00017.parquet``: zero-padded so parts sort in chunk order."""
     return f"part-{index:05d}.{fmt}"
+
+
+def part_index(name: str) -> int | None:
+    """The chunk index of a part's file name (``part-00017.parquet``, a partition's ``part-00017-1.csv``),
+    None for any other name."""
+    m = _PART.match(name)
+    return int(m[1]) if m else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,6 +147,7 @@ def remove_temp_files(output_dir: str | Path) -> int:
 __all__ = [
     "FileOutputFormat",
     "RejectsFormat",
+    "part_index",
     "part_name",
     "remove_temp_files",
     "sink_atomic",

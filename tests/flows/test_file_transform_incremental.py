@@ -32,7 +32,15 @@ def rows(out: Path) -> list[tuple[int, str]]:
     return sorted(pl.read_parquet(parts).select("id", "label").rows()) if parts else []
 
 
-def run(src: Path, out: Path, **kwargs: object) -> RunSummary:
+def expected(ids: range, label: str = "Basic monthly") -> list[tuple[int, str]]:
+    return [(i, f"{label} {i}") for i in ids]
+
+
+def touch_later(path: Path) -> None:
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+
+
+def run(src: Path | str, out: Path, **kwargs: object) -> RunSummary:
     return file_transform(str(src), str(out), schema=SCHEMA, incremental=True, raise_on_failure=False,
                           **kwargs)  # type: ignore[arg-type]
 
@@ -102,3 +110,71 @@ def test_a_killed_run_is_dropped_by_the_next_scheduled_run(tmp_path: Path) -> No
     assert nxt.returncode == 0, output[-3000:]
     assert not killed.exists()  # the unfinished run's parts went: its files were read again
     assert [r[0] for r in rows(out)] == list(range(600))
+
+
+def test_rerunning_a_finished_run_key_keeps_its_parts(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write(src / "a.csv", range(0, 10))
+    assert run(src, out, run_key="day-1").total == 10
+    again = run(src, out, run_key="day-1")  # a scheduler's re-trigger: nothing to do, nothing removed
+    assert again.ok and again.total == 0 and rows(out) == expected(range(10))
+
+    write(src / "a.csv", range(0, 10), label="changed")
+    touch_later(src / "a.csv")
+    write(src / "b.csv", range(10, 20))
+    third = run(src, out, run_key="day-1")  # the same key again, with a changed and a new file
+    assert third.ok and third.total == 20 and third.extra["files_done"] == 2
+    assert rows(out) == expected(range(10), "changed") + expected(range(10, 20))
+    assert run(src, out, run_key="day-2").total == 0
+    assert rows(out) == expected(range(10), "changed") + expected(range(10, 20))
+
+
+def test_a_killed_run_resumed_and_run_again_with_the_same_key_keeps_every_row(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n in range(6):
+        write(src / f"f{n}.csv", range(n * 100, n * 100 + 100))
+    params = {"source": str(src), "output_dir": str(out), "schema": SCHEMA, "incremental": True,
+              "transform": SLOW, "max_concurrency": 1, "run_key": "day-1"}
+    proc = start_flow("flows.file_transform:file_transform", params, {"BF_CHUNK_SLEEP": "1.5"})
+    wait_until(lambda: len(list((out / "run-day-1").glob("part-*.parquet"))) >= 2, proc, what="two parts")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    resumed = run(src, out, run_key="day-1", transform=SLOW)
+    assert resumed.ok and resumed.extra["files_done"] == 6 and rows(out) == expected(range(600))
+    third = run(src, out, run_key="day-1", transform=SLOW)
+    assert third.ok and third.total == 0 and rows(out) == expected(range(600))
+    assert run(src, out, run_key="day-2", transform=SLOW).total == 0 and rows(out) == expected(range(600))
+
+
+def test_a_file_gone_from_the_source_loses_its_rows(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write(src / "a.csv", range(0, 10))
+    write(src / "b.csv", range(10, 20))
+    write(src / "gone.csv", range(20, 30))
+    assert run(src, out, run_key="day-1").total == 30
+    (src / "gone.csv").unlink()
+    second = run(src, out, run_key="day-2")
+    assert rows(out) == expected(range(20))
+    assert second.ok and second.total == 0 and second.extra["files_removed"] == 1
+    assert second.extra["files_seen"] == 2 and second.extra["files_known_after"] == 2
+
+    narrower = run(str(src / "a*.csv"), out, run_key="day-3")  # b.csv is outside the glob: the same as deleted
+    assert rows(out) == expected(range(10)) and narrower.ok and narrower.extra["files_removed"] == 1
+    wider = run(src, out, run_key="day-4")
+    assert wider.ok and wider.total == 10 and wider.extra["files_removed"] == 0
+    assert rows(out) == expected(range(20))
+
+
+def test_a_changed_transform_replaces_every_file_s_rows(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write(src / "a.csv", range(0, 10))
+    write(src / "b.csv", range(10, 20))
+    assert run(src, out, run_key="day-1").total == 20
+    upper = run(src, out, run_key="day-2", transform="SELECT id, upper(label) AS label FROM df")
+    assert upper.ok and upper.total == 20 and upper.extra["files_new_or_changed"] == 2
+    assert rows(out) == expected(range(20), "BASIC MONTHLY")

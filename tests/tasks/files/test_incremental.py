@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tasks.core.outcomes import ChunkReport
 from tasks.files.incremental import MIB, FileManifest, file_fingerprint, per_file_chunks
-from tasks.files.inputs import resolve_inputs
+from tasks.files.inputs import InputFile, resolve_inputs
 
 
 def test_a_change_in_the_middle_of_a_big_file_with_the_same_size_and_mtime_is_not_seen_but_at_the_ends_it_is(
@@ -43,7 +43,7 @@ def test_changed_files_and_per_file_chunks(tmp_path: Path, state_dir: Path) -> N
         part = out / "run-1" / f"part-{s.index:05d}.parquet"
         part.write_text("x")
         reports[s.index] = ChunkReport(index=s.index, size=1, succeeded=1, extra={"outputs": [str(part)]})
-    assert m.end("run-1", "1", chunk_files, reports) == 2
+    assert m.end("run-1", "1", chunk_files, reports) == (2, 0)
     again = FileManifest.load("file-transform", "s", out, reset=False)
     assert again.changed(files) == [] and again.pending is None
 
@@ -53,3 +53,105 @@ def test_changed_files_and_per_file_chunks(tmp_path: Path, state_dir: Path) -> N
     third = FileManifest.load("file-transform", "s", out, reset=False)
     assert third.begin("run-3", "3") == ["run-1/part-00000.parquet"]
     assert not (out / "run-1" / "part-00000.parquet").exists() and (out / "run-1" / "part-00001.parquet").exists()
+
+
+def _inputs(tmp_path: Path, names: str) -> list[InputFile]:
+    src = tmp_path / "in"
+    src.mkdir(exist_ok=True)
+    for name in names:
+        (src / f"{name}.csv").write_text(f"id\n{name}\n")
+    return resolve_inputs(str(src))
+
+
+def _load(out: Path) -> FileManifest:
+    return FileManifest.load("file-transform", "s", out, reset=False)
+
+
+def _write_parts(m: FileManifest, run_dir: str, files: list[InputFile], chunk_files: dict[int, str]
+                 ) -> dict[int, ChunkReport]:
+    """What a run's chunks do: one part per file, numbered from the manifest's first index."""
+    reports = {}
+    for s in per_file_chunks(files, chunk_bytes=1 << 20, chunk_files=chunk_files, start=m.first_index(run_dir)):
+        part = m.output_dir / run_dir / f"part-{s.index:05d}.parquet"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_text(s.files[0].path)
+        reports[s.index] = ChunkReport(index=s.index, size=1, succeeded=1, extra={"outputs": [str(part)]})
+    return reports
+
+
+def _parts(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("part-*"))
+
+
+def test_a_rerun_of_a_finished_run_key_writes_past_its_parts_and_a_crash_of_it_keeps_them(
+        tmp_path: Path, state_dir: Path) -> None:
+    a, b = _inputs(tmp_path, "ab")
+    out = tmp_path / "out"
+    m = _load(out)
+    m.changed([a])
+    m.begin("run-1", "1")
+    chunk_files: dict[int, str] = {}
+    assert m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a], chunk_files)) == (1, 0)
+    assert _parts(out) == ["run-1/part-00000.parquet"]
+
+    rerun = _load(out)  # the same key again with a new file: its chunk comes after a's part, then a crash
+    assert rerun.changed([a, b]) == [b] and rerun.first_index("run-1") == 1
+    rerun.begin("run-1", "1")
+    _write_parts(rerun, "run-1", [b], {})
+    assert _parts(out) == ["run-1/part-00000.parquet", "run-1/part-00001.parquet"]
+
+    nxt = _load(out)  # the next key drops the unfinished run's part of b, and keeps a's
+    assert nxt.pending == "run-1" and nxt.changed([a, b]) == [b]
+    assert nxt.begin("run-2", "2") == ["run-1/part-00001.parquet"]
+    assert _parts(out) == ["run-1/part-00000.parquet"]
+
+
+def test_a_resumed_run_whose_plan_shrank_drops_the_parts_of_the_earlier_plan(tmp_path: Path, state_dir: Path) -> None:
+    a, b, c = _inputs(tmp_path, "abc")
+    out = tmp_path / "out"
+    m = _load(out)
+    m.changed([a, b, c])
+    m.begin("run-1", "1")
+    _write_parts(m, "run-1", [a, b, c], {})  # killed before its end
+
+    resumed = _load(out)  # c.csv was deleted before the resume
+    assert resumed.changed([a, b]) == [a, b] and resumed.first_index("run-1") == 0
+    assert resumed.begin("run-1", "1") == []
+    chunk_files: dict[int, str] = {}
+    assert resumed.end("run-1", "1", chunk_files, _write_parts(resumed, "run-1", [a, b], chunk_files)) == (2, 0)
+    assert _parts(out) == ["run-1/part-00000.parquet", "run-1/part-00001.parquet"]
+    assert _load(out).first_index("run-1") == 3  # past the earlier plan's chunk 2 too (the run's ledger has it)
+
+
+def test_a_file_no_longer_given_loses_its_parts_when_the_run_that_notices_it_ends(
+        tmp_path: Path, state_dir: Path) -> None:
+    a, b = _inputs(tmp_path, "ab")
+    out = tmp_path / "out"
+    m = _load(out)
+    m.changed([a, b])
+    m.begin("run-1", "1")
+    chunk_files: dict[int, str] = {}
+    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a, b], chunk_files))
+
+    killed = _load(out)  # b is gone; the run that notices it is killed before its end: b's part stays
+    assert killed.changed([a]) == []
+    killed.begin("run-2", "2")
+    assert _parts(out) == ["run-1/part-00000.parquet", "run-1/part-00001.parquet"]
+
+    nxt = _load(out)
+    assert nxt.changed([a]) == []
+    nxt.begin("run-3", "3")
+    assert nxt.end("run-3", "3", {}, {}) == (0, 1)
+    assert _parts(out) == ["run-1/part-00000.parquet"] and list(_load(out).files) == [a.path]
+
+
+def test_a_manifest_stored_under_its_earlier_key_is_read(tmp_path: Path, state_dir: Path) -> None:
+    (a,) = _inputs(tmp_path, "a")
+    out = tmp_path / "out"
+    old = FileManifest.load("file-transform", "source-and-options", out, reset=False)
+    old.changed([a])
+    old.begin("run-1", "1")
+    chunk_files: dict[int, str] = {}
+    old.end("run-1", "1", chunk_files, _write_parts(old, "run-1", [a], chunk_files))
+    new = FileManifest.load("file-transform", "output-dir", out, reset=False, legacy_stream="source-and-options")
+    assert new.changed([a]) == [] and new.first_index("run-1") == 1  # an upgrade reads no file again
