@@ -26,7 +26,9 @@ From that one declaration come:
 * **settings as defaults**: a field whose alias carries :class:`FromSetting` and that is not given takes
   the setting's value (``BATCHFLOWS_*``) when the run starts.
 * **the final state**: the body returns its summary; the flow ends Completed or Failed with the counts as
-  the state message and the summary as the state's data.
+  the state message. A Completed state's data is the summary; a Failed state's data is :class:`RunFailed`
+  with the summary attached (Prefect raises a failed state's data when the flow object is called, and can
+  only raise an exception), so ``batch_map_flow(...)`` raises RunFailed like ``batch_map(...)`` does.
 * **the Python entry point**: the same parameters (in-process objects such as generators and callables
   where declared), validated before any flow run exists, returning the summary, or raising
   :class:`RunFailed` (with the summary) when the run ends Failed unless ``raise_on_failure=False``.
@@ -37,7 +39,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -134,6 +136,9 @@ class RunFailed(BatchflowsError):
     def __init__(self, summary: Any) -> None:
         super().__init__(getattr(summary, "message", str(summary)))
         self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a persisted (pickled) Failed state keeps its summary
+        return (type(self), (self.summary,))
 
 
 def _description(field: FieldInfo) -> str:
@@ -302,17 +307,23 @@ def _before_retry(flow: str, attempt: int, retries: int, reason: str) -> None:
 
 
 def final_state(summary: Any) -> Any:
-    """The flow's final state: Completed or Failed with a message stating the counts; data = the summary."""
+    """The flow's final state: Completed or Failed with a message stating the counts.
+
+    A Completed state's data is the summary. A Failed state's data is ``RunFailed(summary)``: calling the flow
+    object raises a failed state's data (prefect.states.get_state_exception), which must be an exception.
+    """
     from prefect.states import Completed, Failed
 
     if getattr(summary, "state", "Completed") == "Completed":
         return Completed(message=getattr(summary, "message", None), data=summary)
-    return Failed(message=summary.message, data=summary)
+    return Failed(message=summary.message, data=RunFailed(summary))
 
 
 def summary_from_state(state: Any) -> Any:
     """The summary of a finished flow run state; re-raise the error of a run that ended without one."""
     result = state.result(raise_on_failure=False)
+    if isinstance(result, RunFailed):
+        result = result.summary
     if isinstance(result, BaseModel) and hasattr(result, "ok"):
         return result
     if isinstance(result, BaseException):
@@ -338,6 +349,24 @@ def keep_in_process(value: Any, handles: list[str]) -> Any:
     handle = register_object(value)
     handles.append(handle)
     return handle
+
+
+def _is_one_shot(value: Any) -> bool:
+    """A generator, iterator, async generator or async iterator: its items can be read once only."""
+    return isinstance(value, Iterator | AsyncIterator)
+
+
+def _refuse_retrying_one_shot(flow: str, names: Sequence[str], flow_retries: int) -> None:
+    """flow_retries runs the body again over the same parameters; a one-shot iterator would then give only what
+    the first attempt left unread (some of it read ahead into chunks), so the retry cannot resume correctly."""
+    if not names or not flow_retries:
+        return
+    what = " and ".join(repr(n) for n in names)
+    msg = (f"{flow}: flow_retries={flow_retries} cannot be used with a generator or iterator as {what}: it can be "
+           "read only once, so a retry would see only what the first attempt left unread. Pass a list, a file, a "
+           "function returning the items or 'pkg.mod:fn' (read again from the start by each attempt), or leave "
+           "flow_retries at 0 and rerun with the same run_key and a fresh iterator to resume")
+    raise ConfigError(msg)
 
 
 def python_entry(prefect_flow: Any, *, objects: Mapping[str, Any] | None = None, prepare: Prepare | None = None,
@@ -369,13 +398,15 @@ def python_entry(prefect_flow: Any, *, objects: Mapping[str, Any] | None = None,
         handles: list[str] = []
         if collect:
             prepare_collect(spec.name, values, objects, has_output="output" in spec.model.model_fields)
+        one_shot = [name for name in objects if _is_one_shot(values.get(name))]
         try:
             for name in objects:
                 if name in values:
                     values[name] = keep_in_process(values[name], handles)
             if prepare is not None:
                 prepare(values, handles)
-            spec.model.parse(values)  # bad parameters: a ConfigError before any flow run exists
+            params = spec.model.parse(values)  # bad parameters: a ConfigError before any flow run exists
+            _refuse_retrying_one_shot(spec.name, one_shot, int(getattr(params, "flow_retries", 0) or 0))
             with api_errors_explained(spec.name, values.get("run_key")):
                 state = prefect_flow(**values, return_state=True)
             summary = summary_from_state(state)

@@ -36,6 +36,8 @@ def summary_payload(flow_name: str, flow_run: Any, state: Any) -> dict[str, Any]
         result = state.result(raise_on_failure=False)
     except Exception:  # the result may not be retrievable (not persisted): the state is enough
         result = None
+    if isinstance(result, BaseException):  # a Failed run's data is RunFailed, its summary attached
+        result = getattr(result, "summary", None)
     if hasattr(result, "model_dump"):
         payload["summary"] = redact(result.model_dump(mode="json"))
     return payload

@@ -6,6 +6,7 @@ import inspect
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,32 @@ def test_flow_retries_run_the_run_again_and_it_resumes(monkeypatch: pytest.Monke
     _fatal_once.clear()
     with pytest.raises(RunFailed):  # without retries the same run ends Failed
         batch_map(list(range(40)), fatal_once_at_13, chunk_size=10, max_concurrency=1)
+
+
+async def _agen(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator", "iterator"])
+def test_flow_retries_with_a_one_shot_source_is_refused_before_any_work(kind: str) -> None:
+    """A retry would read what the first attempt left of a generator (and blame the source for changing)."""
+    source = {"generator": lambda: (i for i in range(40)), "async generator": lambda: _agen(40),
+              "iterator": lambda: iter(list(range(40)))}[kind]()
+    _fatal_once.clear()
+    with pytest.raises(ConfigError, match=r"flow_retries=1 cannot be used with a generator or iterator as 'source'"):
+        batch_map(source, fatal_once_at_13, chunk_size=10, flow_retries=1)
+    assert _fatal_once == []  # refused before any item ran
+    with pytest.raises(ConfigError, match=r"as 'items'.* Pass a list, a file"):  # api_bulk's items: the same rule
+        api_bulk((i for i in range(3)), base_url="http://127.0.0.1:9", flow_retries=2)
+
+
+def test_flow_retries_with_a_function_returning_a_generator_resume_correctly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHFLOWS_FLOW_RETRY_DELAY_S", "0")
+    _fatal_once.clear()
+    s = batch_map(lambda: (i for i in range(40)), fatal_once_at_13, chunk_size=10, max_concurrency=1, flow_retries=1)
+    assert s.ok and s.succeeded == 40 and s.chunks_resumed == 1
+    assert sorted(_fatal_once) == sorted([*range(40), 13])  # every item once, the fatal one twice
 
 
 def test_a_flow_loaded_from_its_file_pickles_under_its_package_name(tmp_path: Path) -> None:
