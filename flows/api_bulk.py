@@ -31,6 +31,7 @@ from tasks.api import (
     has_items_placeholder,
     keep_credentials_in_process,
     process_limiter,
+    refuse_url_password,
     resolve_secrets,
     resolve_token,
     template_names,
@@ -86,7 +87,7 @@ class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGrou
         "The items: request specs ({'method', 'path' or 'url', 'params', 'json', 'headers'}) or data for the "
         "templates; a list, a .jsonl/.csv/.parquet file, or 'pkg.mod:fn'."))]
     base_url: Annotated[str, AfterValidator(validate_base_url), Field(description=(
-        "API root, e.g. https://api.example.com/v1 (no credentials in it)."))]
+        "API root, e.g. https://api.example.com/v1 (no credentials in it: see auth_secret and secret_headers)."))]
     method: Annotated[str, AfterValidator(_method), Field(description="HTTP method of templated items.")] = "GET"
     path_template: Annotated[str, Field(description="Path with {placeholders} filled from each item.")] = "/{id}"
     json_template: Annotated[Any, Field(description=(
@@ -110,6 +111,11 @@ class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGrou
         "answer itself when it is a list), in the order of the items unless result_key is set."))] = None
     result_key: Annotated[str | None, Field(max_length=100, description=(
         "batch_size: match results to items by this field (both have it) instead of by order."))] = None
+
+    @model_validator(mode="after")
+    def _no_password_in_base_url(self) -> ApiBulkParams:
+        refuse_url_password(self.base_url, what="base_url", flow=FLOW_NAME)
+        return self
 
     @model_validator(mode="after")
     def _templates(self) -> ApiBulkParams:
@@ -147,7 +153,8 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
     resolve_token(p.auth_secret)  # fail now when a Secret block is missing; registers values for redaction
     resolve_secrets(p.secret_headers)
     if p.task_runner != "threads" and any(is_handle(v) for v in (p.secret_headers or {}).values()):
-        msg = (f"credential headers given in Python stay in this process, and task_runner={p.task_runner!r} sends "
+        msg = (f"credential headers (and a base_url password) given in Python stay in this process, and "
+               f"task_runner={p.task_runner!r} sends "
                "chunks to other processes: save them in Prefect Secret blocks and pass secret_headers="
                "{'Header-Name': '<block name>'} (or use task_runner='threads')")
         raise ConfigError(msg)

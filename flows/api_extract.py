@@ -32,6 +32,7 @@ from tasks.api import (
     keep_credentials_in_process,
     make_paginator,
     refuse_sensitive_params,
+    refuse_url_password,
     resolve_secrets,
     resolve_token,
     split_url,
@@ -64,7 +65,8 @@ class ApiExtractParams(FlowParams, HttpGroup, RateGroup):
 
     FLOW_NAME: ClassVar[str] = FLOW_NAME
     url: Annotated[str, Field(min_length=1, description=(
-        "Full URL of the collection, e.g. https://api.example.com/v1/items (no credentials: see secret_params)."))]
+        "Full URL of the collection, e.g. https://api.example.com/v1/items (no credentials: see secret_params and "
+        "secret_headers)."))]
     output: Annotated[str, Field(min_length=1, description="Directory for the part files.")]
     paginator: Annotated[PaginatorKind, Field(description="offset, page, cursor or link_header.")] = "offset"
     page_size: PageSize = 100
@@ -98,6 +100,7 @@ class ApiExtractParams(FlowParams, HttpGroup, RateGroup):
         make_paginator(self.paginator, page_size=self.page_size, cursor_path=self.cursor_path,
                        **(self.paginator_options or {}))
         refuse_sensitive_params(self.url, self.params, flow=FLOW_NAME)
+        refuse_url_password(self.url, what="url", flow=FLOW_NAME)
         if self.incremental is not None and self.max_pages is not None:
             msg = ("max_pages with incremental would store a watermark past records not fetched yet; drop "
                    "max_pages (or extract without incremental)")

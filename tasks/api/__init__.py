@@ -27,6 +27,7 @@ from tasks.api.request_spec import (
     RequestTemplate,
     check_template,
     refuse_sensitive_params,
+    refuse_url_password,
     template_names,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "process_api_chunk",
     "process_limiter",
     "refuse_sensitive_params",
+    "refuse_url_password",
     "resolve_secrets",
     "resolve_token",
     "send",

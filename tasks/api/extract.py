@@ -110,6 +110,37 @@ class PartResult(BaseModel):
     failure: PageFailure | None = None
     duration_s: float = 0.0
     newest: Any = None  # incremental: the maximum of the job's newest_field over the part's records
+    most_records: int | None = None  # the most records on one of the part's pages but its last (None: 1 page)
+    last_records: int | None = None  # the records of the part's last page
+
+
+@dataclass
+class PageSizes:
+    """Records per page the server answers, to name a server that caps ``page_size``.
+
+    Every page of a walk but its last is a full page for the server, so when the most records on any of
+    them is below ``page_size`` the server caps its pages at that. The last page is short by nature, and
+    which page is last shows only when the next one comes (perhaps in the next part), so the latest page
+    waits in ``pending``.
+    """
+
+    page_size: int
+    most: int | None = None  # the most records on a page known not to be the last
+    full_pages: int = 0  # pages known not to be the last
+    pending: int | None = None  # the latest page's records
+
+    def saw(self, result: PartResult) -> None:
+        if not result.pages:
+            return
+        for size, pages in ((self.pending, 1), (result.most_records, result.pages - 1)):
+            if size is not None:
+                self.most = size if self.most is None else max(self.most, size)
+                self.full_pages += pages
+        self.pending = result.last_records
+
+    def capped(self) -> int | None:
+        """The server's page size when it is below ``page_size`` (and not zero), else None."""
+        return self.most if self.most is not None and 0 < self.most < self.page_size else None
 
 
 def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> PartResult:
@@ -150,6 +181,9 @@ async def _fetch(
             async for page in pages:
                 records.extend(page.records)
                 result.pages += 1
+                if result.last_records is not None:
+                    result.most_records = max(result.most_records or 0, result.last_records)
+                result.last_records = len(page.records)
                 result.next_state = page.next_state
                 if result.pages >= job.pages_per_part:
                     reached = job.max_pages is not None and int(page.next_state.get("pages", 0)) >= job.max_pages
@@ -252,7 +286,7 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
                                           retry_condition_fn=_not_fatal)
     failed_reason: str | None = None
     requests = 0
-    capped: int | None = None  # records per page the server really answers, when it caps page_size
+    sizes = PageSizes(job.page_size)
     try:
         while not (state or {}).get("done"):
             if run.timed_out is not None:
@@ -277,14 +311,7 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
                 parts += 1
                 records += result.records
             state = result.next_state
-            if capped is None and result.pages and result.failure is None and not state.get("done") \
-                    and result.records < result.pages * job.page_size:
-                capped = max(1, round(result.records / result.pages))
-                run.progress.logger.warning(
-                    "the server answers about %d record(s) per page where page_size=%d was asked (%d records in "
-                    "%d pages, more pages follow): it caps its page size, so this extraction makes about %dx the "
-                    "requests planned; set page_size=%d to match (or check the paginator's size parameter)",
-                    capped, job.page_size, result.records, result.pages, max(1, round(job.page_size / capped)), capped)
+            sizes.saw(result)
             run.run_dir.write_checkpoint({
                 "version": CHECKPOINT_VERSION, "identity": identity, "parts": parts, "records": records,
                 "pages": pages, "state": state,
@@ -305,8 +332,14 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
     run.progress.finish()
     summary = run.builder.finish(time.perf_counter() - started)
     summary.extra.update({"records": records, "pages": pages, "http_requests_this_run": requests})
+    capped = sizes.capped()
     if capped is not None:
         summary.extra["records_per_page_seen"] = capped
+        run.progress.logger.warning(
+            "the server answers about %d record(s) per page where page_size=%d was asked (at most %d on each of "
+            "the %d page(s) before the last): it caps its page size, so this extraction made about %.2gx the "
+            "requests planned; set page_size=%d to match (or check the paginator's size parameter)",
+            capped, job.page_size, capped, sizes.full_pages, job.page_size / capped, capped)
     if watermark is not None:
         complete = failed_reason is None and run.fatal is None and bool((state or {}).get("done"))
         watermark.finish(summary, complete=complete, run_key=run.run_key, log=run.progress.logger)
@@ -319,6 +352,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "ExtractJob",
     "PageFailure",
+    "PageSizes",
     "PartResult",
     "extract_part",
     "extract_part_task",

@@ -16,14 +16,15 @@ between chunk tasks (threads), while everything per request lives in :mod:`tasks
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from tasks.api.request_spec import is_sensitive_header, is_sensitive_param
+from tasks.api.request_spec import is_sensitive_header, is_sensitive_param, url_password
 from tasks.core import (
     ConfigError,
     HttpSettings,
@@ -197,10 +198,34 @@ def split_credential_params(url: str, params: dict[str, Any] | None) -> tuple[st
     return url, plain, handles
 
 
+def split_url_password(url: str) -> tuple[str, str | None]:
+    """(url without ``user:password@``, the ``Authorization: Basic ...`` value it stood for) for the Python
+    entry points; ``(url, None)`` when the URL holds no password. The password and the header value are
+    registered for redaction. The value is the one the clients build from a URL's userinfo (httpx's BasicAuth)."""
+    password = url_password(url)
+    if password is None:
+        return url, None
+    start = url.index("//") + 2  # the netloc follows the first "//"
+    netloc = urlsplit(url).netloc
+    user = unquote(netloc.rpartition("@")[0].partition(":")[0])
+    register_secret(password)
+    header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    register_secret(header.removeprefix("Basic "))
+    return url[:start] + url[start:].replace(netloc, netloc.rpartition("@")[2], 1), header
+
+
 def keep_credentials_in_process(values: dict[str, Any], handles: list[str]) -> None:
     """``python_entry`` prepare hook of the API flows: credential headers (and, when the flow has a ``url``,
     credential query parameters) given in Python move to ``secret_headers`` / ``secret_params`` as ``mem:``
-    handles that stay in this process; the handles are appended to ``handles`` for release after the run."""
+    handles that stay in this process; a password in ``base_url`` / ``url`` moves there too, as the
+    ``Authorization: Basic`` header it stands for. The handles are appended to ``handles`` for release after
+    the run."""
+    for key in ("base_url", "url"):
+        if isinstance(values.get(key), str):
+            values[key], basic = split_url_password(values[key])
+            if basic is not None:  # it wins over another Authorization, as the clients' basic auth did
+                headers = {k: v for k, v in (values.get("headers") or {}).items() if k.lower() != "authorization"}
+                values["headers"] = {**headers, "Authorization": basic}
     plain, secret = split_credential_headers(values.get("headers"))
     if secret:
         values["headers"] = plain
@@ -299,5 +324,6 @@ __all__ = [
     "resolve_token",
     "split_credential_headers",
     "split_credential_params",
+    "split_url_password",
     "write_part",
 ]

@@ -11,9 +11,16 @@ itself) answers the same page forever: a page whose records equal the previous p
 with an ItemError naming the page (``state["last_page"]`` keeps the previous page's fingerprint, so
 the check holds across parts and resumes).
 
-Stops: an empty page (not yielded), no next page (cursor null/missing, no ``rel="next"`` link, a page
-shorter than ``page_size`` for offset/page styles is *not* trusted as the end because many APIs cap
-sizes silently, so they stop on the following empty page), or ``max_pages``.
+A cursor or next link that repeats one of the last ``RECENT_REQUESTS`` pages' requests (the same
+cursor returned twice in a row, a next link to the page itself, a short cycle) would loop forever:
+the page before it is written, then the walk is refused with an ItemError (``state["sent"]`` keeps
+short hashes of those requests, so the check also holds across parts and resumes).
+
+Stops: offset/page styles stop on an empty page (not yielded): a page shorter than ``page_size`` is
+*not* trusted as the end because many APIs cap sizes silently. Cursor and link styles stop only when
+there is no next page (cursor null/missing, no ``rel="next"`` link): an empty page with a next cursor
+(a filtered page of a search API) is yielded with no records and the walk goes on. ``max_pages``
+stops every style.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+from urllib.parse import urljoin
 
 import httpx
 
@@ -34,6 +43,7 @@ from tasks.core.exactjson import JsonNumber
 
 PaginatorKind = Literal["offset", "page", "cursor", "link_header"]
 State = dict[str, Any]
+RECENT_REQUESTS = 64  # requests remembered to spot a cursor/link loop (short hashes in the checkpoint)
 
 
 class Page(NamedTuple):
@@ -46,6 +56,7 @@ class Page(NamedTuple):
 
 class Paginator(Protocol):
     kind: str
+    ends_on_empty: ClassVar[bool]  # True: an empty page ends the walk; False: only "no next page" does
 
     def initial_state(self) -> State: ...
 
@@ -66,6 +77,7 @@ class OffsetPaginator:
     offset_param: str = "offset"
     limit_param: str = "limit"
     kind: str = "offset"
+    ends_on_empty: ClassVar[bool] = True
 
     def initial_state(self) -> State:
         return {"kind": self.kind, "pages": 0, "done": False, "offset": 0}
@@ -87,6 +99,7 @@ class PageNumberPaginator:
     size_param: str = "per_page"
     first_page: int = 1
     kind: str = "page"
+    ends_on_empty: ClassVar[bool] = True
 
     def initial_state(self) -> State:
         return {"kind": self.kind, "pages": 0, "done": False, "page": self.first_page}
@@ -108,6 +121,7 @@ class CursorPaginator:
     page_size: int | None = 100
     size_param: str = "limit"
     kind: str = "cursor"
+    ends_on_empty: ClassVar[bool] = False
 
     def initial_state(self) -> State:
         return {"kind": self.kind, "pages": 0, "done": False, "cursor": None}
@@ -125,7 +139,7 @@ class CursorPaginator:
         if isinstance(cursor, JsonNumber):  # sent and checkpointed as the body wrote it
             cursor = cursor.text
         nxt = {**_base(state, self.kind), "cursor": cursor}
-        nxt["done"] = cursor in (None, "") or cursor == state.get("cursor")
+        nxt["done"] = cursor in (None, "")  # the same cursor again is a loop: iter_pages refuses it
         return nxt
 
 
@@ -136,6 +150,7 @@ class LinkHeaderPaginator:
     page_size: int | None = None
     size_param: str = "per_page"
     kind: str = "link_header"
+    ends_on_empty: ClassVar[bool] = False
 
     def initial_state(self) -> State:
         return {"kind": self.kind, "pages": 0, "done": False, "next_url": None}
@@ -150,6 +165,8 @@ class LinkHeaderPaginator:
 
     def advance(self, state: State, record: ResponseRecord, records: list[Any]) -> State:
         nxt_url = next_link(record.headers.get("link", ""))
+        if nxt_url is not None:  # RFC 8288: a relative target is resolved against the page's URL
+            nxt_url = urljoin(record.url, nxt_url)
         return {**_base(state, self.kind), "next_url": nxt_url, "done": nxt_url is None}
 
 
@@ -208,19 +225,56 @@ def dig(body: Any, path: str, *, default: Any = _MISSING) -> Any:
     return node
 
 
+# one link-param: `; name`, `; name=token` or `; name="quoted, ; string"` (RFC 8288 section 3)
+_LINK_PARAM = re.compile(r'\s*;\s*(?P<name>[^\s;,="]+)\s*(?:=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s;,"]*))?')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def parse_link_header(header: str) -> list[tuple[str, dict[str, str]]]:
+    """The link-values of a Link header (RFC 8288): ``[(target, {param: value})]`` in order.
+
+    Link-values are split on commas outside ``<...>`` and outside quoted strings, so a target such as
+    ``<https://h/items?page=2&fields=id,name>`` or a ``title="a, b"`` stays whole. Parameter names are
+    lower-cased and may come in any order; values may be quoted or not; as the RFC says, only the first
+    occurrence of a parameter counts.
+    """
+    links: list[tuple[str, dict[str, str]]] = []
+    pos = 0
+    while (start := header.find("<", pos)) >= 0 and (close := header.find(">", start + 1)) >= 0:
+        params: dict[str, str] = {}
+        pos = close + 1
+        while match := _LINK_PARAM.match(header, pos):
+            value = match["value"] or ""
+            if value.startswith('"'):
+                value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
+            params.setdefault(match["name"].lower(), value)
+            pos = match.end()
+        links.append((header[start + 1 : close].strip(), params))
+        pos = _after_comma(header, pos)
+    return links
+
+
+def _after_comma(header: str, pos: int) -> int:
+    """The position after the next comma outside a quoted string (the end of a malformed link-value)."""
+    quoted = False
+    while pos < len(header):
+        char = header[pos]
+        if quoted and char == "\\":
+            pos += 1
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            return pos + 1
+        pos += 1
+    return pos
+
+
 def next_link(header: str) -> str | None:
-    """The ``rel="next"`` target of a Link header, or None."""
-    for part in header.split(","):
-        section = part.split(";")
-        if len(section) < 2:
-            continue
-        target = section[0].strip()
-        if not (target.startswith("<") and target.endswith(">")):
-            continue
-        for param in section[1:]:
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
-                return target[1:-1]
+    """The target of the first ``rel="next"`` link of a Link header (``rel`` may hold several space-separated
+    relation types, quoted or not, in any case), or None."""
+    for target, params in parse_link_header(header):
+        if "next" in params.get("rel", "").lower().split():
+            return target
     return None
 
 
@@ -271,13 +325,15 @@ async def iter_pages(
     policy = retry or RetryPolicy(retries=0)
     while not state.get("done") and (max_pages is None or int(state.get("pages", 0)) < max_pages):
         spec = paginator.request(url, state, params)
-        record, _ = await policy.acall(lambda spec=spec: send(client, spec, expect="json"))
         number = int(state.get("pages", 0)) + 1
+        sent = request_fingerprint(spec)
+        _refuse_a_loop(state, sent, number, paginator.kind)
+        record, _ = await policy.acall(lambda spec=spec: send(client, spec, expect="json"))
         records = extract_records(record.body, records_path, page=number, url=record.url)
-        if not records:
+        if not records and paginator.ends_on_empty:
             return
         fingerprint = page_fingerprint(records)
-        if number > 1 and fingerprint == state.get("last_page"):
+        if records and number > 1 and fingerprint == state.get("last_page"):
             msg = (
                 f"page {number} ({redact_text(record.url)}) returned exactly the {len(records)} records of page "
                 f"{number - 1}: the API seems to ignore the {paginator.kind!r} pagination parameters, so the walk "
@@ -285,8 +341,31 @@ async def iter_pages(
                 "or the next-page location, or set max_pages"
             )
             raise ItemError(msg, category="pagination_stuck")
-        state = {**paginator.advance(state, record, records), "last_page": fingerprint}
+        state = {**paginator.advance(state, record, records), "last_page": fingerprint,
+                 **({} if paginator.ends_on_empty else {"sent": [*state.get("sent", ())[1 - RECENT_REQUESTS:], sent]})}
         yield Page(number, records, state)
+
+
+def _refuse_a_loop(state: State, sent: str, number: int, kind: str) -> None:
+    """ItemError when page ``number``'s request repeats one of the last pages' (a cursor or next link that
+    leads back: following it would fetch the same pages forever)."""
+    recent = state.get("sent") or []
+    if sent not in recent:
+        return
+    earlier = number - len(recent) + recent.index(sent)
+    what, check = {"cursor": ("next cursor", "cursor_path (it must point at the next page's cursor, e.g. "
+                                             "'meta.next_cursor', not the current one) or ")}.get(kind, ("next link", ""))
+    msg = (
+        f"page {number} would repeat the request of page {earlier}: the {what} that page {number - 1} gave leads "
+        f"back, so the walk would never end; check {check}the server's next-page location, or set max_pages"
+    )
+    raise ItemError(msg, category="pagination_stuck")
+
+
+def request_fingerprint(spec: RequestSpec) -> str:
+    """A short stable hash of a page request (method, URL, query), to spot a cursor or link loop."""
+    text = json.dumps([spec.method, spec.url, spec.params], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def page_fingerprint(records: list[Any]) -> str:
@@ -296,6 +375,7 @@ def page_fingerprint(records: list[Any]) -> str:
 
 
 __all__ = [
+    "RECENT_REQUESTS",
     "CursorPaginator",
     "LinkHeaderPaginator",
     "OffsetPaginator",
@@ -310,4 +390,6 @@ __all__ = [
     "make_paginator",
     "next_link",
     "page_fingerprint",
+    "parse_link_header",
+    "request_fingerprint",
 ]

@@ -22,7 +22,7 @@ import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -90,6 +90,27 @@ def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow:
     in_url = [key for key, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True) if is_sensitive_param(key)]
     names = sorted({*in_url, *(k for k in (params or {}) if is_sensitive_param(k))})
     _refuse_credentials(names, what="query parameter(s)", instead="secret_params", flow=flow)
+
+
+def url_password(url: str) -> str | None:
+    """The password of ``user:password@`` in a URL (percent-decoded, as it is sent), or None."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # an invalid port or host: validate_base_url names it
+        return None
+    return unquote(password) if password else None
+
+
+def refuse_url_password(url: str, *, what: str, flow: str) -> None:
+    """ConfigError for a URL with a password given as a flow parameter (Prefect stores and shows those)."""
+    if url_password(url) is not None:
+        msg = (
+            f"{flow}: {what} {redact_text(url)!r} holds a password, and flow parameters are stored by Prefect and "
+            "shown in its UI and API; drop user:password@ from it, save the header value 'Basic <base64 of "
+            "user:password>' in a Prefect Secret block and pass secret_headers={'Authorization': '<Secret block "
+            "name>'}. The Python function moves it out of the parameters itself."
+        )
+        raise ConfigError(msg)
 
 
 def refuse_sensitive_headers(headers: Mapping[str, str] | None, *, flow: str) -> None:
@@ -295,7 +316,9 @@ __all__ = [
     "path_renderer",
     "refuse_sensitive_headers",
     "refuse_sensitive_params",
+    "refuse_url_password",
     "render_json",
     "template_names",
+    "url_password",
     "validate_base_url",
 ]

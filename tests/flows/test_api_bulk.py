@@ -360,13 +360,57 @@ def test_request_bodies_from_an_items_file_carry_its_numbers_and_a_given_content
     assert sorted(row.split('"item": ')[1].split(', "method"')[0] for row in rows) == sorted(lines)
 
 
+def _flow_run_artifacts(flow_run_id: str) -> str:
+    import httpx
+
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 50, "offset": 0}
+    response = httpx.post(f"{os.environ['PREFECT_API_URL']}/artifacts/filter", json=body, timeout=10)
+    response.raise_for_status()
+    return json.dumps(response.json())
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_base_url_password_is_sent_as_basic_auth_and_never_stored_or_shown(
+        api_server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str):
+    import base64
+
+    password = "Pw-bulk-4e7d21"
+    base_url = f"http://bob:{password}@127.0.0.1:{api_server.port}"
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO)
+    summary = api_bulk([{"path": "/ok/1"}, {"path": "/status/404"}], base_url=base_url, output=out,
+                       transport=transport, min_success_ratio=0.5, **FAST)
+    assert (summary.succeeded, summary.failed) == (1, 1), summary.render_text()
+    basic = "Basic " + base64.b64encode(f"bob:{password}".encode()).decode()
+    assert [r.headers.get("authorization") for r in api_server.requests] == [basic, basic]
+    stored = _flow_run_parameters(summary.flow_run_id)
+    assert password not in stored and basic.split()[1] not in stored and "mem:" in stored
+    assert f'"http://127.0.0.1:{api_server.port}"' in stored
+    (dead,) = dead_letters(summary)
+    shown = [summary.render_text(), summary.model_dump_json(), dead["message"], _flow_run_artifacts(summary.flow_run_id),
+             *(r.getMessage() for r in caplog.records), *(p.read_text() for p in out.glob("part-*"))]
+    assert not [text for text in shown if password in text or basic.split()[1] in text]
+
+
+def test_a_base_url_password_is_refused_as_a_deployment_parameter_and_for_worker_processes(api_server: ApiServer):
+    from flows.api_bulk import api_bulk_flow
+
+    base_url = f"http://bob:Pw-bulk-4e7d21@127.0.0.1:{api_server.port}"
+    with pytest.raises(ConfigError, match=r"base_url .* holds a password.*secret_headers=\{'Authorization'") as info:
+        api_bulk_flow(items=[{"path": "/ok/1"}], base_url=base_url)
+    assert "Pw-bulk-4e7d21" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"base_url password.*Secret blocks"):
+        api_bulk([{"path": "/ok/1"}], base_url=base_url, task_runner="processes")
+    assert api_server.requests == []
+
+
 def test_a_chunk_past_its_timeout_keeps_the_rows_of_the_requests_it_finished(api_server: ApiServer, tmp_path: Path):
     """chunk_timeout_s fails the chunk as a whole: the requests that answered before are counted as succeeded
     and their rows are in the output (a rerun with the run_key sends only the rest)."""
-    items = [{"path": f"/ok/{k}"} for k in range(4)] + [{"path": "/slow/s?delay=5"}]
+    items = [{"path": f"/ok/{k}"} for k in range(4)] + [{"path": "/slow/s?delay=20"}]
     out = tmp_path / "out"
     s = api_bulk(items, base_url=api_server.url, path_template="{path}", output=out, item_concurrency=1,
-                 chunk_size=5, chunk_timeout_s=1.5, chunk_retries=0, min_success_ratio=0.5, run_key="timeout-rows",
+                 chunk_size=5, chunk_timeout_s=6, chunk_retries=0, min_success_ratio=0.5, run_key="timeout-rows",
                  **FAST)
     assert (s.succeeded, s.failed) == (4, 1), s.render_text()
     assert [r["body"]["id"] for r in s.results()] == ["0", "1", "2", "3"]

@@ -4,6 +4,7 @@ bad pages named in the errors, Parquet parts."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer, decimal_record
 from tests.run_flow import start_flow, summary_in
+from tests.tasks.api.test_paginators import scripted_api
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_IDS = list(range(DATASET_SIZE))
@@ -183,3 +185,107 @@ def test_record_numbers_reach_the_parts_as_the_api_wrote_them(api_server: ApiSer
     frame = pl.read_parquet(sorted(pq.glob("part-*.parquet")))
     assert frame.schema["amount"] == pl.Float64
     assert frame["amount"].to_list() == [json.loads(decimal_record(i))["amount"] for i in range(DATASET_SIZE)]
+
+
+def _ten(page: int) -> list[dict[str, int]]:
+    return [{"id": page * 100 + i} for i in range(10)]
+
+
+def test_a_next_link_holding_a_comma_is_followed_to_the_last_page(tmp_path: Path):
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        page = int(query.get("page", "1"))
+        nxt = {"Link": f'<http://{host}/items?page={page + 1}&fields=id,name>; rel="next"'} if page < 3 else {}
+        return _ten(page), nxt
+
+    with scripted_api(route) as (url, seen):
+        summary = api_extract(f"{url}/items?fields=id,name", paginator="link_header", records_path="",
+                              output=tmp_path / "out")
+    assert summary.ok and summary.extra["pages"] == 3 and len(seen) == 3
+    assert ids_in(tmp_path / "out") == [r["id"] for p in (1, 2, 3) for r in _ten(p)]
+
+
+def _cursor_route(empty: set[int], *, loop_at: int | None = None) -> Any:
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        c = int(query.get("cursor") or 0)
+        nxt = c if c == loop_at else c + 1 if c < 4 else None
+        return {"data": [] if c in empty else _ten(c), "meta": {"next": None if nxt is None else str(nxt)}}, {}
+
+    return route
+
+
+def test_a_cursor_walk_goes_on_past_an_empty_page_with_a_next_cursor(tmp_path: Path):
+    with scripted_api(_cursor_route({2})) as (url, seen):
+        summary = api_extract(f"{url}/items", paginator="cursor", cursor_path="meta.next", page_size=10,
+                              pages_per_part=2, output=tmp_path / "out")
+    assert summary.ok and summary.state == "Completed" and len(seen) == 5
+    assert ids_in(tmp_path / "out") == [r["id"] for c in (0, 1, 3, 4) for r in _ten(c)]
+    assert (summary.total, summary.extra["pages"]) == (40, 5)
+
+
+def test_a_cursor_returned_twice_in_a_row_fails_naming_the_page_and_the_rerun_sends_nothing(tmp_path: Path):
+    out = tmp_path / "out"
+    kwargs: dict[str, Any] = {"paginator": "cursor", "cursor_path": "meta.next", "page_size": 10, "output": out,
+                              "run_key": "loop", "raise_on_failure": False}
+    with scripted_api(_cursor_route(set(), loop_at=2)) as (url, seen):
+        summary = api_extract(f"{url}/items", **kwargs)
+        assert not summary.ok and "page 4 would repeat the request of page 3" in summary.message, summary.message
+        assert ids_in(out) == [r["id"] for c in (0, 1, 2) for r in _ten(c)] and len(seen) == 3  # each page once
+        (dead,) = read_dead_letters(summary.dead_letter_path)
+        assert dead["category"] == "pagination_stuck" and dead["item"]["page"] == 4
+        again = api_extract(f"{url}/items", **kwargs)
+        assert not again.ok and "page 4 would repeat" in again.message and len(seen) == 3
+
+
+def _cap_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "caps its page size" in r.getMessage()]
+
+
+def test_a_short_last_page_is_not_taken_for_a_capped_page_size(
+        api_server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # 237 records in pages of 10: the 24th holds 7, and the empty page that ends the walk is in the next part
+    summary = api_extract(f"{api_server.url}/pages/offset", output=tmp_path / "out", page_size=10, pages_per_part=1)
+    assert summary.ok and ids_in(tmp_path / "out") == ALL_IDS
+    assert "records_per_page_seen" not in summary.extra and not _cap_warnings(caplog)
+
+
+@pytest.mark.parametrize("pages_per_part", [100, 1, 5])
+def test_a_capping_server_is_named_when_the_walk_fits_in_one_part_too(
+        api_server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, pages_per_part: int):
+    summary = api_extract(f"{api_server.url}/pages/offset?cap=7", output=tmp_path / "out", page_size=10,
+                          pages_per_part=pages_per_part)
+    assert summary.ok and ids_in(tmp_path / "out") == ALL_IDS
+    assert summary.extra["records_per_page_seen"] == 7
+    (warning,) = _cap_warnings(caplog)
+    assert "answers about 7 record(s) per page where page_size=10 was asked" in warning
+    assert "the 33 page(s) before the last" in warning and "set page_size=7" in warning
+
+
+def test_a_url_password_is_sent_as_basic_auth_and_never_stored(
+        api_server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    import base64
+
+    import httpx
+
+    password = "Pw-extract-9c1f"
+    url = f"http://reader:{password}@127.0.0.1:{api_server.port}/pages/offset"
+    summary = api_extract(url, output=tmp_path / "out", page_size=100, run_key="basic")
+    assert summary.ok and ids_in(tmp_path / "out") == ALL_IDS
+    basic = "Basic " + base64.b64encode(f"reader:{password}".encode()).decode()
+    assert {r.headers.get("authorization") for r in api_server.requests} == {basic}
+    response = httpx.get(f"{os.environ['PREFECT_API_URL']}/flow_runs/{summary.flow_run_id}", timeout=10)
+    stored = json.dumps(response.json()["parameters"])
+    assert password not in stored and basic.split()[1] not in stored and "mem:" in stored
+    assert f"127.0.0.1:{api_server.port}/pages/offset" in stored
+    shown = [summary.render_text(), summary.model_dump_json(), *(r.getMessage() for r in caplog.records)]
+    assert not [text for text in shown if password in text]
+    # a rerun with the same URL resumes the same extraction (the stored URL is stable)
+    assert api_extract(url, output=tmp_path / "out", page_size=100, run_key="basic").chunks_resumed >= 1
+
+
+def test_a_url_password_as_a_deployment_parameter_is_refused(api_server: ApiServer, tmp_path: Path):
+    from flows.api_extract import api_extract_flow
+
+    url = f"http://reader:Pw-extract-9c1f@127.0.0.1:{api_server.port}/pages/offset"
+    with pytest.raises(ConfigError, match=r"url .* holds a password.*secret_headers=\{'Authorization'") as info:
+        api_extract_flow(url=url, output=str(tmp_path))
+    assert "Pw-extract-9c1f" not in str(info.value) and api_server.requests == []

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -13,7 +18,7 @@ from tasks.api.paginators import Page, dig, iter_pages, make_paginator, next_lin
 from tasks.core.errors import ConfigError, ItemError
 from tasks.core.exactjson import loads_exact
 from tasks.core.retry import RetryPolicy
-from tests.fixtures.api_server import DATASET, ApiServer
+from tests.fixtures.api_server import DATASET, ApiServer, LoopbackHTTPServer
 
 STYLES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("offset", "/pages/offset", "data", {}),
@@ -130,3 +135,151 @@ def test_a_numeric_cursor_is_sent_and_checkpointed_as_the_body_wrote_it():
     record = ResponseRecord("GET", "http://x/", 200, loads_exact('{"next": 1700000000.50}'), 1.0, {})
     state = paginator.advance({"cursor": None}, record, [{"id": 1}])
     assert state["cursor"] == "1700000000.50" and json.loads(json.dumps(state)) == state
+
+
+# --------------------------------------------------------------------------- APIs the test API does not play
+
+Route = Callable[[str, dict[str, str], str], tuple[Any, dict[str, str]]]  # (path, query, host) -> (body, headers)
+
+
+@contextmanager
+def scripted_api(route: Route) -> Iterator[tuple[str, list[str]]]:
+    """A real loopback API answering each GET with ``route(path, query, host)`` as JSON; yields its URL and the
+    request targets it saw."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            parts = urlsplit(self.path)
+            body, headers = route(parts.path, dict(parse_qsl(parts.query)), self.headers["Host"])
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _walk_url(url: str, kind: str, records_path: str, opts: dict[str, Any], **kw: Any) -> list[Page]:
+    async def go() -> list[Page]:
+        async with make_client(url) as client:
+            paginator = make_paginator(kind, page_size=10, **opts)  # type: ignore[arg-type]
+            return [p async for p in iter_pages(client, "/items", paginator, records_path=records_path, **kw)]
+
+    return asyncio.run(go())
+
+
+def _rows(page: int) -> list[dict[str, int]]:
+    return [{"id": page * 100 + i} for i in range(10)]
+
+
+@pytest.mark.parametrize(("header", "target"), [
+    ('<https://h/items?page=2&fields=id,name>; rel="next"', "https://h/items?page=2&fields=id,name"),
+    ('<https://h/a?p=1>; rel="prev", <https://h/a?p=3&f=a,b>; rel="next"', "https://h/a?p=3&f=a,b"),
+    ('<https://h/a?p=3>; title="page, 3; of 9"; rel=next', "https://h/a?p=3"),  # unquoted rel, quoted comma
+    ('<https://h/a?p=3>;rel="last next"', "https://h/a?p=3"),  # several relation types
+    ('<https://h/a?p=3> ; REL = "Next"', "https://h/a?p=3"),
+    ('<https://h/a?p=1>; title="rel=\\"next\\", <x>"; rel="first", <https://h/a?p=2>; rel="next"', "https://h/a?p=2"),
+    ('<https://h/a?p=1>; rel="prev"; rel="next"', None),  # only a parameter's first occurrence counts
+    ('<https://h/a?p=9>; rel="nextpage"', None),
+    ("", None),
+    ("garbage", None),
+])
+def test_next_link_parses_rfc8288(header: str, target: str | None):
+    assert next_link(header) == target
+
+
+def test_a_link_header_walk_follows_next_urls_holding_commas():
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        page = int(query.get("page", "1"))
+        links = {2: f'<http://{host}/items?page=2&fields=id,name>; rel="next"',  # absolute, a comma in it
+                 3: '</items?page=3&fields=id,name>; title="more, please"; rel=next'}  # relative, a quoted comma
+        return _rows(page), ({"Link": links[page + 1]} if page + 1 in links else {})
+
+    with scripted_api(route) as (url, seen):
+        pages = _walk_url(url, "link_header", "", {}, params={"fields": "id,name"})
+    assert [r for p in pages for r in p.records] == _rows(1) + _rows(2) + _rows(3)
+    assert seen[1:] == ["/items?page=2&fields=id,name", "/items?page=3&fields=id,name"]
+
+
+def _cursor_api(empty: set[int], last: int = 4, *, loop_at: int | None = None, back_to: int | None = None) -> Route:
+    """Cursor pages 0..last; the pages in ``empty`` have no records but a next cursor; page ``loop_at`` gives
+    ``back_to`` as its next cursor."""
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        c = int(query.get("cursor") or 0)
+        nxt = back_to if c == loop_at else c + 1 if c < last else None
+        return {"data": [] if c in empty else _rows(c), "meta": {"next": None if nxt is None else str(nxt)}}, {}
+
+    return route
+
+
+def test_a_cursor_walk_goes_on_past_empty_pages_that_have_a_next_cursor():
+    with scripted_api(_cursor_api({1, 2})) as (url, seen):
+        pages = _walk_url(url, "cursor", "data", {"cursor_path": "meta.next"})
+    assert [r for p in pages for r in p.records] == _rows(0) + _rows(3) + _rows(4)
+    assert [len(p.records) for p in pages] == [10, 0, 0, 10, 10] and pages[-1].next_state["done"]
+    assert len(seen) == 5
+
+
+def test_a_link_walk_goes_on_past_an_empty_page_with_a_next_link():
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        page = int(query.get("page", "1"))
+        return ([] if page == 2 else _rows(page)), ({"Link": f"</items?page={page + 1}>; rel=next"} if page < 3 else {})
+
+    with scripted_api(route) as (url, _):
+        pages = _walk_url(url, "link_header", "", {})
+    assert [r for p in pages for r in p.records] == _rows(1) + _rows(3)
+
+
+@pytest.mark.parametrize(("route", "written", "message"), [
+    (_cursor_api(set(), loop_at=2, back_to=2), 3, r"page 4 would repeat the request of page 3.*cursor_path"),
+    (_cursor_api({2}, loop_at=2, back_to=2), 3, "page 4 would repeat the request of page 3"),  # empty, same cursor
+    (_cursor_api({1, 2, 3}, loop_at=3, back_to=1), 4, "page 5 would repeat the request of page 2"),  # empty cycle
+])
+def test_a_cursor_that_leads_back_is_refused_after_writing_the_page_before(route: Route, written: int, message: str):
+    pages: list[Page] = []
+
+    async def go() -> None:
+        async with make_client(url) as client:
+            paginator = make_paginator("cursor", page_size=10, cursor_path="meta.next")
+            async for page in iter_pages(client, "/items", paginator, records_path="data"):
+                pages.append(page)
+
+    with scripted_api(route) as (url, seen), pytest.raises(ItemError, match=message) as info:
+        asyncio.run(go())
+    assert info.value.category == "pagination_stuck"
+    assert len(pages) == len(seen) == written  # every page fetched once, the looping request never sent
+
+
+def test_a_next_link_to_the_page_itself_is_refused_even_when_empty():
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        page = int(query.get("page", "1"))
+        return ([] if page == 2 else _rows(page)), {"Link": f"</items?page={min(page + 1, 2)}>; rel=next"}
+
+    with scripted_api(route) as (url, seen), pytest.raises(ItemError, match="page 3 would repeat the request of page 2"):
+        _walk_url(url, "link_header", "", {})
+    assert len(seen) == 2
+
+
+def test_the_loop_check_holds_across_a_resume():
+    with scripted_api(_cursor_api(set(), loop_at=2, back_to=2)) as (url, seen):
+        first = _walk_url(url, "cursor", "data", {"cursor_path": "meta.next"}, max_pages=3)
+        checkpoint = json.loads(json.dumps(first[-1].next_state))
+        with pytest.raises(ItemError, match="page 4 would repeat"):
+            _walk_url(url, "cursor", "data", {"cursor_path": "meta.next"}, state=checkpoint)
+    assert len(seen) == 3  # the resume sent nothing
