@@ -55,7 +55,10 @@ def gated(tmp: Path, name: str, limit: int, *, failpoint: str | None = None) -> 
 
 
 def as_json(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str, ensure_ascii=False))
+    """A value as output rows and dead letters write it (a datetime as ISO text: tasks.core.exactjson.jsonable)."""
+    from tasks.core.exactjson import jsonable
+
+    return json.loads(json.dumps(value, default=jsonable, ensure_ascii=False))
 
 
 def jsonl_rows(out: Path) -> list[Any]:
