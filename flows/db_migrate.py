@@ -48,6 +48,7 @@ from tasks.db import (
     Deletes,
     MigrationSummary,
     Mode,
+    TableName,
     copy_and_verify,
     ensure_ledger,
     fingerprint,
@@ -160,13 +161,24 @@ def db_migrate_flow(p: DbMigrateParams) -> MigrationSummary:
         return _migrate(p)
 
 
+def _target_table(p: DbMigrateParams, target_url: Any) -> TableName:
+    """``target_table``, else the source table's name; a schema-qualified source table going to SQLite or
+    MySQL/MariaDB keeps only its name (SQLite has no schemas; a MySQL schema is a database, the URL's)."""
+    if p.target_table:
+        return parse_table_name(p.target_table)
+    name = parse_table_name(p.table or "")
+    if name.schema_name and parse_db_url(target_url).dialect != "postgresql":
+        return TableName(name=name.name)
+    return name
+
+
 def _migrate(p: DbMigrateParams) -> MigrationSummary:
     src = resolve_url(p.source_url, p.source_secret, what="source_url")
     tgt = resolve_url(p.target_url, p.target_secret, what="target_url")
     fn = load_callable(p.transform, what="transform") if p.transform else None
     transform_id = handler_identity(fn if is_handle(p.transform) else p.transform).text if fn else ""
     transform_name = callable_name(fn if is_handle(p.transform) else p.transform) if fn else None
-    tname = str(parse_table_name(p.target_table or p.table or ""))
+    tname = str(_target_table(p, tgt))
     info = {"source": redacted_url(src), "target": redacted_url(tgt), "table": p.table, "query": p.query,
             "target_table": tname, "mode": p.mode}
 

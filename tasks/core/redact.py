@@ -15,7 +15,9 @@ from pydantic import SecretStr
 
 MASK = "***"
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# the password runs to the last '@' before the host: an unescaped '@' in it must not leave its tail in the text
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+(?:@[^@/?#\s]*)*)@")
 _BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)(?:\s+(?:bearer|basic))?)\s+[A-Za-z0-9\-._~+/]{6,}=*")
 CREDENTIAL_PARAMS = frozenset({
     "access_token", "token", "api_key", "apikey", "api-key", "key", "secret", "password", "passwd", "pwd", "sig",

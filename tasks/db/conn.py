@@ -21,7 +21,7 @@ import pymysql
 from psycopg.types.json import set_json_loads
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from tasks.core import ConfigError, DbSettings, SourceError, redact_text, register_secret
+from tasks.core import BatchflowsError, ConfigError, DbSettings, SourceError, redact_text, register_secret
 from tasks.core.params import validate_select
 from tasks.db.dburl import parse_url
 from tasks.db.values import raw_json
@@ -302,6 +302,68 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         raw.close()
 
 
+# ---------------------------------------------------------------- creating tables
+
+_NO_SCHEMA = ("3F000", 1049)  # PostgreSQL invalid_schema_name, MySQL unknown database
+_DENIED = ("42501", 1044, 1142)  # PostgreSQL insufficient_privilege, MySQL access denied to a database, a table
+# MySQL: too many key parts, key too long, column too big, row too big, BLOB key, bad column, name too long
+_REFUSED_DDL = (1070, 1071, 1074, 1118, 1170, 1166, 1059, 1103)
+
+
+def missing_schema(ep: Endpoint, table: TableName) -> ConfigError:
+    """The error for a target table in a schema (a MySQL/MariaDB database) that does not exist: db_migrate
+    creates tables, not schemas."""
+    schema, alone = table.schema_name or "", str(TableName(name=table.name))
+    if ep.dialect == "sqlite":
+        msg = (f"target table {table}: a SQLite file has no schema {schema!r} (its tables are in 'main'); pass "
+               f"target_table={alone!r}")
+    elif ep.dialect == "mysql":
+        msg = (f"target table {table}: database {schema!r} does not exist in {ep.describe()}, or user {ep.user!r} "
+               f"may not use it (in MySQL/MariaDB a schema is a database). Create it (CREATE DATABASE "
+               f"{quote(schema, 'mysql')}) and grant the user access, or pass target_table={alone!r} for a table in "
+               f"the URL's database {ep.database!r}. db_migrate creates tables, not databases")
+    else:
+        msg = (f"target table {table}: schema {schema!r} does not exist in {ep.describe()}. Create it first (CREATE "
+               f"SCHEMA {quote(schema, 'postgresql')}) or pass a target_table in an existing schema. db_migrate "
+               "creates tables, not schemas")
+    return ConfigError(msg)
+
+
+def _ddl_error(exc: Exception, ep: Endpoint, table: TableName) -> BatchflowsError:
+    code: str | int | None = getattr(exc, "sqlstate", None)
+    if isinstance(exc, pymysql.MySQLError):
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        text = str(exc.args[-1]) if exc.args else type(exc).__name__
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = redact_text(text)
+    where = f"cannot create table {table} in {ep.describe()}: {reason}"
+    if code in _NO_SCHEMA or (ep.dialect == "sqlite" and reason.startswith("unknown database")):
+        return missing_schema(ep, table)
+    if code in _DENIED or getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY":
+        how = {"postgresql": f"GRANT CREATE ON SCHEMA {quote(table.schema_name or 'public', 'postgresql')}",
+               "mysql": f"GRANT CREATE ON {quote(table.schema_name or ep.database, 'mysql')}.*",
+               "sqlite": "write access to the file and its folder"}[ep.dialect]
+        msg = (f"{where}. The target user needs the right to create tables there ({how}): db_migrate creates a "
+               "missing target table and keeps its bookkeeping tables (_batchflows_ranges) beside it")
+        return ConfigError(msg)
+    if (isinstance(code, str) and code.startswith("42")) or code in _REFUSED_DDL:
+        msg = (f"{where}. Create the target table yourself (db_migrate checks an existing table and writes into it), "
+               "or choose other columns (query=) or another key (key=)")
+        return ConfigError(msg)
+    return SourceError(where)
+
+
+@contextmanager
+def creating(db: Db, table: TableName) -> Iterator[None]:
+    """Run DDL that creates ``table``: a driver error becomes a ConfigError naming the table and what to do (a
+    missing schema, a missing privilege, a definition the server refuses), anything else a SourceError."""
+    try:
+        yield
+    except (psycopg.Error, pymysql.MySQLError, sqlite3.Error) as exc:
+        raise _ddl_error(exc, db.ep, table) from None
+
+
 # STRICT_ALL_TABLES: a value that does not fit is an error, never silently cut; NO_AUTO_VALUE_ON_ZERO: a key 0
 # is stored as 0, not replaced by the next auto-increment value; no zero dates are ever written.
 MYSQL_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -345,6 +407,8 @@ __all__ = [
     "TableName",
     "UrlLike",
     "connect",
+    "creating",
+    "missing_schema",
     "parse_db_url",
     "parse_key",
     "parse_table_name",

@@ -13,16 +13,21 @@ every other combination decodes rows into canonical Python values (tasks.db.type
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib
 import logging
 import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import pymysql
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+from psycopg.types.datetime import TimeBinaryLoader
 from pydantic import BaseModel
 
 from tasks.core import ConfigError, FatalError, ItemError, RetryableError, SourceError, failpoint, redact_text
@@ -42,6 +47,7 @@ from tasks.db.values import (
     _COERCE as _COERCE_BY_KIND,
 )
 from tasks.db.values import (
+    END_OF_DAY,
     coerce,
     frame_value,
     pg_decoder,
@@ -49,6 +55,7 @@ from tasks.db.values import (
     polars_dtype,
     sqlite_decoder,
     sqlite_encoder,
+    sqlite_unstorable,
 )
 
 if TYPE_CHECKING:
@@ -97,8 +104,44 @@ def _pg_oids(cols: Sequence[ColumnInfo]) -> list[int]:
     return [_TEXT_OID if c.cast_text or c.pg_oid is None or c.pg_oid in _AS_TEXT_OIDS else c.pg_oid for c in cols]
 
 
-def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
-    """Rows of ``rng`` in key order as canonical Python values (PostgreSQL: binary COPY; SQLite, MySQL: cursor)."""
+_TIME_OID = 1083
+_END_OF_DAY_US = (86_400_000_000).to_bytes(8, "big")  # time '24:00:00' on PostgreSQL's binary wire
+
+
+class _TimeOrEndOfDay(Loader):
+    """PostgreSQL's binary ``time``, and '24:00:00' (a valid time, a day's end) as :data:`END_OF_DAY`, which
+    psycopg's own loader refuses ("time not supported by Python"). A Python loader costs ~0.7 us a value more
+    than psycopg's C one, so a range takes it only when that one refused a value (:func:`read_with_times`)."""
+
+    format = Format.BINARY
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._time = TimeBinaryLoader(oid, context)
+
+    def load(self, data: Any) -> Any:
+        return END_OF_DAY if data == _END_OF_DAY_US else self._time.load(data)
+
+
+def has_times(schema: SourceSchema) -> bool:
+    """Whether a PostgreSQL source's rows hold ``time`` values psycopg loads (see :class:`_TimeOrEndOfDay`)."""
+    return any(c.kind == "time" and not c.cast_text for c in schema.columns)
+
+
+def read_with_times(read: Callable[[bool], Any], schema: SourceSchema) -> Any:
+    """``read(False)``; ``read(True)`` (times loaded by :class:`_TimeOrEndOfDay`) when psycopg refused a value
+    and the rows hold times: a '24:00:00' costs one more read of its range, the others none."""
+    try:
+        return read(False)
+    except psycopg.DataError:
+        if not has_times(schema):
+            raise
+    return read(True)
+
+
+def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange, *, end_of_day: bool = False) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``rng`` in key order as canonical Python values (PostgreSQL: binary COPY; SQLite, MySQL: cursor).
+    ``end_of_day``: PostgreSQL times through :class:`_TimeOrEndOfDay` (see :func:`read_with_times`)."""
     if db.dialect == "mysql":
         yield from _mysql_rows(db, schema, rng, lambda row, exc: _mysql_decode_error(schema, rng, row, exc))
         return
@@ -107,6 +150,8 @@ def iter_rows(db: Db, schema: SourceSchema, rng: KeyRange) -> Iterator[tuple[Any
         decoders = [pg_decoder(c) for c in schema.columns]
         fix = [(i, f) for i, f in enumerate(decoders) if f is not None]
         cur = db.raw.cursor()
+        if end_of_day:
+            cur.adapters.register_loader(_TIME_OID, _TimeOrEndOfDay)
         with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
             copy.set_types(_pg_oids(schema.columns))
             for row in copy.rows():
@@ -406,10 +451,16 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
               keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
               on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
-    fmt = "TEXT" if any(c.cast_text for c in tgt_cols) else "BINARY"
+    oids = _pg_oids(tgt_cols)
+    ends = _end_of_day_columns(tgt_cols, rows)
+    if ends:  # psycopg's binary time dumper has no '24:00:00': those columns go as text, parsed by the target
+        rows = [tuple(v.isoformat() if i in ends and isinstance(v, dt.time) else v for i, v in enumerate(r))
+                for r in rows]
+        oids = [_TEXT_OID if i in ends else oid for i, oid in enumerate(oids)]
+    fmt = "TEXT" if ends or any(c.cast_text for c in tgt_cols) else "BINARY"
 
     def feed(copy: Any) -> None:
-        copy.set_types(_pg_oids(tgt_cols))
+        copy.set_types(oids)
         for row in rows:
             copy.write_row(row)
 
@@ -421,6 +472,12 @@ def _write_pg(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt_key
     except psycopg.Error as exc:
         _rollback_quietly(db)
         raise (_direct_conflict(exc, rng, mode, staged) or _pg_error(exc, rng, names, keys, rows)) from None
+
+
+def _end_of_day_columns(tgt_cols: Sequence[ColumnInfo], rows: list[tuple[Any, ...]]) -> frozenset[int]:
+    """The time columns holding :data:`END_OF_DAY` (a text among ``datetime.time`` values) in these rows."""
+    times = [i for i, c in enumerate(tgt_cols) if c.kind == "time" and not c.cast_text]
+    return frozenset(i for i in times if str in set(map(type, map(itemgetter(i), rows))))  # C loops, no Python per row
 
 
 class _StreamBroke(Exception):
@@ -473,6 +530,8 @@ def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt
                   keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
                   on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
+    if (bad := sqlite_unstorable(tgt_cols, rows)) is not None:  # a NaN: SQLite would store NULL
+        raise _row_error(rng, names, keys, rows[bad[0]], names[bad[1]], bad[2])
     marks = ", ".join("?" * len(names))
     if mode == "upsert":
         sql = _upsert_sql(db, target, names, keys, f"VALUES ({marks})")
@@ -593,16 +652,11 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
             if done is not None:
                 return RangeResult(index=rng.index, rows_read=read[0], rows_written=done,
                                    seconds=time.perf_counter() - started, path="columnar-csv")
-        try:
-            rows = list(iter_rows(src, schema, rng))
-        except (psycopg.Error, pymysql.MySQLError) as exc:
-            msg = f"range {rng.index}: reading the source failed: {redact_text(str(exc).strip())}"
-            raise SourceError(msg) from None
-        if src.dialect == "postgresql":
-            src.raw.rollback()
+        rows = _read_source(src, schema, rng)
         n_read = read[0] = len(rows)
         src_cols: list[ColumnInfo] | None = list(schema.columns)
         if fn is not None:
+            _refuse_end_of_day(schema, rows, rng)
             frame = _apply(fn, _to_frame(schema.columns, rows), rng)
             out_names, rows, src_cols = list(frame.columns), list(frame.iter_rows()), None
         tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
@@ -614,6 +668,34 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
         written = writer(tgt, tname, tgt_cols, tgt_keys, schema.key, rows, rng, mode, on_commit)
     return RangeResult(index=rng.index, rows_read=n_read, rows_written=written,
                        seconds=time.perf_counter() - started, path="rows")
+
+
+def _read_source(src: Db, schema: SourceSchema, rng: KeyRange) -> list[tuple[Any, ...]]:
+    """The range's rows as canonical values (the row path), read once (twice for a time '24:00:00')."""
+    def read(end_of_day: bool) -> list[tuple[Any, ...]]:
+        if end_of_day:
+            _rollback_quietly(src)
+        return list(iter_rows(src, schema, rng, end_of_day=end_of_day))
+
+    try:
+        rows: list[tuple[Any, ...]] = read_with_times(read, schema)
+    except (psycopg.Error, pymysql.MySQLError) as exc:
+        msg = f"range {rng.index}: reading the source failed: {redact_text(str(exc).strip())}"
+        raise SourceError(msg) from None
+    if src.dialect == "postgresql":
+        src.raw.rollback()
+    return rows
+
+
+def _refuse_end_of_day(schema: SourceSchema, rows: list[tuple[Any, ...]], rng: KeyRange) -> None:
+    """A transform gets polars values, and polars has no time '24:00:00': its range is refused, naming the row."""
+    for i, col in enumerate(schema.columns):
+        if col.kind == "time":
+            row = next((r for r in rows if isinstance(r[i], str)), None)
+            if row is not None:
+                raise _row_error(rng, schema.names, schema.key, row, col.name,
+                                 f"time {row[i]!r} (the end of a day) has no polars Time value, so a transform "
+                                 "cannot receive it (a query= selecting the column as text can)")
 
 
 def _columnar(src: Db, tgt: Db, schema: SourceSchema, tgt_schema: SourceSchema, target: TableName, rng: KeyRange,

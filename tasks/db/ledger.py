@@ -5,8 +5,9 @@ target's COMMIT and the run's own record (a file in the state dir) would make th
 again: harmless for upsert and replace, duplicated rows for append. So every range transaction also
 inserts its key into ``_batchflows_ranges`` (in the target table's schema) just before COMMIT, and a
 range first looks there: found means committed by an earlier attempt of this run, and the rerun takes
-the recorded counts instead of writing anything. The table holds one small row per range and run; it
-can be dropped when no run is to be resumed.
+the recorded counts instead of writing anything. The ledger, not the state dir, decides what a rerun skips:
+a range the state dir records as done but the ledger lacks (a target recreated since) is copied again. The
+table holds one small row per range and run; it can be dropped when no run is to be resumed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.db.conn import Db, TableName, UrlLike
+from tasks.db.conn import Db, TableName, UrlLike, creating
 from tasks.db.session import connect
 
 LEDGER_TABLE = "_batchflows_ranges"
@@ -38,7 +39,7 @@ def ledger_table(target: TableName) -> TableName:
 
 def create_if_missing(url: UrlLike, table: TableName, columns: str) -> TableName:
     """``CREATE TABLE IF NOT EXISTS table (columns)`` in the target, committed (bookkeeping tables)."""
-    with connect(url, "target", write=True) as db:
+    with connect(url, "target", write=True) as db, creating(db, table):
         db.raw.execute(f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} ({columns})")
         if db.dialect == "postgresql":
             db.raw.commit()
@@ -60,6 +61,14 @@ def committed(db: Db, entry: LedgerEntry) -> tuple[int, int] | None:
     return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
 
+def committed_keys(url: UrlLike, table: TableName, run_key: str) -> set[str]:
+    """The range keys of ``run_key`` the target's ledger holds (one query for a whole run): what a rerun may
+    take from its state dir's records without copying again."""
+    with connect(url, "target") as db:
+        rows = db.all(f"SELECT range_key FROM {table.sql(db.dialect)} WHERE run_key = {db.ph}", [run_key])
+    return {str(r[0]) for r in rows}
+
+
 def record_range(db: Db, entry: LedgerEntry, index: int, rows_read: int, rows_written: int) -> None:
     """Insert the range's ledger row inside the range's open transaction (just before its COMMIT)."""
     ph = db.ph
@@ -70,5 +79,5 @@ def record_range(db: Db, entry: LedgerEntry, index: int, rows_read: int, rows_wr
          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
 
 
-__all__ = ["LEDGER_TABLE", "LedgerEntry", "committed", "create_if_missing", "ensure_ledger", "ledger_table",
-           "record_range"]
+__all__ = ["LEDGER_TABLE", "LedgerEntry", "committed", "committed_keys", "create_if_missing", "ensure_ledger",
+           "ledger_table", "record_range"]

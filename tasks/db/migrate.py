@@ -40,7 +40,7 @@ from tasks.core import (
 from tasks.db.conn import TableName, parse_db_url
 from tasks.db.copier import CopyFormat, Mode, copy_range
 from tasks.db.incremental import IncrementalJob
-from tasks.db.ledger import LedgerEntry
+from tasks.db.ledger import LEDGER_TABLE, LedgerEntry, committed_keys
 from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, plan_ranges
 from tasks.db.verify import RangeCheck, verify_range
@@ -101,6 +101,9 @@ class MigrationSummary(RunSummary):
     ranges_resumed: int = 0
     ranges_recovered: int = Field(0, description="Ranges an earlier attempt had committed (found in the ledger).")
     ranges_failed: list[int] = Field(default_factory=list)
+    ranges_not_in_ledger: list[int] = Field(default_factory=list, description=(
+        "Ranges an earlier attempt of this run key recorded as done that the target's ledger did not hold (the "
+        "target was recreated or its ledger emptied since): copied again"))
     ranges_by_path: dict[str, int] = Field(default_factory=dict, description=(
         "How this run wrote its ranges: copy-binary / copy-text (COPY relayed), columnar-csv (the columnar path), "
         "rows (converted row by row), unchanged (an upsert range the target already held as the source has it: "
@@ -283,6 +286,38 @@ def planned_ranges(run: ChunkedRun, fingerprint: str, plan: Callable[[], list[Ke
     return ranges
 
 
+def recheck_ledger(run: ChunkedRun, ranges: Sequence[KeyRange], job: CopyJob) -> list[int]:
+    """Ranges the state dir records as done that the target's ledger does not hold: their records are discarded,
+    so this run copies them again. The target's ledger decides what a rerun skips (a target recreated since the
+    earlier attempt holds none of its ranges); one ledger query per run, none when nothing is recorded."""
+    if job.ledger is None:
+        return []
+    recorded = {r.index: key for r in ranges if (run.run_dir.chunks / (key := run.ref(r.index).key)).is_file()}
+    if not recorded:
+        return []
+    held = committed_keys(job.target_url, job.ledger, job.run_key)
+    redo = sorted(i for i, key in recorded.items() if key not in held)
+    for i in redo:
+        run.run_dir.discard(run.run_dir.chunks / recorded[i])
+    if redo:
+        which = f"range {redo[0]}" if len(redo) == 1 else f"ranges {_spans(redo)}"
+        print(f"the target's ledger does not hold {which}: copying {'it' if len(redo) == 1 else 'them'} again "
+              f"(an earlier attempt of run key {run.run_key!r} recorded {'it' if len(redo) == 1 else 'them'} as "
+              f"done; the target was recreated or its {LEDGER_TABLE} emptied since)")
+    return redo
+
+
+def _spans(indexes: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    spans: list[list[int]] = []
+    for i in indexes:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info: dict[str, Any], schema: SourceSchema, *,
           created: bool, ddl: str | None, verify: bool, chunk_rows: int, mode: str, tname: str, chunk_retries: int,
           tags: list[str] | None, max_concurrency: int, counts_only: bool,
@@ -296,6 +331,7 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
     task_ = run.configure(copy_range_task, chunk_retries=chunk_retries, tags=tags or []).with_options(
         retry_condition_fn=_retry_condition)
     done: dict[int, ChunkReport] = {}
+    redo = recheck_ledger(run, ranges, job)
 
     summary = run.execute(
         ranges,
@@ -307,7 +343,7 @@ def copy_and_verify(run: ChunkedRun, ranges: list[KeyRange], job: CopyJob, info:
         on_report=lambda r, rep: done.__setitem__(r.index, rep),
     )
     result = MigrationSummary(**summary.model_dump(), **info, key=schema.key, target_created=created, ddl=ddl,
-                              ranges_total=len(ranges), rows_estimated=estimated)
+                              ranges_total=len(ranges), rows_estimated=estimated, ranges_not_in_ledger=redo)
     result.ranges_resumed = sum(rep.resumed for rep in done.values())
     result.ranges_recovered = sum(int(rep.extra.get("ranges_recovered", 0)) for rep in done.values())
     result.ranges_copied = sum(not rep.resumed for rep in done.values())
@@ -386,6 +422,7 @@ __all__ = [
     "fingerprint",
     "mismatch_reason",
     "planned_ranges",
+    "recheck_ledger",
     "resolve_url",
     "verify_all",
     "verify_only",

@@ -197,6 +197,11 @@ def _write_error(exc: pymysql.MySQLError, rng: KeyRange, names: Sequence[str], k
         return ItemError(f"range {rng.index}: the target refused the rows{where}:{column} {text}; nothing of this "
                          "range was written. Fix those rows in the source, relax the constraint, or filter them "
                          "out with query= or a transform", category="constraint")
+    if code == 1406:  # data too long: strict mode refuses it, never cuts it
+        return ItemError(f"range {rng.index}: a value is longer than the target column holds{where}:{column} {text}; "
+                         "nothing of this range was written. Widen the target column (a created table's text key "
+                         "columns share InnoDB's 3072-byte key: create the table yourself with the lengths you need) "
+                         "or shorten the value in a transform.", category="conversion")
     return ItemError(f"range {rng.index}: the target rejected a value{where}:{column} {text}; nothing of this range "
                      "was written. Fix the value in the source or map it in a transform.", category="conversion")
 

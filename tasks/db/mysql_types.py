@@ -15,25 +15,38 @@ Why these choices:
   spaces; ``batchflows:array:<element>`` in ``JSON``), so reading the table back gives the same kinds.
   Tables are InnoDB in utf8mb4 with a binary no-pad collation, so keys compare exactly as in PostgreSQL's
   ``COLLATE "C"`` and SQLite.
+* **Text keys**: InnoDB indexes at most 3072 bytes of a key and counts 4 per utf8mb4 character, so a key's
+  text columns share what its other columns leave: a declared length that fits is kept, the rest is split
+  evenly (``(bigint, text)`` -> ``VARCHAR(766)``). A longer value fails its row (strict mode), never cut.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from tasks.core import ConfigError
 from tasks.db.conn import TableName, quote
 from tasks.db.typemap import KINDS, ColumnInfo
-from tasks.db.values import JsonText, _to_bool, _to_json, coerce, json_text, sqlite_decoder, sqlite_encoder
+from tasks.db.values import END_OF_DAY, JsonText, _to_bool, _to_json, coerce, json_text, sqlite_decoder, sqlite_encoder
 
 TAG = "batchflows:"
 _UTC = dt.UTC
 _BIN_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb3_nopad_bin", "binary", "ascii_nopad_bin")
-_KEY_VARCHAR = 768  # InnoDB index key limit 3072 bytes / 4 bytes per utf8mb4 character
+_KEY_BYTES = 3072  # InnoDB's index key limit (DYNAMIC rows, MariaDB 10.2+ and MySQL 5.7+)
+_CHAR_BYTES = 4  # what InnoDB counts for a utf8mb4 character of a key
+_SIZED = re.compile(r"(var)?char\((\d+)\)")
+_DECIMAL = re.compile(r"(?:decimal|numeric)\((\d+)(?:,\s*(\d+))?\)")
+_FRACTION = re.compile(r"(datetime|timestamp|time)(?:\((\d)\))?")
+_FRACTION_BASE = {"datetime": 5, "timestamp": 4, "time": 3}
+_FIXED_BYTES = {"tinyint": 1, "year": 1, "smallint": 2, "mediumint": 3, "int": 4, "integer": 4, "float": 4,
+                "bigint": 8, "double": 8, "real": 8, "date": 3, "enum": 2, "set": 8, "bit": 8, "inet4": 4}
+_WIDEST_FIXED = 16  # a type not listed above (uuid, inet6, ...): as much as any fixed-width key type takes
 
 
 # ---------------------------------------------------------------- reading the type map
@@ -116,11 +129,9 @@ def _ddl(col: ColumnInfo, *, is_key: bool) -> tuple[str, str | None]:
         if col.precision is not None and col.precision <= 65 and (col.scale or 0) <= 30:
             return f"DECIMAL({col.precision},{col.scale or 0})", None
         return ("DECIMAL(65,30)", None) if is_key else ("LONGTEXT", "numeric")
-    if k in ("text", "varchar", "char"):
+    if k in ("text", "varchar", "char"):  # a key's are sized by _key_types
         tag = "char" if k == "char" else None
-        if col.length is not None and col.length <= (_KEY_VARCHAR if is_key else 16383):
-            return f"VARCHAR({col.length})", tag
-        return (f"VARCHAR({_KEY_VARCHAR})", tag) if is_key else ("LONGTEXT", tag)
+        return (f"VARCHAR({col.length})", tag) if col.length is not None and col.length <= 16383 else ("LONGTEXT", tag)
     fixed = {"smallint": "SMALLINT", "integer": "INT", "bigint": "BIGINT", "real": "FLOAT", "double": "DOUBLE",
              "boolean": "TINYINT(1)", "date": "DATE", "time": "TIME(6)", "timestamp": "DATETIME(6)",
              "timestamptz": "DATETIME(6)", "json": "JSON", "jsonb": "JSON", "bytes": "LONGBLOB", "uuid": "CHAR(36)"}
@@ -138,20 +149,98 @@ def _tag_of(col: ColumnInfo) -> str | None:
     return None
 
 
+def _text_key(col: ColumnInfo) -> tuple[str, int | None] | None:
+    """(``VARCHAR`` or ``CHAR``, the declared length or None) of a text key column; None for other kinds."""
+    if col.kind not in ("text", "varchar", "char"):
+        return None
+    declared = col.declared[6:].lower() if col.declared.startswith("mysql:") else ""
+    sized = _SIZED.fullmatch(declared)
+    if sized:
+        return ("VARCHAR" if sized[1] else "CHAR"), int(sized[2])
+    if declared and "text" not in declared:  # ENUM, SET, ... keep their declared type
+        return None
+    return "VARCHAR", col.length
+
+
+def _digits_bytes(digits: int) -> int:
+    return digits // 9 * 4 + (0, 1, 1, 2, 2, 3, 3, 4, 4)[digits % 9]
+
+
+def _key_bytes(typ: str) -> int:
+    """The bytes InnoDB counts for a key column of this (not text) type."""
+    t = typ.lower()
+    if m := _SIZED.match(t):
+        return int(m[2]) * _CHAR_BYTES
+    if m := _DECIMAL.match(t):
+        precision, scale = int(m[1]), int(m[2] or 0)
+        return _digits_bytes(precision - scale) + _digits_bytes(scale)
+    if m := _FRACTION.match(t):
+        return _FRACTION_BASE[m[1]] + (int(m[2] or 0) + 1) // 2
+    word = re.match(r"[a-z0-9]*", t)
+    return _FIXED_BYTES.get(word[0] if word else "", _WIDEST_FIXED)
+
+
+def _share(wanted: dict[str, int | None], chars: int) -> dict[str, int]:
+    """Characters per text column out of ``chars``: the shortest declared lengths first, each taking at most an
+    even share of what is left, so a length that fits is kept and the rest split evenly."""
+    out: dict[str, int] = {}
+    order = sorted(wanted, key=lambda n: (wanted[n] is None, wanted[n] or 0))
+    for i, name in enumerate(order):
+        even = chars // (len(order) - i)
+        want = wanted[name]
+        out[name] = even if want is None else min(want, even)
+        chars -= out[name]
+    return out
+
+
+def key_text_lengths(key_cols: list[ColumnInfo]) -> dict[str, int]:
+    """The characters each text column of a key gets in a table created in MySQL/MariaDB: they share the 3072
+    bytes the key's other columns leave (see the module docstring); 0 for every one when the key cannot fit."""
+    used = sum(_key_bytes(_ddl(c, is_key=True)[0]) for c in key_cols if _text_key(c) is None)
+    wanted = {c.name: t[1] for c in key_cols if (t := _text_key(c)) is not None}
+    lengths = _share(wanted, max(_KEY_BYTES - used, 0) // _CHAR_BYTES)
+    return dict.fromkeys(lengths, 0) if used > _KEY_BYTES or 0 in lengths.values() else lengths
+
+
+def _key_types(key_cols: list[ColumnInfo], table: TableName) -> dict[str, tuple[str, str | None]]:
+    """(MySQL type, tag) of each key column, text ones sized by :func:`key_text_lengths`; a ConfigError when
+    the key cannot fit."""
+    types = {c.name: _ddl(c, is_key=True) for c in key_cols if _text_key(c) is None}
+    used = sum(_key_bytes(typ) for typ, _ in types.values())
+    texts = {c.name: t for c in key_cols if (t := _text_key(c)) is not None}
+    lengths = key_text_lengths(key_cols)
+    if used > _KEY_BYTES or 0 in lengths.values():
+        names = ", ".join(repr(c.name) for c in key_cols)
+        left = f", leaving no character for each of its {len(texts)} text columns" if texts else ""
+        msg = (f"the key ({names}) of {table} cannot be a MySQL/MariaDB primary key: InnoDB indexes at most "
+               f"{_KEY_BYTES} bytes of a key (4 per utf8mb4 character) and its other columns take {used}{left}. "
+               "Create the target table yourself (db_migrate writes into an existing one), or pass key= naming "
+               "fewer columns")
+        raise ConfigError(msg)
+    for c in key_cols:  # char(n) in a VARCHAR is tagged: CHAR would drop trailing spaces
+        if c.name in texts:
+            word = texts[c.name][0]
+            types[c.name] = f"{word}({lengths[c.name]})", "char" if c.kind == "char" and word == "VARCHAR" else None
+    return types
+
+
 def mysql_type(col: ColumnInfo, *, is_key: bool = False) -> str:
-    """The MySQL DDL type of a column (with its ``COMMENT 'batchflows:...'`` tag where one is needed)."""
-    typ, tag = _ddl(col, is_key=is_key)
+    """The MySQL DDL type of a column (with its ``COMMENT 'batchflows:...'`` tag where one is needed); a key
+    column as the only column of its key."""
+    typ, tag = _key_types([col], TableName(name=col.name))[col.name] if is_key else _ddl(col, is_key=False)
     return f"{typ} COMMENT '{TAG}{tag}'" if tag else typ
 
 
 def create_table_mysql(columns: list[ColumnInfo], key: list[str], table: TableName, *, mariadb: bool = True) -> str:
-    """``CREATE TABLE`` for MySQL/MariaDB: InnoDB, utf8mb4 with a binary no-pad collation, key = primary key."""
+    """``CREATE TABLE`` for MySQL/MariaDB: InnoDB, utf8mb4 with a binary no-pad collation, key = primary key
+    (its text columns sized to fit InnoDB's key limit; a ConfigError when the key cannot fit)."""
     def q(name: str) -> str:
         return quote(name, "mysql")
 
+    key_types = _key_types([c for c in columns if c.name in key], table)
     lines = []
     for c in columns:
-        typ, tag = _ddl(c, is_key=c.name in key)
+        typ, tag = key_types[c.name] if c.name in key_types else _ddl(c, is_key=False)
         null = "" if c.nullable and c.name not in key else " NOT NULL"
         lines.append(f"{q(c.name)} {typ}{null}" + (f" COMMENT '{TAG}{tag}'" if tag else ""))
     if key:  # a table without one gets none
@@ -200,6 +289,8 @@ def _dec_time(v: Any) -> Any:
     if isinstance(v, dt.time):
         return v
     if isinstance(v, dt.timedelta):
+        if v == dt.timedelta(days=1):
+            return END_OF_DAY  # 24:00:00, a day's end (as PostgreSQL's time holds it)
         if v < dt.timedelta(0) or v >= dt.timedelta(days=1):
             raise ValueError(f"MySQL TIME {v} is outside 00:00:00-23:59:59.999999 (a duration, not a time of day)")
         return (dt.datetime.min + v).time()
@@ -267,6 +358,7 @@ __all__ = [
     "column_from_field",
     "column_from_mysql",
     "create_table_mysql",
+    "key_text_lengths",
     "mysql_decoder",
     "mysql_encoder",
     "mysql_type",

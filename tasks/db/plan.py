@@ -30,14 +30,18 @@ from pydantic import BaseModel
 
 from tasks.core import ConfigError
 from tasks.db.conn import (
+    Endpoint,
     TableName,
     UrlLike,
+    creating,
+    missing_schema,
     parse_db_url,
     parse_table_name,
     redacted_url,
 )
 from tasks.db.copier import MODES, Mode
 from tasks.db.deferred_key import add_key_sql, mark
+from tasks.db.mysql_types import key_text_lengths
 from tasks.db.physical import require_key, scan_label
 from tasks.db.schema import (
     KeyRange,
@@ -125,20 +129,22 @@ def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, 
     schema = schema or reflect(source_url, table, query=query, key=key)
     tname = _target_name(table, target_table)
     ep = parse_db_url(target_url)
-    deferred = defer_key is not None and ep.dialect == "postgresql" and bool(schema.key)
-    ddl = create = create_table_sql(schema, ep.dialect, tname, with_key=not deferred)
-    if deferred:  # shown, not run: a quoted name may hold a line break
-        ddl += f"\n-- after the load: {add_key_sql(tname, schema.key)}"
+    if tname.schema_name is not None and not _schema_exists(ep, tname.schema_name):
+        raise missing_schema(ep, tname)
     if target_table_exists(target_url, tname):
         existing = reflect(target_url, tname, key=schema.key, role="target")
-        problems = compare_schemas(schema, existing)
+        problems = compare_schemas(_as_created(schema, ep), existing)
         if problems:
             msg = (f"target table {tname} in {ep.describe()} exists but cannot take the source rows: "
                    + "; ".join(problems) + ". Alter or drop it, or choose another target_table.")
             raise ConfigError(msg)
-        return TargetResult(table=str(tname), created=False, existed=True, ddl=ddl, target_schema=existing)
+        return TargetResult(table=str(tname), created=False, existed=True, ddl="", target_schema=existing)
+    deferred = defer_key is not None and ep.dialect == "postgresql" and bool(schema.key)
+    ddl = create = create_table_sql(schema, ep.dialect, tname, with_key=not deferred)
+    if deferred:  # shown, not run: a quoted name may hold a line break
+        ddl += f"\n-- after the load: {add_key_sql(tname, schema.key)}"
     if execute:
-        with connect(ep, "target", write=True) as db:
+        with connect(ep, "target", write=True) as db, creating(db, tname):
             if db.dialect == "mysql" and "mariadb" not in str(db.raw.get_server_info()).lower():
                 ddl = create = create.replace("utf8mb4_nopad_bin", "utf8mb4_0900_bin")  # MySQL 8's binary no-pad
             db.raw.execute(create)
@@ -147,6 +153,31 @@ def _ensure_target(source_url: UrlLike, target_url: UrlLike, table: str | None, 
             if db.dialect == "postgresql":
                 db.raw.commit()
     return TargetResult(table=str(tname), created=execute, existed=False, ddl=ddl, key_deferred=deferred)
+
+
+def _as_created(schema: SourceSchema, ep: Endpoint) -> SourceSchema:
+    """The source's columns as a created MySQL/MariaDB target holds them: a key's text columns shortened to share
+    InnoDB's key limit (a longer value fails its row), so a table db_migrate created, or one with keys at least
+    as long, is not refused as too short by the next run."""
+    if ep.dialect != "mysql" or not schema.key:
+        return schema
+    lengths = {n: k for n, k in key_text_lengths(schema.key_columns()).items() if k > 0}
+    cols = [c.model_copy(update={"length": lengths[c.name]})
+            if c.name in lengths and (c.length is None or c.length > lengths[c.name]) else c for c in schema.columns]
+    return schema.model_copy(update={"columns": cols})
+
+
+def _schema_exists(ep: Endpoint, schema: str) -> bool:
+    """Whether the target's schema (a MySQL/MariaDB database; SQLite's file is 'main') exists, so a missing one
+    is named up front, in a dry run too."""
+    if ep.dialect == "sqlite":
+        return schema == "main"
+    sql = ("SELECT 1 FROM pg_namespace WHERE nspname = %s" if ep.dialect == "postgresql"
+           else "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s")
+    with connect(ep, "target") as db:
+        found = db.all(sql, [schema])
+        db.raw.rollback()
+    return bool(found)
 
 
 def plan_migration(source_url: UrlLike, target_url: UrlLike, table: str | None = None, *,

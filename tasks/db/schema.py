@@ -30,8 +30,16 @@ from tasks.db.conn import (
 )
 from tasks.db.mysql_types import create_table_mysql, mysql_decoder, mysql_encoder
 from tasks.db.session import connect
-from tasks.db.typemap import ColumnInfo, column_from_sqlite, incompatibility, kind_from_pg, pg_type, sqlite_type
-from tasks.db.values import coerce, key_to_json, sqlite_decoder, sqlite_encoder
+from tasks.db.typemap import (
+    ColumnInfo,
+    column_from_sqlite,
+    incompatibility,
+    kind_from_pg,
+    pg_type,
+    sqlite_key_problem,
+    sqlite_type,
+)
+from tasks.db.values import coerce, key_to_json, sqlite_bound, sqlite_decoder
 
 _KEY_KINDS = frozenset(
     {"smallint", "integer", "bigint", "numeric", "text", "varchar", "char", "uuid", "date", "timestamp",
@@ -226,6 +234,12 @@ def reflect(url: UrlLike, table: str | TableName | None = None, *, query: str | 
         if col.kind not in _KEY_KINDS:
             msg = f"key column {k!r} is {col.type_label()}; ranges need an integer, numeric, text, uuid, date or timestamp key"
             raise ConfigError(msg)
+        if schema.dialect == "sqlite" and (why := sqlite_key_problem(col, stored=True)) is not None:
+            qk = quote(k, "sqlite")
+            msg = (f"key column {k!r} of {schema.label()} in {parse_db_url(url).describe()}: {why}. Drop the table "
+                   "and let db_migrate create it (a whole-number key becomes DECIMAL_INT, compared as integers), or "
+                   f"read it with query='SELECT CAST({qk} AS INTEGER) AS {qk}, ...' and key={k!r}")
+            raise ConfigError(msg)
     return schema.model_copy(update={"key": keys})
 
 
@@ -300,12 +314,13 @@ class KeyRange(BaseModel):
         return f"{what}({self.lower}, {self.upper}]"
 
 
-def key_expr(db: Db, cols: Sequence[ColumnInfo]) -> list[str]:
-    """Key column expressions; text keys compare bytewise (COLLATE "C") so both dialects agree on order."""
+def key_expr(db: Db, cols: Sequence[ColumnInfo], *, prefix: str = "") -> list[str]:
+    """Key column expressions; text keys compare bytewise (COLLATE "C") so both dialects agree on order.
+    ``prefix``: the relation's name and a dot, to qualify the columns."""
     if db.dialect == "mysql":  # text keys of a collation that is not binary no-pad compare as their bytes
-        return [f"CAST({db.q(c.name)} AS BINARY)" if c.collate_c else db.q(c.name) for c in cols]
-    return [f'{db.q(c.name)} COLLATE "C"' if db.dialect == "postgresql" and c.collate_c else db.q(c.name)
-            for c in cols]
+        return [f"CAST({prefix}{db.q(c.name)} AS BINARY)" if c.collate_c else prefix + db.q(c.name) for c in cols]
+    return [f'{prefix}{db.q(c.name)} COLLATE "C"' if db.dialect == "postgresql" and c.collate_c
+            else prefix + db.q(c.name) for c in cols]
 
 
 def bind_key(db: Db, col: ColumnInfo, value: Any) -> Any:
@@ -314,12 +329,21 @@ def bind_key(db: Db, col: ColumnInfo, value: Any) -> Any:
     if db.dialect == "mysql":
         enc = mysql_encoder(col)
         return enc(typed) if enc is not None else typed
-    return sqlite_encoder(col)(typed) if db.dialect == "sqlite" else typed
+    return sqlite_bound(col, typed) if db.dialect == "sqlite" else typed
 
 
 def order_by(db: Db, schema: SourceSchema) -> str:
-    """`` ORDER BY <key>``, or nothing for a table without a key (a physical range is read in any order)."""
-    return f" ORDER BY {', '.join(key_expr(db, schema.key_columns()))}" if schema.key else ""
+    """`` ORDER BY <key>``, or nothing for a table without a key (a physical range is read in any order).
+
+    PostgreSQL and MySQL take a bare name in ORDER BY as the select list's column of that name first: a key
+    read as text (``"id"::text``, ``CAST(id AS CHAR) AS id``) would order '10' before '9'. Qualified with
+    the relation, the key is the stored column."""
+    if not schema.key:
+        return ""
+    prefix = ""
+    if db.dialect in ("postgresql", "mysql"):
+        prefix = (schema.table.sql(db.dialect) if schema.table is not None else "_bf_src") + "."
+    return f" ORDER BY {', '.join(key_expr(db, schema.key_columns(), prefix=prefix))}"
 
 
 def _physical_predicate(db: Db, rng: KeyRange) -> tuple[list[str], list[Any]]:
@@ -544,7 +568,16 @@ def create_table_sql(schema: SourceSchema, dialect: Dialect, table: str | TableN
     def q(name: str) -> str:
         return quote(name, dialect)
 
-    typer = pg_type if dialect == "postgresql" else sqlite_type
+    if dialect == "sqlite":
+        for c in schema.key_columns():
+            if (why := sqlite_key_problem(c, stored=False)) is not None:
+                msg = (f"key column {c.name!r} of {schema.label()}: {why}; pass key= naming other unique columns, "
+                       "or read it with query= and CAST")
+                raise ConfigError(msg)
+
+    def typer(c: ColumnInfo) -> str:
+        return pg_type(c) if dialect == "postgresql" else sqlite_type(c, key=c.name in schema.key)
+
     lines = [f"{q(c.name)} {typer(c)}{'' if c.nullable and c.name not in schema.key else ' NOT NULL'}"
              for c in schema.columns]
     if schema.key and with_key:  # a table without one gets none (never an invented key)

@@ -5,8 +5,12 @@ once by a dialect-neutral kind (plus precision, scale, length, array element); t
 ``tasks.db.values`` and the DDL of both dialects are derived from it.
 
 SQLite stores what PostgreSQL types carry in declared type names that keep their affinity harmless:
-``numeric(p,s)`` becomes ``DECIMAL_TEXT(p,s)`` (TEXT affinity: no silent rounding to a double),
-timestamps are ISO text in UTC, JSON and arrays are JSON text (``INTEGER_ARRAY``...), uuids are text.
+``numeric(p,s)`` becomes ``DECIMAL_TEXT(p,s)`` (TEXT affinity: no silent rounding to a double), except a
+key column of whole numbers: ``DECIMAL_INT(p,0)`` (INTEGER affinity, so keys compare as numbers, not as
+text where '10' < '9'; a value past 64 bits is refused, see ``values.sqlite_encoder``); floats are
+``FLOAT8_BLOB``/``FLOAT4_BLOB`` (BLOB affinity: REAL affinity stores a whole float as an integer and loses
+the sign of -0.0); timestamps are ISO text in UTC, JSON and arrays are JSON text (``INTEGER_ARRAY``...),
+uuids are text.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ _PG_DDL: dict[str, str] = {
     "bytes": "bytea", "uuid": "uuid",
 }
 _SQLITE_DDL: dict[str, str] = {
-    "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "INTEGER", "real": "FLOAT4",
-    "double": "DOUBLE PRECISION", "text": "TEXT", "boolean": "BOOLEAN", "date": "DATE", "time": "TIME",
+    "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "INTEGER", "real": "FLOAT4_BLOB",
+    "double": "FLOAT8_BLOB", "text": "TEXT", "boolean": "BOOLEAN", "date": "DATE", "time": "TIME",
     "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ", "json": "JSON", "jsonb": "JSONB",
     "bytes": "BLOB", "uuid": "UUID",
 }
@@ -99,12 +103,13 @@ def column_from_sqlite(name: str, declared: str, *, notnull: bool) -> ColumnInfo
     if word.endswith("_ARRAY") and word[:-6].lower() in KINDS:
         return ColumnInfo(kind="array", element=word[:-6].lower(), **common)
     exact = {
-        "DECIMAL_TEXT": "numeric", "NUMERIC": "numeric", "DECIMAL": "numeric", "BOOLEAN": "boolean",
-        "BOOL": "boolean", "TIMESTAMPTZ": "timestamptz", "TIMESTAMP WITH TIME ZONE": "timestamptz",
-        "TIMESTAMP": "timestamp", "DATETIME": "timestamp", "DATE": "date", "TIME": "time", "JSON": "json",
-        "JSONB": "jsonb", "UUID": "uuid", "BLOB": "bytes", "BYTEA": "bytes", "SMALLINT": "smallint",
-        "INT2": "smallint", "TINYINT": "smallint", "INT4": "integer", "MEDIUMINT": "integer",
-        "FLOAT4": "real", "CHAR": "char", "CHARACTER": "char",
+        "DECIMAL_TEXT": "numeric", "DECIMAL_INT": "numeric", "NUMERIC": "numeric", "DECIMAL": "numeric",
+        "BOOLEAN": "boolean", "BOOL": "boolean", "TIMESTAMPTZ": "timestamptz",
+        "TIMESTAMP WITH TIME ZONE": "timestamptz", "TIMESTAMP": "timestamp", "DATETIME": "timestamp",
+        "DATE": "date", "TIME": "time", "JSON": "json", "JSONB": "jsonb", "UUID": "uuid", "BLOB": "bytes",
+        "BYTEA": "bytes", "SMALLINT": "smallint", "INT2": "smallint", "TINYINT": "smallint", "INT4": "integer",
+        "MEDIUMINT": "integer", "FLOAT4": "real", "FLOAT4_BLOB": "real", "FLOAT8_BLOB": "double", "CHAR": "char",
+        "CHARACTER": "char",
     }
     kind = exact.get(word)
     if kind is None:
@@ -136,16 +141,56 @@ def pg_type(col: ColumnInfo) -> str:
     return _PG_DDL[col.kind]
 
 
-def sqlite_type(col: ColumnInfo) -> str:
-    """The SQLite DDL type of a column (see the module docstring for why these names)."""
+def sqlite_type(col: ColumnInfo, *, key: bool = False) -> str:
+    """The SQLite DDL type of a column (see the module docstring for why these names). ``key``: the column
+    is part of the range key (a numeric one must then hold whole numbers: see :func:`sqlite_key_problem`)."""
     if col.kind == "array":
         return f"{(col.element or 'text').upper()}_ARRAY"
     if col.kind == "numeric":
-        return f"DECIMAL_TEXT({col.precision},{col.scale or 0})" if col.precision else "DECIMAL_TEXT"
+        base = "DECIMAL_INT" if key else "DECIMAL_TEXT"
+        return f"{base}({col.precision},{col.scale or 0})" if col.precision else base
     if col.kind in ("varchar", "char"):
         base = "VARCHAR" if col.kind == "varchar" else "CHAR"
         return f"{base}({col.length})" if col.length else "TEXT"
     return _SQLITE_DDL[col.kind]
+
+
+def sqlite_affinity(declared: str) -> str:
+    """SQLite's affinity of a declared column type, by its rules (sqlite.org/datatype3.html, 3.1)."""
+    word = declared.upper()
+    if "INT" in word:
+        return "INTEGER"
+    if any(w in word for w in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in word or not word.strip():
+        return "BLOB"
+    if any(w in word for w in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def sqlite_int_numeric(col: ColumnInfo) -> bool:
+    """A SQLite numeric column of INTEGER affinity (``DECIMAL_INT``): its values are stored as 64-bit integers."""
+    return (col.kind == "numeric" and not col.declared.startswith("mysql:")
+            and sqlite_affinity(col.declared) == "INTEGER")
+
+
+def sqlite_key_problem(col: ColumnInfo, *, stored: bool) -> str | None:
+    """Why a numeric key column cannot be ranged in SQLite, or None. ``stored``: the column is a SQLite
+    table's (its declared type decides how values compare), else one SQLite is to create
+    (:func:`sqlite_type` with ``key=True``). SQLite has no exact decimal type that orders by value: text
+    orders '10' before '9', a REAL rounds past 15 digits."""
+    if col.kind != "numeric":
+        return None
+    if stored:
+        if sqlite_affinity(col.declared) != "TEXT":
+            return None
+        return (f"it is declared {col.declared} (TEXT affinity), so SQLite compares its values as text ('10' < '9') "
+                "and key ranges would take the wrong rows")
+    if col.scale:
+        return (f"it is {col.type_label()}: SQLite keeps such decimals exactly only as text, which orders '10' "
+                "before '9', so it cannot be a range key there (whole-number keys are stored as DECIMAL_INT)")
+    return None
 
 
 def incompatibility(src: ColumnInfo, tgt: ColumnInfo) -> str | None:
@@ -178,5 +223,8 @@ __all__ = [
     "incompatibility",
     "kind_from_pg",
     "pg_type",
+    "sqlite_affinity",
+    "sqlite_int_numeric",
+    "sqlite_key_problem",
     "sqlite_type",
 ]

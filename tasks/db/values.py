@@ -17,13 +17,14 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Iterable, Sequence
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from tasks.core.exactjson import dumps_exact, loads_exact
-from tasks.db.typemap import ColumnInfo
+from tasks.db.typemap import ColumnInfo, sqlite_int_numeric
 
 _UTC = dt.UTC
 
@@ -115,8 +116,15 @@ def _to_date(v: Any) -> dt.date:
     return dt.date.fromisoformat(str(v).strip()[:10])
 
 
-def _to_time(v: Any) -> dt.time:
-    return v if isinstance(v, dt.time) else dt.time.fromisoformat(str(v).strip())
+END_OF_DAY = "24:00:00"  # PostgreSQL's time '24:00:00' (a day's end): no Python time holds it, so it stays text
+_END_OF_DAY = re.compile(r"24:00(?::00(?:\.0*)?)?")
+
+
+def _to_time(v: Any) -> dt.time | str:
+    if isinstance(v, dt.time):
+        return v
+    text = str(v).strip()
+    return END_OF_DAY if _END_OF_DAY.fullmatch(text) else dt.time.fromisoformat(text)
 
 
 def _to_text(v: Any) -> str:
@@ -230,7 +238,7 @@ def _sqlite_scalar(kind: str, v: Any) -> Any:
     if kind == "timestamptz":
         return v.astimezone(_UTC).isoformat(sep=" ", timespec="microseconds")
     if kind in ("date", "time"):
-        return v.isoformat()
+        return v if isinstance(v, str) else v.isoformat()  # END_OF_DAY
     if kind in ("json", "jsonb"):
         return json_text(v)
     if kind == "uuid":
@@ -254,9 +262,68 @@ def _sqlite_array_item(kind: str, v: Any) -> Any:
     return "\\x" + out.hex() if isinstance(out, bytes) else out
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _sqlite_int(col: ColumnInfo) -> Callable[[Any], Any]:
+    """A whole number -> the int a DECIMAL_INT column stores; anything SQLite would store otherwise is refused
+    (INTEGER affinity turns a number past 64 bits into a rounded REAL, and a fraction into a REAL)."""
+    def enc(v: Any) -> Any:
+        if v is None:
+            return None
+        d = _to_decimal(v)
+        if not d.is_finite() or d != d.to_integral_value():
+            raise ValueError(f"not a whole number: a {col.declared} key column holds SQLite integers")
+        n = int(d)
+        if not _INT64_MIN <= n <= _INT64_MAX:
+            raise ValueError(f"past the 64-bit integers (-2**63 to 2**63-1) a {col.declared} key column holds in "
+                             "SQLite")
+        return n
+
+    return enc
+
+
+def sqlite_bound(col: ColumnInfo, value: Any) -> Any:
+    """A range bound (canonical value) -> the parameter a SQLite column is compared with: the stored form,
+    except for a DECIMAL_INT column, where any number compares right (``id > b`` and ``id <= b`` hold for the
+    integers ``id`` exactly when they do for ``floor(b)``; past 64 bits, where no stored value lies, +-inf)."""
+    if value is None or not sqlite_int_numeric(col):
+        return sqlite_encoder(col)(value)
+    d = _to_decimal(value)
+    if d.is_nan():
+        raise ValueError(f"NaN is not a range bound of key column {col.name!r}")
+    if d.is_infinite():
+        return float(d)
+    n = int(d.to_integral_value(rounding=ROUND_FLOOR))
+    return n if _INT64_MIN <= n <= _INT64_MAX else float("inf") if n > 0 else float("-inf")
+
+
+def sqlite_unstorable(cols: Sequence[ColumnInfo], rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, str] | None:
+    """(row, column, why) of the first value SQLite would store as something else, or None: a float NaN
+    (SQLite has none and binds it as NULL). One C-level sum per float column, which a NaN poisons; the
+    column's rows are scanned only then (``inf + -inf`` poisons it too: the scan finds nothing)."""
+    for i, col in enumerate(cols):
+        if col.kind not in ("real", "double"):
+            continue
+        try:
+            total = sum(filter(None, map(itemgetter(i), rows)))  # NULLs and zeros left out
+        except (TypeError, OverflowError):
+            total = float("nan")
+        if total == total:
+            continue
+        for r, row in enumerate(rows):
+            v = row[i]
+            if isinstance(v, float) and v != v:
+                return r, i, "NaN cannot be stored in SQLite (it would be stored as NULL)"
+    return None
+
+
 def sqlite_encoder(col: ColumnInfo) -> Callable[[Any], Any]:
-    """Canonical Python value -> what this column stores in SQLite."""
+    """Canonical Python value -> what this column stores in SQLite (a DECIMAL_INT column: an int, see
+    :func:`_sqlite_int`)."""
     kind = col.kind
+    if sqlite_int_numeric(col):
+        return _sqlite_int(col)
     if kind == "array":
         elem = col.element or "text"
         return lambda v: None if v is None else dumps_exact(
@@ -570,6 +637,7 @@ def frame_value(col: ColumnInfo, value: Any) -> Any:
 
 
 __all__ = [
+    "END_OF_DAY",
     "JsonText",
     "canonical_json",
     "canonical_row",
@@ -583,6 +651,8 @@ __all__ = [
     "raw_json",
     "row_canonicalizer",
     "rows_checksum",
+    "sqlite_bound",
     "sqlite_decoder",
     "sqlite_encoder",
+    "sqlite_unstorable",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from tasks.core import ConfigError, redact_text
 from tasks.db import arrow_rows, arrow_verify
 from tasks.db.conn import Db, UrlLike, parse_db_url, parse_table_name
-from tasks.db.copier import iter_rows
+from tasks.db.copier import iter_rows, read_with_times
 from tasks.db.physical import verify_scope
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.session import connect, submit_in_run
@@ -49,11 +49,12 @@ class RangeCheck(BaseModel):
 
 
 def _rows(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
-          as_kinds: SourceSchema | None = None, *, arrow: bool = False) -> Iterator[tuple[Any, ...]]:
+          as_kinds: SourceSchema | None = None, *, arrow: bool = False, end_of_day: bool = False
+          ) -> Iterator[tuple[Any, ...]]:
     """The range's rows in key order as canonical values, streamed; with ``as_kinds`` (the source's schema,
     when reading the target) a column whose kind differs is converted to the source's kind first.
     ``arrow``: a MySQL/MariaDB or PostgreSQL range through connectorx (tasks.db.arrow_rows; may raise part
-    way)."""
+    way). ``end_of_day``: see copier.read_with_times (PostgreSQL's time '24:00:00')."""
     fix = []
     if as_kinds is not None:
         for i, (mine, theirs) in enumerate(zip(schema.columns, as_kinds.columns, strict=True)):
@@ -62,7 +63,7 @@ def _rows(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
     with connect(url, role) as db:  # type: ignore[arg-type]
         if arrow and not arrow_rows.readable(db, schema):
             raise arrow_rows.NotReadable(f"{schema.label()} has a column connectorx cannot read exactly")
-        rows = arrow_rows.iter_rows(db, schema, rng) if arrow else iter_rows(db, schema, rng)
+        rows = arrow_rows.iter_rows(db, schema, rng) if arrow else iter_rows(db, schema, rng, end_of_day=end_of_day)
         for row in rows:
             if fix:
                 vals = list(row)
@@ -75,13 +76,13 @@ def _rows(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
 
 
 def _row_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
-                 as_kinds: SourceSchema | None = None) -> Iterator[tuple[list[Any], bytes]]:
+                 as_kinds: SourceSchema | None = None, end_of_day: bool = False) -> Iterator[tuple[list[Any], bytes]]:
     """(key, md5 of the row's canonical values) per row of the range, streamed."""
     key_pos = [schema.names.index(k) for k in schema.key]
     key_cols = schema.key_columns()
     canon = row_canonicalizer(as_kinds.columns if as_kinds is not None else schema.columns)
     md5 = hashlib.md5
-    for row in _rows(url, schema, rng, role, as_kinds):
+    for row in _rows(url, schema, rng, role, as_kinds, end_of_day=end_of_day):
         key = [key_to_json(c, row[p]) for c, p in zip(key_cols, key_pos, strict=True)]
         yield key, md5(canon(row), usedforsecurity=False).digest()
 
@@ -95,44 +96,63 @@ def _columns_checksum(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: s
             return checksum(_rows(url, schema, rng, role, as_kinds, arrow=True))
         except Exception as exc:  # any surprise (or not readable there): the range again through PyMySQL
             _log.debug("range %s: read through PyMySQL (%s)", rng.index, redact_text(str(exc))[:200])
-    return checksum(_rows(url, schema, rng, role, as_kinds))
+    return read_with_times(lambda end_of_day: checksum(_rows(url, schema, rng, role, as_kinds, end_of_day=end_of_day)),
+                           schema)
 
 
 def _digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
              as_kinds: SourceSchema | None = None) -> list[tuple[list[Any], bytes]]:
-    return list(_row_digests(url, schema, rng, role, as_kinds))
+    return read_with_times(lambda end_of_day: list(_row_digests(url, schema, rng, role, as_kinds, end_of_day)), schema)
 
 
 def _multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
               as_kinds: SourceSchema | None = None) -> tuple[int, str]:
     """(count, order-independent checksum) of a table without a key, streamed (nothing kept per row): the
     sum of the rows' digests, so every copy of an identical row counts and the storage order does not."""
-    n = total = 0
-    for _, digest in _row_digests(url, schema, rng, role, as_kinds):
-        n += 1
-        total += int.from_bytes(digest, "big")
-    return n, f"sum:{total % (1 << 128):032x}"
+    def read(end_of_day: bool) -> tuple[int, str]:
+        n = total = 0
+        for _, digest in _row_digests(url, schema, rng, role, as_kinds, end_of_day):
+            n += 1
+            total += int.from_bytes(digest, "big")
+        return n, f"sum:{total % (1 << 128):032x}"
+
+    return read_with_times(read, schema)
 
 
-def _pg_canon_expr(db: Db, col: ColumnInfo) -> str:
+# json texts jsonb refuses (a \u0000 escape, a lone surrogate escape): valid json, compared as their texts
+_NOT_JSONB = (r"\\u0000|\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})"
+              r"|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
+_NOT_JSONB_SQL = _NOT_JSONB.replace("\\", "\\\\")  # in an E'' literal: the same whatever standard_conforming_strings
+
+
+def _pg_canon_expr(db: Db, col: ColumnInfo, *, json_as_text: bool = False) -> str:
     """Server-side canonical text of a column; the same expression runs on both PostgreSQL sides, and
-    normalizes what may legitimately differ (numeric scale, json vs jsonb, int4 vs int8 text is equal)."""
+    normalizes what may legitimately differ (numeric scale, json vs jsonb, int4 vs int8 text is equal).
+    A ``json`` document is its jsonb text (spacing and key order normalized), or its own text with
+    ``json_as_text`` (both sides json: a copy keeps it) and where jsonb cannot hold it (``\\u0000``)."""
     q = db.q(col.name)
     if col.kind == "numeric":
         return f"trim_scale({q})::text"
-    if col.kind in ("json", "jsonb"):
-        return f"{q}::jsonb::text"
+    if col.kind == "json":
+        return f"{q}::text" if json_as_text else \
+            f"CASE WHEN {q}::text ~* E'{_NOT_JSONB_SQL}' THEN {q}::text ELSE {q}::jsonb::text END"
     if col.kind == "real":
         return f"{q}::float8::text"
     return f"{q}::text"
 
 
-def _pg_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> list[tuple[list[Any], bytes]]:
+def _pg_record(db: Db, schema: SourceSchema, text_json: frozenset[str]) -> str:
+    """The canonical record of a row (``ROW(...)``'s fields); ``text_json``: json columns compared as texts."""
+    return ", ".join(_pg_canon_expr(db, c, json_as_text=c.name in text_json) for c in schema.columns)
+
+
+def _pg_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str, text_json: frozenset[str] = frozenset()
+                ) -> list[tuple[list[Any], bytes]]:
     """(key, md5 of the row's canonical record text) per row, computed by the server (PG <-> PG only)."""
     key_cols = schema.key_columns()
     with connect(url, role) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, key_cols, rng)
-        record = ", ".join(_pg_canon_expr(db, c) for c in schema.columns)
+        record = _pg_record(db, schema, text_json)
         keys = ", ".join(db.q(c.name) for c in key_cols)
         order = ", ".join(key_expr(db, key_cols))
         sql = (f"SELECT {keys}, md5(ROW({record})::text) FROM {schema.relation('postgresql')} "
@@ -146,12 +166,13 @@ def _pg_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) ->
     return out
 
 
-def _pg_aggregate(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> tuple[int, str]:
+def _pg_aggregate(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+                  text_json: frozenset[str] = frozenset()) -> tuple[int, str]:
     """(count, checksum) of a range computed entirely by the server: nothing but two values travels."""
     key_cols = schema.key_columns()
     with connect(url, role) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, key_cols, rng)
-        record = ", ".join(_pg_canon_expr(db, c) for c in schema.columns)
+        record = _pg_record(db, schema, text_json)
         order = ", ".join(key_expr(db, key_cols))
         row = db.all(f"SELECT count(*), md5(string_agg(md5(ROW({record})::text), '' ORDER BY {order})) "
                      f"FROM {schema.relation('postgresql')} WHERE {where}", params)[0]
@@ -159,12 +180,13 @@ def _pg_aggregate(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) 
     return int(row[0]), str(row[1] or hashlib.md5(b"", usedforsecurity=False).hexdigest())
 
 
-def _pg_multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> tuple[int, str]:
+def _pg_multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
+                 text_json: frozenset[str] = frozenset()) -> tuple[int, str]:
     """(count, order-independent checksum) for a table without a key: the sum of every row's md5 (as a
     64-bit number), so equal multisets of rows give equal sums whatever order the rows are stored in."""
     with connect(url, role) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, [], rng)
-        record = ", ".join(_pg_canon_expr(db, c) for c in schema.columns)
+        record = _pg_record(db, schema, text_json)
         row = db.all(f"SELECT count(*), coalesce(sum(('x' || left(md5(ROW({record})::text), 16))::bit(64)::bigint"
                      f"::numeric), 0)::text FROM {schema.relation('postgresql')} WHERE {where}", params)[0]
         db.raw.rollback()
@@ -219,12 +241,11 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
     with ThreadPoolExecutor(2) as pool:  # both sides at once: the waiting is in the databases
         if not source.key:  # the whole table as a multiset: counts and summed row digests
             if both_pg:
-                fa = submit_in_run(pool, _pg_multiset, source_url, source, rng, "source")
-                fb = submit_in_run(pool, _pg_multiset, target_url, target, rng, "target")
+                n_a, cs_a, n_b, cs_b, _ = _pg_sides(pool, _pg_multiset, source_url, source, target_url, target, rng)
             else:
                 fa = submit_in_run(pool, _multiset, source_url, source, rng, "source")
                 fb = submit_in_run(pool, _multiset, target_url, target, rng, "target", as_kinds=source)
-            (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
+                (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=n_a == n_b and cs_a == cs_b, method="sql" if both_pg else "python")
         if both_pg:
@@ -233,14 +254,13 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
                 n, digest = same
                 return RangeCheck(index=rng.index, count_src=n, count_tgt=n, checksum_src=digest,
                                   checksum_tgt=digest, ok=True, method="binary")
-            fa = submit_in_run(pool, _pg_aggregate, source_url, source, rng, "source")
-            fb = submit_in_run(pool, _pg_aggregate, target_url, target, rng, "target")
-            (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
+            n_a, cs_a, n_b, cs_b, text_json = _pg_sides(pool, _pg_aggregate, source_url, source, target_url,
+                                                        target, rng)
             ok = n_a == n_b and cs_a == cs_b
             first = None
             if not ok:
-                da = submit_in_run(pool, _pg_digests, source_url, source, rng, "source")
-                db_ = submit_in_run(pool, _pg_digests, target_url, target, rng, "target")
+                da = submit_in_run(pool, _pg_digests, source_url, source, rng, "source", text_json)
+                db_ = submit_in_run(pool, _pg_digests, target_url, target, rng, "target", text_json)
                 first = _first_difference(da.result(), db_.result())
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=ok, first_difference=first, method="sql")
@@ -264,6 +284,25 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
             first = _first_difference(da.result(), db_.result())
     return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                       ok=ok, first_difference=first, method="python" if arrays is None else "arrow")
+
+
+def _pg_sides(pool: ThreadPoolExecutor, side: Callable[..., tuple[int, str]], source_url: UrlLike,
+              source: SourceSchema, target_url: UrlLike, target: SourceSchema, rng: KeyRange
+              ) -> tuple[int, str, int, str, frozenset[str]]:
+    """(count_src, checksum_src, count_tgt, checksum_tgt, json columns compared as texts) by the servers.
+
+    json documents that are json on both sides are compared as their texts first, which a copy keeps (and
+    which jsonb may refuse: ``\\u0000``); only when those differ are they compared as jsonb documents
+    (spacing and key order aside), where jsonb can hold them."""
+    text_json = frozenset(c.name for c, t in zip(source.columns, target.columns, strict=True)
+                          if c.kind == t.kind == "json")
+    for as_text in [text_json, frozenset()] if text_json else [text_json]:
+        fa = submit_in_run(pool, side, source_url, source, rng, "source", as_text)
+        fb = submit_in_run(pool, side, target_url, target, rng, "target", as_text)
+        (n_a, cs_a), (n_b, cs_b) = fa.result(), fb.result()
+        if (n_a, cs_a) == (n_b, cs_b) or n_a != n_b:
+            break
+    return n_a, cs_a, n_b, cs_b, as_text
 
 
 def _pg_binary_same(pool: ThreadPoolExecutor, source_url: UrlLike, source: SourceSchema, target_url: UrlLike,

@@ -25,6 +25,7 @@ from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.fixtures.postgres import PG_PASSWORD
 from tests.run_flow import start_flow, summary_in
 from tests.tasks.db.test_migration import db_exec, key_values, pg_exec, sqlite_exec
+from tests.tasks.db.test_mysql import my_exec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 800
@@ -213,3 +214,61 @@ def test_password_never_leaks_and_secret_blocks(pg_cluster: Any, pg_items: str, 
                                                               sort=LogSort.TIMESTAMP_DESC)]
     leaks = [t[:200] for t in texts if PG_PASSWORD in t]
     assert not leaks, leaks
+
+
+def test_json_jsonb_cannot_hold_verifies_after_an_exact_copy(pg_url: str, pg_target: str) -> None:
+    """A json document with ``\\u0000`` (valid json, refused by jsonb) beside an interval (text in the target, so
+    the servers compare record texts): the copy is exact and verify says so; a changed document is still found."""
+    pg_exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, j json, iv interval)")
+    pg_exec(pg_url, r"""INSERT INTO t VALUES (1, '{"a": "\u0000"}', '1 day'), (2, '["\ud800"]', NULL),
+                        (3, '{"b":  [1, 2.50]}', '2 hours')""")
+    summary = db_migrate(pg_url, pg_target, "t", run_key="json-nul")
+    assert summary.ok and summary.ranges_matching == 1, summary.render_text()
+    assert pg_exec(pg_target, "SELECT j::text FROM t ORDER BY id") == pg_exec(pg_url, "SELECT j::text FROM t ORDER BY id")
+
+    pg_exec(pg_target, r"""UPDATE t SET j = '{"a": "\u0001"}' WHERE id = 1""")
+    bad = db_verify(pg_url, pg_target, "t", raise_on_failure=False)
+    assert not bad.ok and bad.ranges_mismatched[0].first_difference == [1] and not bad.ranges_mismatched[0].error
+
+
+@pytest.mark.parametrize("with_array", [False, True])  # an array: verified row by row instead of through Arrow
+def test_time_at_the_end_of_a_day_copies_exactly(with_array: bool, pg_url: str, sqlite_url: str, pg_target: str,
+                                                 pg_cluster: Any) -> None:
+    """PostgreSQL's time '24:00:00' (valid: a day's end) has no Python time: it travels as its text, into SQLite
+    (whose time columns hold text), back into PostgreSQL, and PG -> PG on the row path; a transform, which gets
+    polars values, refuses its range naming the row and the column."""
+    extra, value = (", arr int[]", ", '{1,2}'") if with_array else ("", "")
+    pg_exec(pg_url, f"CREATE TABLE t (id int PRIMARY KEY, tm time{extra})")
+    pg_exec(pg_url, f"INSERT INTO t VALUES (1, '12:00'{value}), (2, '24:00:00'{value}), (3, '23:59:59.5'{value}), "
+                    f"(4, NULL{value})")
+    times = "SELECT id, tm::text FROM t ORDER BY id"
+    summary = db_migrate(pg_url, sqlite_url, "t", run_key="end-of-day")
+    assert summary.ok and summary.ranges_matching == 1 and summary.rows_copied == 4, summary.render_text()
+    assert sqlite_exec(sqlite_url, "SELECT id, tm, typeof(tm) FROM t ORDER BY id") == [
+        (1, "12:00:00", "text"), (2, "24:00:00", "text"), (3, "23:59:59.500000", "text"), (4, None, "null")]
+
+    back = db_migrate(sqlite_url, pg_target, "t", run_key="end-of-day-back")
+    assert back.ok and back.ranges_matching == 1, back.render_text()
+    assert pg_exec(pg_target, times) == pg_exec(pg_url, times)
+    other = pg_cluster.url(pg_cluster.create_database())
+    rows = db_migrate(pg_url, other, "t", copy_format="rows", run_key="end-of-day-rows")
+    assert rows.ok and rows.ranges_by_path == {"rows": 1} and pg_exec(other, times) == pg_exec(pg_url, times)
+
+    sqlite_exec(sqlite_url, "UPDATE t SET tm = '00:00:00' WHERE id = 2")
+    bad = db_verify(pg_url, sqlite_url, "t", raise_on_failure=False)
+    assert not bad.ok and bad.ranges_mismatched[0].first_difference == [2]
+
+    refused = db_migrate(pg_url, pg_cluster.url(pg_cluster.create_database()), "t", transform=lambda f: f,
+                         chunk_retries=0, raise_on_failure=False)
+    assert not refused.ok and refused.ranges_failed == [0]
+    example = refused.top_errors[0].example
+    assert "{'id': 2}" in example and "'tm'" in example and "'24:00:00'" in example
+
+
+def test_time_at_the_end_of_a_day_into_mysql(pg_url: str, mysql_url: str) -> None:
+    pg_exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, tm time)")
+    pg_exec(pg_url, "INSERT INTO t VALUES (1, '24:00:00'), (2, '08:15:00.25')")
+    summary = db_migrate(pg_url, mysql_url, "t", run_key="end-of-day-mysql")
+    assert summary.ok and summary.ranges_matching == 1, summary.render_text()
+    assert [str(v) for _, v in my_exec(mysql_url, "SELECT id, tm FROM t ORDER BY id")] == ["1 day, 0:00:00",
+                                                                                          "8:15:00.250000"]

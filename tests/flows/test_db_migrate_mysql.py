@@ -87,3 +87,50 @@ def test_zero_date_fails_its_range_and_password_never_leaks(mysql_url: str, pg_t
         texts += [log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)]
     leaks = [t[:200] for t in texts if MY_PASSWORD in t or "Wr0ng-pa55-zzq" in t]
     assert not leaks, leaks
+
+
+def test_text_keys_fit_innodb_and_a_longer_value_fails_its_row_never_cut(pg_url: str, mysql_url: str,
+                                                                        mariadb_server: Any) -> None:
+    """A (bigint, text) key got VARCHAR(768) for its text column, 8 bytes over InnoDB's 3072-byte key: CREATE
+    TABLE failed with a bare pymysql error 1071. The text columns now share the key; a value longer than its
+    share fails its range naming the row and column, and nothing is cut."""
+    pg_exec(pg_url, "CREATE TABLE comp (a bigint, b text, v int, PRIMARY KEY (a, b))")
+    pg_exec(pg_url, "INSERT INTO comp SELECT i, repeat(chr(97 + mod(i, 26)), 1 + mod(i * 7, 765)) || 'é', i "
+                    "FROM generate_series(1, 299) i")
+    pg_exec(pg_url, "INSERT INTO comp VALUES (300, repeat('z', 765) || 'é', 0)")  # 766 characters: just fits
+    pg_exec(pg_url, "CREATE TABLE pair (b text, c varchar(40), v int, PRIMARY KEY (b, c))")
+    pg_exec(pg_url, "INSERT INTO pair SELECT repeat('x', i), i::text, i FROM generate_series(1, 200) i")
+    for table in ("comp", "pair"):
+        summary = db_migrate(pg_url, mysql_url, table, chunk_rows=70)
+        assert_clean(summary, -(-(300 if table == "comp" else 200) // 70))
+    assert "`b` varchar(766) NOT NULL" in my_exec(mysql_url, "SHOW CREATE TABLE comp")[0][1]
+    assert "`b` varchar(728) NOT NULL" in my_exec(mysql_url, "SHOW CREATE TABLE pair")[0][1]  # (3072 - 160) / 4
+    assert my_exec(mysql_url, "SELECT max(char_length(b)), count(*) FROM comp")[0] == (766, 300)
+
+    pg_exec(pg_url, "INSERT INTO comp VALUES (1000, repeat('y', 767), 0)")
+    failed = db_migrate(pg_url, mysql_url, "comp", chunk_rows=70, chunk_retries=0, raise_on_failure=False)
+    assert not failed.ok and failed.ranges_failed == [failed.ranges_total - 1]  # the range holding a = 1000
+    text = Path(str(failed.dead_letter_path)).read_text()  # the summary's example is cut short: the key is long
+    assert "row with key {'a': 1000" in text and "column 'b'" in text, text
+    assert "longer than the target column holds" in text and "3072-byte key" in text, text
+    assert my_exec(mysql_url, "SELECT count(*) FROM comp WHERE a = 1000")[0][0] == 0  # never cut to 766
+
+    # MySQL -> MySQL: a latin1 VARCHAR(1000) key is 4000 bytes in the target's utf8mb4
+    my_exec(mysql_url, "CREATE TABLE latin (id INT, code VARCHAR(1000) CHARACTER SET latin1, PRIMARY KEY (id, code))")
+    my_exec(mysql_url, "INSERT INTO latin VALUES (%s, %s)", [(i, "u" * (i * 5)) for i in range(1, 120)])
+    other = mariadb_server.url(mariadb_server.create_database())
+    copied = db_migrate(mysql_url, other, "latin", chunk_rows=50)
+    assert_clean(copied, 3)
+    assert "`code` varchar(767) NOT NULL" in my_exec(other, "SHOW CREATE TABLE latin")[0][1]
+
+
+def test_the_next_run_into_a_created_table_with_a_text_key_is_not_refused(pg_url: str, mysql_url: str) -> None:
+    """A text key becomes a VARCHAR sized to fit InnoDB's key; the next run's check of the existing table took
+    that for a column too short for the source's text (``text -> varchar(768) (shorter)``) and refused it."""
+    pg_exec(pg_url, "CREATE TABLE solo (code text PRIMARY KEY, v int)")
+    pg_exec(pg_url, "INSERT INTO solo SELECT 'c' || i, i FROM generate_series(1, 100) i")
+    assert_clean(db_migrate(pg_url, mysql_url, "solo", chunk_rows=40), 3)
+    pg_exec(pg_url, "UPDATE solo SET v = -v WHERE v <= 10")
+    again = db_migrate(pg_url, mysql_url, "solo", chunk_rows=40)  # a new run_key: the nightly upsert
+    assert_clean(again, 3)
+    assert my_exec(mysql_url, "SELECT sum(v) FROM solo")[0][0] == 5050 - 110

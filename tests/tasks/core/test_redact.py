@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from tasks.core.redact import MASK, redact, redact_text, register_secret
+from tasks.core.redact import MASK, credentials_in, redact, redact_text, register_secret
 
 
 def test_url_passwords_tokens_and_headers_are_masked() -> None:
@@ -25,3 +25,12 @@ def test_sensitive_keys_are_masked_whole() -> None:
     assert redact({"headers": {"Authorization": "Basic Zm9vOmJhcg==", "Accept": "json"}}) == {
         "headers": {"Authorization": MASK, "Accept": "json"}
     }
+
+
+def test_a_url_password_with_an_unescaped_at_is_masked_whole() -> None:
+    text = "cannot connect: postgresql://user:s3cret@Pa55word-xyz@127.0.0.1:5432/db?x=a@b and mail me@example.com"
+    out = redact_text(text)
+    assert "s3cret" not in out and "Pa55word" not in out
+    assert "postgresql://user:***@127.0.0.1:5432/db?x=a@b and mail me@example.com" in out
+    assert credentials_in(text) == {"s3cret@Pa55word-xyz"}
+    assert redact_text("https://host:8080/users/@me") == "https://host:8080/users/@me"  # no password: untouched

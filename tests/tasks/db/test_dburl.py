@@ -25,6 +25,8 @@ URLS = [
     "sqlite:///C:/data/x.db",
     "sqlite://",
     "postgresql+psycopg://üser:pässwörd@hóst:1/dätabase",
+    "postgresql+psycopg://u:pw@h/d@b?application_name=me@x",  # an '@' after the host stays where it is
+    "postgresql+psycopg://us@er:pw/x@h:5/db",
 ]
 
 
@@ -41,6 +43,23 @@ def test_parts_and_rendering_match_sqlalchemy(url: str) -> None:
     assert ours.render() == theirs.render_as_string(hide_password=True)
     if ours.password:
         assert ours.password not in repr(ours)
+
+
+@pytest.mark.parametrize(("url", "password", "host", "rendered"), [
+    ("postgresql+psycopg://user:s3cret@Pa55word-xyz@127.0.0.1:5432/db", "s3cret@Pa55word-xyz", "127.0.0.1",
+     "postgresql+psycopg://user:***@127.0.0.1:5432/db"),
+    ("mysql+pymysql://user:p@ss:w0@rd@db.example.com/db", "p@ss:w0@rd", "db.example.com",
+     "mysql+pymysql://user:***@db.example.com/db"),
+    ("postgresql://user:a@b@[::1]:7/db", "a@b", "::1", "postgresql://user:***@[::1]:7/db"),
+])
+def test_a_password_with_an_unescaped_at_runs_to_the_last_at_before_the_host(url: str, password: str, host: str,
+                                                                              rendered: str) -> None:
+    """make_url ends the password at the first '@' and takes the rest for the host (``Pa55word-xyz@127.0.0.1``,
+    which error messages then showed, or a port that is no number); browsers take the last '@' before the host,
+    and so do we."""
+    ours = parse_url(url)
+    assert (ours.username, ours.password, ours.host, ours.database) == ("user", password, host, "db")
+    assert ours.render() == rendered and repr(ours) == f"DbUrl({rendered!r})"
 
 
 @pytest.mark.parametrize("bad", ["", "not a url", "localhost:5432/db", "postgresql://u:p@h:port/db",

@@ -8,7 +8,9 @@ reads or writes JSON (the row path, the columnar path, PostgreSQL's binary COPY)
 
 from __future__ import annotations
 
+import math
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,10 @@ from tasks.db.values import (
     pg_array_literal,
     pg_encoder,
     row_canonicalizer,
+    sqlite_bound,
     sqlite_decoder,
+    sqlite_encoder,
+    sqlite_unstorable,
 )
 from tests.tasks.db.test_migration import pg_exec, sqlite_exec
 from tests.tasks.db.test_mysql import my_exec
@@ -239,3 +244,52 @@ def test_array_literals_as_postgresql_writes_them(pg_cluster: Any) -> None:
             parse_pg_array_literal(not_one)
     with pytest.raises(ValueError, match="not an array literal"):  # a JSON object in a SQLite JSON_ARRAY column
         coerce(ColumnInfo(name="j", kind="array", element="json"), '{"a": 1}')
+
+
+# ---------------------------------------------------------------- SQLite integer keys and floats
+
+
+def _lite(tmp_path: Path, ddl: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(tmp_path / "v.sqlite")
+    conn.execute(ddl)
+    return conn
+
+
+def test_a_decimal_int_key_stores_integers_and_refuses_what_sqlite_would_round(tmp_path: Path) -> None:
+    col = ColumnInfo(name="id", kind="numeric", precision=20, scale=0, declared="DECIMAL_INT(20,0)")
+    enc = sqlite_encoder(col)
+    conn = _lite(tmp_path, "CREATE TABLE t (id DECIMAL_INT(20,0) PRIMARY KEY)")
+    keys = [Decimal(-(2**63)), Decimal(2), Decimal(10), Decimal("7.00"), 2**63 - 1]
+    conn.executemany("INSERT INTO t VALUES (?)", [(enc(k),) for k in keys])
+    assert conn.execute("SELECT id, typeof(id) FROM t ORDER BY id").fetchall() == [
+        (-(2**63), "integer"), (2, "integer"), (7, "integer"), (10, "integer"), (2**63 - 1, "integer")]
+    for bad, says in ((Decimal(2**63), "64-bit"), (Decimal(2**64 - 1), "64-bit"), (Decimal("2.5"), "whole number"),
+                      (Decimal("NaN"), "whole number")):
+        with pytest.raises(ValueError, match=says):
+            enc(bad)
+    # bounds compare exactly: a fraction as its floor, past 64 bits as an infinity (no stored key is there)
+    for lo, hi, expected in ((Decimal(2), Decimal(10), [7, 10]), (Decimal("2.5"), Decimal("9.9"), [7]),
+                             (Decimal(2**64), None, []), (None, Decimal(-(2**64)), []),
+                             (Decimal(-(2**64)), Decimal(2**64), [-(2**63), 2, 7, 10, 2**63 - 1])):
+        where = " AND ".join(w for w, b in (("id > ?", lo), ("id <= ?", hi)) if b is not None)
+        params = [sqlite_bound(col, b) for b in (lo, hi) if b is not None]
+        assert [r[0] for r in conn.execute(f"SELECT id FROM t WHERE {where} ORDER BY id", params)] == expected
+    conn.close()
+    text = ColumnInfo(name="n", kind="numeric", precision=20, scale=0, declared="DECIMAL_TEXT(20,0)")
+    assert sqlite_encoder(text)(Decimal(2**64 - 1)) == str(2**64 - 1)  # a value column keeps its digits as text
+
+
+def test_sqlite_unstorable_finds_a_nan_and_floats_keep_their_sign(tmp_path: Path) -> None:
+    cols = [ColumnInfo(name="id", kind="integer"), ColumnInfo(name="d", kind="double"),
+            ColumnInfo(name="r", kind="real")]
+    rows = [(1, -0.0, None), (2, math.inf, -math.inf), (3, 1.5, 0.0), (4, None, math.inf)]
+    assert sqlite_unstorable(cols, rows) is None  # inf + -inf sums to NaN: scanned, nothing found
+    assert sqlite_unstorable(cols, [*rows, (5, 2.0, math.nan)]) == (4, 2, "NaN cannot be stored in SQLite "
+                                                                       "(it would be stored as NULL)")
+    assert sqlite_unstorable(cols, [(9, math.nan, None), *rows])[:2] == (0, 1)  # type: ignore[index]
+    conn = _lite(tmp_path, "CREATE TABLE f (id INTEGER PRIMARY KEY, d FLOAT8_BLOB, r FLOAT4_BLOB)")
+    conn.executemany("INSERT INTO f VALUES (?, ?, ?)", rows)
+    got = conn.execute("SELECT d, r FROM f ORDER BY id").fetchall()
+    conn.close()
+    dec = sqlite_decoder(cols[1])
+    assert [math.copysign(1, dec(got[0][0])), got[1], got[2][0]] == [-1, (math.inf, -math.inf), 1.5]
