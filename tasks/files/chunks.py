@@ -31,7 +31,7 @@ from tasks.core import (
 )
 from tasks.files.inputs import InputFile
 from tasks.files.process import LINE, SOURCE_FILE, ChunkSpec, Schema, apply_transform, infer_schema, process_chunk
-from tasks.files.read import file_columns
+from tasks.files.read import file_columns, is_empty_file, plan_json_keys
 from tasks.files.schema import RowValidator
 from tasks.files.split import FilePart
 from tasks.files.write import FileOutputFormat
@@ -64,8 +64,14 @@ def run_file_chunk(
     partition_by: Sequence[str] = (),
     keep_lineage: bool = False,
 ) -> ChunkReport:
-    """One chunk as a ChunkReport whose items are the chunk's input rows (see the module docstring)."""
+    """One chunk as a ChunkReport whose items are the chunk's input rows (see the module docstring).
+
+    An empty file (0 bytes, only whitespace) has no rows and takes nothing from the other files of its chunk;
+    a chunk of empty files only writes no part. ``extra["files_empty"]`` counts them."""
     started = time.perf_counter()
+    empty = [f.path for f in spec.files if is_empty_file(f)]
+    if len(empty) == len(spec.files):
+        return _empty_chunk(spec, output_dir, empty, started)
     res = process_chunk(
         spec, output_dir, transform=resolve_transform_handle(transform), schema=schema, output_format=output_format,
         partition_by=partition_by, keep_lineage=keep_lineage,
@@ -94,12 +100,27 @@ def run_file_chunk(
             "bytes_in": res.bytes_in,
             "bytes_out": res.bytes_out,
             "chunks_fast_path": int(res.fast_path),
+            "files_empty": len(empty),
             "parts_written": len(res.output_paths),
             "outputs": [*res.output_paths, *([res.rejects_path] if res.rejects_path else [])],  # checked on resume
         },
     )
     report.check()
     return report
+
+
+def _empty_chunk(spec: ChunkSpec, output_dir: str, empty: list[str], started: float) -> ChunkReport:
+    """A chunk of empty files: 0 rows, no part; a part of this index left by an earlier plan is removed."""
+    for p in Path(output_dir).rglob(f"part-{spec.index:05d}*"):
+        if (m := _PART.match(p.name)) and int(m[1]) == spec.index:
+            p.unlink(missing_ok=True)
+    print(f"chunk {spec.index}: {', '.join(empty)} empty (no header, no rows): 0 rows")
+    zero = dict.fromkeys(("rows_in", "rows_out", "rows_rejected", "rows_filtered", "bytes_out"), 0)
+    return ChunkReport(
+        index=spec.index, size=0, succeeded=0, failed=0, failures=[], duration_s=round(time.perf_counter() - started, 3),
+        output_path=output_dir, extra={**zero, "bytes_in": spec.nbytes, "chunks_fast_path": 0,
+                                       "files_empty": len(empty), "parts_written": 0, "outputs": []},
+    )
 
 
 @task(name="file-chunk", task_run_name="chunk-{spec.index}", persist_result=True, log_prints=False)
@@ -154,13 +175,14 @@ def check_plan(
     """
     probe, skipped = _first_text_part(files)
     if probe is None:
-        first = files[0]
+        first = next((f for f in files if f.size), files[0])
         probe = FilePart(path=first.path, format=first.format, compression=first.compression, size=first.size)
         if first.format != "parquet":
             msg = f"no input file could be read: {'; '.join(skipped)}"
             raise SourceError(msg)
     if schema is None and probe.format != "parquet":
         schema = infer_schema(probe)
+    schema = plan_json_keys(schema, files)  # JSON lines: every chunk gets the same columns
     raw, _ = file_columns(probe, infer=False)
     if schema is not None and probe.format == "jsonl":
         raw |= {c: pl.String() for c in schema.columns if c not in raw}

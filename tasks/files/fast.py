@@ -136,23 +136,20 @@ def try_fast_chunk(
     bad: list[pl.Expr] = []
     for c, t in types.items():
         col = pl.col(c)
-        if t == "str":
-            casts.append(pl.when(col == "").then(None).otherwise(col).alias(c))
-        elif t in _NATIVE:
+        if t in _NATIVE:  # read typed by polars; str keeps a quoted "" as "" and an empty field as null
             continue
+        if t == "datetime":
+            assert sample is not None
+            fmt = _datetime_format(sample[c])
+            if fmt is None:
+                return None
+            cast = col.str.strptime(pl.Datetime("us"), fmt, strict=False)
+        elif t == "date":
+            cast = col.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
         else:
-            if t == "datetime":
-                assert sample is not None
-                fmt = _datetime_format(sample[c])
-                if fmt is None:
-                    return None
-                cast = col.str.strptime(pl.Datetime("us"), fmt, strict=False)
-            elif t == "date":
-                cast = col.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
-            else:
-                cast = _cast_string(col, polars_dtype(schema.columns[c]))
-            casts.append(cast.alias(c))
-            bad.append(col.is_not_null() & (col != "") & cast.is_null())
+            cast = _cast_string(col, polars_dtype(schema.columns[c]))
+        casts.append(cast.alias(c))
+        bad.append(col.is_not_null() & (col != "") & cast.is_null())
     flag = "\x00bad"
     typed = lf.with_columns(*casts, (pl.sum_horizontal(bad) if bad else pl.lit(0)).cast(pl.Int64).alias(flag))
     counters: list[pl.Expr] = [pl.len().cast(pl.Int64).alias("rows"), pl.col(flag).sum().alias("bad")]

@@ -9,7 +9,10 @@ find the bad lines. Segments are wrapped with ``register_io_source`` so the call
 (``scan -> expressions -> sink``) and memory stays at a few segments whatever the chunk size.
 
 ``_line`` is the 1-based physical line in the source file where the row starts (for Parquet: the
-1-based row number in the file). Blank lines in CSV/JSONL are skipped and not counted as rows.
+1-based row number in the file). Empty lines are skipped and not counted as rows (in CSV only a line with
+nothing on it: in a one-column file a value of spaces is a row). An empty file (nothing but whitespace, e.g.
+0 bytes, or a gzip of nothing) has no header and no rows: it adds 0 rows to its chunk. A UTF-8 byte order
+mark before the header is not part of the first column's name.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -30,6 +33,7 @@ import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
 from tasks.core import SourceError
+from tasks.files.inputs import InputFile
 from tasks.files.parse import parse_csv, parse_jsonl
 from tasks.files.schema import LINE, RAW, REJECT_REASON, SOURCE_FILE, RowValidator, Schema, polars_dtype, type_name_of
 from tasks.files.split import ChunkSpec, FilePart, quote_byte, record_end
@@ -38,6 +42,8 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 _SAMPLE_BYTES = 1024 * 1024
 _INFER_ROWS = 5_000
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+_UINT64_MAX = (1 << 64) - 1
+_DECIMAL38_MAX = 10**38 - 1
 
 
 def _separator(fmt: str) -> str:
@@ -145,16 +151,17 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
     head = _read_sample(_whole_file(part))
     if part.format == "jsonl":
         sample = [
-            obj for x in head.decode("utf-8", "replace").splitlines() if isinstance(obj := _json_or_none(x), dict)
+            obj for x in head.decode("utf-8", "replace").split("\n") if isinstance(obj := _json_or_none(x), dict)
         ]
         names = list(dict.fromkeys(k for obj in sample for k in obj))
         try:
-            inferred = dict(pl.read_ndjson(head.rstrip(b"\r\n"), infer_schema_length=None).schema) if infer else {}
+            inferred = _inferred_types(pl.read_ndjson(head.rstrip(b"\r\n"), infer_schema_length=None)) if infer else {}
         except pl.exceptions.PolarsError:
             inferred = {}
     else:
         sep = _separator(part.format)
-        names = next(csv.reader(io.StringIO(head.decode("utf-8", "replace"), newline=""), delimiter=sep), [])
+        text = head.decode("utf-8-sig", "replace")
+        names = next(csv.reader(io.StringIO(text, newline=""), delimiter=sep), [])
         names = [n.strip("\r") for n in names]
         try:
             with warnings.catch_warnings():
@@ -166,7 +173,7 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
                     if infer
                     else None
                 )
-            inferred = dict(sample_df.schema) if sample_df is not None else {}
+            inferred = _inferred_types(sample_df) if sample_df is not None else {}
         except pl.exceptions.PolarsError:
             inferred = {}
     if not names:
@@ -175,6 +182,55 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
     raw = dict.fromkeys(names, pl.String())
     typed = {n: polars_dtype(type_name_of(inferred[n])) if n in inferred else pl.String() for n in names}
     return raw, typed
+
+
+def is_empty_file(part: FilePart) -> bool:
+    """True for a 0-byte file or a text file with nothing but whitespace (a gzip of nothing): no header, no rows.
+    Reads until the first other byte, so a file with data costs one small read."""
+    if part.compression == "none" and part.size == 0:
+        return True
+    if part.format == "parquet":
+        return False
+    with _open(_whole_file(part)) as fh:
+        while block := _read(part, fh, 4096):
+            if block.strip():
+                return False
+    return True
+
+
+def _inferred_types(sample: pl.DataFrame) -> dict[str, pl.DataType]:
+    """The dtypes polars infers for a sample; an integer column wider than int64 (polars says Int128) is
+    narrowed by the sample's values: uint64 if they fit, else decimal(38,0), else str. Each keeps every digit,
+    so no value the inference saw is rejected."""
+    types = dict(sample.schema)
+    for name, dtype in types.items():
+        if isinstance(dtype, pl.Int128 | pl.UInt128 | pl.UInt64):
+            low, high = sample[name].min(), sample[name].max()
+            if low is None or (low >= 0 and high <= _UINT64_MAX):
+                types[name] = pl.UInt64()
+            elif low >= -_DECIMAL38_MAX and high <= _DECIMAL38_MAX:
+                types[name] = pl.Decimal(38, 0)
+            else:
+                types[name] = pl.String()
+    return types
+
+
+def plan_json_keys(schema: Schema | None, files: Sequence[InputFile]) -> Schema | None:
+    """The schema with ``json_keys`` set to the keys in the first MiB of the first JSON-lines file (unless it
+    has them), so every chunk of a run has the same columns: a line with another key is rejected naming it.
+    None stays None (Parquet only)."""
+    if schema is None or schema.json_keys is not None:
+        return schema
+    for f in files:
+        if f.format != "jsonl":
+            continue
+        part = FilePart(path=f.path, format=f.format, compression=f.compression, size=f.size, mtime_ns=f.mtime_ns)
+        try:
+            keys = list(file_columns(part, infer=False)[0])
+        except SourceError:  # no object in its first MiB, or a corrupt gzip: its chunk says so
+            continue
+        return schema.model_copy(update={"json_keys": keys})
+    return schema
 
 
 def _json_or_none(text: str) -> Any:
@@ -213,30 +269,42 @@ class ChunkReader:
             raise SourceError(msg)
         self.spec = spec
         self.segment_bytes = segment_bytes
-        first = spec.files[0]
-        raw, typed = file_columns(first, infer=schema is None)
-        if schema is not None and first.format == "jsonl":
-            raw |= {c: pl.String() for c in schema.columns if c not in raw}
-            typed |= {c: pl.String() for c in schema.columns if c not in typed}
+        self._files = [f for f in spec.files if not is_empty_file(f)]  # an empty file has no rows
+        first = self._files[0] if self._files else spec.files[0]
+        raw, typed = self._json_columns(first, schema) if first.format == "jsonl" else \
+            file_columns(first, infer=schema is None)
         self.raw_columns = raw
         if schema is None and first.format != "parquet":
-            schema = Schema(columns={c: type_name_of(t) for c, t in typed.items()})
-            inferred = True
-        else:
-            inferred = False
-        self.validator = RowValidator(
-            schema,
-            raw,
-            source=first.path,
-            inferred=inferred,
-        )
+            schema = Schema(columns={c: type_name_of(t) for c, t in typed.items()}, inferred=True)
+        self.validator = RowValidator(schema, raw, source=first.path)
         out = self.validator.output_schema
         # JSON-lines columns whose text is kept (a number in them must come out as the file writes it)
         self._exact_columns = [c for c in raw if c in out and (out[c] == pl.String or isinstance(out[c], pl.Decimal))]
+        # CSV columns cast to another type than str: a quoted "" is null there, as in polars' typed read
+        self._empty_as_null = [c for c in raw if c in out and out[c] != pl.String]
         self._passes: list[_Pass] = []
         self._passes_lock = threading.Lock()
         self._started = False
         self.error: BaseException | None = None
+
+    def _json_columns(
+        self, first: FilePart, schema: Schema | None
+    ) -> tuple[dict[str, pl.DataType], dict[str, pl.DataType]]:
+        """JSON lines: the schema's ``json_keys`` (the flow's plan sets them), else the keys in the first MiB of
+        each file of the chunk (types inferred from the first); then the schema's other columns. A line with a
+        key outside them is rejected naming it (tasks.files.parse), never dropped."""
+        if schema is not None and schema.json_keys is not None:
+            keys, typed = list(schema.json_keys), {}
+        else:
+            raw, typed = file_columns(first, infer=schema is None)
+            keys = list(raw)
+            for part in self._files[1:]:
+                try:
+                    keys += [k for k in file_columns(part, infer=False)[0] if k not in keys]
+                except SourceError:  # no object in its first MiB: its lines say why they are rejected
+                    continue
+        keys += [c for c in (schema.columns if schema is not None else {}) if c not in keys]
+        return dict.fromkeys(keys, pl.String()), {k: typed.get(k, pl.String()) for k in keys}
 
     @property
     def schema(self) -> dict[str, pl.DataType]:
@@ -245,15 +313,15 @@ class ChunkReader:
 
     def _raw_batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         names = list(self.raw_columns)
-        for part in self.spec.files:
+        for part in self._files:
             if part.format == "parquet":
                 yield from self._parquet(part, names)
                 continue
-            if part.format in ("csv", "tsv") and part is not self.spec.files[0]:
+            if part.format in ("csv", "tsv") and part is not self._files[0]:
                 got = list(file_columns(part, infer=False)[0])
                 if got != names:
                     msg = (
-                        f"{part.path} has columns {got} but {self.spec.files[0].path} (same chunk) has {names}; "
+                        f"{part.path} has columns {got} but {self._files[0].path} (same chunk) has {names}; "
                         "give files of one layout per source, or transform them in separate runs"
                     )
                     raise SourceError(msg)
@@ -268,7 +336,8 @@ class ChunkReader:
                     if part.format == "jsonl":
                         yield parse_jsonl(seg, names, line, part.path, self._exact_columns)
                     else:
-                        yield parse_csv(seg, names, _separator(part.format), line, part.path)
+                        yield parse_csv(seg, names, _separator(part.format), line, part.path,
+                                        empty_as_null=self._empty_as_null)
                     line += seg.count(b"\n")
 
     @staticmethod
@@ -396,7 +465,15 @@ def scan_chunk(spec: ChunkSpec, *, schema: Schema | None = None) -> pl.LazyFrame
 def infer_schema(part: FilePart) -> Schema:
     """Guess a Schema from the first MiB of a file; pass it to every chunk so all parts share types."""
     _, typed = file_columns(part)
-    return Schema(columns={c: type_name_of(t) for c, t in typed.items()})
+    return Schema(columns={c: type_name_of(t) for c, t in typed.items()}, inferred=True)
 
 
-__all__ = ["SEGMENT_BYTES", "ChunkReader", "file_columns", "infer_schema", "scan_chunk"]
+__all__ = [
+    "SEGMENT_BYTES",
+    "ChunkReader",
+    "file_columns",
+    "infer_schema",
+    "is_empty_file",
+    "plan_json_keys",
+    "scan_chunk",
+]

@@ -14,11 +14,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tasks.core import ConfigError
 
-ALLOWED_TYPES = ("int64", "float64", "str", "bool", "date", "datetime", "datetime[<tz>]", "decimal(<p>,<s>)")
+ALLOWED_TYPES = ("int64", "uint64", "float64", "str", "bool", "date", "datetime", "datetime[<tz>]", "decimal(<p>,<s>)")
 SOURCE_FILE = "_source_file"
 LINE = "_line"
 REJECT_REASON = "_reject_reason"
@@ -28,6 +37,7 @@ _DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _DATETIME_TZ = re.compile(r"^datetime\[(.+)\]$")
 _SIMPLE: dict[str, pl.DataType] = {
     "int64": pl.Int64(),
+    "uint64": pl.UInt64(),
     "float64": pl.Float64(),
     "str": pl.String(),
     "bool": pl.Boolean(),
@@ -38,6 +48,9 @@ _NAIVE_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%
 _OFFSET_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
 _BOOLS = {"true": True, "t": True, "1": True, "yes": True, "y": True}
 _BOOLS |= {"false": False, "f": False, "0": False, "no": False, "n": False}
+# a number as polars' str -> decimal cast reads it: sign, whole digits, fraction digits, exponent
+_NUMBER = r"^[+-]?([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?$"
+_WIDE_INTEGERS = (pl.Int128, pl.UInt128)
 
 
 def polars_dtype(type_name: str) -> pl.DataType:
@@ -64,7 +77,13 @@ def polars_dtype(type_name: str) -> pl.DataType:
 
 
 def type_name_of(dtype: pl.DataType) -> str:
-    """The schema type name that best holds a polars dtype (used when inferring a schema)."""
+    """The schema type name that best holds a polars dtype (used when inferring a schema): every value of
+    the dtype fits, so a value the inference saw is never rejected (an integer wider than int64 becomes uint64
+    or decimal(38,0), whose digits are exact; see tasks.files.read for the choice by the values)."""
+    if isinstance(dtype, pl.UInt64):
+        return "uint64"
+    if isinstance(dtype, _WIDE_INTEGERS):
+        return "decimal(38,0)"
     if dtype.is_integer():
         return "int64"
     if dtype.is_float():
@@ -88,6 +107,12 @@ class Schema(BaseModel):
     columns: dict[str, str] = Field(description="column -> type, e.g. {'id': 'int64', 'ts': 'datetime[UTC]'}")
     not_null: list[str] = Field(default_factory=list, description="Columns that must have a value.")
     unique_key: list[str] = Field(default_factory=list, description="Columns whose combination is unique.")
+    json_keys: list[str] | None = Field(None, description=(
+        "JSON lines: the keys a line may have, in output order; the schema's columns not among them come after "
+        "them, and a line with any other key is rejected. None: the keys in the first MiB of the chunk's files. "
+        "file_transform sets it from its first JSON-lines file, so every part has the same columns."))
+    inferred: bool = Field(False, description=(
+        "The types were inferred from the first rows (no schema given): reject reasons say so."))
 
     @field_validator("columns")
     @classmethod
@@ -108,6 +133,17 @@ class Schema(BaseModel):
                 msg = f"{field} lists a column twice: {names}"
                 raise ValueError(msg)
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``json_keys`` and ``inferred`` only when set: a schema's JSON (part of a run's identity) stays as
+        it was for schemas that do not use them."""
+        data = handler(self)
+        if self.json_keys is None:
+            data.pop("json_keys", None)
+        if not self.inferred:
+            data.pop("inferred", None)
+        return data
 
     def dtypes(self) -> dict[str, pl.DataType]:
         return {c: polars_dtype(t) for c, t in self.columns.items()}
@@ -139,7 +175,43 @@ def parse_schema(spec: Schema | Mapping[str, Any] | str | None) -> Schema | None
         raise ConfigError(msg) from None
 
 
-def _cast_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+def _decimal_places(value: pl.Expr) -> pl.Expr:
+    """Digits after the point that a decimal needs to hold a number's text exactly (``12.555`` -> 3, ``12.50``
+    -> 1, ``1.25e1`` -> 1, ``1200`` -> 0 or less); null for text that is not a number (the cast refuses it).
+    Exact for any form, but slow (a regex with groups): only for a batch with an exponent."""
+    parts = value.str.extract_groups(_NUMBER)
+    fraction = parts.struct.field("2").fill_null("")
+    digits = pl.concat_str([parts.struct.field("1"), fraction])
+    significant = digits.str.strip_chars_end("0")
+    trailing_zeros = digits.str.len_chars().cast(pl.Int64) - significant.str.len_chars().cast(pl.Int64)
+    exponent = parts.struct.field("3").cast(pl.Int64, strict=False).fill_null(0)
+    places = fraction.str.len_chars().cast(pl.Int64) - exponent - trailing_zeros
+    return pl.when(significant == "").then(pl.lit(0, pl.Int64)).otherwise(places)
+
+
+def _rounds(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr | None:
+    """Where a cast to a decimal would round the value (more digits after the point than its scale), or None
+    when it never does. polars' cast rounds silently; such a value is rejected instead.
+
+    Text: a non-zero digit past the scale after the point (one regex). A number with an exponent counts as
+    rounding unless ``exponents`` (then its digits are counted, slower): the typed fast path steps aside for it,
+    the careful path passes ``exponents`` for a batch that has one."""
+    if not isinstance(target, pl.Decimal):
+        return None
+    if isinstance(source, pl.String):
+        if not exponents:
+            return col.str.contains(rf"\.[0-9]{{{target.scale}}}[0-9]*[1-9]|[eE]")
+        plain = col.str.contains(rf"\.[0-9]{{{target.scale}}}[0-9]*[1-9]")
+        places = _decimal_places(col.str.strip_chars())
+        return pl.when(col.str.contains("[eE]")).then(places > target.scale).otherwise(plain)
+    if isinstance(source, pl.Decimal) and (source.scale or 0) <= target.scale:
+        return None
+    if source.is_float() or isinstance(source, pl.Decimal):
+        return col.cast(target, strict=False).cast(source) != col
+    return None
+
+
+def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False) -> pl.Expr:
     value = col.str.strip_chars()
     if isinstance(dtype, pl.Boolean):
         return value.str.to_lowercase().replace_strict(_BOOLS, default=None, return_dtype=pl.Boolean)
@@ -154,26 +226,31 @@ def _cast_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         return pl.coalesce([offset.dt.convert_time_zone(dtype.time_zone), local])
     if isinstance(dtype, pl.String):
         return col
-    return value.cast(dtype, strict=False)
+    rounds = _rounds(col, pl.String(), dtype, exponents=exponents)
+    cast = value.cast(dtype, strict=False)
+    return cast if rounds is None else pl.when(rounds).then(None).otherwise(cast)
 
 
-def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
+def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr:
     if source == target:
         return col
     if isinstance(source, pl.String):
-        return _cast_string(col, target)
+        return _cast_string(col, target, exponents=exponents)
     if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime) and target.time_zone:
         if source.time_zone is None:
             return col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
         return col.dt.convert_time_zone(target.time_zone).cast(target)
-    return col.cast(target, strict=False)
+    rounds = _rounds(col, source, target)
+    cast = col.cast(target, strict=False)
+    return cast if rounds is None else pl.when(rounds).then(None).otherwise(cast)
 
 
 class RowValidator:
     """Casts batches to the schema and splits them into (good, rejects); keeps unique_key state.
 
     One validator serves one chunk, so ``unique_key`` is enforced within a chunk (first row wins);
-    uniqueness across chunks needs a global pass and is not checked here.
+    uniqueness across chunks needs a global pass and is not checked here. A batch that carries its rows' text
+    (``_raw``: JSON lines) gives rejects that are that text, not the values as read.
     """
 
     def __init__(
@@ -190,7 +267,8 @@ class RowValidator:
         self.targets = {
             c: polars_dtype(self.schema.columns[c]) if c in self.schema.columns else d for c, d in columns.items()
         }
-        self._hint = " (type inferred from the first rows; pass a schema to set it)" if inferred else ""
+        hinted = inferred or self.schema.inferred
+        self._hint = " (type inferred from the first rows; pass a schema to set it)" if hinted else ""
         self._seen: pl.DataFrame | None = None
 
     @property
@@ -204,12 +282,11 @@ class RowValidator:
         for name, source in self.columns.items():
             target = self.targets[name]
             col = pl.col(name)
-            casts.append(_cast_any(col, source, target).alias(f"\x00{name}"))
+            exponents = isinstance(target, pl.Decimal) and isinstance(source, pl.String) and \
+                bool(raw.get_column(name).str.contains("[eE]").any())
+            casts.append(_cast_any(col, source, target, exponents=exponents).alias(f"\x00{name}"))
             if source != target:
-                tname = self.schema.columns.get(name, type_name_of(target))
-                bad_value = pl.concat_str(
-                    [pl.lit(f"{name}: '"), col.cast(pl.String), pl.lit(f"' is not {tname}{self._hint}")]
-                )
+                bad_value = self._bad_value(name, source, target, exponents=exponents)
                 reasons.append(pl.when(col.is_not_null() & pl.col(f"\x00{name}").is_null()).then(bad_value))
             if name in self.schema.not_null:
                 reasons.append(pl.when(col.is_null()).then(pl.lit(f"{name}: null but listed in not_null")))
@@ -224,8 +301,23 @@ class RowValidator:
         good = df.filter(~is_bad).select(
             *[pl.col(f"\x00{c}").alias(c) for c in self.columns], SOURCE_FILE, pl.col(LINE).cast(pl.Int64)
         )
-        rejects = df.filter(is_bad).select(*self.columns, SOURCE_FILE, pl.col(LINE).cast(pl.Int64), REJECT_REASON)
+        as_read = [RAW] if RAW in raw.columns else list(self.columns)
+        rejects = df.filter(is_bad).select(*as_read, SOURCE_FILE, pl.col(LINE).cast(pl.Int64), REJECT_REASON)
         return good, rejects
+
+    def _bad_value(self, name: str, source: pl.DataType, target: pl.DataType, *, exponents: bool) -> pl.Expr:
+        """Why a value did not cast: not of the type, or (a decimal) more digits after the point than it keeps."""
+        tname = self.schema.columns.get(name, type_name_of(target))
+        col = pl.col(name)
+        value = col.cast(pl.String)
+        not_type = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(f"' is not {tname}{self._hint}")])
+        rounds = _rounds(col, source, target, exponents=exponents)
+        if rounds is None:
+            return not_type
+        scale = getattr(target, "scale", 0)
+        too_fine = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(
+            f"' has more than {scale} digit(s) after the decimal point; {tname} would round it{self._hint}")])
+        return pl.when(rounds).then(too_fine).otherwise(not_type)
 
     def _mark_duplicates(self, df: pl.DataFrame) -> pl.DataFrame:
         keys = self.schema.unique_key

@@ -17,6 +17,7 @@ from polars.testing import assert_frame_equal
 from flows.file_transform import file_transform
 from tasks.core.errors import ConfigError, SourceError
 from tasks.core.outcomes import RunSummary
+from tasks.files.parse import raw_bytes
 from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
 from tests.run_flow import start_flow, summary_in
 
@@ -271,3 +272,83 @@ def test_reject_line_numbers_in_a_late_byte_range(tmp_path: Path) -> None:
     bad = [r for r in results if r.rows_rejected]
     assert len(bad) == 1 and sum(r.fast_path for r in results) == len(results) - 1
     assert pl.read_csv(bad[0].rejects_path or "")["_line"].to_list() == [line]
+
+
+# --- bytes as they are: UTF-8, BOM, empty files, "" vs empty, whitespace ------------------------------
+
+
+def test_a_row_that_is_not_utf8_is_rejected_with_its_bytes(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    data = b'id,name\n1,caf\xc3\xa9\n2,caf\xe9\n3,"multi\nline \xff"\n4,a\\b\xe9\n5,ok\n'
+    (src / "a.csv").write_bytes(data)
+    (src / "b.csv.gz").write_bytes(gzip.compress(data))
+    s = file_transform(str(src), tmp_path / "out", schema={"id": "int64", "name": "str"}, output_format="csv",
+                       min_success_ratio=0.3)
+    assert (s.total, s.succeeded, s.failed) == (10, 4, 6)
+    for part in ("part-00000.csv", "part-00001.csv"):
+        assert (tmp_path / "out" / part).read_bytes() == b"id,name\n1,caf\xc3\xa9\n5,ok\n"
+    rejects = pl.concat(pl.read_csv(p, infer_schema=False) for p in sorted((tmp_path / "out" / "_rejects").iterdir()))
+    assert rejects["_line"].to_list() == ["3", "4", "6"] * 2
+    assert all(r.startswith("not valid UTF-8") for r in rejects["_reject_reason"])
+    got = [raw_bytes(raw, why) for raw, why in rejects.select("_raw", "_reject_reason").rows()]
+    assert got == [b"2,caf\xe9", b'3,"multi\nline \xff"', b"4,a\\b\xe9"] * 2
+    _counts_add_up(s)
+
+
+def test_an_empty_file_is_a_file_without_rows(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.csv").write_text("id,label\n" + "".join(f"{i},a{i}\n" for i in range(30)))
+    (src / "b.csv").write_bytes(b"")
+    (src / "c.csv").write_text("id,label\n" + "".join(f"{i},c{i}\n" for i in range(30, 40)))
+    (src / "d.csv.gz").write_bytes(gzip.compress(b""))
+    out = tmp_path / "out"
+    split = file_transform(str(src), out, chunk_bytes=64)  # b.csv and d.csv.gz are chunks of their own
+    grouped = file_transform(str(src), out, chunk_bytes=1 << 20, schema={"id": "int64"})  # b.csv with a.csv, c.csv
+    for s in (split, grouped):
+        assert s.ok, s.message
+        assert (s.total, s.succeeded, s.extra["rows_in"], s.extra["files_empty"]) == (40, 40, 40, 2)
+        _counts_add_up(s)
+    assert grouped.chunks_total == 2 and split.chunks_total > 2
+    assert read_out(out)["id"].to_list() == list(range(40))  # the earlier plan's part-00001 is gone
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.csv").write_bytes(b"\xef\xbb\xbfid,name\n1,x\n")
+    (src / "b.csv").write_bytes(b"id,name\n2,y\n")
+    (src / "c.csv.gz").write_bytes(gzip.compress(b"\xef\xbb\xbfid,name\n3,z\n"))
+    inferred = file_transform(str(src), tmp_path / "inferred")
+    typed = file_transform(str(src), tmp_path / "typed", schema={"id": "int64"})
+    fast = file_transform(src / "a.csv", tmp_path / "fast", schema={"id": "int64"})
+    careful = process_chunk(plan_chunks(resolve_inputs(str(src / "a.csv")))[0], tmp_path / "careful",
+                            schema={"id": "int64"}, fast=False)
+    assert inferred.ok and typed.ok and fast.ok and fast.extra["chunks_fast_path"] == 1, typed.message
+    expected = pl.DataFrame({"id": [1, 2, 3], "name": ["x", "y", "z"]})
+    assert_frame_equal(read_out(tmp_path / "inferred"), expected)
+    assert_frame_equal(read_out(tmp_path / "typed"), expected)
+    assert_frame_equal(read_out(tmp_path / "fast"), expected.head(1))
+    assert_frame_equal(pl.read_parquet(careful.output_paths[0]), expected.head(1))
+
+
+def test_a_quoted_empty_string_is_not_null(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(b'id,name,day\n1,"",2024-01-01\n2,,""\n"",x,\n')
+    schema = {"id": "int64", "name": "str", "day": "date"}
+    s = file_transform(src, tmp_path / "fast", schema=schema, output_format="csv")
+    spec = plan_chunks(resolve_inputs(str(src)))[0]
+    careful = process_chunk(spec, tmp_path / "careful", schema=schema, output_format="csv", fast=False)
+    assert s.ok and s.extra["chunks_fast_path"] == 1 and careful.rows_rejected == 0
+    expected = b'id,name,day\n1,"",2024-01-01\n2,,\n,x,\n'  # "" is a value of a str column, null of the others
+    assert (tmp_path / "fast" / "part-00000.csv").read_bytes() == expected
+    assert Path(careful.output_paths[0]).read_bytes() == expected
+
+
+def test_a_value_of_spaces_in_a_one_column_file_is_a_row(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(b'name\nx\n   \n\n""\ny\n')
+    s = file_transform(src, tmp_path / "out", schema={"name": "str"}, output_format="csv")
+    assert s.ok and (s.total, s.extra["rows_in"]) == (4, 4)  # only the empty line is skipped
+    assert (tmp_path / "out" / "part-00000.csv").read_bytes() == b'name\nx\n   \n""\ny\n'

@@ -1,6 +1,10 @@
-"""JSON-lines values keep the file's text (tasks/files/parse.py): polars reads a number with a fraction as a
-double, so a segment where that would rewrite a number of a text or decimal column is read exactly, and the
-fast and the exact path give the same text for the same line."""
+"""Parsing keeps the file's values (tasks/files/parse.py).
+
+JSON lines: polars reads a number with a fraction as a double, so a segment where that would rewrite a number
+of a text or decimal column is read exactly, and the fast and the exact path give the same text for the same
+line. CSV: polars' reader and Python's csv (the segments polars refuses) give the same rows: a quoted ``""``
+is the empty string, an empty field null, a row that is not valid UTF-8 a reject that keeps its bytes, and
+only truly empty lines are skipped."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.files.parse import _polars_exact, parse_jsonl
+from tasks.files.parse import _polars_exact, parse_csv, parse_jsonl, raw_bytes
 from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
 
 # values polars writes as the file does, whichever path reads them
@@ -68,3 +72,46 @@ def test_file_transform_keeps_decimal_digits_and_text_of_a_jsonl_file(tmp_path: 
     assert got["amount"].to_list() == [Decimal(r["amount"]) for r in rows]
     assert got["code"].to_list() == [r["code"] for r in rows] and got["price"].to_list() == [37.0] * 200
     assert json.loads(path.read_text().splitlines()[1])["code"] == 1.5  # what a double makes of it
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+
+REFUSED = b'\n99,"bad"q'  # bad quoting: polars refuses the segment, Python's csv parses it line by line
+CSV_PATHS = pytest.mark.parametrize("tail", [b"", REFUSED], ids=["polars", "python"])
+
+
+def _csv(body: bytes, columns: list[str], tail: bytes, **kwargs) -> tuple[pl.DataFrame, pl.DataFrame]:
+    good, bad = parse_csv(body + tail, columns, ",", 2, "f.csv", **kwargs)
+    return good, bad.filter(pl.col("_line") != body.count(b"\n") + 3) if tail else bad
+
+
+@CSV_PATHS
+def test_quoted_empty_is_an_empty_string_and_an_empty_field_is_null(tail: bytes) -> None:
+    good, bad = _csv(b'1,""\n2,\n3,"a"\n,""', ["id", "name"], tail)
+    assert bad.height == 0
+    assert good.select("id", "name").rows() == [("1", ""), ("2", None), ("3", "a"), (None, "")]
+    typed, _ = _csv(b'1,""\n2,\n"",x', ["id", "name"], tail, empty_as_null=["id", "name"])
+    assert typed.select("id", "name").rows() == [("1", None), ("2", None), (None, "x")]  # as polars' typed read
+
+
+@CSV_PATHS
+def test_only_empty_lines_are_skipped(tail: bytes) -> None:
+    good, bad = _csv(b'x\n   \n\n""\r\n\t\ny', ["name"], tail)
+    assert bad.height == 0
+    assert good["name"].to_list() == ["x", "   ", "", "\t", "y"] and good["_line"].to_list() == [2, 3, 5, 6, 7]
+    _, ragged = _csv(b"1,a\n  \n2,b", ["id", "name"], tail)  # a line of spaces is a row: here a short one
+    assert ragged.select("_raw", "_line").rows() == [("  ", 3)]
+
+
+@CSV_PATHS
+def test_a_row_that_is_not_utf8_is_rejected_with_its_bytes(tail: bytes) -> None:
+    rows = [b"1,caf\xc3\xa9", b"2,caf\xe9", b'3,"two\nlines \xff"', b"4,back\\x41slash \xe9\\", b"5,ok"]
+    good, bad = _csv(b"\n".join(rows), ["id", "name"], tail)
+    assert good.select("id", "name", "_line").rows() == [("1", "caf\u00e9", 2), ("5", "ok", 7)]
+    assert bad["_line"].to_list() == [3, 4, 6]
+    assert all(r.startswith("not valid UTF-8") for r in bad["_reject_reason"])
+    assert [raw_bytes(x, r) for x, r in bad.select("_raw", "_reject_reason").rows()] == rows[1:4]
+
+
+def test_raw_bytes_of_other_rejects_is_the_text() -> None:
+    assert raw_bytes("a\\x41,\u00e9", "line has 2 fields, expected 3") == "a\\x41,\u00e9".encode()

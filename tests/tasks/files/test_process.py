@@ -240,7 +240,7 @@ def test_schema_types_constraints_and_unique_key(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "typed.csv",
         "id,price,flag,day,ts,ts_utc,note\n"
-        "1,12.345,yes,2024-02-29,2024-01-02 03:04:05,2024-01-02T03:04:05+02:00,a\n"
+        "1,12.340,yes,2024-02-29,2024-01-02 03:04:05,2024-01-02T03:04:05+02:00,a\n"
         "2,1.5,false,2024-13-01,2024-01-02T03:04:05.250,2024-01-02T03:04:05,\n"
         "1,3,1,2024-01-01,2024-01-02,2024-01-02T03:04:05Z,dup\n"
         "3,123456789,no,2024-01-01,bad,2024-01-02T03:04:05Z,\n"
@@ -262,7 +262,7 @@ def test_schema_types_constraints_and_unique_key(tmp_path: Path) -> None:
     result = process_chunk(spec, tmp_path / "out", schema=schema)
     good = pl.read_parquet(result.output_paths[0])
     assert good["id"].to_list() == [1]
-    assert good.schema["price"] == pl.Decimal(8, 2) and str(good["price"][0]) == "12.34"  # half-to-even
+    assert good.schema["price"] == pl.Decimal(8, 2) and str(good["price"][0]) == "12.34"  # 12.340: no digit lost
     assert good.schema["ts_utc"] == pl.Datetime("us", "UTC")
     assert good["ts_utc"][0].hour == 1  # +02:00 converted to UTC
     rejects = pl.read_csv(result.rejects_path or "", infer_schema=False)
@@ -276,7 +276,7 @@ def test_schema_types_constraints_and_unique_key(tmp_path: Path) -> None:
 def test_schema_errors_name_the_problem(tmp_path: Path) -> None:
     path = _write(tmp_path / "s.csv", "a,b\n1,2\n")
     spec = plan_chunks(resolve_inputs(path))[0]
-    with pytest.raises(ConfigError, match=r"unknown column type 'integer'.*allowed types are int64, float64"):
+    with pytest.raises(ConfigError, match=r"unknown column type 'integer'.*allowed types are int64, uint64, float64"):
         process_chunk(spec, tmp_path / "out", schema={"a": "integer"})
     with pytest.raises(ConfigError, match=r"unknown time zone 'Mars/Base'"):
         process_chunk(spec, tmp_path / "out", schema={"a": "datetime[Mars/Base]"})
@@ -382,3 +382,23 @@ def test_a_transform_that_reads_its_input_loses_no_rows(tmp_path: Path) -> None:
     assert sorted(out["id"].to_list()) == [i for i in range(400) if i % 40 != 7]
     assert out["day_total"].null_count() == 0
     assert pl.read_csv(result.rejects_path or "")["id"].to_list() == list(range(7, 400, 40))
+
+
+def test_flow_csv_decimals_are_not_rounded_and_wide_integers_are_inferred(tmp_path: Path) -> None:
+    """Through the real flow: a decimal with too many digits is a reject naming the scale; without a schema an
+    integer wider than int64 is inferred as a type that holds it (no reject), and its digits are written."""
+    from flows.file_transform import file_transform  # imported here: the module needs the test Prefect server
+
+    dec = _write(tmp_path / "dec.csv", "id,amt\n1,12.555\n2,-0.005\n3,1.999\n4,12.50\n")
+    s = file_transform(dec, tmp_path / "dec", schema={"id": "int64", "amt": "decimal(10,2)"}, output_format="csv",
+                       run_key="dec", raise_on_failure=False)
+    assert (s.extra["rows_out"], s.extra["rows_rejected"]) == (1, 3)
+    assert (tmp_path / "dec" / "part-00000.csv").read_text() == "id,amt\n4,12.50\n"
+    rejects = pl.read_csv(tmp_path / "dec" / "_rejects" / "part-00000.csv", infer_schema=False)
+    assert rejects["_reject_reason"].to_list() == [
+        f"amt: '{v}' has more than 2 digit(s) after the decimal point; decimal(10,2) would round it"
+        for v in ("12.555", "-0.005", "1.999")]
+    big = _write(tmp_path / "big.csv", "id,big\n1,12345678901234567890\n2,5\n")
+    s = file_transform(big, tmp_path / "big", output_format="csv", run_key="big")
+    assert s.ok and s.extra["rows_rejected"] == 0
+    assert (tmp_path / "big" / "part-00000.csv").read_text() == "id,big\n1,12345678901234567890\n2,5\n"

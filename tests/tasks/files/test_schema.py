@@ -1,0 +1,104 @@
+"""tasks/files/schema.py: casts that never round or truncate silently, inferred types that hold what was seen."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
+from tasks.files.schema import RowValidator, Schema, parse_schema, polars_dtype, type_name_of
+
+
+def _split(schema: dict[str, str], values: dict[str, pl.Series]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    frame = pl.DataFrame(values).with_columns(pl.lit("f").alias("_source_file"), pl.int_range(pl.len()).alias("_line"))
+    validator = RowValidator(parse_schema(schema), dict(frame.drop("_source_file", "_line").schema), source="f")
+    return validator.split(frame)
+
+
+def test_decimal_rejects_a_value_it_would_round() -> None:
+    text = ["12.555", "-0.005", "1.999", "1.0000000000000001", "1e-3", "12.50", "1.000", "1.2345e2", "-0", "0e-9",
+            "7", " 1.5E-1 "]
+    good, rejects = _split({"amt": "decimal(10,2)"}, {"amt": pl.Series(text)})
+    assert good["amt"].to_list() == [Decimal(v) for v in ("12.50", "1.00", "123.45", "0.00", "0.00", "7.00", "0.15")]
+    assert rejects["amt"].to_list() == text[:5]
+    assert rejects["_reject_reason"].to_list() == [
+        f"amt: '{v}' has more than 2 digit(s) after the decimal point; decimal(10,2) would round it" for v in text[:5]
+    ]
+    plain, rounded = _split({"amt": "decimal(10,2)"}, {"amt": pl.Series(["0.125", "0.120", " 3.1 "])})  # no exponent
+    assert plain["amt"].to_list() == [Decimal("0.12"), Decimal("3.10")] and rounded["amt"].to_list() == ["0.125"]
+    _, too_big = _split({"amt": "decimal(4,2)"}, {"amt": pl.Series(["123.45"])})
+    assert too_big["_reject_reason"].to_list() == ["amt: '123.45' is not decimal(4,2)"]
+
+
+def test_decimal_from_a_float_or_a_finer_decimal_rejects_what_it_would_round() -> None:
+    finer = pl.Series([Decimal("12.555"), Decimal("12.550"), Decimal("-0.001"), Decimal("3")], dtype=pl.Decimal(10, 3))
+    floats = pl.Series([0.1, 12.555, 1 / 3, 0.25])
+    good, rejects = _split({"d": "decimal(10,2)", "f": "decimal(10,2)"}, {"d": finer, "f": floats})
+    assert good[["d", "f", "_line"]].rows() == [(Decimal("3.00"), Decimal("0.25"), 3)]
+    rounds = "has more than 2 digit(s) after the decimal point; decimal(10,2) would round it"
+    assert rejects["_reject_reason"].to_list() == [
+        f"d: '12.555' {rounds}", f"f: '12.555' {rounds}", f"d: '-0.001' {rounds}; f: '0.3333333333333333' {rounds}"]
+
+
+def test_a_csv_decimal_too_fine_is_rejected_on_the_fast_and_the_careful_path(tmp_path: Path) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text("id,price\n1,12.50\n2,12.555\n3,7\n4,1.25e1\n")
+    spec = plan_chunks(resolve_inputs(path))[0]
+    for fast in (True, False):
+        result = process_chunk(spec, tmp_path / f"out-{fast}", schema={"id": "int64", "price": "decimal(10,2)"},
+                               output_format="csv", fast=fast)
+        assert not result.fast_path
+        assert Path(result.output_paths[0]).read_text() == "id,price\n1,12.50\n3,7.00\n4,12.50\n"
+        rejects = pl.read_csv(result.rejects_path or "", infer_schema=False)
+        assert rejects.rows() == [("2", "12.555", str(path), "3", "price: '12.555' has more than 2 digit(s) after "
+                                   "the decimal point; decimal(10,2) would round it")]
+
+
+def test_clean_decimals_keep_the_fast_path_and_an_exponent_takes_the_careful_one(tmp_path: Path) -> None:
+    schema = {"id": "int64", "price": "decimal(10,2)"}
+    clean = tmp_path / "clean.csv"
+    clean.write_text("id,price\n1,12.50\n2,3\n3,-0.1\n")
+    result = process_chunk(plan_chunks(resolve_inputs(clean))[0], tmp_path / "a", schema=schema, output_format="csv")
+    assert result.fast_path and Path(result.output_paths[0]).read_text() == "id,price\n1,12.50\n2,3.00\n3,-0.10\n"
+    exp = tmp_path / "exp.csv"
+    exp.write_text("id,price\n1,12.50\n2,1.25E1\n")
+    result = process_chunk(plan_chunks(resolve_inputs(exp))[0], tmp_path / "b", schema=schema, output_format="csv")
+    assert not result.fast_path and result.rows_rejected == 0
+    assert Path(result.output_paths[0]).read_text() == "id,price\n1,12.50\n2,12.50\n"
+
+
+def test_inferred_integer_types_hold_every_value_seen() -> None:
+    assert type_name_of(pl.UInt64()) == "uint64" and polars_dtype("uint64") == pl.UInt64
+    assert type_name_of(pl.Int128()) == "decimal(38,0)" and type_name_of(pl.Int32()) == "int64"
+    good, rejects = _split({"big": "uint64"}, {"big": pl.Series(["12345678901234567890", "-1", "5"])})
+    assert good["big"].to_list() == [12345678901234567890, 5] and rejects["_line"].to_list() == [1]
+
+
+def test_an_inferred_schema_says_so_in_its_rejects_and_keeps_its_json() -> None:
+    schema = Schema(columns={"n": "int64"}, inferred=True)
+    validator = RowValidator(Schema.model_validate(schema.model_dump(mode="json")), {"n": pl.String()}, source="f")
+    frame = pl.DataFrame({"n": ["1", "x"], "_source_file": "f", "_line": [1, 2]})
+    _, rejects = validator.split(frame)
+    assert rejects["_reject_reason"].to_list() == [
+        "n: 'x' is not int64 (type inferred from the first rows; pass a schema to set it)"]
+    # a schema that does not use the new fields has the JSON it always had (a run's identity is made of it)
+    assert Schema(columns={"n": "int64"}).model_dump(mode="json") == {
+        "columns": {"n": "int64"}, "not_null": [], "unique_key": []}
+    keyed = Schema(columns={}, json_keys=["a", "b"]).model_dump(mode="json")
+    assert keyed["json_keys"] == ["a", "b"] and "inferred" not in keyed
+
+
+@pytest.mark.parametrize("line", [b'{"id": 3, "code": 9, "amt": "x", "ok": true}', b'{"amt":"x" , "id":3}',
+                                  b'{"id" : 3,\t"amt" :"x", "code": 1.50}'])
+def test_a_jsonl_schema_reject_is_the_line_as_written(tmp_path: Path, line: bytes) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"id": 1, "code": 7, "amt": 1.5, "ok": false, "extra": 1}\r\n' + line + b"\r\n")
+    spec = plan_chunks(resolve_inputs(path))[0]
+    result = process_chunk(spec, tmp_path / "out", schema={"id": "int64", "amt": "float64"}, output_format="jsonl")
+    rejects = pl.read_ndjson(result.rejects_path or "")
+    assert rejects.columns == ["_raw", "_source_file", "_line", "_reject_reason"]
+    assert rejects["_raw"].to_list() == [line.decode()] and rejects["_line"].to_list() == [2]
+    assert rejects["_reject_reason"].to_list() == ["amt: 'x' is not float64"]
