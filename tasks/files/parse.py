@@ -74,6 +74,14 @@ def raw_bytes(raw: str, reason: str) -> bytes:
     return _ESCAPED.sub(lambda m: b"\\" if m[1] == b"\\" else bytes([int(m[1][1:], 16)]), raw.encode())
 
 
+def not_utf8_reject(row: bytes, exc: UnicodeDecodeError) -> tuple[str, str]:
+    """A row that is not valid UTF-8 as a reject: its ``_raw`` (see :func:`raw_bytes`) and its reason."""
+    raw = row.removesuffix(b"\r").replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    reason = (f"{NOT_UTF8} (byte 0x{row[exc.start]:02x} at offset {exc.start} of the row); _raw shows each invalid "
+              "byte as \\xNN and each backslash doubled")
+    return raw, reason
+
+
 def _records(lines: list[bytes]) -> Iterator[tuple[int, int]]:
     """(first, end) line indices of each CSV record: a record ends at a line break outside quotes."""
     i = 0
@@ -107,10 +115,10 @@ def _split_invalid_utf8(body: bytes, first_line: int, source: str) -> tuple[byte
             record.decode("utf-8")
         except UnicodeDecodeError as exc:
             lines[i:j] = [b""] * (j - i)
-            raws.append(record.removesuffix(b"\r").replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
+            raw, reason = not_utf8_reject(record, exc)
+            raws.append(raw)
             at.append(first_line + i)
-            reasons.append(f"{NOT_UTF8} (byte 0x{record[exc.start]:02x} at offset {exc.start} of the row); _raw shows "
-                           "each invalid byte as \\xNN and each backslash doubled")
+            reasons.append(reason)
     return b"\n".join(lines), _rejects(raws, at, reasons, source)
 
 
@@ -411,15 +419,14 @@ def _jsonl_lines(body: bytes) -> tuple[list[str], dict[int, str]]:
     except UnicodeDecodeError:
         pass
     lines: list[str] = []
-    not_utf8: dict[int, str] = {}
-    for i, raw in enumerate(body.split(b"\n")):
+    bad: dict[int, str] = {}
+    for i, row in enumerate(body.split(b"\n")):
         try:
-            lines.append(raw.decode("utf-8"))
+            lines.append(row.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            lines.append(raw.removesuffix(b"\r").replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
-            not_utf8[i] = (f"{NOT_UTF8} (byte 0x{raw[exc.start]:02x} at offset {exc.start} of the row); _raw shows "
-                           "each invalid byte as \\xNN and each backslash doubled")
-    return lines, not_utf8
+            raw, bad[i] = not_utf8_reject(row, exc)
+            lines.append(raw)
+    return lines, bad
 
 
 def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str,
