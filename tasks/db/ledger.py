@@ -38,12 +38,29 @@ def ledger_table(target: TableName) -> TableName:
 
 
 def create_if_missing(url: UrlLike, table: TableName, columns: str) -> TableName:
-    """``CREATE TABLE IF NOT EXISTS table (columns)`` in the target, committed (bookkeeping tables)."""
-    with connect(url, "target", write=True) as db, creating(db, table):
-        db.raw.execute(f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} ({columns})")
-        if db.dialect == "postgresql":
-            db.raw.commit()
+    """``CREATE TABLE IF NOT EXISTS table (columns)`` in the target, committed (bookkeeping tables). An existing
+    table is not created again: a user without the right to create tables (PostgreSQL and MySQL check it before
+    ``IF NOT EXISTS``) runs once someone made the table."""
+    with connect(url, "target", write=True) as db:
+        if _exists(db, table):
+            return table
+        with creating(db, table):
+            db.raw.execute(f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} ({columns})")
+            if db.dialect == "postgresql":
+                db.raw.commit()
     return table
+
+
+def _exists(db: Db, table: TableName) -> bool:
+    if db.dialect == "postgresql":
+        found = bool(db.all("SELECT to_regclass(%s) IS NOT NULL", [table.sql("postgresql")])[0][0])
+        db.raw.rollback()
+        return found
+    if db.dialect == "mysql":
+        from tasks.db.mysql import table_exists
+
+        return table_exists(db, table)
+    return False  # SQLite: no rights to check, IF NOT EXISTS decides
 
 
 def ensure_ledger(url: UrlLike, target: TableName) -> TableName:

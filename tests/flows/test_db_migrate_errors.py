@@ -115,6 +115,13 @@ def test_no_right_to_create_tables_is_a_config_error_naming_the_table(pg_cluster
     pg_exec(pg_target, f"GRANT SELECT, INSERT, UPDATE, DELETE ON t TO {role}")
     with pytest.raises(ConfigError, match=r"cannot create table _batchflows_ranges in PostgreSQL.*permission denied"):
         db_migrate(pg_url, tgt, "t")
+    # once the ledger exists too (made by an owner), the user with row rights only runs: nothing is created
+    pg_exec(pg_target, "CREATE TABLE _batchflows_ranges (range_key VARCHAR(64) PRIMARY KEY, run_key VARCHAR(128) "
+                       "NOT NULL, target_table VARCHAR(512) NOT NULL, range_index INTEGER NOT NULL, rows_read BIGINT "
+                       "NOT NULL, rows_written BIGINT NOT NULL, committed_at VARCHAR(40) NOT NULL)")
+    pg_exec(pg_target, f"GRANT SELECT, INSERT, UPDATE, DELETE ON _batchflows_ranges TO {role}")
+    s = db_migrate(pg_url, tgt, "t", mode="upsert", verify=True)
+    assert s.ok and s.rows_copied == 10 and pg_exec(pg_target, "SELECT count(*) FROM t") == [(10,)]
 
     my_db = mariadb_server.create_database()
     my_tgt = _my_user(mariadb_server, "N0-create-my", "SELECT, INSERT, UPDATE, DELETE", my_db)
