@@ -88,11 +88,12 @@ def test_a_missing_target_schema_or_database_is_a_config_error_naming_it(pg_url:
         with pytest.raises(ConfigError, match=r"""target table "My Schema".t: schema 'My Schema' does not exist in """
                                               r"""PostgreSQL at .*Create it first \(CREATE SCHEMA "My Schema"\)"""):
             db_migrate(pg_url, pg_target, table, dry_run=dry_run)
+    # into MySQL/SQLite a schema-qualified source lands under its name; a target_table naming a schema is checked
     with pytest.raises(ConfigError, match=r"database 'My Schema' does not exist in MySQL/MariaDB at .*pass "
                                           r"target_table='t'"):
-        db_migrate(pg_url, mysql_url, table)
+        db_migrate(pg_url, mysql_url, table, target_table=table)
     with pytest.raises(ConfigError, match=r"a SQLite file has no schema 'My Schema'.*pass target_table='t'"):
-        db_migrate(pg_url, sqlite_url, table)
+        db_migrate(pg_url, sqlite_url, table, target_table=table)
 
     assert db_migrate(pg_url, sqlite_url, table, target_table="t").rows_copied == 10  # as the message says
     assert sqlite_exec(sqlite_url, "SELECT count(*) FROM t") == [(10,)]
