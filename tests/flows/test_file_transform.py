@@ -49,7 +49,7 @@ def read_out(out: Path) -> pl.DataFrame:
     return pl.read_parquet(sorted(out.glob("part-*.parquet"))).sort("id")
 
 
-def _counts_add_up(s: RunSummary) -> None:
+def counts_add_up(s: RunSummary) -> None:
     e = s.extra
     assert e["rows_in"] == e["rows_out"] + e["rows_rejected"] + e["rows_filtered"], e
     assert s.succeeded + s.failed + s.skipped == s.total
@@ -79,7 +79,7 @@ def test_folder_of_mixed_files_with_a_corrupt_gzip(tmp_path: Path) -> None:
     assert (s.total, s.succeeded, s.failed) == (8, 7, 1)  # the unreadable chunk is one failed item
     dead = [json.loads(x) for x in Path(s.dead_letter_path or "").read_text().splitlines()]
     assert dead[0]["item"]["files"][0]["path"].endswith("f.csv.gz")
-    _counts_add_up(s)
+    counts_add_up(s)
 
 
 def test_split_csv_equals_whole_file(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_schema_rejects_with_line_numbers(tmp_path: Path) -> None:
     assert read_out(out)["id"].to_list() == [1, 5]
     strict = file_transform(src, tmp_path / "strict", schema=SCHEMA, raise_on_failure=False)
     assert not strict.ok and "min_success_ratio" in strict.message
-    _counts_add_up(s)
+    counts_add_up(s)
 
 
 def test_sql_import_path_and_callable_transforms(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_sql_import_path_and_callable_transforms(tmp_path: Path) -> None:
     assert sql.ok, sql.message
     assert read_out(tmp_path / "sql").rows() == [(0, 0.0), (1, 15.0), (2, 30.0), (3, 45.0)]
     assert (sql.extra["rows_in"], sql.extra["rows_out"], sql.extra["rows_filtered"]) == (10, 4, 6)
-    _counts_add_up(sql)
+    counts_add_up(sql)
 
     imp = file_transform(src, tmp_path / "imp", transform="tests.flows.test_file_transform:add_total",
                          schema=SCHEMA, output_format="jsonl")
@@ -293,7 +293,7 @@ def test_a_row_that_is_not_utf8_is_rejected_with_its_bytes(tmp_path: Path) -> No
     assert all(r.startswith("not valid UTF-8") for r in rejects["_reject_reason"])
     got = [raw_bytes(raw, why) for raw, why in rejects.select("_raw", "_reject_reason").rows()]
     assert got == [b"2,caf\xe9", b'3,"multi\nline \xff"', b"4,a\\b\xe9"] * 2
-    _counts_add_up(s)
+    counts_add_up(s)
 
 
 def test_an_empty_file_is_a_file_without_rows(tmp_path: Path) -> None:
@@ -309,7 +309,7 @@ def test_an_empty_file_is_a_file_without_rows(tmp_path: Path) -> None:
     for s in (split, grouped):
         assert s.ok, s.message
         assert (s.total, s.succeeded, s.extra["rows_in"], s.extra["files_empty"]) == (40, 40, 40, 2)
-        _counts_add_up(s)
+        counts_add_up(s)
     assert grouped.chunks_total == 2 and split.chunks_total > 2
     assert read_out(out)["id"].to_list() == list(range(40))  # the earlier plan's part-00001 is gone
 

@@ -11,18 +11,13 @@ import polars as pl
 
 from flows.file_transform import file_transform
 from tasks.core.outcomes import RunSummary
+from tests.flows.test_file_transform import counts_add_up
 
 REASON = "key 'email' not among the columns (the schema's and the keys in the first MiB of the first JSON-lines file)"
 
 
 def _rejects(s: RunSummary) -> pl.DataFrame:
     return pl.concat([pl.read_ndjson(p) for p in sorted(Path(s.extra["rejects_dir"]).glob("part-*.jsonl"))])
-
-
-def _counts_add_up(s: RunSummary) -> None:
-    e = s.extra
-    assert e["rows_in"] == e["rows_out"] + e["rows_rejected"] + e["rows_filtered"], e
-    assert s.succeeded + s.failed + s.skipped == s.total
 
 
 def test_a_key_missing_from_the_first_file_is_rejected_then_kept_by_the_schema(tmp_path: Path) -> None:
@@ -32,7 +27,7 @@ def test_a_key_missing_from_the_first_file_is_rejected_then_kept_by_the_schema(t
     (src / "b.jsonl").write_bytes(b'{"id": 2, "email": "x@y.z"}\n')
     s = file_transform(src, tmp_path / "out", output_format="jsonl", run_key="late-1", raise_on_failure=False)
     assert not s.ok and (s.extra["rows_in"], s.extra["rows_out"], s.extra["rows_rejected"]) == (2, 1, 1)
-    _counts_add_up(s)
+    counts_add_up(s)
     assert (tmp_path / "out" / "part-00000.jsonl").read_bytes() == b'{"id":1}\n'
     rejects = _rejects(s)
     assert rejects["_raw"].to_list() == ['{"id": 2, "email": "x@y.z"}']
@@ -59,7 +54,7 @@ def test_every_parquet_part_has_the_columns_of_the_plan(tmp_path: Path) -> None:
     out = pl.read_parquet(parts)
     assert out.height == 400 and out["id"].sort().to_list() == [*range(200), *range(1000, 1200)]
     assert _rejects(s)["_raw"].to_list() == ['{"id": 5000, "email": "late"}']
-    _counts_add_up(s)
+    counts_add_up(s)
 
 
 def test_a_schema_reject_is_the_line_byte_for_byte(tmp_path: Path) -> None:
@@ -78,7 +73,7 @@ def test_a_schema_reject_is_the_line_byte_for_byte(tmp_path: Path) -> None:
         "amt: 'x' is not decimal(10,2)",
         "amt: '12.555' has more than 2 digit(s) after the decimal point; decimal(10,2) would round it"]
     assert pl.read_ndjson(tmp_path / "out" / "part-00000.jsonl")["amt"].to_list() == ["1.50"]
-    _counts_add_up(s)
+    counts_add_up(s)
 
 
 def test_inferred_types_take_integers_wider_than_int64_and_say_they_were_inferred(tmp_path: Path) -> None:
