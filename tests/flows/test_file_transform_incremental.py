@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -91,14 +92,19 @@ def test_a_failed_file_is_taken_again_by_the_next_run(tmp_path: Path) -> None:
     assert [r[0] for r in rows(out)] == list(range(12))
 
 
-def test_a_killed_run_is_dropped_by_the_next_scheduled_run(tmp_path: Path) -> None:
+def _start_slow_run(tmp_path: Path, run_key: str) -> tuple[Path, Path, dict[str, Any], Any]:
+    """Six files of 100 rows, an incremental run of them in a subprocess, each chunk 1.5 s (to be killed)."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for n in range(6):
         write(src / f"f{n}.csv", range(n * 100, n * 100 + 100))
     params = {"source": str(src), "output_dir": str(out), "schema": SCHEMA, "incremental": True,
-              "transform": SLOW, "max_concurrency": 1, "run_key": "killed-incremental"}
-    proc = start_flow("flows.file_transform:file_transform", params, {"BF_CHUNK_SLEEP": "1.5"})
+              "transform": SLOW, "max_concurrency": 1, "run_key": run_key}
+    return src, out, params, start_flow("flows.file_transform:file_transform", params, {"BF_CHUNK_SLEEP": "1.5"})
+
+
+def test_a_killed_run_is_dropped_by_the_next_scheduled_run(tmp_path: Path) -> None:
+    _, out, params, proc = _start_slow_run(tmp_path, "killed-incremental")
     killed = out / "run-killed-incremental"
     wait_until(lambda: len(list(killed.glob("part-*.parquet"))) >= 2, proc, what="two parts")
     proc.send_signal(signal.SIGKILL)
@@ -131,13 +137,7 @@ def test_rerunning_a_finished_run_key_keeps_its_parts(tmp_path: Path) -> None:
 
 
 def test_a_killed_run_resumed_and_run_again_with_the_same_key_keeps_every_row(tmp_path: Path) -> None:
-    src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    for n in range(6):
-        write(src / f"f{n}.csv", range(n * 100, n * 100 + 100))
-    params = {"source": str(src), "output_dir": str(out), "schema": SCHEMA, "incremental": True,
-              "transform": SLOW, "max_concurrency": 1, "run_key": "day-1"}
-    proc = start_flow("flows.file_transform:file_transform", params, {"BF_CHUNK_SLEEP": "1.5"})
+    src, out, _, proc = _start_slow_run(tmp_path, "day-1")
     wait_until(lambda: len(list((out / "run-day-1").glob("part-*.parquet"))) >= 2, proc, what="two parts")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
