@@ -211,6 +211,11 @@ def _rounds(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents
     return None
 
 
+def _unless_rounding(cast: pl.Expr, rounds: pl.Expr | None) -> pl.Expr:
+    """``cast``, null where ``rounds`` (see :func:`_rounds`): a value the cast would round is rejected instead."""
+    return cast if rounds is None else pl.when(rounds).then(None).otherwise(cast)
+
+
 def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False) -> pl.Expr:
     value = col.str.strip_chars()
     if isinstance(dtype, pl.Boolean):
@@ -226,9 +231,7 @@ def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False) -
         return pl.coalesce([offset.dt.convert_time_zone(dtype.time_zone), local])
     if isinstance(dtype, pl.String):
         return col
-    rounds = _rounds(col, pl.String(), dtype, exponents=exponents)
-    cast = value.cast(dtype, strict=False)
-    return cast if rounds is None else pl.when(rounds).then(None).otherwise(cast)
+    return _unless_rounding(value.cast(dtype, strict=False), _rounds(col, pl.String(), dtype, exponents=exponents))
 
 
 def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr:
@@ -240,9 +243,7 @@ def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponen
         if source.time_zone is None:
             return col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
         return col.dt.convert_time_zone(target.time_zone).cast(target)
-    rounds = _rounds(col, source, target)
-    cast = col.cast(target, strict=False)
-    return cast if rounds is None else pl.when(rounds).then(None).otherwise(cast)
+    return _unless_rounding(col.cast(target, strict=False), _rounds(col, source, target))
 
 
 class RowValidator:
