@@ -55,7 +55,7 @@ from tasks.db.values import (
     polars_dtype,
     sqlite_decoder,
     sqlite_encoder,
-    sqlite_unstorable,
+    unstorable,
 )
 
 if TYPE_CHECKING:
@@ -530,8 +530,6 @@ def _write_sqlite(db: Db, target: TableName, tgt_cols: Sequence[ColumnInfo], tgt
                   keys: Sequence[str], rows: list[tuple[Any, ...]], rng: KeyRange, mode: Mode,
                   on_commit: OnCommit | None = None) -> int:
     names = [c.name for c in tgt_cols]
-    if (bad := sqlite_unstorable(tgt_cols, rows)) is not None:  # a NaN: SQLite would store NULL
-        raise _row_error(rng, names, keys, rows[bad[0]], names[bad[1]], bad[2])
     marks = ", ".join("?" * len(names))
     if mode == "upsert":
         sql = _upsert_sql(db, target, names, keys, f"VALUES ({marks})")
@@ -662,6 +660,8 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
         tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
         rows = _convert(rows, out_names, _converters(src_cols, tgt_cols, tgt.dialect), schema.key, rng)
         tgt_keys = [_target_column(tgt_schema, k) for k in schema.key]
+        if (bad := unstorable(tgt.dialect, tgt_cols, rows)) is not None:  # NaN into SQLite, -0.0 into MySQL, ...
+            raise _row_error(rng, out_names, schema.key, rows[bad[0]], out_names[bad[1]], bad[2])
         writer = _write_pg if tgt.dialect == "postgresql" else _write_sqlite
         if tgt.dialect == "mysql":
             writer = write_mysql  # type: ignore[assignment]

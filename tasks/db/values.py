@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -298,23 +299,42 @@ def sqlite_bound(col: ColumnInfo, value: Any) -> Any:
     return n if _INT64_MIN <= n <= _INT64_MAX else float("inf") if n > 0 else float("-inf")
 
 
-def sqlite_unstorable(cols: Sequence[ColumnInfo], rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, str] | None:
-    """(row, column, why) of the first value SQLite would store as something else, or None: a float NaN
-    (SQLite has none and binds it as NULL). One C-level sum per float column, which a NaN poisons; the
-    column's rows are scanned only then (``inf + -inf`` poisons it too: the scan finds nothing)."""
+def unstorable(dialect: str, cols: Sequence[ColumnInfo], rows: Sequence[tuple[Any, ...]]
+               ) -> tuple[int, int, str] | None:
+    """(row, column, why) of the first float the target would store as something else, or None. SQLite has no
+    NaN (it binds one as NULL); MySQL/MariaDB have no NaN or infinity (refused without naming the row) and
+    store -0.0 as 0. One C-level sum per float column, which a NaN or an infinity poisons, and a
+    ``0.0 in column`` (which -0.0 equals) for MySQL; the column's rows are scanned only then."""
+    if dialect not in ("sqlite", "mysql"):
+        return None
+    mysql = dialect == "mysql"
     for i, col in enumerate(cols):
         if col.kind not in ("real", "double"):
             continue
+        values = list(map(itemgetter(i), rows))
         try:
-            total = sum(filter(None, map(itemgetter(i), rows)))  # NULLs and zeros left out
+            total = sum(filter(None, values))  # NULLs and zeros left out
         except (TypeError, OverflowError):
             total = float("nan")
-        if total == total:
+        if (total == total and not (mysql and total in (math.inf, -math.inf))
+                and not (mysql and 0.0 in values)):
             continue
-        for r, row in enumerate(rows):
-            v = row[i]
-            if isinstance(v, float) and v != v:
-                return r, i, "NaN cannot be stored in SQLite (it would be stored as NULL)"
+        for r, v in enumerate(values):
+            if isinstance(v, float) and (bad := _unstorable_float(v, mysql)):
+                return r, i, bad
+    return None
+
+
+def _unstorable_float(v: float, mysql: bool) -> str | None:
+    if v != v:
+        return ("NaN cannot be stored in MySQL/MariaDB" if mysql else
+                "NaN cannot be stored in SQLite (it would be stored as NULL)")
+    if not mysql:
+        return None
+    if v in (math.inf, -math.inf):
+        return f"{v!r} cannot be stored in MySQL/MariaDB (no infinities)"
+    if v == 0.0 and math.copysign(1.0, v) < 0:
+        return "-0.0 cannot be stored in MySQL/MariaDB (it would be stored as 0)"
     return None
 
 
@@ -654,5 +674,5 @@ __all__ = [
     "sqlite_bound",
     "sqlite_decoder",
     "sqlite_encoder",
-    "sqlite_unstorable",
+    "unstorable",
 ]

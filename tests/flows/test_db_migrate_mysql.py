@@ -89,6 +89,24 @@ def test_zero_date_fails_its_range_and_password_never_leaks(mysql_url: str, pg_t
     assert not leaks, leaks
 
 
+@pytest.mark.parametrize(("value", "why"), [("-0", "-0.0 cannot be stored in MySQL/MariaDB (it would be stored as 0)"),
+                                            ("NaN", "NaN cannot be stored in MySQL/MariaDB"),
+                                            ("-Infinity", "-inf cannot be stored in MySQL/MariaDB")])
+def test_a_float_mysql_cannot_store_fails_its_range_naming_row_and_column(value: str, why: str, pg_url: str,
+                                                                          mysql_url: str) -> None:
+    pg_exec(pg_url, "CREATE TABLE fl (id int PRIMARY KEY, d float8, r real)")
+    pg_exec(pg_url, f"INSERT INTO fl SELECT i, CASE WHEN i = 7 THEN '{value}'::float8 ELSE i * 0.5 - 2 END, 0 "
+                    "FROM generate_series(1, 20) i")
+    failed = db_migrate(pg_url, mysql_url, "fl", chunk_rows=10, chunk_retries=0, raise_on_failure=False)
+    assert not failed.ok and failed.ranges_failed == [0], failed.render_text()
+    assert "row with key {'id': 7} cannot be written: column 'd': " + why in failed.render_text()
+    assert my_exec(mysql_url, "SELECT count(*), min(id) FROM fl")[0] == (10, 11)  # the other range is in, exact
+    pg_exec(pg_url, "UPDATE fl SET d = 0 WHERE id = 7")
+    fixed = db_migrate(pg_url, mysql_url, "fl", chunk_rows=10, run_key=failed.run_key)
+    assert fixed.ok and fixed.ranges_resumed == 1 and fixed.ranges_copied == 1, fixed.render_text()
+    assert my_exec(mysql_url, "SELECT count(*), sum(d) FROM fl")[0] == (20, sum(i * 0.5 - 2 for i in range(1, 21)) - 1.5)
+
+
 def test_text_keys_fit_innodb_and_a_longer_value_fails_its_row_never_cut(pg_url: str, mysql_url: str,
                                                                         mariadb_server: Any) -> None:
     """A (bigint, text) key got VARCHAR(768) for its text column, 8 bytes over InnoDB's 3072-byte key: CREATE

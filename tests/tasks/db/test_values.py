@@ -33,7 +33,7 @@ from tasks.db.values import (
     sqlite_bound,
     sqlite_decoder,
     sqlite_encoder,
-    sqlite_unstorable,
+    unstorable,
 )
 from tests.tasks.db.test_migration import pg_exec, sqlite_exec
 from tests.tasks.db.test_mysql import my_exec
@@ -279,14 +279,21 @@ def test_a_decimal_int_key_stores_integers_and_refuses_what_sqlite_would_round(t
     assert sqlite_encoder(text)(Decimal(2**64 - 1)) == str(2**64 - 1)  # a value column keeps its digits as text
 
 
-def test_sqlite_unstorable_finds_a_nan_and_floats_keep_their_sign(tmp_path: Path) -> None:
+def test_unstorable_finds_a_nan_for_sqlite_and_a_nan_infinity_or_minus_zero_for_mysql(tmp_path: Path) -> None:
     cols = [ColumnInfo(name="id", kind="integer"), ColumnInfo(name="d", kind="double"),
             ColumnInfo(name="r", kind="real")]
     rows = [(1, -0.0, None), (2, math.inf, -math.inf), (3, 1.5, 0.0), (4, None, math.inf)]
-    assert sqlite_unstorable(cols, rows) is None  # inf + -inf sums to NaN: scanned, nothing found
-    assert sqlite_unstorable(cols, [*rows, (5, 2.0, math.nan)]) == (4, 2, "NaN cannot be stored in SQLite "
-                                                                       "(it would be stored as NULL)")
-    assert sqlite_unstorable(cols, [(9, math.nan, None), *rows])[:2] == (0, 1)  # type: ignore[index]
+    assert unstorable("sqlite", cols, rows) is None  # inf + -inf sums to NaN: scanned, nothing found
+    assert unstorable("sqlite", cols, [*rows, (5, 2.0, math.nan)]) == (4, 2, "NaN cannot be stored in SQLite "
+                                                                      "(it would be stored as NULL)")
+    assert unstorable("sqlite", cols, [(9, math.nan, None), *rows])[:2] == (0, 1)  # type: ignore[index]
+    assert unstorable("postgresql", cols, [(9, math.nan, None)]) is None
+    assert unstorable("mysql", cols, rows) == (0, 1, "-0.0 cannot be stored in MySQL/MariaDB (it would be stored "
+                                                     "as 0)")
+    assert unstorable("mysql", cols, [(3, 1.5, 0.0), (2, 0.0, -math.inf)]) == (
+        1, 2, "-inf cannot be stored in MySQL/MariaDB (no infinities)")
+    assert unstorable("mysql", cols, [(3, 1.5, 0.0), (5, 2.0, math.nan)])[:2] == (1, 2)  # type: ignore[index]
+    assert unstorable("mysql", cols, [(3, 0.0, 0.0), (4, None, 2.5), (5, 1e308, -1e308)]) is None
     conn = _lite(tmp_path, "CREATE TABLE f (id INTEGER PRIMARY KEY, d FLOAT8_BLOB, r FLOAT4_BLOB)")
     conn.executemany("INSERT INTO f VALUES (?, ?, ?)", rows)
     got = conn.execute("SELECT d, r FROM f ORDER BY id").fetchall()
