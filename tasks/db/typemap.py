@@ -9,8 +9,9 @@ SQLite stores what PostgreSQL types carry in declared type names that keep their
 key column of whole numbers: ``DECIMAL_INT(p,0)`` (INTEGER affinity, so keys compare as numbers, not as
 text where '10' < '9'; a value past 64 bits is refused, see ``values.sqlite_encoder``); floats are
 ``FLOAT8_BLOB``/``FLOAT4_BLOB`` (BLOB affinity: REAL affinity stores a whole float as an integer and loses
-the sign of -0.0); timestamps are ISO text in UTC, JSON and arrays are JSON text (``INTEGER_ARRAY``...),
-uuids are text.
+the sign of -0.0); timestamps are ISO text in UTC, JSON is ``JSON_TEXT``/``JSONB_TEXT`` (TEXT affinity: a
+declared ``JSON`` has NUMERIC affinity, which turns a document ``1.10`` into the double 1.1), arrays are JSON
+text (``INTEGER_ARRAY``...), uuids are text.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _PG_DDL: dict[str, str] = {
 _SQLITE_DDL: dict[str, str] = {
     "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "INTEGER", "real": "FLOAT4_BLOB",
     "double": "FLOAT8_BLOB", "text": "TEXT", "boolean": "BOOLEAN", "date": "DATE", "time": "TIME",
-    "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ", "json": "JSON", "jsonb": "JSONB",
+    "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ", "json": "JSON_TEXT", "jsonb": "JSONB_TEXT",
     "bytes": "BLOB", "uuid": "UUID",
 }
 _FAMILY: dict[str, str] = {
@@ -106,7 +107,8 @@ def column_from_sqlite(name: str, declared: str, *, notnull: bool) -> ColumnInfo
         "DECIMAL_TEXT": "numeric", "DECIMAL_INT": "numeric", "NUMERIC": "numeric", "DECIMAL": "numeric",
         "BOOLEAN": "boolean", "BOOL": "boolean", "TIMESTAMPTZ": "timestamptz",
         "TIMESTAMP WITH TIME ZONE": "timestamptz", "TIMESTAMP": "timestamp", "DATETIME": "timestamp",
-        "DATE": "date", "TIME": "time", "JSON": "json", "JSONB": "jsonb", "UUID": "uuid", "BLOB": "bytes",
+        "DATE": "date", "TIME": "time", "JSON": "json", "JSONB": "jsonb", "JSON_TEXT": "json",
+        "JSONB_TEXT": "jsonb", "UUID": "uuid", "BLOB": "bytes",
         "BYTEA": "bytes", "SMALLINT": "smallint", "INT2": "smallint", "TINYINT": "smallint", "INT4": "integer",
         "MEDIUMINT": "integer", "FLOAT4": "real", "FLOAT4_BLOB": "real", "FLOAT8_BLOB": "double", "CHAR": "char",
         "CHARACTER": "char",

@@ -25,7 +25,7 @@ from operator import itemgetter
 from typing import Any
 
 from tasks.core.exactjson import dumps_exact, loads_exact
-from tasks.db.typemap import ColumnInfo, sqlite_int_numeric
+from tasks.db.typemap import ColumnInfo, sqlite_affinity, sqlite_int_numeric
 
 _UTC = dt.UTC
 
@@ -302,9 +302,10 @@ def sqlite_bound(col: ColumnInfo, value: Any) -> Any:
 def unstorable(dialect: str, cols: Sequence[ColumnInfo], rows: Sequence[tuple[Any, ...]]
                ) -> tuple[int, int, str] | None:
     """(row, column, why) of the first float the target would store as something else, or None. SQLite has no
-    NaN (it binds one as NULL); MySQL/MariaDB have no NaN or infinity (refused without naming the row) and
-    store -0.0 as 0. One C-level sum per float column, which a NaN or an infinity poisons, and a
-    ``0.0 in column`` (which -0.0 equals) for MySQL; the column's rows are scanned only then."""
+    NaN (it binds one as NULL) and stores -0.0 as 0 unless the column has BLOB affinity (``FLOAT8_BLOB``, what
+    batchflows creates); MySQL/MariaDB have no NaN or infinity (refused without naming the row) and store -0.0
+    as 0. One C-level sum per float column, which a NaN or an infinity poisons, and a
+    ``0.0 in column`` (which -0.0 equals) where -0.0 is lost; the column's rows are scanned only then."""
     if dialect not in ("sqlite", "mysql"):
         return None
     mysql = dialect == "mysql"
@@ -316,25 +317,28 @@ def unstorable(dialect: str, cols: Sequence[ColumnInfo], rows: Sequence[tuple[An
             total = sum(filter(None, values))  # NULLs and zeros left out
         except (TypeError, OverflowError):
             total = float("nan")
+        blob = not mysql and sqlite_affinity(col.declared or "FLOAT8_BLOB") == "BLOB"  # keeps -0.0
         if (total == total and not (mysql and total in (math.inf, -math.inf))
-                and not (mysql and 0.0 in values)):
+                and not (not blob and 0.0 in values)):
             continue
         for r, v in enumerate(values):
-            if isinstance(v, float) and (bad := _unstorable_float(v, mysql)):
+            if isinstance(v, float) and (bad := _unstorable_float(v, mysql, blob)):
                 return r, i, bad
     return None
 
 
-def _unstorable_float(v: float, mysql: bool) -> str | None:
+def _unstorable_float(v: float, mysql: bool, blob: bool) -> str | None:
     if v != v:
         return ("NaN cannot be stored in MySQL/MariaDB" if mysql else
                 "NaN cannot be stored in SQLite (it would be stored as NULL)")
+    if v == 0.0 and math.copysign(1.0, v) < 0 and (mysql or not blob):
+        return ("-0.0 cannot be stored in MySQL/MariaDB (it would be stored as 0)" if mysql else
+                "-0.0 cannot be stored in a SQLite column of REAL or NUMERIC affinity (it would be stored as 0; "
+                "batchflows creates FLOAT8_BLOB columns, which keep it)")
     if not mysql:
         return None
     if v in (math.inf, -math.inf):
         return f"{v!r} cannot be stored in MySQL/MariaDB (no infinities)"
-    if v == 0.0 and math.copysign(1.0, v) < 0:
-        return "-0.0 cannot be stored in MySQL/MariaDB (it would be stored as 0)"
     return None
 
 
@@ -350,7 +354,53 @@ def sqlite_encoder(col: ColumnInfo) -> Callable[[Any], Any]:
             [_sqlite_array_item(elem, x) for x in v], None, separators=(",", ":"))
     if kind in ("smallint", "integer", "bigint", "real", "double", "text", "varchar", "char", "bytes"):
         return lambda v: v
+    if kind in ("numeric", "json", "jsonb") and sqlite_affinity(col.declared) in ("NUMERIC", "INTEGER", "REAL"):
+        return _numeric_affinity(col)
     return lambda v: None if v is None else _sqlite_scalar(kind, v)
+
+
+_SQLITE_NUMBER = re.compile(r"[ \t\n\f\r]*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[ \t\n\f\r]*")
+_SQLITE_INTEGER = re.compile(r"[ \t\n\f\r]*[-+]?\d+[ \t\n\f\r]*")
+
+
+def sqlite_affinity_value(text: str) -> int | float | None:
+    """The number SQLite's NUMERIC affinity stores for ``text`` (sqlite.org/datatype3.html 3.0: an integer
+    literal within 64 bits as it is, any other number as a double, kept as an integer when it is one), or None
+    when the text stays text."""
+    if not _SQLITE_NUMBER.fullmatch(text):
+        return None
+    if _SQLITE_INTEGER.fullmatch(text) and _INT64_MIN <= (n := int(text)) <= _INT64_MAX:
+        return n
+    f = float(text)
+    return int(f) if f.is_integer() and -(2**63) <= f < 2**63 else f
+
+
+_TEXT_TYPES = {"numeric": "DECIMAL_TEXT", "json": "JSON_TEXT", "jsonb": "JSONB_TEXT"}
+
+
+def _numeric_affinity(col: ColumnInfo) -> Callable[[Any], Any]:
+    """A numeric or JSON value into a column someone declared with NUMERIC affinity (``NUMERIC``, ``JSON``):
+    SQLite turns text that looks like a number into one (``0.12345678901234567891`` -> a double), so a value
+    that would not read back the same is refused, naming the way out."""
+    json_kind = col.kind != "numeric"
+
+    def enc(v: Any) -> Any:
+        if v is None:
+            return None
+        text = json_text(v) if json_kind else _sqlite_scalar("numeric", v)
+        stored = sqlite_affinity_value(text)
+        if stored is None:
+            return text
+        same = (_json_dumps(stored) == text if json_kind else
+                Decimal(stored if isinstance(stored, int) else repr(stored)) == _to_decimal(v))
+        if same:
+            return text
+        raise ValueError(
+            f"SQLite stores {text.strip()[:60]} as the number {stored!r} in this column (declared "
+            f"{col.declared!r}: NUMERIC affinity), so it would not read back the same; declare the column with "
+            f"TEXT affinity ({_TEXT_TYPES[col.kind]}) or let db_migrate create the table")
+
+    return enc
 
 
 def sqlite_decoder(col: ColumnInfo) -> Callable[[Any], Any]:
@@ -671,6 +721,7 @@ __all__ = [
     "raw_json",
     "row_canonicalizer",
     "rows_checksum",
+    "sqlite_affinity_value",
     "sqlite_bound",
     "sqlite_decoder",
     "sqlite_encoder",

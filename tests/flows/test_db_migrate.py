@@ -231,6 +231,37 @@ def test_json_jsonb_cannot_hold_verifies_after_an_exact_copy(pg_url: str, pg_tar
     assert not bad.ok and bad.ranges_mismatched[0].first_difference == [1] and not bad.ranges_mismatched[0].error
 
 
+def test_numbers_sqlite_affinity_would_change_are_kept_or_refused(pg_url: str, sqlite_url: str, pg_target: str,
+                                                                  tmp_path: Path) -> None:
+    """A json document that is a number (`1.10`, 23 digits) into a SQLite table db_migrate creates keeps its text
+    (JSON_TEXT: TEXT affinity), and comes back into PostgreSQL exact; into a table someone declared with NUMERIC
+    affinity (NUMERIC, JSON, REAL), a value SQLite would turn into another number fails its range naming the row
+    and the column, and the values it keeps go in."""
+    pg_exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, j json, jb jsonb, n numeric, d float8)")
+    pg_exec(pg_url, """INSERT INTO t VALUES (1, '12345678901234567890123', '1.10', 2.50, 1.5),
+                       (2, '"x"', '{"a": 1.10}', 7, 0), (3, '5', '0.12345678901234567891', 0.12345678901234567891, -0.0),
+                       (11, '1.5', '7', 3.25, 2.5), (12, '[1.10]', 'null', 1e30, -1)""")
+    created = db_migrate(pg_url, sqlite_url, "t", chunk_rows=2, run_key="affinity-created")
+    assert created.ok and created.ranges_matching == created.ranges_total, created.render_text()
+    assert sqlite_exec(sqlite_url, "SELECT j, typeof(j), jb FROM t WHERE id = 1") == [
+        ("12345678901234567890123", "text", "1.10")]
+    back = db_migrate(sqlite_url, pg_target, "t", run_key="affinity-back")
+    assert back.ok, back.render_text()
+    q = "SELECT id, j::text, jb::text, n::text, d::text FROM t ORDER BY id"
+    assert pg_exec(pg_target, q) == pg_exec(pg_url, q)
+
+    theirs = f"sqlite:///{tmp_path / 'theirs.sqlite3'}"
+    sqlite_exec(theirs, "CREATE TABLE t (id INTEGER PRIMARY KEY, j JSON, jb JSONB, n NUMERIC, d REAL)")
+    refused = db_migrate(pg_url, theirs, "t", chunk_rows=1, chunk_retries=0, raise_on_failure=False,
+                         run_key="affinity-theirs")
+    assert refused.ranges_failed == [0, 2], refused.render_text()  # rows 1 and 3; 2, 11 and 12 keep their values
+    errors = [json.dumps(d) for d in refused.dead_letters()]
+    assert any("row with key {'id': 1} cannot be written: column 'j'" in e and "(JSON_TEXT)" in e for e in errors)
+    assert any("row with key {'id': 3} cannot be written: column 'jb'" in e and "(JSONB_TEXT)" in e for e in errors)
+    assert sqlite_exec(theirs, "SELECT id, j, jb, n, d FROM t ORDER BY id") == [
+        (2, '"x"', '{"a": 1.10}', 7, 0.0), (11, 1.5, 7, 3.25, 2.5), (12, "[1.10]", "null", 1e30, -1.0)]
+
+
 @pytest.mark.parametrize("with_array", [False, True])  # an array: verified row by row instead of through Arrow
 def test_time_at_the_end_of_a_day_copies_exactly(with_array: bool, pg_url: str, sqlite_url: str, pg_target: str,
                                                  pg_cluster: Any) -> None:

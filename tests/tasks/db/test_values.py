@@ -30,6 +30,7 @@ from tasks.db.values import (
     pg_array_literal,
     pg_encoder,
     row_canonicalizer,
+    sqlite_affinity_value,
     sqlite_bound,
     sqlite_decoder,
     sqlite_encoder,
@@ -294,9 +295,45 @@ def test_unstorable_finds_a_nan_for_sqlite_and_a_nan_infinity_or_minus_zero_for_
         1, 2, "-inf cannot be stored in MySQL/MariaDB (no infinities)")
     assert unstorable("mysql", cols, [(3, 1.5, 0.0), (5, 2.0, math.nan)])[:2] == (1, 2)  # type: ignore[index]
     assert unstorable("mysql", cols, [(3, 0.0, 0.0), (4, None, 2.5), (5, 1e308, -1e308)]) is None
+    theirs = [ColumnInfo(name="id", kind="integer"), ColumnInfo(name="d", kind="double", declared="DOUBLE")]
+    assert unstorable("sqlite", theirs, [(1, 0.0), (2, -0.0)]) == (1, 1, (
+        "-0.0 cannot be stored in a SQLite column of REAL or NUMERIC affinity (it would be stored as 0; batchflows "
+        "creates FLOAT8_BLOB columns, which keep it)"))
+    assert unstorable("sqlite", theirs, [(1, 0.0), (2, math.inf)]) is None
     conn = _lite(tmp_path, "CREATE TABLE f (id INTEGER PRIMARY KEY, d FLOAT8_BLOB, r FLOAT4_BLOB)")
     conn.executemany("INSERT INTO f VALUES (?, ?, ?)", rows)
     got = conn.execute("SELECT d, r FROM f ORDER BY id").fetchall()
     conn.close()
     dec = sqlite_decoder(cols[1])
     assert [math.copysign(1, dec(got[0][0])), got[1], got[2][0]] == [-1, (math.inf, -math.inf), 1.5]
+
+
+TEXTS = ["5", " 5 ", "+5", "5.", "5.0", ".5", "1e3", "3.0e+5", "1.10", "-0", "-0.0", "0.12345678901234567891",
+         "12345678901234567890123", "9223372036854775807", "9223372036854775808", "-9223372036854775808", "1e400",
+         "0x10", "5 x", "", "1_000", "NaN", "Infinity", "-inf", "\t7\n", "1E2", "00012", "1.5e-3",
+         "9007199254740993.0", "1.0e19", '"5"', "[1]", "true"]
+
+
+def test_sqlite_affinity_value_is_what_sqlite_stores(tmp_path: Path) -> None:
+    conn = _lite(tmp_path, "CREATE TABLE t (n NUMERIC)")
+    for text in TEXTS:
+        stored = conn.execute("SELECT ?", (text,)).fetchone()  # the text as bound
+        conn.execute("DELETE FROM t")
+        conn.execute("INSERT INTO t VALUES (?)", stored)
+        got = conn.execute("SELECT n FROM t").fetchone()[0]
+        mine = sqlite_affinity_value(text)
+        assert (text if mine is None else mine) == got and type(got) is (str if mine is None else type(mine)), text
+
+
+def test_numbers_into_numeric_affinity_columns_are_refused_only_when_they_would_change(tmp_path: Path) -> None:
+    numeric = sqlite_encoder(ColumnInfo(name="n", kind="numeric", declared="NUMERIC"))
+    doc = sqlite_encoder(ColumnInfo(name="j", kind="json", declared="JSON"))
+    kept = [Decimal("2.50"), Decimal("7"), Decimal("1E+30"), Decimal("NaN"), Decimal("-0.125")]
+    assert [numeric(v) for v in kept] == ["2.50", "7", "1E+30", "NaN", "-0.125"]
+    assert [doc(v) for v in [5, 1.5, "x", {"a": 1.1}, None]] == ["5", "1.5", '"x"', '{"a":1.1}', None]
+    for enc, value in ((numeric, Decimal("0.12345678901234567891")), (numeric, Decimal(2**70)),
+                       (doc, 12345678901234567890123), (doc, JsonText("1.10")), (doc, JsonText(" 5 "))):
+        with pytest.raises(ValueError, match=r"NUMERIC affinity.*TEXT affinity"):
+            enc(value)
+    text = sqlite_encoder(ColumnInfo(name="n", kind="numeric", declared="DECIMAL_TEXT(30,20)"))
+    assert text(Decimal("0.12345678901234567891")) == "0.12345678901234567891"  # TEXT affinity: as it is
