@@ -112,6 +112,8 @@ class ApiExtractParams(FlowParams, HttpGroup, RateGroup):
 
     def identity(self) -> str:
         values = {k: getattr(self, k) for k in IDENTITY}
+        # the names only: a value is a Secret block's name or an in-process handle, new on every Python call
+        values["secret_params"] = sorted(self.secret_params) if self.secret_params else None
         if self.incremental is not None:  # only then: the identity of other runs stays what it was
             values["incremental"] = self.incremental.model_dump()
         payload = json.dumps(values, sort_keys=True, default=str)

@@ -189,9 +189,8 @@ async def send_items(
                 item = items[position]
                 try:
                     call = request_of(item)
-                except (ItemError, ConfigError) as exc:
-                    err = exc if isinstance(exc, ItemError) else ItemError(str(exc), category="bad_item")
-                    outcomes.failed(position, err, attempts=0, transform=masked(item))
+                except Exception as exc:  # no request can be made of this item: it fails alone, the chunk goes on
+                    outcomes.failed(position, _bad_item(exc), attempts=0, transform=masked(item))
                     continue
                 try:
                     try:
@@ -212,6 +211,13 @@ async def send_items(
             for _ in range(min(job.item_concurrency, len(todo))):
                 group.create_task(worker())
     return sent
+
+
+def _bad_item(exc: Exception) -> ItemError:
+    if isinstance(exc, ItemError):
+        return exc
+    text = str(exc) if isinstance(exc, ConfigError) else f"the item's request cannot be built: {type(exc).__name__}: {exc}"
+    return ItemError(text, category="bad_item")
 
 
 def _replaying(first: Exception, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:

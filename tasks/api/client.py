@@ -368,7 +368,7 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
     if expect == "text" or (expect == "auto" and "json" not in ctype.lower()):
         return response.text
     try:
-        return loads_exact(response.content)
+        return loads_exact(response.content, charset=declared_charset(ctype))
     except ValueError as exc:
         excerpt = redact_text(response.text[:BODY_EXCERPT_CHARS])
         msg = (
@@ -378,6 +378,14 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
         err = ItemError(msg, category="http_bad_json")
         err.status = response.status_code  # type: ignore[attr-defined]
         raise err from exc
+
+
+def declared_charset(content_type: str | None) -> str | None:
+    """The ``charset=`` of a Content-Type value (``application/json; charset=iso-8859-1``), or None."""
+    low = (content_type or "").lower()
+    if "charset=" not in low:
+        return None
+    return low[low.index("charset=") + 8:].split(";", 1)[0].strip().strip("'\"") or None
 
 
 _KEPT_HEADERS = ("content-type", "link", "etag", "x-request-id", "x-total-count")
@@ -468,6 +476,7 @@ __all__ = [
     "ThrottleListener",
     "TransportName",
     "build_request",
+    "declared_charset",
     "has_content_type",
     "idempotency_key",
     "install_log_redaction",

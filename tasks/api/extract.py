@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.api.client import TransportName, make_client, validate_base_url
-from tasks.api.incremental import ExtractWatermark, newest_of
+from tasks.api.incremental import ExtractWatermark, keys_of, newest_of
 from tasks.api.outputs import (
     ApiPartFormat,
     process_limiter,
@@ -30,6 +30,7 @@ from tasks.api.outputs import (
     write_part,
 )
 from tasks.api.paginators import PaginatorKind, iter_pages, make_paginator
+from tasks.api.request_spec import query_params
 from tasks.core import (
     ChunkedRun,
     ChunkReport,
@@ -46,12 +47,13 @@ from tasks.core import (
 )
 
 
-def split_url(url: str) -> tuple[str, str, dict[str, str]]:
-    """``https://h/v1/items?a=1`` -> (``https://h``, ``/v1/items``, ``{"a": "1"}``), validating it."""
+def split_url(url: str) -> tuple[str, str, dict[str, str | list[str]]]:
+    """``https://h/v1/items?a=1&s=x&s=y`` -> (``https://h``, ``/v1/items``, ``{"a": "1", "s": ["x", "y"]}``),
+    validating it; a repeated parameter keeps every value (sent repeated, as httpx sends a list)."""
     validate_base_url(url)
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}"
-    return origin, parts.path or "/", dict(parse_qsl(parts.query, keep_blank_values=True))
+    return origin, parts.path or "/", query_params(parts.query)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class PartResult(BaseModel):
     failure: PageFailure | None = None
     duration_s: float = 0.0
     newest: Any = None  # incremental: the maximum of the job's newest_field over the part's records
+    keys_seen: list[str] | None = None  # incremental: the records' keys when none has newest_field
     most_records: int | None = None  # the most records on one of the part's pages but its last (None: 1 page)
     last_records: int | None = None  # the records of the part's last page
 
@@ -150,20 +153,21 @@ def extract_part(job: ExtractJob, index: int, state: dict[str, Any] | None) -> P
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
     headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
     secret_params = resolve_secrets(job.secret_params, what="secret_params")
-    if secret_params:
-        job = replace(job, params={**job.params, **secret_params})
-    records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers))
+    records, result = run_coroutine(lambda: _fetch(job, index, state, token, limiter, headers, secret_params))
     if records:
         result.output_path = str(write_part(job.output_dir, index, records, job.output_format))
         if job.newest_field:
             result.newest = newest_of(records, job.newest_field)
+            if result.newest is None:
+                result.keys_seen = keys_of(records)
     result.records = len(records)
     result.duration_s = round(time.perf_counter() - started, 6)
     return result
 
 
 async def _fetch(
-    job: ExtractJob, index: int, state: dict[str, Any] | None, token: str | None, limiter: Any, headers: dict[str, str]
+    job: ExtractJob, index: int, state: dict[str, Any] | None, token: str | None, limiter: Any, headers: dict[str, str],
+    secret_params: dict[str, str],
 ) -> tuple[list[Any], PartResult]:
     paginator = make_paginator(job.paginator, page_size=job.page_size, cursor_path=job.cursor_path,
                                **(job.paginator_options or {}))
@@ -175,7 +179,8 @@ async def _fetch(
     async with make_client(job.origin, settings=settings, token=token, headers=headers, transport=job.transport,
                            max_connections=2, limiter=limiter) as client:
         pages = iter_pages(client, job.path, paginator, records_path=job.records_path, params=job.params or None,
-                           state=current, max_pages=job.max_pages, retry=_Counting(policy, result))
+                           secret_params=secret_params, state=current, max_pages=job.max_pages,
+                           retry=_Counting(policy, result))
         try:
             finished = True
             async for page in pages:
@@ -303,7 +308,7 @@ def walk_pages(run: ChunkedRun, job: ExtractJob, *, identity: str, shown_url: st
             requests += result.requests
             pages += result.pages
             if watermark is not None:
-                watermark.saw(result.newest)
+                watermark.saw(result.newest, result.keys_seen)
             if result.records:
                 run.record(ChunkReport(index=parts, size=result.records, succeeded=result.records,
                                        output_path=result.output_path, duration_s=result.duration_s,

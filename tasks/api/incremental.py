@@ -45,6 +45,12 @@ def newest_of(records: list[Any], record_field: str) -> Any:
     return newest
 
 
+def keys_of(records: list[Any], *, limit: int = 30) -> list[str]:
+    """The top-level keys the records have (the first 100 records'), to name them when ``record_field`` is none."""
+    keys = {str(k) for record in records[:100] if isinstance(record, dict) for k in record}
+    return sorted(keys)[:limit]
+
+
 @dataclass
 class ExtractWatermark:
     """One incremental run's watermark: where it started (``before``) and the newest record it wrote."""
@@ -56,6 +62,7 @@ class ExtractWatermark:
     before: Any = None
     newest: Any = None
     resumed: bool = field(default=False)
+    keys_seen: list[str] | None = None  # the records' keys when a part had records but none with record_field
 
     def start(self, saved: dict[str, Any] | None) -> dict[str, Any]:
         """Take the checkpointed state (a resumed run) or the stored watermark; return the query params to add."""
@@ -67,8 +74,10 @@ class ExtractWatermark:
         start = self.before if self.before is not None else self.spec.initial
         return {} if start is None else {self.spec.param: start}
 
-    def saw(self, newest: Any) -> None:
+    def saw(self, newest: Any, keys: list[str] | None = None) -> None:
         self.newest = later(self.newest, newest)
+        if keys is not None:
+            self.keys_seen = sorted({*(self.keys_seen or ()), *keys})
 
     def checkpoint(self) -> dict[str, Any]:
         return {"before": self.before, "newest": self.newest}
@@ -84,6 +93,12 @@ class ExtractWatermark:
                               "lag_s": lag_seconds(shown), "incremental_stream": self.stream})
         kept = "" if complete else " (kept: the run did not complete; the next run asks from the old watermark)"
         log.info(redact_text(f"watermark {self.spec.record_field!r}: {self.before!r} -> {shown!r}{kept}"))
+        if self.newest is None and self.keys_seen is not None:
+            log.warning(redact_text(
+                f"incremental record_field {self.spec.record_field!r}: none of the {summary.succeeded} record(s) "
+                f"written has a value there, so the watermark cannot move and every run extracts the same records "
+                f"again; the records have the keys {self.keys_seen}: set record_field to the one holding the "
+                "update time (a dotted path for a nested field)"))
 
 
-__all__ = ["ApiIncremental", "ExtractWatermark", "newest_of"]
+__all__ = ["ApiIncremental", "ExtractWatermark", "keys_of", "newest_of"]

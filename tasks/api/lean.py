@@ -53,6 +53,7 @@ from tasks.api.client import (
     _split_userinfo,
     _ssl_context,
     _transport_category,
+    declared_charset,
     default_headers,
     has_content_type,
     install_log_redaction,
@@ -94,9 +95,8 @@ class _Answer:
 def decode_text(content: bytes, content_type: str | None) -> str:
     """Bytes to text as httpx does: the Content-Type charset when Python knows it, else UTF-8; bad bytes replaced."""
     encoding = "utf-8"
-    if content_type and "charset=" in content_type.lower():
-        low = content_type.lower()
-        value = low[low.index("charset=") + 8:].split(";", 1)[0].strip().strip("'\"")
+    value = declared_charset(content_type)
+    if value:
         try:
             codecs.lookup(value)
             encoding = value
@@ -417,7 +417,7 @@ def _parsed_body(answer: _Answer, method: str, url: str, expect: Expect, keep: b
         except ValueError:
             pass
     try:
-        return loads_exact(content)
+        return loads_exact(content, charset=declared_charset(ctype))
     except ValueError:
         return _body(answer, method, redact_text(url), expect)  # type: ignore[arg-type]  # raises its ItemError
 

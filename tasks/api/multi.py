@@ -85,21 +85,28 @@ class _MissingResult:
                       else f"no result with {field}={key!r} in the answer")
 
 
-def result_error(result: Any) -> Exception | None:
-    """The error a per-record result stands for (None: it succeeded)."""
+def result_error(result: Any, *, status: int | None = None) -> Exception | None:
+    """The error a per-record result stands for (None: it succeeded). Its ``status`` (the dead letter's) is the
+    record's own status when it has one, else ``status``, the HTTP status of the answer that held it."""
     if isinstance(result, _MissingResult):
-        return ItemError(result.error, category="bulk_missing_result")
+        return _with_status(ItemError(result.error, category="bulk_missing_result"), status)
     if not isinstance(result, dict):
         return None
-    status = result.get("status", result.get("status_code"))
+    own = result.get("status", result.get("status_code"))
+    own = own if isinstance(own, int) and not isinstance(own, bool) else None
     error = result.get("error") or result.get("errors")
-    if not (isinstance(status, int) and status >= 400) and not error:
+    if not (own is not None and own >= 400) and not error:
         return None
-    text = f"record answered {status}" if isinstance(status, int) else "record failed"
+    text = f"record answered {own}" if own is not None else "record failed"
     text += f": {error}" if error else ""
-    if isinstance(status, int) and status in TRANSIENT_STATUS:
-        return RetryableError(text, category="record_retryable")
-    return ItemError(text, category="record_error")
+    if own is not None and own in TRANSIENT_STATUS:
+        return _with_status(RetryableError(text, category="record_retryable"), own)
+    return _with_status(ItemError(text, category="record_error"), own if own is not None else status)
+
+
+def _with_status(exc: Exception, status: int | None) -> Exception:
+    exc.status = status  # type: ignore[attr-defined]  # the dead letter's `status`
+    return exc
 
 
 async def send_batches(
@@ -145,13 +152,13 @@ async def send_batches(
                 results = map_results(record.body, [items[p] for p in pending], results_path=job.results_path,
                                       result_key=job.result_key, shown=f"{spec.method} {record.url}")
             except ItemError as exc:
-                fail_all(pending, exc, attempt)
+                fail_all(pending, _with_status(exc, record.status), attempt)
                 return
             again: list[int] = []
             last: Exception | None = None
             with outcomes.together():
                 for position, result in zip(pending, results, strict=True):
-                    error = result_error(result)
+                    error = result_error(result, status=record.status)
                     if error is None:
                         outcomes.succeeded(position, row(position, spec, record, result))
                     elif policy.retries_left(attempt, error):

@@ -32,7 +32,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
-from urllib.parse import urljoin
+from urllib.parse import unquote_plus, urlencode, urljoin
 
 import httpx
 
@@ -312,11 +312,14 @@ async def iter_pages(
     state: State | None = None,
     max_pages: int | None = None,
     retry: RetryPolicy | None = None,
+    secret_params: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Page]:
     """Fetch page after page, yielding ``Page(number, records, next_state)``.
 
     Save ``next_state`` only after the page's records are written; pass it back as ``state`` to
     resume. Each page is one :func:`tasks.api.client.send` under ``retry`` (the one retry loop).
+    ``secret_params`` (credential query parameters) go on every request, a next link's included, and never
+    into the state: a next link that repeats them is stored without them (the state is the checkpoint).
     """
     state = dict(state) if state else paginator.initial_state()
     if state.get("kind", paginator.kind) != paginator.kind:
@@ -328,7 +331,8 @@ async def iter_pages(
         number = int(state.get("pages", 0)) + 1
         sent = request_fingerprint(spec)
         _refuse_a_loop(state, sent, number, paginator.kind)
-        record, _ = await policy.acall(lambda spec=spec: send(client, spec, expect="json"))
+        wire = with_query(spec, secret_params)
+        record, _ = await policy.acall(lambda wire=wire: send(client, wire, expect="json"))
         records = extract_records(record.body, records_path, page=number, url=record.url)
         if not records and paginator.ends_on_empty:
             return
@@ -343,7 +347,31 @@ async def iter_pages(
             raise ItemError(msg, category="pagination_stuck")
         state = {**paginator.advance(state, record, records), "last_page": fingerprint,
                  **({} if paginator.ends_on_empty else {"sent": [*state.get("sent", ())[1 - RECENT_REQUESTS:], sent]})}
+        if secret_params and state.get("next_url"):
+            state["next_url"] = without_query(state["next_url"], secret_params)
         yield Page(number, records, state)
+
+
+def with_query(spec: RequestSpec, extra: Mapping[str, str] | None) -> RequestSpec:
+    """``spec`` with the query parameters ``extra`` added (over the same names). A URL that holds its own
+    query (a next link) keeps it as the server wrote it: ``extra`` is appended, since httpx's params would
+    replace that query."""
+    if not extra:
+        return spec
+    if spec.params is not None or "?" not in spec.url:
+        return dataclasses.replace(spec, params={**(spec.params or {}), **extra})
+    url, hash_, fragment = without_query(spec.url, extra).partition("#")
+    return dataclasses.replace(spec, url=f"{url}{'&' if '?' in url else '?'}{urlencode(extra)}{hash_}{fragment}")
+
+
+def without_query(url: str, names: Mapping[str, Any]) -> str:
+    """``url`` without the query parameters named in ``names``; the others stay as written."""
+    base, sep, rest = url.partition("?")
+    if not sep:
+        return url
+    query, hash_, fragment = rest.partition("#")
+    kept = [pair for pair in query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in names]
+    return base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment
 
 
 def _refuse_a_loop(state: State, sent: str, number: int, kind: str) -> None:
@@ -392,4 +420,6 @@ __all__ = [
     "page_fingerprint",
     "parse_link_header",
     "request_fingerprint",
+    "with_query",
+    "without_query",
 ]

@@ -135,13 +135,21 @@ def check_template(node: Any, where: str) -> None:
     """Malformed templates are a ConfigError before any request (missing item keys are per-item errors)."""
     if isinstance(node, str):
         try:
-            names = [name for _, name, _, _ in string.Formatter().parse(node) if name is not None]
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(node) if name is not None]
         except ValueError as exc:
             msg = f"{where} {node!r} is malformed ({exc}); use {{name}} placeholders and {{{{ }}}} for literal braces"
             raise ConfigError(msg) from None
-        if "" in names:
+        if any(name == "" for name, _, _ in fields):
             msg = f"{where} {node!r} has an empty {{}} placeholder; name it after an item key, e.g. {{id}}"
             raise ConfigError(msg)
+        for name, spec, conv in fields:
+            if conv not in (None, "r", "s", "a"):
+                msg = f"{where} {node!r}: {{{name}!{conv}}} is not a conversion; use !r, !s or !a (or none)"
+                raise ConfigError(msg)
+            if "{" in spec:
+                msg = (f"{where} {node!r}: the format spec of {{{name}}} holds a placeholder ({spec!r}); "
+                       "write the spec out, e.g. {amount:.2f}")
+                raise ConfigError(msg)
     elif isinstance(node, dict):
         for value in node.values():
             check_template(value, where)
@@ -197,6 +205,7 @@ def path_renderer(template: RequestTemplate) -> Callable[[Any], str | None] | No
         return None
     text = template.path_template
     names = _parsed(text)
+    plain = _plain(text)
 
     def render(item: Any) -> str | None:
         if type(item) is dict or isinstance(item, Mapping):
@@ -206,15 +215,23 @@ def path_renderer(template: RequestTemplate) -> Callable[[Any], str | None] | No
             item = {"id": item}
         if not names:
             return text.format_map({})
-        return text.format_map({name: _segment(_lookup(item, name, text)) for name in names})
+        if plain:
+            return text.format_map({name: _segment(_lookup(item, name, text)) for name in names})
+        return _render(text, item, _segment)
 
     return render
 
 
 def _segment(value: Any) -> str:
-    """One path segment, percent-encoded (``quote(safe="")``; plain ASCII letters and digits pass as they are)."""
+    """One path segment, percent-encoded (``quote(safe="")``; plain ASCII letters and digits pass as they are).
+    A whole segment ``.`` or ``..`` has its dots encoded (``%2E%2E``): URL parsers remove such dot-segments
+    (RFC 3986 section 5.2.4), which would send the request to another resource."""
     text = str(value)
-    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+    if text.isascii() and text.isalnum():
+        return text
+    if text in (".", ".."):
+        return text.replace(".", "%2E")
+    return quote(text, safe="")
 
 
 def _merge_query(url: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
@@ -224,15 +241,20 @@ def _merge_query(url: str, params: Mapping[str, Any] | None) -> tuple[str, dict[
     if "?" not in url:
         return url, dict(params)
     base, query = url.split("?", 1)
-    merged: dict[str, Any] = {}
+    return base, {**query_params(query), **params}
+
+
+def query_params(query: str) -> dict[str, str | list[str]]:
+    """A query string as params for httpx, every value kept: a repeated key (``a=1&a=2``) becomes a list, which
+    httpx sends as the same repeated key."""
+    merged: dict[str, str | list[str]] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in merged:
+        previous = merged.get(key)
+        if previous is None:
             merged[key] = value
-        else:  # a repeated key (a=1&a=2) becomes a list, as httpx sends lists
-            previous = merged[key]
+        else:
             merged[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-    merged.update(params)
-    return base, merged
+    return merged
 
 
 def idempotency_key(spec: RequestSpec, *, namespace: str = "") -> str:
@@ -258,14 +280,60 @@ def _placeholders(text: str) -> list[str]:
     return list(_parsed(text))
 
 
+_Field = tuple[str, str | None, str | None, str | None]  # literal text, placeholder name, format spec, conversion
+
+
 @functools.lru_cache(maxsize=512)
-def _parsed(text: str) -> tuple[str, ...]:
-    """A template's placeholder names, parsed once per template (a chunk renders the same one per item)."""
+def _fields(text: str) -> tuple[_Field, ...]:
+    """A template parsed once per template (a chunk renders the same one per item)."""
     try:
-        return tuple(name for _, name, _, _ in string.Formatter().parse(text) if name is not None)
+        return tuple(string.Formatter().parse(text))
     except ValueError as exc:
         msg = f"template {text!r} is malformed ({exc}); use {{name}} placeholders and {{{{ }}}} for literal braces"
         raise ConfigError(msg) from None
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(text: str) -> tuple[str, ...]:
+    """A template's placeholder names."""
+    return tuple(name for _, name, _, _ in _fields(text) if name is not None)
+
+
+@functools.lru_cache(maxsize=512)
+def _plain(text: str) -> bool:
+    """Whether ``str.format_map`` renders the template as :func:`_render` does: bare ``{name}`` placeholders only
+    (no format spec, no conversion, no ``.``/``[`` that format_map would take for attribute or index access)."""
+    return all(name is None or (not spec and conv is None and "." not in name and "[" not in name)
+               for _, name, spec, conv in _fields(text))
+
+
+def _render(text: str, item: Mapping[str, Any], place: Callable[[Any], str]) -> str:
+    """The template with each placeholder's value converted and formatted as ``str.format`` would, then
+    ``place``d (percent-encoded as a path segment, or as it is in JSON text). A value its format spec or
+    conversion refuses (``{id:05d}`` with ``"abc"``) is an ItemError naming the placeholder: that item fails."""
+    out: list[str] = []
+    for literal, name, spec, conv in _fields(text):
+        out.append(literal)
+        if name is None:
+            continue
+        value = _lookup(item, name, text)
+        if spec or conv is not None:
+            value = _formatted(value, name, spec or "", conv, text)
+        out.append(place(value))
+    return "".join(out)
+
+
+_CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
+
+
+def _formatted(value: Any, name: str, spec: str, conv: str | None, text: str) -> str:
+    try:
+        return format(_CONVERSIONS[conv](value) if conv is not None else value, spec)
+    except (ValueError, TypeError, KeyError) as exc:
+        shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        msg = (f"placeholder {shown} of template {text!r} cannot format the item's {name!r} "
+               f"{redact_text(repr(value))[:200]} ({exc})")
+        raise ItemError(msg, category="bad_item") from None
 
 
 def _lookup(item: Mapping[str, Any], name: str, text: str) -> Any:
@@ -283,7 +351,9 @@ def _render_path(text: str, item: Mapping[str, Any]) -> str:
     names = _parsed(text)
     if not names:
         return text.format_map({})  # "{{" -> "{"
-    return text.format_map({name: _segment(_lookup(item, name, text)) for name in names})
+    if _plain(text):
+        return text.format_map({name: _segment(_lookup(item, name, text)) for name in names})
+    return _render(text, item, _segment)
 
 
 def render_json(node: Any, item: Mapping[str, Any]) -> Any:
@@ -293,12 +363,18 @@ def render_json(node: Any, item: Mapping[str, Any]) -> Any:
             return _lookup(item, names[0], node)
         if not names:
             return node.format_map({})
-        return node.format_map({name: _lookup(item, name, node) for name in names})
+        if _plain(node):
+            return node.format_map({name: _lookup(item, name, node) for name in names})
+        return _render(node, item, _text)
     if isinstance(node, Mapping):
         return {key: render_json(value, item) for key, value in node.items()}
     if isinstance(node, list | tuple):
         return [render_json(value, item) for value in node]
     return node
+
+
+def _text(value: Any) -> str:
+    return format(value, "")  # what format_map writes for a bare {name}
 
 
 __all__ = [
@@ -314,6 +390,7 @@ __all__ = [
     "is_sensitive_header",
     "is_sensitive_param",
     "path_renderer",
+    "query_params",
     "refuse_sensitive_headers",
     "refuse_sensitive_params",
     "refuse_url_password",

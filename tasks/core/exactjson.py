@@ -18,6 +18,7 @@ Items read from a JSON-lines file (:func:`loads_items`) go to the user's handler
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import math
@@ -84,10 +85,37 @@ _decode = json.JSONDecoder(parse_float=_float, parse_constant=JsonNumber).decode
 _decode_minus_zero = json.JSONDecoder(parse_float=_float, parse_int=_int, parse_constant=JsonNumber).decode
 
 
-def loads_exact(content: bytes | str) -> Any:
-    """``json.loads`` with every number kept as written (see the module docstring); raises ``ValueError`` as it."""
-    text = content.decode(json.detect_encoding(content), "surrogatepass") if isinstance(content, bytes) else content
+def loads_exact(content: bytes | str, *, charset: str | None = None) -> Any:
+    """``json.loads`` with every number kept as written (see the module docstring); raises ``ValueError`` as it.
+
+    ``charset``: the encoding the bytes were declared in (an HTTP ``Content-Type``'s ``charset=``, e.g.
+    ``iso-8859-1``). JSON is UTF-8 (RFC 8259) and servers often declare another charset for UTF-8 bytes, so the
+    bytes are read as UTF-8 (or the UTF-16/32 ``json.loads`` detects) and in the declared charset only when they
+    are not valid in that."""
+    if isinstance(content, bytes):
+        try:
+            text = content.decode(json.detect_encoding(content), "surrogatepass")
+        except UnicodeDecodeError:
+            declared = _declared(charset)
+            if declared is None:
+                raise
+            text = content.decode(declared)
+    else:
+        text = content
     return (_decode_minus_zero if _MINUS_ZERO.search(text) else _decode)(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _declared(charset: str | None) -> str | None:
+    """The codec of a declared charset that is not a UTF one (detection reads those, a BOM included); None when
+    there is none or Python does not know it."""
+    if not charset:
+        return None
+    try:
+        name = codecs.lookup(charset.strip().strip("'\"")).name
+    except LookupError:
+        return None
+    return None if name.startswith("utf") else name
 
 
 class JsonFloat(float):

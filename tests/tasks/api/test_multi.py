@@ -51,6 +51,12 @@ def test_which_results_are_errors() -> None:
     assert isinstance(result_error({"errors": ["x"]}), ItemError)
 
 
+def test_a_record_error_carries_the_records_status_else_the_answers() -> None:
+    assert result_error({"status": 422, "error": "invalid"}, status=207).status == 422  # type: ignore[union-attr]
+    assert result_error({"errors": ["x"]}, status=207).status == 207  # type: ignore[union-attr]
+    assert result_error({"status": 503}, status=207).status == 503  # type: ignore[union-attr]
+
+
 def records(n: int, *, bad: set[int] = frozenset(), flaky: set[int] = frozenset()) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
@@ -73,7 +79,8 @@ def test_bulk_endpoint_partial_failures_retries_and_bursts(api_server: ApiServer
                  output=tmp_path / "out", min_success_ratio=0.9, **FAST)
     assert (s.total, s.succeeded, s.failed) == (45, 43, 2), s.render_text()
     dead = sorted(s.dead_letters(), key=lambda d: d["item"]["id"])
-    assert [(d["item"], d["category"]) for d in dead] == [(items[4], "record_error"), (items[30], "record_error")]
+    assert [(d["item"], d["category"], d["status"]) for d in dead] == [
+        (items[4], "record_error", 422), (items[30], "record_error", 422)]
     assert "422: invalid record" in dead[0]["message"]
     bulk = [r for r in api_server.requests if r.path == "/bulk/run"]
     assert all(len(__import__("json").loads(r.body)["records"]) <= 10 for r in bulk)
