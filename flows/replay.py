@@ -3,7 +3,9 @@
 The items come from a dead-letter file (``<state_dir>/runs/<flow>/<run_key>/dead_letter.jsonl``), exactly
 as the earlier run read them; the handler defaults to the one recorded in the file when it is an import
 path. The replay is a batch-map run of its own (own run key, own dead-letter file for what still fails,
-under this flow's name), so it resumes the same way.
+under this flow's name, batch_map's defaults: ``BATCHFLOWS_CHUNK_SIZE``, ``BATCHFLOWS_MAX_CONCURRENCY``), so it
+resumes the same way. Items of a type JSON has none for (a ``Decimal`` from a database query, a date, a tuple)
+come back as they were: the dead letters keep their typed form (``item_typed``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import Field
 
 from flows.batch_map import ImportPath, batch_map_flow
 from tasks.core import (
+    SETTING,
     ChunkSize,
     ChunkTaskGroup,
     ConfigError,
@@ -47,7 +50,7 @@ class ReplayParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRetry
     dead_letter_path: Annotated[str, Field(min_length=1, description="A dead_letter.jsonl written by an earlier run.")]
     handler: Annotated[ImportPath | None, Field(description=(
         "'pkg.mod:fn' to run each item; default: the handler recorded in the file."))] = None
-    chunk_size: ChunkSize = 100
+    chunk_size: ChunkSize = SETTING
     item_concurrency: ItemConcurrency = 1
     retry_on: RetryOnField = "transient"
     output: Annotated[str | None, Field(description="Directory for the results (JSONL parts).")] = None

@@ -230,7 +230,9 @@ def dumps_exact(value: Any, default: Callable[[Any], Any] | None = str, *,
     """``json.dumps(value, default=default, separators=separators, ensure_ascii=False)`` writing each JsonNumber
     and JsonFloat as its text; a string holding a lone surrogate (``"\\ud800"`` is valid JSON) is written
     escaped, so the line stays UTF-8. ``default`` turns values JSON has no type for into JSON values (``str``:
-    what outputs always did; None: a TypeError, as ``json.dumps``)."""
+    what outputs always did; None: a TypeError, as ``json.dumps``). A dict key that is not a str is a TypeError:
+    ``json.dumps`` writes ``{1: "a"}`` as ``{"1": "a"}`` (and ``{2024: x, "2024": y}`` with a key twice), which
+    reads back as other data."""
     encode, encode_ascii = _encoders(default or _not_serializable, separators)
     if _floats_made.is_set():
         text = _with_texts(value, encode)
@@ -244,7 +246,35 @@ def dumps_exact(value: Any, default: Callable[[Any], Any] | None = str, *,
             text.encode()
         except UnicodeEncodeError:
             text = _with_texts(value, encode_ascii)
+    if _converted_key(separators).search(text) and (found := _non_str_key(value)) is not None:
+        key = found[0]
+        written = next(iter(json.loads(json.dumps({key: None}))))
+        msg = f"dict key {key!r} ({type(key).__name__}) is not a str: JSON would write it as the string {written!r}"
+        raise TypeError(msg)
     return text
+
+
+@functools.lru_cache(maxsize=8)
+def _converted_key(separators: tuple[str, str] | None) -> re.Pattern[str]:
+    """A key as the C encoder writes an int, float, bool or None key (``"1": ``, ``"true": ``): a text holding
+    none has only str keys, so only such a text is walked (:func:`_non_str_key`)."""
+    key_separator = separators[1] if separators else ": "
+    return re.compile(r'"(?=[-\dINtfn])(?:-?(?:\d[\d.eE+\-]*|Infinity)|NaN|true|false|null)"' + re.escape(key_separator))
+
+
+def _non_str_key(value: Any) -> tuple[Any] | None:
+    """The first dict key inside ``value`` that is not a str, as a 1-tuple (the key may be None); else None."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return (k,)
+            if isinstance(v, dict | list | tuple) and (found := _non_str_key(v)) is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for v in value:
+            if isinstance(v, dict | list | tuple) and (found := _non_str_key(v)) is not None:
+                return found
+    return None
 
 
 def json_body(value: Any) -> bytes:

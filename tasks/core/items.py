@@ -177,11 +177,16 @@ class ChunkOutcomes:
             raise output_write_error(exc, self._journal.path.parent, writing=True) or exc from None
 
     def succeeded(self, position: int, row: Any = None) -> None:
-        """``row``: the output row (a JSON-able value, or JSON text already) when outputs are kept."""
+        """``row``: the output row (a JSON-able value, or JSON text already) when outputs are kept; a row JSON
+        cannot write (a non-str dict key, a cycle) fails its item (``unwritable_output``)."""
         if not self.keep_rows:
             self._journal_line(position, SUCCEEDED)
         else:
-            text = row if isinstance(row, str) else encode_row(row)
+            try:
+                text = row if isinstance(row, str) else encode_row(row)
+            except (TypeError, ValueError, RecursionError) as exc:
+                self.failed(position, unwritable_row(self.chunk.index, position, exc))
+                return
             self._journal_line(position, SUCCEEDED, text)
             self.rows[position] = text
         self.kinds[position] = _S
@@ -266,15 +271,16 @@ class ChunkOutcomes:
 def encode_row(row: Any) -> str:
     """One output row as a JSON line, exactly the user's values (numbers of a response body as the body wrote
     them: :mod:`tasks.core.exactjson`); a value JSON has no type for as the dead letters write it (ISO dates,
-    models as objects: :func:`tasks.core.exactjson.jsonable`)."""
+    models as objects: :func:`tasks.core.exactjson.jsonable`). A dict key that is not a str (JSON would write
+    ``{1: "a"}`` as ``{"1": "a"}``), a tuple key or a cycle raise TypeError / ValueError."""
     return dumps_exact(row, jsonable)
 
 
 def unwritable_row(chunk: int, position: int, exc: BaseException) -> ItemError:
     """The failure of an item whose output row JSON cannot write (the handler ran: its side effects happened)."""
     msg = (f"item {position} of chunk {chunk}: the handler returned, but its output row cannot be written as JSON "
-           f"({type(exc).__name__}: {exc}); return JSON-able values (dict keys str, int, float, bool or None; no "
-           "cycles) or convert them in the handler")
+           f"({type(exc).__name__}: {exc}); return JSON-able values (str dict keys, no cycles) or convert them in "
+           "the handler")
     return ItemError(msg, category="unwritable_output")
 
 
@@ -375,12 +381,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         if not job.output_dir:
             outcomes.succeeded(position)
             return
-        try:
-            row = encode_row({"item": items[position], "result": value})
-        except (TypeError, ValueError, RecursionError) as exc:  # a tuple as a dict key, a cycle: not JSON
-            settle(position, unwritable_row(chunk.index, position, exc))
-            return
-        outcomes.succeeded(position, row)
+        outcomes.succeeded(position, {"item": items[position], "result": value})  # a row JSON cannot write fails
 
     def settle(position: int, exc: Exception, attempts: int | None = None) -> None:
         if isinstance(exc, SkipItem):

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tasks.core.redact import redact, redact_text
+from tasks.core.redact import redact, redact_logs, redact_text, register_secret
 from tasks.core.settings import NotifySettings
 
 log = logging.getLogger("batchflows.notify")
@@ -71,12 +71,13 @@ def post_summary(flow: Any, flow_run: Any, state: Any) -> None:
     settings = NotifySettings()
     if settings.webhook_url is None and settings.pushgateway_url is None:
         return
+    webhook = None if settings.webhook_url is None else _registered(settings.webhook_url.get_secret_value())
     payload = summary_payload(getattr(flow, "name", str(flow)), flow_run, state)
-    if settings.webhook_url is not None:
+    if webhook is not None:
         try:
-            httpx.post(settings.webhook_url.get_secret_value(), json=payload, timeout=10).raise_for_status()
+            httpx.post(webhook, json=payload, timeout=10).raise_for_status()
         except Exception as exc:
-            log.warning("could not post the run summary to the webhook: %s", redact_text(str(exc)))
+            log.warning("could not post the run summary to the webhook: %s", _failure(exc))
     summary = payload["summary"]
     if settings.pushgateway_url and summary:
         url = (f"{settings.pushgateway_url.rstrip('/')}/metrics/job/batchflows/flow/{quote(summary['flow'], safe='')}"
@@ -85,7 +86,32 @@ def post_summary(flow: Any, flow_run: Any, state: Any) -> None:
             httpx.put(url, content=metrics_text(summary), timeout=10,
                       headers={"Content-Type": "text/plain; version=0.0.4"}).raise_for_status()
         except Exception as exc:
-            log.warning("could not push the run metrics to the Pushgateway: %s", redact_text(str(exc)))
+            log.warning("could not push the run metrics to the Pushgateway: %s", _failure(exc))
+
+
+def _registered(url: str) -> str:
+    """The webhook URL, its secret parts registered for redaction first: a Slack-style URL carries its secret in
+    the path (``/services/T0/B0/xyz``), others in the query; httpx names the URL in its errors and logs."""
+    register_secret(url)
+    try:
+        parsed = httpx.URL(url)
+    except Exception:  # httpx refuses it: the request's error says so, with the URL masked as a whole
+        return url
+    register_secret(str(parsed))
+    if parsed.path not in ("", "/"):
+        register_secret(parsed.path)
+        register_secret(parsed.raw_path.decode("ascii", "replace").split("?")[0])
+    if parsed.query:
+        register_secret(parsed.query.decode("ascii", "replace"))
+    redact_logs()
+    return url
+
+
+def _failure(exc: Exception) -> str:
+    """What went wrong, without the URL (an HTTP error names it; the status says enough)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}"
+    return redact_text(f"{type(exc).__name__}: {exc}")
 
 
 HOOKS: dict[str, list[Any]] = {"on_completion": [post_summary], "on_failure": [post_summary]}

@@ -7,16 +7,21 @@ failures to ``dead_letter.jsonl``. Invariant: ``succeeded + failed + skipped == 
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import uuid
+import zoneinfo
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 
 from tasks.core.errors import ConfigError, SourceError
-from tasks.core.exactjson import dumps_exact, jsonable
+from tasks.core.exactjson import JsonNumber, dumps_exact, jsonable
 from tasks.core.redact import redact_text
 from tasks.core.sources import jsonl_records
 
@@ -283,10 +288,14 @@ class DeadLetterWriter:
             record = {"item": failure.item, **failure.model_dump(mode="json", exclude={"item"}), **self._context}
             try:
                 line = dumps_exact(record, jsonable)
-            except (TypeError, ValueError, RecursionError) as exc:  # a tuple as a dict key, a cycle: not JSON
+            except (TypeError, ValueError, RecursionError) as exc:  # a non-str or tuple dict key, a cycle: not JSON
                 record["item"] = repr(failure.item)
                 record["item_written_as"] = f"repr: the item is not JSON ({type(exc).__name__}: {exc})"
                 line = dumps_exact(record, jsonable)
+            else:
+                typed = typed_form(failure.item)
+                if typed is not None:  # a Decimal, date, tuple...: "item" shows it, "item_typed" gives it back
+                    line = dumps_exact({"item": record.pop("item"), "item_typed": typed, **record}, jsonable)
             self._fh.write(line + "\n")
             self.count += 1
         self._fh.flush()
@@ -308,7 +317,113 @@ def read_dead_letters(path: str | Path) -> Iterator[dict[str, Any]]:
             if not isinstance(record, dict) or "item" not in record:
                 msg = f"{p}:{lineno}: not a dead-letter record (no 'item' key)"
                 raise SourceError(msg)
+            if "item_typed" in record:
+                try:
+                    record["item"] = from_typed(record.pop("item_typed"))
+                except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+                    msg = f"{p}:{lineno}: 'item_typed' is not a typed item ({type(exc).__name__}: {exc})"
+                    raise SourceError(msg) from None
             yield record
+
+
+# --------------------------------------------------------------------------- the items' typed form
+
+class _Untyped(Exception):
+    """The item holds a value outside the typed form's closed set: it gets no typed form."""
+
+
+def typed_form(item: Any) -> Any | None:
+    """The item as JSON that keeps the types JSON has none for, or None when it needs none (plain JSON) or holds a
+    value outside the closed set (a model, a path: written as :func:`tasks.core.exactjson.jsonable` makes it).
+
+    Closed set, nested anywhere: ``Decimal``, ``datetime`` (naive or aware; a ``ZoneInfo`` zone by its key),
+    ``date``, ``time``, ``timedelta``, ``UUID``, ``bytes``, ``tuple``, ``set``, ``frozenset``, each as an object
+    with one ``$`` key (``{"$decimal": "15.50"}``); a dict of the item with a key starting with ``$`` is wrapped
+    as ``{"$dict": {...}}``, so nothing of the item reads as a tag. Only JSON and these tags: reading it runs no
+    code (no pickle)."""
+    tagged = [False]
+    try:
+        typed = _to_typed(item, tagged)
+    except (_Untyped, RecursionError):
+        return None
+    return typed if tagged[0] else None
+
+
+def _to_typed(value: Any, tagged: list[bool]) -> Any:
+    if value is None or isinstance(value, str | int | float | JsonNumber):
+        return value  # bool, int, float and str subclasses (JsonFloat, enums of them) write as their values
+    if isinstance(value, list):
+        return [_to_typed(v, tagged) for v in value]
+    if isinstance(value, dict):
+        inner = {k: _to_typed(v, tagged) for k, v in value.items()}
+        return {"$dict": inner} if any(k.startswith("$") for k in inner) else inner
+    if type(value) is tuple:
+        tagged[0] = True
+        return {"$tuple": [_to_typed(v, tagged) for v in value]}
+    if type(value) in (set, frozenset):
+        tagged[0] = True
+        return {f"${type(value).__name__}": [_to_typed(v, tagged) for v in value]}
+    encode = _SCALARS.get(type(value))
+    if encode is None or (type(value) is dt.time and not isinstance(value.tzinfo, dt.timezone | None)):
+        raise _Untyped  # a time's ZoneInfo has no offset without a date: it would come back naive
+    tagged[0] = True
+    return encode(value)
+
+
+def _datetime_typed(value: dt.datetime) -> dict[str, Any]:
+    typed: dict[str, Any] = {"$datetime": value.isoformat()}
+    if isinstance(value.tzinfo, zoneinfo.ZoneInfo) and value.tzinfo.key:
+        typed["zone"] = value.tzinfo.key
+    if value.fold:
+        typed["fold"] = 1
+    return typed
+
+
+_SCALARS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    Decimal: lambda v: {"$decimal": str(v)},
+    dt.datetime: _datetime_typed,
+    dt.date: lambda v: {"$date": v.isoformat()},
+    dt.time: lambda v: {"$time": v.isoformat()},
+    dt.timedelta: lambda v: {"$timedelta": [v.days, v.seconds, v.microseconds]},
+    uuid.UUID: lambda v: {"$uuid": str(v)},
+    bytes: lambda v: {"$bytes": base64.b64encode(v).decode()},
+}
+
+
+def _datetime_of(typed: dict[str, Any]) -> dt.datetime:
+    value = dt.datetime.fromisoformat(typed["$datetime"])
+    if "zone" in typed:
+        value = value.replace(tzinfo=zoneinfo.ZoneInfo(typed["zone"]))
+    return value.replace(fold=1) if typed.get("fold") else value
+
+
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    "$decimal": lambda v: Decimal(v["$decimal"]),
+    "$datetime": _datetime_of,
+    "$date": lambda v: dt.date.fromisoformat(v["$date"]),
+    "$time": lambda v: dt.time.fromisoformat(v["$time"]),
+    "$timedelta": lambda v: dt.timedelta(*v["$timedelta"]),
+    "$uuid": lambda v: uuid.UUID(v["$uuid"]),
+    "$bytes": lambda v: base64.b64decode(v["$bytes"], validate=True),
+    "$tuple": lambda v: tuple(from_typed(x) for x in v["$tuple"]),
+    "$set": lambda v: {from_typed(x) for x in v["$set"]},
+    "$frozenset": lambda v: frozenset(from_typed(x) for x in v["$frozenset"]),
+    "$dict": lambda v: {k: from_typed(x) for k, x in v["$dict"].items()},
+}
+
+
+def from_typed(typed: Any) -> Any:
+    """The item a :func:`typed_form` was made from (ValueError, TypeError or KeyError for a malformed one)."""
+    if isinstance(typed, list):
+        return [from_typed(v) for v in typed]
+    if not isinstance(typed, dict):
+        return typed
+    tags = [k for k in typed if k.startswith("$")]
+    if not tags:
+        return {k: from_typed(v) for k, v in typed.items()}
+    if len(tags) > 1 or tags[0] not in _DECODE:
+        raise ValueError(f"unknown tag {tags[0]!r}" if len(tags) == 1 else f"several tags {tags}")
+    return _DECODE[tags[0]](typed)
 
 
 __all__ = [
@@ -320,5 +435,7 @@ __all__ = [
     "RunSummary",
     "Status",
     "SummaryBuilder",
+    "from_typed",
     "read_dead_letters",
+    "typed_form",
 ]

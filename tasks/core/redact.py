@@ -7,6 +7,7 @@ query parameters, Authorization headers) and exact values registered at run time
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any
@@ -18,7 +19,11 @@ MASK = "***"
 # the password runs to the last '@' before the host: an unescaped '@' in it must not leave its tail in the text
 _URL_PASSWORD = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+(?:@[^@/?#\s]*)*)@")
-_BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)(?:\s+(?:bearer|basic))?)\s+[A-Za-z0-9\-._~+/]{6,}=*")
+# "Bearer <value>" always; "Basic <value>" and "token <value>" only when the value looks like a credential
+# (:func:`_opaque`): "Basic monthly subscription" and "token expired" are words about data
+_SCHEME = re.compile(r"(?i)\b((?:bearer|basic|token)(?:\s+(?:bearer|basic|token))?)\s+(?P<value>[A-Za-z0-9\-._~+/]{6,}=*)")
+_TOKEN_ASSIGNMENT = re.compile(  # token=..., "access_token": "...", token: ...
+    r"(?i)(\b(?:access_|refresh_|id_|auth_|api_)?token\b[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}]+")
 CREDENTIAL_PARAMS = frozenset({
     "access_token", "token", "api_key", "apikey", "api-key", "key", "secret", "password", "passwd", "pwd", "sig",
     "signature", "client_secret", "auth", "refresh_token",
@@ -26,7 +31,8 @@ CREDENTIAL_PARAMS = frozenset({
 _QUERY = re.compile(
     r"(?i)([?&;](?:" + "|".join(sorted(map(re.escape, CREDENTIAL_PARAMS), key=len, reverse=True)) + r")=)[^&#\s\"']+"
 )
-_HEADER = re.compile(r"(?i)(\b(?:authorization|x-api-key|api-key|cookie|proxy-authorization)\b\W{1,4})[^\s\"',}]+")
+_HEADER = re.compile(r"(?i)(\b(?:authorization|x-api-key|api-key|cookie|proxy-authorization)\b\W{1,4}"
+                     r"(?:(?:bearer|basic|token|digest|negotiate)\s+)?)[^\s\"',}]+")
 _SENSITIVE_KEYS = frozenset(
     {"authorization", "x-api-key", "api-key", "api_key", "apikey", "password", "passwd", "token", "access_token",
      "refresh_token", "client_secret", "secret", "cookie", "proxy-authorization"}
@@ -46,11 +52,31 @@ def register_secret(value: str | SecretStr | None) -> None:
             _secrets.add(raw)
 
 
+class RedactingFilter(logging.Filter):
+    """Masks credentials in the records of a logger batchflows does not own (httpx logs every request URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+def redact_logs(names: tuple[str, ...] = ("httpx", "httpcore")) -> None:
+    """Attach one :class:`RedactingFilter` to each of these loggers (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == "RedactingFilter" for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
 def redact_text(text: str) -> str:
     """Mask credentials in free text (messages, URLs, tracebacks)."""
     out = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     out = _QUERY.sub(lambda m: m.group(1) + MASK, out)
-    out = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", out)
+    out = _SCHEME.sub(_masked_scheme, out)
+    out = _TOKEN_ASSIGNMENT.sub(lambda m: m.group(1) + MASK, out)
     out = _HEADER.sub(lambda m: m.group(1) + MASK, out)
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
@@ -58,6 +84,23 @@ def redact_text(text: str) -> str:
         if secret in out:
             out = out.replace(secret, MASK)
     return out
+
+
+def _masked_scheme(m: re.Match[str]) -> str:
+    return f"{m.group(1)} {MASK}" if "bearer" in m.group(1).lower() or _opaque(m["value"]) else m.group(0)
+
+
+def _opaque(value: str) -> bool:
+    """A credential rather than a word: base64 padding, or 8+ characters mixing digits and letters or cases
+    (``dXNlcjpwYXNz``, ``ghp_16C7e42F``, ``s3cr3t-value``; not ``expired``, ``monthly`` or ``Subscription``)."""
+    core = value.rstrip("=")
+    if len(core) < 8:
+        return False
+    if core != value:
+        return True
+    letters = any(c.isalpha() for c in core)
+    return (letters and any(c.isdigit() for c in core)) or (
+        any(c.isupper() for c in core[1:]) and any(c.islower() for c in core))
 
 
 def redact(value: Any) -> Any:
@@ -109,4 +152,5 @@ def mask_values(value: Any, secrets: set[str]) -> Any:
     return value
 
 
-__all__ = ["CREDENTIAL_PARAMS", "MASK", "credentials_in", "mask_values", "redact", "redact_text", "register_secret"]
+__all__ = ["CREDENTIAL_PARAMS", "MASK", "RedactingFilter", "credentials_in", "mask_values", "redact", "redact_logs",
+           "redact_text", "register_secret"]

@@ -6,7 +6,7 @@ import pytest
 
 from flows.batch_map import batch_map
 from flows.replay import replay_dead_letters
-from tasks.core.errors import ConfigError, SourceError
+from tasks.core.errors import ConfigError, ItemError, SourceError
 from tasks.core.outcomes import read_dead_letters
 from tests import handlers
 
@@ -83,3 +83,56 @@ def test_a_python_items_nan_and_infinity_reach_the_dead_letters_not_null() -> No
     text = Path(first.dead_letter_path).read_text()
     assert '{"item": {"x": NaN}' in text and '{"item": {"x": Infinity}' in text and '{"item": {"x": -Infinity}' in text
     assert "null" not in text.split('"status"')[0]
+
+
+def test_items_and_results_with_non_str_keys_are_never_rewritten(tmp_path: Path) -> None:
+    """JSON would write {2024: 12.5, "2024": "text"} with the key twice (12.5 lost on reading) and {1: "a"} as
+    {"1": "a"}: such an item is dead-lettered as its repr (item_written_as), and a row holding one fails its item
+    (unwritable_output) instead of reaching the output changed."""
+    items = [{2024: 12.5, "2024": "text"}, {1: "a"}, {True: "yes", None: "none"}]
+    first = batch_map(items, refuse, chunk_size=10, raise_on_failure=False)
+    dead = list(first.dead_letters())
+    assert [d["item"] for d in dead] == [repr(i) for i in items]
+    assert all(d["item_written_as"].startswith("repr: the item is not JSON (TypeError: dict key") for d in dead)
+
+    out = tmp_path / "out"
+    echoed = batch_map([*items, {"id": 1}], lambda item: {1: "a"} if "id" in item else "ok", chunk_size=10,
+                       output=out, raise_on_failure=False)
+    assert echoed.failed == 4 and echoed.succeeded == 0
+    assert {d["category"] for d in echoed.dead_letters()} == {"unwritable_output"}
+    assert [d["item"] for d in echoed.dead_letters()][-1] == {"id": 1}
+    assert not [line for part in out.glob("part-*.jsonl") for line in part.read_text().splitlines()]
+
+
+def test_replay_gives_the_handler_a_database_querys_typed_values_back(pg_items: str) -> None:
+    """A query's rows hold Decimal, dates, datetimes, bytes, UUIDs: the replayed item is the original item (the
+    handler got "15.50" * 2 == "15.5015.50" before, and the replay reported Completed)."""
+    seen: list[dict[str, object]] = []
+
+    def price(row: dict[str, object]) -> object:
+        seen.append(row)
+        if row["id"] % 5 == 0:
+            raise ItemError(f"downstream refused row {row['id']}")
+        return str(row["price"])
+
+    query = "SELECT id, name, price, big, flag, born, seen, at, blob, uid, tags, nums FROM items WHERE id <= 30"
+    first = batch_map(pg_items, price, query=query, query_key="id", chunk_size=10, raise_on_failure=False)
+    assert first.failed == 6
+    originals = {row["id"]: row for row in seen if row["id"] % 5 == 0}
+    assert {type(r["price"]).__name__ for r in originals.values()} == {"Decimal"}
+    assert {d["item"]["id"]: d["item"] for d in first.dead_letters()} == originals
+
+    replayed: list[dict[str, object]] = []
+    again = replay_dead_letters(first.dead_letter_path, handler=replayed.append)
+    assert again.ok and sorted(replayed, key=lambda r: r["id"]) == [originals[k] for k in sorted(originals)]
+    for row in replayed:
+        assert {k: type(v) for k, v in row.items()} == {k: type(v) for k, v in originals[row["id"]].items()}
+
+
+def test_replay_chunk_size_defaults_to_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI says "Default: BATCHFLOWS_CHUNK_SIZE (500)"; the replay used 100 whatever the setting said."""
+    first = batch_map(list(range(250)), refuse, chunk_size=250, raise_on_failure=False)
+    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double).chunks_total == 1
+    monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "60")
+    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double).chunks_total == 5
+    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double, chunk_size=125).chunks_total == 2

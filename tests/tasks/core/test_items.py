@@ -101,19 +101,19 @@ def test_the_rerun_of_a_stopped_chunk_runs_only_what_was_not_done(tmp_path: Path
 
 
 def test_output_rows_and_failed_items_are_the_users_data_byte_for_byte(tmp_path: Path) -> None:
-    data = ["Basic monthly subscription", "use token abcdefgh", {"token": "the"}, "postgresql://u:pw@h/db",
+    data = ["Basic monthly subscription", "use token abcd3fgh42", {"token": "the"}, "postgresql://u:pw@h/db",
             {"Authorization": "Bearer 0123456789"}, "café ✓"]
 
     def echo(x: Any) -> Any:
-        if x == "use token abcdefgh":
+        if x == "use token abcd3fgh42":
             raise ItemError(f"refused {x}")
         return x
 
     report = process_chunk(Chunk(0, data), ChunkJob(handler=echo, output_dir=str(tmp_path / "out")), ref_for(tmp_path))
-    expected = [json.dumps({"item": x, "result": x}, ensure_ascii=False) for x in data if x != "use token abcdefgh"]
+    expected = [json.dumps({"item": x, "result": x}, ensure_ascii=False) for x in data if x != "use token abcd3fgh42"]
     assert Path(report.output_path or "").read_text(encoding="utf-8").splitlines() == expected
     [failure] = report.failures
-    assert failure.item == "use token abcdefgh" and "abcdefgh" not in failure.message  # message: about data
+    assert failure.item == "use token abcd3fgh42" and "abcd3fgh42" not in failure.message  # message: about data
 
 
 def test_journal_of_other_content_is_a_source_change(tmp_path: Path) -> None:

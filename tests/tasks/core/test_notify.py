@@ -72,3 +72,28 @@ def test_a_receiver_that_is_down_does_not_fail_the_run(monkeypatch: pytest.Monke
     monkeypatch.setenv("BATCHFLOWS_NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/nothing-listens-here")
     monkeypatch.setenv("BATCHFLOWS_NOTIFY_PUSHGATEWAY_URL", "http://127.0.0.1:9")
     assert batch_map([1, 2, 3], handlers.double).ok
+
+
+def test_a_failing_webhook_is_logged_without_its_secret_url(monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A Slack-style webhook URL holds its secret in the path; httpx names the URL in its errors and logs."""
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "T0SECRETPATHxyz987"
+    monkeypatch.setenv("BATCHFLOWS_NOTIFY_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/services/B0/{secret}")
+    try:
+        with caplog.at_level("INFO"):
+            assert batch_map([1, 2, 3], handlers.double).ok
+    finally:
+        server.shutdown()
+    assert any("could not post the run summary to the webhook: HTTP 500" in r.getMessage() for r in caplog.records)
+    assert not [r.getMessage() for r in caplog.records if secret in r.getMessage()]

@@ -58,3 +58,51 @@ def test_empty_dead_letter_file_is_removed_and_bad_files_are_reported(tmp_path: 
     path.write_text(json.dumps({"item": 1}) + "\nnot json\n")
     with pytest.raises(SourceError, match=r"dl.jsonl:2"):
         list(read_dead_letters(path))
+
+
+def test_an_item_with_non_str_dict_keys_is_dead_lettered_as_its_repr(tmp_path: Path) -> None:
+    """JSON writes {2024: 12.5, "2024": "text"} with the key twice (12.5 lost on reading) and {1: "a"} as
+    {"1": "a"}: such an item is written as its repr, and item_written_as says so."""
+    path = tmp_path / "dl.jsonl"
+    writer = DeadLetterWriter(path, flow="batch-map", run_key="k", handler="m:f")
+    items = [{2024: 12.5, "2024": "text"}, {"nested": [{1: "a"}]}, {True: "yes", None: "none"}, {"2024": "fine"}]
+    writer.write([FailedItem.from_exception(item, ItemError("no"), chunk=0, position=i, attempts=1)
+                  for i, item in enumerate(items)])
+    writer.close()
+    records = list(read_dead_letters(path))
+    assert [r["item"] for r in records] == [repr(i) for i in items[:3]] + [{"2024": "fine"}]
+    assert [r.get("item_written_as", "")[:5] for r in records] == ["repr:", "repr:", "repr:", ""]
+    assert "dict key 2024 (int) is not a str" in records[0]["item_written_as"]
+
+
+def test_dead_letters_give_back_the_types_json_has_none_for(tmp_path: Path) -> None:
+    """A Decimal, dates and times, a UUID, bytes, tuples and sets come back as they were: "item" shows them as
+    JSON (a Decimal as its text), "item_typed" keeps them, and reading decodes it (no pickle, no code run)."""
+    import datetime as dt
+    import uuid
+    import zoneinfo
+    from decimal import Decimal
+
+    item = {"amount": Decimal("15.50"), "big": Decimal("1E+30"), "day": dt.date(2024, 2, 29),
+            "naive": dt.datetime(2024, 1, 1, 12, 0, 0, 5), "utc": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            "paris": dt.datetime(2024, 10, 27, 2, 30, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"), fold=1),
+            "at": dt.time(10, 5, 1, 7), "took": dt.timedelta(days=-1, seconds=5), "id": uuid.UUID(int=7),
+            "raw": b"\x00\xff", "pair": (1, ("a", Decimal("-0.00"))), "tags": {"x", 2}, "frozen": frozenset({3}),
+            "$ref": [{"$decimal": "not a tag"}], "plain": [1, 2.5, None, "s"]}
+    path = tmp_path / "dl.jsonl"
+    writer = DeadLetterWriter(path, flow="batch-map", run_key="k", handler="m:f")
+    writer.write([FailedItem.from_exception(item, ItemError("no"), chunk=0, position=0, attempts=1),
+                  FailedItem.from_exception({"plain": [1, "x"]}, ItemError("no"), chunk=0, position=1, attempts=1)])
+    writer.close()
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["item"]["amount"] == "15.50" and first["item"]["day"] == "2024-02-29"  # readable as before
+    assert "item_typed" in first and "item_typed" not in second  # only when JSON has no type for a value
+    typed, plain = list(read_dead_letters(path))
+    assert typed["item"] == item and "item_typed" not in typed
+    assert {k: type(v) for k, v in typed["item"].items()} == {k: type(v) for k, v in item.items()}
+    assert typed["item"]["paris"].tzinfo == zoneinfo.ZoneInfo("Europe/Paris") and typed["item"]["paris"].fold == 1
+    assert str(typed["item"]["pair"][1][1]) == "-0.00" and plain["item"] == {"plain": [1, "x"]}
+
+    path.write_text(json.dumps({"item": "x", "item_typed": {"$pickle": "gASV"}}) + "\n")
+    with pytest.raises(SourceError, match=r"dl.jsonl:1: 'item_typed' is not a typed item .*'\$pickle'"):
+        list(read_dead_letters(path))

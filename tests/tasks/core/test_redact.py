@@ -34,3 +34,17 @@ def test_a_url_password_with_an_unescaped_at_is_masked_whole() -> None:
     assert "postgresql://user:***@127.0.0.1:5432/db?x=a@b and mail me@example.com" in out
     assert credentials_in(text) == {"s3cret@Pa55word-xyz"}
     assert redact_text("https://host:8080/users/@me") == "https://host:8080/users/@me"  # no password: untouched
+
+
+def test_words_about_data_are_not_masked_credentials_are() -> None:
+    """'token expired' and 'Basic monthly' are a user's words; a value after Bearer, a credential-looking value
+    after Basic or token, and token=/token: assignments are masked."""
+    for text in ["token expired once", "Basic monthly subscription", "the Basic Subscription plan",
+                 "refresh the token before it expires", "the bearer of bad news", "use token abcdefgh"]:
+        assert redact_text(text) == text
+    assert redact_text("401 for token Bearer abcdefghijkl") == "401 for token Bearer ***"
+    assert redact_text("Authorization: Basic abcdefgh") == "Authorization: Basic ***"
+    assert redact_text("sent Basic dXNlcjpwYXNz and token ghp_16C7e42F292c6912") == "sent Basic *** and token ***"
+    assert redact_text("Basic Zm9vOmJhcg== refused") == "Basic *** refused"
+    assert redact_text('token=abc123 access_token: "xyz" {"refresh_token": "qq7"}') == (
+        'token=*** access_token: "***" {"refresh_token": "***"}')
