@@ -8,7 +8,8 @@ both sides); a mismatch fails the run and names the ranges. Three ways to run it
 * Python: ``db_migrate(source_url, target_url, "orders", mode="upsert")`` -> MigrationSummary.
 * Deployment / UI / CLI: the ``db_migrate_flow`` flow with JSON parameters; URLs may be given as the
   name of a Prefect Secret block (``source_secret=`` or ``source_url="secret:name"``), or come from
-  ``BATCHFLOWS_DB_SOURCE_URL`` / ``BATCHFLOWS_DB_TARGET_URL``.
+  ``BATCHFLOWS_DB_SOURCE_URL`` / ``BATCHFLOWS_DB_TARGET_URL``. A plain URL holding a password is refused
+  there: Prefect stores flow parameters and shows them in its UI.
 * Verify only (existing tables, nothing written): ``db_migrate(..., verify_only=True)`` or ``db_verify(...)``.
 
 Passwords: URLs travel as SecretStr (Prefect stores SecretStr parameters masked), the password is
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from tasks.core import (
     SETTING,
@@ -72,6 +73,7 @@ from tasks.db import (
     watermark_column,
 )
 from tasks.db import create_target as ensure_target
+from tasks.db.dburl import refuse_plain_password
 
 
 def _table_name(value: str | None) -> str | None:
@@ -81,6 +83,13 @@ def _table_name(value: str | None) -> str | None:
 
 
 FLOW_NAME = "db-migrate"
+
+
+def _refuse_plain_password(value: Any, name: str) -> Any:
+    side = name.removesuffix("_url")
+    return refuse_plain_password(value, name, f"pass {name}='secret:<block name>' (or {side}_secret='<block name>'), "
+                                 f"set BATCHFLOWS_DB_{name.upper()} in the worker's environment, or call "
+                                 "db_migrate() from Python (it passes the URL masked)")
 
 
 class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
@@ -126,6 +135,11 @@ class DbMigrateParams(FlowParams, RunGroup, ChunkTaskGroup):
         "The source's soft-delete column for deletes='soft_column' (set = not NULL and not false)."))] = None
     reset_incremental: Annotated[bool, Field(description=(
         "Ignore the stored watermark: copy everything again, then store the new watermark."))] = False
+
+    @field_validator("source_url", "target_url", mode="before")
+    @classmethod
+    def _no_plain_password(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_plain_password(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _consistent(self) -> DbMigrateParams:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
-from pydantic import Field
+from pydantic import BeforeValidator, Field, SecretStr
 
 from flows.api_extract import api_extract_flow
 from flows.file_transform import file_transform_flow
@@ -33,9 +33,11 @@ from tasks.core import (
     python_entry,
     summary_from_state,
 )
-from tasks.db import count_rows, load_parts
+from tasks.db import count_rows, load_parts, parse_db_url, resolve_url
+from tasks.db.dburl import refuse_plain_password
 
 FLOW_NAME = "etl-demo"
+DEFAULT_DATABASE = "sqlite:///.batchflows/etl/warehouse.db"
 ORDERS_SCHEMA = {
     "columns": {"id": "int64", "customer_id": "int64", "amount": "float64", "currency": "str",
                 "created_at": "datetime[UTC]"},
@@ -48,6 +50,11 @@ ORDERS_SQL = (
 )
 
 
+def _no_plain_password(value: Any) -> Any:
+    return refuse_plain_password(value, "database_url", "pass database_url='secret:<block name>', or call etl_demo() "
+                                 "from Python (it passes the URL masked)")
+
+
 class EtlDemoParams(FlowParams):
     """Extract orders from an API, transform them into typed parts, load them into a table and verify it."""
 
@@ -56,8 +63,9 @@ class EtlDemoParams(FlowParams):
     auth_secret: AuthSecret = None
     work_dir: Annotated[str, Field(min_length=1, description="Where the raw and transformed parts go.")] = (
         ".batchflows/etl")
-    database_url: Annotated[str, Field(min_length=1, description="SQLAlchemy URL of the target database.")] = (
-        "sqlite:///.batchflows/etl/warehouse.db")
+    database_url: Annotated[SecretStr | None, BeforeValidator(_no_plain_password), Field(description=(
+        f"SQLAlchemy URL of the target database (default: {DEFAULT_DATABASE}), or 'secret:BLOCK_NAME' (a URL with "
+        "a password: a Secret block)."))] = None
     table: Annotated[str, Field(min_length=1, description="Target table.")] = "orders"
     page_size: PageSize = 500
     min_success_ratio: MinSuccessRatio = 0.99
@@ -76,6 +84,7 @@ def etl_demo_flow(p: EtlDemoParams) -> RunSummary:
     """Extract orders from an API, transform them into typed parts, load them into a table and verify it."""
     key = p.run_key or default_run_key()
     base = Path(p.work_dir).resolve() / key
+    database_url = resolve_url(p.database_url or DEFAULT_DATABASE, None, what="target_url").get_secret_value()
     stages: dict[str, Any] = {}
 
     def stage(name: str, outcome: Any) -> RunSummary:
@@ -94,8 +103,8 @@ def etl_demo_flow(p: EtlDemoParams) -> RunSummary:
         source=str(base / "raw"), output_dir=str(base / "clean"), transform=ORDERS_SQL, schema=ORDERS_SCHEMA,
         min_success_ratio=p.min_success_ratio, run_key=key, return_state=True,
     ))
-    load = stage("load", load_parts(base / "clean", p.database_url, p.table, flow=f"{FLOW_NAME}-load", run_key=key))
-    ok, verdict = verify_stage(base / "clean", p.database_url, p.table)
+    load = stage("load", load_parts(base / "clean", database_url, p.table, flow=f"{FLOW_NAME}-load", run_key=key))
+    ok, verdict = verify_stage(base / "clean", database_url, p.table)
     print(f"--- verify ---\n{verdict}")
     summary = RunSummary(
         flow=FLOW_NAME, run_key=key, total=extract.total,
@@ -114,6 +123,16 @@ def etl_demo_flow(p: EtlDemoParams) -> RunSummary:
     return summary
 
 
-etl_demo = python_entry(etl_demo_flow)
+def _url_as_secret(values: dict[str, Any], handles: list[str]) -> None:
+    """A URL given in Python goes to the flow as SecretStr (Prefect stores it masked), its password registered for
+    redaction first."""
+    url = values.get("database_url")
+    if isinstance(url, str):
+        if not url.startswith("secret:"):
+            parse_db_url(url)
+        values["database_url"] = SecretStr(url)
+
+
+etl_demo = python_entry(etl_demo_flow, prepare=_url_as_secret, types={"database_url": str | SecretStr | None})
 
 __all__ = ["FLOW_NAME", "EtlDemoParams", "etl_demo", "etl_demo_flow"]

@@ -20,6 +20,15 @@ class SourceError(BatchflowsError):
     """An input (file, import path, iterable, table) cannot be read as asked."""
 
 
+class SettingError(ConfigError):
+    """A ``BATCHFLOWS_*`` environment variable holds a value its setting does not accept."""
+
+
+class InputNotFound(SourceError, ConfigError):
+    """An input the parameters name (a source file, a SQLite database file) does not exist: a mistake to fix,
+    so neither ``flow_retries`` nor chunk retries run it again (an unreachable server stays a SourceError)."""
+
+
 class ItemError(BatchflowsError):
     """One item failed permanently: retrying it would not help.
 
@@ -68,9 +77,11 @@ __all__ = [
     "ChunkTimeout",
     "ConfigError",
     "FatalError",
+    "InputNotFound",
     "ItemError",
     "ItemTimeout",
     "RetryableError",
+    "SettingError",
     "SkipItem",
     "SourceError",
 ]

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from tasks.core.errors import BatchflowsError, ConfigError
+from tasks.core.errors import BatchflowsError, ConfigError, SettingError
 
 P = TypeVar("P", bound="FlowParams")
 S = TypeVar("S")
@@ -83,6 +83,8 @@ class FlowParams(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _settings_are_defaults(cls, data: Any) -> Any:
+        """A bad ``BATCHFLOWS_*`` value raises the settings' SettingError, which names the variable (it is not a
+        parameter); :meth:`parse` and :func:`describe_validation_error` show it as that."""
         if not isinstance(data, dict):
             return data
         filled = dict(data)
@@ -98,7 +100,8 @@ class FlowParams(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             from_settings = {n: s for n, s in setting_fields(cls).items() if values.get(n) is None}
-            raise ConfigError(describe_validation_error(exc, settings=from_settings)) from None
+            text = describe_validation_error(exc, settings=from_settings)
+            raise (ConfigError if "invalid parameters: " in text else SettingError)(text) from None
 
 
 @functools.cache
@@ -115,8 +118,13 @@ def describe_validation_error(exc: ValidationError, *, settings: Mapping[str, Fr
     """
     from tasks.core.redact import redact_text
 
-    parts = []
+    parts: list[str] = []
+    bad_settings: list[str] = []
     for err in exc.errors():
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, SettingError):  # a BATCHFLOWS_* variable read for a default: not a parameter
+            bad_settings.append(str(error))
+            continue
         loc = [str(p) for p in err["loc"]]
         value = err.get("input")
         shown = "" if isinstance(value, dict) or not loc else f" (got {redact_text(repr(value))})"
@@ -124,7 +132,7 @@ def describe_validation_error(exc: ValidationError, *, settings: Mapping[str, Fr
         message = str(err["msg"])
         message = message.removeprefix("Value error, ") if err["type"] == "value_error" else redact_text(message)
         parts.append(f"{'.'.join(loc)}: {message}{shown}{source}" if loc else message)
-    return "invalid parameters: " + "; ".join(parts)
+    return "; ".join([*dict.fromkeys(bad_settings), *(["invalid parameters: " + "; ".join(parts)] if parts else [])])
 
 
 # --------------------------------------------------------------------------- the flow
@@ -230,6 +238,7 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
         def run(*args: Any, **kwargs: Any) -> Any:
             params = spec.model.parse(spec.bind(args, kwargs))  # once: settings are read at the run's start
             retries = int(getattr(params, "flow_retries", 0) or 0)
+            delay_s = _retry_delay_s() if retries else 0.0  # a bad BATCHFLOWS_FLOW_RETRY_DELAY_S: refused now
             for attempt in range(1, retries + 2):
                 try:
                     summary = spec.run_parsed(params)
@@ -238,11 +247,11 @@ def batchflow(name: str, model: type[P], *, positional: Sequence[str] = (), summ
                 except Exception as exc:
                     if attempt > retries:
                         raise
-                    _before_retry(name, attempt, retries, f"{type(exc).__name__}: {exc}")
+                    _before_retry(name, attempt, retries, f"{type(exc).__name__}: {exc}", delay_s)
                     continue
                 if getattr(summary, "state", "Completed") == "Completed" or attempt > retries:
                     return final_state(summary)
-                _before_retry(name, attempt, retries, summary.message)
+                _before_retry(name, attempt, retries, summary.message, delay_s)
             raise AssertionError("unreachable")  # pragma: no cover
 
         run.__name__ = body.__name__
@@ -290,16 +299,21 @@ def importable_module(obj: Any) -> None:
     module.__name__ = canonical
 
 
-def _before_retry(flow: str, attempt: int, retries: int, reason: str) -> None:
-    """Log why attempt ``attempt`` is followed by another (flow_retries), then wait the retry delay."""
+def _retry_delay_s() -> float:
+    from tasks.core.settings import EngineSettings
+
+    return EngineSettings().flow_retry_delay_s
+
+
+def _before_retry(flow: str, attempt: int, retries: int, reason: str, delay_s: float) -> None:
+    """Log why attempt ``attempt`` is followed by another (flow_retries), then wait ``delay_s`` x the attempt."""
     import time
 
     from prefect.logging import get_run_logger
 
     from tasks.core.redact import redact_text
-    from tasks.core.settings import EngineSettings
 
-    delay = EngineSettings().flow_retry_delay_s * attempt
+    delay = delay_s * attempt
     get_run_logger().warning(
         "%s attempt %d of %d ended without finishing (%s); running it again in %.0f s: it resumes from its "
         "records, only what did not finish runs", flow, attempt, retries + 1, redact_text(reason)[:500], delay)

@@ -1,22 +1,77 @@
 """Settings by concern, read from the environment (``BATCHFLOWS_*``) with pydantic-settings.
 
 Each class is instantiated where it is used (``EngineSettings()``), so a changed environment variable
-takes effect on the next run without a restart.
+takes effect on the next run without a restart. A value a setting does not accept raises
+:class:`~tasks.core.errors.SettingError` (a ConfigError, so it is never retried) naming the variable, its
+value (masked for secrets) and the expected form, wherever the class is instantiated.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.core.errors import SettingError
 
 if TYPE_CHECKING:
     from tasks.core.objstore import ObjectStore
 
+_KINDS: dict[Any, str] = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+                          Path: "a path", SecretStr: "text"}
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
-class EngineSettings(BaseSettings):
+
+class _Settings(BaseSettings):
+    """Base of the settings classes: a bad value is a SettingError naming its variable, not a ValidationError."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingError(_describe(type(self), exc, values)) from None
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of ``field``: ``BATCHFLOWS_MEMORY_LIMIT_MB``."""
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def expected_form(field: FieldInfo) -> str:
+    """What a setting accepts, in words: ``a whole number > 0 (default 1500)``."""
+    kinds = [_KINDS.get(a, getattr(a, "__name__", str(a))) for a in typing.get_args(field.annotation) or
+             (field.annotation,) if a is not type(None)]
+    bounds = [f"{op} {getattr(m, attr)}" for m in field.metadata for attr, op in _BOUNDS
+              if getattr(m, attr, None) is not None]
+    default = "" if _is_secret(field) else f" (default {field.default})"
+    return f"{' or '.join(dict.fromkeys(kinds))} {' and '.join(bounds)}".strip() + default
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return SecretStr in (field.annotation, *typing.get_args(field.annotation))
+
+
+def _describe(cls: type[_Settings], exc: ValidationError, given: dict[str, Any]) -> str:
+    from tasks.core.redact import MASK, redact_text
+
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        field = cls.model_fields.get(name)
+        if field is None:
+            parts.append(f"{cls.__name__}: {redact_text(str(err['msg']))}")
+            continue
+        value = MASK if _is_secret(field) else redact_text(repr(err.get("input")))
+        where = f"{cls.__name__}({name}={value})" if name in given else f"{cls.env_name(name)}={value}"
+        parts.append(f"{where} is not accepted: {redact_text(str(err['msg']))}; expected {expected_form(field)}")
+    return "bad setting: " + "; ".join(parts)
+
+
+class EngineSettings(_Settings):
     """The chunk engine: where state lives and the defaults of batch_map."""
 
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_", extra="ignore")
@@ -79,7 +134,7 @@ class EngineSettings(BaseSettings):
         return (Path(get_current_settings().home).expanduser() / "batchflows").resolve()
 
 
-class HttpSettings(BaseSettings):
+class HttpSettings(_Settings):
     """HTTP clients of api_bulk / api_extract."""
 
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_HTTP_", extra="ignore")
@@ -91,7 +146,7 @@ class HttpSettings(BaseSettings):
     max_retry_after_s: float = Field(300.0, gt=0, description="Longest Retry-After honored before failing.")
 
 
-class FileSettings(BaseSettings):
+class FileSettings(_Settings):
     """file_transform."""
 
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_FILES_", extra="ignore")
@@ -100,7 +155,7 @@ class FileSettings(BaseSettings):
     max_concurrency: int = Field(2, gt=0, description="Default file chunks in flight.")
 
 
-class DbSettings(BaseSettings):
+class DbSettings(_Settings):
     """db_migrate. URLs may carry passwords: they are SecretStr and never logged."""
 
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_DB_", extra="ignore")
@@ -114,7 +169,7 @@ class DbSettings(BaseSettings):
         "as CSV (tasks.db.columnar); false forces the row-by-row path."))
 
 
-class NotifySettings(BaseSettings):
+class NotifySettings(_Settings):
     """Notifications and metrics at the end of a run."""
 
     model_config = SettingsConfigDict(env_prefix="BATCHFLOWS_NOTIFY_", extra="ignore")

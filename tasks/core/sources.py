@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from tasks.core.errors import ConfigError, SourceError
+from tasks.core.errors import ConfigError, InputNotFound, SourceError
 from tasks.core.exactjson import loads_items
 from tasks.core.loader import is_handle, is_import_path, load_object, resolve_handle
 
@@ -137,7 +137,7 @@ def detect_format(path: Path, input_format: str | None = None) -> tuple[str, boo
 def open_file_source(path: Path, *, input_format: str | None = None) -> Source:
     if not path.exists():
         msg = f"source file {str(path)!r} does not exist (working directory: {Path.cwd()})"
-        raise SourceError(msg)
+        raise InputNotFound(msg)
     if not path.is_file():
         msg = f"source {str(path)!r} is not a file"
         raise SourceError(msg)

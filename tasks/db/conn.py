@@ -22,6 +22,7 @@ from psycopg.types.json import set_json_loads
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from tasks.core import BatchflowsError, ConfigError, DbSettings, SourceError, redact_text, register_secret
+from tasks.core.errors import InputNotFound
 from tasks.core.params import validate_select
 from tasks.db.dburl import parse_url
 from tasks.db.values import raw_json
@@ -285,7 +286,7 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         path = Path(ep.database)
         if not write and not path.exists():
             msg = f"{role} {ep.describe()} does not exist; check the path in the URL"
-            raise SourceError(msg)
+            raise InputNotFound(msg)
         try:
             if write:
                 path.parent.mkdir(parents=True, exist_ok=True)

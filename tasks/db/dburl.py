@@ -103,3 +103,28 @@ def parse_url(text: str) -> DbUrl:
         database=unquote(parts["database"]) if parts["database"] is not None else None,
         query=tuple(query),
     )
+
+
+def has_password(url: str) -> bool:
+    """``user:password@`` or a ``?password=`` option in a URL (one that does not parse: any credential in it).
+    The password is registered for redaction, so a message that quotes the URL masks it."""
+    from tasks.core import redact_text, register_secret
+
+    try:
+        parsed = parse_url(url)
+    except (ValueError, TypeError):
+        return redact_text(url) != url
+    register_secret(parsed.password)
+    return bool(parsed.password) or any(name.lower() == "password" for name, _ in parsed.query)
+
+
+def refuse_plain_password(value: object, name: str, ways_out: str) -> object:
+    """A URL given as plain text (a deployment's or the CLI's JSON parameters, a flow object called directly)
+    must hold no password: Prefect stores flow parameters and shows them in its UI. A Python entry passes URLs
+    as SecretStr, which Prefect stores masked; ``"secret:<block>"`` names a Secret block."""
+    if isinstance(value, str) and not value.startswith("secret:") and has_password(value):
+        msg = ("the URL holds a database password, and flow parameters are stored by Prefect and shown in its UI: "
+               f"save the URL in a Prefect Secret block and {ways_out}")
+        raise ValueError(msg)
+    return value
+

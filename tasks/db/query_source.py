@@ -53,7 +53,8 @@ def query_source(url: str | SecretStr | None, query: str, *, key: str, page_rows
     def iterate() -> Iterator[dict[str, Any]]:
         names, _ = run(lambda db: f"SELECT * FROM ({text}) AS q LIMIT 0", (), "the query")  # columns, before any page
         if column not in names:
-            msg = f"{label}: the query's result has no column {column!r} (columns: {names}); pass key=<a column>"
+            msg = (f"{label}: the query's result has no column {column!r} (columns: {names}); pass one of them as "
+                   "query_key (batch_map's parameter; key= of query_source)")
             raise SourceError(msg)
         at = names.index(column)
         last: Any = None

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from deployments.demo_api import TOKEN, DemoApi, order, running
-from flows.etl_demo import etl_demo
+from flows.etl_demo import EtlDemoParams, etl_demo, etl_demo_flow
+from tasks.core.errors import ConfigError
 from tasks.db.load_parts import count_rows
+from tests.fixtures.mariadb import MY_PASSWORD
 
 
 @pytest.fixture
@@ -44,3 +48,22 @@ def test_a_refused_token_fails_the_extract_stage_with_a_clear_message(demo_api: 
     with pytest.raises(Exception, match="stage extract failed"):
         etl_demo(api_url=demo_api.url, work_dir=str(tmp_path / "w"), database_url=f"sqlite:///{tmp_path / 'x.db'}",
                  run_key="etl-bad")
+
+
+def test_a_password_url_is_refused_as_a_flow_parameter_and_kept_masked_from_python(demo_api: DemoApi,
+                                                                                    tmp_path: Path,
+                                                                                    mysql_url: str) -> None:
+    """Prefect stores flow parameters and shows them in its UI: a plain URL with a password is refused there
+    (a Secret block, or Python), and etl_demo() passes it masked."""
+    with pytest.raises(ConfigError, match="database_url: the URL holds a database password") as refused:
+        EtlDemoParams.parse({"database_url": mysql_url})
+    assert MY_PASSWORD not in str(refused.value) and "'secret:<block name>'" in str(refused.value)
+    state = etl_demo_flow(api_url=demo_api.url, work_dir=str(tmp_path / "w"), database_url=mysql_url,
+                          return_state=True)
+    assert state.is_failed() and "database_url: the URL holds a database password" in (state.message or "")
+    summary = etl_demo(api_url=demo_api.url, work_dir=str(tmp_path / "w2"), database_url=mysql_url, page_size=500)
+    assert summary.ok and count_rows(mysql_url, "orders") == summary.succeeded
+    with get_client(sync_client=True) as client:
+        stored = [json.dumps(r.parameters, default=str) for r in client.read_flow_runs(limit=50)
+                  if r.id != state.state_details.flow_run_id]  # the refused call's own (Prefect stored them first)
+    assert not [p for p in stored if MY_PASSWORD in p]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +22,7 @@ from flows.db_migrate import db_migrate, db_migrate_flow
 from flows.etl_demo import etl_demo, etl_demo_flow
 from flows.file_transform import file_transform, file_transform_flow
 from flows.replay import replay_dead_letters, replay_dead_letters_flow
-from tasks.core.errors import ConfigError
+from tasks.core.errors import ConfigError, InputNotFound, SettingError, SourceError
 from tasks.core.flowdef import RunFailed
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,8 +85,22 @@ def test_a_bad_parameter_gets_the_same_message_from_python_and_from_a_flow_run()
 
 def test_a_bad_setting_is_named_in_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHFLOWS_MAX_CONCURRENCY", "0")
-    with pytest.raises(ConfigError, match=r"max_concurrency: .* from BATCHFLOWS_MAX_CONCURRENCY"):
+    with pytest.raises(ConfigError, match=r"^bad setting: BATCHFLOWS_MAX_CONCURRENCY='0' is not accepted"):
         batch_map([1], "tests.handlers:double")
+    monkeypatch.delenv("BATCHFLOWS_MAX_CONCURRENCY")
+    monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "20000000")  # a valid setting, beyond the parameter's bound
+    with pytest.raises(ConfigError, match=r"chunk_size: .*less than or equal to 10000000 .* from BATCHFLOWS_CHUNK_SIZE"):
+        batch_map([1], "tests.handlers:double")
+
+
+def test_a_bad_variable_read_for_a_default_is_named_as_the_variable_not_a_parameter(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATCHFLOWS_MEMORY_LIMIT_MB is no parameter: it was reported as 'invalid parameters: memory_limit_mb'."""
+    monkeypatch.setenv("BATCHFLOWS_MEMORY_LIMIT_MB", "1.5GB")
+    with pytest.raises(SettingError) as refused:
+        BatchMapParams.parse({"source": [], "handler": "m:f"})  # chunk_size's default reads EngineSettings
+    assert str(refused.value).startswith("bad setting: BATCHFLOWS_MEMORY_LIMIT_MB='1.5GB' is not accepted")
+    assert "invalid parameters" not in str(refused.value)
 
 
 def test_a_failed_run_raises_with_its_summary_unless_told_not_to() -> None:
@@ -129,6 +145,29 @@ def test_flow_retries_run_the_run_again_and_it_resumes(monkeypatch: pytest.Monke
     _fatal_once.clear()
     with pytest.raises(RunFailed):  # without retries the same run ends Failed
         batch_map(list(range(40)), fatal_once_at_13, chunk_size=10, max_concurrency=1)
+
+
+def test_flow_retries_do_not_run_a_missing_input_again_but_do_an_unreachable_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A missing source file or SQLite file is a mistake to fix (README: bad parameters are not retried); a
+    database that does not answer may come back, so flow_retries runs that run again."""
+    monkeypatch.setenv("BATCHFLOWS_FLOW_RETRY_DELAY_S", "30")
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(InputNotFound, match=re.escape(f"source file '{missing}' does not exist")):
+        batch_map(str(missing), "tests.handlers:double", flow_retries=2)
+    with pytest.raises(InputNotFound, match=r"source SQLite file .*gone\.db does not exist"):
+        db_migrate(f"sqlite:///{tmp_path / 'gone.db'}", f"sqlite:///{tmp_path / 't.db'}", "orders", flow_retries=2)
+    assert "ended without finishing" not in caplog.text  # neither waited 30 s for a retry
+    monkeypatch.setenv("BATCHFLOWS_FLOW_RETRY_DELAY_S", "0")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connection refused
+    with pytest.raises(SourceError, match="cannot connect to the source database") as unreachable:
+        db_migrate(f"postgresql+psycopg://u@127.0.0.1:{port}/db", f"sqlite:///{tmp_path / 't.db'}", "orders",
+                   flow_retries=1)
+    assert not isinstance(unreachable.value, ConfigError)
+    assert "db-migrate attempt 1 of 2 ended without finishing" in caplog.text
 
 
 async def _agen(n: int) -> AsyncIterator[int]:

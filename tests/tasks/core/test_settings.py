@@ -19,7 +19,8 @@ from flows.batch_map import batch_map
 from flows.db_migrate import db_migrate
 from flows.file_transform import file_transform
 from tasks.api.client import make_client
-from tasks.core.errors import ConfigError, SourceError
+from tasks.core.errors import SettingError, SourceError
+from tasks.core.settings import EngineSettings, HttpSettings
 from tests import handlers
 from tests.fixtures.api_server import ApiServer
 from tests.tasks.db.test_migration import sqlite_exec
@@ -101,7 +102,7 @@ def test_files_chunk_bytes_and_max_concurrency(tmp_path: Path, monkeypatch: pyte
     whole = file_transform(src, tmp_path / "b", schema={"id": "int64", "amount": "float64"})
     assert whole.chunks_total == 1 and small.chunks_total > 5
     monkeypatch.setenv("BATCHFLOWS_FILES_MAX_CONCURRENCY", "0")
-    with pytest.raises(ConfigError, match="from BATCHFLOWS_FILES_MAX_CONCURRENCY"):
+    with pytest.raises(SettingError, match="BATCHFLOWS_FILES_MAX_CONCURRENCY='0' is not accepted"):
         file_transform(src, tmp_path / "c")
 
 
@@ -127,3 +128,36 @@ def test_db_urls_chunk_rows_and_connect_timeout(tmp_path: Path, monkeypatch: pyt
         assert time.monotonic() - started < 9  # the default waits 10 s
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize(("env", "value", "expected"), [
+    ("BATCHFLOWS_MEMORY_LIMIT_MB", "-1", "Input should be greater than 0; expected a whole number > 0 (default 1500)"),
+    ("BATCHFLOWS_MEMORY_LIMIT_MB", "1.5GB", "valid integer, unable to parse string as an integer; expected a whole "
+                                            "number > 0 (default 1500)"),
+    ("BATCHFLOWS_STATE_LEASE_S", "1", "equal to 3; expected a number >= 3 (default 60.0)"),
+    ("BATCHFLOWS_HTTP_CONNECT_TIMEOUT_S", "ten", "valid number, unable to parse string as a number; expected a "
+                                                 "number > 0 (default 10.0)"),
+])
+def test_a_bad_value_is_refused_naming_the_variable_its_value_and_the_expected_form(
+        env: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingError) as refused:
+        (HttpSettings if "_HTTP_" in env else EngineSettings)()
+    assert str(refused.value).startswith(f"bad setting: {env}='{value}' is not accepted: ")
+    assert str(refused.value).endswith(expected)
+
+
+def test_a_bad_setting_without_a_parameter_fails_the_run_at_once_not_retried(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Every parameter given, so only the flow run reads the variable: a ConfigError naming it, not a pydantic
+    ValidationError about 'EngineSettings', and flow_retries does not run it again."""
+    monkeypatch.setenv("BATCHFLOWS_MEMORY_LIMIT_MB", "1.5GB")
+    monkeypatch.setenv("BATCHFLOWS_FLOW_RETRY_DELAY_S", "30")
+    started = time.monotonic()
+    with pytest.raises(SettingError, match=r"BATCHFLOWS_MEMORY_LIMIT_MB='1\.5GB' is not accepted"):
+        batch_map([1, 2, 3], handlers.double, chunk_size=2, max_concurrency=2, flow_retries=2)
+    assert time.monotonic() - started < 25 and "ended without finishing" not in caplog.text
+    monkeypatch.delenv("BATCHFLOWS_MEMORY_LIMIT_MB")
+    monkeypatch.setenv("BATCHFLOWS_HTTP_CONNECT_TIMEOUT_S", "ten")
+    with pytest.raises(SettingError, match="BATCHFLOWS_HTTP_CONNECT_TIMEOUT_S='ten' is not accepted"):
+        api_bulk([{"id": 1}], base_url="http://127.0.0.1:9", timeout_s=5, retries=0, max_concurrency=1)

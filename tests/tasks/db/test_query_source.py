@@ -84,6 +84,8 @@ def test_a_secret_block_url_for_deployments_and_what_is_refused(accounts: str, t
         query_source(accounts, "DELETE FROM accounts", key="id")
     with pytest.raises(SourceError, match="has no column 'uid'"):
         list(query_source(accounts, "SELECT id FROM accounts", key="uid").iterate())
+    with pytest.raises(SourceError, match=r"has no column 'uid' \(columns: \['id'\]\); pass one of them as query_key"):
+        batch_map(f"secret:{name}", record, query="SELECT id FROM accounts", query_key="uid")  # the parameter's name
 
 
 def test_sqlite_query_source(tmp_path: Path) -> None:
