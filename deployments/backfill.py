@@ -62,6 +62,16 @@ async def scheduled_times(schedules: list[Any], start: datetime, end: datetime) 
     return sorted(t for t in times if start <= t <= end)
 
 
+def own_output(parameters: dict[str, Any], label: str) -> dict[str, Any]:
+    """``output`` of one backfill run: its own folder under the deployment's (two live runs into one folder are
+    refused, OutputInUse), so the runs can overlap. An incremental extraction keeps its folder (the watermark
+    belongs to it) and runs one time at a time."""
+    out = parameters.get("output")
+    if not isinstance(out, str) or not out or parameters.get("incremental"):
+        return {}
+    return {"output": f"{out.rstrip('/')}/{label}"}
+
+
 async def backfill(name: str, start: datetime, end: datetime, params: dict[str, Any], dry_run: bool) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -104,8 +114,9 @@ async def backfill(name: str, start: datetime, end: datetime, params: dict[str, 
             if dry_run:
                 lines.append(f"would  {label}")
                 continue
+            own = own_output({**deployment.parameters, **params}, label)
             run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters={**params, "run_key": label}, name=label, tags=["backfill"],
+                deployment.id, parameters={**params, **own, "run_key": label}, name=label, tags=["backfill"],
                 state=Scheduled(scheduled_time=when),
             )
             lines.append(f"create {label} -> flow run {run.id}")

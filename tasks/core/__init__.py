@@ -64,7 +64,7 @@ from tasks.core.ratelimit import TokenBucket
 from tasks.core.redact import CREDENTIAL_PARAMS, credentials_in, mask_values, redact_text, register_secret
 from tasks.core.retry import RetryOn, RetryPolicy, attempts_made
 from tasks.core.run import ChunkedRun, OnError, current_flow_name, default_run_key
-from tasks.core.runlock import RunLocked
+from tasks.core.runlock import OutputInUse, RunLocked
 from tasks.core.settings import DbSettings, EngineSettings, FileSettings, HttpSettings, NotifySettings
 from tasks.core.shared_ratelimit import SharedRateLimit, drop_rate_limit, internal_rate_limit_name, run_rate_limit_name
 from tasks.core.sources import InputFormat, Source, open_source
@@ -113,6 +113,7 @@ __all__ = [
     "OnError",
     "OnErrorField",
     "OutcomeGroup",
+    "OutputInUse",
     "OutputWriteError",
     "PerGroup",
     "PlanLog",

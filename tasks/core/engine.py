@@ -18,10 +18,15 @@ still holds the same items there, and runs only the rest (tasks.core.run).
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import logging
 import os
 import queue
+import signal
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -156,7 +161,7 @@ def open_task_runner(kind: TaskRunnerName, max_workers: int, dask_address: str |
     elif kind == "processes":
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        runner = ProcessPoolTaskRunner(max_workers=max_workers)
+        runner = ProcessPoolTaskRunner(max_workers=max_workers, initializer=die_with_parent, initargs=(os.getpid(),))
     elif kind == "dask":
         try:
             from prefect_dask import DaskTaskRunner
@@ -175,6 +180,37 @@ def open_task_runner(kind: TaskRunnerName, max_workers: int, dask_address: str |
         if kind == "dask" and dask_address:
             connect_dask(runner, dask_address)
         yield runner
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_INTERVAL_S = 0.2
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Initializer of the ``task_runner="processes"`` workers: a worker ends when the flow process does.
+
+    A pool worker outlives a SIGKILLed flow process (the OOM killer, ``kill -9``) otherwise: it goes on
+    with the chunk it holds and the queued ones, side effects included, while the rerun of the run_key
+    (whose lock the dead process lost) runs the same items again. On Linux the kernel kills the worker
+    when its parent goes (``PR_SET_PDEATHSIG``); a watchdog thread covers a parent that died before this
+    ran and other systems: it ends the worker at once when its parent process is no longer ``parent_pid``.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl here: the watchdog alone
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="batchflows-parent-watchdog",
+                     daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(WATCHDOG_INTERVAL_S)
+    os._exit(1)
 
 
 def connect_dask(runner: Any, address: str) -> None:
@@ -351,6 +387,7 @@ __all__ = [
     "WindowStats",
     "chunk_cache_key",
     "configure_chunk_task",
+    "die_with_parent",
     "open_task_runner",
     "process_chunk",
     "recorded_safely",

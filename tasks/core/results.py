@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sized
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,9 @@ def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, .
     return [path for _, _, path in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
-def clear_parts(root: str | Path) -> int:
-    """Delete the part files directly in ``root`` (not in its subfolders; other files stay); how many there were.
+def clear_parts(root: str | Path, *, keep: Collection[str] = ()) -> int:
+    """Delete the part files directly in ``root`` (not in its subfolders; other files stay) but those named in
+    ``keep``; how many went.
 
     A fresh run's part files are named by chunk index, like those an earlier run left in the same folder: a
     chunk that fails as a whole, or one the run never reaches, would leave the earlier run's part in its place,
@@ -75,14 +76,14 @@ def clear_parts(root: str | Path) -> int:
 
         base_url = str(root).rstrip("/") + "/"
         names = [name for url in list_parts(str(root))
-                 if "/" not in (name := url.removeprefix(base_url)) and _PART.match(name)]
+                 if "/" not in (name := url.removeprefix(base_url)) and _PART.match(name) and name not in keep]
         if names:
             delete_parts(str(root), names)
         return len(names)
     folder = Path(root)
     if not folder.is_dir():
         return 0
-    found = [p for p in folder.iterdir() if _PART.match(p.name) and p.is_file()]
+    found = [p for p in folder.iterdir() if _PART.match(p.name) and p.name not in keep and p.is_file()]
     for path in found:
         path.unlink(missing_ok=True)
     return len(found)
@@ -188,6 +189,7 @@ def _output_root(output_path: str | None, *, flow: str, what: str) -> Any:
 __all__ = [
     "COLLECT_MAX_ROWS",
     "TooManyToCollect",
+    "clear_parts",
     "collect_rows",
     "iter_rejects",
     "iter_results",

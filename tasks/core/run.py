@@ -52,7 +52,7 @@ from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSu
 from tasks.core.progress import Progress, publish_summary
 from tasks.core.redact import redact_text
 from tasks.core.retry import attempts_made
-from tasks.core.runlock import RunLock, mark_crashed
+from tasks.core.runlock import OutputLock, RunLock, mark_crashed
 from tasks.core.settings import EngineSettings
 from tasks.core.state import RunDir, new_run_key, write_text_atomic
 from tasks.core.timeouts import run_timeout
@@ -139,7 +139,10 @@ class ChunkedRun:
         self.builder = SummaryBuilder(flow, self.run_key)
         self.progress = Progress(flow, total, run_key=self.run_key, interval_s=self.settings.progress_interval_s)
         self.progress.logger.info("%s run %r: state in %s", flow, self.run_key, self.run_dir.location)
-        self.fresh = _records_nothing(self.run_dir.root, self.lock.path)  # no part anywhere is this run's yet
+        # no part anywhere is this run's yet
+        self.fresh = _records_nothing(self.run_dir.root, {self.lock.path, self.run_dir.identity})
+        self._previous_identity = self._note_identity()
+        self.output_lock: OutputLock | None = None
         self._take_over_note()
         self.dead = DeadLetterWriter(self.run_dir.dead_letter, flow=flow, run_key=self.run_key, handler=handler_id)
         self.failed_seen = False
@@ -161,19 +164,65 @@ class ChunkedRun:
     # ------------------------------------------------------------------ lock
 
     def claim_output(self, folder: str | None) -> None:
-        """A fresh run removes the part files an earlier run (another run_key) left directly in ``folder``:
-        its own parts take their names, and a part it does not write (a chunk that fails as a whole, or that
-        a stop leaves unreached) must not hand back the other run's rows. A resumed run keeps every part."""
-        if not folder or not self.fresh:
+        """Take ``folder`` for this run: refused (OutputInUse, naming the other run) while another live run
+        writes to it, since their parts would have the same names. Then a fresh run removes the part files an
+        earlier run (another run_key) left directly in ``folder``: its own parts take their names, and a part
+        it does not write (a chunk that fails as a whole, or that a stop leaves unreached) must not hand back
+        the other run's rows. A resumed run keeps its parts; one whose identity changed (a new cache_version or
+        handler: its chunks' records are not reused) removes every part no current record wrote."""
+        if not folder:
             return
+        self.lock_output(folder)
         from tasks.core.results import clear_parts
 
-        removed = clear_parts(folder)
+        if self.fresh:
+            removed, whose = clear_parts(folder), "an earlier run (another run_key)"
+        elif (owned := self._parts_of_other_identity()) is not None:
+            removed, whose = clear_parts(folder, keep=owned), f"an earlier attempt of run_key {self.run_key!r} " \
+                "with another identity (cache_version or handler)"
+        else:
+            return
         if removed:
             self.progress.logger.warning(
-                "output %s held %d part file(s) of an earlier run (another run_key): removed them, this run "
-                "writes its own (give each run its own output folder to keep earlier results)",
-                redact_text(str(folder)), removed)
+                "output %s held %d part file(s) of %s: removed them, this run writes its own (give each run its "
+                "own output folder to keep earlier results)", redact_text(str(folder)), removed, whose)
+
+    def lock_output(self, folder: str | Path) -> None:
+        """Hold ``folder`` for this run until it closes: refused (OutputInUse, naming the other run) while another
+        live run writes to it, since their parts would have the same names."""
+        if self.output_lock is None:
+            self.output_lock = OutputLock(str(folder), state_dir=self.settings.resolved_state_dir(), flow=self.flow,
+                                          run_key=self.run_key, flow_run_id=current_flow_run_id()).acquire()
+
+    def _note_identity(self) -> str | None:
+        """Record this attempt's identity in the run dir; the one the previous attempt recorded (None if none)."""
+        path = self.run_dir.identity
+        previous = path.read_text().strip() if path.is_file() else None
+        current = chunk_cache_key(self.flow, self.run_key, *self.identity)
+        if previous != current:
+            write_text_atomic(path, current)
+            self.run_dir.push(path)
+        return previous
+
+    def _parts_of_other_identity(self) -> set[str] | None:
+        """When an earlier attempt of this run_key ran under another identity, the names of the parts this
+        identity's records own (every other part is the earlier identity's); None when the identity is the same."""
+        current = chunk_cache_key(self.flow, self.run_key, *self.identity)
+        if self._previous_identity == current:
+            return None
+        owned: set[str] = set()
+        foreign = self._previous_identity is not None  # no marker: a run dir of batchflows < 0.14, look
+        for path in sorted(self.run_dir.chunks.glob("*")) if self.run_dir.chunks.is_dir() else []:
+            report = self.cached_report(path.name) if path.is_file() and not path.name.startswith(".") else None
+            if report is None:
+                continue
+            if path.name != self.ref(report.index).key:
+                foreign = True
+                continue
+            listed = report.extra.get("outputs")
+            outputs = listed if isinstance(listed, list) else [report.output_path] if report.output_path else []
+            owned.update(str(p).rstrip("/").rsplit("/", 1)[-1] for p in outputs)
+        return owned if foreign else None
 
     def _take_over_note(self) -> None:
         dead = self.lease.previous if self.lease is not None else self.lock.previous
@@ -208,6 +257,8 @@ class ChunkedRun:
             except Exception as exc:  # rebuilt from the chunk records by the next run of the key
                 self.progress.logger.warning("state not pushed to %s: %s", self.run_dir.location, exc)
             self.lease.release()
+        if self.output_lock is not None:
+            self.output_lock.release()
         self.lock.release()
 
     def _push_plan(self) -> None:
@@ -304,6 +355,27 @@ class ChunkedRun:
                     raise self._changed(ref.index, what)
             current = recorded  # the same items: the chunk goes on under its recorded hash (its journal's header)
         ref.content = current
+
+    def _check_source_end(self, count: int) -> None:
+        """The source ended after ``count`` chunks: SourceChanged if an earlier attempt of this run (same
+        identity) recorded or started a chunk past that end (its ``plan.log`` planned it), since its outcome and
+        output are of items the source no longer holds. A chunk that only shrank is caught by its content."""
+        plan = self.run_dir.plan
+        planned = plan.read_bytes().count(b"\n") if plan.is_file() else 0
+        beyond = [index for index in range(count, planned) if self._started_chunk(index)]
+        if not beyond:
+            return
+        shown = ", ".join(str(i) for i in beyond[:5]) + (f" (and {len(beyond) - 5} more)" if len(beyond) > 5 else "")
+        raise SourceChanged(
+            f"the source changed since {self.flow} run_key {self.run_key!r} started: it now ends after {count} "
+            f"chunk(s), but the earlier attempt recorded chunk(s) {shown} past that end, "
+            "whose outcomes and outputs are of items the source no longer holds. Their results are not counted or "
+            "mixed in; restore the original source to finish this run, or start over with a new run_key (or "
+            "another cache_version)")
+
+    def _started_chunk(self, index: int) -> bool:
+        ref = self.ref(index)
+        return (self.run_dir.chunks / ref.key).is_file() or bool(ref.journal and Path(ref.journal).is_file())
 
     # ------------------------------------------------------------------ folding reports
 
@@ -414,9 +486,11 @@ class ChunkedRun:
 
         def fresh_units() -> Iterator[tuple[U, dict[str, Any]]]:
             """Units still to run; finished ones (persisted reports) are recorded without a task run."""
+            seen = 0
             for unit in units:
                 params = parameters(unit)
                 ref: ChunkRef = params["ref"]
+                seen = ref.index + 1
                 compute = (lambda unit=unit: content(unit)) if content is not None else (lambda: None)
                 cached = self.cached_report(ref.key)
                 if cached is not None and not cached.complete:
@@ -445,6 +519,7 @@ class ChunkedRun:
                     on_report(unit, cached)
                 if self.should_stop():
                     return
+            self._check_source_end(seen)
 
         runners: list[Any] = []
 
@@ -508,10 +583,10 @@ class ChunkedRun:
             self.close()
 
 
-def _records_nothing(root: Path, lock: Path) -> bool:
-    """True when the run's state folder holds no file but its lock: no plan, record, journal, checkpoint or
-    summary of an earlier attempt of this run_key."""
-    return all(path == lock or not path.is_file() for path in root.rglob("*"))
+def _records_nothing(root: Path, ignore: set[Path]) -> bool:
+    """True when the run's state folder holds no file but its lock (and identity): no plan, record, journal,
+    checkpoint or summary of an earlier attempt of this run_key."""
+    return all(path in ignore or not path.is_file() for path in root.rglob("*"))
 
 
 def decide_state(

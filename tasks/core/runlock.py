@@ -11,12 +11,17 @@ the Prefect server (otherwise it would show as Running forever).
 ``flock`` works across processes on one machine and, on Linux, over NFS (emulated with byte-range
 locks); with state in object storage a run also holds the run key's lease there (tasks.core.lease), which
 holds across machines.
+
+:class:`OutputLock` is the same lock for an output folder (``<state dir>/outputs/<hash>.lock``): two runs
+cannot share one, since their part files have the same names (``part-000017`` of each).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +40,10 @@ class RunLocked(BatchflowsError):
     """Another live run holds this run key."""
 
 
+class OutputInUse(RunLocked):
+    """Another live run writes to this output folder."""
+
+
 @dataclass(frozen=True)
 class Holder:
     host: str
@@ -49,12 +58,23 @@ class Holder:
         return f"host {self.host}, pid {self.pid}{run}, started {since}"
 
 
-def _read_holder(fd: int) -> Holder | None:
+_HOLDER_FIELDS = tuple(f.name for f in dataclasses.fields(Holder))
+
+
+def _read_info(fd: int) -> dict[str, Any]:
+    """What the lock file says (the holder's fields, and what it holds for an output lock); {} if unreadable."""
     try:
-        raw = os.pread(fd, 4096, 0)
-        data = json.loads(raw.decode() or "null")
-        return Holder(**data) if isinstance(data, dict) else None
-    except (OSError, ValueError, TypeError):
+        data = json.loads(os.pread(fd, 8192, 0).decode() or "null")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_holder(fd: int) -> Holder | None:
+    data = _read_info(fd)
+    try:
+        return Holder(**{k: data[k] for k in _HOLDER_FIELDS if k in data}) if data else None
+    except TypeError:
         return None
 
 
@@ -66,6 +86,7 @@ class RunLock:
         self.flow = flow
         self.run_key = run_key
         self.flow_run_id = flow_run_id
+        self.extra: dict[str, Any] = {}  # written beside the holder's fields
         self.previous: Holder | None = None  # a holder that died without releasing
         self._fd: int | None = None
 
@@ -75,31 +96,34 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder, info = _read_holder(fd), _read_info(fd)
             os.close(fd)
-            who = holder.describe() if holder else "a process that has not written its name yet"
-            msg = (f"{self.flow} run_key {self.run_key!r} is held by a live run ({who}); two runs of one key would "
-                   "both process its unfinished chunks. Wait for that run to finish, cancel it (prefect flow-run "
-                   "cancel <id>), or start this one with another run_key")
-            raise RunLocked(msg) from None
+            raise self._refusal(holder, info) from None
         previous = _read_holder(fd)
         if previous is not None and not previous.released:
             self.previous = previous
         me = Holder(host=socket.gethostname(), pid=os.getpid(), flow_run_id=self.flow_run_id, started=time.time())
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me.__dict__).encode(), 0)
+        os.pwrite(fd, json.dumps({**me.__dict__, **self.extra}).encode(), 0)
         self._fd = fd
         return self
+
+    def _refusal(self, holder: Holder | None, info: dict[str, Any]) -> RunLocked:
+        who = holder.describe() if holder else "a process that has not written its name yet"
+        msg = (f"{self.flow} run_key {self.run_key!r} is held by a live run ({who}); two runs of one key would "
+               "both process its unfinished chunks. Wait for that run to finish, cancel it (prefect flow-run "
+               "cancel <id>), or start this one with another run_key")
+        return RunLocked(msg)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is None:
             return
         with contextlib.suppress(OSError):
-            holder = _read_holder(fd)
-            if holder is not None:
+            info = _read_info(fd)
+            if info:
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps({**holder.__dict__, "released": True}).encode(), 0)
+                os.pwrite(fd, json.dumps({**info, "released": True}).encode(), 0)
         os.close(fd)  # drops the flock
 
     @property
@@ -114,6 +138,33 @@ class RunLock:
 
     def __del__(self) -> None:  # a run object dropped without finish(): never keep the key locked
         self.release()
+
+
+class OutputLock(RunLock):
+    """One live run per output folder, among the runs that share a state dir (see the module docstring)."""
+
+    def __init__(self, output: str, *, state_dir: Path, flow: str, run_key: str, flow_run_id: str | None) -> None:
+        self.output = output_identity(output)
+        digest = hashlib.blake2b(self.output.encode(), digest_size=16).hexdigest()
+        super().__init__(state_dir / "outputs" / f"{digest}.lock", flow=flow, run_key=run_key,
+                         flow_run_id=flow_run_id)
+        self.extra = {"flow": flow, "run_key": run_key, "output": self.output}
+
+    def _refusal(self, holder: Holder | None, info: dict[str, Any]) -> RunLocked:
+        who = holder.describe() if holder else "a process that has not written its name yet"
+        other = f"{info.get('flow', 'a')} run_key {info.get('run_key', '?')!r}"
+        msg = (f"output {self.output!r} is in use by a live run: {other} ({who}). Two runs cannot share an output "
+               f"folder: their part files have the same names (part-000017 of each), so one would overwrite or "
+               f"delete the other's results. Nothing was run for {self.flow} run_key {self.run_key!r}: give each run "
+               "its own output folder (e.g. one per run_key or scheduled time), or start it when that run is done")
+        return OutputInUse(msg)
+
+
+def output_identity(output: str) -> str:
+    """An output folder as one string whatever way it was written: an absolute path, or the URL."""
+    from tasks.core.objstore import is_url
+
+    return output.rstrip("/") if is_url(output) else str(Path(output).expanduser().resolve())
 
 
 def mark_crashed(holder: Holder, *, flow: str, run_key: str, new_flow_run_id: str | None, timeout_s: float = 10.0
@@ -140,4 +191,4 @@ def mark_crashed(holder: Holder, *, flow: str, run_key: str, new_flow_run_id: st
         return None
 
 
-__all__ = ["Holder", "RunLock", "RunLocked", "mark_crashed"]
+__all__ = ["Holder", "OutputInUse", "OutputLock", "RunLock", "RunLocked", "mark_crashed", "output_identity"]

@@ -7,9 +7,11 @@ Layout (``BATCHFLOWS_STATE_DIR``, default ``<PREFECT_HOME>/batchflows``)::
         chunks/             Prefect result records of finished chunks (the resume cache), by position
         journal/            finished items of chunks still running or stopped (deleted once recorded)
         plan.log            chunk sizes as cut, replayed on resume
+        identity            hash of the run's identity (cache_version, handler, ...) at its last attempt
         dead_letter.jsonl   failed items, one JSON line each (only when some failed)
         summary.json        the last RunSummary of this run key
         checkpoint.json     flow-specific progress (e.g. the pagination cursor)
+    outputs/<hash>.lock     held (flock) by the live run that writes to an output folder; says which run
 
 Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`.
 
@@ -99,6 +101,10 @@ class RunDir:
     @property
     def plan(self) -> Path:
         return self.root / "plan.log"
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "identity"
 
     @property
     def dead_letter(self) -> Path:

@@ -3,6 +3,8 @@ state it releases for every finished chunk."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -109,3 +111,31 @@ def test_batch_map_keeps_no_prefect_state_per_finished_chunk() -> None:
     # one chunk at a time: each finished chunk is released before the next is submitted
     assert max(links for links, _ in _seen) == 0
     assert max(assets for _, assets in _seen) <= 1  # the running chunk's own
+
+
+def _tag(item: dict[str, int]) -> dict[str, int]:
+    return {"seen": item["id"]}
+
+
+def _write_jsonl(path: Path, n: int) -> None:
+    path.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(n)))
+
+
+@pytest.mark.parametrize(("first", "cut", "named"), [(30, 20, "chunk(s) 2 "), (45, 10, "chunk(s) 1, 2, 3, 4 ")])
+def test_a_source_that_now_ends_before_recorded_chunks_is_a_source_change(
+        tmp_path: Path, first: int, cut: int, named: str) -> None:
+    """A chunk is its position plus its content: a chunk the source no longer reaches changed too."""
+    from flows.batch_map import batch_map
+    from tasks.core.journal import SourceChanged
+
+    src, out = tmp_path / "items.jsonl", tmp_path / "out"
+    _write_jsonl(src, first)
+    assert batch_map(str(src), _tag, chunk_size=10, run_key="cut", output=out).succeeded == first
+    _write_jsonl(src, cut)  # the file is cut short at a chunk boundary
+    with pytest.raises(SourceChanged, match=f"ends after {cut // 10} chunk.*{re.escape(named)}past that end") as err:
+        batch_map(str(src), _tag, chunk_size=10, run_key="cut", output=out)
+    assert "new run_key" in str(err.value)
+    # starting over under another cache_version is the way out: only the new source's rows come back
+    again = batch_map(str(src), _tag, chunk_size=10, run_key="cut", output=out, cache_version="2")
+    assert again.ok and again.total == cut
+    assert [r["result"]["seen"] for r in again.results()] == list(range(cut))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.runlock import RunLock, RunLocked
+from tasks.core.runlock import OutputInUse, OutputLock, RunLock, RunLocked
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -47,4 +47,36 @@ def test_a_killed_holder_is_taken_over_and_named(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert lock.previous is not None and lock.previous.flow_run_id == "dead-run" and lock.previous.pid == holder.pid
+    lock.release()
+
+
+def test_an_output_folder_is_held_by_one_run_however_its_path_is_written(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (tmp_path / "out").mkdir()
+    code = ("import time; from pathlib import Path; from tasks.core.runlock import OutputLock; "
+            f"held = OutputLock({str(tmp_path / 'out')!r}, state_dir=Path({str(state)!r}), flow='batch-map', "
+            "run_key='first', flow_run_id='run-1').acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputInUse) as refused:  # the same folder, written another way
+            OutputLock(f"{tmp_path}/./out/", state_dir=state, flow="api-bulk", run_key="second", flow_run_id=None
+                       ).acquire()
+        text = str(refused.value)
+        assert "batch-map run_key 'first'" in text and f"pid {holder.pid}" in text and "run-1" in text
+        assert "run_key 'second'" in text and "own output folder" in text
+        with OutputLock(str(tmp_path / "other"), state_dir=state, flow="f", run_key="third", flow_run_id=None):
+            pass  # another folder is free
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # SIGKILLed: the folder is free again
+        try:
+            lock = OutputLock(str(tmp_path / "out"), state_dir=state, flow="f", run_key="second", flow_run_id=None
+                              ).acquire()
+            break
+        except OutputInUse:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     lock.release()
