@@ -122,7 +122,8 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
         raise ConfigError(msg)
     fn = resolve_transform_handle(p.transform)
     files = resolve_inputs(p.source, input_format=p.input_format, output_dir=p.output_dir)
-    parsed = check_plan(files, parse_schema(p.schema), fn, partition_by=p.partition_by, keep_lineage=p.keep_lineage)
+    parsed = check_plan(files, parse_schema(p.schema), fn, partition_by=p.partition_by, keep_lineage=p.keep_lineage,
+                        output_format=p.output_format)
     check_writable_dir(out, what="output_dir")
     if out.exists():
         remove_temp_files(out)
@@ -154,6 +155,7 @@ def file_transform_flow(p: FileTransformParams) -> RunSummary:
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=None, on_error=p.on_error, unit="rows",
                     redo_missing_outputs=True, identity=(p.cache_version, json.dumps(options, sort_keys=True),
                                                          *(["incremental"] if manifest is not None else []))) as run:
+        run.lock_output(out)  # another live run into this output_dir is refused: their parts would share names
         run_dir = f"run-{run.run_key}"
         parts_dir = out / run_dir if manifest is not None else out
         if manifest is not None:

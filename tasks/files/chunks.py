@@ -31,10 +31,10 @@ from tasks.core import (
 )
 from tasks.files.inputs import InputFile
 from tasks.files.process import LINE, SOURCE_FILE, ChunkSpec, Schema, apply_transform, infer_schema, process_chunk
-from tasks.files.read import file_columns, is_empty_file, plan_json_keys
+from tasks.files.read import check_layouts, file_columns, is_empty_file, plan_json_keys
 from tasks.files.schema import RowValidator
 from tasks.files.split import FilePart
-from tasks.files.write import FileOutputFormat
+from tasks.files.write import FileOutputFormat, unwritable_columns
 
 
 def resolve_transform_handle(transform: str | None) -> Any:
@@ -167,8 +167,10 @@ def check_plan(
     *,
     partition_by: Sequence[str],
     keep_lineage: bool,
+    output_format: FileOutputFormat = "parquet",
 ) -> Schema | None:
-    """Infer the schema if needed and check schema, transform and partition_by before any work.
+    """Infer the schema if needed and check schema, transform, partition_by and the output columns' types
+    (``output_format`` must hold them) before any work.
 
     Returns the schema every chunk gets (None only for all-Parquet inputs without a schema: native types).
     Raises ConfigError naming unknown columns and listing the columns that exist.
@@ -182,6 +184,7 @@ def check_plan(
             raise SourceError(msg)
     if schema is None and probe.format != "parquet":
         schema = infer_schema(probe)
+    check_layouts(files)  # CSV/TSV/Parquet: every file has the same columns (refused up front, naming both files)
     schema = plan_json_keys(schema, files)  # JSON lines: every chunk gets the same columns
     raw, _ = file_columns(probe, infer=False)
     if schema is not None and probe.format == "jsonl":
@@ -196,7 +199,20 @@ def check_plan(
     if missing:
         msg = f"partition_by column(s) {missing} not in the output; output columns are {names}"
         raise ConfigError(msg)
+    _check_writable_types(out, output_format, partition_by)
     return schema
+
+
+def _check_writable_types(out: pl.LazyFrame, output_format: FileOutputFormat, partition_by: Sequence[str]) -> None:
+    """ConfigError naming the output columns ``output_format`` cannot hold (every chunk would fail on them)."""
+    written = {c: t for c, t in out.collect_schema().items() if c not in partition_by}
+    bad = unwritable_columns(written, output_format)
+    if bad:
+        msg = (f"output_format {output_format!r} cannot hold column(s) {', '.join(bad)}; use output_format "
+               "'parquet', leave them out (SELECT the others), or make them text in the transform (SQL "
+               "ARRAY_TO_STRING(col, ',') for a list; a 'pkg.mod:fn' transform can use "
+               "pl.col(c).struct.json_encode() for a struct, pl.col(c).bin.encode('hex') for binary)")
+        raise ConfigError(msg)
 
 
 _PART = re.compile(r"^part-(\d{5,})(?:-\d+)?\.[a-z]+$")

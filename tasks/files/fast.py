@@ -36,9 +36,16 @@ from typing import Any
 import polars as pl
 
 from tasks.files.read import file_columns
-from tasks.files.schema import _NAIVE_FORMATS, Schema, _cast_string, polars_dtype
+from tasks.files.schema import (
+    _NAIVE_FORMATS,
+    RESERVED_COLUMNS,
+    Schema,
+    _cast_string,
+    _finer_than_micros,
+    polars_dtype,
+)
 from tasks.files.split import ChunkSpec, FilePart, header_end, quote_byte
-from tasks.files.write import _commit, _tmp_path, part_name
+from tasks.files.write import _commit, _tmp_path, finite_floats_only, part_name
 
 _NATIVE = {"int64": pl.Int64(), "float64": pl.Float64(), "bool": pl.Boolean(), "str": pl.String()}
 
@@ -98,7 +105,7 @@ def _sink_lazy(lf: pl.LazyFrame, path: Path, fmt: str) -> pl.LazyFrame:
         return lf.sink_parquet(path, compression="zstd", lazy=True)
     if fmt == "csv":
         return lf.sink_csv(path, lazy=True)
-    return lf.sink_ndjson(path, lazy=True)
+    return finite_floats_only(lf).sink_ndjson(path, lazy=True)  # NaN, an infinity: the careful path
 
 
 def try_fast_chunk(
@@ -114,8 +121,9 @@ def try_fast_chunk(
     started = time.perf_counter()
     part = spec.files[0]
     names = list(file_columns(part, infer=False)[0])
-    if len(names) < 2 or any(c not in names for c in [*schema.columns, *schema.not_null]):
-        return None  # one column (blank-line ambiguity) or unknown columns: the careful path says why
+    reserved = any(c in RESERVED_COLUMNS for c in names)
+    if len(names) < 2 or reserved or any(c not in names for c in [*schema.columns, *schema.not_null]):
+        return None  # one column (blank-line ambiguity), unknown or reserved columns: the careful path says why
     data = _range_bytes(part)
     if _blank(data):
         return None
@@ -143,7 +151,8 @@ def try_fast_chunk(
             fmt = _datetime_format(sample[c])
             if fmt is None:
                 return None
-            cast = col.str.strptime(pl.Datetime("us"), fmt, strict=False)
+            cast = pl.when(_finer_than_micros(col)).then(None).otherwise(  # careful path: a reject
+                col.str.strptime(pl.Datetime("us"), fmt, strict=False))
         elif t == "date":
             cast = col.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
         else:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import glob as _glob
 import gzip
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from tasks.core import ConfigError, InputFormat, SourceError
+from tasks.core.errors import InputNotFound
 
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
 Compression = Literal["none", "gzip"]
@@ -72,7 +74,7 @@ def detect_format(path: str | Path, input_format: InputFormat = "auto") -> Input
             magic = fh.read(4)
     except FileNotFoundError:
         msg = f"input file {str(p)!r} does not exist; check the path (relative paths start at {Path.cwd()})"
-        raise SourceError(msg) from None
+        raise InputNotFound(msg) from None
     except IsADirectoryError:
         msg = f"input {str(p)!r} is a directory; pass the directory itself as source or a glob of its files"
         raise SourceError(msg) from None
@@ -117,7 +119,7 @@ def _expand(source: str) -> list[Path]:
             f"input {source!r} does not exist; check the path (relative paths start at {Path.cwd()}) "
             "or pass a glob such as 'data/in/*.csv.gz'"
         )
-        raise SourceError(msg)
+        raise InputNotFound(msg)
     return [p]
 
 
@@ -152,15 +154,29 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def _check_output_dir(sources: Sequence[str], output_dir: str | Path) -> None:
+def _resolved_pattern(pattern: str) -> str:
+    """A glob as the real paths it matches: its directories before the first wildcard resolved (symlinks, ``..``),
+    as the probes are; a ``..`` after a wildcard collapsed by name."""
+    parts = Path(pattern).absolute().parts
+    first = next(i for i, part in enumerate(parts) if _is_glob(part))
+    return os.path.normpath(os.path.join(os.path.realpath(Path(*parts[:first])), *parts[first:]))
+
+
+def _check_output_dir(
+    sources: Sequence[str], output_dir: str | Path, matches: Mapping[str, Sequence[str]] | None = None
+) -> None:
+    """Refuse an output_dir the source would read back: a glob that matches its part files, a folder that holds
+    it, or (a safety net for what the pattern cannot show, e.g. a symlink behind a wildcard) a glob that already
+    matched a file inside it (``matches``: a source's files, resolved). Paths are compared resolved."""
     out = Path(output_dir).resolve()
     probes = [out / "part-00000.parquet", out / "part-00000.csv", out / "_rejects" / "part-00000.csv"]
     for source in sources:
         src = Path(source)
         inside = False
         if _is_glob(source):
-            pattern = str(src if src.is_absolute() else Path.cwd() / src)
-            inside = any(_glob_regex(pattern).match(str(probe)) for probe in probes)
+            pattern = _glob_regex(_resolved_pattern(source))
+            inside = any(pattern.match(str(probe)) for probe in probes) or \
+                any(out in Path(m).parents for m in (matches or {}).get(source, ()))
         elif src.is_dir():
             inside = out == src.resolve() or src.resolve() in out.parents
         if inside:
@@ -187,6 +203,7 @@ def resolve_inputs(
         msg = "source is empty; pass a file, a directory or a glob such as 'data/in/*.csv'"
         raise ConfigError(msg)
     found: dict[str, Path] = {}
+    resolved: dict[str, list[str]] = {}
     for s in sources:
         try:
             matches = _expand(s)
@@ -199,11 +216,12 @@ def resolve_inputs(
                 "and quote it so the shell does not expand it"
             )
             raise SourceError(msg)
-        for m in matches:
-            found.setdefault(str(m.resolve()), m)
+        resolved[s] = [str(m.resolve()) for m in matches]
+        for key, m in zip(resolved[s], matches, strict=True):
+            found.setdefault(key, m)
     paths = [found[k] for k in sorted(found)]
     if output_dir is not None:
-        _check_output_dir(sources, output_dir)
+        _check_output_dir(sources, output_dir, resolved)
     return [detect_format(p, input_format) for p in paths]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,6 +31,10 @@ from typing import Any
 import polars as pl
 
 from tasks.files.schema import LINE, RAW, REJECT_REASON, SOURCE_FILE
+
+# A field may be as long as a record, and a record is never cut (tasks.files.read): Python's csv must take any
+# length (its default limit, 128 KiB, would reject a valid long field on the slow path). Process-wide.
+csv.field_size_limit(sys.maxsize)
 
 _QUOTED = r'"(?:[^"]|"")*"'
 _QUOTED_RE = re.compile(_QUOTED)

@@ -27,7 +27,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from tasks.core import ConfigError, output_write_error
+from tasks.core import ConfigError, FatalError, output_write_error
 from tasks.files.fast import fast_path_possible, try_fast_chunk
 from tasks.files.inputs import InputFile, InputFormat, detect_format, resolve_inputs
 from tasks.files.read import ChunkReader, infer_schema, scan_chunk
@@ -82,23 +82,36 @@ def resolve_transform(transform: Transform) -> str | TransformFn | None:
     return fn
 
 
+class TransformError(ConfigError):
+    """The user's transform raised while building its query (a bug in it: every chunk would fail alike)."""
+
+
+class TransformFailed(FatalError):
+    """A chunk's transform raised (see TransformError): the run stops instead of failing every chunk alike."""
+
+
+def _transform_label(transform: Transform, fn: str | TransformFn) -> str:
+    if isinstance(fn, str):
+        return f"(SQL) {fn[:200]!r}"
+    if isinstance(transform, str):
+        return repr(transform.strip())
+    return repr(f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}")
+
+
 def apply_transform(lf: pl.LazyFrame, transform: Transform) -> pl.LazyFrame:
-    """Add the transform to the plan and resolve its schema now, so a bad column fails before any work."""
+    """Add the transform to the plan and resolve its schema now, so a bad column fails before any work.
+
+    Any error of the transform is a ConfigError naming it: a TransformError with the original error when it
+    raised something other than an unknown column or invalid SQL."""
     fn = resolve_transform(transform)
     if fn is None:
         return lf
     columns = lf.collect_schema().names()
     try:
-        if isinstance(fn, str):
-            out = pl.SQLContext(df=lf, eager=False).execute(fn)
-        else:
-            out = fn(lf)
-            if isinstance(out, pl.DataFrame):
-                out = out.lazy()
-            if not isinstance(out, pl.LazyFrame):
-                msg = f"transform {getattr(fn, '__name__', fn)!r} returned {type(out).__name__}; return a LazyFrame"
-                raise ConfigError(msg)
+        out = _run_transform(fn, lf)
         out.collect_schema()
+    except ConfigError:
+        raise
     except pl.exceptions.ColumnNotFoundError as exc:
         found = _UNKNOWN_COLUMN.search(str(exc))
         name = found[1] if found else str(exc).splitlines()[0]
@@ -112,6 +125,23 @@ def apply_transform(lf: pl.LazyFrame, transform: Transform) -> pl.LazyFrame:
     ) as exc:
         msg = f"transform is invalid: {str(exc).splitlines()[0]}; the table is named df, columns are {columns}"
         raise ConfigError(msg) from None
+    except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        msg = (f"transform {_transform_label(transform, fn)} raised {type(exc).__name__}: {first} (given df with "
+               f"columns {columns}); fix the transform")
+        raise TransformError(msg) from exc
+    return out
+
+
+def _run_transform(fn: str | TransformFn, lf: pl.LazyFrame) -> pl.LazyFrame:
+    if isinstance(fn, str):
+        return pl.SQLContext(df=lf, eager=False).execute(fn)
+    out = fn(lf)
+    if isinstance(out, pl.DataFrame):
+        out = out.lazy()
+    if not isinstance(out, pl.LazyFrame):
+        msg = f"transform {getattr(fn, '__name__', fn)!r} returned {type(out).__name__}; return a LazyFrame"
+        raise ConfigError(msg)
     return out
 
 
@@ -120,8 +150,18 @@ def _count_rows(path: Path, fmt: str) -> int:
         return 0
     if fmt == "parquet":
         return pq.read_metadata(path).num_rows
-    scan = pl.scan_csv(path, infer_schema=False) if fmt == "csv" else pl.scan_ndjson(path)
-    return int(scan.select(pl.len()).collect().item())
+    if fmt == "jsonl":  # one line per row (polars escapes a newline in a value); NaN is not JSON polars reads
+        return _count_lines(path)
+    return int(pl.scan_csv(path, infer_schema=False).select(pl.len()).collect().item())
+
+
+def _count_lines(path: Path, block: int = 8 << 20) -> int:
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while data := fh.read(block):
+            lines += data.count(b"\n")
+            last = data[-1:]
+    return lines + (last != b"\n")
 
 
 def process_chunk(
@@ -153,6 +193,11 @@ def process_chunk(
     try:
         return _process_chunk(spec, Path(output_dir), transform=transform, schema=schema, output_format=output_format,
                               partition_by=partition_by, keep_lineage=keep_lineage, fast=fast)
+    except TransformError as exc:
+        files = ", ".join(sorted({f.path for f in spec.files}))
+        msg = (f"chunk {spec.index} ({files}): {exc}. The run stopped here: the transform would fail every chunk "
+               "alike; fix it and run again")
+        raise TransformFailed(msg) from exc
     except Exception as exc:  # read-only, full, a file in the way: stop the run instead of failing every chunk
         failure = output_write_error(exc, output_dir)
         if failure is None:
@@ -241,6 +286,8 @@ __all__ = [
     "InputFormat",
     "Schema",
     "Transform",
+    "TransformError",
+    "TransformFailed",
     "apply_transform",
     "detect_format",
     "infer_schema",

@@ -32,10 +32,20 @@ import polars as pl
 import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from tasks.core import SourceError
+from tasks.core import ConfigError, SourceError
 from tasks.files.inputs import InputFile
 from tasks.files.parse import parse_csv, parse_jsonl
-from tasks.files.schema import LINE, RAW, REJECT_REASON, SOURCE_FILE, RowValidator, Schema, polars_dtype, type_name_of
+from tasks.files.schema import (
+    LINE,
+    PAST_MICROS,
+    RAW,
+    REJECT_REASON,
+    SOURCE_FILE,
+    RowValidator,
+    Schema,
+    polars_dtype,
+    type_name_of,
+)
 from tasks.files.split import ChunkSpec, FilePart, quote_byte, record_end
 
 SEGMENT_BYTES = 8 * 1024 * 1024
@@ -50,12 +60,12 @@ def _separator(fmt: str) -> str:
     return "\t" if fmt == "tsv" else ","
 
 
-def _last_boundary(buf: bytes, quote: bytes | None) -> int:
-    """Index just after the last newline of ``buf`` that ends a record (parity 0 at buf[0]), or -1."""
+def _last_boundary(buf: bytes, quote: bytes | None, parity: int = 0) -> int:
+    """Index just after the last newline of ``buf`` that ends a record (quote parity ``parity`` at buf[0]), or -1."""
     idx = buf.rfind(b"\n")
     if quote is None or idx == -1:
         return idx + 1 if idx != -1 else -1
-    odd = buf.count(quote, 0, idx) % 2
+    odd = (parity + buf.count(quote, 0, idx)) % 2
     while odd:
         prev = buf.rfind(b"\n", 0, idx)
         if prev == -1:
@@ -66,9 +76,14 @@ def _last_boundary(buf: bytes, quote: bytes | None) -> int:
 
 
 def _open(part: FilePart) -> IO[bytes]:
-    if part.compression == "gzip":
-        return gzip.open(part.path, "rb")
-    fh = open(part.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+    try:
+        if part.compression == "gzip":
+            return gzip.open(part.path, "rb")
+        fh = open(part.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+    except FileNotFoundError:
+        msg = f"input file {part.path} no longer exists (deleted or moved after the run was planned); restore it " \
+              "and rerun with the same run_key to read it"
+        raise SourceError(msg) from None
     fh.seek(part.start)
     return fh
 
@@ -82,35 +97,45 @@ def _read(part: FilePart, stream: IO[bytes], nbytes: int) -> bytes:
 
 
 def _segments(part: FilePart, stream: IO[bytes], segment_bytes: int) -> Iterator[bytes]:
-    """Yield pieces of the range that end at record boundaries, the CSV header (at offset 0) skipped."""
+    """Yield pieces of the range that end at record boundaries, the CSV header (at offset 0) skipped.
+
+    A record is never cut: one longer than a segment (or an unterminated quote) is read on until a boundary or
+    the end of the range, so memory grows with the longest record. Blocks without a boundary are kept apart
+    and joined once, and only the new block is searched (with the quote parity before it): linear in the
+    record's size."""
     quote = quote_byte(part.format)
     remaining = None if part.end is None or part.compression == "gzip" else part.end - part.start
-    buf = b""
-    if part.format in ("csv", "tsv") and part.start == 0:
-        while (cut := record_end(buf, 0, 0, quote)) == -1:
-            block = _read(part, stream, 64 * 1024 if remaining is None else min(64 * 1024, remaining))
-            if remaining is not None:
-                remaining -= len(block)
-            if not block:
-                return
-            buf += block
-        buf = buf[cut + 1 :]
-    while True:
-        want = segment_bytes if remaining is None else min(segment_bytes, remaining)
-        block = _read(part, stream, want)
+
+    def read(nbytes: int) -> bytes:
+        nonlocal remaining
+        block = _read(part, stream, nbytes if remaining is None else min(nbytes, remaining))
         if remaining is not None:
             remaining -= len(block)
-        if not block:
-            if buf:
-                yield buf
-            return
-        buf += block
-        cut = _last_boundary(buf, quote)
-        if cut <= 0 and len(buf) < 4 * segment_bytes:
-            continue  # one record longer than a segment (or an unterminated quote): read on
-        cut = len(buf) if cut <= 0 else cut
-        yield buf[:cut]
-        buf = buf[cut:]
+        return block
+
+    pending: list[bytes] = []  # blocks read since the last boundary
+    parity = 0  # quote parity at the end of ``pending``
+    if part.format in ("csv", "tsv") and part.start == 0:
+        while (cut := record_end(block := read(64 * 1024), 0, parity, quote)) == -1:
+            if not block:
+                return
+            parity = (parity + block.count(quote)) % 2 if quote is not None else 0
+        pending, parity = _after(block[cut + 1 :], quote)
+    while block := read(segment_bytes):
+        cut = _last_boundary(block, quote, parity)
+        if cut == -1:
+            pending.append(block)
+            parity = (parity + block.count(quote)) % 2 if quote is not None else 0
+            continue
+        yield b"".join([*pending, block[:cut]])
+        pending, parity = _after(block[cut:], quote)
+    if any(pending):
+        yield b"".join(pending)
+
+
+def _after(rest: bytes, quote: bytes | None) -> tuple[list[bytes], int]:
+    """The blocks and quote parity after a boundary: what follows it in the block."""
+    return ([rest] if rest else []), (rest.count(quote) % 2 if quote is not None else 0)
 
 
 def _lines_before(part: FilePart) -> int:
@@ -143,6 +168,64 @@ def _whole_file(part: FilePart) -> FilePart:
     return part.model_copy(update={"start": 0, "end": None, "first_line": 1, "row_groups": None})
 
 
+def _csv_names(part: FilePart, head: bytes) -> list[str]:
+    """The column names of a CSV/TSV header (the first record of ``head``); a name given twice is refused:
+    its values would go to one column and every row would have a field too many."""
+    text = head.decode("utf-8-sig", "replace")
+    names = next(csv.reader(io.StringIO(text, newline=""), delimiter=_separator(part.format)), [])
+    names = [n.strip("\r") for n in names]
+    if len(set(names)) != len(names):
+        twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+        msg = (f"{part.path} has the column name(s) {twice} more than once in its header {names}; give every "
+               "column of the header a name of its own (e.g. rename the second one) and run again")
+        raise ConfigError(msg)
+    return names
+
+
+def _header_bytes(part: FilePart) -> bytes:
+    """The bytes of a text file up to the end of its first record (the CSV header), at most about 1 MiB."""
+    head = b""
+    with _open(_whole_file(part)) as fh:
+        while len(head) < _SAMPLE_BYTES and (block := _read(part, fh, 64 * 1024)):
+            head += block
+            if record_end(head, 0, 0, quote_byte(part.format)) != -1:
+                break
+    return head
+
+
+def header_columns(part: FilePart) -> list[str]:
+    """The column names of a CSV/TSV header or a Parquet file, read by name (no sample); [] for JSON lines."""
+    if part.format == "parquet":
+        return list(pl.read_parquet_schema(part.path))
+    if part.format == "jsonl":
+        return []
+    return _csv_names(part, _header_bytes(part))
+
+
+def check_layouts(files: Sequence[InputFile]) -> None:
+    """Refuse, before any work, a CSV/TSV/Parquet file whose set of columns differs from the first one's: its
+    rows would fail its whole chunk, or its parts would have other columns than the others. The same columns
+    in another order are fine (read by name). Empty and unreadable files are left to their chunks."""
+    first: tuple[str, list[str]] | None = None
+    for f in files:
+        if f.format == "jsonl":
+            continue
+        part = FilePart(path=f.path, format=f.format, compression=f.compression, size=f.size, mtime_ns=f.mtime_ns)
+        try:
+            columns = [] if is_empty_file(part) else header_columns(part)
+        except (SourceError, OSError, pl.exceptions.PolarsError):  # a corrupt file: its chunk says so
+            continue
+        if not columns:
+            continue
+        if first is None:
+            first = (f.path, columns)
+        elif set(columns) != set(first[1]):
+            msg = (f"{f.path} has columns {columns} but {first[0]} has {first[1]}; every file of a run needs the "
+                   "same columns (in any order): transform files of another layout in a run of their own (another "
+                   "source and output_dir)")
+            raise ConfigError(msg)
+
+
 def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.DataType], dict[str, pl.DataType]]:
     """(raw columns as the reader yields them, inferred types or all String when ``infer=False``)."""
     if part.format == "parquet":
@@ -160,9 +243,7 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
             inferred = {}
     else:
         sep = _separator(part.format)
-        text = head.decode("utf-8-sig", "replace")
-        names = next(csv.reader(io.StringIO(text, newline=""), delimiter=sep), [])
-        names = [n.strip("\r") for n in names]
+        names = _csv_names(part, head)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -173,7 +254,10 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
                     if infer
                     else None
                 )
-            inferred = _inferred_types(sample_df) if sample_df is not None else {}
+                dates = [n for n, t in (sample_df.schema.items() if sample_df is not None else ()) if t.is_temporal()]
+                raw_df = pl.read_csv(head, separator=sep, n_rows=_INFER_ROWS, infer_schema=False, columns=dates,
+                                     truncate_ragged_lines=True) if dates else None
+            inferred = _inferred_types(sample_df, raw_df) if sample_df is not None else {}
         except pl.exceptions.PolarsError:
             inferred = {}
     if not names:
@@ -198,10 +282,10 @@ def is_empty_file(part: FilePart) -> bool:
     return True
 
 
-def _inferred_types(sample: pl.DataFrame) -> dict[str, pl.DataType]:
+def _inferred_types(sample: pl.DataFrame, raw: pl.DataFrame | None = None) -> dict[str, pl.DataType]:
     """The dtypes polars infers for a sample; an integer column wider than int64 (polars says Int128) is
-    narrowed by the sample's values: uint64 if they fit, else decimal(38,0), else str. Each keeps every digit,
-    so no value the inference saw is rejected."""
+    narrowed by the sample's values: uint64 if they fit, else decimal(38,0), else str; a datetime with digits
+    past the microseconds is str. Each keeps every digit, so no value the inference saw is rejected."""
     types = dict(sample.schema)
     for name, dtype in types.items():
         if isinstance(dtype, pl.Int128 | pl.UInt128 | pl.UInt64):
@@ -212,6 +296,9 @@ def _inferred_types(sample: pl.DataFrame) -> dict[str, pl.DataType]:
                 types[name] = pl.Decimal(38, 0)
             else:
                 types[name] = pl.String()
+        elif isinstance(dtype, pl.Datetime) and raw is not None and name in raw.columns and bool(
+                raw[name].cast(pl.String).str.contains(PAST_MICROS).any()):
+            types[name] = pl.String()  # polars parsed them cutting the digits past the microseconds: keep the text
     return types
 
 
@@ -238,6 +325,14 @@ def _json_or_none(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return None
+
+
+def _by_name(parsed: tuple[pl.DataFrame, pl.DataFrame], names: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows of a file whose header has the chunk's columns in another order, in the chunk's order."""
+    good, bad = parsed
+    if good.columns[: len(names)] != names:
+        good = good.select(*names, SOURCE_FILE, LINE)
+    return good, bad
 
 
 @dataclass
@@ -317,11 +412,12 @@ class ChunkReader:
             if part.format == "parquet":
                 yield from self._parquet(part, names)
                 continue
+            columns = names
             if part.format in ("csv", "tsv") and part is not self._files[0]:
-                got = list(file_columns(part, infer=False)[0])
-                if got != names:
+                columns = header_columns(part)
+                if set(columns) != set(names):
                     msg = (
-                        f"{part.path} has columns {got} but {self._files[0].path} (same chunk) has {names}; "
+                        f"{part.path} has columns {columns} but {self._files[0].path} (same chunk) has {names}; "
                         "give files of one layout per source, or transform them in separate runs"
                     )
                     raise SourceError(msg)
@@ -336,8 +432,8 @@ class ChunkReader:
                     if part.format == "jsonl":
                         yield parse_jsonl(seg, names, line, part.path, self._exact_columns)
                     else:
-                        yield parse_csv(seg, names, _separator(part.format), line, part.path,
-                                        empty_as_null=self._empty_as_null)
+                        yield _by_name(parse_csv(seg, columns, _separator(part.format), line, part.path,
+                                                 empty_as_null=self._empty_as_null), names)
                     line += seg.count(b"\n")
 
     @staticmethod
@@ -471,7 +567,9 @@ def infer_schema(part: FilePart) -> Schema:
 __all__ = [
     "SEGMENT_BYTES",
     "ChunkReader",
+    "check_layouts",
     "file_columns",
+    "header_columns",
     "infer_schema",
     "is_empty_file",
     "plan_json_keys",

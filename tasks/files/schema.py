@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import polars as pl
@@ -32,6 +32,7 @@ SOURCE_FILE = "_source_file"
 LINE = "_line"
 REJECT_REASON = "_reject_reason"
 RAW = "_raw"
+RESERVED_COLUMNS = (SOURCE_FILE, LINE, RAW, REJECT_REASON)
 
 _DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _DATETIME_TZ = re.compile(r"^datetime\[(.+)\]$")
@@ -51,6 +52,7 @@ _BOOLS |= {"false": False, "f": False, "0": False, "no": False, "n": False}
 # a number as polars' str -> decimal cast reads it: sign, whole digits, fraction digits, exponent
 _NUMBER = r"^[+-]?([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?$"
 _WIDE_INTEGERS = (pl.Int128, pl.UInt128)
+PAST_MICROS = r"\.[0-9]{6}[0-9]*[1-9]"  # a fraction of a second with a non-zero digit past the 6th
 
 
 def polars_dtype(type_name: str) -> pl.DataType:
@@ -189,26 +191,48 @@ def _decimal_places(value: pl.Expr) -> pl.Expr:
     return pl.when(significant == "").then(pl.lit(0, pl.Int64)).otherwise(places)
 
 
-def _rounds(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr | None:
-    """Where a cast to a decimal would round the value (more digits after the point than its scale), or None
-    when it never does. polars' cast rounds silently; such a value is rejected instead.
+def _finer_than_micros(text: pl.Expr) -> pl.Expr:
+    """Text of a time with a non-zero digit past the microseconds (``10:00:00.123456789``): a datetime keeps
+    microseconds, so parsing it would drop them. One regex, also run by the typed fast path."""
+    return text.str.contains(PAST_MICROS)
 
-    Text: a non-zero digit past the scale after the point (one regex). A number with an exponent counts as
-    rounding unless ``exponents`` (then its digits are counted, slower): the typed fast path steps aside for it,
-    the careful path passes ``exponents`` for a batch that has one."""
-    if not isinstance(target, pl.Decimal):
-        return None
+
+def _rounds(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr | None:
+    """Where a cast would change the value, or None when it never does. polars' cast rounds or truncates
+    silently; such a value is rejected instead.
+
+    Text to decimal: a non-zero digit past the scale after the point (one regex). A number with an exponent
+    counts as rounding unless ``exponents`` (then its digits are counted, slower): the typed fast path steps
+    aside for it, the careful path passes ``exponents`` for a batch that has one. Text to datetime: a non-zero
+    digit past the microseconds. Typed values (Parquet): see :func:`_changes`."""
     if isinstance(source, pl.String):
+        if isinstance(target, pl.Datetime):
+            return _finer_than_micros(col)
+        if not isinstance(target, pl.Decimal):
+            return None
         if not exponents:
             return col.str.contains(rf"\.[0-9]{{{target.scale}}}[0-9]*[1-9]|[eE]")
         plain = col.str.contains(rf"\.[0-9]{{{target.scale}}}[0-9]*[1-9]")
         places = _decimal_places(col.str.strip_chars())
         return pl.when(col.str.contains("[eE]")).then(places > target.scale).otherwise(plain)
-    if isinstance(source, pl.Decimal) and (source.scale or 0) <= target.scale:
+    return _changes(col, source, target)
+
+
+def _changes(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr | None:
+    """Where the cast of a typed value would change it (``1.5`` -> int64 ``1``, ``2`` -> bool ``true``, a
+    datetime with a time -> date, nanoseconds -> a datetime's microseconds, a decimal's digits past the target
+    scale): its value does not come back from the target type. None when it never does. A float64 target
+    takes the nearest double (as the text ``0.1`` does), a str target the value's text."""
+    if source == target or target.is_float() or isinstance(target, pl.String):
         return None
-    if source.is_float() or isinstance(source, pl.Decimal):
-        return col.cast(target, strict=False).cast(source) != col
-    return None
+    if isinstance(source, pl.Decimal) and isinstance(target, pl.Decimal) and (source.scale or 0) <= target.scale:
+        return None
+    if isinstance(source, pl.Datetime) and isinstance(target, pl.Datetime):
+        return col.dt.nanosecond() % 1000 != 0 if source.time_unit == "ns" else None
+    if not (source.is_numeric() or isinstance(source, pl.Boolean | pl.Date | pl.Datetime)):
+        return None  # nested, binary, text-like: the cast refuses them (null), a reject saying so
+    cast = col.cast(target, strict=False)
+    return cast.is_not_null() & cast.cast(source, strict=False).ne_missing(col)
 
 
 def _unless_rounding(cast: pl.Expr, rounds: pl.Expr | None) -> pl.Expr:
@@ -217,6 +241,10 @@ def _unless_rounding(cast: pl.Expr, rounds: pl.Expr | None) -> pl.Expr:
 
 
 def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False) -> pl.Expr:
+    return _unless_rounding(_parse_string(col, dtype), _rounds(col, pl.String(), dtype, exponents=exponents))
+
+
+def _parse_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     value = col.str.strip_chars()
     if isinstance(dtype, pl.Boolean):
         return value.str.to_lowercase().replace_strict(_BOOLS, default=None, return_dtype=pl.Boolean)
@@ -231,7 +259,7 @@ def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False) -
         return pl.coalesce([offset.dt.convert_time_zone(dtype.time_zone), local])
     if isinstance(dtype, pl.String):
         return col
-    return _unless_rounding(value.cast(dtype, strict=False), _rounds(col, pl.String(), dtype, exponents=exponents))
+    return value.cast(dtype, strict=False)
 
 
 def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr:
@@ -241,9 +269,24 @@ def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponen
         return _cast_string(col, target, exponents=exponents)
     if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime) and target.time_zone:
         if source.time_zone is None:
-            return col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
-        return col.dt.convert_time_zone(target.time_zone).cast(target)
+            moved = col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
+        else:
+            moved = col.dt.convert_time_zone(target.time_zone).cast(target)
+        return _unless_rounding(moved, _rounds(col, source, target))
     return _unless_rounding(col.cast(target, strict=False), _rounds(col, source, target))
+
+
+def check_column_names(columns: Iterable[str], source: str) -> None:
+    """ConfigError for an input column named like a column file_transform adds (``_source_file``, ``_line``,
+    ``_raw``, ``_reject_reason``): the two would clash in the output or the rejects."""
+    for name in columns:
+        if name in RESERVED_COLUMNS:
+            msg = (
+                f"column {name!r} of {source} has a name file_transform uses for its own columns "
+                f"({', '.join(RESERVED_COLUMNS)}: lineage and rejects); rename it in the file before the run "
+                "(a transform sees the columns only after they are read, so it cannot rename it)"
+            )
+            raise ConfigError(msg)
 
 
 class RowValidator:
@@ -259,6 +302,7 @@ class RowValidator:
     ) -> None:
         self.schema = schema or Schema(columns={})
         self.columns = columns
+        check_column_names(columns, source)
         names = list(columns)
         listed = [*self.schema.columns, *self.schema.not_null, *self.schema.unique_key]
         unknown = sorted({c for c in listed if c not in columns})
@@ -313,11 +357,13 @@ class RowValidator:
         value = col.cast(pl.String)
         not_type = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(f"' is not {tname}{self._hint}")])
         rounds = _rounds(col, source, target, exponents=exponents)
-        if rounds is None:
-            return not_type
-        scale = getattr(target, "scale", 0)
-        too_fine = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(
-            f"' has more than {scale} digit(s) after the decimal point; {tname} would round it{self._hint}")])
+        if rounds is None or not isinstance(target, pl.Decimal | pl.Datetime):
+            return not_type  # a typed value another type would change (1.5 as int64): not of that type
+        if isinstance(target, pl.Datetime):
+            why = f"has digits past the microseconds; {tname} keeps microseconds and would drop them"
+        else:
+            why = f"has more than {target.scale} digit(s) after the decimal point; {tname} would round it"
+        too_fine = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(f"' {why}{self._hint}")])
         return pl.when(rounds).then(too_fine).otherwise(not_type)
 
     def _mark_duplicates(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -344,9 +390,11 @@ __all__ = [
     "LINE",
     "RAW",
     "REJECT_REASON",
+    "RESERVED_COLUMNS",
     "SOURCE_FILE",
     "RowValidator",
     "Schema",
+    "check_column_names",
     "parse_schema",
     "polars_dtype",
     "type_name_of",

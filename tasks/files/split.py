@@ -16,6 +16,7 @@ strings, so any newline is a boundary.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -190,6 +191,26 @@ def _parquet_parts(f: InputFile, chunk_bytes: int) -> list[list[int]]:
     return groups
 
 
+def _split_parts(whole: FilePart, limit: int) -> Iterator[FilePart]:
+    """The byte ranges of a big text file; the file whole when it cannot be opened any more (deleted or moved
+    since it was listed): its one chunk then fails naming it, and the other files go on."""
+    quote = quote_byte(whole.format)
+    start, first_line = (0, 1)
+    try:
+        if whole.format != "jsonl":
+            start, header_lines = header_end(whole.path, quote)
+            first_line = header_lines + 1
+        ranges = iter_byte_ranges(
+            whole.path, chunk_bytes=limit, quote=quote, start=start, first_line=first_line, count_lines=False
+        )
+        first = next(ranges, None)  # stats and opens the file: past this, the open file is read to its end
+    except OSError:
+        yield whole
+        return
+    for s, e, line in chain(() if first is None else (first,), ranges):
+        yield whole.model_copy(update={"start": s, "end": e, "first_line": line})
+
+
 def plan_chunks(files: list[InputFile], *, chunk_bytes: int | None = None) -> list[ChunkSpec]:
     """Turn resolved inputs into ordered ChunkSpecs (index 0..n-1, stable for the same inputs).
 
@@ -234,17 +255,15 @@ def iter_chunks(files: list[InputFile], *, chunk_bytes: int | None = None) -> It
         if f.compression == "gzip":
             yield emit([whole])
         elif f.format in _SPLITTABLE:
-            quote = quote_byte(f.format)
-            start, first_line = (0, 1)
-            if f.format != "jsonl":
-                start, header_lines = header_end(f.path, quote)
-                first_line = header_lines + 1
-            for s, e, line in iter_byte_ranges(
-                f.path, chunk_bytes=limit, quote=quote, start=start, first_line=first_line, count_lines=False
-            ):
-                yield emit([whole.model_copy(update={"start": s, "end": e, "first_line": line})])
+            for part in _split_parts(whole, limit):
+                yield emit([part])
         elif f.format == "parquet":
-            for rgs in _parquet_parts(f, limit):
+            try:
+                groups = _parquet_parts(f, limit)
+            except OSError:  # gone since it was listed: its one chunk fails naming it
+                yield emit([whole])
+                continue
+            for rgs in groups:
                 yield emit([whole.model_copy(update={"row_groups": rgs})])
         else:
             yield emit([whole])

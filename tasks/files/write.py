@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -65,16 +65,100 @@ def _commit(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def _sink(lf: pl.LazyFrame, target: Path | pl.PartitionBy, fmt: str) -> None:
+def _sink(lf: pl.LazyFrame, target: Path | pl.PartitionBy, fmt: str, *, written: Path) -> None:
+    """Write ``lf`` to ``target``; ``written`` is the file or (partitioned) directory the files go to."""
     if fmt == "parquet":
         lf.sink_parquet(target, compression="zstd", mkdir=True)
     elif fmt in ("csv", "tsv"):
         lf.sink_csv(target, separator="\t" if fmt == "tsv" else ",", check_extension=False, mkdir=True)
     elif fmt == "jsonl":
-        lf.sink_ndjson(target, check_extension=False, mkdir=True)
+        try:
+            finite_floats_only(lf).sink_ndjson(target, check_extension=False, mkdir=True)
+        except NonFiniteFloats:  # rare: the float columns again, written as json.dumps does
+            if written.is_dir():
+                shutil.rmtree(written)  # the partial files of the first try
+            _sink_ndjson_non_finite(lf, target, written)
     else:
         msg = f"unknown output format {fmt!r}; use 'parquet', 'csv' or 'jsonl'"
         raise ConfigError(msg)
+
+
+class NonFiniteFloats(pl.exceptions.ComputeError):
+    """A float column bound for JSON lines holds NaN or an infinity, which polars' writer turns into null."""
+
+
+def _float_columns(lf: pl.LazyFrame) -> list[str]:
+    return [c for c, t in lf.collect_schema().items() if t.is_float()]
+
+
+def finite_floats_only(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """``lf``, raising NonFiniteFloats (a polars ComputeError) at the first batch whose float columns hold
+    NaN or an infinity: one vectorized check per batch, so JSON lines never get a null for them."""
+    floats = _float_columns(lf)
+    if not floats:
+        return lf
+    odd = pl.any_horizontal([pl.col(c).is_nan() | pl.col(c).is_infinite() for c in floats]).any()
+
+    def check(df: pl.DataFrame) -> pl.DataFrame:
+        if df.select(odd).item():
+            msg = f"a NaN or infinity in the float column(s) {floats}"
+            raise NonFiniteFloats(msg)
+        return df
+
+    return lf.map_batches(check, streamable=True)
+
+
+def _sink_ndjson_non_finite(lf: pl.LazyFrame, target: Path | pl.PartitionBy, written: Path) -> None:
+    """JSON lines whose floats include NaN or an infinity: each float column goes out as text behind a one-off
+    marker (polars writes a finite float's text as it writes the float), then the files lose the quotes and
+    marker, so the values read ``NaN``, ``Infinity``, ``-Infinity`` as Python's json.dumps writes them."""
+    mark = f"nonfinite-{uuid.uuid4().hex}:"
+    texts = []
+    for c in _float_columns(lf):
+        col = pl.col(c)
+        text = pl.when(col.is_nan()).then(pl.lit("NaN")).when(col == float("inf")).then(pl.lit("Infinity")) \
+            .when(col == float("-inf")).then(pl.lit("-Infinity")).otherwise(col.cast(pl.String))
+        texts.append(pl.concat_str([pl.lit(mark), text]).alias(c))
+    lf.with_columns(texts).sink_ndjson(target, check_extension=False, mkdir=True)
+    quoted = re.compile(b'"' + re.escape(mark.encode()) + b'([^"]*)"')
+    for path in sorted(written.rglob("*")) if written.is_dir() else [written]:
+        if path.is_file():
+            _unquote(path, quoted)
+
+
+def _unquote(path: Path, quoted: re.Pattern[bytes], block: int = 8 << 20) -> None:
+    """Replace every match of ``quoted`` by its group in ``path`` (whole lines per block: bounded memory)."""
+    tmp = path.with_name(f"{path.name}.unquoted")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        rest = b""
+        while data := src.read(block):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            dst.write(quoted.sub(rb"\1", data[:cut]))
+        dst.write(quoted.sub(rb"\1", rest))
+    os.replace(tmp, path)
+
+
+def unwritable_columns(schema: Mapping[str, pl.DataType], fmt: str) -> list[str]:
+    """The columns ``fmt`` cannot hold, as ``'name' (dtype)``: CSV no nested (list, struct, array), binary,
+    duration or object values; JSON lines no binary or object values, also inside lists and structs. polars
+    fails (or panics) on them after reading the whole chunk."""
+    return [f"{name!r} ({dtype})" for name, dtype in schema.items() if _cannot_write(dtype, fmt)]
+
+
+def _cannot_write(dtype: pl.DataType, fmt: str) -> bool:
+    if isinstance(dtype, pl.Object):
+        return True
+    if fmt in ("csv", "tsv"):
+        return dtype.is_nested() or isinstance(dtype, pl.Binary | pl.Duration)
+    if fmt != "jsonl":
+        return False
+    if isinstance(dtype, pl.List | pl.Array):
+        return _cannot_write(dtype.inner, fmt)
+    if isinstance(dtype, pl.Struct):
+        return any(_cannot_write(f.dtype, fmt) for f in dtype.fields)
+    return isinstance(dtype, pl.Binary)
 
 
 def sink_atomic(lf: pl.LazyFrame, path: str | Path, fmt: str) -> Path:
@@ -83,7 +167,7 @@ def sink_atomic(lf: pl.LazyFrame, path: str | Path, fmt: str) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(final)
     try:
-        _sink(lf, tmp, fmt)
+        _sink(lf, tmp, fmt, written=tmp)
         _commit(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -116,6 +200,7 @@ def sink_partitioned_atomic(
             lf,
             pl.PartitionBy(staging, key=list(partition_by), include_key=False, approximate_bytes_per_file=None),
             fmt,
+            written=staging,
         )
         written: list[Path] = []
         seen: dict[Path, int] = {}
@@ -146,11 +231,14 @@ def remove_temp_files(output_dir: str | Path) -> int:
 
 __all__ = [
     "FileOutputFormat",
+    "NonFiniteFloats",
     "RejectsFormat",
+    "finite_floats_only",
     "part_index",
     "part_name",
     "remove_temp_files",
     "sink_atomic",
     "sink_partitioned_atomic",
+    "unwritable_columns",
     "write_atomic",
 ]

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from flows.file_transform import file_transform
 from tasks.core.outcomes import RunSummary
+from tasks.core.runlock import OutputInUse
 from tasks.core.state import _main as state_cli
 from tests.faults.helpers import finish, wait_until
 from tests.run_flow import start_flow
@@ -147,6 +149,20 @@ def test_a_killed_run_resumed_and_run_again_with_the_same_key_keeps_every_row(tm
     third = run(src, out, run_key="day-1", transform=SLOW)
     assert third.ok and third.total == 0 and rows(out) == expected(range(600))
     assert run(src, out, run_key="day-2", transform=SLOW).total == 0 and rows(out) == expected(range(600))
+
+
+def test_a_second_run_into_the_output_dir_of_a_live_run_is_refused(tmp_path: Path) -> None:
+    """Two live runs cannot share an output_dir (their parts and manifest would collide): the second is refused
+    naming the first, which finishes with every row."""
+    src, out, _, proc = _start_slow_run(tmp_path, "live")
+    wait_until(lambda: any((out / "run-live").glob("part-*.parquet")), proc, what="a part")
+    with pytest.raises(OutputInUse, match="'live'"):
+        run(src, out, run_key="other")
+    with pytest.raises(OutputInUse):
+        file_transform(str(src), str(out), schema=SCHEMA, run_key="plain")  # not incremental: the same folder
+    output = finish(proc)
+    assert proc.returncode == 0, output[-3000:]
+    assert rows(out) == expected(range(600))
 
 
 def test_a_file_gone_from_the_source_loses_its_rows(tmp_path: Path) -> None:

@@ -115,3 +115,12 @@ def test_a_row_that_is_not_utf8_is_rejected_with_its_bytes(tail: bytes) -> None:
 
 def test_raw_bytes_of_other_rejects_is_the_text() -> None:
     assert raw_bytes("a\\x41,\u00e9", "line has 2 fields, expected 3") == "a\\x41,\u00e9".encode()
+
+
+def test_a_field_longer_than_128_kib_is_kept_on_the_python_path() -> None:
+    """A bad row sends its segment to Python's csv, whose default field limit (128 KiB) rejected a valid field."""
+    big = "B" * 200_000
+    body = f'1,{big},ok\n2,"abc"def,bad quoting\n3,small,ok\n'.encode()
+    good, bad = parse_csv(body, ["id", "doc", "x"], ",", 2, "a.csv")
+    assert good["doc"].to_list() == [big, "small"] and good["_line"].to_list() == [2, 4]
+    assert bad["_line"].to_list() == [3] and bad["_reject_reason"][0].startswith("bad quoting")

@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks.core.errors import ConfigError, SourceError
+from tasks.core.errors import ConfigError, FatalError, SourceError
 from tasks.files.process import (
     ChunkReader,
     ChunkSpec,
+    TransformError,
+    TransformFailed,
     apply_transform,
     plan_chunks,
     process_chunk,
@@ -402,3 +404,63 @@ def test_flow_csv_decimals_are_not_rounded_and_wide_integers_are_inferred(tmp_pa
     s = file_transform(big, tmp_path / "big", output_format="csv", run_key="big")
     assert s.ok and s.extra["rows_rejected"] == 0
     assert (tmp_path / "big" / "part-00000.csv").read_text() == "id,big\n1,12345678901234567890\n2,5\n"
+
+
+def test_parquet_values_a_cast_would_change_are_rejected(tmp_path: Path) -> None:
+    """2.9 as int64, -1 as bool, nanoseconds in a datetime: rejects naming column and value, never changed."""
+    ts = pl.Series([1704067200123456789, 1704067200000001000, 1704067200000000000, 0]).cast(pl.Datetime("ns"))
+    pl.DataFrame({"id": [1, 2, 3, 4], "qty": [1.0, 1.0, 4.0, 2.9], "flag": [0, 1, -1, 1], "ts": ts}).write_parquet(
+        tmp_path / "a.parquet")
+    (spec,) = plan_chunks(resolve_inputs(str(tmp_path / "a.parquet")))
+    schema = {"qty": "int64", "flag": "bool", "ts": "datetime"}
+    res = process_chunk(spec, tmp_path / "out", schema=schema, output_format="csv")
+    assert (res.rows_in, res.rows_out, res.rows_rejected) == (4, 1, 3)
+    assert Path(res.output_paths[0]).read_text() == "id,qty,flag,ts\n2,1,true,2024-01-01T00:00:00.000001\n"
+    assert pl.read_parquet(res.rejects_path)["_reject_reason"].to_list() == [
+        "ts: '2024-01-01 00:00:00.123456789' has digits past the microseconds; datetime keeps microseconds and would "
+        "drop them", "flag: '-1' is not bool", "qty: '2.9' is not int64"]
+    assert pl.read_parquet(res.rejects_path)["qty"].to_list() == [1.0, 4.0, 2.9]  # as read
+
+
+def test_csv_nanoseconds_fall_back_from_the_fast_path_to_a_reject(tmp_path: Path) -> None:
+    src = _write(tmp_path / "a.csv", "id,ts\n1,2024-01-01T10:00:00.123456789\n2,2024-01-01T10:00:00.5\n")
+    (spec,) = plan_chunks(resolve_inputs(str(src)))
+    res = process_chunk(spec, tmp_path / "out", schema={"id": "int64", "ts": "datetime"}, output_format="csv")
+    assert (res.fast_path, res.rows_out, res.rows_rejected) == (False, 1, 1)
+    assert Path(res.output_paths[0]).read_text() == "id,ts\n2,2024-01-01T10:00:00.500000\n"
+
+
+def test_jsonl_output_keeps_nan_and_infinities_on_either_path(tmp_path: Path) -> None:
+    src = _write(tmp_path / "a.csv", "id,v\n1,NaN\n2,inf\n3,-inf\n4,1.5\n5,\n")
+    (spec,) = plan_chunks(resolve_inputs(str(src)))
+    for transform in (None, "SELECT id, v, v * 0 AS z FROM df"):
+        res = process_chunk(spec, tmp_path / "out", schema={"id": "int64", "v": "float64"}, output_format="jsonl",
+                            transform=transform)
+        lines = Path(res.output_paths[0]).read_text().splitlines()
+        assert (res.rows_in, res.rows_out, res.fast_path) == (5, 5, False)
+        assert [line.split(',"z"')[0] + ("}" if transform else "") for line in lines] == [
+            '{"id":1,"v":NaN}', '{"id":2,"v":Infinity}', '{"id":3,"v":-Infinity}', '{"id":4,"v":1.5}',
+            '{"id":5,"v":null}']
+    clean = _write(tmp_path / "b.csv", "id,v\n1,0.1\n2,\n")
+    (spec,) = plan_chunks(resolve_inputs(str(clean)))
+    res = process_chunk(spec, tmp_path / "out2", schema={"id": "int64", "v": "float64"}, output_format="jsonl")
+    assert res.fast_path and Path(res.output_paths[0]).read_text() == '{"id":1,"v":0.1}\n{"id":2,"v":null}\n'
+
+
+def raises_on_float_amount(lf: pl.LazyFrame) -> pl.LazyFrame:
+    if lf.collect_schema()["amount"] == pl.Float64:
+        raise KeyError("amount")
+    return lf
+
+
+def test_a_transform_that_raises_in_a_chunk_stops_the_run_naming_chunk_and_file(tmp_path: Path) -> None:
+    src = _write(tmp_path / "a.csv", "id,amount\n1,2.5\n")
+    (spec,) = plan_chunks(resolve_inputs(str(src)))
+    with pytest.raises(FatalError, match=(
+            rf"chunk 0 \({src}\): transform '{__name__}:raises_on_float_amount' raised KeyError: 'amount' \(given "
+            r"df with columns \['id', 'amount'\]\); fix the transform. The run stopped here")) as err:
+        process_chunk(spec, tmp_path / "out", schema={"id": "int64", "amount": "float64"},
+                      transform=raises_on_float_amount)
+    assert isinstance(err.value, TransformFailed) and isinstance(err.value.__cause__, TransformError)
+    with pytest.raises(TransformError, match="raised KeyError"):  # the plan check: a ConfigError, before any work
+        apply_transform(pl.LazyFrame(schema={"amount": pl.Float64}), raises_on_float_amount)

@@ -3,6 +3,7 @@ keys outside them, inferred types. Real files in tmp_path."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tasks.core import ConfigError, SourceError
 from tasks.files.parse import _only_known_keys, parse_jsonl, raw_bytes
 from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
-from tasks.files.read import ChunkReader, infer_schema, plan_json_keys
+from tasks.files.read import ChunkReader, check_layouts, infer_schema, plan_json_keys
 from tasks.files.schema import parse_schema
 
 MIB = 1 << 20
@@ -149,3 +151,73 @@ def test_inferred_types_hold_integers_wider_than_int64(tmp_path: Path, fmt: str)
     result = process_chunk(spec, tmp_path / "out", schema=schema, output_format="csv")
     assert result.rows_rejected == 0
     assert pl.read_csv(result.output_paths[0], infer_schema=False).to_dict(as_series=False) == values
+
+
+def test_inferred_datetimes_with_digits_past_the_microseconds_stay_text(tmp_path: Path) -> None:
+    """polars parses them cutting the nanoseconds; the inference keeps such a column as text, so no value it saw is
+    rejected or changed (datetime keeps microseconds)."""
+    path = tmp_path / "ns.csv"
+    path.write_text("id,ns,us\n1,2024-01-01T10:00:00.123456789,2024-01-01T10:00:00.5\n"
+                    "2,2024-01-01T10:00:01.000000001,2024-01-02 00:00:00\n")
+    schema = infer_schema(plan_chunks(resolve_inputs(path))[0].files[0])
+    assert schema.columns == {"id": "int64", "ns": "str", "us": "datetime"}
+    result = process_chunk(plan_chunks(resolve_inputs(path))[0], tmp_path / "out", schema=schema, output_format="csv")
+    assert result.rows_rejected == 0
+    assert pl.read_csv(result.output_paths[0], infer_schema=False)["ns"].to_list() == [
+        "2024-01-01T10:00:00.123456789", "2024-01-01T10:00:01.000000001"]
+
+
+# --- records longer than a segment, headers, layouts, files gone --------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["long.csv", "long.csv.gz", "long.jsonl"])
+def test_a_record_longer_than_many_segments_is_read_whole(tmp_path: Path, name: str) -> None:
+    """The reader reads on until a record ends: it never cuts one (it did past 4 segments)."""
+    blob = "A" * 80_000 + "é" * 3_000 + "Z"  # > 4 segments of 1 KiB and the 64 KiB read of a header
+    if name.endswith(".jsonl"):
+        text = '{"id":1,"blob":"short"}\n{"id":2,"blob":"' + blob + '"}\n{"id":3,"blob":"end"}\n'
+    else:
+        text = f'id,blob\n1,short\n2,{blob}\n3,"end\nof it"\n4,last\n'
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    (spec,) = plan_chunks(resolve_inputs(path))
+    reader = ChunkReader(spec, schema=parse_schema({"id": "int64"}), segment_bytes=1024)
+    df = reader.lazy().collect()
+    reader.drain()
+    assert reader.rows_rejected == 0 and reader.rejects() is None
+    assert df["blob"][1] == blob
+    expected = (["short", blob, "end"], [1, 2, 3]) if name.endswith(".jsonl") else \
+        (["short", blob, "end\nof it", "last"], [2, 3, 4, 6])
+    assert (df["blob"].to_list(), df["_line"].to_list()) == expected
+
+
+def test_a_column_name_twice_in_a_header_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("id,amount,amount\n1,2,3\n")
+    (spec,) = plan_chunks(resolve_inputs(path))
+    with pytest.raises(ConfigError, match=r"a\.csv has the column name\(s\) \['amount'\] more than once"):
+        process_chunk(spec, tmp_path / "out")
+
+
+def test_files_with_other_columns_are_refused_and_another_order_is_read_by_name(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,x\n1,a\n2,b\n")
+    (tmp_path / "b.csv").write_text("x,id\nc,3\n")
+    (tmp_path / "c.csv").write_text("")  # empty: no header, no rows
+    files = resolve_inputs(tmp_path)
+    check_layouts(files)
+    (spec,) = plan_chunks(files)
+    result = process_chunk(spec, tmp_path / "out", output_format="csv", schema={"id": "int64"})
+    assert (result.rows_in, result.rows_out, result.rows_rejected) == (3, 3, 0)
+    assert Path(result.output_paths[0]).read_text() == "id,x\n1,a\n2,b\n3,c\n"
+    (tmp_path / "d.csv").write_text("x,id,extra\nw,4,e\n")
+    with pytest.raises(ConfigError, match=r"d\.csv has columns \['x', 'id', 'extra'\] but .*a\.csv has \['id', 'x'\]"):
+        check_layouts(resolve_inputs(tmp_path))
+
+
+def test_a_file_deleted_after_planning_fails_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("id\n1\n")
+    (spec,) = plan_chunks(resolve_inputs(path))
+    path.unlink()
+    with pytest.raises(SourceError, match=r"a\.csv no longer exists"):
+        process_chunk(spec, tmp_path / "out")

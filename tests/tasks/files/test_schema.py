@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tasks.core.errors import ConfigError
 from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
 from tasks.files.schema import RowValidator, Schema, parse_schema, polars_dtype, type_name_of
 
@@ -102,3 +103,45 @@ def test_a_jsonl_schema_reject_is_the_line_as_written(tmp_path: Path, line: byte
     assert rejects.columns == ["_raw", "_source_file", "_line", "_reject_reason"]
     assert rejects["_raw"].to_list() == [line.decode()] and rejects["_line"].to_list() == [2]
     assert rejects["_reject_reason"].to_list() == ["amt: 'x' is not float64"]
+
+
+def test_a_typed_cast_that_would_change_a_value_rejects_it() -> None:
+    """Parquet columns: 1.5 -> int64 was 1, 2 -> bool was true, nanoseconds were cut; now each is a reject."""
+    ns = pl.Series([1704067200123456789, 1704067200123456000, 1704067200000000000]).cast(pl.Datetime("ns"))
+    values = {"qty": pl.Series([1.0, 1.5, 2.9]), "flag": pl.Series([0, 2, 1]), "ts": ns}
+    good, rejects = _split({"qty": "int64", "flag": "bool", "ts": "datetime", "day": "date"},
+                           {**values, "day": ns})
+    assert good.height == 0 and rejects["_line"].to_list() == [0, 1, 2]
+    assert rejects["_reject_reason"].to_list() == [
+        "ts: '2024-01-01 00:00:00.123456789' has digits past the microseconds; datetime keeps microseconds and "
+        "would drop them; day: '2024-01-01 00:00:00.123456789' is not date",
+        "qty: '1.5' is not int64; flag: '2' is not bool; day: '2024-01-01 00:00:00.123456000' is not date",
+        "qty: '2.9' is not int64",
+    ]
+    exact, none = _split({"qty": "int64", "flag": "bool", "ts": "datetime[UTC]", "n": "uint64"},
+                         {"qty": pl.Series([3.0]), "flag": pl.Series([1]), "ts": ns[1:2], "n": pl.Series([7])})
+    assert none.height == 0
+    assert exact.select("qty", "flag", pl.col("ts").dt.to_string("%H:%M:%S%.6f"), "n").rows() == [
+        (3, True, "00:00:00.123456", 7)]
+
+
+def test_text_with_digits_past_microseconds_is_rejected_not_truncated() -> None:
+    text = ["2024-01-01T10:00:00.123456789", "2024-01-01 10:00:00.123456000", "2024-01-01T10:00:00.5"]
+    for type_name, more in (("datetime", []), ("datetime[UTC]", ["2024-01-01T10:00:00.5+02:00",
+                                                                  "2024-01-01T10:00:00.1234567+02:00"])):
+        good, rejects = _split({"ts": type_name}, {"ts": pl.Series(text + more)})
+        assert good["_line"].to_list() == [1, 2, 3][: 2 + len(more) // 2]
+        assert rejects["ts"].to_list() == [text[0], *more[1:]]
+        assert rejects["_reject_reason"][0] == (
+            f"ts: '{text[0]}' has digits past the microseconds; {type_name} keeps microseconds and would drop them")
+    inferred = Schema(columns={"ts": "datetime"}, inferred=True)
+    frame = pl.DataFrame({"ts": text[:1], "_source_file": ["f"], "_line": [1]})
+    _, rejects = RowValidator(inferred, {"ts": pl.String()}, source="f").split(frame)
+    assert rejects["_reject_reason"].item().endswith("would drop them (type inferred from the first rows; pass a "
+                                                     "schema to set it)")
+
+
+@pytest.mark.parametrize("name", ["_line", "_source_file", "_raw", "_reject_reason"])
+def test_an_input_column_named_like_a_lineage_or_reject_column_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"column '{name}' of data/a.csv has a name file_transform uses .*rename it"):
+        RowValidator(None, {"id": pl.String(), name: pl.String()}, source="data/a.csv")

@@ -1,0 +1,138 @@
+"""file_transform at the edges of reading: records longer than the reader's segments, fields longer than
+Python's csv limit, headers and layouts that cannot make one output, an output_dir named another way than the
+glob, a file deleted during the run. Real files in tmp_path, the real flow and Prefect server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.file_transform import file_transform
+from tasks.core.errors import ConfigError
+from tasks.core.outcomes import RunSummary
+from tasks.files.read import SEGMENT_BYTES
+from tests.run_flow import start_flow, summary_in
+
+
+def counts_add_up(s: RunSummary) -> None:
+    e = s.extra
+    assert e["rows_in"] == e["rows_out"] + e["rows_rejected"] + e["rows_filtered"], e
+    assert s.succeeded + s.failed + s.skipped == s.total
+
+
+def delete_after_first_output(name: str) -> None:
+    """BATCHFLOWS_FAILPOINTS hook: once the first chunk has written its output, delete ``$BF_DELETE``."""
+    if name == "chunk.after_output" and os.path.exists(os.environ["BF_DELETE"]):
+        os.remove(os.environ["BF_DELETE"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["long.csv.gz", "long.jsonl"])
+def test_a_record_longer_than_four_segments_is_written_whole(tmp_path: Path, name: str) -> None:
+    """It was cut at 4 segments (32 MiB): a CSV row came out short and good, a JSON line as two rejects."""
+    blob = "A" * (4 * SEGMENT_BYTES + (2 << 20)) + "é"
+    if name.endswith(".jsonl"):
+        text = f'{{"id":1,"blob":"short"}}\n{{"id":2,"blob":"{blob}"}}\n{{"id":3,"blob":"end"}}\n'
+    else:
+        text = f"id,blob\n1,short\n2,{blob}\n3,end\n"
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    src.write_bytes(gzip.compress(text.encode(), compresslevel=1) if name.endswith(".gz") else text.encode())
+    del text
+    out = tmp_path / "out"
+    s = file_transform(src, out, schema={"id": "int64"}, keep_lineage=True, run_key="long", raise_on_failure=False)
+    assert s.ok and (s.total, s.succeeded, s.failed) == (3, 3, 0)
+    counts_add_up(s)
+    df = pl.read_parquet(out / "part-00000.parquet")
+    assert df["id"].to_list() == [1, 2, 3] and df["_line"].to_list() == ([1, 2, 3] if name.endswith("l") else [2, 3, 4])
+    assert df["blob"][1] == blob and df["blob"][2] == "end"
+    assert not (out / "_rejects").exists() or not list((out / "_rejects").iterdir())
+
+
+def test_a_field_longer_than_128_kib_beside_a_malformed_row_is_kept(tmp_path: Path) -> None:
+    big = "B" * 200_000
+    src = tmp_path / "a.csv"
+    src.write_text(f'id,doc,x\n1,{big},ok\n2,"abc"def,bad quoting\n3,small,ok\n')
+    out = tmp_path / "out"
+    s = file_transform(src, out, schema={"id": "int64"}, output_format="csv", run_key="field",
+                       raise_on_failure=False)
+    assert (s.total, s.succeeded, s.failed) == (3, 2, 1)
+    counts_add_up(s)
+    assert (out / "part-00000.csv").read_text() == f"id,doc,x\n1,{big},ok\n3,small,ok\n"
+    rejects = pl.read_csv(out / "_rejects" / "part-00000.csv", infer_schema=False)
+    assert rejects["_line"].to_list() == ["3"] and rejects["_reject_reason"][0].startswith("bad quoting")
+
+
+def test_a_column_name_twice_in_a_header_is_refused_before_any_work(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.csv").write_text("id,amount\n1,2\n")
+    (src / "b.csv").write_text("id,amount,amount\n1,2,3\n")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"b\.csv has the column name\(s\) \['amount'\] more than once.*name of its"):
+        file_transform(src, out, output_format="csv")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("chunk_bytes", [10_000, 100])  # the files grouped in one chunk, or each in its own
+def test_files_of_another_layout_are_refused_and_another_order_is_read_by_name(
+    tmp_path: Path, chunk_bytes: int
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.csv").write_text("id,x\n" + "".join(f"{k},v{k}\n" for k in range(30)))
+    (src / "b.csv").write_text("x,id\n" + "".join(f"w{k},{100 + k}\n" for k in range(30)))
+    out = tmp_path / "out"
+    s = file_transform(src, out, schema={"id": "int64"}, chunk_bytes=chunk_bytes, run_key="order")
+    assert s.ok and (s.total, s.succeeded) == (60, 60)
+    df = pl.read_parquet(sorted(out.glob("part-*.parquet"))).sort("id")
+    assert df["id"].to_list() == [*range(30), *range(100, 130)]
+    assert df["x"].to_list() == [f"v{k}" for k in range(30)] + [f"w{k}" for k in range(30)]
+    (src / "c.csv").write_text("x,id,extra\nw,1,e\n")
+    with pytest.raises(ConfigError, match=r"c\.csv has columns \['x', 'id', 'extra'\] but .*a\.csv has \['id', 'x'\]"):
+        file_transform(src, tmp_path / "out2", schema={"id": "int64"}, chunk_bytes=chunk_bytes)
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("how", ["symlink", "dotdot"])
+def test_an_output_dir_inside_the_glob_is_refused_however_the_glob_names_it(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "data"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "a.csv").write_text("id,x\n1,a\n2,b\n")
+    if how == "symlink":
+        os.symlink(root, tmp_path / "link")
+        glob = str(tmp_path / "link" / "**" / "*.csv")
+    else:
+        glob = str(root / "in" / ".." / "**" / "*.csv")
+    with pytest.raises(ConfigError, match="inside the input"):
+        file_transform(glob, root / "out", output_format="csv")
+    assert not (root / "out").exists()
+
+
+def test_a_split_file_deleted_during_the_run_fails_only_its_chunk(tmp_path: Path) -> None:
+    """A file big enough to be split is planned while the run goes: gone by then, the whole run died."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}.csv").write_text("id,x\n" + "".join(f"{i * 100 + k},v\n" for k in range(50)))
+    out = tmp_path / "out"
+    params = {"source": str(src), "output_dir": str(out), "output_format": "csv", "chunk_bytes": 300,
+              "max_concurrency": 1, "schema": {"id": "int64"}, "run_key": "gone"}
+    env = {"BATCHFLOWS_FAILPOINTS": "tests.flows.test_file_transform_read_edges:delete_after_first_output",
+           "BF_DELETE": str(src / "f2.csv")}
+    proc = start_flow("flows.file_transform:file_transform", params, env)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, output
+    s = summary_in(output, RunSummary)
+    assert s.chunks_failed == 1 and (s.total, s.succeeded, s.failed) == (151, 150, 1)
+    counts_add_up(s)
+    assert "f2.csv no longer exists" in s.top_errors[0].example
+    dead = [json.loads(x) for x in Path(s.dead_letter_path or "").read_text().splitlines()]
+    assert [f["path"] for d in dead for f in d["item"]["files"]] == [str(src / "f2.csv")]
+    rows = pl.read_csv(sorted(out.glob("part-*.csv")))["id"].sort().to_list()
+    assert rows == [i * 100 + k for i in (0, 1, 3) for k in range(50)]
