@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,6 +55,7 @@ from tasks.api.request_spec import (
 )
 from tasks.core import FatalError, HttpSettings, ItemError, RetryableError, redact_text, register_secret
 from tasks.core.exactjson import json_body, loads_exact
+from tasks.core.redact import RedactingFilter, redact_logs
 
 TransportName = Literal["aiohttp", "httpx"]
 Expect = Literal["auto", "json", "text"]
@@ -91,23 +91,10 @@ class ResponseRecord:
         return asdict(self)
 
 
-class RedactingFilter(logging.Filter):
-    """Masks credentials in log records: httpx logs every request URL (query strings included) at INFO."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact_text(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
-
-
 def install_log_redaction(names: tuple[str, ...] = ("httpx", "httpcore", "aiohttp.client")) -> None:
-    """Attach one :class:`RedactingFilter` to the HTTP libraries' loggers (idempotent)."""
-    for name in names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter())
+    """Attach one :class:`RedactingFilter` to the HTTP libraries' loggers (idempotent): httpx logs every request
+    URL (query strings included) at INFO."""
+    redact_logs(names)
 
 
 def default_headers(settings: HttpSettings, token: str | SecretStr | None,

@@ -67,7 +67,7 @@ def redact_logs(names: tuple[str, ...] = ("httpx", "httpcore")) -> None:
     """Attach one :class:`RedactingFilter` to each of these loggers (idempotent)."""
     for name in names:
         logger = logging.getLogger(name)
-        if not any(type(f).__name__ == "RedactingFilter" for f in logger.filters):
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
 
 

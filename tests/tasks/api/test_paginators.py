@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,7 +16,8 @@ from tasks.api.paginators import Page, dig, iter_pages, make_paginator, next_lin
 from tasks.core.errors import ConfigError, ItemError
 from tasks.core.exactjson import loads_exact
 from tasks.core.retry import RetryPolicy
-from tests.fixtures.api_server import DATASET, ApiServer, LoopbackHTTPServer
+from tests.fixtures.api_server import DATASET, ApiServer
+from tests.tasks.api.loopback import Seen, raw_api
 
 STYLES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("offset", "/pages/offset", "data", {}),
@@ -146,33 +145,17 @@ Route = Callable[[str, dict[str, str], str], tuple[Any, dict[str, str]]]  # (pat
 def scripted_api(route: Route) -> Iterator[tuple[str, list[str]]]:
     """A real loopback API answering each GET with ``route(path, query, host)`` as JSON; yields its URL and the
     request targets it saw."""
-    seen: list[str] = []
+    targets: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
+    def answer(request: Seen) -> tuple[int, dict[str, str], Any]:
+        targets.append(request.target)
+        parts = urlsplit(request.target)
+        host = next(v for k, v in request.headers.items() if k.lower() == "host")
+        body, headers = route(parts.path, dict(parse_qsl(parts.query)), host)
+        return 200, headers, body
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            parts = urlsplit(self.path)
-            body, headers = route(parts.path, dict(parse_qsl(parts.query)), self.headers["Host"])
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with raw_api(answer) as (url, _):
+        yield url, targets
 
 
 def _walk_url(url: str, kind: str, records_path: str, opts: dict[str, Any], **kw: Any) -> list[Page]:
