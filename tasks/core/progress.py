@@ -307,25 +307,47 @@ class PrefectApiUnreachable(BatchflowsError):
 
 @contextmanager
 def api_errors_explained(flow: str, run_key: str | None) -> Iterator[None]:
-    """Turn a connection error of Prefect's own API calls (flow run creation, state proposals) into a
-    :class:`PrefectApiUnreachable` that says what happened and how to finish the run."""
-    import httpx
-
+    """Turn a connection error or a 5xx answer of Prefect's own API calls (flow run creation, state proposals;
+    also as the cause of Prefect's "Failed to reach API") into a :class:`PrefectApiUnreachable` that says what
+    happened and how to finish the run."""
     try:
         yield
-    except httpx.TransportError as exc:
+    except Exception as exc:
         url = prefect_api_url()
-        try:
-            target = str(exc.request.url)
-        except RuntimeError:  # no request attached: not a call we can vouch for
-            target = ""
-        if not url or not target.startswith(url.rstrip("/")):
+        cause = _api_failure(exc, url)
+        if cause is None or not url:
             raise
-        dropped = drop_undeliverable()
-        msg = f"{unreachable_advice(flow, run_key, url, gave_up=True)} ({type(exc).__name__}: {exc})"
-        if dropped:
+        import httpx
+
+        if isinstance(cause, httpx.HTTPStatusError):  # the server is up but failing (503: overloaded, restarting)
+            why = f"it answered HTTP {cause.response.status_code} {cause.response.reason_phrase}".rstrip()
+        else:
+            why = f"{type(cause).__name__}: {cause}"
+        msg = f"{unreachable_advice(flow, run_key, url, gave_up=True)} ({why})"
+        if dropped := drop_undeliverable():
             msg += f"; {dropped} Prefect events/log batches that cannot be delivered were dropped so the process can exit"
         raise PrefectApiUnreachable(msg) from exc
+
+
+def _api_failure(exc: BaseException, url: str | None) -> BaseException | None:
+    """The transport error or 5xx answer of a call to the Prefect API at ``url`` that ``exc`` is or was caused
+    by (None for anything else: a call we cannot vouch for is not explained)."""
+    import httpx
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and url:
+        seen.add(id(current))
+        failing = isinstance(current, httpx.HTTPStatusError) and current.response.status_code >= 500
+        if isinstance(current, httpx.TransportError) or failing:
+            try:
+                target = str(current.request.url)  # type: ignore[attr-defined]
+            except RuntimeError:  # no request attached
+                target = ""
+            if target.startswith(url.rstrip("/")):
+                return current
+        current = current.__cause__
+    return None
 
 
 def publish_summary(summary: RunSummary, *, timeout_s: float = 30.0, progress: Progress | None = None) -> None:
