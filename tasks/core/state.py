@@ -309,6 +309,9 @@ def cleanup_state(
     ``state_dir`` given) the run prefixes there go by the same rules (a live lease keeps one), then this
     machine's cache.
     """
+    if older_than_days is not None and not older_than_days >= 0:  # NaN too
+        msg = f"older_than_days must be 0 or more (days since a run's newest file), not {older_than_days!r}"
+        raise ConfigError(msg)
     if older_than_days is None and run_key is None:
         older_than_days = EngineSettings().state_retention_days
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None

@@ -38,6 +38,7 @@ from tasks.db.mysql import check_upsert_target, write_mysql
 from tasks.db.mysql import iter_rows as _mysql_rows
 from tasks.db.mysql_types import mysql_encoder
 from tasks.db.physical import require_key
+from tasks.db.refusals import refuse_array_bounds, undecodable
 from tasks.db.relay import relay
 from tasks.db.schema import KeyRange, SourceSchema, order_by, range_predicate, reflect
 from tasks.db.session import connect
@@ -650,12 +651,14 @@ def copy_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rng:
             if done is not None:
                 return RangeResult(index=rng.index, rows_read=read[0], rows_written=done,
                                    seconds=time.perf_counter() - started, path="columnar-csv")
+        refuse_array_bounds(src, schema, rng)  # psycopg's lists start at 1: '[0:2]={5,6,7}' would be renumbered
         rows = _read_source(src, schema, rng)
         n_read = read[0] = len(rows)
         src_cols: list[ColumnInfo] | None = list(schema.columns)
         if fn is not None:
             _refuse_end_of_day(schema, rows, rng)
             frame = _apply(fn, _to_frame(schema.columns, rows), rng)
+            _refuse_duplicate_keys(frame, schema.key, rng, fn)
             out_names, rows, src_cols = list(frame.columns), list(frame.iter_rows()), None
         tgt_cols = [_target_column(tgt_schema, n) for n in out_names]
         rows = _convert(rows, out_names, _converters(src_cols, tgt_cols, tgt.dialect), schema.key, rng)
@@ -680,6 +683,8 @@ def _read_source(src: Db, schema: SourceSchema, rng: KeyRange) -> list[tuple[Any
     try:
         rows: list[tuple[Any, ...]] = read_with_times(read, schema)
     except (psycopg.Error, pymysql.MySQLError) as exc:
+        if isinstance(exc, psycopg.DataError) and (err := undecodable(src, schema, rng)) is not None:
+            raise err from None
         msg = f"range {rng.index}: reading the source failed: {redact_text(str(exc).strip())}"
         raise SourceError(msg) from None
     if src.dialect == "postgresql":
@@ -735,6 +740,22 @@ def _apply(fn: Transform, frame: pl.DataFrame, rng: KeyRange) -> pl.DataFrame:
         msg = f"transform must return a polars DataFrame or LazyFrame, got {type(out).__name__}"
         raise ConfigError(msg)
     return out
+
+
+def _refuse_duplicate_keys(frame: pl.DataFrame, keys: Sequence[str], rng: KeyRange, fn: Transform) -> None:
+    """A transform's rows must have one row per key (ranges, upserts and verify match rows by key): two rows
+    with one key fail the range, naming the key (one vectorized ``is_duplicated`` over the key columns)."""
+    if not keys or not all(k in frame.columns for k in keys) or frame.height < 2:
+        return
+    dup = frame.select(keys).is_duplicated()
+    if not dup.any():
+        return
+    first = frame.filter(dup).row(0, named=True)
+    key_val = {k: first[k] for k in keys}
+    msg = (f"range {rng.index}: transform {getattr(fn, '__name__', fn)!r} returned more than one row with key "
+           f"{key_val} ({int(dup.sum())} of its {frame.height} rows share their key with another); a transform must "
+           f"return at most one row per key {list(keys)}")
+    raise ItemError(redact_text(msg), category="transform")
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from tasks.core import ConfigError, redact_text
 from tasks.core.watermarks import lag_seconds, stream_id
-from tasks.db.conn import TableName, UrlLike, parse_db_url
+from tasks.db.conn import TableName, UrlLike
 from tasks.db.ledger import create_if_missing
 from tasks.db.physical import require_key
 from tasks.db.schema import (
@@ -42,7 +42,7 @@ from tasks.db.schema import (
     decode_key,
     plan_ranges,
     range_predicate,
-    watermark_expr,
+    watermark_order,
 )
 from tasks.db.session import connect, submit_in_run
 from tasks.db.typemap import ColumnInfo
@@ -52,7 +52,6 @@ Deletes = Literal["ignore", "soft_column", "compare_keys"]
 WATERMARK_TABLE = "_batchflows_watermarks"
 WATERMARK_KINDS = frozenset({"smallint", "integer", "bigint", "date", "timestamp", "timestamptz"})
 _TEMPORAL = frozenset({"date", "timestamp", "timestamptz"})
-_SQLITE_MARGIN = dt.timedelta(milliseconds=1)  # julianday() compares to ~50 us: start 1 ms lower (upsert)
 
 
 class IncrementalState(BaseModel):
@@ -129,8 +128,9 @@ def read_watermark(url: UrlLike, target: TableName, stream: str) -> Any:
 
 
 def save_watermark(url: UrlLike, target: TableName, state: IncrementalState, value: Any, run_key: str) -> None:
-    """Store ``value`` as the stream's watermark in one transaction (replacing the old one)."""
-    table = _wm_table(target)
+    """Store ``value`` as the stream's watermark in one transaction (replacing the old one). The table is made
+    when missing: a rerun that replays its saved plan never read the watermark (the target may be new)."""
+    table = ensure_watermarks(url, target)
     with connect(url, "target", write=True) as db:
         ph = db.ph
         if db.dialect == "sqlite":
@@ -168,21 +168,21 @@ def index_watermark(url: UrlLike, target: TableName, column: str) -> None:
 def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
     """The source's current maximum of the watermark column (JSON value; None for no non-NULL value)."""
     with connect(url, "source") as db:
-        expr = watermark_expr(db, col)
+        order = ", ".join(f"{e} DESC" for e in watermark_order(db, col))
         rows = db.all(f"SELECT {db.q(col.name)} FROM {schema.relation(db.dialect)} WHERE {db.q(col.name)} IS NOT "
-                      f"NULL ORDER BY {expr} DESC LIMIT 1")
+                      f"NULL ORDER BY {order} LIMIT 1")
         if db.dialect != "sqlite":
             db.raw.rollback()
         return decode_key(db, col, rows[0][0]) if rows else None
 
 
-def shifted(col: ColumnInfo, value: Any, lookback: float, *, sqlite: bool) -> Any:
+def shifted(col: ColumnInfo, value: Any, lookback: float) -> Any:
     """``value`` moved ``lookback`` down (seconds for dates and times, units for integers)."""
     if value is None:
         return None
     typed = coerce(col, value)
     if col.kind in _TEMPORAL:
-        delta = dt.timedelta(seconds=lookback) + (_SQLITE_MARGIN if sqlite else dt.timedelta(0))
+        delta = dt.timedelta(seconds=lookback)
         if not delta:
             return value
         if col.kind == "date":
@@ -197,8 +197,7 @@ def plan_window(source: UrlLike, target: UrlLike, target_table: TableName, schem
     """Read the stored watermark (unless ``reset``) and the source's maximum: this run's slice."""
     before = None if reset else read_watermark(target, target_table, stream)
     high = source_high(source, schema, col)
-    sqlite = any(parse_db_url(u).dialect == "sqlite" for u in (source, target))
-    return Window(column=col, low=shifted(col, before, lookback, sqlite=sqlite), high=high, before=before)
+    return Window(column=col, low=shifted(col, before, lookback), high=high, before=before)
 
 
 # ---------------------------------------------------------------- deletes

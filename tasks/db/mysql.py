@@ -82,14 +82,43 @@ def reflect_mysql(db: Db, table: TableName | None, query: str | None) -> SourceS
     except pymysql.MySQLError as exc:
         msg = f"cannot read table {table} in {db.ep.describe()}: {_error_text(exc)}"
         raise SourceError(msg) from None
-    cols = [column_from_mysql(name, dtype, ctype, nullable=nullable == "YES", precision=prec, scale=scale,
-                              length=length, collation=coll, comment=comment or "", json_check=name in json_cols)
+    cols = [column_from_mysql(name, dtype, _members(db, table, name, ctype), nullable=nullable == "YES",
+                              precision=prec, scale=scale, length=length, collation=coll, comment=comment or "",
+                              json_check=name in json_cols)
             for name, dtype, ctype, nullable, prec, scale, length, coll, comment in rows]
     keys: dict[str, list[str]] = {}
     for name, col in idx:
         keys.setdefault(name, []).append(col)
     return SourceSchema(dialect="mysql", table=table, columns=cols, primary_key=keys.get("PRIMARY", []),
                         unique_keys=list(keys.values()))
+
+
+_MEMBER = re.compile(r"'((?:[^']|'')*)'")
+
+
+def _members(db: Db, table: TableName, name: str, ctype: str) -> str:
+    """An ENUM/SET's type with its members as stored: information_schema and SHOW CREATE TABLE print them in
+    utf8mb3, a 4-byte character (an emoji) as '?'. The members are read back from a temporary table of the
+    column (ENUM values by index, SET values by bit); without the right to create one, the type as printed."""
+    kind = ctype.split("(", 1)[0].lower()
+    if kind not in ("enum", "set") or "?" not in ctype:
+        return ctype
+    n = len(_MEMBER.findall(ctype[len(kind):]))
+    numbers = [1 << i for i in range(n)] if kind == "set" else list(range(1, n + 1))
+    cur = db.raw.cursor()
+    try:
+        cur.execute("DROP TEMPORARY TABLE IF EXISTS _bf_members")
+        cur.execute(f"CREATE TEMPORARY TABLE _bf_members AS SELECT {db.q(name)} AS m FROM "
+                    f"{table.sql('mysql')} LIMIT 0")
+        cur.executemany("INSERT INTO _bf_members (m) VALUES (%s)", numbers)
+        cur.execute("SELECT m FROM _bf_members ORDER BY m + 0")
+        members = [str(r[0]) for r in cur.fetchall()]
+        cur.execute("DROP TEMPORARY TABLE _bf_members")
+    except pymysql.MySQLError:
+        return ctype
+    finally:
+        cur.close()
+    return f"{kind}(" + ",".join("'" + m.replace("'", "''") + "'" for m in members) + ")"
 
 
 def _reflect_query(db: Db, query: str) -> SourceSchema:

@@ -7,6 +7,7 @@ boundaries). Ranges are cut on the key distribution (``row_number()``), never wi
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -387,22 +388,53 @@ def range_predicate(db: Db, cols: Sequence[ColumnInfo], rng: KeyRange) -> tuple[
 _TEMPORAL = frozenset({"date", "timestamp", "timestamptz"})
 
 
-def watermark_expr(db: Db, col: ColumnInfo) -> str:
-    """How a watermark column is compared: natively, except SQLite dates and times, stored as text in
-    more than one ISO form ('T' or ' ', with or without an offset), which compare by ``julianday()``."""
+def watermark_order(db: Db, col: ColumnInfo) -> list[str]:
+    """The ORDER BY expressions that sort a watermark column: the column, except SQLite dates and times (text in
+    more than one ISO form: 'T' or ' ', with or without an offset), sorted by ``julianday()`` (whole
+    milliseconds) and then by their exact microseconds (:func:`_sqlite_micros`)."""
     if db.dialect == "sqlite" and col.kind in _TEMPORAL:
-        return f"julianday({db.q(col.name)})"
-    return db.q(col.name)
+        return [f"julianday({db.q(col.name)})", _sqlite_micros(db.q(col.name))]
+    return [db.q(col.name)]
+
+
+def _sqlite_micros(q: str) -> str:
+    """SQL for the microseconds since 1970 of an ISO date/time text in SQLite (any offset, 'T' or ' '):
+    ``julianday()`` rounds to the millisecond, so the whole seconds are its, the fraction's first six
+    digits are read from the text."""
+    rest = f"ltrim(substr({q}, 21), '0123456789')"  # the offset after the fraction's digits
+    dot = f"substr({q}, 20, 1) = '.'"
+    whole = f"CASE WHEN {dot} THEN substr({q}, 1, 19) || {rest} ELSE {q} END"
+    frac = f"CASE WHEN {dot} THEN substr({q}, 21, length({q}) - 20 - length({rest})) ELSE '' END"
+    seconds = f"CAST(round((julianday({whole}) - 2440587.5) * 86400) AS INTEGER)"
+    return f"({seconds} * 1000000 + CAST(substr({frac} || '000000', 1, 6) AS INTEGER))"
+
+
+def _epoch_micros(value: Any) -> int:
+    """A date or datetime (naive = UTC, as SQLite reads text without an offset) -> microseconds since 1970."""
+    if isinstance(value, dt.datetime):
+        naive = value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+        return (naive - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
+    return (value - dt.date(1970, 1, 1)).days * 86_400_000_000
 
 
 def _window_predicate(db: Db, w: Window, parts: list[str], params: list[Any]) -> None:
-    expr = watermark_expr(db, w.column)
-    mark = f"julianday({db.ph})" if expr.startswith("julianday(") else db.ph
+    """The slice ``low < column <= high`` (or NULL), exactly on every side: in SQLite ``julianday()`` decides
+    unless both are in one millisecond, then the text's microseconds do (as PostgreSQL and MySQL compare)."""
     inside = []
+    sqlite_time = db.dialect == "sqlite" and w.column.kind in _TEMPORAL
     for bound, op in ((w.low, ">"), (w.high, "<=")):
-        if bound is not None:
-            inside.append(f"{expr} {op} {mark}")
-            params.append(bind_key(db, w.column, bound))
+        if bound is None:
+            continue
+        mark = bind_key(db, w.column, bound)
+        if sqlite_time:  # most rows fail the first test (below the window): one julianday() call each
+            q, ph = db.q(w.column.name), db.ph
+            weak, strict = (">=", ">") if op == ">" else ("<=", "<")
+            inside.append(f"(julianday({q}) {weak} julianday({ph}) AND (julianday({q}) {strict} julianday({ph}) OR "
+                          f"{_sqlite_micros(q)} {op} {ph}))")
+            params.extend([mark, mark, _epoch_micros(coerce(w.column, bound))])
+        else:
+            inside.append(f"{db.q(w.column.name)} {op} {db.ph}")
+            params.append(mark)
     if inside:
         parts.append(f"(({' AND '.join(inside)}) OR {db.q(w.column.name)} IS NULL)")
     if w.live is not None:
@@ -620,5 +652,5 @@ __all__ = [
     "reflect",
     "target_table_exists",
     "walk_points",
-    "watermark_expr",
+    "watermark_order",
 ]

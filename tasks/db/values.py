@@ -301,7 +301,8 @@ def sqlite_bound(col: ColumnInfo, value: Any) -> Any:
 
 def unstorable(dialect: str, cols: Sequence[ColumnInfo], rows: Sequence[tuple[Any, ...]]
                ) -> tuple[int, int, str] | None:
-    """(row, column, why) of the first float the target would store as something else, or None. SQLite has no
+    """(row, column, why) of the first float (or MySQL DECIMAL) the target would store as something else, or
+    None. A NaN or infinite numeric has no MySQL/MariaDB DECIMAL (a numeric kept as text can hold it). SQLite has no
     NaN (it binds one as NULL) and stores -0.0 as 0 unless the column has BLOB affinity (``FLOAT8_BLOB``, what
     batchflows creates); MySQL/MariaDB have no NaN or infinity (refused without naming the row) and store -0.0
     as 0. One C-level sum per float column, which a NaN or an infinity poisons, and a
@@ -310,6 +311,10 @@ def unstorable(dialect: str, cols: Sequence[ColumnInfo], rows: Sequence[tuple[An
         return None
     mysql = dialect == "mysql"
     for i, col in enumerate(cols):
+        if mysql and col.kind == "numeric" and col.precision is not None:  # a DECIMAL (not text: LONGTEXT keeps NaN)
+            if (r := _nonfinite_decimal(list(map(itemgetter(i), rows)))) is not None:
+                return r, i, f"{rows[r][i]} cannot be stored in a MySQL/MariaDB DECIMAL (no NaN or infinities)"
+            continue
         if col.kind not in ("real", "double"):
             continue
         values = list(map(itemgetter(i), rows))
@@ -325,6 +330,18 @@ def unstorable(dialect: str, cols: Sequence[ColumnInfo], rows: Sequence[tuple[An
             if isinstance(v, float) and (bad := _unstorable_float(v, mysql, blob)):
                 return r, i, bad
     return None
+
+
+def _nonfinite_decimal(values: list[Any]) -> int | None:
+    """The row of the first NaN or infinite Decimal, or None: one C-level sum, which such a value poisons
+    (or makes raise: an infinity minus another, a signalling NaN); the values are scanned only then."""
+    try:
+        total = sum(filter(None, values), Decimal(0))
+        if total.is_finite():
+            return None
+    except (ArithmeticError, TypeError):
+        pass
+    return next((r for r, v in enumerate(values) if isinstance(v, Decimal) and not v.is_finite()), None)
 
 
 def _unstorable_float(v: float, mysql: bool, blob: bool) -> str | None:

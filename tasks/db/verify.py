@@ -26,6 +26,7 @@ from tasks.db import arrow_rows, arrow_verify
 from tasks.db.conn import Db, UrlLike, parse_db_url, parse_table_name
 from tasks.db.copier import iter_rows, read_with_times
 from tasks.db.physical import verify_scope
+from tasks.db.refusals import shifted_array_key
 from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
 from tasks.db.session import connect, submit_in_run
 from tasks.db.typemap import ColumnInfo
@@ -282,8 +283,22 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
             da = submit_in_run(pool, _digests, source_url, source, rng, "source")
             db_ = submit_in_run(pool, _digests, target_url, target, rng, "target", as_kinds=source)
             first = _first_difference(da.result(), db_.result())
+        if ok and (shifted := _shifted_arrays(source_url, source, target_url, target, rng)) is not None:
+            ok, first = False, shifted  # equal lists, but only PostgreSQL's side starts that array at another index
     return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                       ok=ok, first_difference=first, method="python" if arrays is None else "arrow")
+
+
+def _shifted_arrays(source_url: UrlLike, source: SourceSchema, target_url: UrlLike, target: SourceSchema,
+                    rng: KeyRange) -> list[Any] | None:
+    """The first key whose PostgreSQL array has a lower bound other than 1, compared with a database without
+    such arrays (SQLite, MySQL/MariaDB hold a JSON list): both read as the same list, yet they differ."""
+    for url, schema, role in ((source_url, source, "source"), (target_url, target, "target")):
+        if parse_db_url(url).dialect == "postgresql" and any(c.kind == "array" for c in schema.columns):
+            with connect(url, role) as db:  # type: ignore[arg-type]
+                key = shifted_array_key(db, schema, rng)
+            return None if key is None else list(key.values())
+    return None
 
 
 def _pg_sides(pool: ThreadPoolExecutor, side: Callable[..., tuple[int, str]], source_url: UrlLike,

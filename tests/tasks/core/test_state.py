@@ -10,6 +10,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.runlock import RunLock
 from tasks.core.settings import EngineSettings
 from tasks.core.state import RunDir, atomic_write, cleanup_state, validate_run_key
+from tasks.core.state import _main as state_cli
 from tests.fixtures.s3 import S3State
 
 
@@ -47,6 +48,19 @@ def test_cleanup_by_age_and_by_run_key(state_dir: Path) -> None:
     assert cleanup_state(older_than_days=30, state_dir=state_dir) == [old.root]
     assert not old.root.exists() and new.root.exists()
     assert cleanup_state(run_key="new", state_dir=state_dir) == [new.root]
+
+
+def test_cleanup_refuses_a_negative_age_which_would_remove_every_run(state_dir: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    today = RunDir.for_run("batch-map", "today", state_dir)
+    _aged(today, 0)
+    for days in (-1, float("nan")):
+        with pytest.raises(ConfigError, match="older_than_days must be 0 or more"):
+            cleanup_state(older_than_days=days, state_dir=state_dir)
+    with pytest.raises(SystemExit):
+        state_cli(["cleanup", "--older-than-days", "-5"])
+    assert "older_than_days must be 0 or more" in capsys.readouterr().err
+    assert today.root.exists()
 
 
 def test_cleanup_defaults_to_the_retention_setting_and_spares_live_runs(

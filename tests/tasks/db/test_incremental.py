@@ -57,13 +57,44 @@ def test_the_window_compares_instants_whatever_the_stored_form(mixed: str, tmp_p
     assert selected(mixed, "2026-01-01T11:30:00+00:00") == [4, 5]  # NULL rows come every time
 
 
+def test_the_window_is_exact_below_a_millisecond(tmp_path: Path) -> None:
+    """julianday() rounds to whole milliseconds; PostgreSQL and MySQL compare microseconds: SQLite's side of a
+    window must select the same rows, or verify compares different slices (and the watermark never moves)."""
+    path = tmp_path / "ms.sqlite3"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, at TIMESTAMPTZ)")
+    rows = [(1, "a", "2026-01-01 00:00:09.999000+00:00"), (2, "b", "2026-01-01 00:00:09.999100+00:00"),
+            (3, "c", "2026-01-01T00:00:09.9997Z"), (4, "d", "2026-01-01 02:00:10.000000+02:00"),
+            (5, "e", "2026-01-01T00:00:10.0004"), (6, "f", "2026-01-01 00:00:10.000500+00:00"),
+            (7, "g", "2026-01-01 00:00:10")]
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    url = f"sqlite:///{path}"
+    schema = reflect(url, "t")
+    col = watermark_column(schema, "at")
+
+    def window(low: str, high: str) -> list[int]:
+        w = Window(column=col, low=low, high=high)
+        with connect(url, "source") as db:
+            where, params = range_predicate(db, schema.key_columns(), KeyRange(index=0, window=w))
+            return [r[0] for r in db.all(f"SELECT id FROM t WHERE {where} ORDER BY id", params)]
+
+    assert window("2026-01-01T00:00:09.999000+00:00", "2026-01-01T00:00:10.000400+00:00") == [2, 3, 4, 5, 7]
+    assert window("2026-01-01T00:00:09.999100+00:00", "2026-01-01T00:00:09.999700+00:00") == [3]
+    assert window("2026-01-01T00:00:10+00:00", "2026-01-01T00:00:10.000499+00:00") == [5]
+    high = plan_window(url, f"sqlite:///{tmp_path / 'tgt.sqlite3'}", parse_table_name("t"), schema, col, "s",
+                       lookback=0, reset=False).high
+    assert dt.datetime.fromisoformat(high) == dt.datetime(2026, 1, 1, 0, 0, 10, 500, tzinfo=dt.UTC)
+
+
 def test_lookback_and_lag() -> None:
     ts = watermark_column(reflect_stub(), "at")
-    assert shifted(ts, "2026-01-01T00:00:10+00:00", 10, sqlite=False) == "2026-01-01T00:00:00+00:00"
-    assert shifted(ts, "2026-01-01T00:00:10+00:00", 0, sqlite=True) == "2026-01-01T00:00:09.999000+00:00"
-    assert shifted(ts, None, 10, sqlite=False) is None
+    assert shifted(ts, "2026-01-01T00:00:10+00:00", 10) == "2026-01-01T00:00:00+00:00"
+    assert shifted(ts, "2026-01-01T00:00:10+00:00", 0) == "2026-01-01T00:00:10+00:00"  # exact everywhere
+    assert shifted(ts, None, 10) is None
     n = watermark_column(reflect_stub(), "id")
-    assert shifted(n, 100, 5, sqlite=False) == 95 and lag_seconds(100) is None  # the summary's lag: times only
+    assert shifted(n, 100, 5) == 95 and lag_seconds(100) is None  # the summary's lag: times only
     assert lag_seconds("2000-01-01T00:00:00+00:00") > 0
 
 

@@ -280,6 +280,20 @@ def test_a_decimal_int_key_stores_integers_and_refuses_what_sqlite_would_round(t
     assert sqlite_encoder(text)(Decimal(2**64 - 1)) == str(2**64 - 1)  # a value column keeps its digits as text
 
 
+def test_unstorable_finds_a_nan_or_infinite_decimal_for_a_mysql_decimal_only() -> None:
+    cols = [ColumnInfo(name="id", kind="integer"), ColumnInfo(name="p", kind="numeric", precision=10, scale=2),
+            ColumnInfo(name="free", kind="numeric")]  # unconstrained: LONGTEXT in MySQL, which keeps 'NaN'
+    rows = [(1, Decimal("1.50"), Decimal("NaN")), (2, None, Decimal("Infinity")), (3, Decimal(0), Decimal(2))]
+    assert unstorable("mysql", cols, rows) is None
+    bad = [*rows, (4, Decimal("-Infinity"), None), (5, Decimal("NaN"), None)]
+    assert unstorable("mysql", cols, bad) == (3, 1, "-Infinity cannot be stored in a MySQL/MariaDB DECIMAL (no NaN "
+                                                    "or infinities)")
+    both = [(1, Decimal("Infinity"), None), (2, Decimal("-Infinity"), None)]  # their sum raises: scanned
+    assert unstorable("mysql", cols, both)[:2] == (0, 1)  # type: ignore[index]
+    assert unstorable("mysql", cols, [(1, Decimal("sNaN"), None)])[:2] == (0, 1)  # type: ignore[index]
+    assert unstorable("sqlite", cols, bad) is None and unstorable("postgresql", cols, bad) is None
+
+
 def test_unstorable_finds_a_nan_for_sqlite_and_a_nan_infinity_or_minus_zero_for_mysql(tmp_path: Path) -> None:
     cols = [ColumnInfo(name="id", kind="integer"), ColumnInfo(name="d", kind="double"),
             ColumnInfo(name="r", kind="real")]
