@@ -71,7 +71,11 @@ def _read_info(fd: int) -> dict[str, Any]:
 
 
 def _read_holder(fd: int) -> Holder | None:
-    data = _read_info(fd)
+    return _holder(_read_info(fd))
+
+
+def _holder(data: dict[str, Any]) -> Holder | None:
+    """The holder's fields of a lock file's contents (None when they are not all there)."""
     try:
         return Holder(**{k: data[k] for k in _HOLDER_FIELDS if k in data}) if data else None
     except TypeError:
@@ -96,9 +100,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder, info = _read_holder(fd), _read_info(fd)
+            info = _read_info(fd)
             os.close(fd)
-            raise self._refusal(holder, info) from None
+            raise self._refusal(_holder(info), info) from None
         previous = _read_holder(fd)
         if previous is not None and not previous.released:
             self.previous = previous
