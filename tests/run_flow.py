@@ -12,8 +12,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,11 +40,40 @@ def main() -> int:
 
 
 def start_flow(target: str, params: dict, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``python -m tests.run_flow <target> <params>`` from the repo root (stdout+stderr piped)."""
+    """Start ``python -m tests.run_flow <target> <params>`` from the repo root (stdout+stderr piped).
+
+    In its own process group, with faulthandler on: :func:`finish` can dump the Python stacks of the run
+    and of every process it started (pool and Dask workers) when it hangs.
+    """
     return subprocess.Popen(
         [sys.executable, "-m", "tests.run_flow", target, json.dumps(params)],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300, what: str = "the flow run") -> str:
+    """The output of a :func:`start_flow` subprocess once it ended (assert on its return code in the test).
+
+    Past ``timeout`` the test fails with the tail of the output, which then ends with the Python stacks of
+    every process of the run (SIGABRT to its process group: faulthandler prints them), and the group is killed.
+    """
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGABRT, signal.SIGKILL):
+            try:
+                if os.getpgid(proc.pid) == proc.pid:  # its own group (start_flow): workers included
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{what} did not finish in {timeout:.0f} s; its output, then its processes' "
+                             f"stacks:\n{out[-30000:]}") from None
+    return out
 
 
 def summary_in(output: str, model: type[M]) -> M:

@@ -3,24 +3,33 @@
 With ``strict=False`` a missing limit silently limits nothing, so batchflows creates the limit (with
 the given number of slots) before the first chunk asks for one, and uses an existing limit as it is.
 
-:func:`held_slot` is Prefect's ``concurrency()`` (the same acquisition and lease renewal) with the slot
-given back through the synchronous client: Prefect 3.8 releases it with ``run_coro_as_sync`` on its
-event-loop thread, which hung a chunk on a Dask worker (seen once in CI, the chunk's future then stayed
-PENDING); a release that fails is logged, and the server frees the slot when its lease runs out.
+:func:`held_slot` does what Prefect's ``concurrency()`` does (a slot leased for ``lease_s``, renewed from a
+thread, given back at the end) with the synchronous client only: Prefect 3.8 acquires and releases through
+``run_coro_as_sync`` on its own event-loop threads, and a chunk on a Dask worker hung there (twice in CI,
+the run then waited past its 300 s test timeout). A release that fails is logged, and the server frees the
+slot when its lease runs out.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectNotFound
 
 from tasks.core.errors import ConfigError
+from tasks.core.progress import PrefectApiUnreachable
+
+MAX_POLL_S = 2.0  # longest wait between two asks for a slot (the server suggests up to 30 s)
+MAX_API_FAILURES = 10
 
 log = logging.getLogger("batchflows.concurrency")
 
@@ -53,18 +62,91 @@ def ensure_concurrency_limit(name: str, slots: int, *, slot_decay_per_second: fl
 
 @contextmanager
 def held_slot(name: str, *, lease_s: float) -> Iterator[None]:
-    """Hold one slot of the global concurrency limit ``name`` (which must exist) for the block."""
-    from prefect.concurrency._asyncio import _discard_cleanup_lease
-    from prefect.concurrency._leases import maintain_concurrency_lease
-    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+    """Hold one slot of the global concurrency limit ``name`` for the block.
 
-    granted = acquire_concurrency_slots_with_lease([name], 1, strict=True, lease_duration=lease_s)
+    The slot is leased for ``lease_s`` seconds and renewed from a thread while the block runs, so a process
+    that dies gives it back when the lease runs out. A missing or inactive limit limits nothing (logged).
+    """
+    lease_id = acquire_slot(name, lease_s=lease_s)
+    if lease_id is None:
+        yield
+        return
+    stop = threading.Event()
+    renewer = threading.Thread(target=_keep_lease, args=(lease_id, name, lease_s, stop), daemon=True,
+                               name=f"batchflows-lease-{name}")
+    renewer.start()
     try:
-        with maintain_concurrency_lease(granted.lease_id, lease_s, raise_on_lease_renewal_failure=True):
-            yield
+        yield
     finally:
-        if release_slot(granted.lease_id, name=name, lease_s=lease_s):
-            _discard_cleanup_lease(granted.lease_id)
+        stop.set()
+        renewer.join(timeout=5)
+        release_slot(lease_id, name=name, lease_s=lease_s)
+
+
+def acquire_slot(name: str, *, lease_s: float) -> UUID | None:
+    """Wait for a slot of ``name`` and lease it; its lease id, or None when no active limit has that name.
+
+    Polls the server (423 Locked: again after its Retry-After, at most :data:`MAX_POLL_S`); an unreachable
+    API is retried the same way, logged each time.
+    """
+    failures = 0
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=lease_s
+                )
+            except httpx.HTTPStatusError as exc:
+                status = exc.response.status_code
+                if status == 423:  # every slot taken
+                    wait = _retry_after(exc.response)
+                elif status < 500:
+                    msg = (f"global concurrency limit {name!r}: the Prefect API refused a slot "
+                           f"({status}: {exc.response.text[:200]})")
+                    raise ConfigError(msg) from None
+                else:
+                    failures = _unreachable(name, failures + 1, f"HTTP {status}")
+                    wait = MAX_POLL_S
+            except httpx.TransportError as exc:
+                failures = _unreachable(name, failures + 1, type(exc).__name__)
+                wait = MAX_POLL_S
+            else:
+                body = response.json()
+                if not body.get("limits"):
+                    log.warning("global concurrency limit %r does not exist or is inactive: it limits nothing", name)
+                    return None
+                return UUID(body["lease_id"])
+            time.sleep(wait * random.uniform(0.8, 1.0))  # jitter: waiters do not ask in step
+
+
+def _unreachable(name: str, failures: int, what: str) -> int:
+    if failures > MAX_API_FAILURES:
+        msg = (f"global concurrency limit {name!r}: no answer from the Prefect API to {MAX_API_FAILURES} asks for a "
+               f"slot ({what}); check PREFECT_API_URL and the server, then rerun with the same run_key")
+        raise PrefectApiUnreachable(msg)
+    log.warning("could not ask for a slot of the global concurrency limit %r (%s); trying again", name, what)
+    return failures
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", MAX_POLL_S)), 0.05), MAX_POLL_S)
+    except ValueError:
+        return MAX_POLL_S
+
+
+def _keep_lease(lease_id: UUID, name: str, lease_s: float, stop: threading.Event) -> None:
+    """Renew the lease every quarter of it until ``stop``; a failed renewal is tried again every few seconds."""
+    every = lease_s / 4
+    with get_client(sync_client=True) as client:
+        while not stop.wait(every):
+            try:
+                client.renew_concurrency_lease(lease_id=lease_id, lease_duration=lease_s)
+                every = lease_s / 4
+            except Exception as exc:  # the next attempt comes sooner; the lease still has most of its time
+                log.warning("could not renew the lease on a slot of the global concurrency limit %r (%s); if it "
+                            "runs out the limit can be exceeded until this chunk ends", name, type(exc).__name__)
+                every = min(lease_s / 4, MAX_POLL_S)
 
 
 def release_slot(lease_id: UUID, *, name: str, lease_s: float) -> bool:
@@ -79,4 +161,4 @@ def release_slot(lease_id: UUID, *, name: str, lease_s: float) -> bool:
     return True
 
 
-__all__ = ["ensure_concurrency_limit", "held_slot", "release_slot"]
+__all__ = ["acquire_slot", "ensure_concurrency_limit", "held_slot", "release_slot"]

@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 
 from tasks.core.errors import ItemError, SkipItem
+from tests.run_flow import finish
 
 # The staged batch_map runs of test_disk and test_server_restart (handler tests.handlers:staged_record):
 # items, chunk size, chunks in flight, the items that fail and skip, and "no stage limit".
@@ -181,17 +182,6 @@ def wait_until(predicate: Any, proc: subprocess.Popen[str], *, what: str, timeou
 def kill(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
-    """Wait for a rerun; its output (assert on the return code in the test)."""
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"the rerun did not finish in {timeout}s:\n{out[-4000:]}") from None
-    return out
 
 
 __all__ = [

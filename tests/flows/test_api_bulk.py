@@ -23,7 +23,7 @@ from flows.api_bulk import api_bulk
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import NUMBERS_BODY, ApiServer
-from tests.run_flow import start_flow, summary_in
+from tests.run_flow import finish, start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-BULK-SECRET-7f3a9c"
@@ -240,7 +240,7 @@ def test_two_processes_share_a_named_rate_limit(api_server: ApiServer):
         for p in range(2)
     ]
     for proc in runs:
-        out, _ = proc.communicate(timeout=120)
+        out = finish(proc, timeout=120)
         assert proc.returncode == 0, out
         assert summary_in(out, RunSummary).succeeded == per_run
     per_second = Counter(int(r.time) for r in api_server.requests)

@@ -17,7 +17,7 @@ from flows.api_extract import api_extract
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer, decimal_record
-from tests.run_flow import start_flow, summary_in
+from tests.run_flow import finish, start_flow, summary_in
 from tests.tasks.api.test_paginators import scripted_api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +153,7 @@ def test_sigkill_mid_extraction_then_rerun_has_no_duplicates_and_no_gaps(api_ser
     fetched_before = len(api_server.requests)
 
     rerun = start_flow("flows.api_extract:api_extract", params)
-    output, _ = rerun.communicate(timeout=120)
+    output = finish(rerun, timeout=120)
     assert rerun.returncode == 0, output
     summary = summary_in(output, RunSummary)
     assert ids_in(out) == ALL_IDS  # no duplicate, no gap

@@ -23,14 +23,14 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from flows.batch_map import batch_map
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary
-from tests.run_flow import ROOT, start_flow, summary_in
+from tests.run_flow import ROOT, finish, start_flow, summary_in
 
 pytestmark = pytest.mark.slow
 
 
 def run(params: dict, env: dict[str, str]) -> RunSummary:
     proc = start_flow("batch-map", params, env)
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     return summary_in(out, RunSummary)
 

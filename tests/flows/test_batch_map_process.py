@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from tasks.core.outcomes import RunSummary
-from tests.run_flow import start_flow, summary_in
+from tests.run_flow import finish, start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_sigkill_then_rerun_resumes_exactly_where_it_stopped(tmp_path: Path) -> 
     assert len(before) < n, "the run finished before it was killed; the test proves nothing"
 
     rerun = start(params, {**env, "BF_SLEEP": "0"})
-    out, _ = rerun.communicate(timeout=300)
+    out = finish(rerun, timeout=300)
     assert rerun.returncode == 0, out
     summary = summary_of(out)
     assert (summary.total, summary.succeeded, summary.failed, summary.skipped) == (n, n, 0, 0)
@@ -105,7 +105,7 @@ def test_two_runs_share_an_existing_global_concurrency_limit(tmp_path: Path) -> 
               "max_concurrency": 3, "concurrency_limit": name}
     runs = [start({**params, "run_key": f"shared-{i}"}, env) for i in range(2)]
     for proc in runs:
-        out, _ = proc.communicate(timeout=300)
+        out = finish(proc, timeout=300)
         assert proc.returncode == 0, out
         assert summary_of(out).succeeded == 60
     observed = [int(x) for x in (probe / "observed.log").read_text().split()]
@@ -125,14 +125,14 @@ def test_ctrl_c_drains_the_chunks_in_flight_and_the_rerun_does_nothing_twice(tmp
     proc = start(params, env)
     wait_for_lines(log, n // 2, proc)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out = finish(proc, timeout=120)
     assert proc.returncode != 0
     # 2 in flight, or 1 when the signal lands between a chunk's end and the next submit
     assert re.search(r"run interrupted: draining [12] chunk\(s\) in flight", out), out[-3000:]
     done_at_interrupt = len(log.read_text().split())
     assert done_at_interrupt % 20 == 0, "a chunk was cut in the middle"  # in-flight chunks finished whole
     rerun = start(params, {**env, "BF_SLEEP": "0"})
-    out, _ = rerun.communicate(timeout=300)
+    out = finish(rerun, timeout=300)
     assert rerun.returncode == 0, out
     summary = summary_of(out)
     assert summary.succeeded == n and summary.chunks_resumed == done_at_interrupt // 20
@@ -145,12 +145,12 @@ def test_dask_task_runner_counts_and_resumes_like_threads() -> None:
     params = {"source": list(range(200)), "handler": "tests.handlers:mixed", "chunk_size": 50, "max_concurrency": 2,
               "task_runner": "dask", "retries": 0, "min_success_ratio": 0.5, "run_key": "on-dask"}
     first = start(params, {})
-    out, _ = first.communicate(timeout=300)
+    out = finish(first, timeout=300)
     assert first.returncode == 0, out
     s = summary_of(out)
     assert (s.total, s.succeeded, s.failed, s.skipped, s.chunks_total) == (200, 140, 40, 20, 4)
     again = start(params, {})
-    out, _ = again.communicate(timeout=300)
+    out = finish(again, timeout=300)
     assert summary_of(out).chunks_resumed == 4
 
 
@@ -163,7 +163,7 @@ def test_an_unnamed_rate_limit_holds_across_worker_processes(tmp_path: Path) -> 
     params = {"source": list(range(60)), "handler": "tests.handlers:timed", "chunk_size": 5, "max_concurrency": 2,
               "task_runner": "processes", "rate_limit_per_second": 10, "run_key": "rate-processes"}
     proc = start(params, {"BF_TIMES": str(times)})
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc, timeout=300)
     assert proc.returncode == 0, out[-3000:]
     most, processes = busiest_second(times)
     assert processes == 2  # two workers shared the budget (each alone would allow 10/s: 20/s together)

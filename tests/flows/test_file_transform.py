@@ -19,7 +19,7 @@ from tasks.core.errors import ConfigError, SourceError
 from tasks.core.outcomes import RunSummary
 from tasks.files.parse import raw_bytes
 from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
-from tests.run_flow import start_flow, summary_in
+from tests.run_flow import finish, start_flow, summary_in
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"id": "int64", "label": "str", "amount": "float64", "day": "date"}
@@ -238,7 +238,7 @@ def test_sigkill_then_rerun_has_no_duplicate_and_no_missing_rows(tmp_path: Path)
     assert done_before < n_chunks, "the run finished before it was killed; the test proves nothing"
 
     rerun = _start(params, {"BF_CHUNK_SLEEP": "0"})
-    output, _ = rerun.communicate(timeout=300)
+    output = finish(rerun, timeout=300)
     assert rerun.returncode == 0, output
     s = _summary_of(output)
     assert s.chunks_total == n_chunks and s.chunks_resumed >= done_before - 2

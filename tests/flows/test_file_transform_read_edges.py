@@ -16,7 +16,7 @@ from flows.file_transform import file_transform
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary
 from tasks.files.read import SEGMENT_BYTES
-from tests.run_flow import start_flow, summary_in
+from tests.run_flow import finish, start_flow, summary_in
 
 
 def counts_add_up(s: RunSummary) -> None:
@@ -126,7 +126,7 @@ def test_a_split_file_deleted_during_the_run_fails_only_its_chunk(tmp_path: Path
     env = {"BATCHFLOWS_FAILPOINTS": "tests.flows.test_file_transform_read_edges:delete_after_first_output",
            "BF_DELETE": str(src / "f2.csv")}
     proc = start_flow("flows.file_transform:file_transform", params, env)
-    output, _ = proc.communicate(timeout=300)
+    output = finish(proc, timeout=300)
     assert proc.returncode == 1, output
     s = summary_in(output, RunSummary)
     assert s.chunks_failed == 1 and (s.total, s.succeeded, s.failed) == (151, 150, 1)
