@@ -14,7 +14,8 @@ the check holds across parts and resumes).
 A cursor or next link that repeats one of the last ``RECENT_REQUESTS`` pages' requests (the same
 cursor returned twice in a row, a next link to the page itself, a short cycle) would loop forever:
 the page before it is written, then the walk is refused with an ItemError (``state["sent"]`` keeps
-short hashes of those requests, so the check also holds across parts and resumes).
+short hashes of those requests, so the check also holds across parts and resumes). A longer cycle is
+refused the same way at its first repeated request: the walk remembers every request it sent (in memory).
 
 Stops: offset/page styles stop on an empty page (not yielded): a page shorter than ``page_size`` is
 *not* trusted as the end because many APIs cap sizes silently. Cursor and link styles stop only when
@@ -44,6 +45,7 @@ from tasks.core.exactjson import JsonNumber
 PaginatorKind = Literal["offset", "page", "cursor", "link_header"]
 State = dict[str, Any]
 RECENT_REQUESTS = 64  # requests remembered to spot a cursor/link loop (short hashes in the checkpoint)
+MAX_WALKED = 1_000_000  # requests one walk remembers in memory to spot a longer cycle (~100 MB at most)
 
 
 class Page(NamedTuple):
@@ -326,11 +328,14 @@ async def iter_pages(
         msg = f"checkpoint is for paginator {state.get('kind')!r}, not {paginator.kind!r}; delete it or use the same paginator"
         raise ConfigError(msg)
     policy = retry or RetryPolicy(retries=0)
+    walked: dict[str, int] = {}  # every request of this walk (in this process): a cycle longer than the checkpoint's
     while not state.get("done") and (max_pages is None or int(state.get("pages", 0)) < max_pages):
         spec = paginator.request(url, state, params)
         number = int(state.get("pages", 0)) + 1
         sent = request_fingerprint(spec)
-        _refuse_a_loop(state, sent, number, paginator.kind)
+        _refuse_a_loop(state, sent, number, paginator.kind, walked.get(sent))
+        if not paginator.ends_on_empty and len(walked) < MAX_WALKED:
+            walked[sent] = number
         wire = with_query(spec, secret_params)
         record, _ = await policy.acall(lambda wire=wire: send(client, wire, expect="json"))
         records = extract_records(record.body, records_path, page=number, url=record.url)
@@ -374,13 +379,17 @@ def without_query(url: str, names: Mapping[str, Any]) -> str:
     return base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment
 
 
-def _refuse_a_loop(state: State, sent: str, number: int, kind: str) -> None:
-    """ItemError when page ``number``'s request repeats one of the last pages' (a cursor or next link that
-    leads back: following it would fetch the same pages forever)."""
+def _refuse_a_loop(state: State, sent: str, number: int, kind: str, walked_at: int | None = None) -> None:
+    """ItemError when page ``number``'s request repeats an earlier page's: one of the last pages' (in the
+    checkpoint) or ``walked_at`` (any page of this walk so far): a cursor or next link that leads back, so
+    following it would fetch the same pages forever."""
     recent = state.get("sent") or []
-    if sent not in recent:
+    if sent in recent:
+        earlier = number - len(recent) + recent.index(sent)
+    elif walked_at is not None:
+        earlier = walked_at
+    else:
         return
-    earlier = number - len(recent) + recent.index(sent)
     what, check = {"cursor": ("next cursor", "cursor_path (it must point at the next page's cursor, e.g. "
                                              "'meta.next_cursor', not the current one) or ")}.get(kind, ("next link", ""))
     msg = (

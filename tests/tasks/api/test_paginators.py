@@ -233,6 +233,8 @@ def test_a_link_walk_goes_on_past_an_empty_page_with_a_next_link():
     (_cursor_api(set(), loop_at=2, back_to=2), 3, r"page 4 would repeat the request of page 3.*cursor_path"),
     (_cursor_api({2}, loop_at=2, back_to=2), 3, "page 4 would repeat the request of page 3"),  # empty, same cursor
     (_cursor_api({1, 2, 3}, loop_at=3, back_to=1), 4, "page 5 would repeat the request of page 2"),  # empty cycle
+    # a cycle longer than the 64 requests a checkpoint remembers: it looped until max_pages (none: forever)
+    (_cursor_api(set(), last=200, loop_at=150, back_to=10), 151, "page 152 would repeat the request of page 11"),
 ])
 def test_a_cursor_that_leads_back_is_refused_after_writing_the_page_before(route: Route, written: int, message: str):
     pages: list[Page] = []
