@@ -31,8 +31,14 @@ CREDENTIAL_PARAMS = frozenset({
 _QUERY = re.compile(
     r"(?i)([?&;](?:" + "|".join(sorted(map(re.escape, CREDENTIAL_PARAMS), key=len, reverse=True)) + r")=)[^&#\s\"']+"
 )
-_HEADER = re.compile(r"(?i)(\b(?:authorization|x-api-key|api-key|cookie|proxy-authorization)\b\W{1,4}"
-                     r"(?:(?:bearer|basic|token|digest|negotiate)\s+)?)[^\s\"',}]+")
+_HEADER_NAME = r"\b(?:proxy-authorization|authorization|x-api-key|api-key|cookie)\b"
+_AUTH_SCHEME = r"(?:(?:bearer|basic|token|digest|negotiate)\s+)?"
+# a header as headers are written (``Authorization: Bearer x``, ``authorization=Basic x``, ``{'Authorization': 'x'}``):
+# its value is masked whatever it looks like
+_HEADER = re.compile(rf"(?i)({_HEADER_NAME}[\"']?\s*[:=]\s*[\"']?{_AUTH_SCHEME})[^\s\"',}}]+")
+# the name in prose, no ':' or '=': only a value that looks like a credential (:func:`_opaque`) is masked;
+# "authorization failed for user bob" and "the authorization token expired" are words
+_HEADER_IN_PROSE = re.compile(rf"(?i)({_HEADER_NAME}\s+{_AUTH_SCHEME})(?P<value>[^\s\"',}}]+)")
 _SENSITIVE_KEYS = frozenset(
     {"authorization", "x-api-key", "api-key", "api_key", "apikey", "password", "passwd", "token", "access_token",
      "refresh_token", "client_secret", "secret", "cookie", "proxy-authorization"}
@@ -78,6 +84,7 @@ def redact_text(text: str) -> str:
     out = _SCHEME.sub(_masked_scheme, out)
     out = _TOKEN_ASSIGNMENT.sub(lambda m: m.group(1) + MASK, out)
     out = _HEADER.sub(lambda m: m.group(1) + MASK, out)
+    out = _HEADER_IN_PROSE.sub(lambda m: m.group(1) + MASK if _opaque(m["value"]) else m.group(0), out)
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 _PATTERN = re.compile(
     r"""
@@ -107,7 +111,8 @@ def parse_url(text: str) -> DbUrl:
 
 def has_password(url: str) -> bool:
     """``user:password@`` or a ``?password=`` option in a URL (one that does not parse: any credential in it).
-    The password is registered for redaction, so a message that quotes the URL masks it."""
+    The password is registered for redaction, so a message that quotes the URL masks it; a short one (too short
+    to mask alone) as ``:password@``, which the URL pattern of redaction cannot see when it holds a '/' or a space."""
     from tasks.core import redact_text, register_secret
 
     try:
@@ -115,16 +120,77 @@ def has_password(url: str) -> bool:
     except (ValueError, TypeError):
         return redact_text(url) != url
     register_secret(parsed.password)
+    if parsed.password and len(parsed.password) < 4:
+        register_secret(f":{_PATTERN.match(url)['password']}@")  # type: ignore[index]
     return bool(parsed.password) or any(name.lower() == "password" for name, _ in parsed.query)
 
 
 def refuse_plain_password(value: object, name: str, ways_out: str) -> object:
     """A URL given as plain text (a deployment's or the CLI's JSON parameters, a flow object called directly)
     must hold no password: Prefect stores flow parameters and shows them in its UI. A Python entry passes URLs
-    as SecretStr, which Prefect stores masked; ``"secret:<block>"`` names a Secret block."""
+    as SecretStr, which Prefect stores masked; ``"secret:<block>"`` names a Secret block.
+
+    Prefect stored the run's parameters before this check ran: inside a flow run they are overwritten with the
+    password masked (:func:`scrub_run_parameters`) before the refusal is raised."""
     if isinstance(value, str) and not value.startswith("secret:") and has_password(value):
+        scrub_run_parameters(value, name)
         msg = ("the URL holds a database password, and flow parameters are stored by Prefect and shown in its UI: "
                f"save the URL in a Prefect Secret block and {ways_out}")
         raise ValueError(msg)
     return value
 
+
+def mask_password(url: str) -> str:
+    """``url`` as written, its password shown as ``***`` (``user:***@``, ``?password=***``): the user still sees
+    which URL it was, unlike :meth:`DbUrl.render`, which normalizes it."""
+    from tasks.core import redact_text
+
+    m = _PATTERN.match(url)
+    if m is not None and m["password"] is not None:
+        url = url[:m.start("password")] + "***" + url[m.end("password"):]
+    return redact_text(url)
+
+
+def scrub_run_parameters(url: str, name: str, *, client: SyncPrefectClient | None = None) -> None:
+    """Replace ``url`` with :func:`mask_password` of it in the stored parameters of the current flow run (none
+    outside a flow run), through ``client`` (default: the run's own). Prefect's update replaces the whole
+    parameters dict, so the stored one is read and written back with only the URL changed. A failure is logged
+    as a warning (never the secret) and does not stop the caller: the refusal matters more."""
+    from prefect.context import FlowRunContext
+
+    flow_run = getattr(FlowRunContext.get(), "flow_run", None)
+    if flow_run is None:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        with client or get_client(sync_client=True) as api:
+            stored = api.read_flow_run(flow_run.id).parameters
+            scrubbed = _replaced(stored, url, mask_password(url))
+            if scrubbed != stored:
+                api.update_flow_run(flow_run.id, parameters=scrubbed)
+    except Exception as exc:
+        _warn_not_scrubbed(flow_run.id, name, url, exc)
+
+
+def _replaced(value: Any, old: str, new: str) -> Any:
+    """A JSON-like value with ``old`` replaced by ``new`` in every string."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _replaced(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, old, new) for v in value]
+    return value
+
+
+def _warn_not_scrubbed(flow_run_id: object, name: str, url: str, exc: Exception) -> None:
+    from prefect.logging import get_run_logger
+
+    from tasks.core import redact_text
+
+    reason = redact_text(f"{type(exc).__name__}: {exc}").replace(url, mask_password(url))
+    get_run_logger().warning(
+        "the stored parameter %r of flow run %s still holds the database password: masking it failed (%s); "
+        "delete the flow run (prefect flow-run delete %s) or change the password", name, flow_run_id,
+        reason[:500], flow_run_id)

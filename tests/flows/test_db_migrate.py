@@ -19,11 +19,12 @@ from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import LogSort
 
-from flows.db_migrate import MigrationSummary, db_migrate, db_verify
+from flows.db_migrate import MigrationSummary, db_migrate, db_migrate_flow, db_verify
 from tasks.core.state import RunDir
 from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.fixtures.postgres import PG_PASSWORD
 from tests.run_flow import start_flow, summary_in
+from tests.tasks.db.test_dburl import stored_for_run
 from tests.tasks.db.test_migration import db_exec, key_values, pg_exec, sqlite_exec
 from tests.tasks.db.test_mysql import my_exec
 
@@ -214,6 +215,24 @@ def test_password_never_leaks_and_secret_blocks(pg_cluster: Any, pg_items: str, 
                                                               sort=LogSort.TIMESTAMP_DESC)]
     leaks = [t[:200] for t in texts if PG_PASSWORD in t]
     assert not leaks, leaks
+
+
+def test_a_refused_password_url_is_masked_in_what_prefect_stored_for_the_run() -> None:
+    """Prefect stores a run's parameters before the run refuses a plain URL holding a password: the refusal
+    overwrites them with the password masked (the rest of the URL kept, so the user sees which one it was), and
+    the password shows nowhere else Prefect keeps for the run (name, state messages, logs)."""
+    source, target = "postgresql://bob:Src-pw-1Zk@127.0.0.1:1/shop?sslmode=disable", "mysql+pymysql://amy:Tgt-pw-2Wq@h/wh"
+    state = db_migrate_flow(source_url=source, target_url=target, table="items", chunk_rows=7, return_state=True)
+    assert state.is_failed()
+    assert "source_url: the URL holds a database password" in (state.message or "")
+    assert "target_url: the URL holds a database password" in (state.message or "")
+    stored = stored_for_run(state.state_details.flow_run_id)
+    assert stored["parameters"]["source_url"] == "postgresql://bob:***@127.0.0.1:1/shop?sslmode=disable"
+    assert stored["parameters"]["target_url"] == "mysql+pymysql://amy:***@h/wh"
+    assert (stored["parameters"]["table"], stored["parameters"]["chunk_rows"]) == ("items", 7)  # the rest as given
+    assert any("Finished in state Failed" in log for log in stored["logs"])
+    dumped = json.dumps(stored)
+    assert "Src-pw-1Zk" not in dumped and "Tgt-pw-2Wq" not in dumped, dumped
 
 
 def test_json_jsonb_cannot_hold_verifies_after_an_exact_copy(pg_url: str, pg_target: str) -> None:

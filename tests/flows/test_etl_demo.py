@@ -14,6 +14,7 @@ from flows.etl_demo import EtlDemoParams, etl_demo, etl_demo_flow
 from tasks.core.errors import ConfigError
 from tasks.db.load_parts import count_rows
 from tests.fixtures.mariadb import MY_PASSWORD
+from tests.tasks.db.test_dburl import stored_for_run
 
 
 @pytest.fixture
@@ -64,6 +65,19 @@ def test_a_password_url_is_refused_as_a_flow_parameter_and_kept_masked_from_pyth
     summary = etl_demo(api_url=demo_api.url, work_dir=str(tmp_path / "w2"), database_url=mysql_url, page_size=500)
     assert summary.ok and count_rows(mysql_url, "orders") == summary.succeeded
     with get_client(sync_client=True) as client:
-        stored = [json.dumps(r.parameters, default=str) for r in client.read_flow_runs(limit=50)
-                  if r.id != state.state_details.flow_run_id]  # the refused call's own (Prefect stored them first)
+        stored = [json.dumps(r.parameters, default=str) for r in client.read_flow_runs(limit=50)]  # refused one too
     assert not [p for p in stored if MY_PASSWORD in p]
+
+
+def test_a_refused_password_url_is_masked_in_what_prefect_stored_for_the_run(tmp_path: Path) -> None:
+    """The refused run's stored parameters (UI, ``prefect flow-run inspect``) show the URL with its password
+    masked, and the password is in none of its state messages or logs."""
+    url = "mysql+pymysql://etl:Etl-pw-3Hv@127.0.0.1:1/wh?charset=utf8mb4"
+    state = etl_demo_flow(api_url="http://127.0.0.1:1", work_dir=str(tmp_path / "w"), database_url=url,
+                          return_state=True)
+    assert state.is_failed() and "database_url: the URL holds a database password" in (state.message or "")
+    stored = stored_for_run(state.state_details.flow_run_id)
+    assert stored["parameters"]["database_url"] == "mysql+pymysql://etl:***@127.0.0.1:1/wh?charset=utf8mb4"
+    assert stored["parameters"]["work_dir"] == str(tmp_path / "w")
+    assert any("Finished in state Failed" in log for log in stored["logs"])
+    assert "Etl-pw-3Hv" not in json.dumps(stored)

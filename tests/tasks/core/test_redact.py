@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from pydantic import SecretStr
 
 from tasks.core.redact import MASK, credentials_in, redact, redact_text, register_secret
@@ -48,3 +49,39 @@ def test_words_about_data_are_not_masked_credentials_are() -> None:
     assert redact_text("Basic Zm9vOmJhcg== refused") == "Basic *** refused"
     assert redact_text('token=abc123 access_token: "xyz" {"refresh_token": "qq7"}') == (
         'token=*** access_token: "***" {"refresh_token": "***"}')
+
+
+HEADER_CREDENTIALS = {  # as headers are written: the value is masked whatever it looks like
+    "Authorization: Bearer abc.def": "Authorization: Bearer ***",
+    "Authorization: Bearer abcdefghijk": "Authorization: Bearer ***",
+    "authorization=Basic dXNlcjpwdw==": "authorization=Basic ***",
+    "Authorization: Basic abcdefgh": "Authorization: Basic ***",
+    "Authorization:Bearer abc": "Authorization:Bearer ***",
+    "Authorization = token xyz": "Authorization = token ***",
+    "Proxy-Authorization: Basic abc": "Proxy-Authorization: Basic ***",
+    "headers {'Authorization': 'token xyz'}": "headers {'Authorization': 'token ***'}",
+    '{"Authorization": "Bearer abcdefgh", "Accept": "json"}': '{"Authorization": "Bearer ***", "Accept": "json"}',
+    "{'authorization': 'xyz', 'accept': 'json'}": "{'authorization': '***', 'accept': 'json'}",
+    "X-Api-Key: k3y": "X-Api-Key: ***",
+    "Cookie: sid=abc": "Cookie: ***",
+    "the authorization ghp_16C7e42F292c6912 was refused": "the authorization *** was refused",  # no ':', opaque
+    "authorization Basic dXNlcjpwdw== refused": "authorization Basic *** refused",
+}
+
+
+@pytest.mark.parametrize(("text", "masked"), HEADER_CREDENTIALS.items(), ids=list(HEADER_CREDENTIALS))
+def test_credential_headers_are_masked_in_every_written_form(text: str, masked: str) -> None:
+    assert redact_text(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "authorization failed for user bob", "Authorization failed", "authorization required",
+    "Authorization header missing", "the authorization token expired", "the ['Authorization'] header carries it",
+    "proxy-authorization required", "cookie consent banner", "check the api-key setting",
+    "Authorization Basic monthly plan",
+])
+def test_header_names_in_prose_are_words_not_credentials(text: str) -> None:
+    """The header rule masks a value after ``Authorization:`` / ``=`` (and a credential-looking one after the bare
+    name, as 'token' and 'Basic' are handled); the word 'authorization' in a sentence keeps the sentence."""
+    assert redact_text(text) == text
+    assert redact({"message": text}) == {"message": text}

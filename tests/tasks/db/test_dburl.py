@@ -1,15 +1,23 @@
 """tasks/db/dburl.py parses and renders database URLs exactly as SQLAlchemy's make_url did (SQLAlchemy is
-installed with Prefect; batchflows no longer imports it at run time)."""
+installed with Prefect; batchflows no longer imports it at run time), and refuses a plain URL holding a password
+as a flow parameter, masking it where Prefect already stored it (a real Prefect server)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
+from uuid import UUID
 
 import pytest
+from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
 from sqlalchemy.engine import make_url
 
-from tasks.db.dburl import parse_url
+from tasks.core.redact import redact_text
+from tasks.db.dburl import mask_password, parse_url, refuse_plain_password, scrub_run_parameters
 
 URLS = [
     "postgresql+psycopg://user:pw@localhost:5432/db",
@@ -76,3 +84,63 @@ def test_db_migrate_imports_neither_sqlalchemy_nor_the_dataframe_libraries() -> 
     code = f"import sys, flows.db_migrate; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def stored_for_run(flow_run_id: UUID) -> dict[str, Any]:
+    """What Prefect keeps about a flow run and shows in its UI and CLI: parameters, name, the messages of its
+    states and its logs (read back from the API once the run's logs are sent)."""
+    APILogHandler().flush()  # the run's logs are sent in batches
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        states = client.read_flow_run_states(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return {"parameters": run.parameters, "name": run.name, "states": [s.message for s in states],
+            "logs": [log.message for log in logs]}
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgresql://bob:Mask-me-9Q@127.0.0.1:1/shop?sslmode=disable", "postgresql://bob:***@127.0.0.1:1/shop?sslmode=disable"),
+    ("mysql+pymysql://u:p%40ss%2Fw0rd@db/x", "mysql+pymysql://u:***@db/x"),  # as written: still percent-encoded
+    ("postgresql://user:s3cret@Pa55word-xyz@127.0.0.1:5432/db", "postgresql://user:***@127.0.0.1:5432/db"),
+    ("postgresql://u:a/b@h:5/db", "postgresql://u:***@h:5/db"),  # a '/' in it: no text pattern sees that one
+    ("postgresql://u@h/db?password=Query-pw-1&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+    ("postgresql://u@h/db", "postgresql://u@h/db"),
+])
+def test_mask_password_keeps_the_url_as_written_but_its_password(url: str, masked: str) -> None:
+    assert mask_password(url) == masked
+
+
+@pytest.mark.parametrize("password", ["q/z", "q z"])
+def test_a_short_password_the_url_pattern_cannot_see_is_masked_once_refused(password: str) -> None:
+    """Too short to be registered alone, and a '/' or a space hides it from redaction's URL pattern: the
+    refusal's message (Prefect's state message and logs quote the value) must still not show it."""
+    url = f"postgresql://u:{password}@h:5/db"
+    with pytest.raises(ValueError, match="the URL holds a database password"):
+        refuse_plain_password(url, "source_url", "use a Secret block")
+    assert f":{password}@" not in redact_text(f"source_url: refused (got {url!r})")
+
+
+@flow(persist_result=False)
+def refuse_with_the_api_down(url: str) -> str:
+    """A refusal whose masking of the stored parameters cannot reach the Prefect API (a server that went away)."""
+    scrub_run_parameters(url, "source_url", client=SyncPrefectClient("http://127.0.0.1:1/api"))
+    try:
+        refuse_plain_password(url, "source_url", "use a Secret block")  # the run's own client: masked now
+    except ValueError as refused:
+        return str(refused)
+    return "not refused"
+
+
+def test_a_failed_masking_warns_and_never_hides_the_refusal(caplog: pytest.LogCaptureFixture,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    password = "Unmasked-pw-4Kz"
+    state = refuse_with_the_api_down(f"postgresql://bob:{password}@127.0.0.1:1/shop", return_state=True)
+    assert state.result().startswith("the URL holds a database password")
+    run_id = state.state_details.flow_run_id
+    stored = stored_for_run(run_id)
+    out, err = capfd.readouterr()
+    warning = f"the stored parameter 'source_url' of flow run {run_id} still holds the database password"
+    texts = [caplog.text, out, err, *stored["logs"]]
+    assert any(warning in t and "ConnectError" in t for t in texts), texts
+    assert not [t for t in texts if password in t]
+    assert stored["parameters"] == {"url": "postgresql://bob:***@127.0.0.1:1/shop"}
