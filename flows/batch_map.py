@@ -103,6 +103,9 @@ class BatchMapParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup, ItemRet
             msg = "query and query_key go together: a SELECT and the unique column its rows are read in order of"
             raise ValueError(msg)
         if self.query is not None and isinstance(self.source, str) and _has_password(self.source):
+            from tasks.core.stored_params import mask_run_parameters, mask_url_password
+
+            mask_run_parameters({self.source: mask_url_password(self.source)}, what="source", secret="database password")
             msg = ("source holds a database password, and flow parameters are stored by Prefect and shown in its UI: "
                    "save the URL in a Prefect Secret block and pass source='secret:<block name>'")
             raise ValueError(msg)

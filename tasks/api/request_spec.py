@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tasks.core import CREDENTIAL_PARAMS, ConfigError, ItemError, redact_text
+from tasks.core.stored_params import mask_run_parameters, mask_url_password
 
 SPEC_KEYS = frozenset({"method", "path", "url", "params", "json", "headers"})
 SENSITIVE_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey", "api_key", "signature")
@@ -89,6 +90,12 @@ def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow:
     """ConfigError for credential query parameters in flow parameters (Prefect stores and shows those)."""
     in_url = [key for key, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True) if is_sensitive_param(key)]
     names = sorted({*in_url, *(k for k in (params or {}) if is_sensitive_param(k))})
+    if names:
+        pairs = [pair for pair in url.partition("?")[2].partition("#")[0].split("&")
+                 if is_sensitive_param(unquote(pair.partition("=")[0]))]
+        values = [str(v) for k, v in (params or {}).items() if is_sensitive_param(k) and v is not None]
+        mask_run_parameters({**{pair: pair.partition("=")[0] + "=***" for pair in pairs}, **dict.fromkeys(values, "***")},
+                            what="url/params", secret="credential query parameter(s)")
     _refuse_credentials(names, what="query parameter(s)", instead="secret_params", flow=flow)
 
 
@@ -104,6 +111,7 @@ def url_password(url: str) -> str | None:
 def refuse_url_password(url: str, *, what: str, flow: str) -> None:
     """ConfigError for a URL with a password given as a flow parameter (Prefect stores and shows those)."""
     if url_password(url) is not None:
+        mask_run_parameters({url: mask_url_password(url)}, what=what, secret="password")
         msg = (
             f"{flow}: {what} {redact_text(url)!r} holds a password, and flow parameters are stored by Prefect and "
             "shown in its UI and API; drop user:password@ from it, save the header value 'Basic <base64 of "
@@ -116,6 +124,9 @@ def refuse_url_password(url: str, *, what: str, flow: str) -> None:
 def refuse_sensitive_headers(headers: Mapping[str, str] | None, *, flow: str) -> None:
     """ConfigError for credential headers given as flow parameters (Prefect stores and shows those)."""
     names = sorted(name for name in (headers or {}) if is_sensitive_header(name))
+    if names and headers:
+        mask_run_parameters(dict.fromkeys((str(headers[n]) for n in names if headers[n]), "***"), what="headers",
+                            secret="credential header(s)")
     _refuse_credentials(names, what="header(s)", instead="secret_headers", flow=flow,
                         bearer=" (or auth_secret='<block>' for a bearer token)")
 

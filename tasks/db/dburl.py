@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
 if TYPE_CHECKING:
@@ -152,45 +152,10 @@ def mask_password(url: str) -> str:
 
 
 def scrub_run_parameters(url: str, name: str, *, client: SyncPrefectClient | None = None) -> None:
-    """Replace ``url`` with :func:`mask_password` of it in the stored parameters of the current flow run (none
-    outside a flow run), through ``client`` (default: the run's own). Prefect's update replaces the whole
-    parameters dict, so the stored one is read and written back with only the URL changed. A failure is logged
-    as a warning (never the secret) and does not stop the caller: the refusal matters more."""
-    from prefect.context import FlowRunContext
+    """Replace ``url`` with :func:`mask_password` of it in the stored parameters of the current flow run (see
+    :func:`tasks.core.stored_params.mask_run_parameters`: a failure is a warning, never the secret)."""
+    from tasks.core.stored_params import mask_run_parameters
 
-    flow_run = getattr(FlowRunContext.get(), "flow_run", None)
-    if flow_run is None:
-        return
-    try:
-        from prefect.client.orchestration import get_client
-
-        with client or get_client(sync_client=True) as api:
-            stored = api.read_flow_run(flow_run.id).parameters
-            scrubbed = _replaced(stored, url, mask_password(url))
-            if scrubbed != stored:
-                api.update_flow_run(flow_run.id, parameters=scrubbed)
-    except Exception as exc:
-        _warn_not_scrubbed(flow_run.id, name, url, exc)
+    mask_run_parameters({url: mask_password(url)}, what=repr(name), secret="database password", client=client)
 
 
-def _replaced(value: Any, old: str, new: str) -> Any:
-    """A JSON-like value with ``old`` replaced by ``new`` in every string."""
-    if isinstance(value, str):
-        return value.replace(old, new)
-    if isinstance(value, dict):
-        return {k: _replaced(v, old, new) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replaced(v, old, new) for v in value]
-    return value
-
-
-def _warn_not_scrubbed(flow_run_id: object, name: str, url: str, exc: Exception) -> None:
-    from prefect.logging import get_run_logger
-
-    from tasks.core import redact_text
-
-    reason = redact_text(f"{type(exc).__name__}: {exc}").replace(url, mask_password(url))
-    get_run_logger().warning(
-        "the stored parameter %r of flow run %s still holds the database password: masking it failed (%s); "
-        "delete the flow run (prefect flow-run delete %s) or change the password", name, flow_run_id,
-        reason[:500], flow_run_id)
