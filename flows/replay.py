@@ -10,6 +10,7 @@ come back as they were: the dead letters keep their typed form (``item_typed``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,6 +68,17 @@ def dead_letter_source(path: str | Path) -> tuple[Source, str | None]:
     return Source(label=str(path), total=total, iterate=lambda: (r["item"] for r in read_dead_letters(path))), handler
 
 
+def content_run_key(path: str | Path) -> str:
+    """The default run_key of a replay: ``replay-`` and a hash of the file's bytes, so replaying the same dead
+    letters again (a schedule, a second click) resumes the first replay instead of running every item again; a
+    file with other contents (a later run's dead letters) is a new replay."""
+    digest = hashlib.blake2b(digest_size=10)
+    with Path(path).expanduser().open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"replay-{digest.hexdigest()}"
+
+
 @batchflow(FLOW_NAME, ReplayParams, positional=("dead_letter_path", "handler"))
 def replay_dead_letters_flow(p: ReplayParams) -> RunSummary:
     """Run the failed items of an earlier run's dead-letter file again."""
@@ -79,6 +91,7 @@ def replay_dead_letters_flow(p: ReplayParams) -> RunSummary:
     handle = register_object(source)
     try:
         values = p.model_dump(exclude={"dead_letter_path", "handler"})
+        values["run_key"] = p.run_key or content_run_key(p.dead_letter_path)
         return batch_map_flow.spec.run({**values, "source": handle, "handler": chosen})
     finally:
         release_object(handle)
@@ -87,4 +100,4 @@ def replay_dead_letters_flow(p: ReplayParams) -> RunSummary:
 replay_dead_letters = python_entry(replay_dead_letters_flow, objects={
     "dead_letter_path": str | Path, "handler": str | Callable[[Any], Any] | None})
 
-__all__ = ["FLOW_NAME", "ReplayParams", "dead_letter_source", "replay_dead_letters", "replay_dead_letters_flow"]
+__all__ = ["FLOW_NAME", "ReplayParams", "content_run_key", "dead_letter_source", "replay_dead_letters", "replay_dead_letters_flow"]

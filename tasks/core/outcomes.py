@@ -307,8 +307,9 @@ class DeadLetterWriter:
 
 
 def read_dead_letters(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the records of a dead-letter file; a malformed line is a SourceError with its line number."""
-    p = Path(path)
+    """Yield the records of a dead-letter file (``~`` expanded); a malformed line is a SourceError with its line
+    number."""
+    p = Path(path).expanduser()
     if not p.is_file():
         msg = f"dead-letter file {str(p)!r} does not exist; it is written only when a run has failed items"
         raise SourceError(msg)
@@ -337,7 +338,7 @@ def typed_form(item: Any) -> Any | None:
     value outside the closed set (a model, a path: written as :func:`tasks.core.exactjson.jsonable` makes it).
 
     Closed set, nested anywhere: ``Decimal``, ``datetime`` (naive or aware; a ``ZoneInfo`` zone by its key),
-    ``date``, ``time``, ``timedelta``, ``UUID``, ``bytes``, ``tuple``, ``set``, ``frozenset``, each as an object
+    ``date``, ``time``, ``timedelta``, ``UUID``, ``bytes``, ``bytearray``, ``tuple``, ``set``, ``frozenset``, each as an object
     with one ``$`` key (``{"$decimal": "15.50"}``); a dict of the item with a key starting with ``$`` is wrapped
     as ``{"$dict": {...}}``, so nothing of the item reads as a tag. Only JSON and these tags: reading it runs no
     code (no pickle)."""
@@ -387,6 +388,7 @@ _SCALARS: dict[type, Callable[[Any], dict[str, Any]]] = {
     dt.timedelta: lambda v: {"$timedelta": [v.days, v.seconds, v.microseconds]},
     uuid.UUID: lambda v: {"$uuid": str(v)},
     bytes: lambda v: {"$bytes": base64.b64encode(v).decode()},
+    bytearray: lambda v: {"$bytearray": base64.b64encode(v).decode()},
 }
 
 
@@ -405,6 +407,7 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
     "$timedelta": lambda v: dt.timedelta(*v["$timedelta"]),
     "$uuid": lambda v: uuid.UUID(v["$uuid"]),
     "$bytes": lambda v: base64.b64decode(v["$bytes"], validate=True),
+    "$bytearray": lambda v: bytearray(base64.b64decode(v["$bytearray"], validate=True)),
     "$tuple": lambda v: tuple(from_typed(x) for x in v["$tuple"]),
     "$set": lambda v: {from_typed(x) for x in v["$set"]},
     "$frozenset": lambda v: frozenset(from_typed(x) for x in v["$frozenset"]),

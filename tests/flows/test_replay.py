@@ -132,7 +132,31 @@ def test_replay_gives_the_handler_a_database_querys_typed_values_back(pg_items: 
 def test_replay_chunk_size_defaults_to_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """The UI says "Default: BATCHFLOWS_CHUNK_SIZE (500)"; the replay used 100 whatever the setting said."""
     first = batch_map(list(range(250)), refuse, chunk_size=250, raise_on_failure=False)
-    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double).chunks_total == 1
-    monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "60")
-    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double).chunks_total == 5
-    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double, chunk_size=125).chunks_total == 2
+    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double, run_key="a").chunks_total == 1
+    monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "60")  # new run keys: the same file's replay would resume its plan
+    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double, run_key="b").chunks_total == 5
+    assert replay_dead_letters(first.dead_letter_path, handler=handlers.double, chunk_size=125,
+                               run_key="c").chunks_total == 2
+
+
+def test_replaying_the_same_dead_letters_again_resumes_instead_of_running_every_item_twice(tmp_path: Path,
+                                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a run_key a replay's key comes from the file's bytes: a second replay of the same file (a
+    schedule, a second click) resumes the first; a file with other contents is a new replay."""
+    log = tmp_path / "effects.log"
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
+    first = batch_map(list(range(30)), refuse, chunk_size=10, raise_on_failure=False)
+    once = replay_dead_letters(first.dead_letter_path, handler="tests.handlers:side_effect", chunk_size=10)
+    twice = replay_dead_letters(first.dead_letter_path, handler="tests.handlers:side_effect", chunk_size=10)
+    assert once.succeeded == twice.succeeded == 30 and twice.chunks_resumed == 3
+    assert sorted(map(int, log.read_text().split())) == list(range(30))  # each item's effect once
+    other = batch_map(list(range(30, 35)), refuse, chunk_size=10, raise_on_failure=False)
+    assert replay_dead_letters(other.dead_letter_path, handler="tests.handlers:side_effect").chunks_resumed == 0
+    assert len(log.read_text().split()) == 35
+
+
+def test_a_dead_letter_path_under_home_may_start_with_a_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = batch_map(list(range(4)), refuse, chunk_size=2, raise_on_failure=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "dl.jsonl").write_bytes(Path(first.dead_letter_path).read_bytes())
+    assert replay_dead_letters("~/dl.jsonl", handler=handlers.double).succeeded == 4

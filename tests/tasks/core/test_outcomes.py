@@ -76,7 +76,7 @@ def test_an_item_with_non_str_dict_keys_is_dead_lettered_as_its_repr(tmp_path: P
 
 
 def test_dead_letters_give_back_the_types_json_has_none_for(tmp_path: Path) -> None:
-    """A Decimal, dates and times, a UUID, bytes, tuples and sets come back as they were: "item" shows them as
+    """A Decimal, dates and times, a UUID, bytes and bytearrays, tuples and sets come back as they were: "item" shows them as
     JSON (a Decimal as its text), "item_typed" keeps them, and reading decodes it (no pickle, no code run)."""
     import datetime as dt
     import uuid
@@ -87,7 +87,7 @@ def test_dead_letters_give_back_the_types_json_has_none_for(tmp_path: Path) -> N
             "naive": dt.datetime(2024, 1, 1, 12, 0, 0, 5), "utc": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
             "paris": dt.datetime(2024, 10, 27, 2, 30, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"), fold=1),
             "at": dt.time(10, 5, 1, 7), "took": dt.timedelta(days=-1, seconds=5), "id": uuid.UUID(int=7),
-            "raw": b"\x00\xff", "pair": (1, ("a", Decimal("-0.00"))), "tags": {"x", 2}, "frozen": frozenset({3}),
+            "raw": b"\x00\xff", "buf": bytearray(b"\x00\xff"), "text_buf": bytearray(b"ba"), "pair": (1, ("a", Decimal("-0.00"))), "tags": {"x", 2}, "frozen": frozenset({3}),
             "$ref": [{"$decimal": "not a tag"}], "plain": [1, 2.5, None, "s"]}
     path = tmp_path / "dl.jsonl"
     writer = DeadLetterWriter(path, flow="batch-map", run_key="k", handler="m:f")
