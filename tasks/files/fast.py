@@ -38,6 +38,7 @@ import polars as pl
 from tasks.files.read import file_columns
 from tasks.files.schema import (
     _NAIVE_FORMATS,
+    FLOAT_EXACT,
     RESERVED_COLUMNS,
     Schema,
     _cast_string,
@@ -145,6 +146,8 @@ def try_fast_chunk(
     for c, t in types.items():
         col = pl.col(c)
         if t in _NATIVE:  # read typed by polars; str keeps a quoted "" as "" and an empty field as null
+            if t == "float64":  # past 2**53 the text may be an integer the double changed: the careful path checks
+                bad.append(col.is_finite() & (col.abs() >= FLOAT_EXACT))
             continue
         if t == "datetime":
             assert sample is not None

@@ -52,6 +52,10 @@ _BOOLS |= {"false": False, "f": False, "0": False, "no": False, "n": False}
 # a number as polars' str -> decimal cast reads it: sign, whole digits, fraction digits, exponent
 _NUMBER = r"^[+-]?([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?$"
 _WIDE_INTEGERS = (pl.Int128, pl.UInt128)
+_WIDER_INTEGER_TEXT = r"^\s*[+-]?[0-9]{39,}\s*$"  # 39 digits or more: maybe past int128
+_LONG_INTEGER_TEXT = r"^\s*[+-]?[0-9]{16}"  # 16 digits or more: maybe past 2**53 (9007199254740992)
+_NARROW_INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16, pl.UInt32)  # a double holds them all
+FLOAT_EXACT = 2.0**53  # every integer up to it in magnitude is a double; past it, not every one
 PAST_MICROS = r"\.[0-9]{6}[0-9]*[1-9]"  # a fraction of a second with a non-zero digit past the 6th
 
 
@@ -197,17 +201,45 @@ def _finer_than_micros(text: pl.Expr) -> pl.Expr:
     return text.str.contains(PAST_MICROS)
 
 
-def _rounds(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr | None:
+def _inexact_integer_text(text: pl.Expr, target: pl.DataType) -> pl.Expr:
+    """Integer text (``9007199254740993``) whose float is another integer (``9007199254740992.0``): the integer
+    does not come back from the float. Text with a point or an exponent takes the nearest double (as ``0.1``
+    does); integer text past int128 counts as changed (it all but always is)."""
+    whole = text.str.strip_chars().cast(pl.Int128, strict=False)
+    wider = whole.is_null() & text.str.contains(_WIDER_INTEGER_TEXT)
+    return whole.cast(target).cast(pl.Int128, strict=False).ne_missing(whole) | wider
+
+
+def _inexact_integer(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr | None:
+    """A typed integer (or a decimal's whole value) that the float ``target`` holds as another integer, or
+    None when every value of ``source`` fits exactly (int32 and smaller, floats, anything not a number)."""
+    if isinstance(source, pl.Decimal):
+        whole = col.cast(pl.Int128, strict=False)
+        integral = whole.cast(source, strict=False).eq_missing(col)
+        return integral & col.cast(target, strict=False).cast(pl.Int128, strict=False).ne_missing(whole)
+    if not source.is_integer() or isinstance(source, _NARROW_INTEGERS):
+        return None
+    cast = col.cast(target, strict=False)
+    return col.is_not_null() & cast.cast(source, strict=False).ne_missing(col)
+
+
+def _rounds(
+    col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False, integers: bool = True
+) -> pl.Expr | None:
     """Where a cast would change the value, or None when it never does. polars' cast rounds or truncates
     silently; such a value is rejected instead.
 
     Text to decimal: a non-zero digit past the scale after the point (one regex). A number with an exponent
     counts as rounding unless ``exponents`` (then its digits are counted, slower): the typed fast path steps
     aside for it, the careful path passes ``exponents`` for a batch that has one. Text to datetime: a non-zero
-    digit past the microseconds. Typed values (Parquet): see :func:`_changes`."""
+    digit past the microseconds. Text to float: an integer past 2**53 the float would make another one,
+    unless the caller saw no integer text that long (``integers=False``). Typed values (Parquet): see
+    :func:`_changes`."""
     if isinstance(source, pl.String):
         if isinstance(target, pl.Datetime):
             return _finer_than_micros(col)
+        if target.is_float():
+            return _inexact_integer_text(col, target) if integers else None
         if not isinstance(target, pl.Decimal):
             return None
         if not exponents:
@@ -222,9 +254,12 @@ def _changes(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr 
     """Where the cast of a typed value would change it (``1.5`` -> int64 ``1``, ``2`` -> bool ``true``, a
     datetime with a time -> date, nanoseconds -> a datetime's microseconds, a decimal's digits past the target
     scale): its value does not come back from the target type. None when it never does. A float64 target
-    takes the nearest double (as the text ``0.1`` does), a str target the value's text."""
-    if source == target or target.is_float() or isinstance(target, pl.String):
+    takes the nearest double (as the text ``0.1`` does) except for an integer it would make another integer
+    (``9007199254740993`` -> ``9007199254740992.0``), a str target the value's text."""
+    if source == target or isinstance(target, pl.String):
         return None
+    if target.is_float():
+        return _inexact_integer(col, source, target)
     if isinstance(source, pl.Decimal) and isinstance(target, pl.Decimal) and (source.scale or 0) <= target.scale:
         return None
     if isinstance(source, pl.Datetime) and isinstance(target, pl.Datetime):
@@ -240,8 +275,9 @@ def _unless_rounding(cast: pl.Expr, rounds: pl.Expr | None) -> pl.Expr:
     return cast if rounds is None else pl.when(rounds).then(None).otherwise(cast)
 
 
-def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False) -> pl.Expr:
-    return _unless_rounding(_parse_string(col, dtype), _rounds(col, pl.String(), dtype, exponents=exponents))
+def _cast_string(col: pl.Expr, dtype: pl.DataType, *, exponents: bool = False, integers: bool = True) -> pl.Expr:
+    rounds = _rounds(col, pl.String(), dtype, exponents=exponents, integers=integers)
+    return _unless_rounding(_parse_string(col, dtype), rounds)
 
 
 def _parse_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -262,11 +298,13 @@ def _parse_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return value.cast(dtype, strict=False)
 
 
-def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False) -> pl.Expr:
+def _cast_any(
+    col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponents: bool = False, integers: bool = True
+) -> pl.Expr:
     if source == target:
         return col
     if isinstance(source, pl.String):
-        return _cast_string(col, target, exponents=exponents)
+        return _cast_string(col, target, exponents=exponents, integers=integers)
     if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime) and target.time_zone:
         if source.time_zone is None:
             moved = col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
@@ -274,6 +312,20 @@ def _cast_any(col: pl.Expr, source: pl.DataType, target: pl.DataType, *, exponen
             moved = col.dt.convert_time_zone(target.time_zone).cast(target)
         return _unless_rounding(moved, _rounds(col, source, target))
     return _unless_rounding(col.cast(target, strict=False), _rounds(col, source, target))
+
+
+def _batch_checks(raw: pl.DataFrame, name: str, source: pl.DataType, target: pl.DataType) -> dict[str, bool]:
+    """What a batch's text needs checked beyond the quick checks: ``exponents`` (a decimal target, text with an
+    exponent: its digits are counted) and ``integers`` (a float target, integer text of 16 digits or more, which
+    may be past 2**53). Each is one look at the batch, so a batch without them pays nothing more."""
+    if not isinstance(source, pl.String):
+        return {}
+    text = raw.get_column(name)
+    if isinstance(target, pl.Decimal):
+        return {"exponents": bool(text.str.contains("[eE]").any())}
+    if target.is_float():
+        return {"integers": bool(text.filter(text.str.len_bytes() >= 16).str.contains(_LONG_INTEGER_TEXT).any())}
+    return {}
 
 
 def check_column_names(columns: Iterable[str], source: str) -> None:
@@ -327,11 +379,10 @@ class RowValidator:
         for name, source in self.columns.items():
             target = self.targets[name]
             col = pl.col(name)
-            exponents = isinstance(target, pl.Decimal) and isinstance(source, pl.String) and \
-                bool(raw.get_column(name).str.contains("[eE]").any())
-            casts.append(_cast_any(col, source, target, exponents=exponents).alias(f"\x00{name}"))
+            checks = _batch_checks(raw, name, source, target)
+            casts.append(_cast_any(col, source, target, **checks).alias(f"\x00{name}"))
             if source != target:
-                bad_value = self._bad_value(name, source, target, exponents=exponents)
+                bad_value = self._bad_value(name, source, target, **checks)
                 reasons.append(pl.when(col.is_not_null() & pl.col(f"\x00{name}").is_null()).then(bad_value))
             if name in self.schema.not_null:
                 reasons.append(pl.when(col.is_null()).then(pl.lit(f"{name}: null but listed in not_null")))
@@ -350,21 +401,36 @@ class RowValidator:
         rejects = df.filter(is_bad).select(*as_read, SOURCE_FILE, pl.col(LINE).cast(pl.Int64), REJECT_REASON)
         return good, rejects
 
-    def _bad_value(self, name: str, source: pl.DataType, target: pl.DataType, *, exponents: bool) -> pl.Expr:
-        """Why a value did not cast: not of the type, or (a decimal) more digits after the point than it keeps."""
+    def _bad_value(
+        self, name: str, source: pl.DataType, target: pl.DataType, *, exponents: bool = False, integers: bool = True
+    ) -> pl.Expr:
+        """Why a value did not cast: not of the type, (a decimal) more digits after the point than it keeps, (a
+        datetime) digits past the microseconds, (a float) an integer it would make another integer."""
         tname = self.schema.columns.get(name, type_name_of(target))
         col = pl.col(name)
         value = col.cast(pl.String)
         not_type = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(f"' is not {tname}{self._hint}")])
-        rounds = _rounds(col, source, target, exponents=exponents)
-        if rounds is None or not isinstance(target, pl.Decimal | pl.Datetime):
+        rounds = _rounds(col, source, target, exponents=exponents, integers=integers)
+        if rounds is None or not isinstance(target, pl.Decimal | pl.Datetime | pl.Float64 | pl.Float32):
             return not_type  # a typed value another type would change (1.5 as int64): not of that type
+        if target.is_float():
+            return pl.when(rounds).then(self._inexact(name, source, target)).otherwise(not_type)
         if isinstance(target, pl.Datetime):
             why = f"has digits past the microseconds; {tname} keeps microseconds and would drop them"
         else:
             why = f"has more than {target.scale} digit(s) after the decimal point; {tname} would round it"
         too_fine = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(f"' {why}{self._hint}")])
         return pl.when(rounds).then(too_fine).otherwise(not_type)
+
+    def _inexact(self, name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
+        """Why an integer is not cast to a float: the float would be another integer (past 2**53)."""
+        col = pl.col(name)
+        as_float = (col.str.strip_chars() if isinstance(source, pl.String) else col).cast(target, strict=False)
+        tname = self.schema.columns.get(name, type_name_of(target))
+        why = f"' is an integer {tname} cannot hold exactly (it would be "
+        fix = "); declare the column int64, uint64, decimal(38,0) or str to keep it"
+        return pl.concat_str([pl.lit(f"{name}: '"), col.cast(pl.String), pl.lit(why), as_float.cast(pl.String),
+                              pl.lit(fix + self._hint)])
 
     def _mark_duplicates(self, df: pl.DataFrame) -> pl.DataFrame:
         keys = self.schema.unique_key

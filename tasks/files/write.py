@@ -84,20 +84,44 @@ def _sink(lf: pl.LazyFrame, target: Path | pl.PartitionBy, fmt: str, *, written:
 
 
 class NonFiniteFloats(pl.exceptions.ComputeError):
-    """A float column bound for JSON lines holds NaN or an infinity, which polars' writer turns into null."""
+    """A float bound for JSON lines (a column, or inside a list, array or struct) holds NaN or an infinity,
+    which polars' writer turns into null."""
+
+
+def _has_float(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.List | pl.Array):
+        return _has_float(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_has_float(f.dtype) for f in dtype.fields)
+    return dtype.is_float()
 
 
 def _float_columns(lf: pl.LazyFrame) -> list[str]:
-    return [c for c, t in lf.collect_schema().items() if t.is_float()]
+    """The columns with floats: float columns, and lists, arrays and structs with a float inside."""
+    return [c for c, t in lf.collect_schema().items() if _has_float(t)]
+
+
+def _non_finite(value: pl.Expr, dtype: pl.DataType) -> list[pl.Expr]:
+    """One boolean per float inside ``value``: does any value of the column (every element of its lists and
+    arrays, every field of its structs) hold NaN or an infinity."""
+    if isinstance(dtype, pl.List):
+        return _non_finite(value.list.explode(), dtype.inner)
+    if isinstance(dtype, pl.Array):
+        return _non_finite(value.arr.explode(), dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return [e for f in dtype.fields for e in _non_finite(value.struct.field(f.name), f.dtype)]
+    return [(value.is_nan() | value.is_infinite()).any()] if dtype.is_float() else []
 
 
 def finite_floats_only(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """``lf``, raising NonFiniteFloats (a polars ComputeError) at the first batch whose float columns hold
-    NaN or an infinity: one vectorized check per batch, so JSON lines never get a null for them."""
+    """``lf``, raising NonFiniteFloats (a polars ComputeError) at the first batch whose floats (also inside
+    lists, arrays and structs) hold NaN or an infinity: one vectorized check per batch, so JSON lines never
+    get a null for them. Frames without floats are returned as they are."""
+    schema = lf.collect_schema()
     floats = _float_columns(lf)
     if not floats:
         return lf
-    odd = pl.any_horizontal([pl.col(c).is_nan() | pl.col(c).is_infinite() for c in floats]).any()
+    odd = pl.any_horizontal([e for c in floats for e in _non_finite(pl.col(c), schema[c])])
 
     def check(df: pl.DataFrame) -> pl.DataFrame:
         if df.select(odd).item():
@@ -108,17 +132,32 @@ def finite_floats_only(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.map_batches(check, streamable=True)
 
 
+def _float_text(value: pl.Expr, mark: str) -> pl.Expr:
+    text = pl.when(value.is_nan()).then(pl.lit("NaN")).when(value == float("inf")).then(pl.lit("Infinity")) \
+        .when(value == float("-inf")).then(pl.lit("-Infinity")).otherwise(value.cast(pl.String))
+    return pl.concat_str([pl.lit(mark), text])
+
+
+def _as_text(value: pl.Expr, dtype: pl.DataType, mark: str) -> pl.Expr:
+    """``value`` with every float inside it (``dtype`` has one) replaced by its marked text, at any depth."""
+    if isinstance(dtype, pl.List):
+        return value.list.eval(_as_text(pl.element(), dtype.inner, mark))
+    if isinstance(dtype, pl.Array):
+        return value.arr.eval(_as_text(pl.element(), dtype.inner, mark))
+    if isinstance(dtype, pl.Struct):
+        fields = [_as_text(pl.field(f.name), f.dtype, mark).alias(f.name) for f in dtype.fields if _has_float(f.dtype)]
+        return value.struct.with_fields(fields)
+    return _float_text(value, mark)
+
+
 def _sink_ndjson_non_finite(lf: pl.LazyFrame, target: Path | pl.PartitionBy, written: Path) -> None:
-    """JSON lines whose floats include NaN or an infinity: each float column goes out as text behind a one-off
-    marker (polars writes a finite float's text as it writes the float), then the files lose the quotes and
-    marker, so the values read ``NaN``, ``Infinity``, ``-Infinity`` as Python's json.dumps writes them."""
+    """JSON lines whose floats include NaN or an infinity: each float (in a column, or inside a list, array or
+    struct) goes out as text behind a one-off marker (polars writes a finite float's text as it writes the
+    float), then the files lose the quotes and marker, so the values read ``NaN``, ``Infinity``,
+    ``-Infinity`` as Python's json.dumps writes them."""
     mark = f"nonfinite-{uuid.uuid4().hex}:"
-    texts = []
-    for c in _float_columns(lf):
-        col = pl.col(c)
-        text = pl.when(col.is_nan()).then(pl.lit("NaN")).when(col == float("inf")).then(pl.lit("Infinity")) \
-            .when(col == float("-inf")).then(pl.lit("-Infinity")).otherwise(col.cast(pl.String))
-        texts.append(pl.concat_str([pl.lit(mark), text]).alias(c))
+    schema = lf.collect_schema()
+    texts = [_as_text(pl.col(c), schema[c], mark).alias(c) for c in _float_columns(lf)]
     lf.with_columns(texts).sink_ndjson(target, check_extension=False, mkdir=True)
     quoted = re.compile(b'"' + re.escape(mark.encode()) + b'([^"]*)"')
     for path in sorted(written.rglob("*")) if written.is_dir() else [written]:

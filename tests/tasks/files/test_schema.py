@@ -145,3 +145,58 @@ def test_text_with_digits_past_microseconds_is_rejected_not_truncated() -> None:
 def test_an_input_column_named_like_a_lineage_or_reject_column_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=rf"column '{name}' of data/a.csv has a name file_transform uses .*rename it"):
         RowValidator(None, {"id": pl.String(), name: pl.String()}, source="data/a.csv")
+
+
+BIG = 2**53 + 1  # 9007199254740993: the first integer a double does not hold
+INEXACT = "is an integer float64 cannot hold exactly (it would be {}); declare the column int64, uint64, " \
+          "decimal(38,0) or str to keep it"
+
+
+def test_integer_text_a_float_would_change_is_rejected() -> None:
+    """float64 made '9007199254740993' 9007199254740992.0 silently; text with a point keeps the nearest double."""
+    text = [str(BIG), f" -{BIG} ", "18446744073709551617", "1" * 41, str(2**53), "1.5", "0.1", "1e300", "-0",
+            "inf", "NaN", "x", "+42"]
+    good, rejects = _split({"v": "float64"}, {"v": pl.Series(text)})
+    assert good["v"].to_list()[:6] == [2.0**53, 1.5, 0.1, 1e300, -0.0, float("inf")]
+    assert good["v"].to_list()[7:] == [42.0] and good["_line"].to_list() == [4, 5, 6, 7, 8, 9, 10, 12]
+    assert rejects["v"].to_list() == [*text[:4], "x"]
+    assert rejects["_reject_reason"].to_list() == [
+        f"v: '{BIG}' {INEXACT.format('9007199254740992.0')}", f"v: ' -{BIG} ' {INEXACT.format('-9007199254740992.0')}",
+        f"v: '18446744073709551617' {INEXACT.format('1.8446744073709552e+19')}",
+        f"v: '{'1' * 41}' {INEXACT.format('1.111111111111111e+40')}", "v: 'x' is not float64"]
+
+
+def test_a_typed_integer_a_float_would_change_is_rejected() -> None:
+    """Parquet/JSON int64, uint64, decimal(38,0) -> float64 rounded past 2**53; a decimal's fraction still takes
+    the nearest double (as text does), and int32 and smaller always fit."""
+    values = {"i": pl.Series([BIG, 2**63 - 1, -(2**53), None]), "u": pl.Series([2**64 - 1, 3, 2**60, 0], dtype=pl.UInt64),
+              "d": pl.Series([Decimal(BIG), Decimal(-BIG), Decimal(2**100), None], dtype=pl.Decimal(38, 0)),
+              "f": pl.Series([Decimal("0.1"), Decimal("2.0"), Decimal(f"{BIG}.5"), None], dtype=pl.Decimal(20, 1)),
+              "small": pl.Series([2**31 - 1, 0, -(2**31), 1], dtype=pl.Int32)}
+    good, rejects = _split(dict.fromkeys(values, "float64"), values)
+    assert good.select(*values, "_line").rows() == [
+        (-(2.0**53), 2.0**60, 2.0**100, float(BIG + 1), -(2.0**31), 2), (None, 0.0, None, None, 1.0, 3)]
+    assert rejects["_reject_reason"].to_list() == [
+        f"i: '{BIG}' {INEXACT.format('9007199254740992.0')}; u: '18446744073709551615' "
+        f"{INEXACT.format('1.8446744073709552e+19')}; d: '{BIG}' {INEXACT.format('9007199254740992.0')}",
+        f"i: '9223372036854775807' {INEXACT.format('9.223372036854776e+18')}; "
+        f"d: '-{BIG}' {INEXACT.format('-9007199254740992.0')}",
+    ]
+
+
+def test_a_csv_integer_a_float_would_change_is_rejected_on_the_fast_and_the_careful_path(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text(f"id,v\n1,{BIG}\n2,1.5\n3,{2**53}\n4,1e20\n")
+    spec = plan_chunks(resolve_inputs(path))[0]
+    for fast in (True, False):
+        result = process_chunk(spec, tmp_path / f"out-{fast}", schema={"id": "int64", "v": "float64"},
+                               output_format="parquet", fast=fast)
+        assert not result.fast_path  # a float past 2**53 may be such an integer: the careful path looks at its text
+        assert pl.read_parquet(result.output_paths[0]).rows() == [(2, 1.5), (3, 2.0**53), (4, 1e20)]
+        rejects = pl.read_csv(result.rejects_path or "", infer_schema=False)
+        assert rejects.rows() == [("1", str(BIG), str(path), "2", f"v: '{BIG}' {INEXACT.format('9007199254740992.0')}")]
+    small = tmp_path / "small.csv"
+    small.write_text(f"id,v\n1,{2**53 - 1}\n2,-0.5\n")
+    result = process_chunk(plan_chunks(resolve_inputs(small))[0], tmp_path / "small", schema={"id": "int64", "v": "float64"},
+                           output_format="parquet")
+    assert result.fast_path and pl.read_parquet(result.output_paths[0])["v"].to_list() == [2.0**53 - 1, -0.5]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from tasks.files.write import (
     NonFiniteFloats,
@@ -56,3 +57,43 @@ def test_unwritable_columns_per_format() -> None:
         "'ok' (Struct({'a': Int64}))"]
     assert unwritable_columns(schema, "jsonl") == ["'blob' (Binary)", "'st' (Struct({'b': Binary}))"]
     assert unwritable_columns(schema, "parquet") == []
+
+
+NAN, INF = float("nan"), float("inf")
+NESTED = {
+    "id": [0, 1, 2, 3],
+    "xs": [[1.5, NAN], [INF, -INF, None], [], None],
+    "f32s": pl.Series([[[0.1, NAN]], [None, [-INF]], [[]], [[2.0]]], dtype=pl.List(pl.List(pl.Float32))),
+    "arr": pl.Series([[1.0, NAN], [2.0, 3.0], None, [INF, 1e20]], dtype=pl.Array(pl.Float64, 2)),
+    "st": [{"a": 1.0, "b": "x", "c": [NAN]}, None, {"a": NAN, "b": None, "c": None}, {"a": -INF, "b": "z", "c": [0.5]}],
+    "pts": [[{"x": INF, "y": 1}], [{"x": 0.25, "y": 2}], None, [None, {"x": -0.0, "y": 3}]],
+}
+
+
+def test_jsonl_writes_nan_and_infinities_inside_lists_arrays_and_structs(tmp_path: Path) -> None:
+    """polars wrote them null: a NaN in a list<f64> column, in a struct's float field, came out as null."""
+    df = pl.DataFrame(NESTED)
+    lines = sink_atomic(df.lazy(), tmp_path / "part-00000.jsonl", "jsonl").read_text().splitlines()
+    assert lines == [
+        '{"id":0,"xs":[1.5,NaN],"f32s":[[0.1,NaN]],"arr":[1.0,NaN],"st":{"a":1.0,"b":"x","c":[NaN]},'
+        '"pts":[{"x":Infinity,"y":1}]}',
+        '{"id":1,"xs":[Infinity,-Infinity,null],"f32s":[null,[-Infinity]],"arr":[2.0,3.0],"st":null,'
+        '"pts":[{"x":0.25,"y":2}]}',
+        '{"id":2,"xs":[],"f32s":[[]],"arr":null,"st":{"a":NaN,"b":null,"c":null},"pts":null}',
+        '{"id":3,"xs":null,"f32s":[[2.0]],"arr":[Infinity,1e+20],"st":{"a":-Infinity,"b":"z","c":[0.5]},'
+        '"pts":[null,{"x":-0.0,"y":3}]}',
+    ]
+    finite = pl.DataFrame({"l": [[0.1, 1e-7, 123456789.125]], "s": [{"f": 1 / 3}]})  # the text polars writes
+    both = sink_atomic(pl.concat([finite, pl.DataFrame({"l": [[NAN]], "s": [{"f": 1.0}]})]).lazy(),
+                       tmp_path / "b.jsonl", "jsonl").read_text().splitlines()
+    assert both == [finite.write_ndjson().strip(), '{"l":[NaN],"s":{"f":1.0}}']
+
+
+def test_finite_floats_only_looks_inside_lists_arrays_and_structs() -> None:
+    for name in ("xs", "f32s", "arr", "st", "pts"):
+        with pytest.raises(NonFiniteFloats, match=rf"\['{name}'\]"):
+            finite_floats_only(pl.DataFrame(NESTED).select(name).lazy()).collect()
+    finite = pl.LazyFrame({"xs": [[1.0, None], None], "st": [{"a": 1.0, "t": [2.5]}, None], "tags": [["a"], []]})
+    assert_frame_equal(finite_floats_only(finite).collect(), finite.collect())
+    no_floats = pl.LazyFrame({"tags": [["a"]], "st": [{"i": 1}]})
+    assert finite_floats_only(no_floats) is no_floats  # nothing checked: no cost without floats
