@@ -43,6 +43,7 @@ from tasks.files.schema import (
     SOURCE_FILE,
     RowValidator,
     Schema,
+    inexact_integer_text,
     polars_dtype,
     type_name_of,
 )
@@ -54,6 +55,7 @@ _INFER_ROWS = 5_000
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _UINT64_MAX = (1 << 64) - 1
 _DECIMAL38_MAX = 10**38 - 1
+_EXACT_FLOAT_INTS = 1 << 53  # every integer up to this is a float exactly
 
 
 def _separator(fmt: str) -> str:
@@ -239,6 +241,7 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
         names = list(dict.fromkeys(k for obj in sample for k in obj))
         try:
             inferred = _inferred_types(pl.read_ndjson(head.rstrip(b"\r\n"), infer_schema_length=None)) if infer else {}
+            inferred.update(dict.fromkeys(_big_integers_in_floats(inferred, sample), pl.String()))
         except pl.exceptions.PolarsError:
             inferred = {}
     else:
@@ -254,7 +257,8 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
                     if infer
                     else None
                 )
-                dates = [n for n, t in (sample_df.schema.items() if sample_df is not None else ()) if t.is_temporal()]
+                dates = [n for n, t in (sample_df.schema.items() if sample_df is not None else ())
+                         if t.is_temporal() or t.is_float()]  # the text of the values inference may change
                 raw_df = pl.read_csv(head, separator=sep, n_rows=_INFER_ROWS, infer_schema=False, columns=dates,
                                      truncate_ragged_lines=True) if dates else None
             inferred = _inferred_types(sample_df, raw_df) if sample_df is not None else {}
@@ -285,7 +289,8 @@ def is_empty_file(part: FilePart) -> bool:
 def _inferred_types(sample: pl.DataFrame, raw: pl.DataFrame | None = None) -> dict[str, pl.DataType]:
     """The dtypes polars infers for a sample; an integer column wider than int64 (polars says Int128) is
     narrowed by the sample's values: uint64 if they fit, else decimal(38,0), else str; a datetime with digits
-    past the microseconds is str. Each keeps every digit, so no value the inference saw is rejected."""
+    past the microseconds is str, so is a float column holding an integer a float would make another one
+    (``9007199254740993`` beside ``1.5``). Each keeps every digit, so no value the inference saw is rejected."""
     types = dict(sample.schema)
     for name, dtype in types.items():
         if isinstance(dtype, pl.Int128 | pl.UInt128 | pl.UInt64):
@@ -299,7 +304,17 @@ def _inferred_types(sample: pl.DataFrame, raw: pl.DataFrame | None = None) -> di
         elif isinstance(dtype, pl.Datetime) and raw is not None and name in raw.columns and bool(
                 raw[name].cast(pl.String).str.contains(PAST_MICROS).any()):
             types[name] = pl.String()  # polars parsed them cutting the digits past the microseconds: keep the text
+        elif dtype.is_float() and raw is not None and name in raw.columns and bool(
+                raw.select(inexact_integer_text(pl.col(name).cast(pl.String), pl.Float64())).to_series().any()):
+            types[name] = pl.String()  # a float would round an integer past 2**53: keep the text
     return types
+
+
+def _big_integers_in_floats(types: dict[str, pl.DataType], sample: list[dict[str, Any]]) -> list[str]:
+    """The float columns of a JSON-lines sample holding an integer a float would make another one."""
+    floats = [name for name, dtype in types.items() if dtype.is_float()]
+    return [name for name in floats if any(
+        type(v := obj.get(name)) is int and abs(v) > _EXACT_FLOAT_INTS and int(float(v)) != v for obj in sample)]
 
 
 def plan_json_keys(schema: Schema | None, files: Sequence[InputFile]) -> Schema | None:

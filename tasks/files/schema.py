@@ -201,7 +201,7 @@ def _finer_than_micros(text: pl.Expr) -> pl.Expr:
     return text.str.contains(PAST_MICROS)
 
 
-def _inexact_integer_text(text: pl.Expr, target: pl.DataType) -> pl.Expr:
+def inexact_integer_text(text: pl.Expr, target: pl.DataType) -> pl.Expr:
     """Integer text (``9007199254740993``) whose float is another integer (``9007199254740992.0``): the integer
     does not come back from the float. Text with a point or an exponent takes the nearest double (as ``0.1``
     does); integer text past int128 counts as changed (it all but always is)."""
@@ -239,7 +239,7 @@ def _rounds(
         if isinstance(target, pl.Datetime):
             return _finer_than_micros(col)
         if target.is_float():
-            return _inexact_integer_text(col, target) if integers else None
+            return inexact_integer_text(col, target) if integers else None
         if not isinstance(target, pl.Decimal):
             return None
         if not exponents:
@@ -461,6 +461,7 @@ __all__ = [
     "RowValidator",
     "Schema",
     "check_column_names",
+    "inexact_integer_text",
     "parse_schema",
     "polars_dtype",
     "type_name_of",

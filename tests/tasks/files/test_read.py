@@ -167,6 +167,23 @@ def test_inferred_datetimes_with_digits_past_the_microseconds_stay_text(tmp_path
         "2024-01-01T10:00:00.123456789", "2024-01-01T10:00:01.000000001"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_inferred_float_column_holding_an_integer_a_float_would_change_stays_text(tmp_path: Path, fmt: str) -> None:
+    """1.5 beside 9007199254740993: float64 would make the integer 9007199254740992 (and reject it); the inference
+    keeps the column as text, so no value it saw is rejected or changed."""
+    path = tmp_path / f"mixed.{fmt}"
+    rows = [("1", "1.5"), ("2", "9007199254740993"), ("3", "2")]
+    if fmt == "csv":
+        path.write_text("id,v,f\n" + "".join(f"{i},{v},0.25\n" for i, v in rows))
+    else:
+        path.write_text("".join(f'{{"id": {i}, "v": {v}, "f": 0.25}}\n' for i, v in rows))
+    schema = infer_schema(plan_chunks(resolve_inputs(path))[0].files[0])
+    assert schema.columns == {"id": "int64", "v": "str", "f": "float64"}
+    result = process_chunk(plan_chunks(resolve_inputs(path))[0], tmp_path / "out", schema=schema, output_format="csv")
+    assert result.rows_rejected == 0
+    assert pl.read_csv(result.output_paths[0], infer_schema=False)["v"].to_list() == ["1.5", "9007199254740993", "2"]
+
+
 # --- records longer than a segment, headers, layouts, files gone --------------------------------------------
 
 
