@@ -31,12 +31,14 @@ from tasks.api import (
     has_items_placeholder,
     keep_credentials_in_process,
     process_limiter,
+    refuse_sensitive_params,
     refuse_url_password,
     resolve_secrets,
     resolve_token,
     template_names,
     validate_base_url,
 )
+from tasks.api.bulk import shown_target
 from tasks.core import (
     SETTING,
     ChunkedRun,
@@ -87,7 +89,8 @@ class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGrou
         "The items: request specs ({'method', 'path' or 'url', 'params', 'json', 'headers'}) or data for the "
         "templates; a list, a .jsonl/.csv/.parquet file, or 'pkg.mod:fn'."))]
     base_url: Annotated[str, AfterValidator(validate_base_url), Field(description=(
-        "API root, e.g. https://api.example.com/v1 (no credentials in it: see auth_secret and secret_headers)."))]
+        "API root, e.g. https://api.example.com/v1; a query in it (?version=2) goes on every request joined to it "
+        "(no credentials in it: see auth_secret, secret_headers and secret_params)."))]
     method: Annotated[str, AfterValidator(_method), Field(description="HTTP method of templated items.")] = "GET"
     path_template: Annotated[str, Field(description="Path with {placeholders} filled from each item.")] = "/{id}"
     json_template: Annotated[Any, Field(description=(
@@ -113,7 +116,8 @@ class ApiBulkParams(FlowParams, HttpGroup, RunGroup, OutcomeGroup, ChunkTaskGrou
         "batch_size: match results to items by this field (both have it) instead of by order."))] = None
 
     @model_validator(mode="after")
-    def _no_password_in_base_url(self) -> ApiBulkParams:
+    def _no_credentials_in_base_url(self) -> ApiBulkParams:
+        refuse_sensitive_params(self.base_url, None, flow=FLOW_NAME, what="base_url")
         refuse_url_password(self.base_url, what="base_url", flow=FLOW_NAME)
         return self
 
@@ -152,21 +156,25 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
         check_writable_dir(p.output)  # before any request: an unwritable output would waste them all
     resolve_token(p.auth_secret)  # fail now when a Secret block is missing; registers values for redaction
     resolve_secrets(p.secret_headers)
-    if p.task_runner != "threads" and any(is_handle(v) for v in (p.secret_headers or {}).values()):
-        msg = (f"credential headers (and a base_url password) given in Python stay in this process, and "
-               f"task_runner={p.task_runner!r} sends "
+    resolve_secrets(p.secret_params, what="secret_params")
+    if p.task_runner != "threads" and any(
+            is_handle(v) for v in [*(p.secret_headers or {}).values(), *(p.secret_params or {}).values()]):
+        msg = ("credential headers and query parameters (and a base_url password) given in Python stay in this "
+               f"process, and task_runner={p.task_runner!r} sends "
                "chunks to other processes: save them in Prefect Secret blocks and pass secret_headers="
-               "{'Header-Name': '<block name>'} (or use task_runner='threads')")
+               "{'Header-Name': '<block name>'} / secret_params={'api_key': '<block name>'} (or use "
+               "task_runner='threads')")
         raise ConfigError(msg)
     src = open_source(p.items, input_format=p.input_format)
-    shown = redact_text(p.base_url)
+    shown = redact_text(shown_target(p.base_url, p.path_template))
     template = p.template()
     # the run's identity: where and how requests go and where responses land; a chunk adds its position
     identity = (p.cache_version, p.base_url, template.model_dump_json(), p.output or "", p.output_format, p.expect,
                 repr(sorted((p.headers or {}).items())), repr(sorted(p.secret_headers or {})),
+                *((f"secret_params {sorted(p.secret_params)}",) if p.secret_params else ()),  # names only
                 *((f"batch {p.batch_size} {p.results_path} {p.result_key}",) if p.batch_size else ()))
     with ChunkedRun(FLOW_NAME, run_key=p.run_key, total=src.total, on_error=p.on_error, identity=identity,
-                    handler_id=f"{p.method} {shown}{p.path_template}") as run:
+                    handler_id=f"{p.method} {shown}") as run:
         run.claim_output(p.output)
         rate_name = run_rate_limit_name(p.rate_limit_per_second, p.rate_limit_name, p.task_runner, run.scope)
         limiter = process_limiter(p.rate_limit_per_second, rate_name, scope=run.run_key)
@@ -174,9 +182,9 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
             limiter.ensure_limit()
         job = ApiJob(
             base_url=p.base_url, template=template, auth_secret=p.auth_secret, headers=p.headers,
-            secret_headers=p.secret_headers, item_concurrency=p.item_concurrency, retries=p.retries,
-            retry_backoff_s=p.retry_backoff_s, timeout_s=p.timeout_s, expect=p.expect, transport=p.transport,
-            rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=rate_name,
+            secret_headers=p.secret_headers, secret_params=p.secret_params, item_concurrency=p.item_concurrency,
+            retries=p.retries, retry_backoff_s=p.retry_backoff_s, timeout_s=p.timeout_s, expect=p.expect,
+            transport=p.transport, rate_limit_per_second=p.rate_limit_per_second, rate_limit_name=rate_name,
             limiter_scope=run.run_key, output_dir=p.output, output_format=p.output_format, run_scope=run.scope,
             batch_size=p.batch_size, results_path=p.results_path, result_key=p.result_key,
             chunk_timeout_s=p.chunk_timeout_s,
@@ -184,8 +192,8 @@ def api_bulk_flow(p: ApiBulkParams) -> RunSummary:
         rate = (f", {p.rate_limit_per_second}/s" + (f" shared as {p.rate_limit_name!r}" if p.rate_limit_name else "")
                 if p.rate_limit_per_second else "")
         run.progress.logger.info(
-            "api-bulk run %r: %s items -> %s %s%s, %d chunk(s) x %d request(s) in flight%s", run.run_key,
-            src.total if src.total is not None else "?", p.method, shown, p.path_template, p.max_concurrency,
+            "api-bulk run %r: %s items -> %s %s, %d chunk(s) x %d request(s) in flight%s", run.run_key,
+            src.total if src.total is not None else "?", p.method, shown, p.max_concurrency,
             p.item_concurrency, rate)
         plan = PlanLog(run.run_dir.plan)
         try:

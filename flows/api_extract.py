@@ -79,8 +79,6 @@ class ApiExtractParams(FlowParams, HttpGroup, RateGroup):
     pages_per_part: Annotated[int, Field(ge=1, le=100_000, description=(
         "Pages per part file (and per checkpoint)."))] = 10
     params: Annotated[dict[str, Any] | None, Field(description="Extra query parameters (no credentials).")] = None
-    secret_params: Annotated[dict[str, str] | None, Field(description=(
-        "Credential query parameters from Prefect Secret blocks: {'api_key': 'block-name'}."))] = None
     paginator_options: Annotated[dict[str, str | int] | None, Field(description=(
         "Parameter names of the paginator, e.g. {'offset_param': 'skip', 'limit_param': 'take'}."))] = None
     incremental: Annotated[ApiIncremental | None, Field(description=(

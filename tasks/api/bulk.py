@@ -15,21 +15,24 @@ are written exactly as they are (they are data), only messages about them are re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus, urlencode
 
 import httpx
 from prefect import task
 
-from tasks.api.client import Expect, TransportName, build_request, make_client, send
+from tasks.api.client import _ABSOLUTE, Expect, TransportName, build_request, make_client, send
 from tasks.api.lean import LeanClient, use_lean
 from tasks.api.multi import send_batches
 from tasks.api.outputs import ApiPartFormat, process_limiter, resolve_secrets, resolve_token, write_part
-from tasks.api.request_spec import RequestTemplate
+from tasks.api.paginators import with_query
+from tasks.api.request_spec import RequestSpec, RequestTemplate, query_params
 from tasks.core import (
     Chunk,
     ChunkOutcomes,
@@ -63,6 +66,7 @@ class ApiJob:
     auth_secret: str | None = None
     headers: dict[str, str] | None = None
     secret_headers: dict[str, str] | None = None  # header -> Secret block name (or in-process handle)
+    secret_params: dict[str, str] | None = None  # query parameter -> Secret block name (or in-process handle)
     item_concurrency: int = 8
     retries: int = 5
     retry_backoff_s: float = 1.0
@@ -87,12 +91,80 @@ class ApiJob:
     def settings(self) -> HttpSettings:
         return HttpSettings(timeout_s=self.timeout_s)
 
+    @property
+    def root(self) -> str:
+        """base_url without its query: what an item's path is joined to."""
+        return split_base_url(self.base_url)[0]
+
+
+def split_base_url(base_url: str) -> tuple[str, str]:
+    """(base_url without its query, the query as written). The path of a request joins the first and its query
+    gets the second: ``https://api.example.com/v1?version=2`` + ``/items/1`` is ``.../v1/items/1?version=2``."""
+    root, _, query = base_url.partition("?")
+    return root, query.partition("#")[0]
+
+
+def shown_target(base_url: str, path: str) -> str:
+    """``base_url`` joined to ``path`` (a template) as the requests are, for logs and messages (redact it)."""
+    root, query = split_base_url(base_url)
+    return root + path + (("&" if "?" in path else "?") + query if query else "")
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """What a run adds to the query of its requests: ``base`` (base_url's own query, as written) on those joined to
+    base_url, an item's own parameters winning; ``secret`` (credential parameters, resolved) on every request,
+    winning. Neither is in the item, its Idempotency-Key or the journal: only on the wire."""
+
+    base: str = ""
+    secret: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, base_url: str, secret: Mapping[str, str] | None) -> RunQuery:
+        secret = dict(secret or {})
+        base = "&".join(_pairs_without(split_base_url(base_url)[1], secret))
+        return cls(base, secret)
+
+    def spec(self, spec: RequestSpec) -> RequestSpec:
+        """``spec`` with the run's query parameters (see the class docstring)."""
+        if self.base and not _ABSOLUTE.match(spec.url):
+            if spec.params is not None:
+                spec = dataclasses.replace(spec, params={**query_params(self.base), **spec.params})
+            else:
+                head, hash_, fragment = spec.url.partition("#")
+                path, _, own = head.partition("?")
+                query = "&".join([*_pairs_without(self.base, query_params(own)), *([own] if own else [])])
+                spec = dataclasses.replace(spec, url=f"{path}?{query}{hash_}{fragment}")
+        return with_query(spec, dict(self.secret))
+
+    def templated(self, url_for: Callable[[Any], str | None] | None,
+                  path_template: str) -> Callable[[Any], str | None] | None:
+        """The lean client's ``item -> URL`` (:meth:`LeanClient.templated`) with the run's query appended; None (every
+        request built by :meth:`spec`) when the template has a query or fragment of its own to merge with."""
+        if url_for is None or not (self.base or self.secret):
+            return url_for
+        if "?" in path_template or "#" in path_template:
+            return None
+        suffix = "?" + "&".join(part for part in (self.base, urlencode(self.secret)) if part)
+
+        def with_suffix(item: Any) -> str | None:
+            url = url_for(item)
+            return None if url is None else url + suffix
+
+        return with_suffix
+
+
+def _pairs_without(query: str, names: Mapping[str, Any]) -> list[str]:
+    """The ``name=value`` pairs of ``query``, as written, but those named in ``names``."""
+    return [pair for pair in query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in names]
+
 
 def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) -> ChunkReport:
     """Send the requests of one chunk that have no outcome yet; return its report (see the module docstring)."""
     started = time.perf_counter()
     token = resolve_token(job.auth_secret)
     headers = {**(job.headers or {}), **resolve_secrets(job.secret_headers)}
+    secret_params = resolve_secrets(job.secret_params, what="secret_params")
     limiter = process_limiter(job.rate_limit_per_second, job.rate_limit_name, scope=job.limiter_scope)
     outcomes = ChunkOutcomes(chunk, ref, keep_rows=bool(job.output_dir),
                              stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
@@ -100,7 +172,8 @@ def process_api_chunk(chunk: Chunk, job: ApiJob, ref: ChunkRef | None = None) ->
     try:
         with outcomes:  # past chunk_timeout_s the requests in flight are cancelled (not recorded: the retry resends)
             requests = run_coroutine(lambda: deadline.acall(
-                lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers)))
+                lambda: send_items(outcomes, job, token=token, limiter=limiter, headers=headers,
+                                   secret_params=secret_params)))
     except BaseException:  # the chunk fails as a whole: the requests it finished keep their rows (a rerun adds the rest)
         if job.output_dir and outcomes.rows:
             _write_rows(job, chunk.index, outcomes.ordered_rows())
@@ -128,18 +201,20 @@ def open_client(job: ApiJob, *, token: str | None, limiter: Any,
                               "headers": job.headers if headers is None else headers,
                               "max_connections": job.item_concurrency}
     if job.lean and use_lean(job.transport):
-        return LeanClient(job.base_url, **kwargs)
-    return make_client(job.base_url, transport=job.transport, **kwargs)
+        return LeanClient(job.root, **kwargs)
+    return make_client(job.root, transport=job.transport, **kwargs)
 
 
 async def send_items(
-    outcomes: ChunkOutcomes, job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None
+    outcomes: ChunkOutcomes, job: ApiJob, *, token: str | None, limiter: Any, headers: dict[str, str] | None = None,
+    secret_params: Mapping[str, str] | None = None,
 ) -> int:
     """Send the request of every item still to do with ``job.item_concurrency`` in flight, recording each
     outcome in ``outcomes`` as it comes; returns the number of requests sent (retries included).
 
     A fatal answer (401/403) stops every worker before its next item; requests in flight finish.
-    ``headers`` (default ``job.headers``) are sent on every request, resolved secret headers included.
+    ``headers`` (default ``job.headers``) are sent on every request, resolved secret headers included, and so
+    are ``secret_params`` (resolved credential query parameters) and base_url's own query (:class:`RunQuery`).
     """
     policy = job.policy()
     settings = job.settings()
@@ -154,6 +229,7 @@ async def send_items(
             return failure
         return mask
 
+    query = RunQuery.of(job.base_url, secret_params)
     async with open_client(job, token=token, limiter=limiter, headers=headers) as client:
         retry_after_cap = settings.max_retry_after_s
         keep = bool(job.output_dir)
@@ -164,12 +240,13 @@ async def send_items(
             one = functools.partial(send, client, expect=job.expect, max_retry_after_s=retry_after_cap)
 
         if job.batch_size:
-            return await send_batches(outcomes, job, send_one=client.send if lean else functools.partial(send, client),
+            send_spec = client.send if lean else functools.partial(send, client)
+            return await send_batches(outcomes, job, send_one=lambda spec, **kw: send_spec(query.spec(spec), **kw),
                                       policy=policy, masked=masked, max_retry_after_s=retry_after_cap)
 
         # the common case, GET /users/{id}: the URL straight from the item (LeanClient.templated), one header
         # set for every request, the first attempt made here (the retry policy takes over only after a failure)
-        url_for = client.templated(job.template) if lean else None
+        url_for = query.templated(client.templated(job.template), job.template.path_template) if lean else None
         method = job.template.method.upper()
         fetch = functools.partial(client.exchange, method, headers=client.wire_headers, expect=job.expect,
                                   max_retry_after_s=retry_after_cap, keep=keep) if url_for is not None else None
@@ -179,7 +256,7 @@ async def send_items(
                 url = url_for(item)
                 if url is not None:
                     return functools.partial(fetch, url)  # type: ignore[arg-type]
-            return functools.partial(one, build_request(item, job.template))
+            return functools.partial(one, query.spec(build_request(item, job.template)))
 
         async def worker() -> None:
             nonlocal cursor, sent
@@ -248,4 +325,5 @@ def api_chunk_task(chunk: Chunk, ref: ChunkRef, job: ApiJob) -> ChunkReport:
         return process_api_chunk(chunk, job, ref)
 
 
-__all__ = ["BULK_COLUMNS", "ApiJob", "api_chunk_task", "open_client", "process_api_chunk", "run_coroutine", "send_items"]
+__all__ = ["BULK_COLUMNS", "ApiJob", "RunQuery", "api_chunk_task", "open_client", "process_api_chunk", "run_coroutine",
+           "send_items", "shown_target", "split_base_url"]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tasks.api.request_spec import is_sensitive_header, is_sensitive_param, url_password
 from tasks.core import (
@@ -185,14 +185,17 @@ def split_credential_headers(headers: dict[str, str] | None) -> tuple[dict[str, 
 def split_credential_params(url: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, dict[str, str]]:
     """(url without credential query parameters, plain params, {credential param: handle}) for the Python
     entry points: ``?api_key=...`` in the URL or in ``params`` never becomes a flow-run parameter."""
-    base, _, query = url.partition("?")
+    base, _, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
     kept, moved = [], {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if is_sensitive_param(key):
-            moved[key] = value
-        else:
-            kept.append((key, value))
-    url = base + ("?" + urlencode(kept) if kept else "")
+    for pair in query.split("&"):  # the other pairs stay as written
+        parsed = parse_qsl(pair, keep_blank_values=True)
+        if parsed and is_sensitive_param(parsed[0][0]):
+            moved[parsed[0][0]] = parsed[0][1]
+        elif pair:
+            kept.append(pair)
+    if moved:
+        url = base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment
     merged = {**moved, **(params or {})} if moved else params
     plain, handles = _split(merged, is_sensitive_param)
     return url, plain, handles
@@ -215,8 +218,8 @@ def split_url_password(url: str) -> tuple[str, str | None]:
 
 
 def keep_credentials_in_process(values: dict[str, Any], handles: list[str]) -> None:
-    """``python_entry`` prepare hook of the API flows: credential headers (and, when the flow has a ``url``,
-    credential query parameters) given in Python move to ``secret_headers`` / ``secret_params`` as ``mem:``
+    """``python_entry`` prepare hook of the API flows: credential headers (and credential query parameters of
+    ``url`` / ``params`` or ``base_url``) given in Python move to ``secret_headers`` / ``secret_params`` as ``mem:``
     handles that stay in this process; a password in ``base_url`` / ``url`` moves there too, as the
     ``Authorization: Basic`` header it stands for. The handles are appended to ``handles`` for release after
     the run."""
@@ -235,8 +238,16 @@ def keep_credentials_in_process(values: dict[str, Any], handles: list[str]) -> N
         values["url"], params, moved = split_credential_params(values["url"], values.get("params"))
         if moved:
             values["params"] = params
-            values["secret_params"] = {**(values.get("secret_params") or {}), **moved}
-            handles.extend(moved.values())
+            _add_secret_params(values, moved, handles)
+    if isinstance(values.get("base_url"), str):  # api_bulk: base_url's own query goes on every request
+        values["base_url"], _, moved = split_credential_params(values["base_url"], None)
+        _add_secret_params(values, moved, handles)
+
+
+def _add_secret_params(values: dict[str, Any], moved: dict[str, str], handles: list[str]) -> None:
+    if moved:
+        values["secret_params"] = {**(values.get("secret_params") or {}), **moved}
+        handles.extend(moved.values())
 
 
 def _split(values: dict[str, Any] | None, sensitive: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:

@@ -27,6 +27,9 @@ class HttpGroup(ItemRetryGroup):
         "Extra headers on every request; no credentials (use secret_headers)."))] = None
     secret_headers: Annotated[dict[str, str] | None, Field(description=(
         "Credential headers from Prefect Secret blocks: {'X-Api-Key': 'block-name'}."))] = None
+    secret_params: Annotated[dict[str, str] | None, Field(description=(
+        "Credential query parameters from Prefect Secret blocks, sent on every request: {'api_key': 'block-name'}."
+    ))] = None
     timeout_s: TimeoutS = SETTING
     retries: Retries = 5
     transport: Annotated[TransportName, Field(description="aiohttp (fast) or httpx (native transport).")] = "aiohttp"

@@ -86,8 +86,9 @@ def is_sensitive_param(name: str) -> bool:
     return name.lower() in CREDENTIAL_PARAMS
 
 
-def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow: str) -> None:
-    """ConfigError for credential query parameters in flow parameters (Prefect stores and shows those)."""
+def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow: str, what: str = "url/params") -> None:
+    """ConfigError for credential query parameters in flow parameters (Prefect stores and shows those);
+    ``what`` names the parameters (in the warning when masking their stored values fails)."""
     in_url = [key for key, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True) if is_sensitive_param(key)]
     names = sorted({*in_url, *(k for k in (params or {}) if is_sensitive_param(k))})
     if names:
@@ -95,7 +96,7 @@ def refuse_sensitive_params(url: str, params: Mapping[str, Any] | None, *, flow:
                  if is_sensitive_param(unquote(pair.partition("=")[0]))]
         values = [str(v) for k, v in (params or {}).items() if is_sensitive_param(k) and v is not None]
         mask_run_parameters({**{pair: pair.partition("=")[0] + "=***" for pair in pairs}, **dict.fromkeys(values, "***")},
-                            what="url/params", secret="credential query parameter(s)")
+                            what=what, secret="credential query parameter(s)")
     _refuse_credentials(names, what="query parameter(s)", instead="secret_params", flow=flow)
 
 

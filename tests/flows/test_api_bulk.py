@@ -20,10 +20,13 @@ import pytest
 from prefect.blocks.system import Secret
 
 from flows.api_bulk import api_bulk
+from tasks.core import summary_from_state
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary, read_dead_letters
 from tests.fixtures.api_server import NUMBERS_BODY, ApiServer
 from tests.run_flow import finish, start_flow, summary_in
+from tests.tasks.api.loopback import Seen, raw_api
+from tests.tasks.db.test_dburl import stored_for_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-BULK-SECRET-7f3a9c"
@@ -414,3 +417,82 @@ def test_a_chunk_past_its_timeout_keeps_the_rows_of_the_requests_it_finished(api
                  **FAST)
     assert (s.succeeded, s.failed) == (4, 1), s.render_text()
     assert [r["body"]["id"] for r in s.results()] == ["0", "1", "2", "3"]
+
+
+QUERY_KEY = "qkey-bulk-5c81e0"
+
+
+def _items_api(seen: Seen) -> tuple[int, dict[str, str], Any]:
+    """/v1/items/<id>: 200 with the id, 404 for an id with "missing"; POST /v1/bulk: one result per record."""
+    if seen.path == "/v1/bulk":
+        return 200, {}, [{"id": r["id"], "status": 201} for r in json.loads(seen.body)["records"]]
+    name = seen.path.removeprefix("/v1/items/")
+    return (404, {}, {"error": f"no item {name}"}) if "missing" in name else (200, {}, {"id": name})
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_base_url_query_goes_after_each_path_and_its_credential_stays_in_the_process(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str):
+    """base_url=".../v1?version=2&api_key=K" from Python: every path joins /v1 and the query follows it (an item's
+    own parameter wins), the key is sent yet never stored by Prefect, and what is written about the requests shows
+    the path with only the key masked."""
+    items = [{"id": "1-ok"}, {"id": "2-missing"}, {"path": "/items/3-ok", "params": {"page": "1"}},
+             {"path": "/items/4-ok?version=3"}]
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO)
+    with raw_api(_items_api) as (url, seen):
+        summary = api_bulk(items, base_url=f"{url}/v1?version=2&api_key={QUERY_KEY}", path_template="/items/{id}",
+                           output=out, transport=transport, min_success_ratio=0.5, **FAST)
+    assert (summary.total, summary.succeeded, summary.failed) == (4, 3, 1), summary.render_text()
+    assert sorted(r.target for r in seen) == [
+        f"/v1/items/1-ok?version=2&api_key={QUERY_KEY}", f"/v1/items/2-missing?version=2&api_key={QUERY_KEY}",
+        f"/v1/items/3-ok?version=2&page=1&api_key={QUERY_KEY}", f"/v1/items/4-ok?version=3&api_key={QUERY_KEY}"]
+    stored = _flow_run_parameters(summary.flow_run_id)
+    assert QUERY_KEY not in stored and f'"base_url": "{url}/v1?version=2"' in stored and "mem:" in stored
+    (dead,) = dead_letters(summary)
+    assert dead["item"] == {"id": "2-missing"} and dead["status"] == 404
+    assert "GET " + f"{url}/v1/items/2-missing?version=2&api_key=***" in dead["message"], dead["message"]
+    rows = {r["item"]["id"] if "id" in r["item"] else r["item"]["path"]: r for r in output_rows(out)}
+    assert rows["1-ok"]["url"] == f"{url}/v1/items/1-ok?version=2&api_key=***"
+    assert rows["1-ok"]["body"] == {"id": "1-ok"} and rows["/items/4-ok?version=3"]["body"] == {"id": "4-ok"}
+    shown = [summary.render_text(), summary.model_dump_json(), dead["message"], _flow_run_artifacts(summary.flow_run_id),
+             *(r.getMessage() for r in caplog.records), *(p.read_text() for p in out.glob("part-*"))]
+    assert not [text for text in shown if QUERY_KEY in text]
+
+
+def test_a_base_url_credential_as_a_deployment_parameter_is_refused_and_masked_in_the_stored_run():
+    from flows.api_bulk import api_bulk_flow
+
+    with raw_api(_items_api) as (url, seen):
+        base_url = f"{url}/v1?version=2&api_key={QUERY_KEY}"
+        with pytest.raises(ConfigError, match=r"\['api_key'\] carry credentials.*secret_params=") as info:
+            api_bulk_flow(items=[{"id": "1-ok"}], base_url=base_url)
+        assert QUERY_KEY not in str(info.value)
+        state = api_bulk_flow(items=[{"id": "1-ok"}], base_url=base_url, return_state=True)
+        assert state.is_failed() and "secret_params=" in (state.message or "")
+        with pytest.raises(ConfigError, match=r"query parameters.*secret_params=\{'api_key'"):
+            api_bulk([{"id": "1-ok"}], base_url=base_url, task_runner="processes")
+    assert seen == []
+    stored = stored_for_run(state.state_details.flow_run_id)
+    assert stored["parameters"]["base_url"] == f"{url}/v1?version=2&api_key=***"
+    assert QUERY_KEY not in json.dumps(stored)
+
+
+def test_secret_params_from_a_secret_block_go_on_every_request_batches_included(tmp_path: Path):
+    """The deployment's way: secret_params={'api_key': '<block>'} sends the block's value on every request (here
+    multi-item POSTs) after base_url's own query; Prefect stores the block name only."""
+    from flows.api_bulk import api_bulk_flow
+
+    name = f"bf-test-qkey-{uuid.uuid4().hex[:6]}"
+    Secret(value=QUERY_KEY).save(name, overwrite=True)
+    with raw_api(_items_api) as (url, seen):
+        state = api_bulk_flow(items=[{"id": i} for i in range(5)], base_url=f"{url}/v1?version=2", method="POST",
+                              path_template="/bulk", json_template={"records": "{items}"}, batch_size=2,
+                              secret_params={"api_key": name}, output=str(tmp_path / "out"), return_state=True)
+    summary = summary_from_state(state)
+    assert (summary.succeeded, summary.failed) == (5, 0), summary.render_text()
+    assert [r.target for r in seen] == [f"/v1/bulk?version=2&api_key={QUERY_KEY}"] * 3
+    stored = _flow_run_parameters(summary.flow_run_id)
+    assert QUERY_KEY not in stored and name in stored
+    assert not [line for line in (tmp_path / "out").glob("part-*") if QUERY_KEY in line.read_text()]
+
