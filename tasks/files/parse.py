@@ -15,7 +15,10 @@ in C (``isascii``, else one decode); if it is not, its rows are decoded one by o
 a reject whose ``_raw`` escapes the invalid bytes (:func:`raw_bytes` gives the bytes back).
 
 JSON lines carry each row's line as ``_raw`` (a schema reject is that line); a line that is not valid UTF-8
-is rejected the same way, and a line with a key outside the columns is rejected naming the key.
+is rejected the same way, and a line with a key outside the columns is rejected naming the key. A string
+holding an escape of a lone UTF-16 surrogate (``"\\ud800"``: valid JSON, but no character) cannot be a
+polars string (polars' reader makes it a NUL): its line is rejected naming the column. A pair of such escapes
+(``"\\ud83d\\ude00"``) is one character and kept; segments without any surrogate escape pay one byte search.
 """
 
 from __future__ import annotations
@@ -395,22 +398,69 @@ def _keys_of(body: bytes) -> set[str]:
         return {"\x00"}
 
 
+_SURROGATE_ESCAPE = rb"\\u[dD][89a-fA-F]"
+_SURROGATE = re.compile(_SURROGATE_ESCAPE)
+_SURROGATE_PAIR = r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+
+
+def _has_surrogate_escape(body: bytes) -> bool:
+    """Whether a segment may hold a ``\\uD800``-``\\uDFFF`` escape: two byte searches, a regex only if one hits."""
+    return (b"\\ud" in body or b"\\uD" in body) and _SURROGATE.search(body) is not None
+
+
+def _lone_surrogates(text: pl.Series) -> bool:
+    """Whether a line holds an escape of a lone surrogate (not a high one followed by a low one), as JSON reads
+    it: escaped backslashes out first (``\\\\ud800`` is text), then the pairs; any surrogate escape left is lone."""
+    return bool(
+        text.str.replace_all("\\\\", "_", literal=True)
+        .str.replace_all(_SURROGATE_PAIR, "")
+        .str.contains(_SURROGATE_ESCAPE.decode())
+        .any()
+    )
+
+
+def _lone_surrogate(columns: list[str], values: list[str | None]) -> str | None:
+    """The reason of a row (Python's json read it) with a value a string cannot hold: a lone surrogate."""
+    for column, value in zip(columns, values, strict=True):
+        if value is None or value.isascii():
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"{column}: holds the escape of a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}, half "
+                    "of a pair without its other half), which is not a character and cannot be stored as text; "
+                    "write the character itself or both escapes of its pair (e.g. \\ud83d\\ude00)")
+    return None
+
+
+def _nested_escapes(df: pl.DataFrame, columns: list[str]) -> bool:
+    """Whether an object or array value holds a backslash or a control character: polars writes a backslash, a
+    tab or a control character of a string inside it as is (``["x\\y"]``, not JSON), so Python's json reads it."""
+    nested = [(pl.col(c).str.starts_with("{") | pl.col(c).str.starts_with("["))
+              & pl.col(c).str.contains(r"[\\\x00-\x1f]") for c in columns]
+    return bool(df.select(pl.any_horizontal(nested).any()).item())
+
+
 def _jsonl_polars(body: bytes, columns: list[str], first_line: int, source: str,
-                  exact_columns: Sequence[str]) -> pl.DataFrame | None:
+                  exact_columns: Sequence[str], *, surrogates: bool) -> pl.DataFrame | None:
     """The rows of a segment read by polars, with their line and text (``_raw``); None when the segment needs
-    Python's json (see :func:`parse_jsonl`)."""
+    Python's json (see :func:`parse_jsonl`). ``surrogates``: the segment may hold a lone surrogate escape."""
     if not _polars_exact(body, exact_columns):
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             text = pl.read_lines(body, name=RAW).to_series()  # without the line breaks (\r\n too)
+            if surrogates and _lone_surrogates(text):
+                return None
             df = pl.read_ndjson(body, schema={c: pl.String for c in columns})
     except pl.exceptions.PolarsError:
         return None
     rows = ~text.str.contains(r"^[ \t\r]*$")  # JSON whitespace only: not a row
     text = text.filter(rows)
     if df.height != text.len() or not df.height or not _only_known_keys(body, text, df, columns):
+        return None
+    if b"\\" in body and _nested_escapes(df, columns):
         return None
     at = pl.int_range(first_line, first_line + rows.len(), dtype=pl.Int64, eager=True).filter(rows)
     return df.with_columns(pl.lit(source).alias(SOURCE_FILE), at.alias(LINE), text)
@@ -443,9 +493,11 @@ def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str,
     String, Decimal). A segment where polars would rewrite a number of such a column is read by Python's json,
     which hands every number over as the file writes it; so does a segment polars refuses, so both paths give
     the same text. A line with a key that is not in ``columns`` is rejected naming the key (polars would drop
-    the key silently): a segment where one may be is read by Python's json too."""
+    the key silently): a segment where one may be is read by Python's json too, and so is one with a lone
+    surrogate escape, whose line is rejected."""
     body = body.rstrip(b"\r\n")
-    good = _jsonl_polars(body, columns, first_line, source, exact_columns) if body else None
+    surrogates = bool(body) and _has_surrogate_escape(body)
+    good = _jsonl_polars(body, columns, first_line, source, exact_columns, surrogates=surrogates) if body else None
     if good is not None:
         return good, _rejects([], [], [], source)
     lines, not_utf8 = _jsonl_lines(body)
@@ -470,7 +522,11 @@ def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str,
         if unknown := [k for k in obj if k not in known]:
             bad.append((i, i + 1, _unknown_keys(unknown)))
             continue
-        rows.append([_json_text(obj.get(c)) for c in columns])
+        row = [_json_text(obj.get(c)) for c in columns]
+        if surrogates and (reason := _lone_surrogate(columns, row)):
+            bad.append((i, i + 1, reason))
+            continue
+        rows.append(row)
         at.append(i)
     df = _frame(columns, rows, [first_line + i for i in at], source)
     df = df.with_columns(pl.Series(RAW, [lines[i].rstrip("\r") for i in at], dtype=pl.String))

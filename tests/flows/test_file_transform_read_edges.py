@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 from pathlib import Path
 
@@ -136,3 +137,43 @@ def test_a_split_file_deleted_during_the_run_fails_only_its_chunk(tmp_path: Path
     assert [f["path"] for d in dead for f in d["item"]["files"]] == [str(src / "f2.csv")]
     rows = pl.read_csv(sorted(out.glob("part-*.csv")))["id"].sort().to_list()
     assert rows == [i * 100 + k for i in (0, 1, 3) for k in range(50)]
+
+
+def test_parquet_to_jsonl_keeps_nested_nan_and_rejects_an_integer_a_float_would_change(tmp_path: Path) -> None:
+    """A NaN inside a list or a struct was written null; 9007199254740993 cast to float64 became ...992.0."""
+    nan, big = float("nan"), 2**53 + 1
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"id": [1, 2, 3], "n": [big, 7, 2**53], "xs": [[1.5, nan], [float("inf"), nan, None], []],
+                  "st": [{"a": -float("inf"), "b": "x"}, {"a": 0.25, "b": "y"}, None]}).write_parquet(src)
+    out = tmp_path / "out"
+    s = file_transform(src, out, schema={"n": "float64"}, output_format="jsonl", run_key="exact",
+                       raise_on_failure=False)
+    assert (s.total, s.succeeded, s.failed) == (3, 2, 1)
+    counts_add_up(s)
+    assert (out / "part-00000.jsonl").read_text().splitlines() == [
+        '{"id":2,"n":7.0,"xs":[Infinity,NaN,null],"st":{"a":0.25,"b":"y"}}',
+        '{"id":3,"n":9007199254740992.0,"xs":[],"st":null}']
+    rejects = pl.read_parquet(out / "_rejects" / "part-00000.parquet")
+    assert rejects.select("id", "n", "_line").rows() == [(1, big, 1)]
+    assert rejects["_reject_reason"].item().startswith(f"n: '{big}' is an integer float64 cannot hold exactly")
+    assert math.isnan(rejects["xs"][0][1])
+
+
+@pytest.mark.parametrize("malformed", [False, True], ids=["polars", "python"])
+def test_a_lone_surrogate_escape_in_a_json_line_is_rejected_and_a_pair_kept(tmp_path: Path, malformed: bool) -> None:
+    """``"\\ud800"`` is valid JSON but no character: polars' reader wrote it as a NUL (silently), Python's path
+    failed the chunk with a bare UnicodeEncodeError, the good rows lost."""
+    lines = ['{"id": 1, "name": "a\\ud83d\\ude00"}', '{"id": 2, "name": "b"', '{"id": 3, "name": "ok\\ud800"}']
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines if malformed else lines[::2]) + "\n")
+    out = tmp_path / "out"
+    s = file_transform(src, out, output_format="jsonl", schema={"id": "int64", "name": "str"}, run_key="sur",
+                       raise_on_failure=False)
+    assert (s.total, s.succeeded, s.failed, s.chunks_failed) == (2 + malformed, 1, 1 + malformed, 0)
+    counts_add_up(s)
+    assert (out / "part-00000.jsonl").read_bytes() == '{"id":1,"name":"a\U0001f600"}\n'.encode()
+    rejects = list(s.rejects())
+    assert [(r["_raw"], r["_line"]) for r in rejects] == ([(lines[1], 2), (lines[2], 3)] if malformed
+                                                          else [(lines[2], 2)])
+    assert rejects[-1]["_source_file"] == str(src)
+    assert rejects[-1]["_reject_reason"].startswith("name: holds the escape of a lone UTF-16 surrogate (\\ud800,")

@@ -15,7 +15,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.files.parse import _polars_exact, parse_csv, parse_jsonl, raw_bytes
+from tasks.files.parse import (
+    _has_surrogate_escape,
+    _jsonl_polars,
+    _polars_exact,
+    parse_csv,
+    parse_jsonl,
+    raw_bytes,
+)
 from tasks.files.process import plan_chunks, process_chunk, resolve_inputs
 
 # values polars writes as the file does, whichever path reads them
@@ -124,3 +131,71 @@ def test_a_field_longer_than_128_kib_is_kept_on_the_python_path() -> None:
     good, bad = parse_csv(body, ["id", "doc", "x"], ",", 2, "a.csv")
     assert good["doc"].to_list() == [big, "small"] and good["_line"].to_list() == [2, 4]
     assert bad["_line"].to_list() == [3] and bad["_reject_reason"][0].startswith("bad quoting")
+
+
+# --- JSON lines: UTF-16 surrogate escapes -----------------------------------------------------------
+
+# (a string value as written in the file, what it holds, or None: a lone surrogate, no string can hold it)
+SURROGATES = [
+    (r'"\ud83d\ude00"', "\U0001f600"),  # a pair: one character
+    (r'"\uD83D\uDE00 \ud83d\ude00"', "\U0001f600 \U0001f600"),
+    (r'"\\ud800"', "\\ud800"),  # an escaped backslash: text, no escape
+    (r'"\\\\\ud83d\ude00"', "\\\\\U0001f600"),
+    (r'["\ud83d\ude00", "b"]', '["\U0001f600", "b"]'),  # nested: as JSON text
+    (r'"ok\ud800"', None),
+    (r'"\uDE00"', None),  # a low half first
+    (r'"\ud83d\\\ude00"', None),  # two halves with an escaped backslash between them
+    (r'"\\\\ud83d\ude00"', None),  # the first half is text
+    (r'"\ud83d\ud83d\ude00"', None),  # two high halves, one pair
+    (r'"x\ud83d\u0041"', None),
+    (r'["\ud83d\ude00", "\ud800"]', None),  # inside a nested value
+]
+
+
+def _surrogate_file(path: Path, *, malformed: bool) -> list[str]:
+    lines = [f'{{"id": {i}, "name": {text}}}' for i, (text, _) in enumerate(SURROGATES)]
+    path.write_text("\n".join(lines[:2] + (["{oops"] if malformed else []) + lines[2:]) + "\n")
+    return lines
+
+
+@pytest.mark.parametrize("malformed", [False, True], ids=["polars", "python"])
+def test_a_lone_surrogate_escape_rejects_its_line_and_pairs_are_kept(tmp_path: Path, malformed: bool) -> None:
+    """A lone surrogate became a NUL on polars' path (silently) and failed the chunk on Python's."""
+    path = tmp_path / "in.jsonl"
+    lines = _surrogate_file(path, malformed=malformed)
+    result = process_chunk(plan_chunks(resolve_inputs(str(path)))[0], tmp_path / "out",
+                           schema={"id": "int64", "name": "str"}, output_format="jsonl")
+    kept = [(i, value) for i, (_, value) in enumerate(SURROGATES) if value is not None]
+    written = Path(result.output_paths[0]).read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x) for x in written] == [{"id": i, "name": v} for i, v in kept]
+    rejects = [json.loads(x) for x in Path(result.rejects_path or "").read_text().splitlines()]
+    lone = [i for i, (_, value) in enumerate(SURROGATES) if value is None]
+    assert [r["_raw"] for r in rejects if r["_raw"] != "{oops"] == [lines[i] for i in lone]
+    shift = [i + 1 + (malformed and i >= 2) for i in lone]  # line numbers, the {oops line counted
+    assert [r["_line"] for r in rejects if r["_raw"] != "{oops"] == shift
+    reasons = [r["_reject_reason"] for r in rejects if r["_raw"] != "{oops"]
+    assert all(r.startswith("name: holds the escape of a lone UTF-16 surrogate (\\ud") for r in reasons), reasons
+    assert "(\\ud800," in reasons[0] and "(\\ude00," in reasons[1]
+    assert (result.rows_in, result.rows_out, result.rows_rejected) == (len(SURROGATES) + malformed, len(kept),
+                                                                       len(lone) + malformed)
+
+
+def test_surrogate_pairs_alone_keep_polars_path(tmp_path: Path) -> None:
+    body = "".join(f'{{"id": {i}, "name": {t}}}\n' for i, (t, v) in enumerate(SURROGATES) if v is not None).encode()
+    assert _has_surrogate_escape(body)
+    fast = _jsonl_polars(body.rstrip(b"\n"), ["id", "name"], 1, "f", ["name"], surrogates=True)
+    assert fast is not None and fast["name"].to_list() == [v for _, v in SURROGATES if v is not None]
+    assert not _has_surrogate_escape(b'{"name": "caf\\u00e9 \\ud7ff \\\\u0041"}')
+
+
+def test_escapes_inside_a_nested_value_are_kept_on_both_paths(tmp_path: Path) -> None:
+    """polars wrote a backslash, a tab, a control character inside an array as is (``["x\\y"]``: not JSON)."""
+    line = '{"id": 1, "tags": ["x\\\\y", "t\\tb", "c\\u0001", "q\\"n\\n"]}\n'
+    for name, text in [("polars", line), ("python", line + "{oops\n")]:  # polars refuses the second: Python's json
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(text)
+        result = process_chunk(plan_chunks(resolve_inputs(str(path)))[0], tmp_path / name,
+                               schema={"id": "int64", "tags": "str"}, output_format="jsonl")
+        got = json.loads(Path(result.output_paths[0]).read_text())["tags"]
+        assert got == '["x\\\\y", "t\\tb", "c\\u0001", "q\\"n\\n"]', name
+        assert json.loads(got) == ["x\\y", "t\tb", "c\x01", 'q"n\n']
