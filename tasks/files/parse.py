@@ -330,10 +330,22 @@ def _json_text(value: Any) -> str | None:
 _KNOWN_KEYS: dict[tuple[str, ...], str] = {}
 
 
+def utf8_encodable(text: str) -> bool:
+    """False for a str holding a lone surrogate (a JSON ``"\\ud800"`` escape): no UTF-8 text, no column name."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _unknown_keys(keys: list[str]) -> str:
     """The reason of a line with keys that are not columns, and what to do to keep them."""
     names = ", ".join(repr(k) for k in keys)
     them = "it" if len(keys) == 1 else "them"
+    if not all(map(utf8_encodable, keys)):
+        return (f"key {names} holds the escape of a lone UTF-16 surrogate: no column can have that name; write the "
+                "character itself or both escapes of its pair")
     return (f"key {names} not among the columns (the schema's and the keys in the first MiB of the first JSON-lines "
             f"file); add {them} to the schema's columns (e.g. {json.dumps({keys[0]: 'str'})}) to keep {them}")
 
@@ -533,4 +545,4 @@ def parse_jsonl(body: bytes, columns: list[str], first_line: int, source: str,
     return df, _malformed(lines, first_line, source, bad)
 
 
-__all__ = ["NOT_UTF8", "parse_csv", "parse_jsonl", "raw_bytes"]
+__all__ = ["NOT_UTF8", "parse_csv", "parse_jsonl", "raw_bytes", "utf8_encodable"]

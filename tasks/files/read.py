@@ -34,7 +34,7 @@ from polars.io.plugins import register_io_source
 
 from tasks.core import ConfigError, SourceError
 from tasks.files.inputs import InputFile
-from tasks.files.parse import parse_csv, parse_jsonl
+from tasks.files.parse import parse_csv, parse_jsonl, utf8_encodable
 from tasks.files.schema import (
     LINE,
     PAST_MICROS,
@@ -238,7 +238,7 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
         sample = [
             obj for x in head.decode("utf-8", "replace").split("\n") if isinstance(obj := _json_or_none(x), dict)
         ]
-        names = list(dict.fromkeys(k for obj in sample for k in obj))
+        names = list(dict.fromkeys(k for obj in sample for k in obj if utf8_encodable(k)))  # a lone surrogate is no name
         try:
             inferred = _inferred_types(pl.read_ndjson(head.rstrip(b"\r\n"), infer_schema_length=None)) if infer else {}
             inferred.update(dict.fromkeys(_big_integers_in_floats(inferred, sample), pl.String()))

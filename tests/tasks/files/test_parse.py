@@ -199,3 +199,17 @@ def test_escapes_inside_a_nested_value_are_kept_on_both_paths(tmp_path: Path) ->
         got = json.loads(Path(result.output_paths[0]).read_text())["tags"]
         assert got == '["x\\\\y", "t\\tb", "c\\u0001", "q\\"n\\n"]', name
         assert json.loads(got) == ["x\\y", "t\tb", "c\x01", 'q"n\n']
+
+
+@pytest.mark.parametrize("schema", [None, {"id": "int64", "v": "str"}], ids=["inferred", "schema"])
+def test_a_lone_surrogate_escape_in_a_key_rejects_its_line(tmp_path: Path, schema: dict[str, str] | None) -> None:
+    """No column can be named by a lone surrogate: in the first MiB it failed the chunk (UnicodeEncodeError)."""
+    path = tmp_path / "keys.jsonl"
+    path.write_text('{"id": 1, "v": "a"}\n{"id": 2, "\\ud800": 3}\n{"id": 3, "v": "c"}\n')
+    result = process_chunk(plan_chunks(resolve_inputs(str(path)))[0], tmp_path / "out", schema=schema,
+                           output_format="jsonl")
+    assert [json.loads(x) for x in Path(result.output_paths[0]).read_text().splitlines()] == [
+        {"id": 1, "v": "a"}, {"id": 3, "v": "c"}]
+    (reject,) = [json.loads(x) for x in Path(result.rejects_path or "").read_text().splitlines()]
+    assert reject["_line"] == 2 and reject["_raw"] == '{"id": 2, "\\ud800": 3}'
+    assert reject["_reject_reason"].startswith("key '\\ud800' holds the escape of a lone UTF-16 surrogate")
