@@ -76,6 +76,12 @@ class ObjectStore:
                    "s3://bucket/prefix (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, "
                    "never from the URL; another endpoint from AWS_ENDPOINT_URL)")
             raise ConfigError(msg)
+        if "?" in url or "#" in url:
+            what = "BATCHFLOWS_STATE_DIR" if role == "state dir" else role
+            msg = (f"{what} {shown!r} has a query string or fragment ('?...' or '#...'): it is not part of an S3 "
+                   "key and would be dropped; give s3://bucket/prefix alone (credentials come from "
+                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never from the URL)")
+            raise ConfigError(msg)
         return cls(url=shown.rstrip("/"), bucket=parts.netloc, prefix=parts.path.strip("/"), role=role)
 
     # ------------------------------------------------------------------ client and errors

@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, field_serializer
 
 from tasks.core.errors import ConfigError, SourceError
 from tasks.core.exactjson import JsonNumber, dumps_exact, jsonable
@@ -149,6 +149,15 @@ class RunSummary(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     _collected: list[Any] | None = PrivateAttr(default=None)
 
+    @field_serializer("output_path", "dead_letter_path", "run_dir", "message")
+    def _shown_text(self, value: str | None) -> str | None:
+        """summary.json and every dump say where things are without a credential a URL may carry."""
+        return None if value is None else redact_text(value)
+
+    @field_serializer("extra")
+    def _shown_extra(self, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: redact_text(v) if isinstance(v, str) else v for k, v in value.items()}
+
     @property
     def ok(self) -> bool:
         return self.state == "Completed"
@@ -201,16 +210,16 @@ class RunSummary(BaseModel):
     def render_text(self) -> str:
         """A plain-text report for terminals and logs."""
         counts = self.counts_line()
-        reason = self.message.replace(counts, "").strip()
+        reason = redact_text(self.message.replace(counts, "").strip())
         lines = [f"{self.flow} run {self.run_key!r}: {self.state}" + (f" - {reason}" if reason else ""), f"  {counts}"]
         if self.output_path:
-            lines.append(f"  output:       {self.output_path}")
+            lines.append(f"  output:       {redact_text(self.output_path)}")
         if self.dead_letter_path and self.failed:
-            lines.append(f"  dead letters: {self.dead_letter_path}")
+            lines.append(f"  dead letters: {redact_text(self.dead_letter_path)}")
         if self.run_dir:
-            lines.append(f"  state:        {self.run_dir}")
+            lines.append(f"  state:        {redact_text(self.run_dir)}")
         for key, value in self.extra.items():
-            lines.append(f"  {key}: {value}")
+            lines.append(f"  {key}: {redact_text(str(value))}")
         if self.top_errors:
             lines.append("  top errors:")
             lines.extend(f"    {e.count:>7} x {e.error_type} [{e.category}]: {e.example}" for e in self.top_errors)

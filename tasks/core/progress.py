@@ -24,6 +24,7 @@ from uuid import UUID
 
 from tasks.core.errors import BatchflowsError
 from tasks.core.outcomes import RunSummary
+from tasks.core.redact import redact_text
 
 log = logging.getLogger("batchflows")
 
@@ -391,11 +392,11 @@ def _summary_table(summary: RunSummary) -> None:
             {"metric": "duration", "value": f"{summary.duration_s:.1f} s"},
             {"metric": "throughput", "value": f"{summary.items_per_second:,.1f} items/s"},
         ]
-        rows += [{"metric": k, "value": v} for k, v in summary.extra.items()]
+        rows += [{"metric": k, "value": redact_text(v) if isinstance(v, str) else v} for k, v in summary.extra.items()]
         if summary.output_path:
-            rows.append({"metric": "output", "value": summary.output_path})
+            rows.append({"metric": "output", "value": redact_text(summary.output_path)})
         if summary.dead_letter_path and summary.failed:
-            rows.append({"metric": "dead letters", "value": summary.dead_letter_path})
+            rows.append({"metric": "dead letters", "value": redact_text(summary.dead_letter_path)})
         create_table_artifact(table=rows, key=_artifact_key(summary.flow, summary.run_key, "summary"),
                               description=f"{summary.flow} run {summary.run_key}")
     except Exception as exc:
@@ -406,7 +407,7 @@ def _summary_markdown(summary: RunSummary) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        md = ["## " + f"{summary.flow} run `{summary.run_key}`: **{summary.state}**", "", summary.message or ""]
+        md = ["## " + f"{summary.flow} run `{summary.run_key}`: **{summary.state}**", "", redact_text(summary.message or "")]
         if summary.top_errors:
             md += ["", "| count | error | category | example |", "|---:|---|---|---|"]
             md += [

@@ -394,7 +394,10 @@ def _main(argv: list[str] | None = None) -> int:
     if args.cmd == "reset-incremental":
         from tasks.core.watermarks import reset_watermarks
 
-        gone = reset_watermarks(args.flow, args.stream)
+        try:
+            gone = reset_watermarks(args.flow, args.stream)
+        except ConfigError as exc:
+            parser.error(str(exc))
         for path in gone:
             print(f"removed {path}")
         print(f"removed {len(gone)} watermark(s); db_migrate keeps its own in the target database "

@@ -16,13 +16,14 @@ Start over from the command line::
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+from tasks.core.errors import ConfigError
 from tasks.core.settings import EngineSettings
 from tasks.core.state import write_text_atomic
 
@@ -71,22 +72,62 @@ def save_watermark(flow: str, stream: str, data: dict[str, Any], *, run_key: str
     return path
 
 
+KNOWN_FLOWS = ("api-extract", "file-transform")
+"""The flows that keep watermarks in the state dir (db-migrate keeps its own in the target database)."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _check_name(value: str, what: str) -> None:
+    if not _NAME.fullmatch(value):
+        msg = (f"{what} {value!r} is not a {what} name: letters, digits, '-' and '_' only "
+               "(no path, '..' or glob pattern)")
+        raise ConfigError(msg)
+
+
+def _local(root: Path) -> set[str]:
+    """``<flow>/<stream>.json`` of every watermark in the local state dir (or cache)."""
+    return {p.relative_to(root).as_posix() for p in root.glob("*/*.json")} if root.exists() else set()
+
+
+def _select(names: list[str], flow: str | None, stream: str | None) -> list[str]:
+    """The names to delete; a flow or stream that cannot be meant is an error, never "removed 0"."""
+    for value, what in ((flow, "flow"), (stream, "stream")):
+        if value is not None:
+            _check_name(value, what)
+    stored_flows = sorted({n.split("/", 1)[0] for n in names})
+    if flow == "db-migrate":
+        raise ConfigError("db-migrate keeps its watermarks in the target database: run it with reset_incremental=True")
+    if flow is not None and flow not in KNOWN_FLOWS and flow not in stored_flows:
+        msg = (f"unknown flow {flow!r}: the incremental flows are {', '.join(KNOWN_FLOWS)}; "
+               f"flows with stored watermarks: {', '.join(stored_flows) or 'none'}")
+        raise ConfigError(msg)
+    chosen = [n for n in names if flow in (None, n.split("/", 1)[0]) and stream in (None, n[n.index("/") + 1:-5])]
+    if stream is not None and not chosen:
+        where = f" of flow {flow!r}" if flow is not None else ""
+        msg = f"no stored watermark{where} has stream {stream!r} (the stream id is in the run's summary)"
+        raise ConfigError(msg)
+    return chosen
+
+
 def reset_watermarks(flow: str | None = None, stream: str | None = None, state_dir: Path | None = None,
                      ) -> list[Path | str]:
-    """Delete stored watermarks (of one flow, one stream, or all): the next runs start over."""
+    """Delete stored watermarks (of one flow, one stream, or all): the next runs start over.
+
+    ``flow`` and ``stream`` are names, not patterns; an unknown flow or a stream with no stored watermark
+    raises ConfigError."""
     root = _root(state_dir)
-    pattern = f"{flow or '*'}/{stream or '*'}.json"
-    gone = sorted(root.glob(pattern)) if root.exists() else []
-    for path in gone:
-        path.unlink(missing_ok=True)
     store = _store(state_dir)
+    remote = {n for n in store.list("watermarks") if n.count("/") == 1} if store is not None else set()
+    chosen = _select(sorted(_local(root) | remote), flow, stream)
+    for name in chosen:
+        (root / name).unlink(missing_ok=True)
     if store is None:
-        return list(gone)
+        return [root / name for name in chosen]
     removed: list[Path | str] = []
-    for name in store.list("watermarks"):
-        if fnmatch.fnmatchcase(name, pattern):
-            store.delete(f"watermarks/{name}")
-            removed.append(store.where(f"watermarks/{name}"))
+    for name in (n for n in chosen if n in remote):
+        store.delete(f"watermarks/{name}")
+        removed.append(store.where(f"watermarks/{name}"))
     return removed
 
 
@@ -130,6 +171,7 @@ def lag_seconds(value: Any) -> float | None:
 
 
 __all__ = [
+    "KNOWN_FLOWS",
     "lag_seconds",
     "later",
     "read_watermark",

@@ -106,3 +106,48 @@ def test_dead_letters_give_back_the_types_json_has_none_for(tmp_path: Path) -> N
     path.write_text(json.dumps({"item": "x", "item_typed": {"$pickle": "gASV"}}) + "\n")
     with pytest.raises(SourceError, match=r"dl.jsonl:1: 'item_typed' is not a typed item .*'\$pickle'"):
         list(read_dead_letters(path))
+
+
+def test_what_the_summary_writes_about_a_run_has_no_credential_of_its_urls(tmp_path: Path) -> None:
+    """render_text (the log), summary.json and every dump mask a credential in a path or an extra value;
+    the summary itself keeps the real path, so results() still reads the parts."""
+    from tasks.core.outcomes import RunSummary
+
+    secret, other = "Sup3rSecretPW-q1", "Xpw-4455-zz"
+    summary = RunSummary(flow="batch-map", run_key="k", failed=1, output_path=f"s3://b/out?token={secret}",
+                         dead_letter_path=f"https://u:{other}@host/dl.jsonl", run_dir=f"s3://b/state?sig={secret}",
+                         extra={"url": f"https://api.example.com/v1?api_key={other}"},
+                         message=f"Failed: output https://u:{other}@h/x missing")
+    (tmp_path / "summary.json").write_text(summary.model_dump_json(indent=2))
+    written = [summary.render_text(), (tmp_path / "summary.json").read_text(), json.dumps(summary.model_dump())]
+    for text in written:
+        assert secret not in text and other not in text
+    assert "s3://b/out?token=***" in written[0] and '"output_path": "s3://b/out?token=***"' in written[1]
+    assert summary.output_path == f"s3://b/out?token={secret}"
+
+
+def _never_called(x: object) -> object:
+    raise AssertionError("an item ran although the output URL is refused")
+
+
+def test_an_output_url_with_a_query_is_refused_before_any_item(s3_server: str, state_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 keys have no query: it was dropped (parts went to out8/) and the token logged with the summary."""
+    import boto3
+
+    from flows.batch_map import batch_map
+    from tasks.core.errors import ConfigError
+    from tests.fixtures.s3 import CREDENTIALS
+
+    for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket="bf-query-out")
+    secret = "Sup3rSecretPW-q1"
+    for url in (f"s3://bf-query-out/out8?token={secret}", "s3://bf-query-out/out8#part"):
+        with pytest.raises(ConfigError, match="query string or fragment") as info:
+            batch_map([1, 2], _never_called, output=url, run_key="query-out")
+        assert secret not in str(info.value) and "s3://bucket/prefix" in str(info.value)
+    assert client.list_objects_v2(Bucket="bf-query-out").get("KeyCount") == 0
+    leaked = [p for p in state_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []

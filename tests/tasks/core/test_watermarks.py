@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tasks.core.errors import ConfigError
+from tasks.core.state import _main as state_cli
 from tasks.core.watermarks import lag_seconds, later, read_watermark, reset_watermarks, save_watermark, stream_id
 
 
@@ -28,3 +32,37 @@ def test_store_round_trip_and_reset(state_dir: Path) -> None:
     assert not list(state_dir.rglob(".*tmp*"))  # written atomically, no litter
     assert reset_watermarks("file-transform") == []
     assert len(reset_watermarks("api-extract")) == 1 and read_watermark("api-extract", stream) is None
+
+
+def _reset_cli(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        state_cli(["reset-incremental", *args])
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_reset_refuses_paths_and_patterns_and_names_unknown_flows(state_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run = state_dir / "runs" / "batch-map" / "k1"
+    run.mkdir(parents=True)
+    for name in ("summary.json", "checkpoint.json"):
+        (run / name).write_text("{}")
+    save_watermark("api-extract", "s1", {"value": 1}, run_key="r1")
+    save_watermark("api-extract", "s2", {"value": 2}, run_key="r1")
+    for flow in ("../runs/batch-map/*", "../runs/batch-map", "api-*", "*", "a/b"):
+        assert "not a flow name" in _reset_cli(capsys, "--flow", flow)
+    for stream in ("*", "../../runs/batch-map/k1/summary", "s[12]"):
+        assert "not a stream name" in _reset_cli(capsys, "--flow", "api-extract", "--stream", stream)
+    err = _reset_cli(capsys, "--flow", "api_extract")
+    assert "unknown flow 'api_extract'" in err and "api-extract, file-transform" in err
+    assert "has stream 's3'" in _reset_cli(capsys, "--flow", "api-extract", "--stream", "s3")
+    assert "target database" in _reset_cli(capsys, "--flow", "db-migrate")
+    assert (run / "summary.json").exists() and (run / "checkpoint.json").exists()
+    assert read_watermark("api-extract", "s1") is not None and read_watermark("api-extract", "s2") is not None
+    assert state_cli(["reset-incremental", "--flow", "api-extract", "--stream", "s2"]) == 0
+    assert "removed 1 watermark(s)" in capsys.readouterr().out
+    assert read_watermark("api-extract", "s1") is not None and read_watermark("api-extract", "s2") is None
+    with pytest.raises(ConfigError, match="not a flow name"):
+        reset_watermarks("..")
+    assert reset_watermarks("file-transform") == []  # a known flow without watermarks: nothing to do
+    assert reset_watermarks() == [state_dir / "watermarks" / "api-extract" / "s1.json"]
