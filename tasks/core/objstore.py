@@ -81,6 +81,10 @@ class ObjectStore:
             msg = (f"{what} {shown!r} has a query string or fragment ('?...' or '#...'): it is not part of an S3 "
                    "key and would be dropped; give s3://bucket/prefix alone (credentials come from "
                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never from the URL)")
+            from tasks.core.stored_params import mask_run_parameters
+
+            bare = url.partition("#")[0].partition("?")[0]
+            mask_run_parameters({url: f"{bare}?***"}, what=what, secret="URL query")  # a flow parameter, maybe
             raise ConfigError(msg)
         return cls(url=shown.rstrip("/"), bucket=parts.netloc, prefix=parts.path.strip("/"), role=role)
 

@@ -151,3 +151,8 @@ def test_an_output_url_with_a_query_is_refused_before_any_item(s3_server: str, s
     assert client.list_objects_v2(Bucket="bf-query-out").get("KeyCount") == 0
     leaked = [p for p in state_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == []
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as api:  # what Prefect stored for the refused runs (UI, flow-run inspect)
+        stored = json.dumps([r.parameters for r in api.read_flow_runs(limit=5)], default=str)
+    assert secret not in stored and "out8?***" in stored
