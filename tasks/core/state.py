@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from tasks.core.errors import ConfigError, FatalError
+from tasks.core.journal import MAGIC, ChunkJournal, journal_content
 from tasks.core.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -152,10 +154,11 @@ class RunDir:
         """Bring this machine's copy up to date from object storage (call it holding the run key's lease);
         returns the stored objects of the run (name -> ETag).
 
-        Object storage wins, except where this machine cut further: when its local ``plan.log`` extends the
-        stored one (it was the last to run the key and died before pushing), its plan, chunk records and
-        journals stay and its records are pushed; otherwise local records and journals not in storage are
-        dropped (their chunks may have been cut differently since)."""
+        Object storage wins, except where this machine cut as far or further: when its local ``plan.log``
+        extends or equals the stored one, its plan and chunk records stay (its records are pushed) and each
+        of its journals is merged with the stored one of the same chunk, which another machine may have
+        carried on since; otherwise local records and journals not in storage are dropped (their chunks may
+        have been cut differently since)."""
         if self.store is None:
             return {}
         remote = self.store.list(self.rel)
@@ -172,11 +175,57 @@ class RunDir:
         skip = ("lease", "plan.log") if keep_local else ("lease",)
         self.store.pull(self.rel, self.root, skip=skip, keep=("journal/",) if keep_local else ())
         if keep_local:
+            self._merge_journals(remote)
             if local_plan != remote_plan:
                 self.push(self.plan)
             for name in sorted(local_records - remote_records):
                 self.push(self.chunks / name)
         return remote
+
+    def _merge_journals(self, remote: dict[str, str]) -> None:
+        """Each journal held both here and in storage with other bytes holds what either holds after this
+        (see :func:`_merge_journal`): the newer one can be either machine's."""
+        assert self.store is not None
+        for name, etag in sorted(remote.items()):
+            path = self.root / name
+            if not name.startswith("journal/") or not path.is_file():
+                continue
+            if hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() == etag.strip('"'):
+                continue
+            stored = self.store.get(f"{self.rel}/{name}")
+            if stored is not None:
+                _merge_journal(path, stored.data)
+
+
+def _merge_journal(path: Path, stored: bytes) -> None:
+    """Make the journal at ``path`` (this machine's) hold every item finished in it or in ``stored`` (the
+    same chunk's journal as object storage holds it).
+
+    A journal only grows, and a machine that takes a run over starts from the stored one, so usually one
+    holds the other and the larger is kept: this machine's when it finished more since its last push, the
+    stored one when another machine continued the chunk after this one died. When each holds items the other
+    lacks, every one of those handler calls happened: the union is kept, and an item in both keeps the stored
+    outcome (the later call). A stored journal of other content (the source changed) replaces this one."""
+    copy = path.with_name(f".{path.name}.stored")
+    with atomic_write(copy, "wb") as fh:
+        fh.write(stored)
+    try:
+        content, stored_content = journal_content(path), journal_content(copy)
+        if stored_content is None:
+            return
+        if content != stored_content:
+            os.replace(copy, path)
+            return
+        here, there = ChunkJournal(path, content).load(), ChunkJournal(copy, content).load()
+        merged = here | there
+        if merged == there:
+            os.replace(copy, path)
+        elif merged != here:
+            lines = [f"{MAGIC} {content}\n"] + [ChunkJournal.line(p, e.kind, e.payload) for p, e in sorted(merged.items())]
+            with atomic_write(path, "wb") as fh:
+                fh.write("".join(lines).encode("utf-8", "surrogateescape"))
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 @contextmanager

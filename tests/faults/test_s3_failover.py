@@ -160,3 +160,32 @@ def test_db_migrate_killed_on_one_machine_resumes_on_another_from_s3(
     ordered = "SELECT * FROM items ORDER BY id"
     assert pg_exec(pg_items, ordered) == pg_exec(pg_target, ordered)  # exactly the source, nothing twice
     assert len(s3_state.objects(prefix + "chunks/")) == s.ranges_total
+
+
+def test_a_run_taken_back_by_its_first_machine_keeps_what_the_second_one_finished(s3_state: S3State,
+                                                                                   tmp_path: Path) -> None:
+    """A -> B -> A: A is killed, B takes the key over and pushes the journal of the chunk it carried on, B is
+    killed, A reruns with its own (older) local journal of that chunk: the stored one holds more and counts."""
+    n, first_calls, second_calls = 40, 4, 10
+    prefix = "state/runs/batch-map/aba/"
+    effects = tmp_path / "effects.log"
+    params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": 20,
+              "max_concurrency": 1, "retries": 0, "run_key": "aba", "min_success_ratio": 0.5}
+    fast_push = {"BF_EFFECTS": str(effects), "BATCHFLOWS_STATE_JOURNAL_PUSH_S": "0.3"}
+    for name, calls, done in (("a", first_calls, first_calls), ("b", second_calls, first_calls + second_calls)):
+        gate = tmp_path / f"gate-{name}"
+        gate.mkdir()
+        proc = machine(tmp_path, name, s3_state, params, {**fast_push, "BF_GATE_DIR": str(gate),
+                                                          "BF_GATE_OPEN": str(calls)})
+        wait_until(lambda g=gate, c=calls, d=done: passed(g) > c and stored_journal_items(s3_state, prefix, tmp_path) == d,
+                   proc, what=f"{done} items in the journal in S3")
+        kill(proc)
+        time.sleep(LEASE_S + 0.5)  # the dead holder's lease runs out
+
+    rerun = machine(tmp_path, "a", s3_state, params, {"BF_EFFECTS": str(effects)})  # A again, its cache as it was
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-4000:]
+    s = summary_in(output, RunSummary)
+    assert (s.total, s.succeeded, s.failed, s.skipped) == (n, n - 8, 4, 4)
+    # the items blocked at each kill had made no side effect yet: every handler call happened exactly once
+    assert Counter(int(x) for x in effects.read_text().split()) == Counter(range(n))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -114,3 +115,66 @@ def test_cleanup_removes_stored_runs_but_never_one_a_live_lease_holds(s3_state: 
                                                    "state/runs/batch-map/live/lease"]
     finally:
         live.release()
+
+
+def _journal(run: RunDir, outcomes: dict[int, str]) -> Path:
+    """Append ``outcomes`` (position -> "s" or "f") to the journal of chunk "c" of ``run``, as a chunk does."""
+    from tasks.core.journal import ChunkJournal
+
+    path = run.journal / "c.jsonl"
+    with ChunkJournal(path, "h1") as journal:
+        for position, kind in outcomes.items():
+            journal.record(position, kind, json.dumps({"n": position}) if kind == "f" else "")
+    return path
+
+
+def _finished(path: Path) -> dict[int, str]:
+    from tasks.core.journal import ChunkJournal
+
+    return {p: e.kind for p, e in ChunkJournal(path, "h1").load().items()}
+
+
+def test_pull_keeps_the_freshest_journal_of_each_chunk_when_machines_alternate(s3_state: S3State,
+                                                                                tmp_path: Path) -> None:
+    """A -> B -> A with the same plan: B continued the chunk after A died, so A's older journal must not win."""
+    from tasks.core.objstore import ObjectStore
+
+    store = ObjectStore.from_url(s3_state.url)
+    a = RunDir.for_run("batch-map", "aba", tmp_path / "a", store=store)
+    a.plan.write_text("20\n")
+    a.push(a.plan)
+    a.push(_journal(a, dict.fromkeys(range(3), "s")))  # A's last push: items 0-2
+    _journal(a, {3: "s"})  # finished on A, then A is killed before its next push
+
+    b = RunDir.for_run("batch-map", "aba", tmp_path / "b", store=store)
+    b.pull()
+    assert sorted(_finished(b.journal / "c.jsonl")) == [0, 1, 2]
+    b.push(_journal(b, {p: "f" if p == 3 else "s" for p in range(3, 14)}))  # B pushed 0-13, then is killed
+
+    a.pull()  # A again, with its own cache
+    assert _finished(a.journal / "c.jsonl") == {p: "f" if p == 3 else "s" for p in range(14)}
+
+    a.push(_journal(a, {14: "s"}))
+    _journal(a, {15: "s", 16: "s"})  # this machine's journal is the newer one now: it stays
+    a.pull()
+    assert sorted(_finished(a.journal / "c.jsonl")) == list(range(17))
+
+
+def test_pull_merges_journals_that_each_hold_items_the_other_lacks(s3_state: S3State, tmp_path: Path) -> None:
+    from tasks.core.objstore import ObjectStore
+
+    store = ObjectStore.from_url(s3_state.url)
+    a = RunDir.for_run("batch-map", "both", tmp_path / "a", store=store)
+    a.plan.write_text("20\n")
+    a.push(a.plan)
+    a.push(_journal(a, {0: "s", 1: "s"}))
+    _journal(a, {5: "s", 2: "s"})  # items run in parallel finish out of order; killed before the next push
+    b = RunDir.for_run("batch-map", "both", tmp_path / "b", store=store)
+    b.pull()
+    b.push(_journal(b, {2: "f", 3: "s", 4: "s", 6: "s"}))  # B had not reached 5 when it was killed
+    a.pull()
+    merged = a.journal / "c.jsonl"
+    assert _finished(merged) == {0: "s", 1: "s", 2: "f", 3: "s", 4: "s", 5: "s", 6: "s"}
+    from tasks.core.journal import ChunkJournal
+
+    assert ChunkJournal(merged, "h1").load()[2].payload == '{"n": 2}'  # the stored (later) outcome, whole
