@@ -55,10 +55,23 @@ def _no_plain_password(value: Any) -> Any:
                                  "from Python (it passes the URL masked)")
 
 
+def _no_url_password(value: Any) -> Any:
+    from tasks.api.request_spec import url_password
+    from tasks.core.stored_params import mask_run_parameters, mask_url_password
+
+    if isinstance(value, str) and url_password(value) is not None:
+        mask_run_parameters({value: mask_url_password(value)}, what="api_url", secret="password")
+        msg = ("the URL holds a password, and flow parameters are stored by Prefect and shown in its UI: drop "
+               "user:password@ from it and pass auth_secret='<Secret block holding the bearer token>'")
+        raise ValueError(msg)
+    return value
+
+
 class EtlDemoParams(FlowParams):
     """Extract orders from an API, transform them into typed parts, load them into a table and verify it."""
 
-    api_url: Annotated[str, Field(description="Root of the demo API (python -m deployments.demo_api).")] = (
+    api_url: Annotated[str, BeforeValidator(_no_url_password), Field(description=(
+        "Root of the demo API (python -m deployments.demo_api); no credentials in it (see auth_secret)."))] = (
         "http://127.0.0.1:8765")
     auth_secret: AuthSecret = None
     work_dir: Annotated[str, Field(min_length=1, description="Where the raw and transformed parts go.")] = (

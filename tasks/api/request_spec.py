@@ -30,7 +30,9 @@ from tasks.core import CREDENTIAL_PARAMS, ConfigError, ItemError, redact_text
 from tasks.core.stored_params import mask_run_parameters, mask_url_password
 
 SPEC_KEYS = frozenset({"method", "path", "url", "params", "json", "headers"})
-SENSITIVE_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey", "api_key", "signature")
+SENSITIVE_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey", "api_key", "signature",
+                          "credential", "session", "private")
+_PLAIN_KEY_HEADERS = frozenset({"idempotency-key", "x-idempotency-key"})  # sent by batchflows itself, no secret
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _URL = TypeAdapter(AnyHttpUrl)
 
@@ -76,9 +78,12 @@ def validate_base_url(base_url: str) -> str:
 
 
 def is_sensitive_header(name: str) -> bool:
-    """True for headers that carry credentials (Authorization, Cookie, X-Api-Key, X-Auth-Token, ...)."""
-    low = name.lower()
-    return low != "idempotency-key" and any(word in low for word in SENSITIVE_HEADER_WORDS)
+    """True for headers that carry credentials (Authorization, Cookie, X-Api-Key, X-Auth-Token, and any name
+    ending in ``key`` such as Azure's Ocp-Apim-Subscription-Key or X-Functions-Key, but Idempotency-Key)."""
+    low = name.lower().strip()
+    if low in _PLAIN_KEY_HEADERS:
+        return False
+    return low.endswith("key") or any(word in low for word in SENSITIVE_HEADER_WORDS)
 
 
 def is_sensitive_param(name: str) -> bool:

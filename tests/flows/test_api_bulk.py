@@ -312,6 +312,10 @@ def test_credential_headers_as_deployment_parameters_are_refused(api_server: Api
     assert TOKEN not in str(info.value)
     with pytest.raises(ConfigError, match=r"\['X-Auth-Token'\] carry credentials"):
         api_extract_flow(url=f"{api_server.url}/pages/offset", output="/tmp/x", headers={"X-Auth-Token": TOKEN})
+    for name in ("Ocp-Apim-Subscription-Key", "X-Functions-Key", "X-Goog-Api-Key", "X-Session-Id"):  # Azure, Google
+        with pytest.raises(ConfigError, match=rf"\['{name}'\] carry credentials"):
+            api_bulk_flow(items=[1], base_url=api_server.url, headers={name: TOKEN, "Idempotency-Key": "plain"})
+    assert api_server.requests == []
 
 
 
