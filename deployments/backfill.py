@@ -6,7 +6,9 @@ The times come from the deployment's own schedules (cron, interval, rrule; activ
 gets ``run_key = backfill-<time>`` as a parameter (so an interrupted backfill run resumes when it is
 run again), the name ``backfill-<time>``, the tag ``backfill`` and a Scheduled state at that time. Times
 that already have a run of this deployment which completed, or is still scheduled or running, are
-skipped; failed or crashed ones get a new run (which resumes the old one's finished chunks).
+skipped; failed or crashed ones get a new run (which resumes the old one's finished chunks). An interval
+schedule without a fixed ``anchor_date`` is refused: `prefect deploy` anchors it at the moment it runs, so each
+redeploy moves its times and the runs already done would no longer be recognised.
 """
 
 from __future__ import annotations
@@ -62,14 +64,34 @@ async def scheduled_times(schedules: list[Any], start: datetime, end: datetime) 
     return sorted(t for t in times if start <= t <= end)
 
 
+def unanchored_intervals(schedules: list[Any]) -> list[str]:
+    """Interval schedules anchored when `prefect deploy` ran (a prefect.yaml interval without ``anchor_date`` gets
+    the current time, fractions of a second included; a hand-written anchor has none)."""
+    return [f"every {s.schedule.interval.total_seconds():g} s from {s.schedule.anchor_date.isoformat()}"
+            for s in schedules
+            if type(s.schedule).__name__ == "IntervalSchedule" and s.schedule.anchor_date.microsecond]
+
+
+def _refuse_unanchored(name: str, schedules: list[Any]) -> None:
+    if unanchored := unanchored_intervals(schedules):
+        msg = (f"deployment {name!r} has an interval schedule anchored at its last deploy ({'; '.join(unanchored)}):"
+               " every `prefect deploy` moves its times, so the runs already done would not be recognised and would"
+               " run again; give the schedule a fixed anchor_date in prefect.yaml (e.g. anchor_date:"
+               ' "2026-01-01T00:00:00") and deploy again')
+        raise SystemExit(msg)
+
+
+OUTPUT_PARAMETERS = ("output", "output_dir")  # api_bulk, api_extract / file_transform
+
+
 def own_output(parameters: dict[str, Any], label: str) -> dict[str, Any]:
-    """``output`` of one backfill run: its own folder under the deployment's (two live runs into one folder are
-    refused, OutputInUse), so the runs can overlap. An incremental extraction keeps its folder (the watermark
-    belongs to it) and runs one time at a time."""
-    out = parameters.get("output")
-    if not isinstance(out, str) or not out or parameters.get("incremental"):
+    """The output folder of one backfill run (``output``, or file_transform's ``output_dir``): its own folder under
+    the deployment's (two live runs into one folder are refused, OutputInUse), so the runs can overlap. An incremental
+    run keeps its folder (the watermark or file manifest belongs to it) and runs one time at a time."""
+    if parameters.get("incremental"):
         return {}
-    return {"output": f"{out.rstrip('/')}/{label}"}
+    return {key: f"{out.rstrip('/')}/{label}" for key in OUTPUT_PARAMETERS
+            if isinstance(out := parameters.get(key), str) and out}
 
 
 async def backfill(name: str, start: datetime, end: datetime, params: dict[str, Any], dry_run: bool) -> list[str]:
@@ -92,6 +114,7 @@ async def backfill(name: str, start: datetime, end: datetime, params: dict[str, 
         except ObjectNotFound:
             msg = f"deployment {name!r} not found; names look like 'batch-map/hourly' (see `prefect deployment ls`)"
             raise SystemExit(msg) from None
+        _refuse_unanchored(name, deployment.schedules)
         times = await scheduled_times(deployment.schedules, start, end)
         if not times:
             return [f"{name}: no scheduled times between {start.isoformat()} and {end.isoformat()}"]

@@ -24,8 +24,8 @@ def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     state = tmp_path_factory.mktemp("deploy-state")
-    env = {**os.environ, "BATCHFLOWS_PROJECT_DIR": str(ROOT), "BATCHFLOWS_STATE_DIR": str(state),
-           "PYTHONPATH": str(ROOT), "BATCHFLOWS_DEMO_ITEMS": "5000"}
+    env = {**{k: v for k, v in os.environ.items() if k != "BATCHFLOWS_PROJECT_DIR"},  # deployed as by hand
+           "BATCHFLOWS_STATE_DIR": str(state), "PYTHONPATH": str(ROOT), "BATCHFLOWS_DEMO_ITEMS": "5000"}
     setup = run([sys.executable, "-m", "deployments.setup"], env)
     assert setup.returncode == 0, setup.stdout + setup.stderr
     deploy = run([PREFECT, "--no-prompt", "deploy", "--all"], env)
@@ -128,3 +128,16 @@ def test_etl_demo_deployment_runs_every_stage_through_the_worker(deployed: dict[
     [flow_run] = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=10).json()
     assert flow_run["state"]["type"] == "COMPLETED"
     assert "orders has 1198 rows; the transform wrote 1198" in flow_run["state"]["message"]
+
+
+def test_the_api_bulk_demo_dead_letters_its_404_and_completes(deployed: dict[str, str], tmp_path: Path) -> None:
+    """prefect.yaml's description says 404s are dead-lettered: its default ids include one the demo API 404s."""
+    from deployments.demo_api import running
+
+    with running() as demo:
+        out = run([PREFECT, "deployment", "run", "api-bulk/nightly", "--param", f"base_url={demo.url}",
+                   "--param", f"output={tmp_path / 'customers'}", "--watch", "--watch-timeout", "240"],
+                  deployed, timeout=300)
+    assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = summary_rows(os.environ["PREFECT_API_URL"], "nightly")
+    assert rows["succeeded"] == 9 and rows["failed"] == 1, rows
