@@ -120,13 +120,13 @@ def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema
 def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path | str]:
     """Delete parts numbered ``first_index`` and up (written after the last checkpoint by a killed run)."""
     if "://" in str(output_dir):
-        from tasks.core.objoutput import output_store
+        from tasks.core.objoutput import delete_parts, output_store
 
         store = output_store(str(output_dir))
         stale = [name for name in store.list("") if "/" not in name and name.startswith("part-")
                  and name.split(".")[0].removeprefix("part-").isdigit()
                  and int(name.split(".")[0].removeprefix("part-")) >= first_index]
-        store.delete_many(stale)
+        delete_parts(str(output_dir), stale)
         return [store.where(name) for name in stale]
     root = Path(output_dir)
     removed = []

@@ -11,6 +11,9 @@ journal in storage always belongs to the chunks its plan describes.
 What this gives failover: a machine that takes a killed run over restores every item the dead machine
 finished before its last push; only the items finished in the last interval, and those in flight, run
 again. A chunk's journal is deleted (here and in storage) once its record is written.
+
+Every PUT and DELETE goes through the run dir's gate (:meth:`tasks.core.state.RunDir.writable`): a run that
+lost its key's lease pushes nothing more, so it never overwrites the journals of the run that holds the key.
 """
 
 from __future__ import annotations
@@ -30,22 +33,17 @@ class JournalPusher:
     """Pushes the changed journals of one run every ``interval_s`` from a daemon thread (see the module)."""
 
     def __init__(self, run_dir: RunDir, interval_s: float, *, before_push: Callable[[], None],
-                 active: Callable[[], bool] = lambda: True, stored: Iterable[str] = ()) -> None:
+                 stored: Iterable[str] = ()) -> None:
         assert run_dir.store is not None
         self.run_dir = run_dir
-        self.store = run_dir.store
         self.interval_s = interval_s
         self.before_push = before_push
-        self.active = active  # False once the run lost its lease: the key is another run's
         self._stored = set(stored)  # journal names in storage (pulled, or pushed by this run)
         self._sent: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batchflows-journal-push", daemon=True)
         self._thread.start()
-
-    def _rel(self, name: str) -> str:
-        return f"{self.run_dir.rel}/journal/{name}"
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -58,8 +56,6 @@ class JournalPusher:
         """Push every journal whose bytes changed since its last push; returns how many were pushed."""
         pushed = 0
         for path in sorted(self.run_dir.journal.glob("*.jsonl")):
-            if not self.active():
-                break
             with self._lock:
                 try:
                     data = path.read_bytes()
@@ -69,7 +65,8 @@ class JournalPusher:
                 if self._sent.get(path.name) == digest:
                     continue
                 self.before_push()
-                self.store.put(self._rel(path.name), data)
+                if not self.run_dir.put(f"journal/{path.name}", data):  # the key is another run's now
+                    break
                 self._sent[path.name] = digest
                 self._stored.add(path.name)
                 pushed += 1
@@ -80,9 +77,8 @@ class JournalPusher:
         with self._lock:
             path.unlink(missing_ok=True)
             self._sent.pop(path.name, None)
-            if path.name in self._stored:
+            if path.name in self._stored and self.run_dir.delete(f"journal/{path.name}"):
                 self._stored.discard(path.name)
-                self.store.delete(self._rel(path.name))
 
     def stop(self) -> None:
         """Stop the thread (then :meth:`push_changed` once more: a run that ends leaves its unfinished

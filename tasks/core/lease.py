@@ -16,6 +16,10 @@ storage use a lease instead, ``runs/<flow>/<run_key>/lease`` in the state bucket
 A holder SIGKILLed stops renewing, so its key is free ``lease_s`` after its last renewal; the next run
 finds it expired but not released, says the previous run died and marks its flow run Crashed, as the
 flock version does. A live holder (renewing) is never taken over.
+
+:class:`OutputLease` is the same lease for an output folder (``outputs/<hash>.lease`` in the state bucket),
+which :class:`tasks.core.runlock.OutputLock` holds instead of its flock when the state is in object storage:
+the flock lives in each machine's cache, where the other machines never see it.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tasks.core.objstore import ObjectStore, PreconditionFailed
-from tasks.core.runlock import Holder, RunLocked
+from tasks.core.runlock import Holder, RunLocked, output_refusal
 
 log = logging.getLogger("batchflows.lease")
 
@@ -41,6 +46,15 @@ def _holder(data: bytes) -> Holder | None:
         return Holder(**{k: raw[k] for k in ("host", "pid", "flow_run_id", "started", "released") if k in raw})
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _info(data: bytes) -> dict[str, Any]:
+    """The lease's contents as a dict ({} if unreadable)."""
+    try:
+        raw = json.loads(data.decode() or "null")
+    except ValueError:
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def lease_live(store: ObjectStore, rel: str, default_lease_s: float = 60.0) -> bool:
@@ -70,6 +84,7 @@ class LeaseLock:
         self.flow_run_id = flow_run_id
         self.lease_s = lease_s
         self.on_lost = on_lost
+        self.extra: dict[str, Any] = {}  # written beside the holder's fields
         self.previous: Holder | None = None
         self.lost: str | None = None
         self._etag: str | None = None
@@ -84,10 +99,10 @@ class LeaseLock:
 
     def _body(self, *, released: bool = False) -> bytes:
         assert self._me is not None
-        return json.dumps({**self._me.__dict__, "released": released, "lease_s": self.lease_s,
+        return json.dumps({**self.extra, **self._me.__dict__, "released": released, "lease_s": self.lease_s,
                            "renewed": time.time()}).encode()
 
-    def _refuse(self, holder: Holder | None, left: float | None) -> RunLocked:
+    def _refuse(self, holder: Holder | None, left: float | None, info: dict[str, Any]) -> RunLocked:
         who = holder.describe() if holder else "a process whose lease is unreadable"
         until = f"; its lease expires in {left:.0f} s unless it renews it" if left is not None else ""
         msg = (f"{self.flow} run_key {self.run_key!r} is held by a live run ({who}) through the lease "
@@ -96,6 +111,7 @@ class LeaseLock:
         return RunLocked(msg)
 
     def acquire(self) -> LeaseLock:
+        self._renewed = time.monotonic()  # before the PUT: the server's lease cannot start earlier
         self._me = Holder(host=socket.gethostname(), pid=os.getpid(), flow_run_id=self.flow_run_id,
                           started=time.time())
         current = self.store.get(self.rel)
@@ -107,13 +123,13 @@ class LeaseLock:
                 age = (current.server_now - current.last_modified).total_seconds()
                 limit = self._lease_of(current.data)
                 if not (holder is not None and holder.released) and age < limit:
-                    raise self._refuse(holder, limit - age)
+                    raise self._refuse(holder, limit - age, _info(current.data))
                 self._etag = self.store.put(self.rel, self._body(), if_match=current.etag)
                 if holder is not None and not holder.released:
                     self.previous = holder
         except PreconditionFailed:  # another taker's PUT won between our read and our write
             now = self.store.get(self.rel)
-            raise self._refuse(_holder(now.data) if now else None, None) from None
+            raise self._refuse(_holder(now.data) if now else None, None, _info(now.data) if now else {}) from None
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="batchflows-lease", daemon=True)
         self._thread.start()
@@ -131,15 +147,15 @@ class LeaseLock:
             if self._etag is None or self.lost is not None:
                 return False
             try:
+                sent = time.monotonic()
                 self._etag = self.store.put(self.rel, self._body(), if_match=self._etag)
-                self._renewed = time.monotonic()
+                self._renewed = sent
                 return True
             except PreconditionFailed:
                 self._lose("another run took the lease over (this process stalled past the lease)")
                 return False
 
     def _renew_loop(self) -> None:
-        self._renewed = time.monotonic()
         while not self._stop.wait(self.lease_s / 3):
             try:
                 if not self.renew():
@@ -152,9 +168,12 @@ class LeaseLock:
                         self._lose(f"the lease could not be renewed for {self.lease_s:g} s ({type(exc).__name__})")
                     return
 
+    def _lost_message(self, why: str) -> str:
+        return (f"{self.flow} run_key {self.run_key!r} lost its lease {self.path}: {why}. This run stops "
+                "submitting chunks; rerun with the same run_key when no other run holds it")
+
     def _lose(self, why: str) -> None:
-        self.lost = (f"{self.flow} run_key {self.run_key!r} lost its lease {self.path}: {why}. This run stops "
-                     "submitting chunks; rerun with the same run_key when no other run holds it")
+        self.lost = self._lost_message(why)
         self._etag = None
         log.error(self.lost)
         if self.on_lost is not None:
@@ -176,6 +195,21 @@ class LeaseLock:
     def held(self) -> bool:
         return self._etag is not None
 
+    def confirmed(self) -> bool:
+        """Whether this holder may still write what the lease guards: held, and renewed (by this process's
+        monotonic clock, from before the renewal's PUT) within the last half lease; past that, a renewal now
+        decides. Called right before each write, so a holder that was frozen past its lease and taken over
+        learns it before it writes anything, whichever of its threads wakes first. A lease that cannot be
+        confirmed (storage unreachable) counts as lost for that write."""
+        if not self.held:
+            return False
+        if time.monotonic() - self._renewed < self.lease_s / 2:
+            return True
+        try:
+            return self.renew()
+        except Exception:  # unreachable: not confirmed (the renewal thread decides when it is lost for good)
+            return False
+
     def __enter__(self) -> LeaseLock:
         return self.acquire()
 
@@ -183,4 +217,25 @@ class LeaseLock:
         self.release()
 
 
-__all__ = ["LeaseLock", "lease_live"]
+class OutputLease(LeaseLock):
+    """The lease on an output folder (``output``: its :func:`tasks.core.runlock.output_identity`); refusals
+    are :class:`tasks.core.runlock.OutputInUse` naming the run that writes to it."""
+
+    def __init__(self, store: ObjectStore, rel: str, *, output: str, flow: str, run_key: str,
+                 flow_run_id: str | None, lease_s: float = 60.0, on_lost: Callable[[str], None] | None = None) -> None:
+        super().__init__(store, rel, flow=flow, run_key=run_key, flow_run_id=flow_run_id, lease_s=lease_s,
+                         on_lost=on_lost)
+        self.output = output
+        self.extra = {"flow": flow, "run_key": run_key, "output": output}
+
+    def _refuse(self, holder: Holder | None, left: float | None, info: dict[str, Any]) -> RunLocked:
+        until = f"; its lease expires in {left:.0f} s unless it renews it" if left is not None else ""
+        return output_refusal(self.output, holder, info, flow=self.flow, run_key=self.run_key,
+                              held_by=f"the lease {self.path}{until}")
+
+    def _lost_message(self, why: str) -> str:
+        return (f"{self.flow} run_key {self.run_key!r} lost its hold on output {self.output!r} (lease {self.path}): "
+                f"{why}. This run stops submitting chunks, since another run may now write to that folder")
+
+
+__all__ = ["LeaseLock", "OutputLease", "lease_live"]

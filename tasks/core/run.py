@@ -47,7 +47,7 @@ from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
 from tasks.core.journal_sync import JournalPusher
 from tasks.core.lease import LeaseLock
-from tasks.core.objoutput import exists
+from tasks.core.objoutput import exists, guard_output
 from tasks.core.outcomes import ChunkReport, DeadLetterWriter, FailedItem, RunSummary, SummaryBuilder
 from tasks.core.progress import Progress, publish_summary
 from tasks.core.redact import redact_text
@@ -105,7 +105,9 @@ class ChunkedRun:
         self.flow = flow
         self.run_key = run_key or default_run_key()
         store = self.settings.object_store()
-        self.run_dir = RunDir.for_run(flow, self.run_key, self.settings.resolved_state_dir(), store=store)
+        self.lease: LeaseLock | None = None
+        self.run_dir = RunDir.for_run(flow, self.run_key, self.settings.resolved_state_dir(), store=store,
+                                      guard=self._holds_key)
         self.identity = tuple(str(p) for p in identity)
         self.scope = f"{flow}:{self.run_key}:{uuid.uuid4().hex}"  # this attempt: stop signals, internal names
         self.fatal: str | None = None
@@ -113,7 +115,6 @@ class ChunkedRun:
         # directory), the lease as well when the state is in object storage (one run per key anywhere)
         self.lock = RunLock(self.run_dir.root / "lock", flow=flow, run_key=self.run_key,
                             flow_run_id=current_flow_run_id()).acquire()
-        self.lease: LeaseLock | None = None
         stored: dict[str, str] = {}
         if store is not None:
             try:
@@ -132,7 +133,7 @@ class ChunkedRun:
         if store is not None and self.settings.state_journal_push_s > 0:
             self.journals = JournalPusher(
                 self.run_dir, self.settings.state_journal_push_s, before_push=self._push_plan,
-                active=lambda: self.lease is not None and self.lease.held, stored=[n.removeprefix("journal/") for n in stored if n.startswith("journal/")])
+                stored=[n.removeprefix("journal/") for n in stored if n.startswith("journal/")])
         self.total = total
         self.on_error = on_error
         self.unit = unit
@@ -143,6 +144,7 @@ class ChunkedRun:
         self.fresh = _records_nothing(self.run_dir.root, {self.lock.path, self.run_dir.identity})
         self._previous_identity = self._note_identity()
         self.output_lock: OutputLock | None = None
+        self._guarded: str | None = None  # the output folder whose writes ask _holds_key
         self._take_over_note()
         self.dead = DeadLetterWriter(self.run_dir.dead_letter, flow=flow, run_key=self.run_key, handler=handler_id)
         self.failed_seen = False
@@ -173,6 +175,9 @@ class ChunkedRun:
         if not folder:
             return
         self.lock_output(folder)
+        if self.lease is not None:
+            guard_output(folder, self._holds_key)
+            self._guarded = folder
         from tasks.core.results import clear_parts
 
         if self.fresh:
@@ -189,10 +194,13 @@ class ChunkedRun:
 
     def lock_output(self, folder: str | Path) -> None:
         """Hold ``folder`` for this run until it closes: refused (OutputInUse, naming the other run) while another
-        live run writes to it, since their parts would have the same names."""
+        live run writes to it, since their parts would have the same names (a lease in the bucket when the
+        state is in object storage, so that runs on other machines see it)."""
         if self.output_lock is None:
             self.output_lock = OutputLock(str(folder), state_dir=self.settings.resolved_state_dir(), flow=self.flow,
-                                          run_key=self.run_key, flow_run_id=current_flow_run_id()).acquire()
+                                          run_key=self.run_key, flow_run_id=current_flow_run_id(),
+                                          store=self.run_dir.store, lease_s=self.settings.state_lease_s,
+                                          on_lost=self._lease_lost).acquire()
 
     def _note_identity(self) -> str | None:
         """Record this attempt's identity in the run dir; the one the previous attempt recorded (None if none)."""
@@ -238,6 +246,13 @@ class ChunkedRun:
         thread.start()
         thread.join(15)
 
+    def _holds_key(self) -> bool:
+        """The one gate of this run's writes to the shared state and outputs in object storage (plan, records,
+        journals, dead letters, summary, deletions, output parts): True while the run key's lease is confirmed
+        held (:meth:`tasks.core.lease.LeaseLock.confirmed`). Once it is lost, what this run still finishes stays
+        in its local cache: the key, its state and its output folder are another run's."""
+        return self.lease is not None and self.lease.confirmed()
+
     def _lease_lost(self, why: str) -> None:
         self.fatal = self.fatal or why
         stop_signal(self.scope).set()
@@ -257,6 +272,9 @@ class ChunkedRun:
             except Exception as exc:  # rebuilt from the chunk records by the next run of the key
                 self.progress.logger.warning("state not pushed to %s: %s", self.run_dir.location, exc)
             self.lease.release()
+        if self._guarded is not None:
+            guard_output(self._guarded, None)
+            self._guarded = None
         if self.output_lock is not None:
             self.output_lock.release()
         self.lock.release()
@@ -281,8 +299,7 @@ class ChunkedRun:
     def _push_record(self, key: str, report: ChunkReport) -> None:
         """Make a finished chunk's record durable in object storage: the plan it was cut by first, then the
         record itself (one PUT each). A record written on another machine (a Dask worker) is rebuilt here."""
-        store = self.run_dir.store
-        if store is None or (self.lease is not None and not self.lease.held):  # lost: the key is another run's
+        if not self.run_dir.writable():  # local state, or lost: the key is another run's
             return
         self._push_plan()
         path = self.run_dir.chunks / key
@@ -292,7 +309,7 @@ class ChunkedRun:
         from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 
         record = ResultRecord(metadata=ResultRecordMetadata(storage_key=str(path)), result=report)
-        store.put(f"{self.run_dir.rel}/chunks/{key}", record.serialize())
+        self.run_dir.put(f"chunks/{key}", record.serialize())
 
     def _time_up(self, limit: float) -> None:
         self.timed_out = (f"run_timeout_s={limit:g}s passed: no chunk started after it and the chunks in flight "

@@ -13,7 +13,10 @@ locks); with state in object storage a run also holds the run key's lease there 
 holds across machines.
 
 :class:`OutputLock` is the same lock for an output folder (``<state dir>/outputs/<hash>.lock``): two runs
-cannot share one, since their part files have the same names (``part-000017`` of each).
+cannot share one, since their part files have the same names (``part-000017`` of each). With state in object
+storage that path is in each machine's local cache, so there it is a lease in the state bucket instead
+(``outputs/<hash>.lease``, tasks.core.lease.OutputLease): refused across machines, and a dead holder's folder
+is free once its lease expires.
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.core.errors import BatchflowsError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tasks.core.lease import OutputLease
+    from tasks.core.objstore import ObjectStore
 
 log = logging.getLogger("batchflows.runlock")
 
@@ -145,23 +154,56 @@ class RunLock:
 
 
 class OutputLock(RunLock):
-    """One live run per output folder, among the runs that share a state dir (see the module docstring)."""
+    """One live run per output folder, among the runs that share a state dir (see the module docstring).
+    ``store``: the state dir's object storage, when it is there (the lock is then a lease in it)."""
 
-    def __init__(self, output: str, *, state_dir: Path, flow: str, run_key: str, flow_run_id: str | None) -> None:
+    def __init__(self, output: str, *, state_dir: Path, flow: str, run_key: str, flow_run_id: str | None,
+                 store: ObjectStore | None = None, lease_s: float = 60.0,
+                 on_lost: Callable[[str], None] | None = None) -> None:
+        self._lease: OutputLease | None = None
         self.output = output_identity(output)
         digest = hashlib.blake2b(self.output.encode(), digest_size=16).hexdigest()
         super().__init__(state_dir / "outputs" / f"{digest}.lock", flow=flow, run_key=run_key,
                          flow_run_id=flow_run_id)
         self.extra = {"flow": flow, "run_key": run_key, "output": self.output}
+        if store is not None:
+            from tasks.core.lease import OutputLease
+
+            self._lease = OutputLease(store, f"outputs/{digest}.lease", output=self.output, flow=flow,
+                                      run_key=run_key, flow_run_id=flow_run_id, lease_s=lease_s, on_lost=on_lost)
+
+    def acquire(self) -> OutputLock:
+        if self._lease is None:
+            super().acquire()
+        else:
+            self.previous = self._lease.acquire().previous
+        return self
 
     def _refusal(self, holder: Holder | None, info: dict[str, Any]) -> RunLocked:
-        who = holder.describe() if holder else "a process that has not written its name yet"
-        other = f"{info.get('flow', 'a')} run_key {info.get('run_key', '?')!r}"
-        msg = (f"output {self.output!r} is in use by a live run: {other} ({who}). Two runs cannot share an output "
-               f"folder: their part files have the same names (part-000017 of each), so one would overwrite or "
-               f"delete the other's results. Nothing was run for {self.flow} run_key {self.run_key!r}: give each run "
-               "its own output folder (e.g. one per run_key or scheduled time), or start it when that run is done")
-        return OutputInUse(msg)
+        return output_refusal(self.output, holder, info, flow=self.flow, run_key=self.run_key)
+
+    def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+        super().release()
+
+    @property
+    def held(self) -> bool:
+        return self._lease.held if self._lease is not None else super().held
+
+
+def output_refusal(output: str, holder: Holder | None, info: dict[str, Any], *, flow: str, run_key: str,
+                   held_by: str = "") -> OutputInUse:
+    """The refusal of a run into ``output`` while another live run (``holder``, ``info``: its lock's contents)
+    writes to it; ``held_by``: how it holds it (a lease, and when that expires)."""
+    who = holder.describe() if holder else "a process that has not written its name yet"
+    other = f"{info.get('flow', 'a')} run_key {info.get('run_key', '?')!r}"
+    through = f" through {held_by}" if held_by else ""
+    msg = (f"output {output!r} is in use by a live run: {other} ({who}){through}. Two runs cannot share an output "
+           f"folder: their part files have the same names (part-000017 of each), so one would overwrite or "
+           f"delete the other's results. Nothing was run for {flow} run_key {run_key!r}: give each run "
+           "its own output folder (e.g. one per run_key or scheduled time), or start it when that run is done")
+    return OutputInUse(msg)
 
 
 def output_identity(output: str) -> str:
@@ -195,4 +237,5 @@ def mark_crashed(holder: Holder, *, flow: str, run_key: str, new_flow_run_id: st
         return None
 
 
-__all__ = ["Holder", "OutputInUse", "OutputLock", "RunLock", "RunLocked", "mark_crashed", "output_identity"]
+__all__ = ["Holder", "OutputInUse", "OutputLock", "RunLock", "RunLocked", "mark_crashed", "output_identity",
+           "output_refusal"]

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,16 +65,19 @@ def new_run_key() -> str:
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run key of one flow. With state in object storage (``store``), ``root`` is this
-    machine's working copy and :meth:`push` makes a finished file durable there (see tasks.core.objstore)."""
+    machine's working copy and :meth:`push` makes a finished file durable there (see tasks.core.objstore).
+    Every write there goes through :meth:`writable`: ``guard`` (the run key's lease still held) is asked right
+    before each PUT and DELETE, so a run that lost its key changes nothing of the run that holds it now."""
 
     root: Path
     store: ObjectStore | None = field(default=None, compare=False)
     rel: str = ""  # the run's key prefix in the store: runs/<flow>/<run_key>
     _pushed: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    guard: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def for_run(cls, flow: str, run_key: str, state_dir: Path | None = None, *,
-                store: ObjectStore | None = None) -> RunDir:
+                store: ObjectStore | None = None, guard: Callable[[], bool] | None = None) -> RunDir:
         base = state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()
         rel = f"runs/{flow}/{validate_run_key(run_key)}"
         root = base / rel
@@ -85,7 +88,7 @@ class RunDir:
             setting = "BATCHFLOWS_STATE_CACHE" if store is not None else "BATCHFLOWS_STATE_DIR"
             msg = f"{unwritable(f'{what} {str(base)!r}', exc)}; or set {setting} to a writable directory"
             raise ConfigError(msg) from None
-        return cls(root, store, rel)
+        return cls(root, store, rel, guard=guard)
 
     @property
     def location(self) -> str:
@@ -131,19 +134,45 @@ class RunDir:
 
     # ------------------------------------------------------------------ object storage
 
+    def writable(self) -> bool:
+        """Whether this run may write its state in object storage now (False for local state, and once
+        ``guard`` says the run no longer holds its key)."""
+        return self.store is not None and (self.guard is None or self.guard())
+
+    def put(self, name: str, data: bytes) -> bool:
+        """PUT ``data`` as the run's object ``name`` if :meth:`writable`; whether it was written."""
+        if not self.writable():
+            return False
+        assert self.store is not None
+        self.store.put(f"{self.rel}/{name}", data)
+        return True
+
+    def delete(self, name: str) -> bool:
+        """DELETE the run's object ``name`` if :meth:`writable`; whether it was deleted."""
+        if not self.writable():
+            return False
+        assert self.store is not None
+        self.store.delete(f"{self.rel}/{name}")
+        return True
+
     def push(self, path: Path, *, min_interval_s: float = 0.0) -> None:
         """Mirror one finished local file of this run to object storage: one PUT of its bytes, or a DELETE
         when the file is gone. ``min_interval_s``: skip if this file was pushed less than that ago (a file
-        that is rebuilt on resume anyway, like the dead letters). No-op for local state."""
+        that is rebuilt on resume anyway, like the dead letters). No-op for local state, and once the run
+        is not :meth:`writable`."""
         if self.store is None:
             return
         name = path.relative_to(self.root).as_posix()
         now = time.monotonic()
         if min_interval_s and now - self._pushed.get(name, -1e9) < min_interval_s:
             return
-        self._pushed[name] = now
-        if self.store.push_file(path, f"{self.rel}/{name}") is None:
-            self.store.delete(f"{self.rel}/{name}")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self.delete(name)
+            return
+        if self.put(name, data):
+            self._pushed[name] = now
 
     def discard(self, path: Path) -> None:
         """Delete a file of this run here and in object storage (a chunk record that must not be reused)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,3 +190,62 @@ def test_a_run_taken_back_by_its_first_machine_keeps_what_the_second_one_finishe
     assert (s.total, s.succeeded, s.failed, s.skipped) == (n, n - 8, 4, 4)
     # the items blocked at each kill had made no side effect yet: every handler call happened exactly once
     assert Counter(int(x) for x in effects.read_text().split()) == Counter(range(n))
+
+
+def bucket_objects(s3_state: S3State) -> dict[str, bytes]:
+    """Every object in the test's bucket and its bytes."""
+    client = s3_state.client()
+    return {key: client.get_object(Bucket=s3_state.bucket, Key=key)["Body"].read() for key in s3_state.objects()}
+
+
+def test_a_run_frozen_past_its_lease_writes_nothing_once_another_machine_took_its_key_over(
+        s3_state: S3State, tmp_path: Path) -> None:
+    """A is frozen (SIGSTOP) past its lease with two chunks in flight; B takes the key over and completes it; A
+    wakes (SIGCONT): it finds its lease lost and ends Failed, and writes nothing to the bucket on its way out (no
+    summary, record, journal, plan or dead letter of its own, no record deleted, no output part replaced), so
+    B's summary, records and output rows stand and a rerun reuses every chunk without calling the handler."""
+    n, chunk, window, limit = 60, 5, 2, 23
+    prefix = "state/runs/batch-map/frozen/"
+    effects, gate = tmp_path / "effects.log", tmp_path / "gate"
+    gate.mkdir()
+    params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": chunk,
+              "max_concurrency": window, "retries": 0, "run_key": "frozen", "min_success_ratio": 0.5,
+              "output": f"s3://{s3_state.bucket}/out"}
+    push = {"BF_EFFECTS": str(effects), "BATCHFLOWS_STATE_JOURNAL_PUSH_S": "0.5"}
+    first = machine(tmp_path, "a", s3_state, params, {**push, "BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit)})
+    wait_until(lambda: passed(gate) >= limit + window and sum(r.size for r in stored_reports(s3_state, prefix).values())
+               + stored_journal_items(s3_state, prefix, tmp_path) == limit, first,
+               what=f"{limit} handler calls recorded or journaled in S3")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(LEASE_S + 1)  # its lease runs out while it is frozen
+        taker = machine(tmp_path, "b", s3_state, params, push)
+        taken = finish(taker)
+        assert taker.returncode == 0, taken[-4000:]
+        assert "ended without finishing" in taken and f"pid {first.pid}" in taken
+        s = summary_in(taken, RunSummary)
+        assert (s.state, s.total, s.succeeded, s.failed, s.skipped) == ("Completed", n, n - 12, 6, 6)
+        written = bucket_objects(s3_state)
+    finally:
+        (gate / "open").touch()
+        first.send_signal(signal.SIGCONT)
+    woke = finish(first)
+    assert first.returncode != 0 and "lost its lease" in woke, woke[-4000:]
+    assert summary_in(woke, RunSummary).state == "Failed"
+
+    now = bucket_objects(s3_state)
+    assert sorted(set(now) ^ set(written)) == []  # nothing added, nothing deleted
+    assert [key for key in written if now[key] != written[key]] == []  # nothing overwritten
+    stored = json.loads(now[f"{prefix}summary.json"])
+    assert (stored["state"], stored["total"], stored["succeeded"]) == ("Completed", n, n - 12)
+    assert len(stored_reports(s3_state, prefix)) == n // chunk
+    rows = [json.loads(line)["item"] for key in s3_state.objects("out/") for line in now[key].decode().splitlines()]
+    assert rows == [x for x in range(n) if x % 10 not in (3, 5)]
+
+    calls = len(effects.read_text().split())
+    rerun = machine(tmp_path, "c", s3_state, params, push)
+    output = finish(rerun)
+    assert rerun.returncode == 0, output[-4000:]
+    again = summary_in(output, RunSummary)
+    assert (again.state, again.succeeded, again.chunks_resumed) == ("Completed", n - 12, n // chunk)
+    assert len(effects.read_text().split()) == calls  # no handler call repeated

@@ -14,7 +14,8 @@ import pytest
 
 from tasks.core.lease import LeaseLock
 from tasks.core.objstore import ObjectStore
-from tasks.core.runlock import RunLocked
+from tasks.core.run import ChunkedRun
+from tasks.core.runlock import OutputInUse, RunLocked
 from tests.fixtures.s3 import S3State
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -103,3 +104,71 @@ def test_a_holder_that_stalled_past_its_lease_learns_it_lost_it(s3_state: S3Stat
     with pytest.raises(RunLocked):
         lease(store).acquire()
     taker.release()
+
+
+def test_an_output_folder_is_one_live_runs_across_machines_sharing_the_state(
+        s3_state: S3State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two machines (two caches, one state bucket) cannot write to one output folder at once: each one's flock
+    is in its own cache, so the output is held by a lease in the bucket."""
+    out = f"s3://{s3_state.bucket}/out"
+    with ChunkedRun("batch-map", run_key="first", total=None) as first:
+        first.claim_output(out)
+        s3_state.client().put_object(Bucket=s3_state.bucket, Key="out/part-000000.jsonl", Body=b'{"item": 1}\n')
+        monkeypatch.setenv("BATCHFLOWS_STATE_CACHE", str(tmp_path / "cache-b"))
+        with ChunkedRun("api-bulk", run_key="second", total=None) as second:
+            with pytest.raises(OutputInUse) as refused:
+                second.claim_output(f"{out}/")
+            text = str(refused.value)
+            assert "batch-map run_key 'first'" in text and f"pid {os.getpid()}" in text and "lease expires in" in text
+            assert f"{s3_state.url}/outputs/" in text and "run_key 'second'" in text and "own output folder" in text
+            assert s3_state.objects("out/") == ["out/part-000000.jsonl"]  # nothing of the live run deleted
+            assert second.output_lock is None
+            first.close()  # the first run ends: the folder is free
+            second.claim_output(out)
+            assert second.output_lock is not None and second.output_lock.held
+            assert second.output_lock.previous is None  # released cleanly: no dead holder
+        assert not second.output_lock.held
+
+
+HOLD_OUTPUT = """
+import sys, time
+from pathlib import Path
+from tasks.core.objstore import ObjectStore
+from tasks.core.runlock import OutputLock
+lock = OutputLock(sys.argv[2], state_dir=Path(sys.argv[3]), store=ObjectStore.from_url(sys.argv[1]), flow="batch-map",
+                  run_key="dead", flow_run_id="run-of-the-child", lease_s=3.0).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_runs_output_folder_is_taken_over_once_its_lease_expires(s3_state: S3State, tmp_path: Path) -> None:
+    from tasks.core.runlock import OutputLock
+
+    out, store = f"s3://{s3_state.bucket}/out", ObjectStore.from_url(s3_state.url)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OUTPUT, s3_state.url, out, str(tmp_path / "cache-a")],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+
+    def take() -> OutputLock:
+        return OutputLock(out, state_dir=tmp_path / "cache-b", store=store, flow="f", run_key="next",
+                          flow_run_id=None, lease_s=3.0).acquire()
+
+    try:
+        time.sleep(4)  # past one lease: only its renewals keep it
+        with pytest.raises(OutputInUse, match=f"run_key 'dead' .*pid {holder.pid}.*run-of-the-child"):
+            take()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            taker = take()
+            break
+        except OutputInUse:
+            assert time.monotonic() < deadline, "the killed holder's output lease never expired"
+            time.sleep(0.5)
+    assert taker.previous is not None and taker.previous.pid == holder.pid
+    taker.release()
+    assert json.loads(store.get(taker._lease.rel).data)["released"] is True  # type: ignore[union-attr]

@@ -178,3 +178,42 @@ def test_pull_merges_journals_that_each_hold_items_the_other_lacks(s3_state: S3S
     from tasks.core.journal import ChunkJournal
 
     assert ChunkJournal(merged, "h1").load()[2].payload == '{"n": 2}'  # the stored (later) outcome, whole
+
+
+def test_a_run_dir_whose_lease_was_taken_over_writes_and_deletes_nothing_in_storage(s3_state: S3State) -> None:
+    """Its guard (the lease) is asked before each PUT and DELETE: once another machine holds the key, records,
+    checkpoints, journals and deletions stay in this machine's cache and the stored state is the taker's."""
+    from tasks.core.journal_sync import JournalPusher
+    from tasks.core.lease import LeaseLock
+    from tasks.core.objstore import ObjectStore
+
+    store = ObjectStore.from_url(s3_state.url)
+    holder = LeaseLock(store, "runs/batch-map/k/lease", flow="batch-map", run_key="k", flow_run_id=None,
+                       lease_s=2.0).acquire()
+    run = RunDir.for_run("batch-map", "k", store=store, guard=holder.confirmed)
+    pusher = JournalPusher(run, 3600, before_push=lambda: None)
+    try:
+        run.write_checkpoint({"page": 1})
+        (run.chunks / "c").parent.mkdir(parents=True, exist_ok=True)
+        (run.chunks / "c").write_text("record")
+        run.push(run.chunks / "c")
+        journal = _journal(run, {0: "s"})
+        assert pusher.push_changed() == 1
+        client = s3_state.client()
+        client.put_object(Bucket=s3_state.bucket, Key="state/runs/batch-map/k/lease", Body=b'{"host": "b"}')
+        stored = {key: client.get_object(Bucket=s3_state.bucket, Key=key)["Body"].read() for key in s3_state.objects()}
+        time.sleep(1.2)  # past half the lease: only a renewal confirms it, and the taker's PUT refuses that
+
+        run.write_checkpoint({"page": 2})
+        run.discard(run.chunks / "c")
+        assert not run.put("summary.json", b"{}") and not run.delete("checkpoint.json")
+        _journal(run, {1: "s"})
+        assert pusher.push_changed() == 0
+        pusher.drop(journal)
+        assert holder.lost is not None and "another run took the lease over" in holder.lost
+        assert {key: client.get_object(Bucket=s3_state.bucket, Key=key)["Body"].read()
+                for key in s3_state.objects()} == stored
+        assert run.read_checkpoint() == {"page": 2}  # this machine's cache is still written
+    finally:
+        pusher.stop()
+        holder.release()
