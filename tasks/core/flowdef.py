@@ -72,7 +72,7 @@ class FromSetting:
 
     def describe(self) -> str:
         default = self.settings.model_fields[self.field].default
-        return f"Default: {self.env} ({default})."
+        return f"Default (null): the {self.env} setting ({default} when unset)."
 
 
 class FlowParams(BaseModel):
@@ -166,12 +166,20 @@ def _order(model: type[FlowParams], positional: Sequence[str]) -> list[str]:
 
 def flat_signature(model: type[FlowParams], positional: Sequence[str], returns: Any,
                    widen: Mapping[str, Any] | None = None) -> inspect.Signature:
-    """The flat function signature of a parameter model (one parameter per field, with its bounds)."""
+    """The flat function signature of a parameter model (one parameter per field, with its bounds).
+
+    A parameter whose value comes from a setting when not given is ``T | None`` there, default None: its
+    schema (``anyOf: [T, null]``, default null) accepts the null a deployment run or the UI form sends for
+    "use the setting"; the model itself keeps ``T`` and fills the setting in.
+    """
     params = []
+    from_setting = setting_fields(model)
     for name in _order(model, positional):
         field = model.model_fields[name]
         annotation = (widen or {}).get(name) or (
             typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)  # type: ignore[misc]
+        if name in from_setting and name not in (widen or {}):
+            annotation = annotation | None
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name in positional else inspect.Parameter.KEYWORD_ONLY
         default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
         params.append(inspect.Parameter(name, kind, default=default, annotation=annotation))

@@ -130,7 +130,7 @@ def test_replay_gives_the_handler_a_database_querys_typed_values_back(pg_items: 
 
 
 def test_replay_chunk_size_defaults_to_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The UI says "Default: BATCHFLOWS_CHUNK_SIZE (500)"; the replay used 100 whatever the setting said."""
+    """The UI names the BATCHFLOWS_CHUNK_SIZE setting (500) as the default; the replay used 100 whatever it said."""
     first = batch_map(list(range(250)), refuse, chunk_size=250, raise_on_failure=False)
     assert replay_dead_letters(first.dead_letter_path, handler=handlers.double, run_key="a").chunks_total == 1
     monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "60")  # new run keys: the same file's replay would resume its plan
