@@ -104,6 +104,13 @@ class LeaseLock:
 
     def _refuse(self, holder: Holder | None, left: float | None, info: dict[str, Any]) -> RunLocked:
         who = holder.describe() if holder else "a process whose lease is unreadable"
+        if holder is not None and _gone_from_this_host(holder):
+            wait = f"in {left:.0f} s" if left is not None else "when its lease expires"
+            msg = (f"{self.flow} run_key {self.run_key!r} is still leased to a run of this machine that is no longer "
+                   f"running ({who}): the lease {self.path} lets no other run take the key before it expires, since "
+                   f"machines cannot see each other's processes. Rerun with the same run_key {wait} (a shorter "
+                   "BATCHFLOWS_STATE_LEASE_S shortens this wait after a crash)")
+            return RunLocked(msg)
         until = f"; its lease expires in {left:.0f} s unless it renews it" if left is not None else ""
         msg = (f"{self.flow} run_key {self.run_key!r} is held by a live run ({who}) through the lease "
                f"{self.path}{until}; two runs of one key would both process its unfinished chunks. Wait for that run "
@@ -236,6 +243,19 @@ class OutputLease(LeaseLock):
     def _lost_message(self, why: str) -> str:
         return (f"{self.flow} run_key {self.run_key!r} lost its hold on output {self.output!r} (lease {self.path}): "
                 f"{why}. This run stops submitting chunks, since another run may now write to that folder")
+
+
+def _gone_from_this_host(holder: Holder) -> bool:
+    """The holder ran on this machine (same host name) and its process no longer exists."""
+    if holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 __all__ = ["LeaseLock", "OutputLease", "lease_live"]

@@ -12,6 +12,7 @@ Layout (``BATCHFLOWS_STATE_DIR``, default ``<PREFECT_HOME>/batchflows``)::
         summary.json        the last RunSummary of this run key
         checkpoint.json     flow-specific progress (e.g. the pagination cursor)
     outputs/<hash>.lock     held (flock) by the live run that writes to an output folder; says which run
+    outputs/<hash>.lease    the same in object storage: a lease in the bucket (machines see each other's)
 
 Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`.
 

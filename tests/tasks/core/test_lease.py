@@ -72,8 +72,9 @@ def test_a_sigkilled_holder_is_taken_over_once_its_lease_expires(s3_state: S3Sta
     holder = holder_process(s3_state, 3.0)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    with pytest.raises(RunLocked):  # not yet: it renewed less than a lease ago
-        lease(store).acquire()
+    with pytest.raises(RunLocked, match="leased to a run of this machine that is no longer running") as refused:
+        lease(store).acquire()  # not yet: it renewed less than a lease ago (and other machines cannot know it died)
+    assert "Rerun with the same run_key in " in str(refused.value) and "held by a live run" not in str(refused.value)
     deadline = time.monotonic() + 15
     while True:
         try:
