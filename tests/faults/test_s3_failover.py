@@ -70,14 +70,20 @@ def stored_journal_items(s3_state: S3State, prefix: str, tmp: Path) -> int:
     return total
 
 
-def test_batch_map_killed_on_one_machine_resumes_on_another_from_s3(s3_state: S3State, tmp_path: Path) -> None:
-    n, chunk, window, limit = 200, 10, 2, 93
-    prefix = "state/runs/batch-map/failover/"
+def gated_run(tmp_path: Path, s3_state: S3State, run_key: str, *, n: int, chunk: int, window: int
+              ) -> tuple[str, Path, Path, dict[str, Any]]:
+    """(state prefix of the run, side-effect log, gate dir, batch_map params) of a gated run into s3://<bucket>/out."""
     effects, gate = tmp_path / "effects.log", tmp_path / "gate"
     gate.mkdir()
     params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": chunk,
-              "max_concurrency": window, "retries": 0, "run_key": "failover", "min_success_ratio": 0.5,
+              "max_concurrency": window, "retries": 0, "run_key": run_key, "min_success_ratio": 0.5,
               "output": f"s3://{s3_state.bucket}/out"}
+    return f"state/runs/batch-map/{run_key}/", effects, gate, params
+
+
+def test_batch_map_killed_on_one_machine_resumes_on_another_from_s3(s3_state: S3State, tmp_path: Path) -> None:
+    n, chunk, window, limit = 200, 10, 2, 93
+    prefix, effects, gate, params = gated_run(tmp_path, s3_state, "failover", n=n, chunk=chunk, window=window)
     first = machine(tmp_path, "a", s3_state, params,
                     {"BF_EFFECTS": str(effects), "BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit),
                      "BATCHFLOWS_STATE_JOURNAL_PUSH_S": "0.5"})
@@ -205,12 +211,7 @@ def test_a_run_frozen_past_its_lease_writes_nothing_once_another_machine_took_it
     summary, record, journal, plan or dead letter of its own, no record deleted, no output part replaced), so
     B's summary, records and output rows stand and a rerun reuses every chunk without calling the handler."""
     n, chunk, window, limit = 60, 5, 2, 23
-    prefix = "state/runs/batch-map/frozen/"
-    effects, gate = tmp_path / "effects.log", tmp_path / "gate"
-    gate.mkdir()
-    params = {"source": list(range(n)), "handler": "tests.faults.helpers:effect", "chunk_size": chunk,
-              "max_concurrency": window, "retries": 0, "run_key": "frozen", "min_success_ratio": 0.5,
-              "output": f"s3://{s3_state.bucket}/out"}
+    prefix, effects, gate, params = gated_run(tmp_path, s3_state, "frozen", n=n, chunk=chunk, window=window)
     push = {"BF_EFFECTS": str(effects), "BATCHFLOWS_STATE_JOURNAL_PUSH_S": "0.5"}
     first = machine(tmp_path, "a", s3_state, params, {**push, "BF_GATE_DIR": str(gate), "BF_GATE_OPEN": str(limit)})
     wait_until(lambda: passed(gate) >= limit + window and sum(r.size for r in stored_reports(s3_state, prefix).values())
