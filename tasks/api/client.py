@@ -358,9 +358,12 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
         return loads_exact(response.content, charset=declared_charset(ctype))
     except ValueError as exc:
         excerpt = redact_text(response.text[:BODY_EXCERPT_CHARS])
+        advice = ("use expect='text' if the endpoint returns text" if expect == "auto" else
+                  "the endpoint must answer JSON: check the URL (does it answer a login, error or HTML page?); a "
+                  "body cut short is fetched again by a rerun with the same run_key")
         msg = (
             f"{method} {shown} answered {response.status_code} with a body that is not JSON "
-            f"(Content-Type {ctype or 'missing'!r}): {excerpt!r}; use expect='text' if the endpoint returns text"
+            f"(Content-Type {ctype or 'missing'!r}): {excerpt!r}; {advice}"
         )
         err = ItemError(msg, category="http_bad_json")
         err.status = response.status_code  # type: ignore[attr-defined]

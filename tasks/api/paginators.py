@@ -347,7 +347,8 @@ async def iter_pages(
                 f"page {number} ({redact_text(record.url)}) returned exactly the {len(records)} records of page "
                 f"{number - 1}: the API seems to ignore the {paginator.kind!r} pagination parameters, so the walk "
                 "would never end; check the parameter names (paginator_options, e.g. {'offset_param': 'skip'}) "
-                "or the next-page location, or set max_pages"
+                "or the next-page location. If the API's consecutive pages can really be identical (records "
+                "without ids at a small page_size), use a larger page_size"
             )
             raise ItemError(msg, category="pagination_stuck")
         state = {**paginator.advance(state, record, records), "last_page": fingerprint,

@@ -72,6 +72,7 @@ def test_failed_page_is_named_in_the_message_and_dead_letter(api_server: ApiServ
     assert dead["item"]["page"] == 1 and dead["category"] == "records_path_missing"
     text = api_extract(f"{api_server.url}/malformed/x", **{**kwargs, "run_key": "not-json"}, raise_on_failure=False)
     assert not text.ok and "page 1" in text.message and "not JSON" in text.message
+    assert "check the URL" in text.message and "expect=" not in text.message  # api_extract has no expect
 
 
 def test_refused_credentials_stop_the_extraction(api_server: ApiServer, tmp_path: Path):
