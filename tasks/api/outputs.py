@@ -40,6 +40,8 @@ from tasks.core.exactjson import dumps_exact
 
 ApiPartFormat = Literal["jsonl", "parquet"]
 TOKEN_CACHE_S = 300.0
+_UINT64_MAX = 2**64 - 1
+_DECIMAL38_MAX = 10**38 - 1
 LOCAL_HEADROOM = 0.02  # pace a local bucket 2 % under the limit: send-time jitter at a server's second edge
 
 _tokens: dict[str, tuple[float, str]] = {}
@@ -62,8 +64,9 @@ def write_part(
     """Write one part atomically and return its path (its URL in object storage: one PUT).
 
     JSONL: one JSON object per row (``encoded=True``: rows are JSON text already). Parquet: polars infers the columns from the rows; the columns in
-    ``json_columns`` (arbitrary JSON such as response bodies) are stored as JSON text, and rows that
-    polars cannot type consistently fall back to one ``record`` column of JSON text.
+    ``json_columns`` (arbitrary JSON such as response bodies) are stored as JSON text, an integer column past
+    int64 as UInt64, Decimal(38, 0) or its digits as text (never Int128, which pyarrow cannot read), and rows
+    that polars cannot type consistently fall back to one ``record`` column of JSON text.
     """
     if fmt not in ("jsonl", "parquet"):
         msg = f"output_format {fmt!r} is unknown; use 'jsonl' or 'parquet'"
@@ -112,9 +115,59 @@ def _frame(rows: Sequence[dict[str, Any]], json_columns: tuple[str, ...], schema
     if rows and not all(isinstance(row, dict) for row in rows):
         return pl.DataFrame({"record": [dump(row) for row in rows]}, schema={"record": pl.String})
     try:
-        return pl.DataFrame(rows, schema=schema, infer_schema_length=None, strict=schema is None)
+        try:
+            frame = pl.DataFrame(rows, schema=schema, infer_schema_length=None, strict=schema is None)
+        except OverflowError:  # an integer past 128 bits: its column as text, the other columns typed
+            rows = _huge_ints_as_text(rows)
+            frame = pl.DataFrame(rows, schema=schema, infer_schema_length=None, strict=schema is None)
     except Exception:  # mixed types across records: keep every record, as JSON text
         return pl.DataFrame({"record": [dump(row) for row in rows]}, schema={"record": pl.String})
+    return _narrow_wide_ints(frame, rows)
+
+
+def _narrow_wide_ints(frame: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """``frame`` without Int128/UInt128, which Parquet readers (pyarrow) cannot open: such a column becomes
+    UInt64 if its values fit, else Decimal(38, 0), else text of its digits (file_transform's inference); a
+    nested column holding one becomes the JSON text of its values. Every value keeps every digit."""
+    import polars as pl
+
+    casts = {}
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.Int128 | pl.UInt128):
+            low, high = frame[name].min(), frame[name].max()
+            if low is None or (low >= 0 and high <= _UINT64_MAX):
+                casts[name] = pl.col(name).cast(pl.UInt64)
+            elif low >= -_DECIMAL38_MAX and high <= _DECIMAL38_MAX:
+                casts[name] = pl.col(name).cast(pl.Decimal(38, 0))
+            else:
+                casts[name] = pl.col(name).cast(pl.String)
+        elif dtype.is_nested() and "Int128" in str(dtype):
+            values = [None if (v := row.get(name)) is None else dumps_exact(v) for row in rows]
+            casts[name] = pl.Series(name, values, dtype=pl.String)
+    return frame.with_columns(**casts) if casts else frame
+
+
+def _huge_ints_as_text(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with every column that holds an integer past Decimal(38, 0) (anywhere in it) as text: integers
+    as their digits, other values as their JSON text (strings as they are)."""
+    huge = {name for row in rows for name, value in row.items() if _holds_huge_int(value)}
+
+    def text(value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        return str(value) if type(value) is int else dumps_exact(value)
+
+    return [{k: text(v) if k in huge else v for k, v in row.items()} for row in rows]
+
+
+def _holds_huge_int(value: Any) -> bool:
+    if type(value) is int:
+        return abs(value) > _DECIMAL38_MAX
+    if isinstance(value, dict):
+        return any(_holds_huge_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_huge_int(v) for v in value)
+    return False
 
 
 def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path | str]:

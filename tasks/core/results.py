@@ -7,12 +7,14 @@ order gives the rows in input order, one part in memory at a time. Parts whose i
 run's chunk count belong to an earlier run with a different layout and are left out.
 
 Formats: JSON lines are read with :func:`json.loads` (the rows exactly as written), Parquet with pyarrow
-batch by batch (types kept), CSV with polars (types inferred over the whole part: CSV carries none;
+batch by batch (types kept; a column typed differently in different parts, such as api_extract's int64 and
+double, is read as their common type where that keeps every value), CSV with polars (types inferred over the whole part: CSV carries none;
 rejected rows keep every field as the text it was).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sized
@@ -89,9 +91,10 @@ def clear_parts(root: str | Path, *, keep: Collection[str] = ()) -> int:
     return len(found)
 
 
-def read_rows(path: Path | str, *, typed: bool = True) -> Iterator[Any]:
+def read_rows(path: Path | str, *, typed: bool = True, types: Mapping[str, Any] | None = None) -> Iterator[Any]:
     """The rows of one part file, lazily where the format allows it; ``typed=False`` keeps CSV fields as text.
-    A part in object storage (a URL) is read whole, then the same way."""
+    A part in object storage (a URL) is read whole, then the same way. ``types`` (pyarrow types by column, from
+    :func:`relaxed_types`): a Parquet part's columns are cast to them where the cast keeps every value."""
     if is_url(str(path)):
         from tasks.core.objoutput import read_part
 
@@ -109,7 +112,7 @@ def read_rows(path: Path | str, *, typed: bool = True) -> Iterator[Any]:
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(source).iter_batches(batch_size=10_000):
-            yield from batch.to_pylist()
+            yield from (_relaxed(batch, types) if types else batch).to_pylist()
     else:
         import polars as pl
 
@@ -138,8 +141,48 @@ def iter_rejects(output_path: str | None, *, flow: str) -> Iterator[Any]:
 
 
 def _rows(paths: list[Path | str], *, typed: bool) -> Iterator[Any]:
+    types = relaxed_types(paths) if typed else None
     for path in paths:
-        yield from read_rows(path, typed=typed)
+        yield from read_rows(path, typed=typed, types=types)
+
+
+def relaxed_types(paths: Iterable[Path | str]) -> dict[str, Any]:
+    """The common pyarrow type of each column of the local Parquet parts among ``paths`` (from their footers):
+    each part's types come from its own rows (``amount`` int64 in one, double in another; a column of nulls
+    beside one of text), so reading the parts as one casts to the supertype, as polars' ``how="diagonal_relaxed"``
+    does. Only columns whose types differ are named; a column without a common type keeps each part's own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seen: dict[str, set[Any]] = {}
+    for path in paths:
+        if not is_url(str(path)) and str(path).endswith(".parquet"):
+            for field in pq.read_schema(path):
+                seen.setdefault(field.name, set()).add(field.type)
+    types = {}
+    for name, found in seen.items():
+        if len(found) > 1:
+            try:
+                types[name] = pa.unify_schemas([pa.schema([(name, t)]) for t in found],
+                                               promote_options="permissive").field(name).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                continue
+    return types
+
+
+def _relaxed(batch: Any, types: Mapping[str, Any]) -> Any:
+    """``batch`` with its columns cast to ``types``; a column the cast would change (an integer past 2**53 as a
+    float) stays as it is."""
+    import pyarrow as pa
+
+    columns = []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        target = types.get(field.name)
+        if target is not None and target != field.type:
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                column = column.cast(target, safe=True)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def prepare_collect(flow: str, values: dict[str, Any], sources: Iterable[str], *, has_output: bool = True) -> None:
@@ -196,4 +239,5 @@ __all__ = [
     "part_files",
     "prepare_collect",
     "read_rows",
+    "relaxed_types",
 ]

@@ -290,3 +290,50 @@ def test_a_url_password_as_a_deployment_parameter_is_refused(api_server: ApiServ
     with pytest.raises(ConfigError, match=r"url .* holds a password.*secret_headers=\{'Authorization'") as info:
         api_extract_flow(url=url, output=str(tmp_path))
     assert "Pw-extract-9c1f" not in str(info.value) and api_server.requests == []
+
+
+def _pages_route(pages: dict[int, list[dict[str, Any]]]) -> Any:
+    def route(path: str, query: dict[str, str], host: str) -> tuple[Any, dict[str, str]]:
+        return {"data": pages.get(int(query["page"]), [])}, {}
+
+    return route
+
+
+def test_parquet_integers_past_64_bits_are_readable_and_keep_every_digit(tmp_path: Path):
+    """Integers past int64 were an Int128 column pyarrow cannot open (results() and collect raised), and one
+    past 128 bits turned the whole part into one ``record`` column: now UInt64 / Decimal(38, 0) / text."""
+    from decimal import Decimal
+
+    import pyarrow.parquet as pq
+
+    huge = 2**128 + 1
+    pages = {1: [{"id": 1, "big": 2**64, "u": 2**63}, {"id": 2, "big": -5, "u": 7}],
+             2: [{"id": 3, "big": huge, "name": "c"}]}
+    with scripted_api(_pages_route(pages)) as (url, _):
+        summary = api_extract(f"{url}/items", paginator="page", page_size=2, pages_per_part=1,
+                              output=tmp_path / "out", output_format="parquet", collect=True)
+    assert summary.ok and summary.succeeded == 3, summary.render_text()
+    first, second = (pq.read_table(p) for p in sorted((tmp_path / "out").glob("part-*.parquet")))
+    assert [str(t) for t in first.schema.types] == ["int64", "decimal128(38, 0)", "uint64"]
+    assert second.column_names == ["id", "big", "name"] and str(second.schema.field("id").type) == "int64"
+    expected = [{"id": 1, "big": Decimal(2**64), "u": 2**63}, {"id": 2, "big": Decimal(-5), "u": 7},
+                {"id": 3, "big": str(huge), "name": "c"}]
+    assert summary.collected == expected and list(summary.results()) == expected
+
+
+def test_parquet_parts_typed_differently_read_back_as_one(tmp_path: Path):
+    """Each part's types come from its own records (amt int64 then double, note null then text): results()
+    and polars' diagonal_relaxed concat read the folder as one dataset."""
+    pages = {1: [{"id": 1, "amt": 3, "note": None}, {"id": 2, "amt": 5, "note": None}],
+             2: [{"id": 3, "amt": 12.5, "note": "x"}]}
+    with scripted_api(_pages_route(pages)) as (url, _):
+        summary = api_extract(f"{url}/items", paginator="page", page_size=2, pages_per_part=1,
+                              output=tmp_path / "out", output_format="parquet")
+    assert summary.ok and summary.succeeded == 3, summary.render_text()
+    rows = list(summary.results())
+    assert rows == [{"id": 1, "amt": 3.0, "note": None}, {"id": 2, "amt": 5.0, "note": None},
+                    {"id": 3, "amt": 12.5, "note": "x"}]
+    assert [type(r["amt"]) for r in rows] == [float] * 3
+    parts = sorted((tmp_path / "out").glob("part-*.parquet"))
+    frame = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    assert frame.schema == pl.Schema({"id": pl.Int64, "amt": pl.Float64, "note": pl.String})

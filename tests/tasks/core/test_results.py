@@ -144,3 +144,14 @@ def test_file_transform_results_and_rejects_as_they_were(tmp_path: Path) -> None
     rejects = list(summary.rejects())
     assert [(r["id"], r["amount"], r["_line"]) for r in rejects] == [("2", "x", "3"), ("4", "1e400x", "5")]
     assert all(r["_reject_reason"] for r in rejects)
+
+
+def test_parquet_parts_typed_differently_are_read_as_their_common_type_where_exact(tmp_path: Path) -> None:
+    """int64 + double -> double, null + text -> text; an integer a double would change stays an integer."""
+    pl.DataFrame({"amt": [3, 5], "note": [None, None], "id": [2**53 + 1, 1]}).write_parquet(
+        tmp_path / "part-000000.parquet")
+    pl.DataFrame({"amt": [12.5], "note": ["x"], "id": [1.5]}).write_parquet(tmp_path / "part-000001.parquet")
+    rows = list(results_mod.iter_results(str(tmp_path), flow="api-extract", chunks_total=2))
+    assert rows == [{"amt": 3.0, "note": None, "id": 2**53 + 1}, {"amt": 5.0, "note": None, "id": 1.0},
+                    {"amt": 12.5, "note": "x", "id": 1.5}]
+    assert [type(r["amt"]) for r in rows] == [float] * 3 and type(rows[0]["id"]) is int
