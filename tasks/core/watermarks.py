@@ -20,10 +20,13 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import ConfigError
+from tasks.core.exactjson import JsonNumber, dumps_exact, loads_exact
 from tasks.core.settings import EngineSettings
 from tasks.core.state import write_text_atomic
 
@@ -51,10 +54,10 @@ def read_watermark(flow: str, stream: str, state_dir: Path | None = None) -> dic
     store = _store(state_dir)
     if store is not None:
         obj = store.get(f"watermarks/{flow}/{stream}.json")
-        return None if obj is None else json.loads(obj.data)
+        return None if obj is None else loads_exact(obj.data)
     path = watermark_path(flow, stream, state_dir)
     try:
-        return json.loads(path.read_text())
+        return loads_exact(path.read_text())
     except FileNotFoundError:
         return None
 
@@ -64,12 +67,19 @@ def save_watermark(flow: str, stream: str, data: dict[str, Any], *, run_key: str
     path = watermark_path(flow, stream, state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**data, "run_key": run_key, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    text = json.dumps(record, default=str, sort_keys=True)
+    text = _dumps(record)
     write_text_atomic(path, text)
     store = _store(state_dir)
     if store is not None:
         store.put(f"watermarks/{flow}/{stream}.json", text.encode())
     return path
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    """The record as JSON; a number kept as its text (a JsonNumber watermark) is written as that text."""
+    if any(type(v) is JsonNumber for v in record.values()):
+        return dumps_exact(dict(sorted(record.items())))
+    return json.dumps(record, default=str, sort_keys=True)
 
 
 KNOWN_FLOWS = ("api-extract", "file-transform")
@@ -141,27 +151,92 @@ def _as_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
-def _order(value: Any) -> tuple[int, Any]:
+def _ranked(value: Any) -> tuple[str, Any] | None:
+    """``(kind, key)`` of a watermark value, None for None. Kinds: ``number`` (compared exactly: a number kept
+    as its text by its digits), ``date-time`` (an ISO string, as an instant), ``text`` (anything else, as text).
+    The key is None for a value that is never the newest (NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return ("number", value if value == value else None)
+    if type(value) is JsonNumber:
+        number = Decimal(value.text)
+        return ("number", None if number.is_nan() else number)
     when = _as_time(value)
-    if when is not None:
-        return (1, when)
-    if isinstance(value, bool):
-        return (0, str(value))
-    if isinstance(value, int | float):
-        return (2, value)
-    return (0, str(value))
+    return ("text", str(value)) if when is None else ("date-time", when)
+
+
+def kind_of(value: Any) -> str | None:
+    """``number``, ``date-time`` or ``text`` (see :func:`later`); None for None."""
+    ranked = _ranked(value)
+    return None if ranked is None else ranked[0]
 
 
 def later(a: Any, b: Any) -> Any:
-    """The later of two watermark values (None is earliest): ISO times as instants, numbers as numbers."""
-    if a is None:
-        return b
-    if b is None:
+    """The later of two watermark values (None is earliest): ISO date-times as instants, numbers as numbers
+    (exactly), other text as text. Values of different kinds do not compare (a date-time and a ``0`` "never"
+    sentinel): ``b`` of another kind than ``a`` is not a candidate, ``a`` stays."""
+    ra, rb = _ranked(a), _ranked(b)
+    if ra is None or rb is None:
+        return a if rb is None else b
+    if ra[0] != rb[0] or rb[1] is None:
         return a
-    ka, kb = _order(a), _order(b)
-    if ka[0] != kb[0]:
-        return b if kb[0] > ka[0] else a
-    return b if kb[1] > ka[1] else a
+    return b if ra[1] is None or rb[1] > ra[1] else a
+
+
+@dataclass
+class Newest:
+    """The newest value of each kind among many (a record field over a run) and how many values had each kind.
+
+    A watermark is the newest value of one kind (the stored watermark's, else the kind most values have): an
+    ISO date-time and a ``0`` sentinel do not compare, and ranking kinds would make one outrank every other."""
+
+    best: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # in the order the kinds were first seen
+    _keys: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def add(self, value: Any) -> None:
+        ranked = _ranked(value)
+        if ranked is None:
+            return
+        kind, key = ranked
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if key is not None and (kind not in self._keys or key > self._keys[kind]):
+            self.best[kind], self._keys[kind] = value, key
+
+    def merge(self, other: Newest | None) -> None:
+        if other is None:
+            return
+        for kind, count in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + count
+        for kind, value in other.best.items():
+            self.best[kind] = later(self.best.get(kind), value)
+            self._keys[kind] = _ranked(self.best[kind])[1]  # type: ignore[index]
+
+    def kind(self, stored: Any = None) -> str | None:
+        """The watermark's kind: the stored watermark's, else the one most values have (the first of a tie)."""
+        return kind_of(stored) if stored is not None else max(self.counts, key=self.counts.__getitem__, default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": self.counts, "best": {k: to_json_value(v) for k, v in self.best.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Newest:
+        seen = cls()
+        seen.merge(cls(best={k: from_json_value(v) for k, v in data.get("best", {}).items()}))
+        seen.counts = dict(data.get("counts", {}))
+        return seen
+
+
+def to_json_value(value: Any) -> Any:
+    """A watermark value for a JSON checkpoint: a number kept as its text as ``{"$number": text}``."""
+    return {"$number": value.text} if type(value) is JsonNumber else value
+
+
+def from_json_value(value: Any) -> Any:
+    if isinstance(value, dict) and list(value) == ["$number"]:
+        return JsonNumber(value["$number"])
+    return value
 
 
 def lag_seconds(value: Any) -> float | None:
@@ -172,11 +247,15 @@ def lag_seconds(value: Any) -> float | None:
 
 __all__ = [
     "KNOWN_FLOWS",
+    "Newest",
+    "from_json_value",
+    "kind_of",
     "lag_seconds",
     "later",
     "read_watermark",
     "reset_watermarks",
     "save_watermark",
     "stream_id",
+    "to_json_value",
     "watermark_path",
 ]

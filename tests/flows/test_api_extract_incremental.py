@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,79 @@ def test_incremental_with_max_pages_is_refused(changes: ChangesApi, tmp_path: Pa
         api_extract(changes.url, output=tmp_path, incremental=INCREMENTAL, max_pages=2)
     with pytest.raises(ConfigError, match="record_field"):
         api_extract(changes.url, output=tmp_path, incremental={"param": "since"})
+
+
+class RawApi:
+    """``GET /raw?updated_since=&offset=&limit=``: records kept as JSON text (numbers as written), in the order
+    added, those with updated_at >= updated_since (numbers exactly, ISO date-times as instants, as epochs)."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.seen: list[dict[str, str]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                api.seen.append(query)
+                since = query.get("updated_since")
+                rows = [r for r in api.rows if since is None or _epoch(json.loads(r, parse_float=Decimal)["updated_at"])
+                        >= _epoch(since)]
+                offset, limit = int(query.get("offset", 0)), int(query.get("limit", 10))
+                body = ('{"data": [' + ",".join(rows[offset:offset + limit]) + "]}").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/raw"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _epoch(value: Any) -> Decimal:
+    try:
+        return Decimal(value)
+    except (InvalidOperation, TypeError):
+        return Decimal(str(dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()))
+
+
+@pytest.fixture
+def raw_api() -> Iterator[RawApi]:
+    api = RawApi()
+    yield api
+    api.server.shutdown()
+
+
+def test_a_numeric_watermark_is_kept_and_sent_as_the_api_wrote_it(raw_api: RawApi, tmp_path: Path) -> None:
+    raw_api.rows += ['{"id": 1, "updated_at": 1767225600.5}', '{"id": 2, "updated_at": 1767225625.999999999}']
+    out = tmp_path / "out"
+    first = api_extract(raw_api.url, output=out, page_size=10, incremental=INCREMENTAL)
+    assert first.ok and first.extra["watermark_after"] == "1767225625.999999999"  # not the double 1767225626.0
+    raw_api.rows.append('{"id": 3, "updated_at": 1767225625.999999999}')  # at the watermark, committed late
+    raw_api.seen.clear()
+    second = api_extract(raw_api.url, output=out, page_size=10, incremental=INCREMENTAL)
+    assert {q.get("updated_since") for q in raw_api.seen} == {"1767225625.999999999"}
+    assert second.ok and [r["id"] for r in records_of(second)] == [2, 3]  # the record at the watermark again
+    lines = [line for p in sorted(Path(second.output_path or "").glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+    assert '"updated_at": 1767225625.999999999' in lines[1]  # data exact
+
+
+def test_values_of_another_kind_do_not_become_the_watermark(
+        raw_api: RawApi, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw_api.rows += ['{"id": 1, "updated_at": "2026-03-01T00:00:00Z"}', '{"id": 2, "updated_at": 0}']
+    out = tmp_path / "out"
+    first = api_extract(raw_api.url, output=out, page_size=10, incremental=INCREMENTAL)
+    assert first.ok and first.total == 2 and first.extra["watermark_after"] == "2026-03-01T00:00:00Z"
+    warned = [r.getMessage() for r in caplog.records if "more than one kind" in r.getMessage()]
+    assert len(warned) == 1 and "'updated_at'" in warned[0] and "1 date-time, 1 number" in warned[0]
+    raw_api.seen.clear()
+    second = api_extract(raw_api.url, output=out, page_size=10, incremental=INCREMENTAL)
+    assert {q.get("updated_since") for q in raw_api.seen} == {"2026-03-01T00:00:00Z"}
+    assert second.total == 1 and second.extra["watermark_after"] == "2026-03-01T00:00:00Z"

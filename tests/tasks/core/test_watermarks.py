@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 
 from tasks.core.errors import ConfigError
+from tasks.core.exactjson import loads_exact
 from tasks.core.state import _main as state_cli
-from tasks.core.watermarks import lag_seconds, later, read_watermark, reset_watermarks, save_watermark, stream_id
+from tasks.core.watermarks import (
+    lag_seconds,
+    later,
+    read_watermark,
+    reset_watermarks,
+    save_watermark,
+    stream_id,
+    watermark_path,
+)
 
 
 def test_later_compares_times_as_instants_and_numbers_as_numbers() -> None:
@@ -16,6 +25,21 @@ def test_later_compares_times_as_instants_and_numbers_as_numbers() -> None:
     assert later("2026-01-01T10:00:00", "2026-01-01 09:59:59") == "2026-01-01T10:00:00"
     assert later(9, 10) == 10 and later(10, 9) == 10 and later(None, 3) == 3 and later(3, None) == 3
     assert later("2026-01-01", None) == "2026-01-01"
+
+
+def test_later_compares_numbers_exactly_and_never_across_kinds() -> None:
+    exact = loads_exact("[1767225625.999999999, 1767225625.9999999991]")
+    assert later(exact[0], 1767225626.0) == 1767225626.0 and later(1767225626.0, exact[0]) == 1767225626.0
+    assert str(later(exact[0], exact[1])) == "1767225625.9999999991"
+    assert later("2026-03-01T00:00:00Z", 0) == "2026-03-01T00:00:00Z"  # a 0 sentinel does not outrank a time
+    assert later(5, "2026-03-01T00:00:00Z") == 5 and later(None, 0) == 0
+    assert later(1, loads_exact("NaN")) == 1
+
+
+def test_a_number_kept_as_its_text_is_stored_as_that_json_number(state_dir: Path) -> None:
+    save_watermark("api-extract", "n1", {"value": loads_exact("1767225625.999999999")}, run_key="r1")
+    assert '"value": 1767225625.999999999' in watermark_path("api-extract", "n1").read_text()
+    assert str(read_watermark("api-extract", "n1")["value"]) == "1767225625.999999999"  # type: ignore[index]
 
 
 def test_lag_is_for_times_only() -> None:
