@@ -500,3 +500,41 @@ def test_secret_params_from_a_secret_block_go_on_every_request_batches_included(
     assert QUERY_KEY not in stored and name in stored
     assert not [line for line in (tmp_path / "out").glob("part-*") if QUERY_KEY in line.read_text()]
 
+
+
+def _string_status_bulk(request: Seen) -> tuple[int, dict[str, str], Any]:
+    answers = {"a": {"status": "201"}, "b": {"status": "422", "message": "invalid email"}, "c": {"status_code": 400.0},
+               "d": {"status_code": "503", "message": "try later"}, "e": {"status": "queued"}}
+    records = json.loads(request.body)["records"]
+    return 207, {}, {"results": [{"email": r["email"], **answers[r["email"]]} for r in records]}
+
+
+def test_bulk_record_statuses_given_as_strings_or_floats_are_errors_from_400(tmp_path: Path):
+    items = [{"email": e} for e in "abcde"]
+    with raw_api(_string_status_bulk) as (url, seen):
+        s = api_bulk(items, base_url=url, method="POST", path_template="/bulk", json_template={"records": "{items}"},
+                     batch_size=5, results_path="results", result_key="email", output=tmp_path / "out", retries=2,
+                     raise_on_failure=False, **FAST)
+    assert (s.total, s.succeeded, s.failed) == (5, 2, 3)
+    assert [[r["email"] for r in json.loads(q.body)["records"]] for q in seen] == [list("abcde"), ["d"], ["d"]]
+    dead = sorted(dead_letters(s), key=lambda d: d["item"]["email"])
+    assert [(d["item"]["email"], d["category"], d["status"]) for d in dead] == [
+        ("b", "record_error", 422), ("c", "record_error", 400), ("d", "record_retryable", 503)]
+    rows = sorted(output_rows(tmp_path / "out"), key=lambda r: r["item"]["email"])
+    assert [(r["item"]["email"], r["status"], r["body"]) for r in rows] == [
+        ("a", 201, {"email": "a", "status": "201"}), ("e", 207, {"email": "e", "status": "queued"})]
+
+
+def test_bulk_answer_holding_a_records_key_twice_fails_that_record_naming_it(tmp_path: Path):
+    def twice(request: Seen) -> tuple[int, dict[str, str], Any]:
+        return 207, {}, {"results": [{"id": 1, "status": 201}, {"id": 1, "status": 422}, {"id": 2, "status": 201}]}
+
+    with raw_api(twice) as (url, _):
+        s = api_bulk([{"id": 1}, {"id": 2}], base_url=url, method="POST", path_template="/bulk",
+                     json_template={"records": "{items}"}, batch_size=5, results_path="results", result_key="id",
+                     output=tmp_path / "out", raise_on_failure=False, **FAST)
+    assert (s.succeeded, s.failed) == (1, 1)
+    [dead] = dead_letters(s)
+    assert (dead["item"], dead["category"], dead["status"]) == ({"id": 1}, "result_key_ambiguous", 207)
+    assert "id=1 is held by 2 results" in dead["message"]
+    assert [r["item"] for r in output_rows(tmp_path / "out")] == [{"id": 2}]

@@ -3,7 +3,9 @@ endpoint that takes at most N records, fails single records (207), retries flaky
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from tasks.api.multi import batch_request, map_results, result_error
 from tasks.api.request_spec import RequestTemplate
 from tasks.core.errors import ConfigError, ItemError, RetryableError
 from tests.fixtures.api_server import ApiServer
+from tests.tasks.api.loopback import raw_api
 
 TEMPLATE = {"records": "{items}"}
 FAST = {"retry_backoff_s": 0.01}
@@ -119,3 +122,59 @@ def test_a_whole_request_4xx_fails_its_records_and_bad_parameters_are_refused(ap
         api_bulk(records(1), base_url=api_server.url, method="POST", json_template=TEMPLATE, batch_size=4)
     with pytest.raises(ConfigError, match="set batch_size too"):
         api_bulk(records(1), base_url=api_server.url, results_path="data")
+
+
+def test_a_key_held_twice_is_ambiguous_and_fails_those_records_only() -> None:
+    body = [{"id": 1, "status": 201}, {"id": 1, "status": 422}, {"id": 2, "status": 201}]
+    mapped = map_results(body, [{"id": 1}, {"id": 2}], results_path=None, result_key="id", shown="x")
+    error = result_error(mapped[0], status=207)
+    assert isinstance(error, ItemError) and error.category == "result_key_ambiguous"
+    assert "id=1 is held by 2 results" in str(error) and error.status == 207  # type: ignore[attr-defined]
+    assert result_error(mapped[1]) is None
+    twice = map_results([{"id": 3, "status": 201}], [{"id": 3}, {"id": "3"}], results_path=None, result_key="id",
+                        shown="x")
+    assert [result_error(r).category for r in twice] == ["result_key_ambiguous"] * 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    ("422", ItemError), (" 404 ", ItemError), (400.0, ItemError), ("400.0", ItemError), ("503", RetryableError),
+    (503.0, RetryableError), ("201", None), (200.0, None), ("created", None), (True, None), (400.5, None), ("", None)])
+def test_a_records_status_counts_as_a_number_whatever_its_json_type(status: Any, error: type | None) -> None:
+    for field in ("status", "status_code"):
+        found = result_error({field: status, "message": "m"}, status=207)
+        assert (found is None) if error is None else isinstance(found, error), (field, status, found)
+        if found is not None:
+            assert found.status == int(float(status))  # type: ignore[attr-defined]
+
+
+def _keyed_bulk(request: Any) -> tuple[int, dict[str, str], Any]:
+    records = json.loads(request.body)["records"]
+    return 207, {}, {"results": [{"email": r["email"], "status": 422 if r["n"] < 0 else 201} for r in records]}
+
+
+@pytest.mark.parametrize("bad_first", [True, False])
+def test_items_sharing_a_result_key_go_in_separate_requests(tmp_path: Path, bad_first: bool) -> None:
+    a_bad, a_good = {"email": "a", "n": -1}, {"email": "a", "n": 2}
+    items = [a_bad if bad_first else a_good, {"email": "b", "n": 1}, a_good if bad_first else a_bad, {"email": "c", "n": 3}]
+    with raw_api(_keyed_bulk) as (url, seen):
+        s = api_bulk(items, base_url=url, method="POST", path_template="/bulk", json_template=TEMPLATE, batch_size=10,
+                     results_path="results", result_key="email", output=tmp_path / "out", raise_on_failure=False, **FAST)
+    assert sorted([r["email"] for r in json.loads(q.body)["records"]] for q in seen) == [["a", "b"], ["a", "c"]]
+    assert (s.succeeded, s.failed) == (3, 1)
+    assert [(d["item"], d["category"], d["status"]) for d in s.dead_letters()] == [(a_bad, "record_error", 422)]
+    assert sorted(r["item"]["n"] for r in s.results()) == [1, 2, 3]
+
+
+def test_an_item_json_cannot_carry_fails_alone_and_its_neighbours_are_sent(tmp_path: Path) -> None:
+    items = [{"email": "a"}, {"email": "b", "v": float("nan")}, {"email": "c"}, {"email": "d", "v": date(2026, 1, 1)},
+             {"email": "e"}, {"email": "f"}]
+    with raw_api(lambda q: (200, {}, {"results": [{"email": r["email"], "status": 201}
+                                                  for r in json.loads(q.body)["records"]]})) as (url, seen):
+        s = api_bulk(items, base_url=url, method="POST", path_template="/bulk", json_template=TEMPLATE, batch_size=3,
+                     results_path="results", result_key="email", raise_on_failure=False, **FAST)
+    assert sorted([r["email"] for r in json.loads(q.body)["records"]] for q in seen) == [["a", "c", "e"], ["f"]]
+    assert (s.succeeded, s.failed) == (4, 2)
+    dead = sorted(s.dead_letters(), key=lambda d: d["item"]["email"])
+    assert [(d["item"]["email"], d["category"], d["attempts"]) for d in dead] == [("b", "bad_item", 0), ("d", "bad_item", 0)]
+    assert dead[0]["message"] == "the item's request cannot be built: ValueError: Out of range float values are not JSON compliant"
+    assert dead[1]["message"] == "the item's request cannot be built: TypeError: Object of type date is not JSON serializable"
