@@ -343,6 +343,11 @@ def final_state(summary: Any) -> Any:
 
 def summary_from_state(state: Any) -> Any:
     """The summary of a finished flow run state; re-raise the error of a run that ended without one."""
+    if not state.is_final():  # Prefect holds no result for it (UnfinishedRun)
+        msg = (f"flow run ended {state.name}: it was cancelled through Prefect (UI or `prefect flow-run cancel`) while "
+               "it ran in this Python process, which Prefect cannot stop (a worker or `serve` process can). Rerun "
+               "with the same run_key: its finished chunks are kept, the rest runs, and the summary is returned")
+        raise BatchflowsError(msg)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunFailed):
         result = result.summary

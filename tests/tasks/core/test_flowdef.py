@@ -243,3 +243,28 @@ def test_a_flow_loaded_from_its_file_pickles_under_its_package_name(tmp_path: Pa
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "BatchMapParams", out.stderr[-2000:]
+
+
+def _cancel_own_run_at_3(x: int) -> int:
+    """Cancels the flow run it runs in through the API, as `prefect flow-run cancel <id>` does."""
+    if x == 3:
+        from prefect.client.orchestration import get_client
+        from prefect.runtime import flow_run
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+    return x
+
+
+def test_a_direct_call_cancelled_through_prefect_says_so_and_its_rerun_resumes() -> None:
+    """The run went on (Prefect cannot stop a run in the caller's process) and ended Cancelling: the caller got a
+    bare UnfinishedRun traceback, the summary lost."""
+    from flows.batch_map import batch_map
+    from tasks.core.errors import BatchflowsError
+
+    with pytest.raises(BatchflowsError, match=r"ended Cancelling: it was cancelled through Prefect .* Rerun with the "
+                                              r"same run_key"):
+        batch_map(list(range(8)), _cancel_own_run_at_3, chunk_size=2, max_concurrency=1, run_key="cancelled-direct")
+    again = batch_map(list(range(8)), _cancel_own_run_at_3, chunk_size=2, max_concurrency=1, run_key="cancelled-direct")
+    assert again.ok and again.succeeded == 8 and again.chunks_resumed == 4
