@@ -92,6 +92,9 @@ def missing_outputs(report: ChunkReport) -> list[str]:
     return [p for p in paths if not exists(p)]
 
 
+STILL_RUNNING_S = 30.0  # after run_timeout_s, when a run still waiting for its chunks says why
+
+
 class ChunkedRun:
     """State of one run of one flow: see the module docstring. Use it as a context manager (the run key's
     lock is released when the block ends, however it ends)."""
@@ -157,6 +160,7 @@ class ChunkedRun:
         self._failures_alike = 0
         self._started = time.perf_counter()
         self.timed_out: str | None = None
+        self._closed = False
         limit = run_timeout.get()
         self._timer = threading.Timer(limit, self._time_up, args=(limit,)) if limit else None
         if self._timer is not None:
@@ -259,6 +263,7 @@ class ChunkedRun:
 
     def close(self) -> None:
         """Release the run key (idempotent); the dead-letter file is closed (and pushed) too."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         self.dead.close()
@@ -316,6 +321,20 @@ class ChunkedRun:
                           "stopped before their next item")
         stop_signal(self.scope).set()
         self.progress.logger.warning("%s run %r: %s", self.flow, self.run_key, self.timed_out)
+        self._timer = threading.Timer(STILL_RUNNING_S, self._still_running, args=(limit,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _still_running(self, limit: float) -> None:
+        """Say why a run that timed out has not ended: a handler call in flight has not returned."""
+        if self._closed:
+            return
+        self.progress.logger.warning(
+            "%s run %r: run_timeout_s=%gs passed %g s ago and chunks are still in flight: a handler call that "
+            "does not return keeps this run (and its process) waiting, since a running call cannot be stopped. "
+            "Bound each call with item_timeout_s (a call past it is abandoned, its item retried then "
+            "dead-lettered) and give the handler's I/O its own timeout", self.flow, self.run_key, limit,
+            STILL_RUNNING_S)
 
     def __enter__(self) -> ChunkedRun:
         return self

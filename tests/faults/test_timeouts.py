@@ -122,6 +122,25 @@ def test_run_timeout_stops_the_run_gracefully_and_the_rerun_finishes_exactly_onc
     assert sorted(calls) == list(range(200)) and set(calls.values()) == {1}  # nothing twice, nothing missing
 
 
+def test_a_run_past_its_timeout_waiting_for_a_call_that_does_not_return_says_why(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler call that never returns keeps a timed-out run waiting (a running call cannot be stopped): the
+    run said nothing after its timeout warning; now it names the cause and item_timeout_s."""
+    from tasks.core import run as run_module
+
+    monkeypatch.setattr(run_module, "STILL_RUNNING_S", 0.5)
+
+    def stuck_then_done(item: int) -> int:
+        time.sleep(2.5 if item == 0 else 0)  # "never" returns, for this test's purpose
+        return item
+
+    s = batch_map(list(range(20)), stuck_then_done, chunk_size=10, max_concurrency=1, run_timeout_s=0.5,
+                  run_key="stuck-call", raise_on_failure=False)
+    assert not s.ok and "run_timeout_s=0.5s passed" in s.message
+    assert "passed 0.5 s ago and chunks are still in flight: a handler call that does not return" in caplog.text
+    assert "Bound each call with item_timeout_s" in caplog.text
+
+
 def test_api_extract_run_timeout_keeps_the_checkpoint(api_server: ApiServer, tmp_path: Path) -> None:
     out = tmp_path / "out"
     kwargs: dict[str, Any] = {"output": out, "page_size": 10, "pages_per_part": 1, "run_key": "slow-pages"}
