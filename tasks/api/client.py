@@ -268,7 +268,7 @@ async def send(
     shown = _shown_url(client, request)
     headers, body = request.headers or None, None
     if request.json is not None:  # httpx's own encoding, but an items file's 12.50 is sent as 12.50
-        body = json_body(request.json)
+        body = request_body(request.json)
         if not has_content_type(client.headers, headers or {}):
             headers = {**(headers or {}), "Content-Type": "application/json"}
     started = time.perf_counter()
@@ -370,6 +370,15 @@ def _body(response: httpx.Response, method: str, shown: str, expect: Expect) -> 
         raise err from exc
 
 
+def request_body(value: Any) -> bytes:
+    """A request's JSON body; an item JSON cannot carry (NaN, a date) fails as ``bad_item``, not retried."""
+    try:
+        return json_body(value)
+    except (ValueError, TypeError) as exc:
+        msg = f"the item's request cannot be built: {type(exc).__name__}: {exc}"
+        raise ItemError(msg, category="bad_item") from None
+
+
 def declared_charset(content_type: str | None) -> str | None:
     """The ``charset=`` of a Content-Type value (``application/json; charset=iso-8859-1``), or None."""
     low = (content_type or "").lower()
@@ -467,6 +476,7 @@ __all__ = [
     "TransportName",
     "build_request",
     "declared_charset",
+    "request_body",
     "has_content_type",
     "idempotency_key",
     "install_log_redaction",

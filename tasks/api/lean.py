@@ -58,10 +58,11 @@ from tasks.api.client import (
     has_content_type,
     install_log_redaction,
     parse_retry_after,
+    request_body,
 )
 from tasks.api.request_spec import RequestSpec, RequestTemplate, path_renderer, validate_base_url
 from tasks.core import HttpSettings, ItemError, RetryableError, redact_text
-from tasks.core.exactjson import json_body, loads_exact
+from tasks.core.exactjson import loads_exact
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # a URL httpx would send as it is: already percent-encoded, no dot segments (httpx removes those)
@@ -291,7 +292,7 @@ class LeanClient:
         for ``keep``)."""
         body: bytes | None = None
         if spec.json is not None:
-            body = json_body(spec.json)
+            body = request_body(spec.json)
         return await self.exchange(spec.method, self.url_of(spec), self._headers(spec, body), body, expect=expect,
                                    max_retry_after_s=max_retry_after_s, total_timeout_s=total_timeout_s, keep=keep)
 

@@ -538,3 +538,19 @@ def test_bulk_answer_holding_a_records_key_twice_fails_that_record_naming_it(tmp
     assert (dead["item"], dead["category"], dead["status"]) == ({"id": 1}, "result_key_ambiguous", 207)
     assert "id=1 is held by 2 results" in dead["message"]
     assert [r["item"] for r in output_rows(tmp_path / "out")] == [{"id": 2}]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_an_item_json_cannot_carry_fails_alone_as_a_bad_item_one_request_each(transport: str) -> None:
+    """Without batch_size a NaN or a date in the body failed as category 'exception' with a bare message."""
+    import datetime as dt
+
+    bodies = [{"id": 1}, {"id": 2, "v": float("nan")}, {"id": 3, "v": dt.date(2026, 1, 1)}, {"id": 4}]
+    items = [{"method": "POST", "path": f"/things/{b['id']}", "json": b} for b in bodies]
+    with raw_api(lambda q: (201, {}, {"ok": True})) as (url, seen):
+        s = api_bulk(items, base_url=url, transport=transport, raise_on_failure=False, **FAST)
+    assert (s.succeeded, s.failed) == (2, 2) and len(seen) == 2  # the bad ones never sent, nor retried
+    dead = sorted(s.dead_letters(), key=lambda d: d["item"]["path"])
+    assert [(d["item"]["path"], d["category"]) for d in dead] == [("/things/2", "bad_item"), ("/things/3", "bad_item")]
+    assert dead[0]["message"] == "the item's request cannot be built: ValueError: Out of range float values are not JSON compliant"
+    assert dead[1]["message"] == "the item's request cannot be built: TypeError: Object of type date is not JSON serializable"
