@@ -104,14 +104,18 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info = _read_info(fd)
-            os.close(fd)
-            raise self._refusal(_holder(info), info) from None
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info = _read_info(fd)
+                os.close(fd)
+                raise self._refusal(_holder(info), info) from None
+            if names_file(self.path, fd):
+                break
+            os.close(fd)  # `state cleanup` removed the file between our open and our lock: lock the new one
         previous = _read_holder(fd)
         if previous is not None and not previous.released:
             self.previous = previous
@@ -206,6 +210,15 @@ def output_refusal(output: str, holder: Holder | None, info: dict[str, Any], *, 
     return OutputInUse(msg)
 
 
+def names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed or replaced since it was opened)."""
+    try:
+        here, opened = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def output_identity(output: str) -> str:
     """An output folder as one string whatever way it was written: an absolute path, or the URL."""
     from tasks.core.objstore import is_url
@@ -237,5 +250,5 @@ def mark_crashed(holder: Holder, *, flow: str, run_key: str, new_flow_run_id: st
         return None
 
 
-__all__ = ["Holder", "OutputInUse", "OutputLock", "RunLock", "RunLocked", "mark_crashed", "output_identity",
+__all__ = ["Holder", "OutputInUse", "OutputLock", "RunLock", "RunLocked", "mark_crashed", "names_file", "output_identity",
            "output_refusal"]

@@ -14,7 +14,8 @@ Layout (``BATCHFLOWS_STATE_DIR``, default ``<PREFECT_HOME>/batchflows``)::
     outputs/<hash>.lock     held (flock) by the live run that writes to an output folder; says which run
     outputs/<hash>.lease    the same in object storage: a lease in the bucket (machines see each other's)
 
-Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`.
+Remove old runs with ``python -m tasks.core.state cleanup --older-than-days 30`` or :func:`cleanup_state`
+(by age, it also removes the output locks and leases no run has taken or released since).
 
 With ``BATCHFLOWS_STATE_DIR=s3://bucket/prefix`` the same layout lives in object storage (plus
 ``runs/<flow>/<run_key>/lease``) and the directories above are this machine's working copy: see
@@ -24,6 +25,7 @@ tasks.core.objstore for what is pushed when, tasks.core.lease for the lease.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import json
@@ -399,9 +401,7 @@ def cleanup_state(
     if store is not None:
         removed.extend(_cleanup_stored(store, cutoff=cutoff, flow=flow, run_key=run_key, dry_run=dry_run))
     base = (state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()) / "runs"
-    if not base.exists():
-        return removed
-    for flow_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+    for flow_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
         if flow is not None and flow_dir.name != flow:
             continue
         for run_dir in sorted(p for p in flow_dir.iterdir() if p.is_dir()):
@@ -411,11 +411,28 @@ def cleanup_state(
                 newest = max((f.stat().st_mtime for f in run_dir.rglob("*")), default=run_dir.stat().st_mtime)
                 if newest > cutoff:
                     continue
-            if _held(run_dir / "lock"):
+            with _unheld(run_dir / "lock") as free:  # held through the removal: no run starts in it meanwhile
+                if not free:
+                    continue
+                removed.append(run_dir)
+                if not dry_run:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+    if cutoff is not None and flow is None and run_key is None:
+        removed.extend(_cleanup_output_locks(base.parent / "outputs", cutoff=cutoff, dry_run=dry_run))
+    return removed
+
+
+def _cleanup_output_locks(outputs: Path, *, cutoff: float, dry_run: bool) -> list[Path]:
+    """The output folders' lock files (``outputs/<hash>.lock``, one per output folder ever written) last
+    taken or released before ``cutoff`` and held by no live run."""
+    removed: list[Path] = []
+    for lock in sorted(outputs.glob("*.lock")) if outputs.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError), _unheld(lock) as free:
+            if not free or lock.stat().st_mtime > cutoff:
                 continue
-            removed.append(run_dir)
+            removed.append(lock)
             if not dry_run:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                lock.unlink()
     return removed
 
 
@@ -438,24 +455,52 @@ def _cleanup_stored(store: ObjectStore, *, cutoff: float | None, flow: str | Non
         removed.append(store.where(prefix))
         if not dry_run:
             store.delete_many([f"runs/{name}" for name, _ in objects])
+    if cutoff is not None and flow is None and run_key is None:
+        removed.extend(_cleanup_output_leases(store, cutoff=cutoff, dry_run=dry_run))
     return removed
 
 
-def _held(lock: Path) -> bool:
-    """Whether a live run holds this run directory's lock (see tasks.core.runlock)."""
+def _cleanup_output_leases(store: ObjectStore, *, cutoff: float, dry_run: bool) -> list[str]:
+    """The output folders' leases in the bucket (``outputs/<hash>.lease``) last renewed or released before
+    ``cutoff`` and held by no live run; each deleted only if unchanged since it was listed (If-Match)."""
+    from tasks.core.lease import lease_live
+    from tasks.core.objstore import PreconditionFailed
+
+    removed: list[str] = []
+    for name, (etag, changed) in sorted(store.entries("outputs").items()):
+        rel = f"outputs/{name}"
+        if not name.endswith(".lease") or changed.timestamp() > cutoff or lease_live(store, rel):
+            continue
+        if not dry_run:
+            try:
+                store.delete(rel, if_match=etag)
+            except PreconditionFailed:  # a run took it meanwhile
+                continue
+        removed.append(store.where(rel))
+    return removed
+
+
+@contextmanager
+def _unheld(lock: Path) -> Iterator[bool]:
+    """Whether no live run holds this lock file (see tasks.core.runlock); when free (or absent), it stays
+    locked by this process until the block ends, so a run starting meanwhile waits for the removal and then
+    locks a new file (RunLock.acquire checks that its path still names the file it locked)."""
     import fcntl
 
     try:
         fd = os.open(lock, os.O_RDWR)
     except OSError:
-        return False
+        yield True
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
-    return False
 
 
 def _main(argv: list[str] | None = None) -> int:

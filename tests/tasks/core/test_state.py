@@ -117,6 +117,78 @@ def test_cleanup_removes_stored_runs_but_never_one_a_live_lease_holds(s3_state: 
         live.release()
 
 
+def test_cleanup_by_age_removes_old_output_locks_but_never_a_live_or_recent_one(state_dir: Path) -> None:
+    from tasks.core.runlock import OutputLock
+
+    def lock(name: str) -> OutputLock:
+        return OutputLock(str(state_dir.parent / name), state_dir=state_dir, flow="batch-map", run_key=name,
+                          flow_run_id=None).acquire()
+
+    old, recent, live = lock("old-out"), lock("recent-out"), lock("live-out")
+    old.release()
+    recent.release()
+    for held in (old, live):
+        os.utime(held.path, (time.time() - 40 * 86400,) * 2)
+    try:
+        assert cleanup_state(run_key="old-out", state_dir=state_dir) == []  # by key: runs only
+        assert cleanup_state(older_than_days=30, state_dir=state_dir, dry_run=True) == [old.path]
+        assert old.path.exists()
+        assert cleanup_state(older_than_days=30, state_dir=state_dir) == [old.path]
+        assert not old.path.exists() and recent.path.exists() and live.path.exists()
+        again = lock("old-out")  # the output can be written again: a new lock file
+        assert again.path == old.path and old.path.exists()
+        again.release()
+    finally:
+        live.release()
+
+
+def test_a_run_that_opened_a_lock_file_cleanup_removed_locks_the_new_file(tmp_path: Path) -> None:
+    from tasks.core.runlock import names_file
+
+    path = tmp_path / "lock"
+    path.write_text("{}")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert names_file(path, fd)
+        path.unlink()
+        assert not names_file(path, fd)
+        path.write_text("{}")  # another run's new lock file at the same path
+        assert not names_file(path, fd)
+    finally:
+        os.close(fd)
+    first = RunLock(path, flow="batch-map", run_key="k", flow_run_id=None).acquire()
+    with pytest.raises(Exception, match="held by a live run"):
+        RunLock(path, flow="batch-map", run_key="k", flow_run_id=None).acquire()
+    first.release()
+
+
+def test_cleanup_removes_stored_output_leases_no_live_run_holds(s3_state: S3State) -> None:
+    from tasks.core.objstore import ObjectStore
+    from tasks.core.runlock import OutputLock
+
+    store = ObjectStore.from_url(s3_state.url)
+
+    def lease(name: str) -> OutputLock:
+        return OutputLock(f"s3://{s3_state.bucket}/{name}", state_dir=s3_state.cache, store=store, flow="api-bulk",
+                          run_key=name, flow_run_id=None).acquire()
+
+    done = lease("done-out")
+    done.release()
+    live = lease("live-out")
+    try:
+        leases = s3_state.objects("state/outputs/")
+        assert len(leases) == 2
+        assert cleanup_state(older_than_days=1) == []  # released today: kept for 30 days, like a run
+        assert cleanup_state(run_key="done-out") == []
+        removed = cleanup_state(older_than_days=0)
+        assert len(removed) == 1 and removed[0].startswith(f"{s3_state.url}/outputs/")
+        assert len(s3_state.objects("state/outputs/")) == 1  # the live run's lease stays
+        again = lease("done-out")  # the output folder can be written again
+        again.release()
+    finally:
+        live.release()
+
+
 def _journal(run: RunDir, outcomes: dict[int, str]) -> Path:
     """Append ``outcomes`` (position -> "s" or "f") to the journal of chunk "c" of ``run``, as a chunk does."""
     from tasks.core.journal import ChunkJournal
