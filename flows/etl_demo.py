@@ -21,7 +21,7 @@ from pydantic import BeforeValidator, Field, SecretStr
 
 from flows.api_extract import api_extract_flow
 from flows.file_transform import file_transform_flow
-from tasks.api import AuthSecret, PageSize
+from tasks.api import AuthSecret, PageSize, refuse_url_password
 from tasks.core import (
     BatchflowsError,
     FlowParams,
@@ -56,14 +56,9 @@ def _no_plain_password(value: Any) -> Any:
 
 
 def _no_url_password(value: Any) -> Any:
-    from tasks.api.request_spec import url_password
-    from tasks.core.stored_params import mask_run_parameters, mask_url_password
-
-    if isinstance(value, str) and url_password(value) is not None:
-        mask_run_parameters({value: mask_url_password(value)}, what="api_url", secret="password")
-        msg = ("the URL holds a password, and flow parameters are stored by Prefect and shown in its UI: drop "
-               "user:password@ from it and pass auth_secret='<Secret block holding the bearer token>'")
-        raise ValueError(msg)
+    if isinstance(value, str):
+        refuse_url_password(value, what="api_url", flow=FLOW_NAME, advice=(
+            "drop user:password@ from it and pass auth_secret='<Secret block holding the bearer token>'"))
     return value
 
 

@@ -114,16 +114,18 @@ def url_password(url: str) -> str | None:
     return unquote(password) if password else None
 
 
-def refuse_url_password(url: str, *, what: str, flow: str) -> None:
-    """ConfigError for a URL with a password given as a flow parameter (Prefect stores and shows those)."""
+_BASIC_AUTH_ADVICE = ("drop user:password@ from it, save the header value 'Basic <base64 of user:password>' in a "
+                      "Prefect Secret block and pass secret_headers={'Authorization': '<Secret block name>'}. The Python "
+                      "function moves it out of the parameters itself.")
+
+
+def refuse_url_password(url: str, *, what: str, flow: str, advice: str = _BASIC_AUTH_ADVICE) -> None:
+    """ConfigError for a URL with a password given as a flow parameter (Prefect stores and shows those), once the
+    password is masked in the run's stored parameters; ``advice`` says what to do instead."""
     if url_password(url) is not None:
         mask_run_parameters({url: mask_url_password(url)}, what=what, secret="password")
-        msg = (
-            f"{flow}: {what} {redact_text(url)!r} holds a password, and flow parameters are stored by Prefect and "
-            "shown in its UI and API; drop user:password@ from it, save the header value 'Basic <base64 of "
-            "user:password>' in a Prefect Secret block and pass secret_headers={'Authorization': '<Secret block "
-            "name>'}. The Python function moves it out of the parameters itself."
-        )
+        msg = (f"{flow}: {what} {redact_text(url)!r} holds a password, and flow parameters are stored by Prefect and "
+               f"shown in its UI and API; {advice}")
         raise ConfigError(msg)
 
 

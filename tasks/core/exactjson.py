@@ -300,9 +300,4 @@ def jsonable(value: Any) -> Any:
         return str(value)
 
 
-def plain(value: Any) -> Any:
-    """A JsonNumber as a float (watermarks, which are stored as JSON values); anything else as it is."""
-    return float(value) if type(value) is JsonNumber else value
-
-
-__all__ = ["JsonFloat", "JsonMinusZero", "JsonNumber", "dumps_exact", "json_body", "jsonable", "loads_exact", "loads_items", "plain"]
+__all__ = ["JsonFloat", "JsonMinusZero", "JsonNumber", "dumps_exact", "json_body", "jsonable", "loads_exact", "loads_items"]

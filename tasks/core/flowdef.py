@@ -101,7 +101,17 @@ class FlowParams(BaseModel):
         except ValidationError as exc:
             from_settings = {n: s for n, s in setting_fields(cls).items() if values.get(n) is None}
             text = describe_validation_error(exc, settings=from_settings)
-            raise (ConfigError if "invalid parameters: " in text else SettingError)(text) from None
+            by_settings = all(_is_setting_error(err, from_settings) for err in exc.errors())
+            raise (SettingError if by_settings else ConfigError)(text) from None
+
+
+def _is_setting_error(err: Mapping[str, Any], from_settings: Mapping[str, FromSetting]) -> bool:
+    """The error is a setting's, not a parameter's: a ``BATCHFLOWS_*`` variable read for a default was refused
+    (the settings' SettingError), or a parameter not given failed with the value its setting gave it."""
+    if isinstance((err.get("ctx") or {}).get("error"), SettingError):
+        return True
+    loc = err.get("loc") or ()
+    return bool(loc) and str(loc[0]) in from_settings
 
 
 @functools.cache

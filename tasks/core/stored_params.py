@@ -11,14 +11,15 @@ write. A failure is logged (never the secret) and never hides the refusal.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
 log = logging.getLogger("batchflows.params")
+_USERINFO = re.compile(r"[\w+.-]+://[^:/]*:(?P<password>[^@]*(?:@[^@/?]*)*)@")
 
 
 def mask_run_parameters(replacements: Mapping[str, str], *, what: str, secret: str = "credential",
@@ -47,16 +48,13 @@ def mask_run_parameters(replacements: Mapping[str, str], *, what: str, secret: s
 
 
 def mask_url_password(url: str) -> str:
-    """``url`` as written with the password of its ``user:password@`` shown as ``***``."""
-    try:
-        userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
-    except ValueError:
+    """``url`` as written with the password of its ``user:password@`` shown as ``***`` (as written: still
+    percent-encoded). The password runs to the last ``@`` before the host, and may hold a '/' (SQLAlchemy's URL
+    grammar, which :mod:`tasks.db.dburl` parses)."""
+    m = _USERINFO.match(url)
+    if m is None or not m["password"]:
         return url
-    password = userinfo.partition(":")[2] if at else ""  # as written (percent-encoded), unlike .password
-    if not password:
-        return url
-    at = url.find(f":{password}@")
-    return url if at < 0 else url[:at + 1] + "***" + url[at + 1 + len(password):]
+    return url[:m.start("password")] + "***" + url[m.end("password"):]
 
 
 def _replaced(value: Any, replacements: Mapping[str, str]) -> Any:

@@ -144,11 +144,9 @@ def mask_password(url: str) -> str:
     """``url`` as written, its password shown as ``***`` (``user:***@``, ``?password=***``): the user still sees
     which URL it was, unlike :meth:`DbUrl.render`, which normalizes it."""
     from tasks.core import redact_text
+    from tasks.core.stored_params import mask_url_password
 
-    m = _PATTERN.match(url)
-    if m is not None and m["password"] is not None:
-        url = url[:m.start("password")] + "***" + url[m.end("password"):]
-    return redact_text(url)
+    return redact_text(mask_url_password(url))
 
 
 def scrub_run_parameters(url: str, name: str, *, client: SyncPrefectClient | None = None) -> None:

@@ -9,11 +9,10 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, TypeVar
 
 import pytest
 
@@ -23,48 +22,63 @@ from tasks.core.outcomes import RunSummary
 from tasks.core.state import _main as state_cli
 from tasks.core.watermarks import read_watermark
 from tests.faults.helpers import finish, kill, wait_until
-from tests.fixtures.api_server import LoopbackHTTPServer
 from tests.run_flow import start_flow, summary_in
+from tests.tasks.api import loopback
 
 BASE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 INCREMENTAL = {"param": "updated_since", "record_field": "updated_at"}
+A = TypeVar("A", bound="_PagedApi")
 
 
-class ChangesApi:
-    """``GET /changes?updated_since=&offset=&limit=``: records with updated_at >= updated_since, oldest first."""
+class _PagedApi:
+    """``GET {path}?updated_since=&offset=&limit=``, answered through :func:`tests.tasks.api.loopback.raw_api`:
+    the records :meth:`matching` gives (as JSON text) sliced by offset and limit; ``seen`` keeps each query."""
+
+    path = ""
 
     def __init__(self) -> None:
-        self.records: dict[int, dict[str, Any]] = {}
         self.seen: list[dict[str, str]] = []
         self.hold_after: int | None = None  # requests past this number wait (so a SIGKILL lands mid-run)
         self.release = threading.Event()
-        api = self
+        self.url = ""
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
+    def matching(self, since: str | None) -> list[str]:
+        raise NotImplementedError
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    def answer(self, request: loopback.Seen) -> tuple[int, dict[str, str], bytes]:
+        query = {k: v[0] for k, v in request.query.items()}
+        self.seen.append(query)
+        if self.hold_after is not None and len(self.seen) > self.hold_after:
+            self.release.wait(60)
+        rows = self.matching(query.get("updated_since"))
+        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 10))
+        return 200, {}, ('{"data": [' + ",".join(rows[offset:offset + limit]) + "]}").encode()
 
-            def do_GET(self) -> None:
-                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-                api.seen.append(query)
-                if api.hold_after is not None and len(api.seen) > api.hold_after:
-                    api.release.wait(60)
-                since = query.get("updated_since")
-                rows = sorted((r for r in api.records.values() if since is None or r["updated_at"] >= since),
-                              key=lambda r: (r["updated_at"], r["id"]))
-                offset, limit = int(query.get("offset", 0)), int(query.get("limit", 10))
-                body = json.dumps({"data": rows[offset:offset + limit]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/changes"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+@contextmanager
+def serving(api: A) -> Iterator[A]:
+    """``api`` answering on a loopback server (its ``url`` set) until the block ends; held requests are released."""
+    with loopback.raw_api(api.answer) as (url, _):
+        api.url = url + api.path
+        try:
+            yield api
+        finally:
+            api.release.set()
+
+
+class ChangesApi(_PagedApi):
+    """Records with updated_at >= updated_since, oldest first."""
+
+    path = "/changes"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[int, dict[str, Any]] = {}
+
+    def matching(self, since: str | None) -> list[str]:
+        rows = sorted((r for r in self.records.values() if since is None or r["updated_at"] >= since),
+                      key=lambda r: (r["updated_at"], r["id"]))
+        return [json.dumps(r) for r in rows]
 
     def put(self, ids: range | list[int], at: dt.datetime, name: str = "Basic monthly") -> None:
         for i in ids:
@@ -76,10 +90,8 @@ class ChangesApi:
 
 @pytest.fixture
 def changes() -> Iterator[ChangesApi]:
-    api = ChangesApi()
-    yield api
-    api.release.set()
-    api.server.shutdown()
+    with serving(ChangesApi()) as api:
+        yield api
 
 
 def records_of(summary: RunSummary) -> list[dict[str, Any]]:
@@ -162,38 +174,19 @@ def test_incremental_with_max_pages_is_refused(changes: ChangesApi, tmp_path: Pa
         api_extract(changes.url, output=tmp_path, incremental={"param": "since"})
 
 
-class RawApi:
-    """``GET /raw?updated_since=&offset=&limit=``: records kept as JSON text (numbers as written), in the order
-    added, those with updated_at >= updated_since (numbers exactly, ISO date-times as instants, as epochs)."""
+class RawApi(_PagedApi):
+    """Records kept as JSON text (numbers as written), in the order added, those with updated_at >= updated_since
+    (numbers exactly, ISO date-times as instants, as epochs)."""
+
+    path = "/raw"
 
     def __init__(self) -> None:
+        super().__init__()
         self.rows: list[str] = []
-        self.seen: list[dict[str, str]] = []
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-                api.seen.append(query)
-                since = query.get("updated_since")
-                rows = [r for r in api.rows if since is None or _epoch(json.loads(r, parse_float=Decimal)["updated_at"])
-                        >= _epoch(since)]
-                offset, limit = int(query.get("offset", 0)), int(query.get("limit", 10))
-                body = ('{"data": [' + ",".join(rows[offset:offset + limit]) + "]}").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/raw"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def matching(self, since: str | None) -> list[str]:
+        return [r for r in self.rows
+                if since is None or _epoch(json.loads(r, parse_float=Decimal)["updated_at"]) >= _epoch(since)]
 
 
 def _epoch(value: Any) -> Decimal:
@@ -205,9 +198,8 @@ def _epoch(value: Any) -> Decimal:
 
 @pytest.fixture
 def raw_api() -> Iterator[RawApi]:
-    api = RawApi()
-    yield api
-    api.server.shutdown()
+    with serving(RawApi()) as api:
+        yield api
 
 
 def test_a_numeric_watermark_is_kept_and_sent_as_the_api_wrote_it(raw_api: RawApi, tmp_path: Path) -> None:

@@ -84,9 +84,9 @@ def test_a_refused_password_url_is_masked_in_what_prefect_stored_for_the_run(tmp
 
 
 def test_an_api_url_password_is_refused_and_masked_in_what_prefect_stored(tmp_path: Path) -> None:
-    """The api-extract subflow refused it and masked its own copy; the etl-demo run kept it in clear."""
+    """etl-demo refuses it before any subflow runs, with its own advice, and masks it in its stored parameters."""
     state = etl_demo_flow(api_url="http://bob:Api-pw-6Tq@127.0.0.1:1", work_dir=str(tmp_path / "w"), return_state=True)
-    assert state.is_failed() and "api_url: the URL holds a password" in (state.message or "")
+    assert state.is_failed() and "api_url 'http://bob:***@127.0.0.1:1' holds a password" in (state.message or "")
     assert "auth_secret=" in (state.message or "") and "secret_headers" not in (state.message or "")
     stored = stored_for_run(state.state_details.flow_run_id)
     assert stored["parameters"]["api_url"] == "http://bob:***@127.0.0.1:1"

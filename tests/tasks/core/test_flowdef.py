@@ -133,6 +133,21 @@ def test_a_bad_variable_read_for_a_default_is_named_as_the_variable_not_a_parame
     assert "invalid parameters" not in str(refused.value)
 
 
+def test_the_error_class_says_whether_a_setting_or_a_parameter_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decided by which field failed, not by the message's words (a variable's value may hold any text)."""
+    monkeypatch.setenv("BATCHFLOWS_MEMORY_LIMIT_MB", "invalid parameters: 1")
+    with pytest.raises(SettingError, match="BATCHFLOWS_MEMORY_LIMIT_MB='invalid parameters: 1'"):
+        BatchMapParams.parse({"source": [], "handler": "m:f"})
+    monkeypatch.delenv("BATCHFLOWS_MEMORY_LIMIT_MB")
+    monkeypatch.setenv("BATCHFLOWS_CHUNK_SIZE", "20000000")  # the setting's value fails the parameter's bound
+    with pytest.raises(SettingError, match="from BATCHFLOWS_CHUNK_SIZE"):
+        BatchMapParams.parse({"source": [], "handler": "m:f"})
+    for given in ({"chunk_size": 0}, {"retries": -1}):  # a parameter failed (beside the setting, or instead)
+        with pytest.raises(ConfigError) as refused:
+            BatchMapParams.parse({"source": [], "handler": "m:f", **given})
+        assert type(refused.value) is ConfigError and f"{next(iter(given))}: " in str(refused.value)
+
+
 def test_a_failed_run_raises_with_its_summary_unless_told_not_to() -> None:
     with pytest.raises(RunFailed) as failed:
         batch_map([3, 13], "tests.handlers:mixed", retries=0)

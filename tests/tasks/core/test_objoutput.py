@@ -68,10 +68,9 @@ def test_a_flow_that_writes_local_folders_only_refuses_a_url_that_went_through_p
 
 def test_incremental_api_extract_keeps_each_runs_parts_under_its_own_prefix_and_its_watermark_in_s3(
         s3_state: S3State) -> None:
-    from tests.flows.test_api_extract_incremental import BASE, INCREMENTAL, ChangesApi
+    from tests.flows.test_api_extract_incremental import BASE, INCREMENTAL, ChangesApi, serving
 
-    changes = ChangesApi()
-    try:
+    with serving(ChangesApi()) as changes:
         changes.put(range(1, 31), BASE)
         out = f"s3://{s3_state.bucket}/inc"
         first = api_extract(changes.url, output=out, page_size=10, pages_per_part=2, incremental=INCREMENTAL)
@@ -83,6 +82,3 @@ def test_incremental_api_extract_keeps_each_runs_parts_under_its_own_prefix_and_
         assert second.ok and {r["id"] for r in second.results()} == {30, *range(31, 36)}
         assert len({key.split("/")[1] for key in s3_state.objects("inc/")}) == 2  # one run-<key>/ prefix each
         assert any(key.startswith("state/watermarks/api-extract/") for key in s3_state.objects("state/"))
-    finally:
-        changes.release.set()
-        changes.server.shutdown()

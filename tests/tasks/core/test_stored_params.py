@@ -20,6 +20,7 @@ from tests.tasks.db.test_dburl import stored_for_run
     ("http://bob:Pw-1@h/x", "http://bob:***@h/x"),
     ("https://u:p%40s@h:8443/a?q=1", "https://u:***@h:8443/a?q=1"),  # as written, percent-encoded
     ("postgresql://u:s3cret@Pa55@127.0.0.1:5/db", "postgresql://u:***@127.0.0.1:5/db"),  # an '@' in it
+    ("postgresql://u:a/b@h:5/db", "postgresql://u:***@h:5/db"),  # a '/' in it (the database URL grammar)
     ("https://h/x", "https://h/x"),
     ("http://u@h/x", "http://u@h/x"),
 ])
