@@ -6,7 +6,8 @@ failed or killed run leaves it as it was, so the next run covers what that one d
 is extracted to where (a hash of URL, parameters, output...), so two extractions never share a watermark.
 db_migrate keeps its watermarks in the target database instead (tasks.db.incremental). With state in object
 storage the record is one object (``watermarks/<flow>/<stream>.json``, one PUT), read from there at every
-run; the local copy is only this machine's cache.
+run; the local copy is only this machine's cache. A reset deletes a watermark, but keeps file_transform's
+manifest marked ``reset``: it lists the parts earlier runs wrote, which the next run replaces.
 
 Start over from the command line::
 
@@ -64,9 +65,13 @@ def read_watermark(flow: str, stream: str, state_dir: Path | None = None) -> dic
 
 def save_watermark(flow: str, stream: str, data: dict[str, Any], *, run_key: str,
                    state_dir: Path | None = None) -> Path:
+    record = {**data, "run_key": run_key, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return _write(flow, stream, record, state_dir)
+
+
+def _write(flow: str, stream: str, record: dict[str, Any], state_dir: Path | None) -> Path:
     path = watermark_path(flow, stream, state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**data, "run_key": run_key, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = _dumps(record)
     write_text_atomic(path, text)
     store = _store(state_dir)
@@ -122,23 +127,32 @@ def _select(names: list[str], flow: str | None, stream: str | None) -> list[str]
 
 def reset_watermarks(flow: str | None = None, stream: str | None = None, state_dir: Path | None = None,
                      ) -> list[Path | str]:
-    """Delete stored watermarks (of one flow, one stream, or all): the next runs start over.
+    """Reset stored watermarks (of one flow, one stream, or all): the next runs start over.
 
-    ``flow`` and ``stream`` are names, not patterns; an unknown flow or a stream with no stored watermark
-    raises ConfigError."""
+    A watermark is deleted, except a record that owns output parts (file_transform's manifest, with its
+    ``files``): it is the only list of those parts, so it is kept marked ``reset`` and the next run reads
+    every file again and replaces each file's parts once its new ones are written (see
+    tasks.files.incremental). ``flow`` and ``stream`` are names, not patterns; an unknown flow or a stream
+    with no stored watermark raises ConfigError."""
     root = _root(state_dir)
     store = _store(state_dir)
     remote = {n for n in store.list("watermarks") if n.count("/") == 1} if store is not None else set()
     chosen = _select(sorted(_local(root) | remote), flow, stream)
+    reset: list[Path | str] = []
     for name in chosen:
+        flow_name, stream_name = name[:-5].split("/", 1)
+        record = read_watermark(flow_name, stream_name, state_dir)
+        if record is not None and "files" in record:
+            path = _write(flow_name, stream_name, {**record, "reset": True}, state_dir)
+            reset.append(path if store is None else store.where(f"watermarks/{name}"))
+            continue
         (root / name).unlink(missing_ok=True)
-    if store is None:
-        return [root / name for name in chosen]
-    removed: list[Path | str] = []
-    for name in (n for n in chosen if n in remote):
-        store.delete(f"watermarks/{name}")
-        removed.append(store.where(f"watermarks/{name}"))
-    return removed
+        if store is None:
+            reset.append(root / name)
+        elif name in remote:
+            store.delete(f"watermarks/{name}")
+            reset.append(store.where(f"watermarks/{name}"))
+    return reset
 
 
 def _as_time(value: Any) -> dt.datetime | None:

@@ -20,7 +20,14 @@ the current files once:
 * a run numbers its chunks after every chunk an earlier finished run of the same run_key planned, so a
   rerun of a finished run_key (new or changed files, or nothing) never writes over a recorded part, and
   after its end the parts of its directory that no recorded file owns (an earlier attempt's plan that
-  shrank) are deleted.
+  shrank) are deleted;
+* a reset (``reset_incremental=True``, or ``python -m tasks.core.state reset-incremental``, which keeps the
+  manifest marked ``reset``) forgets every file's fingerprint but not its parts: the next run reads every
+  file again and a file's old parts are deleted only once its new ones are recorded, like a changed file's.
+  A reset run killed midway leaves the files it had not finished with their old parts (and its unrecorded
+  new parts, dropped or resumed as above): until the next run ends a row may be there twice, never missing.
+  When a reset run ends, the parts that no recorded file owns in every run directory the manifest knows
+  are deleted (only ``part-*`` files batchflows wrote: other files stay).
 
 Deletions go through a ``garbage`` list written to the manifest first, so a crash between the manifest and
 the deletion is finished by the next run. Two runs of one output_dir must not run at once (give the
@@ -76,6 +83,7 @@ class FileManifest:
     garbage: list[str] = field(default_factory=list)
     next_index: dict[str, int] = field(default_factory=dict)  # run dir -> first chunk index a new attempt uses
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweep: bool = False  # a reset's run: at its end, the run directories the manifest knows are swept
 
     @classmethod
     def load(cls, flow: str, stream: str, output_dir: Path, *, reset: bool, identity: str = "",
@@ -86,16 +94,16 @@ class FileManifest:
         if stored is None and legacy_stream is not None:
             stored = read_watermark(flow, legacy_stream)
         stored = stored or {}
+        reset = reset or bool(stored.get("reset"))  # the CLI's reset-incremental marks the stored manifest
         m = cls(flow=flow, stream=stream, output_dir=output_dir, identity=identity, pending=stored.get("pending"),
-                garbage=list(stored.get("garbage", [])), next_index=dict(stored.get("next_index", {})))
-        if not reset:
-            m.files = dict(stored.get("files", {}))
-        else:  # start over: every part of earlier runs goes, the new run writes all files again
-            m.garbage += [part for entry in stored.get("files", {}).values() for part in entry.get("parts", [])]
+                garbage=list(stored.get("garbage", [])), next_index=dict(stored.get("next_index", {})),
+                files=dict(stored.get("files", {})), sweep=reset or bool(stored.get("sweep")))
+        if reset:  # start over: every file is read again; its old parts go once its new ones are recorded
+            m.files = {path: {**entry, "fingerprint": None} for path, entry in m.files.items()}
         return m
 
     def save(self, run_key: str) -> None:
-        save_watermark(self.flow, self.stream, {"files": self.files, "pending": self.pending,
+        save_watermark(self.flow, self.stream, {"files": self.files, "pending": self.pending, "sweep": self.sweep,
                                                 "garbage": self.garbage, "next_index": self.next_index},
                        run_key=run_key)
 
@@ -143,8 +151,16 @@ class FileManifest:
         swept = [part_index(Path(rel).name) or 0 for rel in self._sweep(run_dir)]
         if chunk_files or swept:  # the run's ledger may hold these chunks: a later attempt numbers past them
             self.next_index[run_dir] = max(self.next_index.get(run_dir, 0), *(i + 1 for i in [*chunk_files, *swept]))
+        if self.sweep:
+            for known in sorted(self._run_dirs() - {run_dir}):
+                self._sweep(known)
+            self.sweep = False
         self.save(run_key)
         return recorded, len(gone)
+
+    def _run_dirs(self) -> set[str]:
+        """The run directories this manifest knows: of recorded parts and of every run that ended."""
+        return {Path(rel).parts[0] for rel in self._owned()} | set(self.next_index)
 
     def _record(self, run_dir: str, chunk_files: dict[int, str], reports: dict[int, ChunkReport]) -> int:
         by_file: dict[str, list[int]] = {}

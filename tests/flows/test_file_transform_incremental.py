@@ -1,6 +1,6 @@
 """file_transform incremental over a folder, as scheduled runs use it: only new or changed files are read,
 a changed file's old parts are replaced, a failed file is taken again by the next run, a killed run's
-directory is dropped by the next run; reading ``output_dir/run-*/`` always gives every row once."""
+directory is dropped by the next run, a reset replaces every part; reading ``output_dir/run-*/`` always gives every row once."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from flows.file_transform import file_transform
 from tasks.core.outcomes import RunSummary
 from tasks.core.runlock import OutputInUse
 from tasks.core.state import _main as state_cli
-from tests.faults.helpers import finish, wait_until
+from tests.faults.helpers import finish, kill, passed, wait_until
 from tests.run_flow import start_flow
 
 SCHEMA = {"id": "int64", "label": "str"}
@@ -78,7 +78,63 @@ def test_only_new_or_changed_files_are_read_and_replaced(tmp_path: Path) -> None
     assert len(list(out.glob("run-*"))) == 1  # the earlier runs' parts went with the reset
 
     assert state_cli(["reset-incremental", "--flow", "file-transform"]) == 0
-    assert run(src, out).total == 260 and len(rows(out)) == 2 * 260  # forgotten: read again (outputs kept)
+    assert run(src, out).total == 260 and rows(out) == expected  # forgotten: read again, old parts replaced
+
+
+def _sorted_ids(out: Path) -> list[int]:
+    return sorted(r[0] for r in rows(out))
+
+
+def test_a_reset_from_the_cli_or_a_parameter_gives_every_row_once(tmp_path: Path) -> None:
+    """A reset keeps the list of earlier parts: the next run replaces them (only batchflows' parts go)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write(src / "a.csv", range(0, 10))
+    write(src / "b.csv", range(10, 20))
+    assert run(src, out, run_key="r1").total == 20
+    (out / "run-r1" / "notes.txt").write_text("a user's file")
+
+    assert state_cli(["reset-incremental", "--flow", "file-transform"]) == 0
+    after_cli = run(src, out, run_key="r2")
+    assert after_cli.ok and after_cli.total == 20 and rows(out) == expected(range(20))
+    assert not list((out / "run-r1").glob("part-*")) and (out / "run-r1" / "notes.txt").exists()
+
+    assert state_cli(["reset-incremental", "--flow", "file-transform"]) == 0  # then a reset run before any other
+    after_both = run(src, out, run_key="r3", reset_incremental=True)
+    assert after_both.ok and after_both.total == 20 and rows(out) == expected(range(20))
+    assert sorted(p.name for p in out.glob("run-*/part-*")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert {p.parent.name for p in out.glob("run-*/part-*")} == {"run-r3"}
+
+    (src / "b.csv").unlink()
+    assert run(src, out, run_key="r4", reset_incremental=True).total == 10 and rows(out) == expected(range(10))
+
+
+@pytest.mark.parametrize("rerun", [{"run_key": "next"}, {"run_key": "reset", "reset_incremental": True}],
+                         ids=["next-run", "same-key"])
+def test_a_reset_run_killed_after_a_part_loses_no_row_and_the_rerun_gives_every_row_once(
+        tmp_path: Path, rerun: dict[str, Any]) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n in range(4):
+        write(src / f"f{n}.csv", range(n * 10, n * 10 + 10))
+    assert run(src, out, run_key="first", transform=SLOW).total == 40
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {"BATCHFLOWS_FAILPOINTS": "tests.faults.helpers:failpoint", "BF_FAILPOINT": "chunk.after_output",
+           "BF_FP_GATE_DIR": str(gate), "BF_FP_GATE_OPEN": "1"}
+    params = {"source": str(src), "output_dir": str(out), "schema": SCHEMA, "incremental": True, "transform": SLOW,
+              "max_concurrency": 1, "run_key": "reset", "reset_incremental": True}
+    proc = start_flow("flows.file_transform:file_transform", params, env)
+    wait_until(lambda: passed(gate) > 1, proc, what="the reset run's second part")  # held after its output
+    kill(proc)
+    assert len(list((out / "run-reset").glob("part-*.parquet"))) == 2
+    assert sorted(set(_sorted_ids(out))) == list(range(40))  # killed: some rows twice, none missing
+
+    again = start_flow("flows.file_transform:file_transform", {**params, "reset_incremental": False, **rerun})
+    output = finish(again)
+    assert again.returncode == 0, output[-3000:]
+    assert _sorted_ids(out) == list(range(40))
+    assert not (out / "run-first").exists()
 
 
 def test_a_failed_file_is_taken_again_by_the_next_run(tmp_path: Path) -> None:

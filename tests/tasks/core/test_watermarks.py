@@ -90,3 +90,16 @@ def test_reset_refuses_paths_and_patterns_and_names_unknown_flows(state_dir: Pat
         reset_watermarks("..")
     assert reset_watermarks("file-transform") == []  # a known flow without watermarks: nothing to do
     assert reset_watermarks() == [state_dir / "watermarks" / "api-extract" / "s1.json"]
+
+
+def test_a_reset_keeps_a_record_that_lists_output_parts_marked_reset(state_dir: Path) -> None:
+    manifest = {"files": {"/in/a.csv": {"fingerprint": {"size": 1}, "parts": ["run-1/part-00000.parquet"]}},
+                "pending": None, "garbage": [], "next_index": {"run-1": 1}}
+    save_watermark("file-transform", "out1", manifest, run_key="r1")
+    save_watermark("api-extract", "s1", {"value": 1}, run_key="r1")
+    assert reset_watermarks() == [state_dir / "watermarks" / "api-extract" / "s1.json",
+                                  state_dir / "watermarks" / "file-transform" / "out1.json"]
+    kept = read_watermark("file-transform", "out1")
+    assert kept is not None and kept["reset"] is True and kept["files"] == manifest["files"]  # the only list of parts
+    assert read_watermark("api-extract", "s1") is None
+    assert reset_watermarks("file-transform") == [state_dir / "watermarks" / "file-transform" / "out1.json"]

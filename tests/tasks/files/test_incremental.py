@@ -155,3 +155,49 @@ def test_a_manifest_stored_under_its_earlier_key_is_read(tmp_path: Path, state_d
     old.end("run-1", "1", chunk_files, _write_parts(old, "run-1", [a], chunk_files))
     new = FileManifest.load("file-transform", "output-dir", out, reset=False, legacy_stream="source-and-options")
     assert new.changed([a]) == [] and new.first_index("run-1") == 1  # an upgrade reads no file again
+
+
+def test_a_reset_keeps_the_old_parts_until_each_file_s_new_ones_are_recorded(tmp_path: Path, state_dir: Path) -> None:
+    a, b = _inputs(tmp_path, "ab")
+    out = tmp_path / "out"
+    m = _load(out)
+    m.changed([a, b])
+    m.begin("run-1", "1")
+    chunk_files: dict[int, str] = {}
+    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a, b], chunk_files))
+
+    killed = FileManifest.load("file-transform", "s", out, reset=True)
+    assert killed.changed([a, b]) == [a, b]
+    assert killed.begin("run-2", "2") == []  # nothing is deleted before the new parts are recorded
+    _write_parts(killed, "run-2", [a], {})  # killed after a's new part: a twice, b once, nothing missing
+    assert _parts(out) == ["run-1/part-00000.parquet", "run-1/part-00001.parquet", "run-2/part-00000.parquet"]
+
+    nxt = _load(out)  # the reset survives the kill: every file is read again, the killed run's part dropped
+    assert nxt.sweep and nxt.changed([a, b]) == [a, b]
+    assert nxt.begin("run-3", "3") == ["run-2/part-00000.parquet"]
+    chunk_files = {}
+    assert nxt.end("run-3", "3", chunk_files, _write_parts(nxt, "run-3", [a, b], chunk_files)) == (2, 0)
+    assert _parts(out) == ["run-3/part-00000.parquet", "run-3/part-00001.parquet"]
+    assert not _load(out).sweep and _load(out).changed([a, b]) == []
+
+
+def test_a_reset_run_sweeps_the_run_directories_its_manifest_knows(tmp_path: Path, state_dir: Path) -> None:
+    (a,) = _inputs(tmp_path, "a")
+    out = tmp_path / "out"
+    m = _load(out)
+    m.changed([a])
+    m.begin("run-1", "1")
+    chunk_files: dict[int, str] = {}
+    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a], chunk_files))
+    (out / "run-1" / "part-00007.parquet").write_text("a part no file owns")
+    (out / "run-1" / "notes.txt").write_text("not a part")
+    (out / "other").mkdir()
+    (out / "other" / "part-00000.parquet").write_text("not in a run directory the manifest knows")
+
+    reset = FileManifest.load("file-transform", "s", out, reset=True)
+    reset.changed([a])
+    reset.begin("run-2", "2")
+    chunk_files = {}
+    assert reset.end("run-2", "2", chunk_files, _write_parts(reset, "run-2", [a], chunk_files)) == (1, 0)
+    assert _parts(out) == ["other/part-00000.parquet", "run-2/part-00000.parquet"]
+    assert (out / "run-1" / "notes.txt").exists()
