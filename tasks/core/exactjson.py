@@ -18,7 +18,9 @@ Items read from a JSON-lines file (:func:`loads_items`) go to the user's handler
 
 from __future__ import annotations
 
+import base64
 import codecs
+import dataclasses
 import functools
 import json
 import math
@@ -27,6 +29,8 @@ import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from pydantic_core import to_jsonable_python
 
 
 @functools.total_ordering
@@ -291,13 +295,105 @@ def json_body(value: Any) -> bytes:
 
 def jsonable(value: Any) -> Any:
     """What pydantic's JSON mode makes of a value JSON has no type for (ISO dates and times, ``Decimal`` as its
-    text, sets as lists, models as objects), else its ``str``: the dead letters' ``default``."""
-    from pydantic_core import to_jsonable_python
-
+    text, sets as lists, models as objects), else its ``str``: the dead letters' ``default`` (output rows have
+    :func:`exact_jsonable`)."""
     try:
         return to_jsonable_python(value)
     except Exception:
         return str(value)
 
 
-__all__ = ["JsonFloat", "JsonMinusZero", "JsonNumber", "dumps_exact", "json_body", "jsonable", "loads_exact", "loads_items"]
+class UnwritableValue(TypeError):
+    """A value of an output row that JSON cannot hold exactly (a plain object, bytes): its item fails
+    (``unwritable_output``), never written as a repr or a guessed decoding."""
+
+
+class _BytesValue(UnwritableValue):
+    """Bytes in an output row: an item's are written tagged (:func:`dumps_row`), a result's fail it."""
+
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _shallow(value: Any, unknown: Callable[[Any], Any]) -> Any:
+    """One level of a value JSON has no type for, as pydantic's JSON mode writes it (ISO dates and times,
+    ``Decimal`` and ``UUID`` as text, enums as their values, models as objects); a dataclass's fields and a set's
+    members are handed back unconverted, so bytes or an object nested in them reach the encoder's ``default``
+    again instead of being decoded or written as ``str`` inside pydantic. ``unknown``: what becomes of a value
+    pydantic cannot convert either."""
+    if isinstance(value, _BYTES):
+        kind = type(value).__name__
+        msg = (f"a {kind} value has no exact JSON form (JSON has no bytes): decode it in the handler when it is text "
+               "(value.decode()), or base64 it (base64.b64encode(value).decode())")
+        raise _BytesValue(msg)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and not hasattr(value, "__pydantic_serializer__"):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, set | frozenset):
+        return list(value)
+    try:
+        return to_jsonable_python(value)
+    except Exception:
+        return unknown(value)
+
+
+def _shown(value: Any) -> Any:
+    """A value of an item as the dead letters show it (:func:`jsonable`), bytes raising :class:`_BytesValue`."""
+    return _shallow(value, str)
+
+
+def _no_json_form(value: Any) -> Any:
+    kind = type(value)
+    msg = (f"a {kind.__module__}.{kind.__qualname__} object has no JSON form: return a dict (e.g. of its fields), "
+           "a list, a str, a number, a bool or None")
+    raise UnwritableValue(msg)
+
+
+def exact_jsonable(value: Any) -> Any:
+    """The output rows' ``default``: :func:`jsonable`'s documented forms, but a value JSON cannot hold exactly
+    (bytes or a bytearray anywhere, a plain object) raises :class:`UnwritableValue` saying what to return instead."""
+    return _shallow(value, _no_json_form)
+
+
+def _shown_item(value: Any) -> Any:
+    """An output row's item as the dead letters show it, bytes tagged as in ``item_typed`` (``{"$bytes": ...}``:
+    base64), never a repr or a decoding that may not be the bytes' own."""
+    if isinstance(value, bytes | bytearray):
+        return {f"${type(value).__name__}": base64.b64encode(value).decode()}
+    return _shallow(value, str)
+
+
+def dumps_row(row: Any) -> str:
+    """One output row as a JSON line, exactly the user's values (:func:`exact_jsonable`; a value it cannot write
+    raises TypeError). A batch_map row (``{"item", "result"}``) whose item holds bytes is written as a dead letter
+    writes it: ``item`` shows each bytes value tagged and base64 (``{"$bytes": "/wA="}``), ``item_typed`` holds the
+    whole item typed (:func:`tasks.core.outcomes.from_typed` gives it back); a result holding bytes raises."""
+    try:
+        return dumps_exact(row, exact_jsonable)
+    except UnwritableValue as exc:
+        if not (isinstance(row, dict) and row.keys() == {"item", "result"}):
+            raise UnwritableValue(str(exc)) from None
+    try:
+        dumps_exact(row["result"], exact_jsonable)
+    except UnwritableValue as exc:
+        msg = f"the result: {exc}"
+        raise UnwritableValue(msg) from None
+    try:
+        dumps_exact(row["item"], _shown)
+    except _BytesValue:
+        return _typed_row(row)
+    return dumps_exact(row, _shown)  # the item as the dead letters show it (as before)
+
+
+def _typed_row(row: dict[str, Any]) -> str:
+    from tasks.core.outcomes import typed_form
+
+    typed = typed_form(row["item"])
+    if typed is None:
+        msg = ("the item holds bytes and a value the dead letters' typed form has none for (a model, a memoryview, "
+               "a time with a ZoneInfo zone): it cannot be written exactly; convert the item in the source")
+        raise UnwritableValue(msg)
+    return dumps_exact({"item": row["item"], "item_typed": typed, "result": row["result"]}, _shown_item)
+
+
+__all__ = ["JsonFloat", "JsonMinusZero", "JsonNumber", "UnwritableValue", "dumps_exact", "dumps_row", "exact_jsonable",
+           "json_body", "jsonable", "loads_exact", "loads_items"]

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from tasks.core.batches import BatchCalls
 from tasks.core.chunking import Chunk
 from tasks.core.errors import ChunkTimeout, FatalError, ItemError, SkipItem
-from tasks.core.exactjson import dumps_exact, jsonable
+from tasks.core.exactjson import dumps_row
 from tasks.core.failpoints import failpoint
 from tasks.core.identity import chunk_hash
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, consecutive
@@ -271,9 +271,10 @@ class ChunkOutcomes:
 def encode_row(row: Any) -> str:
     """One output row as a JSON line, exactly the user's values (numbers of a response body as the body wrote
     them: :mod:`tasks.core.exactjson`); a value JSON has no type for as the dead letters write it (ISO dates,
-    models as objects: :func:`tasks.core.exactjson.jsonable`). A dict key that is not a str (JSON would write
-    ``{1: "a"}`` as ``{"1": "a"}``), a tuple key or a cycle raise TypeError / ValueError."""
-    return dumps_exact(row, jsonable)
+    models as objects), an item's bytes tagged: :func:`tasks.core.exactjson.dumps_row`. A value JSON cannot hold
+    exactly (a result's bytes, a plain object), a dict key that is not a str (JSON would write ``{1: "a"}`` as
+    ``{"1": "a"}``), a tuple key or a cycle raise TypeError / ValueError."""
+    return dumps_row(row)
 
 
 def unwritable_row(chunk: int, position: int, exc: BaseException) -> ItemError:

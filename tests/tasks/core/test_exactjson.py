@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
+import enum
 import json
 import math
 import pickle
+import uuid
 from decimal import Decimal
 
 import polars as pl
@@ -17,7 +20,9 @@ from hypothesis import strategies as st
 from tasks.core.exactjson import (
     JsonFloat,
     JsonNumber,
+    UnwritableValue,
     dumps_exact,
+    dumps_row,
     json_body,
     jsonable,
     loads_exact,
@@ -117,3 +122,52 @@ def test_a_request_body_is_httpx_json_with_an_items_files_numbers() -> None:
             json_body(bad)
     with pytest.raises(TypeError, match="not JSON serializable"):
         json_body({"x": object()})
+
+
+class _Plain:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+@dataclasses.dataclass
+class _Record:
+    name: str
+    payload: object = None
+    score: float = 1.5
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+def test_an_output_row_keeps_the_documented_forms_of_values_json_has_no_type_for() -> None:
+    when = dt.datetime(2024, 1, 5, 10, 0, tzinfo=dt.UTC)
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    result = {"when": when, "d": Decimal("12.50"), "id": ident, "c": _Colour.RED, "s": {1},
+              "rec": _Record("a", [dt.date(2024, 1, 5)], float("nan"))}
+    row = json.loads(dumps_row({"item": 1, "result": result}))
+    assert math.isnan(row["result"]["rec"].pop("score"))  # NaN as json.dumps writes it (pydantic wrote null)
+    assert row["result"] == {"when": "2024-01-05T10:00:00Z", "d": "12.50", "id": str(ident), "c": "red", "s": [1],
+                             "rec": {"name": "a", "payload": ["2024-01-05"]}}
+    assert dumps_row({"item": 1, "result": _Record("a")}) == (
+        '{"item": 1, "result": {"name": "a", "payload": null, "score": 1.5}}')
+
+
+@pytest.mark.parametrize("result", [_Plain(1), b"\x01\xff", b"ab", bytearray(b"ab"), [b""], {"k": memoryview(b"a")},
+                                    _Record("a", b"\x01"), {frozenset([b"a"])}, _Record("b", _Plain(2))])
+def test_a_result_json_cannot_hold_exactly_is_refused_never_a_repr_or_a_decoding(result: object) -> None:
+    with pytest.raises(UnwritableValue, match=r"^the result: .*(bytes|bytearray|memoryview|_Plain)") as caught:
+        dumps_row({"item": 1, "result": result})
+    assert "base64" in str(caught.value) or "return a dict" in str(caught.value)
+
+
+def test_an_items_bytes_are_written_tagged_with_the_item_typed_as_dead_letters_write_it() -> None:
+    from tasks.core.outcomes import from_typed
+
+    item = {"raw": b"\xff\x00", "text": bytearray(b"ab"), "amount": Decimal("1.50"), "$k": 1}
+    row = json.loads(dumps_row({"item": item, "result": "ok"}))
+    assert row["item"] == {"raw": {"$bytes": "/wA="}, "text": {"$bytearray": "YWI="}, "amount": "1.50", "$k": 1}
+    assert from_typed(row["item_typed"]) == item and row["result"] == "ok"
+    assert dumps_row({"item": b"ab", "result": 1}).startswith('{"item": {"$bytes": "YWI="}, "item_typed": ')
+    with pytest.raises(UnwritableValue, match="memoryview"):
+        dumps_row({"item": {"a": memoryview(b"a")}, "result": 1})
