@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +49,8 @@ def describe_value(value: Any) -> str:
 def _take(items: Sequence[Any], positions: Sequence[int]) -> list[Any]:
     """The items at ``positions`` (increasing): a slice when they are consecutive, as they mostly are."""
     if consecutive(positions):
-        return list(items[positions[0]:positions[-1] + 1])
+        batch = items[positions[0]:positions[-1] + 1]
+        return batch if type(batch) is list else list(batch)  # a list's slice is a new list already
     return [items[p] for p in positions]
 
 
@@ -153,9 +154,15 @@ class BatchCalls:
 
     def run_sync(self, groups: list[Sequence[int]], item_concurrency: int) -> None:
         if item_concurrency > 1 and len(groups) > 1:
-            with ThreadPoolExecutor(max_workers=item_concurrency, thread_name_prefix="batch") as pool:
-                for future in [pool.submit(self.run_group, g) for g in groups]:
-                    future.result()
+            queue = iter(groups)  # a list iterator's next is atomic: each thread takes the next group
+
+            def work() -> None:
+                for group in queue:
+                    if self.halted():
+                        return
+                    self.run_group(group)
+
+            run_threads([work] * min(item_concurrency, len(groups)), name=f"batch-{self.chunk}")
             return
         for group in groups:
             if self.halted():
@@ -187,4 +194,26 @@ class BatchCalls:
         await asyncio.gather(*(self.arun_group(g, sem) for g in groups))
 
 
-__all__ = ["BatchCalls", "BatchResultError", "describe_value"]
+def run_threads(targets: Sequence[Callable[[], None]], *, name: str) -> None:
+    """Run each target in its own daemon thread (in a copy of this context) and wait for all; the first error
+    raised is raised here. Daemon threads, not a ThreadPoolExecutor: a call that never returns must not keep
+    the interpreter from exiting once its run has ended (run_or_abandon)."""
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # handed to the waiting thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(guarded, t), name=f"{name}-{i}",
+                                daemon=True) for i, t in enumerate(targets)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+__all__ = ["BatchCalls", "BatchResultError", "describe_value", "run_threads"]

@@ -187,10 +187,7 @@ def cut_chunks(items: Iterable[Any], strategy: Strategy, plan: PlanLog | None = 
             if pending is not _MISSING:
                 batch.append(pending)
                 pending = _MISSING
-            for item in iterator:
-                batch.append(item)
-                if len(batch) >= want:
-                    break
+            batch.extend(islice(iterator, max(want - len(batch), 0)))
             if not batch:
                 return
             yield Chunk(index, batch, start)

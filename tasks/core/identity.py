@@ -28,12 +28,13 @@ import enum
 import functools
 import hashlib
 import inspect
+import marshal
 import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Literal
 
 from tasks.core.errors import ConfigError
 
@@ -195,12 +196,16 @@ def value_hash(value: Any, *, where: str = "value") -> str:
 def chunk_hash(items: Iterable[Any], *, index: int = 0, item_key: Callable[[Any], Any] | None = None) -> str:
     """The content hash of a chunk: its items (or their ``item_key``), in order.
 
-    A chunk of plain ints (all within 64 bits) or of plain strings, the commonest items, is hashed from its
-    packed values instead of one canonical encoding per item (~8x faster); its input starts with a zero
-    byte, which no canonical encoding does, so the two kinds of input never meet.
+    A chunk of plain ints or of plain strings, the commonest items, is hashed from packed values instead of
+    one canonical encoding per item: ints within 32 bits from their ``marshal`` encoding (version 2: no
+    object references, so the bytes depend on the values alone; each int is a type byte and four bytes, which
+    also proves that every item is a plain int), other ints within 64 bits as 8-byte values, strings as
+    their lengths and text. Each packed input starts with a zero byte and a letter, which no canonical
+    encoding does, so no two kinds of input meet. Hashes of earlier versions: :func:`legacy_chunk_hashes`.
     """
     keys = items if item_key is None else [item_key(item) for item in items]
-    if isinstance(keys, list) and keys and not _legacy.get():
+    form = _legacy.get()
+    if isinstance(keys, list) and keys and form != "canonical":
         packed = _packed(keys)
         if packed is not None:
             h = hashlib.blake2b(digest_size=DIGEST_SIZE)
@@ -234,8 +239,29 @@ def chunk_hash(items: Iterable[Any], *, index: int = 0, item_key: Callable[[Any]
     return h.hexdigest()
 
 
+def _marshalled_ints(keys: list[Any]) -> bytes | None:
+    """``marshal`` (version 2) of a list of plain ints within 32 bits; None for any other list. In that version
+    a list is ``[`` and its length, then each int ``i`` and four bytes: so a type byte ``i`` every five bytes
+    from the sixth, and nothing else, proves that every item was one (a bool, a bigger int, a float or a str
+    is written otherwise, an int subclass not at all)."""
+    try:
+        data = marshal.dumps(keys, 2)
+    except ValueError:  # an object marshal has no type for
+        return None
+    n = len(keys)
+    if len(data) != 5 + 5 * n or data[5::5] != b"i" * n:
+        return None
+    return data
+
+
 def _packed(keys: list[Any]) -> tuple[bytes | memoryview, ...] | None:
-    """The packed input of a list of plain ints or plain strings (None for any other list)."""
+    """The packed input of a list of plain ints or plain strings (None for any other list); inside
+    ``legacy_chunk_hashes("packed")`` ints as batchflows 0.12-0.14 packed them (8 bytes each, whatever their size)."""
+    first = type(keys[0])
+    if first is int and _legacy.get() is None and (data := _marshalled_ints(keys)) is not None:
+        return b"\x00m", data
+    if first is not int and first is not str:
+        return None
     kinds = set(map(type, keys))
     if kinds == {int}:
         try:
@@ -249,18 +275,25 @@ def _packed(keys: list[Any]) -> tuple[bytes | memoryview, ...] | None:
     return None
 
 
+HashForm = Literal["packed", "canonical"]
+LEGACY_FORMS: tuple[HashForm, ...] = ("packed", "canonical")
+
+
 @contextlib.contextmanager
-def legacy_chunk_hashes() -> Iterator[None]:
-    """Inside: :func:`chunk_hash` encodes every item canonically, as batchflows 0.11 and earlier did for all
-    chunks, so a run recorded by those versions is recognized (run.py asks when a recorded hash differs)."""
-    token = _legacy.set(True)
+def legacy_chunk_hashes(form: HashForm = "canonical") -> Iterator[None]:
+    """Inside: :func:`chunk_hash` hashes chunks as an earlier version did, so a run that version recorded is
+    recognized (run.py asks when a recorded hash differs): ``"packed"`` as batchflows 0.12-0.14 did (every
+    chunk of plain ints as 8-byte values), ``"canonical"`` as 0.11 and earlier did (every item encoded
+    canonically). The forms to try are :data:`LEGACY_FORMS`."""
+    token = _legacy.set(form)
     try:
         yield
     finally:
         _legacy.reset(token)
 
 
-_legacy: contextvars.ContextVar[bool] = contextvars.ContextVar("batchflows_legacy_chunk_hash", default=False)
+_legacy: contextvars.ContextVar[HashForm | None] = contextvars.ContextVar("batchflows_legacy_chunk_hash",
+                                                                           default=None)
 
 
 # --------------------------------------------------------------------------- handler identity
@@ -368,6 +401,8 @@ def _instance_state(obj: Any, unstable: list[str], depth: int) -> str:
 
 
 __all__ = [
+    "LEGACY_FORMS",
+    "HashForm",
     "Identity",
     "UnhashableItem",
     "callable_name",

@@ -16,6 +16,8 @@ the rerun does exactly the items that were not done.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import threading
 import time
@@ -29,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tasks.core.batches import BatchCalls
+from tasks.core.batches import BatchCalls, run_threads
 from tasks.core.chunking import Chunk
 from tasks.core.errors import ChunkTimeout, FatalError, ItemError, SkipItem
 from tasks.core.exactjson import dumps_row
@@ -52,29 +54,99 @@ class ChunkRef(BaseModel):
     index: int
     content: str | None = None
     journal: str | None = None
+    stop_at: float | None = None  # the run's run_timeout_s passes then (time.time()): no item starts after it
+    abandon_at: float | None = None  # calls still running then are abandoned (see run_or_abandon)
 
 
 Per = Literal["item", "batch"]
 _S, _K, _F = (ord(k) for k in (SUCCEEDED, SKIPPED, FAILED))
 _CODE = {SUCCEEDED: _S, SKIPPED: _K, FAILED: _F}
+_SUCCESS = bytes([_S])
 _together = threading.local()  # ChunkOutcomes.together: journal lines held for one write
 _together_lock = threading.Lock()
 
 # --------------------------------------------------------------------------- stop signals
 
-_stops: OrderedDict[str, threading.Event] = OrderedDict()
+
+class StopSignal(threading.Event):
+    """A ``threading.Event`` whose state is also the plain attribute ``raised``: a hot item loop reads it before
+    every item without a call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raised = False  # an instance attribute: read faster than a class one
+
+    def set(self) -> None:
+        self.raised = True
+        super().set()
+
+    def clear(self) -> None:
+        self.raised = False
+        super().clear()
+
+
+_stops: OrderedDict[str, StopSignal] = OrderedDict()
 _stops_lock = threading.Lock()
 
 
-def stop_signal(scope: str) -> threading.Event:
+def stop_signal(scope: str) -> StopSignal:
     """The event that stops every chunk of one run attempt in this process (set by a fatal error)."""
     with _stops_lock:
         event = _stops.get(scope)
         if event is None:
-            event = _stops[scope] = threading.Event()
+            event = _stops[scope] = StopSignal()
             while len(_stops) > 256:  # one per run attempt; old runs are long over
                 _stops.popitem(last=False)
         return event
+
+
+def _runs(todo: Sequence[int], block: int) -> list[tuple[int, int]]:
+    """``todo`` (increasing positions) as runs of consecutive ones, ``(first, end)`` each, none across a multiple
+    of ``block``."""
+    if not todo:
+        return []
+    runs: list[tuple[int, int]] = []
+    if isinstance(todo, range) or consecutive(todo):
+        whole = [(todo[0], todo[-1] + 1)]
+    else:
+        whole = []
+        first = previous = todo[0]
+        for position in todo[1:]:
+            if position != previous + 1:
+                whole.append((first, previous + 1))
+                first = position
+            previous = position
+        whole.append((first, previous + 1))
+    for first, end in whole:
+        while first < end:
+            cut = min(end, (first // block + 1) * block)
+            runs.append((first, cut))
+            first = cut
+    return runs
+
+
+LINES_BLOCK = 100_000  # positions per block of journal lines written ahead
+
+
+@functools.lru_cache(maxsize=8)
+def _success_lines(block: int, width: int) -> bytes:
+    """The journal lines ``<position> s`` of positions ``block * LINES_BLOCK`` on (``LINES_BLOCK`` of them),
+    zero-padded to ``width`` digits, so that each line is ``width + 3`` bytes, and with a zero byte where its
+    newline goes: the sequential loop stores that newline when the item's call returns, one byte per item (a
+    line is whole once its newline is stored). Built column by column: in an aligned block a digit column is
+    one digit (the leading ones) or a repeating pattern."""
+    size, first = width + 3, block * LINES_BLOCK
+    buf = bytearray(LINES_BLOCK * size)
+    for column in range(width):
+        repeat = 10 ** (width - 1 - column)
+        if repeat >= LINES_BLOCK:
+            buf[column::size] = b"%d" % (first // repeat % 10) * LINES_BLOCK
+        else:
+            period = b"".join(b"%d" % digit * repeat for digit in range(10))
+            buf[column::size] = period * (LINES_BLOCK // len(period))
+    buf[width::size] = b" " * LINES_BLOCK
+    buf[width + 1::size] = SUCCEEDED.encode() * LINES_BLOCK
+    return bytes(buf)
 
 
 # --------------------------------------------------------------------------- the bookkeeping
@@ -88,13 +160,14 @@ class ChunkOutcomes:
     ref: ChunkRef | None = None
     item_key: Callable[[Any], Any] | None = None
     keep_rows: bool = False
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=StopSignal)
     content: str = ""
     rows: dict[int, str] = field(default_factory=dict)
     failures: dict[int, FailedItem] = field(default_factory=dict)
     kinds: bytearray = field(default_factory=bytearray)  # per position: 0 (no outcome yet) or the kind's letter
     restored: int = 0
     fatal: str | None = None
+    abandoned: bool = False  # calls were still running at the run's end: left to their threads (run_or_abandon)
     _journal: ChunkJournal | None = None
     _together: int = 0  # threads inside together(): only then is the thread-local buffer looked up
 
@@ -191,24 +264,80 @@ class ChunkOutcomes:
             self.rows[position] = text
         self.kinds[position] = _S
 
-    def success_recorder(self) -> Callable[[int], None]:
-        """``record(position)``: :meth:`succeeded` without an output row, for the chunk's only item thread (a
-        sequential loop): the same journal line and outcome, without a thread-local lookup or a lock."""
-        kinds, journal = self.kinds, self._journal
-        if journal is None:
-            def record(position: int) -> None:
-                kinds[position] = _S
-            return record
-        store = journal.single_writer()
+    def run_plain(self, handler: Callable[[Any], Any], todo: Sequence[int], stop: StopSignal,
+                  raised: Callable[[int, Exception], None]) -> None:
+        """Call ``handler`` on the items at ``todo`` in order, from this thread only (the chunk's one runner, no
+        output rows), until ``stop`` is raised. A call that returns is journaled before the next call, as one
+        byte stored into a line written ahead (:func:`_success_lines`); ``raised(position, exc)`` settles an item
+        whose call raised (its retries, its failure), then the loop goes on from the next item."""
+        for first, end in _runs(todo, LINES_BLOCK):
+            position = first
+            while position < end and not stop.raised:
+                position, exc = self._plain_run(handler, first=position, end=end, stop=stop)
+                if exc is not None:
+                    raised(position, exc)
+                    position += 1
 
-        def record_journaled(position: int) -> None:
+    def _plain_run(self, handler: Callable[[Any], Any], *, first: int, end: int,
+                   stop: StopSignal) -> tuple[int, Exception | None]:
+        """Items ``first``..``end - 1`` until one raises (its position and exception) or ``stop`` is raised."""
+        items, journal = self.chunk.items, self._journal
+        slots, size = None, 0
+        if journal is not None:
+            width = len(str(max(len(items) - 1, 0)))
+            size, block = width + 3, first // LINES_BLOCK
+            ahead = memoryview(_success_lines(block, width))[(first - block * LINES_BLOCK) * size:]
             try:
-                store(b"%d s" % position)
+                slots = journal.reserve_filled(ahead[:(end - first) * size])
             except OSError as exc:  # the state dir is full or read-only: nothing can be recorded any more
                 raise output_write_error(exc, journal.path.parent, writing=True) or exc from None
-            kinds[position] = _S
+            if slots is None:  # a file system that cannot map files: a write per line
+                return self._one_by_one(handler, first=first, end=end, stop=stop)
+        position = first
+        if slots is None:
+            try:
+                for item in items[first:end]:
+                    if stop.raised:
+                        break
+                    handler(item)
+                    position += 1
+            except Exception as exc:
+                return position, exc
+            finally:
+                self.kinds[first:position] = _SUCCESS * (position - first)
+            return position, None
+        view, start = slots
+        assert journal is not None  # slots come from it
+        release = journal.release_from
+        newline = start + size - 1  # of the first item's line: stored once its call returned
+        try:
+            for item in items[first:end]:
+                if stop.raised:
+                    break
+                handler(item)
+                view[newline] = 10
+                newline += size
+        except Exception as exc:
+            if view.closed:  # the chunk ended without this thread (run_or_abandon): the call returned too late
+                raise
+            return first + (newline - start) // size, exc
+        finally:
+            position = first + (newline - start) // size
+            release(start + (position - first) * size)
+            self.kinds[first:position] = _SUCCESS * (position - first)
+        return position, None
 
-        return record_journaled
+    def _one_by_one(self, handler: Callable[[Any], Any], *, first: int, end: int,
+                    stop: StopSignal) -> tuple[int, Exception | None]:
+        for position in range(first, end):
+            if stop.raised:
+                return position, None
+            try:
+                handler(self.chunk.items[position])
+            except Exception as exc:
+                return position, exc
+            self.succeeded(position)
+        return end, None
 
     def succeeded_many(self, positions: Sequence[int]) -> None:
         """Many items succeeded at once without output rows (a batch call's): one journal line per run of
@@ -251,19 +380,23 @@ class ChunkOutcomes:
         return [self.rows[i] for i in sorted(self.rows)]
 
     def report(self, *, started: float, extra: dict[str, Any] | None = None) -> ChunkReport:
-        kinds = self.kinds
+        kinds = bytes(self.kinds)  # as it is now: an abandoned call may still settle its item meanwhile
+        failures = dict(self.failures)
         size = len(self.chunk.items)
         report = ChunkReport(
             index=self.chunk.index, size=size, succeeded=kinds.count(_S), failed=kinds.count(_F),
             skipped=kinds.count(_K), not_reached=kinds.count(0),
-            failures=[self.failures[i] for i in sorted(self.failures)], content_hash=self.content,
+            failures=[failures[i] for i in sorted(failures) if kinds[i] == _F], content_hash=self.content,
             duration_s=round(time.perf_counter() - started, 6), extra=dict(extra or {}),
         )
         if self.restored:
             report.extra["items_resumed"] = self.restored
         report.complete = self.fatal is None and report.not_reached == 0
         report.stop_reason = self.fatal if self.fatal is not None else (
-            "stopped by a fatal error in another chunk" if report.not_reached else None)
+            f"run_timeout_s passed and {report.not_reached} item(s) had no outcome yet: handler calls still running "
+            "were abandoned (Python cannot stop a thread; they run on in the background until the process ends); "
+            "their items run again on the rerun" if self.abandoned
+            else "stopped by a fatal error in another chunk" if report.not_reached else None)
         report.check()
         return report
 
@@ -367,7 +500,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
     limiter = _limiter_for(job.options)
     is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
     outcomes = ChunkOutcomes(chunk, ref, item_key=job.item_key, keep_rows=bool(job.output_dir),
-                             stop=stop_signal(job.run_scope) if job.run_scope else threading.Event())
+                             stop=stop_signal(job.run_scope) if job.run_scope else StopSignal())
     items = chunk.items
     deadline = Deadline(item_timeout_s=job.options.item_timeout_s, chunk_timeout_s=job.options.chunk_timeout_s,
                         chunk=chunk.index)
@@ -453,9 +586,7 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                     return
                 run_one_sync(position)
 
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="item") as pool:
-            for f in [pool.submit(work) for _ in range(threads)]:
-                f.result()
+        run_threads([work] * threads, name=f"item-{chunk.index}")
 
     async def run_one_async(position: int, sem: asyncio.Semaphore) -> None:
         async def call() -> Any:
@@ -480,42 +611,41 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
                 return
             done(position, value)
 
+    def run_items(todo: Sequence[int]) -> None:
+        if job.options.per == "batch":
+            calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
+                               chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out,
+                               together=outcomes.together, done_many=None if keep_rows else outcomes.succeeded_many)
+            groups = calls.groups(todo, job.options.max_batch_items)
+            if is_async:
+                run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))
+            else:
+                calls.run_sync(groups, job.options.item_concurrency)
+        elif is_async:
+            async def run_all() -> None:
+                sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
+                await asyncio.gather(*(run_one_async(i, sem) for i in todo))
+
+            run_coroutine(run_all)
+        elif job.options.item_concurrency > 1 and len(todo) > 1:
+            run_many_sync(todo, min(job.options.item_concurrency, len(todo)))
+        elif direct and not keep_rows and isinstance(stop, StopSignal):  # one runner, nothing around a call
+            outcomes.run_plain(handler, todo, stop, after_first_failure)
+        else:
+            for i in todo:
+                if halted():
+                    break
+                run_one_sync(i)
+
     try:
         with outcomes:
             todo = outcomes.todo()
-            if job.options.per == "batch":
-                calls = BatchCalls(items=items, handler=handler, policy=policy, deadline=deadline, limiter=limiter,
-                                   chunk=chunk.index, done=done, settle=settle, halted=halted, timed_out=timed_out,
-                                   together=outcomes.together, done_many=None if keep_rows else outcomes.succeeded_many)
-                groups = calls.groups(todo, job.options.max_batch_items)
-                if is_async:
-                    run_coroutine(lambda: calls.run_async(groups, job.options.item_concurrency))
-                else:
-                    calls.run_sync(groups, job.options.item_concurrency)
-            elif is_async:
-                async def run_all() -> None:
-                    sem = asyncio.Semaphore(max(1, job.options.item_concurrency))
-                    await asyncio.gather(*(run_one_async(i, sem) for i in todo))
-
-                run_coroutine(run_all)
-            elif job.options.item_concurrency > 1 and len(todo) > 1:
-                run_many_sync(todo, min(job.options.item_concurrency, len(todo)))
-            elif direct and not keep_rows:  # one runner, nothing around a call: the loop without a call per item
-                record = outcomes.success_recorder()
-                for i in todo:
-                    if stop_set() or timed_out_set():
-                        break
-                    try:
-                        handler(items[i])
-                    except Exception as exc:
-                        after_first_failure(i, exc)
-                        continue
-                    record(i)
+            if ref is not None and ref.abandon_at is not None:  # the run has a run_timeout_s
+                outcomes.abandoned = not run_or_abandon(lambda: run_items(todo), stop_at=ref.stop_at,
+                                                        abandon_at=ref.abandon_at, stop=outcomes.stop,
+                                                        name=f"chunk-{chunk.index}-items")
             else:
-                for i in todo:
-                    if halted():
-                        break
-                    run_one_sync(i)
+                run_items(todo)
             if timed_out.is_set():
                 left = len(outcomes.todo())
                 raise deadline.chunk_error(f" ({len(items) - left} of {len(items)} items done, {left} left)")
@@ -528,6 +658,37 @@ def process_chunk(chunk: Chunk, job: ChunkJob, ref: ChunkRef | None = None) -> C
         report.output_path = str(write_jsonl_part(job.output_dir, chunk.index, outcomes.ordered_rows()))
     failpoint("chunk.after_output")
     return report
+
+
+def run_or_abandon(run: Callable[[], None], *, stop_at: float | None, abandon_at: float, stop: threading.Event,
+                   name: str) -> bool:
+    """Run a chunk's items (``run``) in a daemon thread, for a run with a ``run_timeout_s``: at ``stop_at`` (the
+    timeout; ``time.time()``) ``stop`` is set, so no item starts any more; at ``abandon_at`` calls still running
+    are abandoned: False is returned and the chunk reports what is done (the rest is not reached, for the rerun),
+    so that a call that never returns cannot keep the run, its Ctrl-C or the interpreter's exit waiting. True
+    when ``run`` ended (its error raised here)."""
+    box: list[BaseException] = []
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # handed to the waiting thread
+            box.append(exc)
+        finally:
+            finished.set()
+
+    if stop_at is not None and time.time() >= stop_at:  # a chunk that starts late (a worker process started late)
+        stop.set()
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
+    thread.start()
+    if stop_at is not None and not finished.wait(max(stop_at - time.time(), 0)):
+        stop.set()
+    if not finished.wait(max(abandon_at - time.time(), 0)):
+        return False
+    if box:
+        raise box[0]
+    return True
 
 
 def run_coroutine(factory: Callable[[], Any]) -> Any:
@@ -550,10 +711,12 @@ __all__ = [
     "ChunkOutcomes",
     "ChunkRef",
     "ItemOptions",
+    "StopSignal",
     "describe_stop",
     "encode_row",
     "process_chunk",
     "run_coroutine",
+    "run_or_abandon",
     "stop_signal",
     "write_jsonl_part",
 ]

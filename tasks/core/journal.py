@@ -211,6 +211,24 @@ class ChunkJournal:
 
         return store_text
 
+    def reserve_filled(self, text: bytes) -> tuple[mmap.mmap, int] | None:
+        """For the chunk's only writer: store ``text`` (whole lines but for their newlines, zero bytes) after the
+        last line; each line counts once the writer stores its newline there. Returns the map and the offset of
+        ``text`` (None where the file cannot be mapped). The writer ends with :meth:`release_from`."""
+        if self._fd is None:
+            return None
+        start, view = self._reserve(len(text))
+        if view is None:
+            self.release_from(start)
+            return None
+        view[start:start + len(text)] = text
+        return view, start
+
+    def release_from(self, end: int) -> None:
+        """Lines end at ``end``: what :meth:`reserve_filled` took beyond it (no newline there) is free again."""
+        with self._lock:
+            self._end = end
+
     @staticmethod
     def line(position: int, kind: str, payload: str = "") -> str:
         return f"{position} {kind} {payload}\n" if payload else f"{position} {kind}\n"

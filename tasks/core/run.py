@@ -42,7 +42,7 @@ from tasks.core.engine import (
     state_report,
 )
 from tasks.core.errors import FatalError
-from tasks.core.identity import UnhashableItem, legacy_chunk_hashes
+from tasks.core.identity import LEGACY_FORMS, HashForm, UnhashableItem, legacy_chunk_hashes
 from tasks.core.items import ChunkRef, describe_stop, stop_signal
 from tasks.core.journal import FAILED, SKIPPED, SUCCEEDED, ChunkJournal, SourceChanged, journal_content
 from tasks.core.journal_sync import JournalPusher
@@ -92,7 +92,7 @@ def missing_outputs(report: ChunkReport) -> list[str]:
     return [p for p in paths if not exists(p)]
 
 
-STILL_RUNNING_S = 30.0  # after run_timeout_s, when a run still waiting for its chunks says why
+STILL_RUNNING_S = 30.0  # after run_timeout_s, when a run still waiting for its chunks says why (twice that: abandons them)
 
 
 class ChunkedRun:
@@ -162,6 +162,8 @@ class ChunkedRun:
         self.timed_out: str | None = None
         self._closed = False
         limit = run_timeout.get()
+        self._ends_at = time.time() + limit if limit else None  # for the chunks (ChunkRef.stop_at)
+        self._still_timer: threading.Timer | None = None
         self._timer = threading.Timer(limit, self._time_up, args=(limit,)) if limit else None
         if self._timer is not None:
             self._timer.daemon = True
@@ -264,8 +266,9 @@ class ChunkedRun:
     def close(self) -> None:
         """Release the run key (idempotent); the dead-letter file is closed (and pushed) too."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._still_timer):
+            if timer is not None:
+                timer.cancel()
         self.dead.close()
         if self.journals is not None:
             self.journals.stop()
@@ -321,9 +324,11 @@ class ChunkedRun:
                           "stopped before their next item")
         stop_signal(self.scope).set()
         self.progress.logger.warning("%s run %r: %s", self.flow, self.run_key, self.timed_out)
-        self._timer = threading.Timer(STILL_RUNNING_S, self._still_running, args=(limit,))
-        self._timer.daemon = True
-        self._timer.start()
+        if self._closed:
+            return
+        self._still_timer = threading.Timer(STILL_RUNNING_S, self._still_running, args=(limit,))
+        self._still_timer.daemon = True
+        self._still_timer.start()
 
     def _still_running(self, limit: float) -> None:
         """Say why a run that timed out has not ended: a handler call in flight has not returned."""
@@ -331,10 +336,10 @@ class ChunkedRun:
             return
         self.progress.logger.warning(
             "%s run %r: run_timeout_s=%gs passed %g s ago and chunks are still in flight: a handler call that "
-            "does not return keeps this run (and its process) waiting, since a running call cannot be stopped. "
-            "Bound each call with item_timeout_s (a call past it is abandoned, its item retried then "
-            "dead-lettered) and give the handler's I/O its own timeout", self.flow, self.run_key, limit,
-            STILL_RUNNING_S)
+            "does not return keeps this run waiting, since a running call cannot be stopped; batch_map abandons "
+            "such calls %g s from now (their items run again on the rerun). Bound each call with item_timeout_s "
+            "(a call past it is abandoned, its item retried then dead-lettered) and give the handler's I/O its own "
+            "timeout", self.flow, self.run_key, limit, STILL_RUNNING_S, STILL_RUNNING_S)
 
     def __enter__(self) -> ChunkedRun:
         return self
@@ -348,7 +353,9 @@ class ChunkedRun:
         """The identity of chunk ``index`` in this run; ``content`` when the flow knows it (else the task
         computes it from the items)."""
         key = chunk_cache_key(self.flow, self.run_key, *self.identity, f"#{index}")
-        return ChunkRef(key=key, index=index, content=content, journal=str(self.run_dir.journal / f"{key}.jsonl"))
+        ends = self._ends_at
+        return ChunkRef(key=key, index=index, content=content, journal=str(self.run_dir.journal / f"{key}.jsonl"),
+                        stop_at=ends, abandon_at=None if ends is None else ends + 2 * STILL_RUNNING_S)
 
     def configure(self, task: Any, *, chunk_retries: int = 1, tags: Iterable[str] = (), retry_delay_s: float = 1.0) -> Any:
         """The flow's chunk task with this run's resume cache, retries and tags."""
@@ -386,11 +393,15 @@ class ChunkedRun:
             return
         current = ref.content or content()
         if current is not None and current != recorded:
-            with legacy_chunk_hashes():  # recorded by batchflows <= 0.11 (other encoding of int and str chunks)?
-                if content() != recorded:
-                    raise self._changed(ref.index, what)
+            if not any(self._hashed_as(form, content) == recorded for form in LEGACY_FORMS):  # an earlier version's?
+                raise self._changed(ref.index, what)
             current = recorded  # the same items: the chunk goes on under its recorded hash (its journal's header)
         ref.content = current
+
+    @staticmethod
+    def _hashed_as(form: HashForm, content: Callable[[], str | None]) -> str | None:
+        with legacy_chunk_hashes(form):
+            return content()
 
     def _check_source_end(self, count: int) -> None:
         """The source ended after ``count`` chunks: SourceChanged if an earlier attempt of this run (same

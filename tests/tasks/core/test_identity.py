@@ -175,3 +175,30 @@ def test_unhashable_bound_state_is_named_once_with_cache_version_as_the_way_out(
     note = identity.note() or ""
     assert "closure cell 'lock'" in note and "cache_version" in note
     assert handler_identity(scale).note() is None
+
+
+def test_chunks_of_32_bit_ints_hash_from_marshal_and_the_earlier_forms_stay_reproducible() -> None:
+    """0.15 hashes a chunk of plain ints within 32 bits from its marshal bytes; what 0.12-0.14 ("packed") and 0.11
+    ("canonical") recorded for the same chunk is reproduced inside legacy_chunk_hashes, so their runs resume."""
+    chunks = [[1, 2], [2, 1], [1, 2, 0], [1, True], [True, 1], [0], [-1], [2**31 - 1], [2**31], [-(2**31)],
+              [-(2**31) - 1], [1, 1.0], [1, "1"], [1, None], [1, [2]], [1, (2,)], [1, 2**70]]
+    hashes = [chunk_hash(c) for c in chunks]
+    assert len(set(hashes)) == len(chunks)
+    ten = list(range(10))
+    assert chunk_hash(ten) == "efd6b0f786914296799912bad8e5a028"
+    with legacy_chunk_hashes("packed"):
+        assert chunk_hash(ten) == "f4b061633587497db29e4815015430c5"  # batchflows 0.12-0.14, pinned
+    with legacy_chunk_hashes("canonical"):
+        assert chunk_hash(ten) == "7f8dd454382676ba0086bd6b594e342b"  # batchflows <= 0.11, pinned
+    assert chunk_hash([2**40, -5]) == "a377927a1043104051397124c2ce8d18"  # beyond 32 bits: packed as before
+    assert chunk_hash(["a", "b"]) == "9de6609bbf543c26bcdeaeca96683b5b"  # strings: as before
+
+
+def test_an_int_enum_an_int_subclass_or_a_bool_never_passes_for_a_plain_int_in_marshal_bytes() -> None:
+    class Code(enum.IntEnum):
+        A = 1
+
+    class MyInt(int):
+        pass
+
+    assert len({chunk_hash([1, 2]), chunk_hash([Code.A, 2]), chunk_hash([True, 2]), chunk_hash([MyInt(1), 2])}) == 4

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -162,9 +165,10 @@ def test_a_batch_call_that_all_succeeds_is_one_journal_line_and_resumes_from_it(
 
 
 def test_the_sequential_loop_journals_every_outcome_and_a_rerun_does_only_the_rest(tmp_path: Path) -> None:
-    """One runner, no output rows: the loop's lock-free journal lines are the same lines (``7 s``), a failure goes
-    through the retry policy from its second attempt, a fatal answer stops the loop, and the rerun of the chunk
-    calls the handler only for the items that had no outcome."""
+    """One runner, no output rows: the loop journals each success as a line written ahead (``0007 s``, zero-padded
+    to the chunk's width) whose newline is stored when the call returns, a failure goes through the retry policy
+    from its second attempt, a fatal answer stops the loop, and the rerun of the chunk calls the handler only for
+    the items that had no outcome."""
     flaky_seen: set[int] = set()
 
     def handler(x: int) -> int:
@@ -179,10 +183,68 @@ def test_the_sequential_loop_journals_every_outcome_and_a_rerun_does_only_the_re
     assert not first.complete and (first.succeeded, first.failed, first.skipped, first.not_reached) == (1_200, 151, 150, 499)
     journal = ChunkJournal(ref_for(tmp_path).journal or "", chunk_hash(items))
     text = Path(journal.path).read_text().splitlines()
-    assert text[1:4] == ["0 s", "1 s", "2 s"] and "41 s" in text and "1500 s" not in text
+    assert text[1:4] == ["0000 s", "0001 s", "0002 s"] and "41 s" in text and "1500 s" not in text  # 41: its retry
+    assert all(line.endswith(("s", "k", "}")) for line in text[1:])  # nothing written ahead is left in the file
     entries = journal.load()
     assert len(entries) == 1_500 and entries[41].kind == "s" and entries[43].kind == "f" and entries[45].kind == "k"
     calls: list[int] = []
     rest = process_chunk(Chunk(0, items), ChunkJob(handler=lambda x: calls.append(x) or x), ref_for(tmp_path))
     assert calls == list(range(1_500, 2_000)) and rest.complete
     assert (rest.succeeded, rest.failed, rest.skipped) == (1_700, 150, 150)
+
+
+def test_the_sequential_loop_journals_across_blocks_of_lines_written_ahead_and_resumes_scattered_items(
+        tmp_path: Path) -> None:
+    """Lines are written ahead 100,000 positions at a time: failures on both sides of a block's end, a rerun whose
+    items left to do are scattered (each failure's neighbours were done), every outcome exactly once."""
+    n = 230_001
+    bad = {0, 99_999, 100_000, 100_001, 199_999, 230_000}
+    calls: list[int] = []
+
+    def handler(x: int) -> int:
+        calls.append(x)
+        if x in bad:
+            raise ItemError(f"bad {x}")
+        if x == 150_000:
+            raise FatalError("stop at 150,000")
+        return x
+
+    items = list(range(n))
+    ref = ref_for(tmp_path)
+    first = process_chunk(Chunk(0, items), ChunkJob(handler=handler, options=ItemOptions(retries=0)), ref)
+    assert calls == list(range(150_001)) and not first.complete
+    assert (first.succeeded, first.failed, first.not_reached) == (149_996, 4 + 1, 80_000)  # 4 bad + the fatal item
+    entries = ChunkJournal(ref.journal or "", chunk_hash(items)).load()
+    assert len(entries) == 150_000 and {p for p, e in entries.items() if e.kind == "f"} == {0, 99_999, 100_000, 100_001}
+    calls.clear()
+    bad.discard(100_000)  # a failed item stays failed: it is not run again
+    rest = process_chunk(Chunk(0, items), ChunkJob(handler=lambda x: (x in bad and handler(x)) or calls.append(x)),
+                         ref)
+    assert calls == list(range(150_000, n))  # the fatal item (never journaled) and the rest
+    assert rest.complete and (rest.succeeded, rest.failed) == (n - 6, 6)
+
+
+def test_a_sigkill_in_the_sequential_loop_loses_only_the_call_in_flight(tmp_path: Path) -> None:
+    """The process dies (SIGKILL) inside the call of item 123,456, after the calls before it returned: the rerun
+    of the chunk calls the handler for that item and the ones after it only."""
+    script = f"""
+import os, signal
+from pathlib import Path
+from tasks.core.chunking import Chunk
+from tasks.core.items import ChunkJob, ChunkRef, ItemOptions, process_chunk
+
+def handler(x):
+    if x == 123_456:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+ref = ChunkRef(key="c0", index=0, journal={str(tmp_path / "j" / "c0.jsonl")!r})
+process_chunk(Chunk(0, list(range(200_000))), ChunkJob(handler=handler, options=ItemOptions(retries=0)), ref)
+"""
+    died = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[3], check=False)
+    assert died.returncode == -signal.SIGKILL
+    ref = ChunkRef(key="c0", index=0, journal=str(tmp_path / "j" / "c0.jsonl"))
+    calls: list[int] = []
+    again = process_chunk(Chunk(0, list(range(200_000))), ChunkJob(handler=calls.append), ref)
+    assert calls == list(range(123_456, 200_000))
+    assert again.complete and again.succeeded == 200_000 and again.extra["items_resumed"] == 123_456

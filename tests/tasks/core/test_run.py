@@ -139,3 +139,84 @@ def test_a_source_that_now_ends_before_recorded_chunks_is_a_source_change(
     again = batch_map(str(src), _tag, chunk_size=10, run_key="cut", output=out, cache_version="2")
     assert again.ok and again.total == cut
     assert [r["result"]["seen"] for r in again.results()] == list(range(cut))
+
+
+_BLOCKED_RUN = """
+import json, sys, threading, time
+import tasks.core.run
+from flows.batch_map import batch_map
+
+tasks.core.run.STILL_RUNNING_S = 0.5  # the run warns 0.5 s after its timeout and abandons calls 1 s after it
+forever = threading.Event()
+sevens = []
+
+def blocks_on_7(x):
+    if x == 7:
+        sevens.append(x)
+        forever.wait()  # a sync call that never returns (no item_timeout_s)
+    return x
+
+out = []
+for key, kwargs in (("seq", {}), ("threads", {"item_concurrency": 3}), ("batch", {"per": "batch", "max_batch_items": 4})):
+    started = time.monotonic()
+    handler = (lambda xs: [blocks_on_7(x) for x in xs]) if kwargs.get("per") else blocks_on_7
+    s = batch_map(list(range(40)), handler, chunk_size=10, max_concurrency=2, run_timeout_s=1.0, run_key=key,
+                  raise_on_failure=False, **kwargs)
+    out.append({"key": key, "seconds": time.monotonic() - started, "ok": s.ok, "message": s.message,
+                "succeeded": s.succeeded, "remaining": s.remaining})
+forever.set()  # the abandoned calls return now, long after their runs ended: nothing calls them again
+time.sleep(1.0)
+out.append({"sevens": len(sevens)})
+print("RESULT " + json.dumps(out))
+sys.stdout.flush()
+"""
+
+
+def test_a_call_that_never_returns_does_not_keep_a_run_past_its_run_timeout_from_ending() -> None:
+    """A sync handler call that never returns, no item_timeout_s, run_timeout_s=1: the run ends Failed soon after
+    its timeout (the call is abandoned, its item left for the rerun), sequential, on item threads and per batch,
+    and the process exits (the stuck threads do not keep the interpreter alive)."""
+    import subprocess
+    import sys
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _BLOCKED_RUN], cwd=Path(__file__).parents[3], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    *runs, late = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert late == {"sevens": 3}  # one call of item 7 per run, none after its abandoned call returned
+    for run in runs:
+        assert not run["ok"] and "run_timeout_s=1s passed" in run["message"], run
+        assert "Rerun with run_key=" in run["message"] and run["remaining"] and run["remaining"] > 0, run
+        assert run["succeeded"] + run["remaining"] == 40 and run["seconds"] < 20, run
+    assert "were abandoned" in done.stdout + done.stderr
+    assert time.monotonic() - started < 110
+
+
+def test_a_run_recorded_by_batchflows_0_14_resumes_under_its_packed_hashes(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.15 hashes chunks of 32-bit ints from their marshal bytes; a run_key that 0.12-0.14 started (ints packed as
+    8-byte values) resumes its finished chunks from their records, nothing run twice; a changed chunk is still
+    refused."""
+    from prefect._internal.result_records import ResultRecord
+
+    from flows.batch_map import batch_map
+    from tasks.core import identity
+    from tasks.core.errors import SourceError
+    from tests import handlers
+
+    log = tmp_path / "effects.log"
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
+    with identity.legacy_chunk_hashes("packed"):
+        packed = [identity.chunk_hash(list(range(i, i + 10))) for i in (0, 10)]
+    with monkeypatch.context() as old:
+        old.setattr(identity, "_marshalled_ints", lambda keys: None)  # 0.14: no marshal form
+        first = batch_map(list(range(20)), handlers.side_effect, chunk_size=10, run_key="from-0.14")
+    records = sorted(ResultRecord.deserialize(p.read_bytes()).result.content_hash
+                     for p in Path(first.run_dir, "chunks").iterdir())
+    assert records == sorted(packed) and not set(packed) & {identity.chunk_hash(list(range(10)))}
+    again = batch_map(list(range(20)), handlers.side_effect, chunk_size=10, run_key="from-0.14")
+    assert (again.chunks_resumed, again.succeeded) == (2, 20)
+    assert sorted(map(int, log.read_text().split())) == list(range(20))  # nothing ran twice
+    with pytest.raises(SourceError, match=r"source changed .* chunk 1"):
+        batch_map([*range(10), 99, *range(11, 20)], handlers.side_effect, chunk_size=10, run_key="from-0.14")
