@@ -10,6 +10,7 @@ come back as they were: the dead letters keep their typed form (``item_typed``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,19 @@ def replay_dead_letters_flow(p: ReplayParams) -> RunSummary:
         release_object(handle)
 
 
-replay_dead_letters = python_entry(replay_dead_letters_flow, objects={
+_replay_entry = python_entry(replay_dead_letters_flow, objects={
     "dead_letter_path": str | Path, "handler": str | Callable[[Any], Any] | None})
+
+
+@functools.wraps(_replay_entry)
+def replay_dead_letters(*args: Any, **kwargs: Any) -> Any:
+    """The Python face of the flow; ``collect=True`` without a run_key keeps the content key too: its parts go
+    to that key's state folder, chosen before the run, so a second replay of the same file resumes."""
+    path = kwargs.get("dead_letter_path", args[0] if args else None)
+    if kwargs.get("collect") and kwargs.get("run_key") is None and isinstance(path, str | Path) \
+            and Path(path).expanduser().is_file():
+        kwargs["run_key"] = content_run_key(path)
+    return _replay_entry(*args, **kwargs)
+
 
 __all__ = ["FLOW_NAME", "ReplayParams", "content_run_key", "dead_letter_source", "replay_dead_letters", "replay_dead_letters_flow"]

@@ -171,14 +171,16 @@ def _holds_huge_int(value: Any) -> bool:
 
 
 def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path | str]:
-    """Delete parts numbered ``first_index`` and up (written after the last checkpoint by a killed run)."""
+    """Delete parts numbered ``first_index`` and up (written after the last checkpoint by a killed run); only
+    names :func:`write_part` writes (``part-000017.jsonl``): ``part-7.jsonl`` or ``part-000017.jsonl.bak`` stay."""
+    from tasks.core.results import part_index
+
     if "://" in str(output_dir):
         from tasks.core.objoutput import delete_parts, output_store
 
         store = output_store(str(output_dir))
-        stale = [name for name in store.list("") if "/" not in name and name.startswith("part-")
-                 and name.split(".")[0].removeprefix("part-").isdigit()
-                 and int(name.split(".")[0].removeprefix("part-")) >= first_index]
+        stale = [name for name in store.list("")
+                 if "/" not in name and (index := part_index(name)) is not None and index >= first_index]
         delete_parts(str(output_dir), stale)
         return [store.where(name) for name in stale]
     root = Path(output_dir)
@@ -186,8 +188,8 @@ def remove_parts_from(output_dir: str | Path, first_index: int) -> list[Path | s
     if not root.is_dir():
         return removed
     for path in root.glob("part-*.*"):
-        stem = path.name.split(".")[0].removeprefix("part-")
-        if stem.isdigit() and int(stem) >= first_index:
+        index = part_index(path.name)
+        if index is not None and index >= first_index:
             path.unlink(missing_ok=True)
             removed.append(path)
     for tmp in root.glob(".part-*.tmp"):

@@ -3,9 +3,14 @@
 Every message says what was wrong and what to do about it. The engine maps the classes to item
 outcomes: ``SkipItem`` -> skipped, ``ItemError`` -> failed at once (not retried), ``FatalError`` -> the
 whole run stops; any other exception raised by a handler is retried, then failed.
+
+Every error a user catches is here: the handler's (above), ``ConfigError`` (bad parameters, before any work),
+``RunFailed`` (a run that ended Failed) and ``TooManyToCollect`` (``collect=True`` past its cap).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class BatchflowsError(Exception):
@@ -58,6 +63,26 @@ class FatalError(BatchflowsError):
     """The run cannot go on (bad credentials, wrong endpoint, ...): stop at once with this reason."""
 
 
+class RunFailed(BatchflowsError):
+    """A run ended Failed; ``summary`` says why and what was done (``summary.message`` is the reason)."""
+
+    def __init__(self, summary: Any) -> None:
+        super().__init__(getattr(summary, "message", str(summary)))
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a persisted (pickled) Failed state keeps its summary
+        return (type(self), (self.summary,))
+
+
+class TooManyToCollect(ConfigError):
+    """``collect=True`` on a run with more rows than ``tasks.core.results.COLLECT_MAX_ROWS``; ``summary`` is
+    the finished run."""
+
+    def __init__(self, message: str, summary: Any = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class ItemTimeout(RetryableError, TimeoutError):
     """One handler call (or request) ran past ``item_timeout_s``; transient, so it is retried."""
 
@@ -81,7 +106,9 @@ __all__ = [
     "ItemError",
     "ItemTimeout",
     "RetryableError",
+    "RunFailed",
     "SettingError",
     "SkipItem",
     "SourceError",
+    "TooManyToCollect",
 ]

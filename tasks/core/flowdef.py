@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from tasks.core.errors import BatchflowsError, ConfigError, SettingError
+from tasks.core.errors import BatchflowsError, ConfigError, RunFailed, SettingError
 
 P = TypeVar("P", bound="FlowParams")
 S = TypeVar("S")
@@ -146,17 +146,6 @@ def describe_validation_error(exc: ValidationError, *, settings: Mapping[str, Fr
 
 
 # --------------------------------------------------------------------------- the flow
-
-
-class RunFailed(BatchflowsError):
-    """A run ended Failed; ``summary`` says why and what was done (``summary.message`` is the reason)."""
-
-    def __init__(self, summary: Any) -> None:
-        super().__init__(getattr(summary, "message", str(summary)))
-        self.summary = summary
-
-    def __reduce__(self) -> tuple[Any, ...]:  # a persisted (pickled) Failed state keeps its summary
-        return (type(self), (self.summary,))
 
 
 def _description(field: FieldInfo) -> str:

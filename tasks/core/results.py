@@ -1,9 +1,12 @@
 """Reading a finished run's output back in Python: :meth:`RunSummary.results` and ``collect=True``.
 
 Every flow that writes outputs writes one part file per chunk (or per group of pages), named by its
-index: ``part-000017.jsonl`` (batch_map, api_bulk, api_extract) or ``part-00017.parquet|csv|jsonl``
-(file_transform, also below ``col=value/`` folders with ``partition_by``). Reading the parts in index
-order gives the rows in input order, one part in memory at a time. Parts whose index is not below the
+index: ``part-000017.jsonl|parquet`` (``part-%06d``: batch_map, replay, api_bulk, api_extract) or
+``part-00017.parquet|csv|jsonl`` (``part-%05d``: file_transform, also ``part-00017-1.csv`` and below
+``col=value/`` folders with ``partition_by``; rejects in ``_rejects/``). Only those names, and for
+file_transform only its partition folders, are read: other files and folders in the output (another run's
+output nested in it, the user's notes, ``part-7.jsonl``) are neither read nor removed. Reading the parts in
+index order gives the rows in input order, one part in memory at a time. Parts whose index is not below the
 run's chunk count belong to an earlier run with a different layout and are left out.
 
 Formats: JSON lines are read with :func:`json.loads` (the rows exactly as written), Parquet with pyarrow
@@ -20,9 +23,9 @@ import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sized
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tasks.core.errors import ConfigError
+from tasks.core.errors import ConfigError, TooManyToCollect
 from tasks.core.objstore import is_url
 from tasks.core.sources import jsonl_records
 
@@ -30,22 +33,55 @@ COLLECT_MAX_ROWS = 100_000
 """``collect=True`` holds at most this many rows in memory; above it, set ``output`` and iterate
 ``summary.results()`` (it reads one part at a time)."""
 
-_PART = re.compile(r"^part-(\d+)\.(jsonl|parquet|csv|tsv)$")
 REJECTS_DIR = "_rejects"
+FILE_TRANSFORM = "file-transform"
+Layout = Literal["chunks", "files", "rejects"]
+"""``chunks``: ``part-%06d.jsonl|parquet`` directly in the folder (tasks.core.items, tasks.api.outputs);
+``files``: file_transform's ``part-%05d[-n].<fmt>``, also in ``col=value/`` partition folders (tasks.files.write);
+``rejects``: file_transform's ``_rejects/part-%05d.<input format>``."""
+_PARTS: dict[str, re.Pattern[str]] = {
+    "chunks": re.compile(r"^part-(\d{6}|[1-9]\d{6,})\.(?:jsonl|parquet)$"),
+    "files": re.compile(r"^part-(\d{5}|[1-9]\d{5,})(?:-\d+)?\.(?:parquet|csv|jsonl)$"),
+    "rejects": re.compile(r"^part-(\d{5}|[1-9]\d{5,})\.(?:parquet|csv|tsv|jsonl)$"),
+}
 
 
-class TooManyToCollect(ConfigError):
-    """``collect=True`` on a run with more rows than :data:`COLLECT_MAX_ROWS`; ``summary`` is the finished run."""
+def part_index(name: str, layout: Layout = "chunks") -> int | None:
+    """The chunk index of a part file's name as ``layout`` writes it (``part-000017.jsonl`` -> 17); None for any
+    other name (``part-7.jsonl``, ``part-000017.jsonl.bak``, ``notes.txt``)."""
+    match = _PARTS[layout].match(name)
+    return int(match.group(1)) if match else None
 
-    def __init__(self, message: str, summary: Any = None) -> None:
-        super().__init__(message)
-        self.summary = summary
+
+def layout_of(flow: str) -> Layout:
+    """The part layout ``flow`` writes: ``files`` for file_transform, ``chunks`` for every other flow."""
+    return "files" if flow == FILE_TRANSFORM else "chunks"
 
 
-def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, ...] = (REJECTS_DIR,)
-               ) -> list[Path | str]:
-    """The part files under ``root`` (partition folders included) in chunk order; ``below``: only indices < it.
-    Under an object storage URL, the parts' URLs."""
+def _is_partition(name: str) -> bool:
+    """A hive partition folder (``col=value``) as file_transform's ``partition_by`` writes them."""
+    return "=" in name and not name.startswith((".", "_"))
+
+
+def _local_parts(base: Path, layout: Layout) -> list[tuple[str, Path]]:
+    """``(relative path, path)`` of the candidate files directly in ``base`` and, for ``files``, in its
+    partition folders (nested: one level per partition column)."""
+    found: list[tuple[str, Path]] = []
+    folders = [base] if base.is_dir() else []
+    while folders:
+        folder = folders.pop()
+        for path in folder.iterdir():
+            if path.is_file():
+                found.append((path.relative_to(base).as_posix(), path))
+            elif layout == "files" and _is_partition(path.name) and path.is_dir():
+                folders.append(path)
+    return found
+
+
+def part_files(root: str | Path, *, below: int | None = None, layout: Layout = "chunks") -> list[Path | str]:
+    """The part files ``layout`` writes in ``root`` (file_transform's partition folders included) in chunk order;
+    ``below``: only indices < it. Under an object storage URL, the parts' URLs. Other files and folders (a
+    nested output of another run, the user's files) are not parts."""
     found: list[tuple[int, str, Path | str]] = []
     if is_url(str(root)):
         from tasks.core.objoutput import list_parts
@@ -53,22 +89,21 @@ def part_files(root: str | Path, *, below: int | None = None, skip: tuple[str, .
         base_url = str(root).rstrip("/") + "/"
         candidates: list[tuple[str, Path | str]] = [(url.removeprefix(base_url), url) for url in list_parts(str(root))]
     else:
-        base = Path(root)
-        candidates = [(p.relative_to(base).as_posix(), p) for p in base.rglob("part-*") if p.is_file()]
+        candidates = list(_local_parts(Path(root), layout))
     for rel, path in candidates:
-        parts = rel.split("/")
-        match = _PART.match(parts[-1])
-        if match is None or any(part in skip for part in parts[:-1]):
+        *folders, name = rel.split("/")
+        index = part_index(name, layout)
+        if index is None or not all(layout == "files" and _is_partition(f) for f in folders):
             continue
-        index = int(match.group(1))
         if below is None or index < below:
             found.append((index, rel, path))
     return [path for _, _, path in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
 def clear_parts(root: str | Path, *, keep: Collection[str] = ()) -> int:
-    """Delete the part files directly in ``root`` (not in its subfolders; other files stay) but those named in
-    ``keep``; how many went.
+    """Delete the part files batch_map, api_bulk and api_extract write (``part-%06d.jsonl|parquet``) directly in
+    ``root`` (not in its subfolders; other files stay, ``part-7.jsonl`` too) but those named in ``keep``; how
+    many went.
 
     A fresh run's part files are named by chunk index, like those an earlier run left in the same folder: a
     chunk that fails as a whole, or one the run never reaches, would leave the earlier run's part in its place,
@@ -78,14 +113,15 @@ def clear_parts(root: str | Path, *, keep: Collection[str] = ()) -> int:
 
         base_url = str(root).rstrip("/") + "/"
         names = [name for url in list_parts(str(root))
-                 if "/" not in (name := url.removeprefix(base_url)) and _PART.match(name) and name not in keep]
+                 if "/" not in (name := url.removeprefix(base_url)) and part_index(name) is not None
+                 and name not in keep]
         if names:
             delete_parts(str(root), names)
         return len(names)
     folder = Path(root)
     if not folder.is_dir():
         return 0
-    found = [p for p in folder.iterdir() if _PART.match(p.name) and p.name not in keep and p.is_file()]
+    found = [p for p in folder.iterdir() if part_index(p.name) is not None and p.name not in keep and p.is_file()]
     for path in found:
         path.unlink(missing_ok=True)
     return len(found)
@@ -128,16 +164,16 @@ def iter_results(output_path: str | None, *, flow: str, chunks_total: int | None
     if output_path and chunks_total == 0:  # an empty source: no chunk, no part, no folder
         return iter(())
     root = _output_root(output_path, flow=flow, what=what)
-    return _rows(part_files(root, below=chunks_total), typed=True)
+    return _rows(part_files(root, below=chunks_total, layout=layout_of(flow)), typed=True)
 
 
 def iter_rejects(output_path: str | None, *, flow: str) -> Iterator[Any]:
     """file_transform's rejected rows (``<output>/_rejects/part-*``) in input order, each with its reason."""
     root = _output_root(output_path, flow=flow, what="rejects")
     if is_url(str(root)):
-        return _rows(part_files(f"{root}/{REJECTS_DIR}", skip=()), typed=False)
+        return _rows(part_files(f"{root}/{REJECTS_DIR}", layout="rejects"), typed=False)
     root = root / REJECTS_DIR
-    return _rows(part_files(root, skip=()) if root.is_dir() else [], typed=False)
+    return _rows(part_files(root, layout="rejects") if root.is_dir() else [], typed=False)
 
 
 def _rows(paths: list[Path | str], *, typed: bool) -> Iterator[Any]:
@@ -231,12 +267,16 @@ def _output_root(output_path: str | None, *, flow: str, what: str) -> Any:
 
 __all__ = [
     "COLLECT_MAX_ROWS",
+    "FILE_TRANSFORM",
+    "Layout",
     "TooManyToCollect",
     "clear_parts",
     "collect_rows",
     "iter_rejects",
     "iter_results",
+    "layout_of",
     "part_files",
+    "part_index",
     "prepare_collect",
     "read_rows",
     "relaxed_types",

@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -379,16 +380,21 @@ def check_writable_dir(path: str | Path, *, what: str = "output directory") -> N
         raise ConfigError(msg) from None
 
 
+FLOWS = ("api-bulk", "api-extract", "batch-map", "db-migrate", "etl-demo", "file-transform", "replay-dead-letters")
+"""The flows' names (``runs/<flow>/``): the deployments' names, with ``-``, not the Python functions'."""
+
+
 def cleanup_state(
     *, older_than_days: float | None = None, flow: str | None = None, run_key: str | None = None,
-    state_dir: Path | None = None, dry_run: bool = False,
+    state_dir: Path | None = None, dry_run: bool = False, on_skip: Callable[[Path | str], None] | None = None,
 ) -> list[Path | str]:
     """Delete run directories by age (of their newest file) and/or flow and run key. Returns what went.
 
     Without ``older_than_days`` and ``run_key`` the age is ``BATCHFLOWS_STATE_RETENTION_DAYS`` (30).
-    A run directory whose key is held by a live run is never removed. With state in object storage (and no
-    ``state_dir`` given) the run prefixes there go by the same rules (a live lease keeps one), then this
-    machine's cache.
+    A run directory whose key is held by a live run is never removed: ``on_skip`` is called with it. A
+    ``flow`` that is neither one of :data:`FLOWS` nor has run directories is a ConfigError naming them.
+    With state in object storage (and no ``state_dir`` given) the run prefixes there go by the same rules
+    (a live lease keeps one), then this machine's cache.
     """
     if older_than_days is not None and not older_than_days >= 0:  # NaN too
         msg = f"older_than_days must be 0 or more (days since a run's newest file), not {older_than_days!r}"
@@ -397,10 +403,14 @@ def cleanup_state(
         older_than_days = EngineSettings().state_retention_days
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     removed: list[Path | str] = []
+    skip = on_skip or (lambda _: None)
     store = EngineSettings().object_store() if state_dir is None else None
-    if store is not None:
-        removed.extend(_cleanup_stored(store, cutoff=cutoff, flow=flow, run_key=run_key, dry_run=dry_run))
     base = (state_dir.expanduser().resolve() if state_dir is not None else EngineSettings().resolved_state_dir()) / "runs"
+    if flow is not None:
+        _check_flow(flow, base, store)
+    if store is not None:
+        removed.extend(_cleanup_stored(store, cutoff=cutoff, flow=flow, run_key=run_key, dry_run=dry_run,
+                                       on_skip=skip))
     for flow_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
         if flow is not None and flow_dir.name != flow:
             continue
@@ -413,6 +423,7 @@ def cleanup_state(
                     continue
             with _unheld(run_dir / "lock") as free:  # held through the removal: no run starts in it meanwhile
                 if not free:
+                    skip(run_dir)
                     continue
                 removed.append(run_dir)
                 if not dry_run:
@@ -420,6 +431,19 @@ def cleanup_state(
     if cutoff is not None and flow is None and run_key is None:
         removed.extend(_cleanup_output_locks(base.parent / "outputs", cutoff=cutoff, dry_run=dry_run))
     return removed
+
+
+def _check_flow(flow: str, base: Path, store: ObjectStore | None) -> None:
+    """A flow name that can be meant: one of FLOWS or a flow with run directories (a flow of your own)."""
+    stored = {p.name for p in base.iterdir() if p.is_dir()} if base.is_dir() else set()
+    if store is not None:
+        stored |= {name.split("/", 1)[0] for name in store.entries("runs") if "/" in name}
+    if flow in FLOWS or flow in stored:
+        return
+    hint = f" (did you mean {flow.replace('_', '-')!r}?)" if flow.replace("_", "-") in FLOWS else ""
+    msg = (f"unknown flow {flow!r}{hint}: the flows are {', '.join(FLOWS)}; flows with run directories: "
+           f"{', '.join(sorted(stored)) or 'none'}")
+    raise ConfigError(msg)
 
 
 def _cleanup_output_locks(outputs: Path, *, cutoff: float, dry_run: bool) -> list[Path]:
@@ -437,7 +461,7 @@ def _cleanup_output_locks(outputs: Path, *, cutoff: float, dry_run: bool) -> lis
 
 
 def _cleanup_stored(store: ObjectStore, *, cutoff: float | None, flow: str | None, run_key: str | None,
-                    dry_run: bool) -> list[str]:
+                    dry_run: bool, on_skip: Callable[[Path | str], None]) -> list[str]:
     """:func:`cleanup_state` for the run prefixes in object storage (``runs/<flow>/<run_key>/``)."""
     from tasks.core.lease import lease_live
 
@@ -451,6 +475,7 @@ def _cleanup_stored(store: ObjectStore, *, cutoff: float | None, flow: str | Non
         if cutoff is not None and max(t for _, t in objects) > cutoff:
             continue
         if lease_live(store, f"{prefix}/lease"):
+            on_skip(store.where(prefix))
             continue
         removed.append(store.where(prefix))
         if not dry_run:
@@ -527,23 +552,34 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"removed {len(gone)} watermark(s); db_migrate keeps its own in the target database "
               "(run it with reset_incremental=True)")
         return 0
+    skipped: list[Path | str] = []
     try:
-        removed = cleanup_state(
-            older_than_days=args.older_than_days, flow=args.flow, run_key=args.run_key, dry_run=args.dry_run
-        )
+        removed = cleanup_state(older_than_days=args.older_than_days, flow=args.flow, run_key=args.run_key,
+                                dry_run=args.dry_run, on_skip=skipped.append)
     except ConfigError as exc:
         parser.error(str(exc))
     verb = "would remove" if args.dry_run else "removed"
     for path in removed:
         print(f"{verb} {path}")
-    print(f"{verb} {len(removed)} run directories")
+    for path in skipped:
+        print(f"skipped {path}: a live run holds its run_key")
+    kept = f"; skipped {len(skipped)} held by a live run" if skipped else ""
+    print(f"{verb} {len(removed)} run directories{kept}")
     return 0
 
 
+# ``python -m tasks.core.state``: importing the package tasks.core imports this module first (its flows and
+# engine use it), so runpy would warn that it is in sys.modules already and run a second copy as __main__.
+# That import is expected: the warning is silenced for this module only, and the CLI runs in the imported copy.
+warnings.filterwarnings("ignore", message=r"'tasks\.core\.state' found in sys\.modules", category=RuntimeWarning)
+
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    from tasks.core.state import _main as _imported_main
+
+    raise SystemExit(_imported_main())
 
 __all__ = [
+    "FLOWS",
     "OutputWriteError",
     "RunDir",
     "atomic_write",

@@ -155,6 +155,22 @@ def test_replaying_the_same_dead_letters_again_resumes_instead_of_running_every_
     assert len(log.read_text().split()) == 35
 
 
+def test_replaying_with_collect_resumes_too_and_collects_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """collect=True chose a random run_key before the content key applied: each replay ran every item again."""
+    log = tmp_path / "effects.log"
+    monkeypatch.setenv("BF_SIDE_EFFECT_LOG", str(log))
+    first = batch_map(list(range(6)), refuse, chunk_size=3, raise_on_failure=False)
+    once = replay_dead_letters(first.dead_letter_path, handler="tests.handlers:side_effect", collect=True)
+    twice = replay_dead_letters(dead_letter_path=first.dead_letter_path, handler="tests.handlers:side_effect",
+                                collect=True)
+    assert once.run_dir == twice.run_dir and Path(once.run_dir or "").name.startswith("replay-")
+    assert twice.chunks_resumed == twice.chunks_total and sorted(map(int, log.read_text().split())) == list(range(6))
+    assert sorted(r["item"] for r in twice.collected) == list(range(6)) and twice.collected == once.collected
+    chosen = replay_dead_letters(first.dead_letter_path, handler="tests.handlers:side_effect", collect=True,
+                                 run_key="mine")
+    assert Path(chosen.run_dir or "").name == "mine" and chosen.chunks_resumed == 0
+
+
 def test_a_dead_letter_path_under_home_may_start_with_a_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = batch_map(list(range(4)), refuse, chunk_size=2, raise_on_failure=False)
     monkeypatch.setenv("HOME", str(tmp_path))

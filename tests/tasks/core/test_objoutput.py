@@ -40,6 +40,16 @@ def test_parts_are_written_listed_read_and_removed(s3_state: S3State) -> None:
     assert part_files(out) == [first]
 
 
+def test_removing_parts_after_a_checkpoint_keeps_files_batchflows_did_not_write(tmp_path: Path) -> None:
+    """``part-7.jsonl`` and ``part-000009.jsonl.bak`` are the user's: only ``part-%06d`` parts are removed."""
+    for name in ("part-7.jsonl", "part-000009.jsonl.bak", "part-000001.jsonl", "notes.txt"):
+        (tmp_path / name).write_text("mine\n")
+    written = write_part(tmp_path, 2, [{"id": 1}], "jsonl")
+    assert remove_parts_from(tmp_path, 2) == [written]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "part-000001.jsonl", "part-000009.jsonl.bak",
+                                                          "part-7.jsonl"]
+
+
 def test_an_output_in_a_missing_bucket_is_a_config_error_naming_it(s3_state: S3State) -> None:
     with pytest.raises(ConfigError) as info:
         check_writable_dir("s3://no-such-output-bucket/x")

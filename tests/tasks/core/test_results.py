@@ -4,6 +4,7 @@ every flow that writes outputs (real files, the loopback API, the session's Pref
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,8 @@ from flows.batch_map import batch_map
 from flows.db_migrate import db_migrate
 from flows.file_transform import file_transform
 from tasks.core import results as results_mod
-from tasks.core.errors import ConfigError, FatalError, ItemError
-from tasks.core.flowdef import RunFailed
-from tasks.core.results import TooManyToCollect, part_files, read_rows
+from tasks.core.errors import ConfigError, FatalError, ItemError, RunFailed, TooManyToCollect
+from tasks.core.results import part_files, read_rows
 from tests.fixtures.api_server import DATASET_SIZE, ApiServer
 
 ITEMS: list[Any] = ["Basic monthly", {"a": 1}, "Basic monthly", [1, 2], None, 7, "use token x", {"a": 1}]
@@ -44,13 +44,73 @@ def fatal_once_at_five(item: int) -> int:
     return item * 10
 
 
-def test_part_files_in_chunk_order_without_stale_temp_or_reject_parts(tmp_path: Path) -> None:
+def test_the_errors_a_user_catches_come_from_tasks_core_errors() -> None:
+    """README imports from tasks.core.errors; RunFailed was only in tasks.core.flowdef (an ImportError there)."""
+    import tasks.core
+    from tasks.core import flowdef
+
+    assert RunFailed is flowdef.RunFailed is tasks.core.RunFailed and TooManyToCollect is results_mod.TooManyToCollect
+    with pytest.raises(RunFailed) as failed:
+        batch_map([1, 2], refuse_all, retries=0)
+    assert failed.value.summary.failed == 2
+    assert pickle.loads(pickle.dumps(failed.value)).summary.failed == 2  # a persisted Failed state keeps it
+
+
+def test_part_files_in_chunk_order_without_stale_temp_reject_or_foreign_parts(tmp_path: Path) -> None:
+    """Only the names each layout writes, and subfolders only as file_transform's partition folders."""
     for name in ["part-000010.jsonl", "part-000002.jsonl", "part-000003.jsonl", ".part-000004.jsonl.tmp",
-                 "notes.txt", "_rejects/part-000001.jsonl", "k=b/part-000001.jsonl", "k=a/part-000001.jsonl"]:
+                 "notes.txt", "_rejects/part-000001.jsonl", "k=b/part-000001.jsonl", "k=a/part-000001.jsonl",
+                 "part-1.jsonl", "part-000001.jsonl.bak", "run-b/part-000001.jsonl", "part-1234567.jsonl",
+                 "part-00001.parquet", "k=a/part-00001.parquet", "k=a/j=2/part-00000-1.csv", "k=a/sub/part-00000.csv",
+                 "_rejects/part-00001.tsv", "run-b/part-00000.parquet", "part-0000001.parquet"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}\n")
     names = [p.relative_to(tmp_path).as_posix() for p in part_files(tmp_path, below=4)]
-    assert names == ["k=a/part-000001.jsonl", "k=b/part-000001.jsonl", "part-000002.jsonl", "part-000003.jsonl"]
+    assert names == ["part-000002.jsonl", "part-000003.jsonl"]
+    assert [p.relative_to(tmp_path).as_posix() for p in part_files(tmp_path)][-1] == "part-1234567.jsonl"
+    names = [p.relative_to(tmp_path).as_posix() for p in part_files(tmp_path, layout="files")]
+    assert names == ["k=a/j=2/part-00000-1.csv", "k=a/part-00001.parquet", "part-00001.parquet",
+                     "part-1234567.jsonl"]  # %05d of chunk 1234567
+    names = [p.relative_to(tmp_path).as_posix() for p in part_files(tmp_path / "_rejects", layout="rejects")]
+    assert names == ["_rejects/part-00001.tsv"]
+
+
+def test_results_of_a_run_read_none_of_a_run_nested_in_its_output(tmp_path: Path) -> None:
+    """Run B's output inside run A's: A.results() handed back B's rows among its own (and failed on a file of
+    the user's in a subfolder)."""
+    a = batch_map([{"run": "A", "i": i} for i in range(4)], shout, chunk_size=2, output=tmp_path / "out")
+    b = batch_map([{"run": "B", "i": i} for i in range(3)], shout, chunk_size=2, output=tmp_path / "out" / "run-b")
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "part-000000.jsonl").write_text("mine\n")
+    assert [r["item"] for r in a.results()] == [{"run": "A", "i": i} for i in range(4)]
+    assert [r["item"] for r in b.results()] == [{"run": "B", "i": i} for i in range(3)]
+
+
+def test_a_new_run_key_removes_only_the_parts_batchflows_writes(tmp_path: Path) -> None:
+    """``part-7.jsonl`` is not a name batchflows writes (``part-%06d``): a new run_key deleted it."""
+    out = tmp_path / "out"
+    batch_map(list(range(10)), shout, chunk_size=5, output=out)
+    mine = ["notes.txt", "part-final-report.jsonl", "part-000099.jsonl.bak", "part-7.jsonl", "part-00001.parquet"]
+    for name in mine:
+        (out / name).write_text("mine\n")
+    (out / "sub").mkdir()
+    (out / "sub" / "part-000000.jsonl").write_text("mine\n")
+    again = batch_map(list(range(3)), shout, chunk_size=5, output=out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*mine, "part-000000.jsonl", "sub"])
+    assert all((out / name).read_text() == "mine\n" for name in mine)
+    assert [r["item"] for r in again.results()] == [0, 1, 2]
+
+
+def test_file_transform_results_read_its_partition_folders_only(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("id,k\n1,a\n2,b\n3,a\n")
+    out = tmp_path / "out"
+    (out / "other").mkdir(parents=True)
+    pl.DataFrame({"id": [99]}).write_parquet(out / "other" / "part-00000.parquet")  # not a partition folder
+    summary = file_transform(src, out, partition_by=["k"], output_format="parquet")
+    assert {p.relative_to(out).as_posix() for p in out.rglob("part-*")} >= {"k=a/part-00000.parquet",
+                                                                            "k=b/part-00000.parquet"}
+    assert sorted(r["id"] for r in summary.results()) == [1, 2, 3]
 
 
 def test_read_rows_keeps_jsonl_exact_parquet_types_and_reject_text(tmp_path: Path) -> None:

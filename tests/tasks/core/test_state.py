@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 from tasks.core.errors import ConfigError
 from tasks.core.runlock import RunLock
 from tasks.core.settings import EngineSettings
-from tasks.core.state import RunDir, atomic_write, cleanup_state, validate_run_key
+from tasks.core.state import FLOWS, RunDir, atomic_write, cleanup_state, validate_run_key
 from tasks.core.state import _main as state_cli
 from tests.fixtures.s3 import S3State
 
@@ -77,6 +81,58 @@ def test_cleanup_defaults_to_the_retention_setting_and_spares_live_runs(
         os.utime(f, (time.time() - 40 * 86400,) * 2)
     monkeypatch.setenv("BATCHFLOWS_STATE_RETENTION_DAYS", "10")
     assert cleanup_state(state_dir=state_dir) == [runs[12].root, runs[40].root]
+
+
+def test_cleanup_refuses_a_flow_that_cannot_be_meant_naming_the_flows(state_dir: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--flow batch_map (the Python name) or a typo reported "removed 0 run directories" and removed nothing."""
+    old = RunDir.for_run("batch-map", "old", state_dir)
+    mine = RunDir.for_run("my-own-flow", "old", state_dir)
+    _aged(old, 40)
+    _aged(mine, 40)
+    with pytest.raises(ConfigError, match=r"unknown flow 'batch_map' \(did you mean 'batch-map'\?\).*db-migrate"):
+        cleanup_state(flow="batch_map", state_dir=state_dir)
+    for argv in (["cleanup", "--flow", "nope"], ["cleanup", "--flow", "../runs", "--dry-run"]):
+        with pytest.raises(SystemExit):
+            state_cli(argv)
+        err = capsys.readouterr().err
+        assert "unknown flow" in err and "batch-map" in err and "my-own-flow" in err
+    assert old.root.exists() and mine.root.exists()
+    assert cleanup_state(flow="etl-demo", state_dir=state_dir) == []  # a flow of ours without runs: nothing to do
+    assert cleanup_state(flow="my-own-flow", state_dir=state_dir) == [mine.root]
+
+
+def test_the_flow_names_cleanup_knows_are_those_of_the_flows() -> None:
+    import flows
+
+    names = {importlib.import_module(f"flows.{m.name}").FLOW_NAME for m in pkgutil.iter_modules(flows.__path__)}
+    assert set(FLOWS) == names
+
+
+def test_the_cleanup_cli_names_each_live_run_it_skips(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    live_run, done = RunDir.for_run("batch-map", "live", state_dir), RunDir.for_run("batch-map", "done", state_dir)
+    live = RunLock(live_run.root / "lock", flow="batch-map", run_key="live", flow_run_id=None).acquire()
+    try:
+        _aged(live_run, 40)
+        _aged(done, 40)
+        os.utime(live_run.root / "lock", (time.time() - 40 * 86400,) * 2)  # old, but held
+        assert state_cli(["cleanup", "--older-than-days", "30"]) == 0
+    finally:
+        live.release()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"removed {done.root}", f"skipped {live_run.root}: a live run holds its run_key",
+                   "removed 1 run directories; skipped 1 held by a live run"]
+    assert live_run.root.exists() and not done.root.exists()
+
+
+def test_the_documented_command_prints_no_warning(state_dir: Path) -> None:
+    """Every python -m tasks.core.state printed runpy's RuntimeWarning (the package imports the module first)."""
+    _aged(RunDir.for_run("batch-map", "old", state_dir), 40)
+    done = subprocess.run([sys.executable, "-m", "tasks.core.state", "cleanup", "--flow", "batch-map", "--dry-run"],
+                          capture_output=True, text=True, check=False, timeout=120,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.splitlines()[-1] == "would remove 1 run directories"
 
 
 def test_the_default_state_dir_is_absolute_and_the_same_from_any_working_directory(
