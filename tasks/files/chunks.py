@@ -9,7 +9,6 @@ plan that would duplicate rows.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from tasks.files.process import LINE, SOURCE_FILE, ChunkSpec, Schema, apply_tran
 from tasks.files.read import check_layouts, file_columns, is_empty_file, plan_json_keys
 from tasks.files.schema import RowValidator
 from tasks.files.split import FilePart
-from tasks.files.write import FileOutputFormat, unwritable_columns
+from tasks.files.write import FileOutputFormat, owned_parts, unwritable_columns
 
 
 def resolve_transform_handle(transform: str | None) -> Any:
@@ -111,8 +110,8 @@ def run_file_chunk(
 
 def _empty_chunk(spec: ChunkSpec, output_dir: str, empty: list[str], started: float) -> ChunkReport:
     """A chunk of empty files: 0 rows, no part; a part of this index left by an earlier plan is removed."""
-    for p in Path(output_dir).rglob(f"part-{spec.index:05d}*"):
-        if (m := _PART.match(p.name)) and int(m[1]) == spec.index:
+    for p, index in owned_parts(Path(output_dir)):
+        if index == spec.index:
             p.unlink(missing_ok=True)
     print(f"chunk {spec.index}: {', '.join(empty)} empty (no header, no rows): 0 rows")
     zero = dict.fromkeys(("rows_in", "rows_out", "rows_rejected", "rows_filtered", "bytes_out"), 0)
@@ -215,13 +214,11 @@ def _check_writable_types(out: pl.LazyFrame, output_format: FileOutputFormat, pa
         raise ConfigError(msg)
 
 
-_PART = re.compile(r"^part-(\d{5,})(?:-\d+)?\.[a-z]+$")
-
-
 def remove_stale_parts(output_dir: Path, n_chunks: int) -> list[Path]:
     """Delete ``part-<i>`` files (outputs and rejects) with ``i >= n_chunks``, left by an earlier run of
-    another plan (other inputs or chunk_bytes) in the same output_dir: they would duplicate rows."""
-    stale = [p for p in output_dir.rglob("part-*") if (m := _PART.match(p.name)) and int(m[1]) >= n_chunks]
+    another plan (other inputs or chunk_bytes) in the same output_dir: they would duplicate rows. Only the names
+    file_transform writes, where it writes them (:func:`tasks.files.write.owned_parts`): other files stay."""
+    stale = [p for p, index in owned_parts(output_dir) if index >= n_chunks]
     for p in stale:
         p.unlink(missing_ok=True)
     if stale:

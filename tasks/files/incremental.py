@@ -47,7 +47,7 @@ from tasks.core import ChunkReport
 from tasks.core.watermarks import read_watermark, save_watermark
 from tasks.files.inputs import InputFile
 from tasks.files.split import ChunkSpec, iter_chunks
-from tasks.files.write import part_index
+from tasks.files.write import owned_parts, part_index
 
 MIB = 1 << 20
 
@@ -196,8 +196,7 @@ class FileManifest:
         if not root.is_dir():
             return []
         owned = self._owned()
-        stray = [rel for p in sorted(root.rglob("part-*")) if part_index(p.name) is not None and p.is_file()
-                 and (rel := self._relative(p)) not in owned]
+        stray = [rel for p, _ in sorted(owned_parts(root)) if (rel := self._relative(p)) not in owned]
         return [rel for rel in stray if self._unlink(rel)]
 
     def _unlink(self, rel: str) -> bool:

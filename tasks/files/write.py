@@ -20,11 +20,12 @@ from typing import Literal
 import polars as pl
 
 from tasks.core import ConfigError
+from tasks.core.results import REJECTS_DIR, part_files
+from tasks.core.results import part_index as indexed
 
 FileOutputFormat = Literal["parquet", "csv", "jsonl"]
 RejectsFormat = Literal["parquet", "csv", "tsv", "jsonl"]
 _TMP_PREFIX = ".tmp-"
-_PART = re.compile(r"^part-(\d{5,})(?:-\d+)?\.[a-z]+$")
 
 
 def part_name(index: int, fmt: str) -> str:
@@ -33,10 +34,19 @@ def part_name(index: int, fmt: str) -> str:
 
 
 def part_index(name: str) -> int | None:
-    """The chunk index of a part's file name (``part-00017.parquet``, a partition's ``part-00017-1.csv``),
-    None for any other name."""
-    m = _PART.match(name)
-    return int(m[1]) if m else None
+    """The chunk index of a part's file name (``part-00017.parquet``, a partition's ``part-00017-1.csv``, a
+    reject part's ``part-00017.tsv``), None for any other name (``part-7.csv``, ``part-00017.csv.bak``)."""
+    return indexed(name, "files") if name.endswith((".parquet", ".csv", ".jsonl")) else indexed(name, "rejects")
+
+
+def owned_parts(output_dir: Path) -> list[tuple[Path, int]]:
+    """The part files file_transform writes in ``output_dir`` with their chunk indexes: directly in it, in its
+    ``col=value/`` partition folders and in ``_rejects/``; other names and other subfolders (a user's files, a
+    nested output) are never listed, so never removed."""
+    found = [(Path(p), indexed(Path(p).name, "files")) for p in part_files(output_dir, layout="files")]
+    found += [(Path(p), indexed(Path(p).name, "rejects"))
+              for p in part_files(output_dir / REJECTS_DIR, layout="rejects")]
+    return [(path, index) for path, index in found if index is not None]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -273,6 +283,7 @@ __all__ = [
     "NonFiniteFloats",
     "RejectsFormat",
     "finite_floats_only",
+    "owned_parts",
     "part_index",
     "part_name",
     "remove_temp_files",
