@@ -90,7 +90,8 @@ class FileTransformParams(FlowParams, RunGroup, OutcomeGroup, ChunkTaskGroup):
         "SQL over the table df, or 'pkg.mod:fn' (a LazyFrame -> LazyFrame function)."))] = None
     schema: Annotated[dict[str, Any] | None, Field(description=(
         "{'columns': {col: type}, 'not_null': [...], 'unique_key': [...]} or just {col: type}; rows that do not "
-        "fit go to _rejects/."))] = None
+        "fit go to _rejects/. unique_key is checked within each chunk only (a file, or a chunk_bytes piece of one): "
+        "a key repeated in another chunk or file is not rejected."))] = None
     input_format: InputFormatField = "auto"
     output_format: Annotated[FileOutputFormat, Field(description="parquet, csv or jsonl.")] = "parquet"
     chunk_bytes: Annotated[ChunkBytes, FromSetting(FileSettings, "chunk_bytes")] = SETTING

@@ -57,7 +57,7 @@ def _rejects(raws: list[str], lines: list[int], reasons: list[str], source: str)
 def _malformed(lines: list[str], first_line: int, source: str, rows: list[tuple[int, int, str]]) -> pl.DataFrame:
     """Rejects for lines that could not be parsed: rows = (start index, end index exclusive, reason)."""
     return _rejects(
-        ["\n".join(lines[s:e]).rstrip("\r") for s, e, _ in rows], [first_line + s for s, _, _ in rows],
+        ["\n".join(lines[s:e]).removesuffix("\r") for s, e, _ in rows], [first_line + s for s, _, _ in rows],
         [r for _, _, r in rows], source,
     )
 
@@ -250,12 +250,22 @@ def _csv_polars(
     ragged = ~blank & (meta["nfields"] != n)
     good = df.with_columns(pl.lit(source).alias(SOURCE_FILE), (start + first_line).alias(LINE))
     good = good.filter(~blank & ~ragged)
-    bad_meta = meta.filter(ragged)
+    bad_meta = meta.with_columns(lines=extra + 1).filter(ragged)
     bad = _rejects(
-        bad_meta["rec"].to_list(), (bad_meta["start"] + first_line).to_list(),
+        _record_texts(body, bad_meta["start"].to_list(), bad_meta["lines"].to_list()),
+        (bad_meta["start"] + first_line).to_list(),
         [f"line has {k} fields, expected {n}" for k in bad_meta["nfields"]], source,
     )
     return good, bad
+
+
+def _record_texts(body: bytes, starts: list[int], counts: list[int]) -> list[str]:
+    """The text of each record (first line index, number of lines) as it is in ``body``: a CR inside a quoted
+    field kept (polars' lines drop it), the record's own line break not. Only for rejected records."""
+    if not starts:
+        return []
+    lines = body.split(b"\n")
+    return [b"\n".join(lines[s:s + k]).removesuffix(b"\r").decode() for s, k in zip(starts, counts, strict=True)]
 
 
 class _Number:

@@ -44,6 +44,7 @@ from tasks.files.schema import (
     RowValidator,
     Schema,
     inexact_integer_text,
+    out_of_float_range,
     polars_dtype,
     type_name_of,
 )
@@ -53,6 +54,7 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 _SAMPLE_BYTES = 1024 * 1024
 _INFER_ROWS = 5_000
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark: not part of the first record
 _UINT64_MAX = (1 << 64) - 1
 _DECIMAL38_MAX = 10**38 - 1
 _EXACT_FLOAT_INTS = 1 << 53  # every integer up to this is a float exactly
@@ -235,6 +237,7 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
         return native, native
     head = _read_sample(_whole_file(part))
     if part.format == "jsonl":
+        head = head.removeprefix(_BOM)
         sample = [
             obj for x in head.decode("utf-8", "replace").split("\n") if isinstance(obj := _json_or_none(x), dict)
         ]
@@ -273,16 +276,19 @@ def file_columns(part: FilePart, *, infer: bool = True) -> tuple[dict[str, pl.Da
 
 
 def is_empty_file(part: FilePart) -> bool:
-    """True for a 0-byte file or a text file with nothing but whitespace (a gzip of nothing): no header, no rows.
-    Reads until the first other byte, so a file with data costs one small read."""
+    """True for a 0-byte file or a text file with nothing but whitespace after an optional UTF-8 byte order mark
+    (a gzip of nothing, an empty file saved "with BOM"): no header, no rows. Reads until the first other byte,
+    so a file with data costs one small read."""
     if part.compression == "none" and part.size == 0:
         return True
     if part.format == "parquet":
         return False
     with _open(_whole_file(part)) as fh:
-        while block := _read(part, fh, 4096):
+        block = _read(part, fh, 4096).removeprefix(_BOM)
+        while block:
             if block.strip():
                 return False
+            block = _read(part, fh, 4096)
     return True
 
 
@@ -304,9 +310,10 @@ def _inferred_types(sample: pl.DataFrame, raw: pl.DataFrame | None = None) -> di
         elif isinstance(dtype, pl.Datetime) and raw is not None and name in raw.columns and bool(
                 raw[name].cast(pl.String).str.contains(PAST_MICROS).any()):
             types[name] = pl.String()  # polars parsed them cutting the digits past the microseconds: keep the text
-        elif dtype.is_float() and raw is not None and name in raw.columns and bool(
-                raw.select(inexact_integer_text(pl.col(name).cast(pl.String), pl.Float64())).to_series().any()):
-            types[name] = pl.String()  # a float would round an integer past 2**53: keep the text
+        elif dtype.is_float() and raw is not None and name in raw.columns and bool(raw.select(pl.any_horizontal(
+                check(pl.col(name).cast(pl.String), pl.Float64()) for check in (inexact_integer_text, out_of_float_range)
+        )).to_series().any()):
+            types[name] = pl.String()  # a float would change an integer past 2**53 or a number past its range
     return types
 
 
@@ -441,11 +448,12 @@ class ChunkReader:
                     line = _lines_before(part) + 1
                 else:
                     line = part.first_line if part.start or part.format == "jsonl" else 0
-                for seg in _segments(part, stream, self.segment_bytes):
+                for i, seg in enumerate(_segments(part, stream, self.segment_bytes)):
                     if line == 0:
                         line = self._data_first_line(part)
                     if part.format == "jsonl":
-                        yield parse_jsonl(seg, names, line, part.path, self._exact_columns)
+                        body = seg.removeprefix(_BOM) if i == 0 and part.start == 0 else seg
+                        yield parse_jsonl(body, names, line, part.path, self._exact_columns)
                     else:
                         yield _by_name(parse_csv(seg, columns, _separator(part.format), line, part.path,
                                                  empty_as_null=self._empty_as_null), names)

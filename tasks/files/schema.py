@@ -112,7 +112,9 @@ class Schema(BaseModel):
 
     columns: dict[str, str] = Field(description="column -> type, e.g. {'id': 'int64', 'ts': 'datetime[UTC]'}")
     not_null: list[str] = Field(default_factory=list, description="Columns that must have a value.")
-    unique_key: list[str] = Field(default_factory=list, description="Columns whose combination is unique.")
+    unique_key: list[str] = Field(default_factory=list, description=(
+        "Columns whose combination is unique within each chunk (the first row wins, a repeat is rejected); a "
+        "key repeated in another chunk or file is not checked."))
     json_keys: list[str] | None = Field(None, description=(
         "JSON lines: the keys a line may have, in output order; the schema's columns not among them come after "
         "them, and a line with any other key is rejected. None: the keys in the first MiB of the chunk's files. "
@@ -210,6 +212,16 @@ def inexact_integer_text(text: pl.Expr, target: pl.DataType) -> pl.Expr:
     return whole.cast(target).cast(pl.Int128, strict=False).ne_missing(whole) | wider
 
 
+def out_of_float_range(text: pl.Expr, target: pl.DataType) -> pl.Expr:
+    """Number text the float ``target`` cannot hold: finite but past its range (the cast gives an infinity:
+    ``1e400``) or non-zero but below it (the cast gives 0: ``1e-400``). ``inf``, ``nan`` and zeros are kept."""
+    value = text.str.strip_chars()
+    cast = value.cast(target, strict=False)
+    overflow = cast.is_infinite() & ~value.str.contains("(?i)inf")
+    underflow = (cast == 0) & value.str.contains("^[^eE]*[1-9]")
+    return overflow | underflow
+
+
 def _inexact_integer(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr | None:
     """A typed integer (or a decimal's whole value) that the float ``target`` holds as another integer, or
     None when every value of ``source`` fits exactly (int32 and smaller, floats, anything not a number)."""
@@ -233,13 +245,16 @@ def _rounds(
     counts as rounding unless ``exponents`` (then its digits are counted, slower): the typed fast path steps
     aside for it, the careful path passes ``exponents`` for a batch that has one. Text to datetime: a non-zero
     digit past the microseconds. Text to float: an integer past 2**53 the float would make another one,
-    unless the caller saw no integer text that long (``integers=False``). Typed values (Parquet): see
-    :func:`_changes`."""
+    unless the caller saw no integer text that long (``integers=False``), and with ``exponents`` (the batch
+    has text with an exponent or of 300 characters or more) a finite number past the float's range (it would
+    be an infinity) or a non-zero one below it (0). Typed values (Parquet): see :func:`_changes`."""
     if isinstance(source, pl.String):
         if isinstance(target, pl.Datetime):
             return _finer_than_micros(col)
         if target.is_float():
-            return inexact_integer_text(col, target) if integers else None
+            checks = [*([inexact_integer_text(col, target)] if integers else []),
+                      *([out_of_float_range(col, target)] if exponents else [])]
+            return pl.any_horizontal(checks) if checks else None
         if not isinstance(target, pl.Decimal):
             return None
         if not exponents:
@@ -287,15 +302,34 @@ def _parse_string(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     if isinstance(dtype, pl.Date):
         return value.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
     if isinstance(dtype, pl.Datetime):
-        naive = pl.coalesce([value.str.strptime(pl.Datetime("us"), f, strict=False) for f in _NAIVE_FORMATS])
+        naive = _naive_datetime(value)
         if dtype.time_zone is None:
             return naive
         offset = pl.coalesce([value.str.strptime(pl.Datetime("us", "UTC"), f, strict=False) for f in _OFFSET_FORMATS])
-        local = naive.dt.replace_time_zone(dtype.time_zone, ambiguous="earliest", non_existent="null")
+        local = naive.dt.replace_time_zone(dtype.time_zone, ambiguous="null", non_existent="null")
         return pl.coalesce([offset.dt.convert_time_zone(dtype.time_zone), local])
     if isinstance(dtype, pl.String):
         return col
     return value.cast(dtype, strict=False)
+
+
+def _naive_datetime(value: pl.Expr) -> pl.Expr:
+    return pl.coalesce([value.str.strptime(pl.Datetime("us"), f, strict=False) for f in _NAIVE_FORMATS])
+
+
+def _dst_gap(col: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr | None:
+    """Where a local time (text without an offset, a naive typed datetime) is skipped or repeated by the
+    target's zone (a daylight-saving change): no single instant, so it is rejected rather than guessed."""
+    if not isinstance(target, pl.Datetime) or target.time_zone is None:
+        return None
+    if isinstance(source, pl.String):
+        naive = _naive_datetime(col.str.strip_chars())
+    elif isinstance(source, pl.Datetime) and source.time_zone is None:
+        naive = col
+    else:
+        return None
+    local = naive.dt.replace_time_zone(target.time_zone, ambiguous="null", non_existent="null")
+    return naive.is_not_null() & local.is_null()
 
 
 def _cast_any(
@@ -307,7 +341,7 @@ def _cast_any(
         return _cast_string(col, target, exponents=exponents, integers=integers)
     if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime) and target.time_zone:
         if source.time_zone is None:
-            moved = col.dt.replace_time_zone(target.time_zone, non_existent="null").cast(target)
+            moved = col.dt.replace_time_zone(target.time_zone, ambiguous="null", non_existent="null").cast(target)
         else:
             moved = col.dt.convert_time_zone(target.time_zone).cast(target)
         return _unless_rounding(moved, _rounds(col, source, target))
@@ -316,7 +350,8 @@ def _cast_any(
 
 def _batch_checks(raw: pl.DataFrame, name: str, source: pl.DataType, target: pl.DataType) -> dict[str, bool]:
     """What a batch's text needs checked beyond the quick checks: ``exponents`` (a decimal target, text with an
-    exponent: its digits are counted) and ``integers`` (a float target, integer text of 16 digits or more, which
+    exponent: its digits are counted; a float target, text with an exponent or of 300 characters or more: it
+    may be past the float's range) and ``integers`` (a float target, integer text of 16 digits or more, which
     may be past 2**53). Each is one look at the batch, so a batch without them pays nothing more."""
     if not isinstance(source, pl.String):
         return {}
@@ -324,7 +359,9 @@ def _batch_checks(raw: pl.DataFrame, name: str, source: pl.DataType, target: pl.
     if isinstance(target, pl.Decimal):
         return {"exponents": bool(text.str.contains("[eE]").any())}
     if target.is_float():
-        return {"integers": bool(text.filter(text.str.len_bytes() >= 16).str.contains(_LONG_INTEGER_TEXT).any())}
+        long = text.str.len_bytes() >= 16
+        return {"integers": bool(text.filter(long).str.contains(_LONG_INTEGER_TEXT).any()),
+                "exponents": bool((text.str.contains("[eE]") | (text.str.len_bytes() >= 300)).any())}
     return {}
 
 
@@ -410,11 +447,19 @@ class RowValidator:
         col = pl.col(name)
         value = col.cast(pl.String)
         not_type = pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(f"' is not {tname}{self._hint}")])
+        if (gap := _dst_gap(col, source, target)) is not None and isinstance(target, pl.Datetime):
+            why = (f"' is a local time that {target.time_zone} skips or repeats (a daylight-saving change), so no "
+                   "single instant; give it a UTC offset (e.g. +01:00)")
+            not_type = pl.when(gap).then(pl.concat_str([pl.lit(f"{name}: '"), value, pl.lit(why)])).otherwise(not_type)
         rounds = _rounds(col, source, target, exponents=exponents, integers=integers)
         if rounds is None or not isinstance(target, pl.Decimal | pl.Datetime | pl.Float64 | pl.Float32):
             return not_type  # a typed value another type would change (1.5 as int64): not of that type
         if target.is_float():
-            return pl.when(rounds).then(self._inexact(name, source, target)).otherwise(not_type)
+            why_float = pl.when(rounds).then(self._inexact(name, source, target)).otherwise(not_type)
+            if exponents and isinstance(source, pl.String):
+                past = out_of_float_range(col, target)
+                why_float = pl.when(past).then(self._out_of_range(name, target)).otherwise(why_float)
+            return why_float
         if isinstance(target, pl.Datetime):
             why = f"has digits past the microseconds; {tname} keeps microseconds and would drop them"
         else:
@@ -431,6 +476,15 @@ class RowValidator:
         fix = "); declare the column int64, uint64, decimal(38,0) or str to keep it"
         return pl.concat_str([pl.lit(f"{name}: '"), col.cast(pl.String), pl.lit(why), as_float.cast(pl.String),
                               pl.lit(fix + self._hint)])
+
+    def _out_of_range(self, name: str, target: pl.DataType) -> pl.Expr:
+        """Why a number is not cast to a float: past its range (an infinity) or non-zero below it (0)."""
+        col = pl.col(name)
+        tname = self.schema.columns.get(name, type_name_of(target))
+        why = f"' is out of the range of {tname} (it would be "
+        fix = "); declare the column decimal(p,s) or str to keep it"
+        return pl.concat_str([pl.lit(f"{name}: '"), col, pl.lit(why),
+                              col.str.strip_chars().cast(target, strict=False).cast(pl.String), pl.lit(fix + self._hint)])
 
     def _mark_duplicates(self, df: pl.DataFrame) -> pl.DataFrame:
         keys = self.schema.unique_key
@@ -462,6 +516,7 @@ __all__ = [
     "Schema",
     "check_column_names",
     "inexact_integer_text",
+    "out_of_float_range",
     "parse_schema",
     "polars_dtype",
     "type_name_of",

@@ -9,8 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.file_transform import file_transform
+from flows.file_transform import FileTransformParams, file_transform
 from tasks.core.errors import ConfigError
+from tasks.files.schema import Schema
 from tests.flows.test_file_transform import counts_add_up
 
 
@@ -119,3 +120,52 @@ def test_a_transform_that_raises_in_a_chunk_stops_the_run(tmp_path: Path) -> Non
     assert s.state == "Failed" and s.message.startswith("stopped by a fatal error: chunk 0 (")
     assert "raised RuntimeError: lookup table missing" in s.message and "a0.csv" in s.message
     assert s.extra["chunks_failed"] == 1 and len(CALLS) == 2  # no retry, no other chunk
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_local_time_a_dst_change_skips_or_repeats_is_rejected_from_text_and_parquet(tmp_path: Path, fmt: str) -> None:
+    """Parquet failed the whole chunk on an ambiguous time (polars raised), text took the earlier offset."""
+    (tmp_path / "in").mkdir()
+    texts = ["2024-01-01 00:00:00", "2024-03-31 02:30:00", "2024-10-27 02:30:00", "2024-10-27 03:30:00"]
+    df = pl.DataFrame({"n": [1, 2, 3, 4], "ts": texts})
+    if fmt == "parquet":
+        df.with_columns(pl.col("ts").str.to_datetime()).write_parquet(tmp_path / "in" / "a.parquet")
+    else:
+        df.write_csv(tmp_path / "in" / "a.csv")
+    s = file_transform(tmp_path / "in", tmp_path / "out", schema={"n": "int64", "ts": "datetime[Europe/Paris]"},
+                       run_key="dst", raise_on_failure=False)
+    counts_add_up(s)
+    assert (s.extra["rows_out"], s.extra["rows_rejected"], s.extra["chunks_failed"]) == (2, 2, 0)
+    out = pl.read_parquet(tmp_path / "out" / "part-00000.parquet")
+    assert out["ts"].dt.to_string("%Y-%m-%d %H:%M%z").to_list() == ["2024-01-01 00:00+0100", "2024-10-27 03:30+0100"]
+    rejects = list(s.rejects())
+    assert [int(r["n"]) for r in rejects] == [2, 3]
+    for r, text in zip(rejects, texts[1:3], strict=True):
+        assert r["_reject_reason"].startswith(f"ts: '{text}")
+        assert "is a local time that Europe/Paris skips or repeats (a daylight-saving change)" in r["_reject_reason"]
+
+
+@pytest.mark.parametrize("bad", ["1e400", "-1.8e308", "1e-400", "0." + "0" * 330 + "1"])
+def test_float64_rejects_finite_text_past_its_range_and_keeps_inf_nan_and_zero(tmp_path: Path, bad: str) -> None:
+    """``1e400`` became inf, ``1e-400`` 0.0, silently (fast and careful path alike)."""
+    (tmp_path / "in").mkdir()
+    good = ["1.5", "inf", "-Infinity", "0", "-0.0e-5", "5e-324", "2.5"]  # no value that sends it to the careful path
+    (tmp_path / "in" / "a.csv").write_text("n,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate([*good, bad])))
+    s = file_transform(tmp_path / "in", tmp_path / "out", schema={"n": "int64", "v": "float64"}, run_key="fr",
+                       raise_on_failure=False)
+    counts_add_up(s)
+    assert (s.extra["rows_out"], s.extra["rows_rejected"]) == (len(good), 1)
+    out = pl.read_parquet(tmp_path / "out" / "part-00000.parquet")
+    assert out["v"].to_list() == [1.5, float("inf"), float("-inf"), 0.0, -0.0, 5e-324, 2.5]
+    (reject,) = s.rejects()
+    assert reject["_reject_reason"].startswith(f"v: '{bad}' is out of the range of float64 (it would be ")
+    s = file_transform(tmp_path / "in", tmp_path / "inferred", run_key="fr-inferred", raise_on_failure=False)
+    assert s.ok and s.extra["rows_out"] == len(good) + 1  # inferred as text: no value the inference saw is rejected
+    assert pl.read_parquet(tmp_path / "inferred" / "part-00000.parquet")["v"].to_list()[-1] == bad
+
+
+def test_the_run_form_says_unique_key_is_checked_within_each_chunk_only() -> None:
+    """Duplicates across chunks or files pass: the form and the schema's own description said nothing of it."""
+    assert "unique_key is checked within each chunk only" in \
+        FileTransformParams.model_json_schema()["properties"]["schema"]["description"]
+    assert "unique within each chunk" in Schema.model_json_schema()["properties"]["unique_key"]["description"]

@@ -16,6 +16,7 @@ import pytest
 from flows.file_transform import file_transform
 from tasks.core.errors import ConfigError
 from tasks.core.outcomes import RunSummary
+from tasks.files.parse import raw_bytes
 from tasks.files.read import SEGMENT_BYTES
 from tests.run_flow import finish, start_flow, summary_in
 
@@ -177,3 +178,41 @@ def test_a_lone_surrogate_escape_in_a_json_line_is_rejected_and_a_pair_kept(tmp_
                                                           else [(lines[2], 2)])
     assert rejects[-1]["_source_file"] == str(src)
     assert rejects[-1]["_reject_reason"].startswith("name: holds the escape of a lone UTF-16 surrogate (\\ud800,")
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("bad_quote", [False, True], ids=["polars", "python"])
+def test_a_rejected_row_with_cr_lf_in_a_quoted_field_keeps_its_bytes(tmp_path: Path, eol: bytes, bad_quote: bool) -> None:
+    """polars' lines drop each CR: the reject of ``2,"a\\r\\nb",extra`` came out as ``2,"a\\nb",extra``."""
+    row = b'2,"a\r\nb",extra'
+    tail = [b'4,"x"y,z'] if bad_quote else []  # bad quoting sends the segment to Python's csv
+    src = tmp_path / "a.csv"
+    src.write_bytes(eol.join([b"id,name", b"1,x", row, b"3,y", *tail]) + eol)
+    out = tmp_path / "out"
+    s = file_transform(src, out, output_format="csv", run_key="cr", raise_on_failure=False)
+    assert (s.total, s.succeeded, s.failed) == (3 + bad_quote, 2, 1 + bad_quote)
+    counts_add_up(s)
+    rejects = list(s.rejects())
+    assert [raw_bytes(r["_raw"], r["_reject_reason"]) for r in rejects] == [row, *tail]
+    assert [int(r["_line"]) for r in rejects] == [3, 6][: 1 + bad_quote]
+    written = pl.read_csv(out / "_rejects" / "part-00000.csv", infer_schema=False)["_raw"].to_list()
+    assert [w.encode() for w in written] == [row, *tail]
+
+
+def test_a_utf8_bom_starts_json_lines_and_a_bom_only_csv_is_an_empty_file(tmp_path: Path) -> None:
+    """A BOM rejected the first JSON line (``invalid JSON``) and made every inferred type str; a CSV holding only
+    a BOM (an empty file saved "with BOM") failed its chunk and the good file grouped with it."""
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"id": 1, "name": "x"}\n{"id": 2, "name": "y"}\n')
+    s = file_transform(tmp_path / "j", tmp_path / "oj", run_key="bomj", raise_on_failure=False)
+    assert s.ok and (s.total, s.succeeded, s.failed) == (2, 2, 0)
+    out = pl.read_parquet(tmp_path / "oj" / "part-00000.parquet")
+    assert out.schema["id"] == pl.Int64 and out["id"].to_list() == [1, 2] and out["name"].to_list() == ["x", "y"]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.csv").write_bytes(b"\xef\xbb\xbf")
+    (tmp_path / "c" / "b.csv").write_bytes(b"\xef\xbb\xbf\r\n")
+    (tmp_path / "c" / "c.csv").write_bytes(b"id,v\n1,x\n2,y\n")
+    s = file_transform(tmp_path / "c", tmp_path / "oc", run_key="bomc", raise_on_failure=False)
+    assert s.ok and (s.total, s.succeeded, s.extra["chunks_failed"], s.extra["files_empty"]) == (2, 2, 0, 2)
+    counts_add_up(s)
+    assert pl.read_parquet(tmp_path / "oc" / "part-00000.parquet")["v"].to_list() == ["x", "y"]
