@@ -120,28 +120,49 @@ def ensure_watermarks(url: UrlLike, target: TableName) -> TableName:
 def read_watermark(url: UrlLike, target: TableName, stream: str) -> Any:
     """The stored watermark (JSON value), or None when no run completed yet (or the table is absent)."""
     table = ensure_watermarks(url, target)
-    with connect(url, "target") as db:
+    with connect(url, "target", read_only=True) as db:
         rows = db.all(f"SELECT watermark FROM {table.sql(db.dialect)} WHERE stream_key = {db.ph}", [stream])
         if db.dialect != "sqlite":
             db.raw.rollback()
     return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
-def save_watermark(url: UrlLike, target: TableName, state: IncrementalState, value: Any, run_key: str) -> None:
-    """Store ``value`` as the stream's watermark in one transaction (replacing the old one). The table is made
-    when missing: a rerun that replays its saved plan never read the watermark (the target may be new)."""
+def save_watermark(url: UrlLike, target: TableName, state: IncrementalState, value: Any, run_key: str, *,
+                   column: ColumnInfo) -> tuple[Any, Any]:
+    """Store ``value`` as the stream's watermark in one transaction (replacing the old one), unless the stored
+    one is newer: the watermark never moves back (a resumed run's window may end below what a later run
+    stored), except with ``state.reset``. ``column`` (the watermark column) compares the values. Returns
+    (the watermark stored before, the one stored now). The table is made when missing: a rerun that replays
+    its saved plan never read the watermark (the target may be new)."""
     table = ensure_watermarks(url, target)
     with connect(url, "target", write=True) as db:
         ph = db.ph
         if db.dialect == "sqlite":
             db.raw.execute("BEGIN IMMEDIATE")
-        db.raw.execute(f"DELETE FROM {table.sql(db.dialect)} WHERE stream_key = {ph}", (state.stream,))
-        db.raw.execute(
-            f"INSERT INTO {table.sql(db.dialect)} (stream_key, target_table, column_name, watermark, run_key, "
-            f"updated_at) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph})",
-            (state.stream, str(target), state.column, json.dumps(value), run_key,
-             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        lock = "" if db.dialect == "sqlite" else " FOR UPDATE"
+        rows = db.all(f"SELECT watermark FROM {table.sql(db.dialect)} WHERE stream_key = {ph}{lock}", [state.stream])
+        stored = json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
+        if not state.reset and _newer(column, stored, value):
+            db.raw.execute("COMMIT") if db.dialect == "sqlite" else db.raw.commit()
+            return stored, stored
+        values = (str(target), state.column, json.dumps(value), run_key, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime()), state.stream)
+        if rows:  # one statement either way: the row locked above is updated, or the first one inserted
+            db.raw.execute(f"UPDATE {table.sql(db.dialect)} SET target_table = {ph}, column_name = {ph}, watermark = "
+                           f"{ph}, run_key = {ph}, updated_at = {ph} WHERE stream_key = {ph}", values)
+        else:
+            db.raw.execute(
+                f"INSERT INTO {table.sql(db.dialect)} (target_table, column_name, watermark, run_key, updated_at, "
+                f"stream_key) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph})", values)
         db.raw.execute("COMMIT") if db.dialect == "sqlite" else db.raw.commit()
+    return stored, value
+
+
+def _newer(col: ColumnInfo, stored: Any, value: Any) -> bool:
+    """Whether the stored watermark is past ``value`` (then it stays)."""
+    if stored is None or value is None:
+        return stored is not None
+    return bool(coerce(col, stored) > coerce(col, value))
 
 
 def clear_watermark(url: UrlLike, target: TableName, stream: str) -> None:
@@ -167,7 +188,7 @@ def index_watermark(url: UrlLike, target: TableName, column: str) -> None:
 
 def source_high(url: UrlLike, schema: SourceSchema, col: ColumnInfo) -> Any:
     """The source's current maximum of the watermark column (JSON value; None for no non-NULL value)."""
-    with connect(url, "source") as db:
+    with connect(url, "source", read_only=True) as db:
         order = ", ".join(f"{e} DESC" for e in watermark_order(db, col))
         rows = db.all(f"SELECT {db.q(col.name)} FROM {schema.relation(db.dialect)} WHERE {db.q(col.name)} IS NOT "
                       f"NULL ORDER BY {order} LIMIT 1")
@@ -194,9 +215,11 @@ def shifted(col: ColumnInfo, value: Any, lookback: float) -> Any:
 
 def plan_window(source: UrlLike, target: UrlLike, target_table: TableName, schema: SourceSchema, col: ColumnInfo,
                 stream: str, *, lookback: float, reset: bool) -> Window:
-    """Read the stored watermark (unless ``reset``) and the source's maximum: this run's slice."""
-    before = None if reset else read_watermark(target, target_table, stream)
-    high = source_high(source, schema, col)
+    """Read the stored watermark (unless ``reset``) and the source's maximum (both at once): this run's slice."""
+    with ThreadPoolExecutor(1) as pool:
+        stored = None if reset else submit_in_run(pool, read_watermark, target, target_table, stream)
+        high = source_high(source, schema, col)
+        before = None if stored is None else stored.result()
     return Window(column=col, low=shifted(col, before, lookback), high=high, before=before)
 
 
@@ -224,7 +247,7 @@ _INT_KINDS = frozenset({"smallint", "integer", "bigint"})
 def _keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> set[tuple[Any, ...]]:
     """The keys of a range as tuples of JSON values (equal on both sides for equal keys)."""
     cols = schema.key_columns()
-    with connect(url, role) as db:  # type: ignore[arg-type]
+    with connect(url, role, read_only=True) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, cols, rng)
         relation = schema.relation(db.dialect)
         rows = db.all(f"SELECT {', '.join(db.q(c.name) for c in cols)} FROM {relation} WHERE {where}", params)
@@ -238,7 +261,7 @@ def _keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> set[t
 def _int_keys(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str) -> list[int]:
     """The keys of a range whose key is one integer column, in order (PostgreSQL: one array, not a row each)."""
     (col,) = schema.key_columns()
-    with connect(url, role) as db:  # type: ignore[arg-type]
+    with connect(url, role, read_only=True) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, [col], rng)
         name, relation = db.q(col.name), schema.relation(db.dialect)
         if db.dialect == "postgresql":
@@ -344,18 +367,31 @@ class IncrementalJob:
         if st is None:
             return
         summary.incremental_column = st.column
-        summary.watermark_before = st.before
         summary.incremental_reset = st.reset
         summary.lag_s = lag_seconds(st.high)  # JSON ISO times; None for integers
         after = st.high if st.high is not None else st.before
-        if moved:
-            save_watermark(target, self.target_table, st, after, run_key)
-        summary.watermark_after = after if moved else st.before
-        summary.extra.update({"watermark_before": st.before, "watermark_after": summary.watermark_after,
+        if moved:  # the stored watermark as it is now: a resumed run's plan may predate a later run's
+            before, summary.watermark_after = save_watermark(target, self.target_table, st, after, run_key,
+                                                             column=self.column)
+        else:
+            before = summary.watermark_after = self._stored(target)
+        summary.watermark_before = None if st.reset else before
+        summary.extra.update({"watermark_before": summary.watermark_before, "watermark_after": summary.watermark_after,
                               "lag_s": summary.lag_s, "rows_deleted": summary.rows_deleted})
         lag = f", lag {summary.lag_s:.0f} s" if summary.lag_s is not None else ""
         kept = "" if moved else " (kept: not every range committed and verified; the next run covers this one)"
-        print(redact_text(f"watermark {st.column!r}: {st.before!r} -> {summary.watermark_after!r}{kept}{lag}"))
+        if moved and summary.watermark_after != after:
+            kept = f" (kept: a later run stored it; this run's window ended at {after!r})"
+        print(redact_text(f"watermark {st.column!r}: {summary.watermark_before!r} -> {summary.watermark_after!r}"
+                          f"{kept}{lag}"))
+
+    def _stored(self, target: UrlLike) -> Any:
+        """The stored watermark of a run that does not move it (the plan's when the target cannot be read:
+        the run failed already, and its reason must not be hidden by this read)."""
+        try:
+            return read_watermark(target, self.target_table, self.stream)
+        except Exception:  # reporting only
+            return self.state.before if self.state is not None else None
 
 
 def incremental_job(source: UrlLike, target: UrlLike, schema: SourceSchema, tgt_schema: SourceSchema, *,

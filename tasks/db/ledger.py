@@ -17,7 +17,7 @@ import time
 from pydantic import BaseModel, ConfigDict
 
 from tasks.db.conn import Db, TableName, UrlLike, creating
-from tasks.db.session import connect
+from tasks.db.session import connect, known_table, note_table
 
 LEDGER_TABLE = "_batchflows_ranges"
 
@@ -40,14 +40,18 @@ def ledger_table(target: TableName) -> TableName:
 def create_if_missing(url: UrlLike, table: TableName, columns: str) -> TableName:
     """``CREATE TABLE IF NOT EXISTS table (columns)`` in the target, committed (bookkeeping tables). An existing
     table is not created again: a user without the right to create tables (PostgreSQL and MySQL check it before
-    ``IF NOT EXISTS``) runs once someone made the table."""
-    with connect(url, "target", write=True) as db:
-        if _exists(db, table):
-            return table
-        with creating(db, table):
+    ``IF NOT EXISTS``) runs once someone made the table. Found or made once, a run does not ask again."""
+    name = table.sql("postgresql")
+    if known_table(url, name):
+        return table
+    with connect(url, "target", write=True, read_only=True) as db:  # PostgreSQL: the check is one round trip
+        found = _exists(db, table)
+    if not found:
+        with connect(url, "target", write=True) as db, creating(db, table):
             db.raw.execute(f"CREATE TABLE IF NOT EXISTS {table.sql(db.dialect)} ({columns})")
             if db.dialect == "postgresql":
                 db.raw.commit()
+    note_table(url, name)
     return table
 
 
@@ -81,7 +85,7 @@ def committed(db: Db, entry: LedgerEntry) -> tuple[int, int] | None:
 def committed_keys(url: UrlLike, table: TableName, run_key: str) -> set[str]:
     """The range keys of ``run_key`` the target's ledger holds (one query for a whole run): what a rerun may
     take from its state dir's records without copying again."""
-    with connect(url, "target") as db:
+    with connect(url, "target", read_only=True) as db:
         rows = db.all(f"SELECT range_key FROM {table.sql(db.dialect)} WHERE run_key = {db.ph}", [run_key])
     return {str(r[0]) for r in rows}
 

@@ -238,13 +238,17 @@ def verify_range_task(rng: KeyRange, job: CopyJob) -> RangeCheck:
 
 def verify_all(ranges: Sequence[KeyRange], job: CopyJob, *, max_concurrency: int, counts_only: bool
                ) -> tuple[int, list[RangeMismatch]]:
-    """Verify ranges as Prefect tasks (bounded window, never cached); return (matching, mismatches)."""
+    """Verify ranges as Prefect tasks (bounded window, never cached); return (matching, mismatches). A single
+    range (an incremental run's window, a small table) is checked in the flow's thread: the same check and
+    verdict without a task run and its thread pool (~5-10 % of such a run)."""
     matching = 0
     bad: list[RangeMismatch] = []
 
     def on_done(rng: KeyRange, state: State) -> None:
+        verdict(rng, state.result(raise_on_failure=False))
+
+    def verdict(rng: KeyRange, result: Any) -> None:
         nonlocal matching
-        result = state.result(raise_on_failure=False)
         base = {"index": rng.index, "lower": rng.lower, "upper": rng.upper, "scan": rng.scan}
         if not isinstance(result, RangeCheck):
             bad.append(RangeMismatch(**base, error=redact_text(f"{type(result).__name__}: {result}")[:500]))
@@ -256,10 +260,22 @@ def verify_all(ranges: Sequence[KeyRange], job: CopyJob, *, max_concurrency: int
             bad.append(RangeMismatch(**base, count_src=result.count_src, count_tgt=result.count_tgt,
                                      first_difference=None if counts_only else result.first_difference))
 
+    if len(ranges) == 1:
+        verdict(ranges[0], _verify_here(ranges[0], job))
+        return matching, bad
     with open_task_runner("threads", max_concurrency) as runner:
         run_window(ranges, lambda r: runner.submit(verify_range_task, parameters={"rng": r, "job": job}), on_done,
                    max_in_flight=max_concurrency, runner=lambda: runner)
     return matching, sorted(bad, key=lambda m: m.index)
+
+
+def _verify_here(rng: KeyRange, job: CopyJob) -> RangeCheck | Exception:
+    """:func:`verify_range_task`'s check in this thread: its verdict, or the exception that failed it (a failed
+    check is a mismatch naming the error, as a failed task run is)."""
+    try:
+        return verify_range_task.fn(rng, job)
+    except Exception as exc:
+        return exc
 
 
 def mismatch_reason(bad: Sequence[RangeMismatch], checked: int) -> str:

@@ -217,7 +217,7 @@ def reflect(url: UrlLike, table: str | TableName | None = None, *, query: str | 
     tname = parse_table_name(table) if table is not None else None
     sql = validate_query(query) if query is not None else None
     keys = None if isinstance(key, list | tuple) and not key else parse_key(key)  # [] = no key given
-    with connect(url, role) as db:
+    with connect(url, role, read_only=query is None) as db:  # catalog reads: a round trip each (tasks.db.session)
         if db.dialect == "mysql":
             from tasks.db.mysql import reflect_mysql  # imports this module
 
@@ -250,7 +250,7 @@ def target_table_exists(url: UrlLike, table: str | TableName) -> bool:
     ep = parse_db_url(url)
     if ep.dialect == "sqlite" and not Path(ep.database).exists():
         return False
-    with connect(ep, "target") as db:
+    with connect(ep, "target", read_only=True) as db:
         if db.dialect == "mysql":
             from tasks.db.mysql import table_exists
 
@@ -267,8 +267,8 @@ def target_table_exists(url: UrlLike, table: str | TableName) -> bool:
 
 
 class Window(BaseModel):
-    """An incremental run's slice of the source: rows whose ``column`` is in ``(low, high]`` (None =
-    unbounded), plus the rows where it is NULL (they cannot be placed, so every run takes them: nothing is
+    """An incremental run's slice of the source: rows whose ``column`` is in ``[low, high]`` (None =
+    unbounded; ``low`` inclusive, so rows committed later at the watermark itself are read again), plus the rows where it is NULL (they cannot be placed, so every run takes them: nothing is
     lost). ``live``: a soft-delete column; only rows where it is not set (verify compares live rows)."""
 
     model_config = ConfigDict(frozen=True)
@@ -418,17 +418,19 @@ def _epoch_micros(value: Any) -> int:
 
 
 def _window_predicate(db: Db, w: Window, parts: list[str], params: list[Any]) -> None:
-    """The slice ``low < column <= high`` (or NULL), exactly on every side: in SQLite ``julianday()`` decides
-    unless both are in one millisecond, then the text's microseconds do (as PostgreSQL and MySQL compare)."""
+    """The slice ``low <= column <= high`` (or NULL), exactly on every side: in SQLite ``julianday()`` decides
+    unless both are in one millisecond, then the text's microseconds do (as PostgreSQL and MySQL compare).
+    ``low`` is inclusive: a row committed after a run with the watermark's own value (a second-precision
+    DATETIME, a timestamp shared by one transaction's rows) is read by the next run, not lost."""
     inside = []
     sqlite_time = db.dialect == "sqlite" and w.column.kind in _TEMPORAL
-    for bound, op in ((w.low, ">"), (w.high, "<=")):
+    for bound, op in ((w.low, ">="), (w.high, "<=")):
         if bound is None:
             continue
         mark = bind_key(db, w.column, bound)
         if sqlite_time:  # most rows fail the first test (below the window): one julianday() call each
             q, ph = db.q(w.column.name), db.ph
-            weak, strict = (">=", ">") if op == ">" else ("<=", "<")
+            weak, strict = (">=", ">") if op == ">=" else ("<=", "<")
             inside.append(f"(julianday({q}) {weak} julianday({ph}) AND (julianday({q}) {strict} julianday({ph}) OR "
                           f"{_sqlite_micros(q)} {op} {ph}))")
             params.extend([mark, mark, _epoch_micros(coerce(w.column, bound))])
@@ -501,7 +503,7 @@ def plan_ranges(url: UrlLike, table: str | None = None, *, query: str | None = N
     if verify_key:
         check_key(url, schema)
     cols = schema.key_columns()
-    with connect(url, "source") as db:
+    with connect(url, "source", read_only=schema.table is not None) as db:
         if window is None and _walkable(db, schema):
             bounds, total = walk_points(db, schema, chunk_rows)
         else:

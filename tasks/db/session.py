@@ -17,6 +17,13 @@ outside it, it is :func:`tasks.db.conn.connect`. What keeps that safe:
   again: a retried range gets a new one), and so does a connection idle for more than ``_MAX_IDLE_S``;
 * every connection is closed when the run ends. PostgreSQL only: SQLite opens in microseconds, and MySQL's
   sessions are left as they were.
+
+``read_only=True`` (PostgreSQL, pooled or not): a step of single-statement reads runs them in autocommit, so
+each is one round trip instead of three (psycopg sends its own ``BEGIN`` before the first statement, and the
+step's ``ROLLBACK`` is another). Under READ COMMITTED every statement takes its own snapshot either way; not
+for steps that need a transaction (``SET LOCAL``, a named cursor, locks held across statements).
+Bookkeeping tables a step found or created are remembered for the rest of the run (:func:`known_table`), so
+later steps do not ask again.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class _Pool:
         self._idle: dict[_Key, list[tuple[Db, AbstractContextManager[Db], float]]] = {}
         self._lock = threading.Lock()
         self.opened = 0
+        self.known: set[tuple[_Key, str]] = set()  # (endpoint, table) of bookkeeping tables found or made
 
     def take(self, key: _Key) -> tuple[Db, AbstractContextManager[Db]] | None:
         while True:
@@ -121,13 +129,16 @@ def _reusable(db: Db) -> bool:
 
 
 @contextmanager
-def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iterator[Db]:
+def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False, read_only: bool = False) -> Iterator[Db]:
     """:func:`tasks.db.conn.connect`, reusing an idle connection of this thread inside
-    :func:`shared_connections` (PostgreSQL)."""
+    :func:`shared_connections` (PostgreSQL). ``read_only``: the step's statements run in autocommit (see the
+    module doc)."""
     pool = _pool.get()
     ep = url if isinstance(url, Endpoint) else parse_db_url(url)
     if pool is None or ep.dialect != "postgresql":
         with _open(ep, role, write=write) as db:
+            if read_only and ep.dialect == "postgresql":
+                db.raw.autocommit = True
             yield db
         return
     key = _key(ep, role)
@@ -138,6 +149,7 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         pool.opened += 1
     else:
         db, ctx = found
+    db.raw.autocommit = read_only  # idle here: set on the client, no round trip
     try:
         yield db
     except BaseException:
@@ -145,6 +157,7 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         raise
     try:
         ok = _reusable(db)
+        db.raw.autocommit = False
     except Exception:
         ok = False
     if ok:
@@ -153,10 +166,28 @@ def connect(url: UrlLike | Endpoint, role: Role, *, write: bool = False) -> Iter
         _close(ctx)
 
 
+def known_table(url: UrlLike | Endpoint, table: str) -> bool:
+    """Whether a step of this run found or created bookkeeping table ``table`` (SQL name) in that database."""
+    pool = _pool.get()
+    return pool is not None and (_table_key(url), table) in pool.known
+
+
+def note_table(url: UrlLike | Endpoint, table: str) -> None:
+    """Remember for the rest of the run that ``table`` exists (no-op outside :func:`shared_connections`)."""
+    pool = _pool.get()
+    if pool is not None:
+        with pool._lock:
+            pool.known.add((_table_key(url), table))
+
+
+def _table_key(url: UrlLike | Endpoint) -> _Key:
+    return _key(url if isinstance(url, Endpoint) else parse_db_url(url), "target")
+
+
 def submit_in_run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
     """``pool.submit`` in a copy of this thread's context: a step run on another thread (one side of a
     comparison) takes the run's idle connections instead of opening its own."""
     return pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
-__all__ = ["connect", "shared_connections", "submit_in_run"]
+__all__ = ["connect", "known_table", "note_table", "shared_connections", "submit_in_run"]

@@ -27,7 +27,17 @@ from tasks.db.conn import Db, UrlLike, parse_db_url, parse_table_name
 from tasks.db.copier import iter_rows, read_with_times
 from tasks.db.physical import verify_scope
 from tasks.db.refusals import shifted_array_key
-from tasks.db.schema import KeyRange, SourceSchema, key_expr, plan_ranges, range_predicate, reflect
+from tasks.db.schema import (
+    KeyRange,
+    SourceSchema,
+    Window,
+    bind_key,
+    decode_key,
+    key_expr,
+    plan_ranges,
+    range_predicate,
+    reflect,
+)
 from tasks.db.session import connect, submit_in_run
 from tasks.db.typemap import ColumnInfo
 from tasks.db.unchanged import binary_digest, identical_types
@@ -47,6 +57,7 @@ class RangeCheck(BaseModel):
     ok: bool
     first_difference: list[Any] | None = None
     method: str = "python"
+    kept: int = 0  # target-only rows of an incremental window the source deleted or changed since (not differences)
 
 
 def _rows(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
@@ -151,7 +162,7 @@ def _pg_digests(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str, te
                 ) -> list[tuple[list[Any], bytes]]:
     """(key, md5 of the row's canonical record text) per row, computed by the server (PG <-> PG only)."""
     key_cols = schema.key_columns()
-    with connect(url, role) as db:  # type: ignore[arg-type]
+    with connect(url, role, read_only=True) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, key_cols, rng)
         record = _pg_record(db, schema, text_json)
         keys = ", ".join(db.q(c.name) for c in key_cols)
@@ -171,7 +182,7 @@ def _pg_aggregate(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
                   text_json: frozenset[str] = frozenset()) -> tuple[int, str]:
     """(count, checksum) of a range computed entirely by the server: nothing but two values travels."""
     key_cols = schema.key_columns()
-    with connect(url, role) as db:  # type: ignore[arg-type]
+    with connect(url, role, read_only=True) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, key_cols, rng)
         record = _pg_record(db, schema, text_json)
         order = ", ".join(key_expr(db, key_cols))
@@ -185,7 +196,7 @@ def _pg_multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
                  text_json: frozenset[str] = frozenset()) -> tuple[int, str]:
     """(count, order-independent checksum) for a table without a key: the sum of every row's md5 (as a
     64-bit number), so equal multisets of rows give equal sums whatever order the rows are stored in."""
-    with connect(url, role) as db:  # type: ignore[arg-type]
+    with connect(url, role, read_only=True) as db:  # type: ignore[arg-type]
         where, params = range_predicate(db, [], rng)
         record = _pg_record(db, schema, text_json)
         row = db.all(f"SELECT count(*), coalesce(sum(('x' || left(md5(ROW({record})::text), 16))::bit(64)::bigint"
@@ -262,6 +273,8 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
             if not ok:
                 da = submit_in_run(pool, _pg_digests, source_url, source, rng, "source", text_json)
                 db_ = submit_in_run(pool, _pg_digests, target_url, target, rng, "target", text_json)
+                if rng.window is not None:
+                    return _window_check(source_url, source, rng, da.result(), db_.result(), "sql")
                 first = _first_difference(da.result(), db_.result())
             return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
                               ok=ok, first_difference=first, method="sql")
@@ -278,15 +291,85 @@ def verify_range(source_url: UrlLike, target_url: UrlLike, table: str | None, rn
             ok = n_a == n_b and cs_a == cs_b
             if ok or n_a != n_b:
                 break
-        first = None
+        first, kept = None, 0
         if not ok:  # read both again, a digest per row, for the first key that differs
             da = submit_in_run(pool, _digests, source_url, source, rng, "source")
             db_ = submit_in_run(pool, _digests, target_url, target, rng, "target", as_kinds=source)
-            first = _first_difference(da.result(), db_.result())
+            if rng.window is not None:
+                check = _window_check(source_url, source, rng, da.result(), db_.result(), "")
+                n_a, cs_a, n_b, cs_b, ok, first, kept = (check.count_src, check.checksum_src, check.count_tgt,
+                                                         check.checksum_tgt, check.ok, check.first_difference,
+                                                         check.kept)
+            else:
+                first = _first_difference(da.result(), db_.result())
         if ok and (shifted := _shifted_arrays(source_url, source, target_url, target, rng)) is not None:
             ok, first = False, shifted  # equal lists, but only PostgreSQL's side starts that array at another index
     return RangeCheck(index=rng.index, count_src=n_a, count_tgt=n_b, checksum_src=cs_a, checksum_tgt=cs_b,
-                      ok=ok, first_difference=first, method="python" if arrays is None else "arrow")
+                      ok=ok, first_difference=first, method="python" if arrays is None else "arrow", kept=kept)
+
+
+Digests = list[tuple[list[Any], bytes]]
+
+
+def _window_check(source_url: UrlLike, source: SourceSchema, rng: KeyRange, src: Digests, tgt: Digests,
+                  method: str) -> RangeCheck:
+    """An incremental range whose window differs on the two sides: the source's window rows against the
+    target's rows of the same keys. A key the target holds in the window that the source no longer has there
+    is not a difference when the source row is gone (deleted: ``deletes="ignore"`` and soft deletes keep it
+    by design; a delete after compare_keys ran) or its watermark is now past the run's high bound (updated
+    since the range committed; the next run carries it). Those keys are looked up in the source by key, so
+    any other target-only row still counts; only the window's rows are read."""
+    mine = {tuple(k) for k, _ in src}
+    extra = {tuple(k) for k, _ in tgt if tuple(k) not in mine}
+    kept = extra - _still_in_window(source_url, source, rng.window, extra) if extra and rng.window else set()
+    tgt = [(k, d) for k, d in tgt if tuple(k) not in kept]
+    ok = len(src) == len(tgt) and {tuple(k): d for k, d in src} == {tuple(k): d for k, d in tgt}
+    return RangeCheck(index=rng.index, count_src=len(src), count_tgt=len(tgt), checksum_src=_digest_sum(src),
+                      checksum_tgt=_digest_sum(tgt), ok=ok, first_difference=None if ok else _first_difference(src, tgt),
+                      method=method or "python", kept=len(kept))
+
+
+def _digest_sum(rows: Digests) -> str:
+    return f"sum:{sum(int.from_bytes(d, 'big') for _, d in rows) % (1 << 128):032x}"
+
+
+_LOOKUP_BATCH = 500
+
+
+def _still_in_window(url: UrlLike, schema: SourceSchema, window: Window, keys: set[tuple[Any, ...]]
+                     ) -> set[tuple[Any, ...]]:
+    """Of ``keys``, those whose source row exists with a watermark up to the window's high bound (or NULL):
+    the target's row of such a key is a real difference. One query per 500 keys, by key. Keys compare as
+    typed values; a row read back that matches none of them keeps every key a difference (never a pass by
+    mistake)."""
+    upto = KeyRange(index=0, window=Window(column=window.column, high=window.high))
+    cols = schema.key_columns()
+
+    def typed(key: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(coerce(c, v) for c, v in zip(cols, key, strict=True))
+
+    wanted = {typed(k): k for k in keys}
+    found: set[tuple[Any, ...]] = set()
+    todo = list(wanted.values())
+    with connect(url, "source", read_only=True) as db:
+        exprs = key_expr(db, cols)
+        within, within_params = range_predicate(db, cols, upto)
+        names = ", ".join(db.q(c.name) for c in cols)
+        for start in range(0, len(todo), _LOOKUP_BATCH):
+            batch = todo[start:start + _LOOKUP_BATCH]
+            if len(cols) == 1:
+                by_key = f"{exprs[0]} IN ({', '.join([db.ph] * len(batch))})"
+            else:
+                by_key = " OR ".join(["(" + " AND ".join(f"{e} = {db.ph}" for e in exprs) + ")"] * len(batch))
+            params = [bind_key(db, c, v) for k in batch for c, v in zip(cols, k, strict=True)]
+            rows = db.all(f"SELECT {names} FROM {schema.relation(db.dialect)} WHERE ({by_key}) AND {within}",
+                          [*params, *within_params])
+            found.update(typed([decode_key(db, c, v) for c, v in zip(cols, row, strict=True)]) for row in rows)
+        if db.dialect != "sqlite":
+            db.raw.rollback()
+    if not found <= wanted.keys():
+        return set(keys)
+    return {wanted[k] for k in found}
 
 
 def _shifted_arrays(source_url: UrlLike, source: SourceSchema, target_url: UrlLike, target: SourceSchema,
@@ -330,7 +413,7 @@ def _pg_binary_same(pool: ThreadPoolExecutor, source_url: UrlLike, source: Sourc
         return None
 
     def side(url: UrlLike, schema: SourceSchema, role: str) -> tuple[int, bytes]:
-        with connect(url, role) as db:  # type: ignore[arg-type]
+        with connect(url, role, read_only=True) as db:  # type: ignore[arg-type]
             cols = [db.q(c.name) for c in schema.columns]
             try:
                 return binary_digest(db, schema.relation("postgresql"), cols, schema.key_columns(), rng)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def test_three_scheduled_runs_move_only_what_changed(direction: str, request: py
     src.delete(list(range(500, 510)))
     second = migrate(src_url, tgt, deletes="compare_keys")  # SQLite's times compare exactly too
     assert second.watermark_before == first.watermark_after
-    assert second.rows_copied == 70 and second.rows_deleted == 10
+    assert second.rows_copied == 71 and second.rows_deleted == 10  # and row N again: the watermark's own value
     assert dt.datetime.fromisoformat(second.watermark_after) == NOW + dt.timedelta(seconds=100)
     equal(src_url, tgt)
 
@@ -128,7 +129,7 @@ def test_three_scheduled_runs_move_only_what_changed(direction: str, request: py
     src.insert(range(N + 51, N + 52), at=NOW + dt.timedelta(seconds=40) - dt.timedelta(seconds=N + 51))
     src.update([1, 2, 3, 4, 5], at=NOW + dt.timedelta(seconds=200))
     missed = migrate(src_url, tgt, deletes="compare_keys")
-    assert missed.rows_copied == 5  # without a lookback the late row is not seen...
+    assert missed.rows_copied == 25  # without a lookback the late row is not seen (5 + the 20 at the watermark)...
     check = db_verify(src_url, tgt, "orders", chunk_rows=CHUNK, raise_on_failure=False)
     assert not check.ok and len(check.ranges_mismatched) == 1
     caught = migrate(src_url, tgt, deletes="compare_keys", lookback=170)
@@ -143,12 +144,14 @@ def test_soft_deletes_and_reset(pg_url: str, pg_target: str) -> None:
     src.update([7, 8, 9], at=NOW, delete=True)
     src.update([10], at=NOW)
     s = migrate(pg_url, pg_target, deletes="soft_column", soft_delete_column="deleted_at")
-    assert (s.rows_copied, s.rows_deleted) == (4, 3) and s.ranges_mismatched == []
+    assert (s.rows_copied, s.rows_deleted) == (5, 3) and s.ranges_mismatched == []  # row N at the watermark too
     live = db_exec(pg_target, "SELECT count(*) FROM orders")[0][0]
     assert live == N - 3 and not db_exec(pg_target, "SELECT 1 FROM orders WHERE id IN (7, 8, 9)")
 
     again = migrate(pg_url, pg_target, deletes="soft_column", soft_delete_column="deleted_at")
-    assert again.rows_copied == 0 and again.watermark_before == again.watermark_after == s.watermark_after
+    assert again.rows_copied == 4  # the rows at the watermark itself again (the soft-deleted ones deleted again)
+    assert again.watermark_before == again.watermark_after == s.watermark_after
+    assert db_exec(pg_target, "SELECT count(*) FROM orders")[0][0] == live
     reset = migrate(pg_url, pg_target, deletes="soft_column", soft_delete_column="deleted_at",
                     reset_incremental=True)
     assert reset.incremental_reset and reset.watermark_before is None and reset.rows_copied == N
@@ -161,7 +164,7 @@ def test_integer_watermark_and_the_data_is_exact(pg_url: str, sqlite_url: str) -
     assert s.ok and s.watermark_after == N and s.lag_s is None
     db_exec(pg_url, "INSERT INTO orders VALUES (%s, %s, %s, %s, NULL)", (N + 1, "Basic monthly", "1.00", NOW))
     t = db_migrate(pg_url, sqlite_url, "orders", incremental="id", chunk_rows=CHUNK)
-    assert t.ok and t.rows_copied == 1 and t.watermark_after == N + 1
+    assert t.ok and t.rows_copied == 2 and t.watermark_after == N + 1  # N again: the low bound is inclusive
     assert db_exec(sqlite_url, f"SELECT name FROM orders WHERE id = {N + 1}") == [("Basic monthly",)]
 
 
@@ -198,14 +201,76 @@ def test_a_killed_incremental_run_keeps_its_watermark_and_the_rerun_moves_nothin
     kill(proc)
     assert stored_watermark(pg_target) == first.watermark_after  # never past an uncommitted range
 
-    src.update([900], at=NOW + dt.timedelta(seconds=5))  # changed after the killed run planned: the next run's
+    src.update([900], at=NOW + dt.timedelta(seconds=5))  # changed after the killed run planned
+    between = migrate(pg_url, pg_target)  # the next scheduled run (a new run key) completes first
+    assert stored_watermark(pg_target) == between.watermark_after == (NOW + dt.timedelta(seconds=5)).isoformat()
+    src.update([2], at=NOW + dt.timedelta(seconds=10))  # a row of a range the killed run committed changes again
     rerun = start_flow("flows.db_migrate:db_migrate", params)
     output = finish(rerun)
     assert rerun.returncode == 0, output[-3000:]
     s = summary_in(output, MigrationSummary)
-    assert s.ok and s.ranges_resumed == 3 and s.ranges_recovered == 1 and s.ranges_total == 5
-    assert s.rows_copied == 500 and s.watermark_before == first.watermark_after
-    assert stored_watermark(pg_target) == s.watermark_after == NOW.isoformat()
+    # its resumed range holds row 2's older version, inside the window: not a difference (the next run's)
+    assert s.ok and s.ranges_resumed == 3 and s.ranges_recovered == 1 and s.ranges_mismatched == []
+    # its window ended at NOW, below what the later run stored: the watermark stays, never moves back
+    assert s.watermark_before == s.watermark_after == stored_watermark(pg_target) == between.watermark_after
     nxt = migrate(pg_url, pg_target)
-    assert nxt.rows_copied == 1  # row 900, changed after the rerun's window was planned
+    assert nxt.rows_copied == 2  # row 2, changed since, and row 900 at the watermark itself again
     equal(pg_url, pg_target)
+
+
+def _traced_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Path]:
+    """Every PostgreSQL connection opened from here on writes libpq's protocol trace to a file of its own."""
+    import psycopg
+    from psycopg import pq
+
+    traces: list[Path] = []
+    real = psycopg.connect
+
+    def tracing(*args: Any, **kwargs: Any) -> Any:
+        conn = real(*args, **kwargs)
+        path = tmp_path / f"trace-{len(traces)}.txt"
+        traces.append(path)
+        out = path.open("w")
+        conn.pgconn.trace(out.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        conn.add_notice_handler(lambda _: out)  # keeps the file open as long as the connection
+        return conn
+
+    monkeypatch.setattr(psycopg, "connect", tracing)
+    return traces
+
+
+def test_a_one_range_run_costs_few_round_trips_and_one_task_run(pg_url: str, pg_target: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15's <= 5 % target is the fixed cost of a scheduled run whose slice is one range: its single-statement
+    reads (catalog, watermark, ledger, planning, verify) run in autocommit (psycopg's BEGIN before a transaction's
+    first statement and the ROLLBACK after are round trips of their own), the watermark and ledger tables are
+    checked once per run, and the one range is verified in the flow's thread instead of a second task run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    src = Source(pg_url).create()
+    migrate(pg_url, pg_target)
+    src.update([7, 700], at=NOW)
+    traces = _traced_round_trips(monkeypatch, tmp_path)
+    s = migrate(pg_url, pg_target)
+    assert (s.ranges_total, s.rows_copied, s.ranges_verified, s.ranges_matching) == (1, 3, 1, 1), s.render_text()
+    sent = [line for path in traces for line in path.read_text().splitlines() if line.startswith("F\t")]
+    round_trips = [line for line in sent if "\tQuery\t" in line or line.endswith("\tSync")]
+    begins = [line for line in sent if '\tQuery\t "BEGIN"' in line]
+    # the range's transaction and the source's read for it, the deferred-key check, the watermark's own
+    # transaction (was 13 BEGINs and 56 round trips)
+    assert len(begins) <= 4, begins
+    assert len(round_trips) <= 32, "\n".join(round_trips)
+    equal(pg_url, pg_target)
+
+    def task_runs() -> list[str]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[s.flow_run_id])))
+        return sorted(r.name for r in runs)
+
+    deadline = time.monotonic() + 30  # task runs reach the API as events, a moment after the run
+    while "range-0" not in task_runs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # a verify task run's events follow the copy's
+    assert task_runs() == ["range-0"]  # no "verify-0" any more

@@ -46,7 +46,8 @@ def test_pg_to_sqlite_rows_within_a_millisecond_below_the_watermark_verify_and_m
     assert first.ok, first.render_text()
     db_exec(pg_url, "UPDATE o SET v = 'changed', updated_at = '2024-01-01 00:01:41+00' WHERE id = 5")
     second = run(pg_url, sqlite_url, "o", run_key="ms-2", **INCREMENTAL)
-    assert second.ok and second.rows_copied == 1, second.render_text()  # verify compared the same slice
+    # id 5, and id 100 at the stored watermark (the lower bound is inclusive); verify compared the same slice
+    assert second.ok and second.rows_copied == 2, second.render_text()
     assert second.watermark_after == "2024-01-01T00:01:41+00:00"
     assert rows(pg_url, "SELECT id, v FROM o ORDER BY id") == rows(sqlite_url, "SELECT id, v FROM o ORDER BY id")
 
@@ -63,7 +64,8 @@ def test_sqlite_to_pg_rows_within_a_millisecond_below_the_watermark_verify_and_m
     for key in ("ms-2", "ms-3"):
         s = run(src, pg_target, "o", run_key=key, **INCREMENTAL)
         assert s.ok, s.render_text()
-    assert s.watermark_before == s.watermark_after == "2024-01-01T00:00:51+00:00" and s.rows_copied == 0
+    # nothing changed: only id 3, at the stored watermark (the lower bound is inclusive), is read again
+    assert s.watermark_before == s.watermark_after == "2024-01-01T00:00:51+00:00" and s.rows_copied == 1
     assert rows(src, "SELECT id, v FROM o ORDER BY id") == rows(pg_target, "SELECT id, v FROM o ORDER BY id")
 
 

@@ -54,7 +54,7 @@ def test_the_window_compares_instants_whatever_the_stored_form(mixed: str, tmp_p
     assert dt.datetime.fromisoformat(window.high) == dt.datetime(2026, 1, 1, 12, 0, 0, 1, tzinfo=dt.UTC)
     assert selected(mixed, None) == [1, 2, 3, 4, 5]  # first run: everything (NULL included)
     assert selected(mixed, "2026-01-01T10:30:00+00:00") == [2, 3, 4, 5]  # 13:30+02:00 is 11:30Z
-    assert selected(mixed, "2026-01-01T11:30:00+00:00") == [4, 5]  # NULL rows come every time
+    assert selected(mixed, "2026-01-01T11:30:00+00:00") == [3, 4, 5]  # the low bound is inclusive; NULL rows every time
 
 
 def test_the_window_is_exact_below_a_millisecond(tmp_path: Path) -> None:
@@ -80,9 +80,12 @@ def test_the_window_is_exact_below_a_millisecond(tmp_path: Path) -> None:
             where, params = range_predicate(db, schema.key_columns(), KeyRange(index=0, window=w))
             return [r[0] for r in db.all(f"SELECT id FROM t WHERE {where} ORDER BY id", params)]
 
-    assert window("2026-01-01T00:00:09.999000+00:00", "2026-01-01T00:00:10.000400+00:00") == [2, 3, 4, 5, 7]
-    assert window("2026-01-01T00:00:09.999100+00:00", "2026-01-01T00:00:09.999700+00:00") == [3]
-    assert window("2026-01-01T00:00:10+00:00", "2026-01-01T00:00:10.000499+00:00") == [5]
+    # the low bound is inclusive: a row committed later at the watermark itself is not lost
+    assert window("2026-01-01T00:00:09.999000+00:00", "2026-01-01T00:00:10.000400+00:00") == [1, 2, 3, 4, 5, 7]
+    assert window("2026-01-01T00:00:09.999100+00:00", "2026-01-01T00:00:09.999700+00:00") == [2, 3]
+    assert window("2026-01-01T00:00:09.999101+00:00", "2026-01-01T00:00:09.999700+00:00") == [3]
+    assert window("2026-01-01T00:00:10+00:00", "2026-01-01T00:00:10.000499+00:00") == [4, 5, 7]
+    assert window("2026-01-01T00:00:10.000001+00:00", "2026-01-01T00:00:10.000499+00:00") == [5]
     high = plan_window(url, f"sqlite:///{tmp_path / 'tgt.sqlite3'}", parse_table_name("t"), schema, col, "s",
                        lookback=0, reset=False).high
     assert dt.datetime.fromisoformat(high) == dt.datetime(2026, 1, 1, 0, 0, 10, 500, tzinfo=dt.UTC)
@@ -117,6 +120,15 @@ def test_the_store_in_the_target(tmp_path: Path) -> None:
     stream = stream_key("sqlite:///src", "t", None, str(table), "at")
     assert read_watermark(url, table, stream) is None
     state = IncrementalState(column="at", stream=stream)
-    save_watermark(url, table, state, "2026-01-01T00:00:00+00:00", "r1")
-    save_watermark(url, table, state, "2026-01-02T00:00:00+00:00", "r2")
+    col = watermark_column(reflect_stub(), "at")
+    save_watermark(url, table, state, "2026-01-01T00:00:00+00:00", "r1", column=col)
+    assert save_watermark(url, table, state, "2026-01-02T00:00:00+00:00", "r2", column=col) == (
+        "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00")
     assert read_watermark(url, table, stream) == "2026-01-02T00:00:00+00:00"
+    # never back: a resumed run's window may end below what a later run stored (an instant compares as one)
+    assert save_watermark(url, table, state, "2026-01-02T01:00:00+02:00", "r0", column=col) == (
+        "2026-01-02T00:00:00+00:00", "2026-01-02T00:00:00+00:00")
+    assert read_watermark(url, table, stream) == "2026-01-02T00:00:00+00:00"
+    reset = IncrementalState(column="at", stream=stream, reset=True)  # reset_incremental: back to what it copied
+    save_watermark(url, table, reset, "2026-01-01T12:00:00+00:00", "r3", column=col)
+    assert read_watermark(url, table, stream) == "2026-01-01T12:00:00+00:00"

@@ -182,6 +182,25 @@ def test_connections_are_reused_within_a_run(pg_items: str) -> None:
     assert outside.closed
 
 
+def test_a_read_only_step_opens_no_transaction(pg_items: str) -> None:
+    """``read_only``: each statement in autocommit (no BEGIN round trip before it, no ROLLBACK after); the
+    connection goes back to the pool transactional, for the next step that writes."""
+    idle, in_tx = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
+    with shared_connections() as pool:
+        with connect(pg_items, "source", read_only=True) as db:
+            assert db.all("SELECT count(*) FROM items")[0][0] > 0
+            assert db.raw.info.transaction_status == idle
+            first = db.raw
+        with connect(pg_items, "source") as db:
+            assert db.raw is first and not db.raw.autocommit
+            db.all("SELECT 1")
+            assert db.raw.info.transaction_status == in_tx
+        assert pool.opened == 1
+    with connect(pg_items, "source", read_only=True) as db:  # outside a run too
+        db.all("SELECT 1")
+        assert db.raw.info.transaction_status == idle
+
+
 def test_a_run_opens_few_connections(pg_items: str, pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.db_migrate import db_migrate
 
