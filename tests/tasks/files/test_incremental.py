@@ -79,6 +79,16 @@ def _write_parts(m: FileManifest, run_dir: str, files: list[InputFile], chunk_fi
     return reports
 
 
+def _recorded(out: Path, files: list[InputFile]) -> FileManifest:
+    """A first run (run-1) that processed and recorded ``files``, one part each."""
+    m = _load(out)
+    m.changed(files)
+    m.begin("run-1", "1")
+    chunk_files: dict[int, str] = {}
+    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", files, chunk_files))
+    return m
+
+
 def _parts(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("part-*"))
 
@@ -127,11 +137,7 @@ def test_a_file_no_longer_given_loses_its_parts_when_the_run_that_notices_it_end
         tmp_path: Path, state_dir: Path) -> None:
     a, b = _inputs(tmp_path, "ab")
     out = tmp_path / "out"
-    m = _load(out)
-    m.changed([a, b])
-    m.begin("run-1", "1")
-    chunk_files: dict[int, str] = {}
-    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a, b], chunk_files))
+    _recorded(out, [a, b])
 
     killed = _load(out)  # b is gone; the run that notices it is killed before its end: b's part stays
     assert killed.changed([a]) == []
@@ -160,11 +166,7 @@ def test_a_manifest_stored_under_its_earlier_key_is_read(tmp_path: Path, state_d
 def test_a_reset_keeps_the_old_parts_until_each_file_s_new_ones_are_recorded(tmp_path: Path, state_dir: Path) -> None:
     a, b = _inputs(tmp_path, "ab")
     out = tmp_path / "out"
-    m = _load(out)
-    m.changed([a, b])
-    m.begin("run-1", "1")
-    chunk_files: dict[int, str] = {}
-    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a, b], chunk_files))
+    _recorded(out, [a, b])
 
     killed = FileManifest.load("file-transform", "s", out, reset=True)
     assert killed.changed([a, b]) == [a, b]
@@ -184,11 +186,7 @@ def test_a_reset_keeps_the_old_parts_until_each_file_s_new_ones_are_recorded(tmp
 def test_a_reset_run_sweeps_the_run_directories_its_manifest_knows(tmp_path: Path, state_dir: Path) -> None:
     (a,) = _inputs(tmp_path, "a")
     out = tmp_path / "out"
-    m = _load(out)
-    m.changed([a])
-    m.begin("run-1", "1")
-    chunk_files: dict[int, str] = {}
-    m.end("run-1", "1", chunk_files, _write_parts(m, "run-1", [a], chunk_files))
+    _recorded(out, [a])
     (out / "run-1" / "part-00007.parquet").write_text("a part no file owns")
     (out / "run-1" / "notes.txt").write_text("not a part")
     (out / "other").mkdir()
