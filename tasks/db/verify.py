@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -122,13 +122,19 @@ def _multiset(url: UrlLike, schema: SourceSchema, rng: KeyRange, role: str,
     """(count, order-independent checksum) of a table without a key, streamed (nothing kept per row): the
     sum of the rows' digests, so every copy of an identical row counts and the storage order does not."""
     def read(end_of_day: bool) -> tuple[int, str]:
-        n = total = 0
-        for _, digest in _row_digests(url, schema, rng, role, as_kinds, end_of_day):
-            n += 1
-            total += int.from_bytes(digest, "big")
-        return n, f"sum:{total % (1 << 128):032x}"
+        return _digest_sum(digest for _, digest in _row_digests(url, schema, rng, role, as_kinds, end_of_day))
 
     return read_with_times(read, schema)
+
+
+def _digest_sum(digests: Iterable[bytes]) -> tuple[int, str]:
+    """(count, order-independent checksum) of row digests, streamed: their sum modulo 2**128, so every copy of
+    an identical row counts and the order does not."""
+    n = total = 0
+    for digest in digests:
+        n += 1
+        total += int.from_bytes(digest, "big")
+    return n, f"sum:{total % (1 << 128):032x}"
 
 
 # json texts jsonb refuses (a \u0000 escape, a lone surrogate escape): valid json, compared as their texts
@@ -324,13 +330,9 @@ def _window_check(source_url: UrlLike, source: SourceSchema, rng: KeyRange, src:
     kept = extra - _still_in_window(source_url, source, rng.window, extra) if extra and rng.window else set()
     tgt = [(k, d) for k, d in tgt if tuple(k) not in kept]
     ok = len(src) == len(tgt) and {tuple(k): d for k, d in src} == {tuple(k): d for k, d in tgt}
-    return RangeCheck(index=rng.index, count_src=len(src), count_tgt=len(tgt), checksum_src=_digest_sum(src),
-                      checksum_tgt=_digest_sum(tgt), ok=ok, first_difference=None if ok else _first_difference(src, tgt),
+    return RangeCheck(index=rng.index, count_src=len(src), count_tgt=len(tgt), checksum_src=_digest_sum(d for _, d in src)[1],
+                      checksum_tgt=_digest_sum(d for _, d in tgt)[1], ok=ok, first_difference=None if ok else _first_difference(src, tgt),
                       method=method or "python", kept=len(kept))
-
-
-def _digest_sum(rows: Digests) -> str:
-    return f"sum:{sum(int.from_bytes(d, 'big') for _, d in rows) % (1 << 128):032x}"
 
 
 _LOOKUP_BATCH = 500
